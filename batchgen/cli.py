@@ -1,0 +1,144 @@
+"""The command line: parses, calls the library, prints. Nothing else lives here."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .errors import UsageError
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def job_options(f):
+    """Options shared by `run` and `plan`."""
+    options = [
+        click.option("--out", help="Output folder (default: the job file's `out`, else runs/<name>)."),
+        click.option("--prompt-column", help="Column holding the prompt (default: prompt)."),
+        click.option("--model", help="Model for rows without a model column/cell (e.g. dall-e-3, gpt-image-1)."),
+        click.option("--quality", help="Default quality (dall-e-3: standard|hd; GPT image: low|medium|high|auto)."),
+        click.option("--style", help="Default style (dall-e-3 only: vivid|natural)."),
+        click.option("--size", help="Default size, e.g. 1024x1024."),
+        click.option("--response-format", type=click.Choice(["url", "b64_json"]),
+                     help="dall-e only; GPT image models always return base64."),
+        click.option("--n", "n", type=click.IntRange(1, 10), help="Images per request (dall-e-3: 1)."),
+        click.option("--sweep", multiple=True, metavar="AXIS=V1,V2",
+                     help="Sweep a parameter (repeatable; the product of all axes). "
+                          "E.g. --sweep quality=standard,hd --sweep style=vivid,natural"),
+        click.option("--provider", type=click.Choice(["acedata", "openai"]),
+                     help="API dialect and token variable: acedata (ACEDATA_API_TOKEN, default) or "
+                          "openai (OPENAI_API_KEY, OPENAI_BASE_URL)."),
+        click.option("--base-url", help="Endpoint (…/images/generations) or SDK-style base URL (…/v1)."),
+        click.option("--limit", type=click.IntRange(min=0), help="Only the first N input rows."),
+        click.option("--encoding", help="Text encoding of a CSV/JSONL that is not UTF-8 (e.g. cp1252)."),
+        click.option("--rpm", type=click.FloatRange(min=0, min_open=True),
+                     help="Requests per minute never to exceed. A request for n images counts n "
+                          "(OpenAI limits images per minute too)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _overrides(kw: dict) -> dict:
+    from .job import parse_sweep
+    defaults = {k: kw.pop(k) for k in ("model", "quality", "style", "size", "response_format", "n")}
+    kw["defaults"] = {k: v for k, v in defaults.items() if v is not None}
+    kw["sweep"] = parse_sweep(list(kw.pop("sweep") or ()))
+    return kw
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="batchgen")
+def main():
+    """Turn a table of prompts into an image dataset through an OpenAI-compatible Images API."""
+    logging.basicConfig(level=logging.WARNING, format="batchgen: %(message)s", stream=sys.stderr)
+
+
+@main.command()
+@click.argument("source")
+@job_options
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at once (default 8).")
+@click.option("--max-retries", type=click.IntRange(min=0), help="Retries per task for 429/5xx/timeouts/bad responses (default 8).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request (default 300).")
+@click.option("--retry-failed", is_flag=True, default=None, help="Send again the tasks whose last outcome was an error.")
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), help="Stop launching once the estimated spend would pass USD.")
+@click.option("--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no token needed).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def run(source, no_progress, **kw):
+    """Generate images for every task of SOURCE (a job file .toml, or a .csv/.parquet/.jsonl).
+
+    Rerun the same command on the same --out to resume: finished tasks are not sent again.
+    """
+    from .runner import run as run_job
+    try:
+        summary = run_job(source, progress=not no_progress, **_overrides(kw))
+    except UsageError as e:
+        _fail(str(e))
+    click.echo(format_summary(summary))
+    sys.exit(summary.exit_status)
+
+
+def format_summary(s) -> str:
+    lines = [f"{s.ok} ok, {s.errors} error(s), {s.not_done} not done, of {s.total} task(s) "
+             f"({s.images} image(s); {s.requests_sent} request(s) sent this run; {s.elapsed_s:.1f}s)"]
+    if s.by_code:
+        lines.append("errors by code: " + ", ".join(f"{code} {count}" for code, count in
+                                                   sorted(s.by_code.items(), key=lambda kv: -kv[1])))
+    if s.est_cost_usd is not None:
+        lines.append(f"estimated cost of the images: ${s.est_cost_usd:.2f}")
+    lines.append(f"results: {s.out}/results.parquet   images: {s.out}/images/")
+    if s.stopped:
+        lines.append(f"stopped early: {s.stop_message}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("source")
+@job_options
+def plan(source, **kw):
+    """Validate SOURCE and count its tasks and estimated cost; sends nothing."""
+    from .planning import format_plan, summarise_plan
+    from .runner import prepare
+    try:
+        config, _, job_plan = prepare(source, _overrides(kw))
+    except UsageError as e:
+        _fail(str(e))
+    click.echo(format_plan(summarise_plan(job_plan), config.rpm))
+
+
+@main.command()
+@click.argument("out")
+def status(out):
+    """Progress of the run in OUT, from its journal (works while it runs)."""
+    from .status import format_status, read_status
+    try:
+        click.echo(format_status(read_status(out)))
+    except UsageError as e:
+        _fail(str(e))
+
+
+@main.command()
+@click.argument("out")
+def report(out):
+    """Write OUT/report.html, the sweep comparison gallery."""
+    from .report import write_report
+    try:
+        path = write_report(out)
+    except UsageError as e:
+        _fail(str(e))
+    click.echo(f"wrote {path}")
+
+
+def _register_simulate():
+    from .cli_simulate import simulate
+    main.add_command(simulate)
+
+
+_register_simulate()

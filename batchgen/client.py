@@ -1,0 +1,264 @@
+"""One request to an Images Generations endpoint: build it, send it, parse either dialect.
+
+This is the only module that knows aiohttp. Every aiohttp exception is translated into a
+batchgen RequestError by `translate_exception`, at this one boundary.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from . import __version__
+from .errors import (ApiError, BadResponse, ConnectionFailed, DownloadFailed, RequestError,
+                     RequestTimeout, UsageError, fallback_code)
+from .limits import parse_retry_after, RateLimitHeaders, parse_ratelimit_headers
+
+ACEDATA_ENDPOINT = "https://api.acedata.cloud/openai/images/generations"
+OPENAI_BASE = "https://api.openai.com/v1"
+TOKEN_VARIABLES = {"acedata": "ACEDATA_API_TOKEN", "openai": "OPENAI_API_KEY"}
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+MAX_REDIRECTS = 5
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    token: str = field(repr=False)
+    provider: str
+
+    def __repr__(self):  # never show the token, even in a traceback
+        return f"Endpoint(url={self.url!r}, provider={self.provider!r})"
+
+
+def endpoint_url(base: str) -> str:
+    """The generations URL for an endpoint or an SDK-style base URL."""
+    base = base.strip()
+    if urlsplit(base).scheme not in ("http", "https"):
+        raise UsageError(f"base URL {base!r} must start with http:// or https://")
+    trimmed = base.rstrip("/")
+    if trimmed.endswith("/images/generations"):
+        return trimmed
+    return trimmed + "/images/generations"
+
+
+def resolve_endpoint(provider: str, base_url: Optional[str], environ=os.environ) -> Endpoint:
+    variable = TOKEN_VARIABLES[provider]
+    token = (environ.get(variable) or "").strip()
+    if not token:
+        raise UsageError(
+            f"no API token: set {variable} in the environment (provider {provider}), "
+            "or add --simulate to run against the built-in simulator")
+    if base_url:
+        url = endpoint_url(base_url)
+    elif provider == "openai":
+        url = endpoint_url(environ.get("OPENAI_BASE_URL") or OPENAI_BASE)
+    else:
+        url = ACEDATA_ENDPOINT
+    return Endpoint(url=url, token=token, provider=provider)
+
+
+def build_body(prompt: str, params: dict) -> dict:
+    """The request body: the prompt and only the parameters that are set."""
+    body = {"prompt": prompt}
+    for key in ("model", "n", "quality", "response_format", "size", "style"):
+        if params.get(key) is not None:
+            body[key] = params[key]
+    return body
+
+
+@dataclass
+class GeneratedImage:
+    data: Optional[bytes]          # decoded bytes (b64_json), or None in url mode
+    url: Optional[str]
+    revised_prompt: Optional[str]
+
+
+@dataclass
+class Generation:
+    images: list[GeneratedImage]
+    created: Optional[int]
+    trace_id: Optional[str]
+    http_status: int
+    usage: Optional[dict]
+    ratelimit: Optional[RateLimitHeaders]
+
+
+def redact(text: str, secret: str) -> str:
+    return text.replace(secret, "[redacted]") if secret and text else text
+
+
+# aiohttp's exceptions, most specific first. A test walks aiohttp's hierarchy and fails if
+# any class is not matched here.
+_TRANSLATIONS: list[tuple[type, type, str]] = [
+    (aiohttp.ServerTimeoutError, RequestTimeout, "the server did not answer in time"),
+    (aiohttp.ConnectionTimeoutError, RequestTimeout, "connecting timed out"),
+    (aiohttp.SocketTimeoutError, RequestTimeout, "the connection went silent"),
+    (aiohttp.ClientPayloadError, BadResponse, "the response body was cut short or malformed"),
+    (aiohttp.ContentTypeError, BadResponse, "unexpected content type"),
+    (aiohttp.InvalidURL, ConnectionFailed, "invalid URL"),
+    (getattr(aiohttp, "NonHttpUrlClientError", aiohttp.InvalidURL), ConnectionFailed, "not an http(s) URL"),
+    (getattr(aiohttp, "RedirectClientError", aiohttp.InvalidURL), ConnectionFailed, "bad redirect"),
+    (aiohttp.TooManyRedirects, ConnectionFailed, "too many redirects"),
+    (aiohttp.WSServerHandshakeError, ConnectionFailed, "unexpected websocket handshake"),
+    (aiohttp.ClientResponseError, BadResponse, "malformed HTTP response"),
+    (aiohttp.ServerDisconnectedError, ConnectionFailed, "the server closed the connection"),
+    (aiohttp.ClientConnectorError, ConnectionFailed, "cannot connect"),
+    (aiohttp.ClientConnectionError, ConnectionFailed, "connection failed"),
+    (getattr(aiohttp, "UploadAbortedError", aiohttp.ClientConnectionError), ConnectionFailed,
+     "sending the request body was aborted"),
+    (asyncio.TimeoutError, RequestTimeout, "timed out"),
+]
+
+
+def _mapping_for(exc: BaseException):
+    for aiohttp_type, ours, summary in _TRANSLATIONS:
+        if isinstance(exc, aiohttp_type):
+            return ours, summary
+    return None
+
+
+def translate_exception(exc: BaseException, secret: str = "") -> RequestError:
+    """Our error for an aiohttp (or timeout) exception, its text stripped of the token."""
+    ours, summary = _mapping_for(exc) or (ConnectionFailed, "HTTP client error")
+    detail = redact(str(exc), secret)
+    return ours(f"{summary}: {detail}" if detail and detail != summary else summary)
+
+
+def parse_generation(status: int, headers, raw: bytes, secret: str = "") -> Generation:
+    """A response of either dialect as images, or the RequestError it amounts to."""
+    header_trace = headers.get("x-request-id") or headers.get("x-trace-id")
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if status != 200 or (isinstance(payload, dict) and ("error" in payload and payload.get("error")
+                                                          or payload.get("success") is False)):
+        raise _api_error(status, headers, payload, raw, header_trace, secret)
+    if not isinstance(payload, dict):
+        raise BadResponse(f"HTTP 200 but the body is not a JSON object ({len(raw)} bytes)",
+                          http_status=status, trace_id=header_trace)
+    trace_id = payload.get("trace_id") or header_trace
+    data = payload.get("data")
+    if not isinstance(data, list) or not data:
+        raise BadResponse("HTTP 200 but the response has no images (no 'data' list)",
+                          http_status=status, trace_id=trace_id)
+    images = []
+    for item in data:
+        if not isinstance(item, dict):
+            raise BadResponse("an entry of 'data' is not an object", http_status=status, trace_id=trace_id)
+        revised = item.get("revised_prompt")
+        revised = revised if isinstance(revised, str) else None
+        if isinstance(item.get("b64_json"), str):
+            try:
+                decoded = base64.b64decode(item["b64_json"], validate=True)
+            except (binascii.Error, ValueError):
+                raise BadResponse("b64_json is not valid base64", http_status=status,
+                                  trace_id=trace_id) from None
+            images.append(GeneratedImage(decoded, None, revised))
+        elif isinstance(item.get("url"), str):
+            images.append(GeneratedImage(None, item["url"], revised))
+        else:
+            raise BadResponse("an image has neither b64_json nor url", http_status=status, trace_id=trace_id)
+    created = payload.get("created")
+    usage = payload.get("usage")
+    return Generation(images=images, created=created if isinstance(created, int) else None,
+                      trace_id=trace_id, http_status=status,
+                      usage=usage if isinstance(usage, dict) else None,
+                      ratelimit=parse_ratelimit_headers(headers))
+
+
+def _api_error(status, headers, payload, raw: bytes, header_trace, secret: str) -> ApiError:
+    """An error answer in either dialect (AceData's or OpenAI's), or neither (HTML)."""
+    code = message = None
+    trace_id = header_trace
+    if isinstance(payload, dict):
+        trace_id = payload.get("trace_id") or trace_id
+        err = payload.get("error")
+        if isinstance(err, dict):
+            code = err.get("code") or err.get("type")
+            message = err.get("message")
+        elif isinstance(err, str):
+            message = err
+        message = message or payload.get("message")
+    if not message:
+        text = raw[:200].decode("utf-8", "replace").strip()
+        kind = "HTML page" if text.lower().startswith(("<!doctype", "<html")) else "body"
+        message = f"HTTP {status} with a {kind} that is not an API error" + (
+            f": {' '.join(text.split())[:120]}" if kind == "body" and text else "")
+    # A 200 that says it failed but gives no code is the server's fault, like a 500.
+    return ApiError(redact(str(message), secret),
+                    code=str(code) if code else fallback_code(status if status != 200 else 500),
+                    http_status=status, trace_id=trace_id,
+                    retry_after=parse_retry_after(headers))
+
+
+class ImagesClient:
+    """An aiohttp session to one endpoint, with at most `concurrency` connections."""
+
+    def __init__(self, endpoint: Endpoint, concurrency: int, timeout: float):
+        self.endpoint = endpoint
+        self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 30))
+        self._concurrency = concurrency
+        self._session: Optional[aiohttp.ClientSession] = None
+        self._headers = {"Authorization": f"Bearer {endpoint.token}",
+                         "Content-Type": "application/json", "Accept": "application/json",
+                         "User-Agent": f"batchgen/{__version__}"}
+
+    async def __aenter__(self):
+        connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._concurrency)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
+                                              json_serialize=json.dumps)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self._session.close()
+
+    async def generate(self, body: dict) -> Generation:
+        """POST one generation; returns images or raises a RequestError."""
+        try:
+            async with self._session.post(self.endpoint.url, data=json.dumps(body),
+                                          headers=self._headers, allow_redirects=False) as resp:
+                raw = await resp.read()
+                status = resp.status
+                headers = resp.headers
+        except RequestError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise translate_exception(exc, self.endpoint.token) from None
+        return parse_generation(status, headers, raw, self.endpoint.token)
+
+    async def download(self, url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
+        """Fetch an image link at once (they expire): http(s) only, no auth, size-capped."""
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise DownloadFailed(f"refusing to download from a non-http(s) URL ({urlsplit(url).scheme}:)")
+                async with self._session.get(url, allow_redirects=False) as resp:
+                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                        url = urljoin(url, resp.headers["Location"])
+                        continue
+                    if resp.status != 200:
+                        raise DownloadFailed(f"image download answered HTTP {resp.status}", http_status=resp.status)
+                    if (resp.content_length or 0) > max_bytes:
+                        raise DownloadFailed(f"image larger than {max_bytes} bytes")
+                    chunks, size = [], 0
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise DownloadFailed(f"image larger than {max_bytes} bytes")
+                        chunks.append(chunk)
+                    return b"".join(chunks)
+            raise DownloadFailed("too many redirects")
+        except DownloadFailed:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            err = translate_exception(exc, self.endpoint.token)
+            raise DownloadFailed(f"image download failed: {err.message}") from None

@@ -1,0 +1,196 @@
+"""How fast and how often: requests-per-minute pacing, the shared 429 cool-down, the rate the
+server allows learned on the fly, and the retry/backoff policy.
+
+Parsing of rate-limit headers and backoff are pure functions; the pacers are small asyncio
+objects shared by all workers of a run.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Optional
+
+# ---- headers ----------------------------------------------------------------------------
+
+
+def parse_retry_after(headers, now: Optional[float] = None) -> Optional[float]:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str) -> Optional[float]:
+    """OpenAI's reset durations: '1s', '6m0s', '120ms', '1h2m3.5s' -> seconds."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+@dataclass(frozen=True)
+class RateLimitHeaders:
+    limit: Optional[int]           # requests per minute the server allows
+    remaining: Optional[int]
+    reset_s: Optional[float]
+
+
+def parse_ratelimit_headers(headers) -> Optional[RateLimitHeaders]:
+    remaining = headers.get("x-ratelimit-remaining-requests")
+    limit = headers.get("x-ratelimit-limit-requests")
+    if remaining is None and limit is None:
+        return None
+
+    def as_int(v):
+        try:
+            return int(float(v))
+        except (TypeError, ValueError):
+            return None
+    return RateLimitHeaders(as_int(limit), as_int(remaining),
+                            parse_duration(headers.get("x-ratelimit-reset-requests", "")))
+
+
+# ---- retry policy -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 8
+    base_s: float = 1.0
+    cap_s: float = 60.0
+
+    def backoff(self, retry_number: int, rng: random.Random = random) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**k)]."""
+        return rng.uniform(0, min(self.cap_s, self.base_s * (2 ** max(0, retry_number - 1))))
+
+    def delay(self, retry_number: int, retry_after: Optional[float], rng: random.Random = random) -> float:
+        """What to wait before retry `retry_number` (1-based): the server's word when it gives one."""
+        if retry_after is not None:
+            return min(retry_after, 15 * 60)
+        return self.backoff(retry_number, rng)
+
+
+# ---- pacing -----------------------------------------------------------------------------
+
+class Spacer:
+    """At most `per_minute` units a minute, evenly spaced, so no 60-second window exceeds it.
+
+    A request for n images takes n units (OpenAI counts images per minute as well as requests).
+    """
+
+    def __init__(self, per_minute: float):
+        self.interval = 60.0 / per_minute
+        self._next = 0.0
+
+    async def acquire(self, units: int = 1) -> None:
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + self.interval * units
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class AdaptivePacer:
+    """Finds the server's rate limit without being told, and honours it for all workers.
+
+    - A 429 opens one shared cool-down (its Retry-After, or a short backoff): every worker
+      waits it out together instead of each sleeping on its own.
+    - The first 429 sets a pace just under the rate that was succeeding; later 429s cut it
+      (multiplicative decrease, at most once per cool-down) and a quiet stretch raises it
+      a little (additive increase), so it settles just under the server's limit.
+    - Where the server says its limit (x-ratelimit-* headers) the pace follows that before any
+      429 happens.
+    """
+
+    WINDOW_S = 2.0
+    PROBE_EVERY_S = 2.0
+
+    def __init__(self):
+        self.rate: Optional[float] = None      # requests per second; None: no limit known
+        self._next = 0.0
+        self._cooldown_until = 0.0
+        self._last_cut = 0.0
+        self._last_probe = 0.0
+        self._successes: deque[float] = deque()
+
+    async def acquire(self) -> None:
+        # No lock: the event loop runs this between awaits, so each reservation is atomic.
+        while True:
+            now = time.monotonic()
+            if now < self._cooldown_until:
+                await asyncio.sleep(self._cooldown_until - now)
+                continue
+            if not self.rate:
+                return
+            start = max(now, self._next)
+            self._next = start + 1.0 / self.rate
+            if start > now:
+                await asyncio.sleep(start - now)
+            if time.monotonic() >= self._cooldown_until:
+                return
+            # A cool-down began while we waited for our slot: wait it out, keep the slot.
+            await asyncio.sleep(self._cooldown_until - time.monotonic())
+            return
+
+    def on_success(self, headers: Optional["RateLimitHeaders"] = None) -> None:
+        now = time.monotonic()
+        self._successes.append(now)
+        while self._successes and self._successes[0] < now - self.WINDOW_S:
+            self._successes.popleft()
+        if headers and headers.limit:
+            told = headers.limit / 60.0
+            self.rate = told if self.rate is None else min(told, max(self.rate, told * 0.98))
+            if headers.remaining is not None and headers.remaining <= 0 and headers.reset_s:
+                self._cooldown_until = max(self._cooldown_until, now + min(headers.reset_s, 1.0 / told))
+            return
+        if self.rate and now - self._last_probe >= self.PROBE_EVERY_S and now - self._last_cut >= self.PROBE_EVERY_S:
+            self._last_probe = now
+            self.rate *= 1.03
+
+    def on_rate_limited(self, retry_after: Optional[float], sent_at: float) -> None:
+        now = time.monotonic()
+        pause = retry_after if retry_after is not None else 1.0
+        self._cooldown_until = max(self._cooldown_until, now + min(pause, 15 * 60))
+        self._next = max(self._next, self._cooldown_until)
+        if sent_at < self._last_cut:
+            return  # this 429 belongs to a burst we already reacted to
+        self._last_cut = now
+        window = [t for t in self._successes if t >= now - self.WINDOW_S]
+        measured = len(window) / self.WINDOW_S if len(window) >= 4 else None
+        if self.rate is None:
+            self.rate = max(0.2, (measured or 2.0) * 0.95)
+        else:
+            self.rate = max(0.2, min(self.rate * 0.85, (measured or self.rate) * 1.0))

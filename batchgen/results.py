@@ -1,0 +1,145 @@
+"""The output schema, and the journal + plan turned into results.parquet and metadata.jsonl.
+
+One row per image; a task without images (refused, failed, or not done yet) is one row with
+its error. Built in one pass into column lists, then handed to pyarrow whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+
+from . import models
+from .job import Plan, point_label
+
+SCHEMA = pa.schema([
+    ("task_id", pa.string()),
+    ("row_index", pa.int64()),
+    ("prompt", pa.string()),
+    ("model", pa.string()),
+    ("quality", pa.string()),
+    ("style", pa.string()),
+    ("size", pa.string()),
+    ("response_format", pa.string()),
+    ("n", pa.int64()),
+    ("image_index", pa.int64()),
+    ("status", pa.string()),
+    ("revised_prompt", pa.string()),
+    ("image_path", pa.string()),
+    ("image_url", pa.string()),
+    ("sha256", pa.string()),
+    ("width", pa.int64()),
+    ("height", pa.int64()),
+    ("bytes", pa.int64()),
+    ("error_code", pa.string()),
+    ("error_message", pa.string()),
+    ("http_status", pa.int64()),
+    ("attempts", pa.int64()),
+    ("latency_s", pa.float64()),
+    ("created", pa.int64()),
+    ("trace_id", pa.string()),
+    # Beyond the contract:
+    ("sweep_point", pa.string()),
+    ("est_cost_usd", pa.float64()),
+    ("total_tokens", pa.int64()),
+])
+COLUMNS = SCHEMA.names
+_IMAGE_FIELDS = ("image_path", "image_url", "sha256", "width", "height", "bytes", "revised_prompt")
+_OUTCOME_FIELDS = ("error_code", "error_message", "http_status", "attempts", "latency_s",
+                   "created", "trace_id")
+
+
+def write_atomic(path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def build_table(plan: Plan, replay, unfinished_code: str = "interrupted",
+                unfinished_message: str = "not finished yet; run the same command again to finish it",
+                table=None) -> pa.Table:
+    """The results table for every task of the plan.
+
+    `replay` is the journal's state; tasks with no final record get `unfinished_code`.
+    `table` is the input DataFrame, for the pass-through columns.
+    """
+    cols: dict[str, list] = {name: [] for name in COLUMNS}
+    add = {name: cols[name].append for name in COLUMNS}
+    labels = [point_label(p) for p in plan.points]
+    row_indices = []
+    for task in plan.tasks:
+        params = task.params
+        base = {"task_id": task.task_id, "row_index": task.row_index, "prompt": task.prompt,
+                "model": params.get("model"), "quality": params.get("quality"),
+                "style": params.get("style"), "size": params.get("size"),
+                "response_format": params.get("response_format"), "n": params.get("n"),
+                "sweep_point": labels[task.point]}
+        record = None if task.problem else replay.final(task.task_id)
+        if task.problem:
+            rows = [{"status": "error", "error_code": "invalid_params", "error_message": task.problem,
+                     "attempts": 0, "est_cost_usd": 0.0}]
+        elif record is None:
+            state = replay.states.get(task.task_id)
+            rows = [{"status": "error", "error_code": unfinished_code, "error_message": unfinished_message,
+                     "attempts": state.carried_attempts if state else 0, "est_cost_usd": 0.0}]
+        else:
+            outcome = {k: record.get(k) for k in _OUTCOME_FIELDS}
+            usage = record.get("usage") or {}
+            outcome["total_tokens"] = usage.get("total_tokens") if isinstance(usage, dict) else None
+            if record["status"] == "ok":
+                price = models.price_per_image(params.get("model"), params.get("quality"), params.get("size"))
+                rows = []
+                for image in record.get("images") or ():
+                    row = {**outcome, "status": "ok", "image_index": image.get("image_index", 0),
+                           "est_cost_usd": price}
+                    row.update({k: image.get(k) for k in _IMAGE_FIELDS})
+                    rows.append(row)
+            else:
+                rows = [{**outcome, "status": "error", "est_cost_usd": 0.0}]
+        for row in rows:
+            row.update(base)
+            for name in COLUMNS:
+                add[name](row.get(name))
+            row_indices.append(task.row_index)
+    result = pa.Table.from_pydict(cols, schema=SCHEMA)
+    if table is not None and plan.passthrough:
+        extra = table[plan.passthrough].iloc[row_indices].reset_index(drop=True)
+        extra_table = pa.Table.from_pandas(extra, preserve_index=False)
+        for name, column in zip(extra_table.column_names, extra_table.columns):
+            out_name = name if name not in COLUMNS else f"input_{name}"
+            result = result.append_column(out_name, column)
+    return result
+
+
+def write_results(out_dir, table: pa.Table) -> None:
+    import pyarrow.parquet as pq
+    out_dir = Path(out_dir)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_atomic(out_dir / "results.parquet", sink.getvalue().to_pybytes())
+    write_metadata(out_dir, table)
+
+
+def write_metadata(out_dir, table: pa.Table) -> None:
+    """Hugging Face imagefolder metadata: one line per image, `file_name` relative to OUT."""
+    import pyarrow.compute as pc
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    keep = [c for c in ok.column_names if c not in ("image_path", "status", "error_code",
+                                                       "error_message", "http_status")]
+    lines = []
+    paths = ok["image_path"].to_pylist()
+    for path, row in zip(paths, ok.select(keep).to_pylist()):
+        lines.append(json.dumps({"file_name": path, **row}, ensure_ascii=False, default=str))
+    write_atomic(Path(out_dir) / "metadata.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+
+
+def read_results(out_dir):
+    import pandas as pd
+    return pd.read_parquet(Path(out_dir) / "results.parquet")

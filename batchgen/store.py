@@ -1,0 +1,99 @@
+"""Images on disk: check the bytes are an image, hash them, and write them atomically.
+
+Names come from the task id only (never from prompt text). Images are spread over
+`images/<first two hex digits of the task id>/` so no folder holds more than a few thousand
+files even for a million images.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .errors import BadResponse
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+)
+
+TMP_PREFIX = ".tmp-"
+
+
+def image_format(data: bytes) -> Optional[str]:
+    """The file extension for these bytes, from their magic number; None if not an image."""
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the header (Pillow reads no pixels for this)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BadResponse(f"the image bytes are not a readable image: {e}") from None
+
+
+@dataclass
+class SavedImage:
+    image_path: str   # relative to OUT
+    sha256: str
+    width: int
+    height: int
+    bytes: int
+
+
+def relative_image_path(task_id: str, image_index: int, n: int, ext: str) -> str:
+    name = task_id if n == 1 else f"{task_id}_{image_index}"
+    return f"images/{task_id[:2]}/{name}.{ext}"
+
+
+class ImageStore:
+    def __init__(self, out_dir):
+        self.out_dir = Path(out_dir)
+        (self.out_dir / "images").mkdir(parents=True, exist_ok=True)
+        self._made_dirs: set[str] = set()
+
+    def save(self, task_id: str, image_index: int, n: int, data: bytes) -> SavedImage:
+        """Check, hash and write one image; raises BadResponse if the bytes are not an image.
+
+        Blocking (hashing and writing a few MB): the runner calls it in a worker thread.
+        """
+        ext = image_format(data)
+        if ext is None:
+            raise BadResponse(f"the response's image is not PNG, JPEG, WebP or GIF "
+                              f"(starts with {data[:8]!r})")
+        width, height = image_size(data)
+        rel = relative_image_path(task_id, image_index, n, ext)
+        final = self.out_dir / rel
+        folder = str(final.parent)
+        if folder not in self._made_dirs:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(folder)
+        tmp = final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, final)
+        return SavedImage(rel, hashlib.sha256(data).hexdigest(), width, height, len(data))
+
+    def remove_temporaries(self) -> int:
+        """Delete what a killed run left half-written; returns how many."""
+        removed = 0
+        images = self.out_dir / "images"
+        for sub in images.iterdir() if images.exists() else ():
+            if sub.is_dir():
+                for tmp in sub.glob(TMP_PREFIX + "*"):
+                    tmp.unlink(missing_ok=True)
+                    removed += 1
+        return removed

@@ -1,0 +1,42 @@
+"""The checkpoint: append, replay, torn lines."""
+import json
+
+from batchgen.journal import Journal, replay
+
+
+def test_replay_keeps_the_last_final_outcome_and_carries_unfinished_attempts(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with Journal(path) as j:
+        j.append({"task_id": "a", "status": "not_done", "attempts": 2})
+        j.append({"task_id": "a", "status": "error", "error_code": "api_error", "attempts": 1})
+        j.append({"task_id": "b", "status": "not_done", "attempts": 1})
+        j.append({"task_id": "a", "status": "ok", "attempts": 1, "images": []})
+    state = replay(path)
+    assert state.final("a")["status"] == "ok" and state.final("a")["attempts"] == 1
+    assert state.final("b") is None and state.states["b"].carried_attempts == 1
+    state = replay(path)
+    assert state.lines == 4
+
+
+def test_a_torn_last_line_is_ignored_and_trimmed(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(json.dumps({"task_id": "a", "status": "ok", "images": []}).encode() + b'\n{"task_id": "b", "sta')
+    assert replay(path).final("b") is None
+    with Journal(path) as j:
+        j.append({"task_id": "c", "status": "ok", "images": []})
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["task_id"] for x in lines] == ["a", "c"]
+
+
+def test_an_ok_line_whose_image_is_missing_or_short_is_not_trusted(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"12345")
+    (tmp_path / "images" / "b.png").write_bytes(b"")
+    path = tmp_path / "journal.jsonl"
+    with Journal(path) as j:
+        for tid, size in (("a", 5), ("b", 5), ("c", 5)):
+            j.append({"task_id": tid, "status": "ok",
+                      "images": [{"image_path": f"images/{tid}.png", "bytes": size}]})
+    state = replay(path, out_dir=tmp_path)
+    assert state.final("a") is not None
+    assert state.final("b") is None and state.final("c") is None
