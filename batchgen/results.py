@@ -79,7 +79,7 @@ def build_table(plan: Plan, replay, unfinished_code: str = "interrupted",
         base = {"task_id": task.task_id, "row_index": task.row_index, "prompt": task.prompt,
                 "model": params.get("model"), "quality": params.get("quality"),
                 "style": params.get("style"), "size": params.get("size"),
-                "response_format": params.get("response_format"), "n": params.get("n"),
+                "response_format": params.get("response_format"), "n": task.images_expected,
                 "sweep_point": labels[task.point]}
         record = None if task.problem else replay.final(task.task_id)
         if task.problem:
@@ -111,18 +111,33 @@ def build_table(plan: Plan, replay, unfinished_code: str = "interrupted",
     result = pa.Table.from_pydict(cols, schema=SCHEMA)
     if table is not None and plan.passthrough:
         extra = table[plan.passthrough].iloc[row_indices].reset_index(drop=True)
-        extra_table = pa.Table.from_pandas(extra, preserve_index=False)
-        for name, column in zip(extra_table.column_names, extra_table.columns):
+        for name in plan.passthrough:
             out_name = name if name not in COLUMNS else f"input_{name}"
-            result = result.append_column(out_name, column)
+            result = result.append_column(out_name, _arrow_column(extra[name]))
     return result
+
+
+def with_pandas_types(table: pa.Table) -> pa.Table:
+    """The same table, with pandas metadata saying integer columns are nullable Int64, so
+    pd.read_parquet gives ints as ints and missing values as <NA> rather than floats."""
+    import pandas as pd
+    df = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    return pa.Table.from_pandas(df, preserve_index=False)
+
+
+def _arrow_column(series) -> pa.Array:
+    """A pass-through column as Arrow; a column of mixed types (JSONL allows it) as text."""
+    try:
+        return pa.Array.from_pandas(series)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        return pa.array([None if v is None or v != v else str(v) for v in series], type=pa.string())
 
 
 def write_results(out_dir, table: pa.Table) -> None:
     import pyarrow.parquet as pq
     out_dir = Path(out_dir)
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(with_pandas_types(table), sink, compression="zstd")
     write_atomic(out_dir / "results.parquet", sink.getvalue().to_pybytes())
     write_metadata(out_dir, table)
 
