@@ -81,6 +81,10 @@ def run(source, no_progress, **kw):
         summary = run_job(source, progress=not no_progress, **_overrides(kw))
     except UsageError as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        # Only outside the send loop (start-up, the final write); in it, Ctrl-C is handled gracefully.
+        click.echo("interrupted; run the same command again to resume", err=True)
+        sys.exit(3)
     click.echo(format_summary(summary))
     sys.exit(summary.exit_status)
 

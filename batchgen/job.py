@@ -30,6 +30,7 @@ class JobConfig:
     concurrency: int = 8
     rpm: Optional[float] = None
     max_retries: int = 8
+    backoff_base: float = 1.0             # seconds; the first retry waits up to this (full jitter)
     timeout: float = 300.0
     provider: str = "acedata"
     base_url: Optional[str] = None
@@ -118,7 +119,7 @@ def point_label(point: dict) -> str:
 # ---- job files --------------------------------------------------------------------------
 
 _JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "rpm",
-             "max_retries", "timeout", "provider", "base_url", "limit", "max_cost", "encoding"}
+             "max_retries", "backoff_base", "timeout", "provider", "base_url", "limit", "max_cost", "encoding"}
 
 
 def load_job_file(path) -> dict:
@@ -155,7 +156,7 @@ def load_job_file(path) -> dict:
     settings["sweep"] = _merge_axes([
         (axis, [parse_param_value(axis, v, f"{path} [sweep]") for v in values])
         for axis, values in sweep.items()])
-    for key in ("prompt_column", "concurrency", "rpm", "max_retries", "timeout", "provider",
+    for key in ("prompt_column", "concurrency", "rpm", "max_retries", "backoff_base", "timeout", "provider",
                 "base_url", "limit", "max_cost", "encoding"):
         if key in data:
             settings[key] = data[key]
@@ -194,7 +195,7 @@ def check_settings(config: JobConfig) -> None:
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < low):
             raise UsageError(f"{name} must be a whole number ≥ {low}, not {value!r}")
-    for name in ("rpm", "timeout", "max_cost"):
+    for name in ("rpm", "timeout", "max_cost", "backoff_base"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, (int, float)) or value <= 0):
             raise UsageError(f"{name} must be a number > 0, not {value!r}")

@@ -124,27 +124,30 @@ class Spacer:
 
 
 class AdaptivePacer:
-    """Finds the server's rate limit without being told, and honours it for all workers.
+    """Finds the server's rate limit without being told, and holds all workers to it.
 
-    - A 429 opens one shared cool-down (its Retry-After, or a short backoff): every worker
-      waits it out together instead of each sleeping on its own.
-    - The first 429 sets a pace just under the rate that was succeeding; later 429s cut it
-      (multiplicative decrease, at most once per cool-down) and a quiet stretch raises it
-      a little (additive increase), so it settles just under the server's limit.
-    - Where the server says its limit (x-ratelimit-* headers) the pace follows that before any
-      429 happens.
+    - A 429 opens one shared cool-down (its Retry-After, else a second): every worker waits it
+      out together instead of each sleeping on its own.
+    - The first 429 sets a pace equal to the rate that was succeeding just before it. After
+      that, AIMD: each success raises the pace by about INCREASE requests/s per second, and a
+      429 cuts it by DECREASE (once per burst: 429s to requests sent before the last cut are
+      the same event). The pace settles in a narrow band just under the server's limit.
+    - Where the server states its limit (x-ratelimit-limit-requests, per minute, as OpenAI
+      sends) the pace is that, before any 429 happens.
     """
 
-    WINDOW_S = 2.0
-    PROBE_EVERY_S = 2.0
+    INCREASE = 1.0       # requests/s gained per second without a 429
+    DECREASE = 0.9
+    MIN_RATE = 0.5
+    NO_RETRY_AFTER_S = 1.0
 
     def __init__(self):
         self.rate: Optional[float] = None      # requests per second; None: no limit known
+        self._told = False                      # the rate comes from the server's headers
         self._next = 0.0
         self._cooldown_until = 0.0
         self._last_cut = 0.0
-        self._last_probe = 0.0
-        self._successes: deque[float] = deque()
+        self._recent: deque[float] = deque()   # success times within the last second
 
     async def acquire(self) -> None:
         # No lock: the event loop runs this between awaits, so each reservation is atomic.
@@ -165,32 +168,30 @@ class AdaptivePacer:
             await asyncio.sleep(self._cooldown_until - time.monotonic())
             return
 
-    def on_success(self, headers: Optional["RateLimitHeaders"] = None) -> None:
+    def on_success(self, headers: Optional[RateLimitHeaders] = None) -> None:
         now = time.monotonic()
-        self._successes.append(now)
-        while self._successes and self._successes[0] < now - self.WINDOW_S:
-            self._successes.popleft()
         if headers and headers.limit:
             told = headers.limit / 60.0
-            self.rate = told if self.rate is None else min(told, max(self.rate, told * 0.98))
-            if headers.remaining is not None and headers.remaining <= 0 and headers.reset_s:
-                self._cooldown_until = max(self._cooldown_until, now + min(headers.reset_s, 1.0 / told))
+            self.rate, self._told = told, True
+            if headers.remaining is not None and headers.remaining <= 0:
+                self._cooldown_until = max(self._cooldown_until, now + 1.0 / told)
             return
-        if self.rate and now - self._last_probe >= self.PROBE_EVERY_S and now - self._last_cut >= self.PROBE_EVERY_S:
-            self._last_probe = now
-            self.rate *= 1.03
+        self._recent.append(now)
+        while self._recent[0] < now - 1.0:
+            self._recent.popleft()
+        if self.rate and not self._told:
+            self.rate += self.INCREASE / self.rate
 
     def on_rate_limited(self, retry_after: Optional[float], sent_at: float) -> None:
         now = time.monotonic()
-        pause = retry_after if retry_after is not None else 1.0
+        pause = self.NO_RETRY_AFTER_S if retry_after is None else retry_after
         self._cooldown_until = max(self._cooldown_until, now + min(pause, 15 * 60))
         self._next = max(self._next, self._cooldown_until)
         if sent_at < self._last_cut:
-            return  # this 429 belongs to a burst we already reacted to
+            return  # a 429 to a request sent before we slowed down: the same burst
         self._last_cut = now
-        window = [t for t in self._successes if t >= now - self.WINDOW_S]
-        measured = len(window) / self.WINDOW_S if len(window) >= 4 else None
         if self.rate is None:
-            self.rate = max(0.2, (measured or 2.0) * 0.95)
+            recent = sum(1 for t in self._recent if t >= now - 1.0)
+            self.rate = max(self.MIN_RATE, float(recent))
         else:
-            self.rate = max(0.2, min(self.rate * 0.85, (measured or self.rate) * 1.0))
+            self.rate = max(self.MIN_RATE, self.rate * self.DECREASE)

@@ -29,6 +29,7 @@ log = logging.getLogger("batchgen")
 
 EXIT_OK, EXIT_TASK_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 GRACE_S = 30.0
+MAX_RATE_LIMITED_RETRIES = 100
 
 
 @dataclass
@@ -96,7 +97,7 @@ class Sender:
         self.store = store
         self.journal = journal
         self.progress = progress
-        self.policy = RetryPolicy(max_retries=config.max_retries)
+        self.policy = RetryPolicy(max_retries=config.max_retries, base_s=config.backoff_base)
         self.pacer = AdaptivePacer()
         self.spacer = Spacer(config.rpm) if config.rpm else None
         self.rng = random.Random()
@@ -153,7 +154,7 @@ class Sender:
     async def _run_task(self, task: Task) -> None:
         from .client import build_body
         body = build_body(task.prompt, task.params)
-        attempts = 0
+        attempts = failures = rate_limited = 0
         started = time.monotonic()
         try:
             while True:
@@ -169,22 +170,30 @@ class Sender:
                 try:
                     record = await self._attempt(task, body)
                 except RequestError as error:
-                    if is_rate_limited(error):
-                        self.pacer.on_rate_limited(error.retry_after, sent_at)
                     decision = classify(error)
                     if decision is Decision.STOP:
                         self.stop(error.code, f"{error.code} (HTTP {error.http_status}): {error.message} — "
                                               f"{stop_advice(error)}")
                         self._record_not_done(task, attempts)
                         return
-                    if decision is Decision.RETRY and attempts <= self.policy.max_retries:
-                        if self.stopped:
+                    if decision is Decision.RETRY:
+                        # 429s are the server pacing us, not a fault of this task: they have a
+                        # budget of their own so a storm does not use up --max-retries.
+                        if is_rate_limited(error):
+                            self.pacer.on_rate_limited(error.retry_after, sent_at)
+                            rate_limited += 1
+                            retry = rate_limited <= MAX_RATE_LIMITED_RETRIES
+                        else:
+                            failures += 1
+                            retry = failures <= self.policy.max_retries
+                        if retry and self.stopped:
                             self._record_not_done(task, attempts)
                             return
-                        if not is_rate_limited(error):
-                            await self._sleep_unless_stopped(
-                                self.policy.delay(attempts, error.retry_after, self.rng))
-                        continue
+                        if retry:
+                            if not is_rate_limited(error):  # the pacer's cool-down covers 429s
+                                await self._sleep_unless_stopped(
+                                    self.policy.delay(failures, error.retry_after, self.rng))
+                            continue
                     self._finish(task, self._error_record(task, error, attempts, started))
                     return
                 record["attempts"] = attempts
@@ -312,8 +321,11 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
 
     started = time.monotonic()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_job_json(config, plan)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_job_json(config, plan)
+    except OSError as e:
+        raise UsageError(f"cannot write the output folder {out}: {e.strerror or e}; choose another --out") from None
     store = ImageStore(out)
     store.remove_temporaries()
     state = replay(out / "journal.jsonl", out_dir=out)

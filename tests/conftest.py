@@ -54,3 +54,31 @@ def results(out) -> pd.DataFrame:
 
 def journal(out) -> list:
     return [json.loads(line) for line in (Path(out) / "journal.jsonl").read_text().splitlines()]
+
+
+def wait_until(predicate, timeout=60.0, what="condition"):
+    """Wait for something to happen (polling a condition, with a deadline), not for time to pass."""
+    import threading
+    import time
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        tick.wait(0.01)
+
+
+def batchgen_process(*args, token=TOKEN, **popen):
+    """`python -m batchgen ...` as a real process (for signals and kill -9)."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "ACEDATA_API_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "batchgen", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def make_prompts(path, count):
+    pd.DataFrame({"prompt": [f"prompt number {i}: a small watercolour of a harbour" for i in range(count)],
+                  "idx": range(count)}).to_csv(path, index=False)
+    return path
