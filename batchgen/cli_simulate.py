@@ -1,0 +1,99 @@
+"""`batchgen simulate`: serve the built-in simulator on 127.0.0.1 until Ctrl-C.
+
+On start it prints exactly two lines on stdout, the two base URLs:
+
+    http://127.0.0.1:P/openai/images/generations    (AceData dialect)
+    http://127.0.0.1:P/v1                           (OpenAI dialect)
+
+and nothing else (benchmarks parse it).  SIGINT/SIGTERM stop it with exit status 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import click
+
+from .simulator import SimConfig, start_simulator
+
+_PROB = click.FloatRange(0.0, 1.0)
+
+
+def _prob(flag: str, what: str):
+    return click.option(flag, type=_PROB, default=0.0, show_default=True,
+                        help=f"Probability of {what}.")
+
+
+@click.command("simulate")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port on 127.0.0.1 (0: a free one).")
+@click.option("--token", default="sim-token", show_default=True,
+              help="The only bearer token accepted.")
+@click.option("--latency", type=click.FloatRange(0.0), default=0.0, show_default=True,
+              help="Seconds added before answering each generation request.")
+@click.option("--latency-jitter", type=click.FloatRange(0.0), default=0.0, show_default=True,
+              help="Plus a uniform random 0..S seconds.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the fault decisions (same seed and requests: same faults).")
+@_prob("--fail-429", "a 429 rate-limit answer")
+@click.option("--retry-after", type=click.FloatRange(0.0), default=1.0, show_default=True,
+              help="Retry-After seconds sent with --fail-429 answers.")
+@click.option("--retry-after-date", is_flag=True,
+              help="Send Retry-After as an HTTP date (and no retry-after-ms).")
+@_prob("--fail-500", "a 500 api_error answer")
+@_prob("--fail-503-html", "a 503 with an HTML body, as from a proxy")
+@_prob("--drop", "closing the connection without an answer")
+@_prob("--hang", "never answering (for --hang-seconds)")
+@click.option("--hang-seconds", type=click.FloatRange(0.0), default=3600.0, show_default=True,
+              help="How long a hanging request waits before a 504.")
+@_prob("--truncate", "a 200 whose JSON body is cut short")
+@_prob("--bad-json", "a 200 whose body is not JSON")
+@_prob("--bad-b64", "a 200 whose b64_json is not valid base64")
+@_prob("--not-image", "a 200 whose image decodes but is not an image")
+@_prob("--expired-link", "a url whose download answers 404")
+@click.option("--policy-word", default="forbidden-fruit", show_default=True,
+              help="Prompts containing this word are refused (content_policy_violation).")
+@click.option("--acedata-moderation-403", is_flag=True,
+              help="AceData dialect: refuse such prompts with 403 forbidden instead of 400.")
+@click.option("--rpm-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Server-side limit in requests per minute (429 beyond it; 1 s of burst).")
+@click.option("--quota-images", type=click.IntRange(0), default=None,
+              help="After this many images, answer insufficient_quota / used_up.")
+@click.option("--url-ttl", type=click.FloatRange(0.0), default=3600.0, show_default=True,
+              help="Seconds an image url stays downloadable.")
+@click.option("--photo", is_flag=True,
+              help="Serve incompressible noise images (a 1024x1024 PNG is about 3 MB).")
+def simulate(port: int, **options) -> None:
+    """Serve the built-in fake Images API on 127.0.0.1 until Ctrl-C.
+
+    Prints the AceData endpoint and the OpenAI base URL, one per line.
+    """
+    try:
+        config = SimConfig(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        asyncio.run(_serve(config, port))
+    except KeyboardInterrupt:  # SIGINT before the handlers were installed, or on Windows
+        pass
+    except OSError as exc:
+        click.echo(f"batchgen simulate: cannot listen on 127.0.0.1:{port}: {exc}", err=True)
+        sys.exit(2)
+
+
+async def _serve(config: SimConfig, port: int) -> None:
+    sim = await start_simulator(config, "127.0.0.1", port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # Windows: Ctrl-C raises instead
+            pass
+    try:
+        sys.stdout.write(f"{sim.acedata_url}\n{sim.openai_base_url}\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await sim.close()

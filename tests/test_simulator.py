@@ -1,0 +1,521 @@
+"""The built-in simulator itself, over real HTTP on loopback (no mocks).
+
+Each test talks to a SimulatorThread with urllib (or aiohttp where the kind of disconnect
+matters), and checks what a client would see: statuses, headers, both error shapes, images
+that decode at the requested size, faults, limits, counters, and the official openai SDK.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import io
+import json
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+from PIL import Image, UnidentifiedImageError
+
+from batchgen.simulator import SimConfig, SimulatorThread, go_duration, start_simulator
+
+TOKEN = "sim-token"
+
+
+class Answer:
+    def __init__(self, status: int, headers, body: bytes):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def call(url: str, body=None, *, token=TOKEN, method=None, raw: bytes | None = None,
+         timeout: float = 10) -> Answer:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return Answer(resp.status, resp.headers, resp.read())
+    except urllib.error.HTTPError as err:
+        return Answer(err.code, err.headers, err.read())
+
+
+def gen(sim, dialect: str, body=None, **kw) -> Answer:
+    url = sim.acedata_url if dialect == "acedata" else sim.openai_base_url + "/images/generations"
+    return call(url, body, **kw)
+
+
+def decode(b64: str) -> Image.Image:
+    im = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
+    im.load()
+    return im
+
+
+def pixels(im: Image.Image) -> bytes:
+    return im.convert("RGB").tobytes()
+
+
+def assert_openai_error(ans: Answer, status: int, *, code=None, param=None, type="invalid_request_error"):
+    assert ans.status == status, ans.body
+    assert ans.headers["x-request-id"]
+    err = ans.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"] and err["type"] == type
+    assert err["code"] == code and err["param"] == param
+
+
+def assert_acedata_error(ans: Answer, status: int, code: str):
+    assert ans.status == status, ans.body
+    doc = ans.json()
+    assert doc["success"] is False and doc["error"]["code"] == code and doc["error"]["message"]
+    assert len(doc["trace_id"]) == 36
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorThread() as server:
+        yield server
+
+
+@pytest.fixture
+def fresh(sim):
+    sim.reset_stats(everything=True)
+    return sim
+
+
+# ---- success in both dialects ------------------------------------------------------------
+
+def test_urls_and_port(sim):
+    assert sim.port > 0
+    assert sim.acedata_url == f"http://127.0.0.1:{sim.port}/openai/images/generations"
+    assert sim.openai_base_url == f"http://127.0.0.1:{sim.port}/v1"
+
+
+def test_openai_b64_dall_e_2_size_and_prompt_dependent_pixels(fresh):
+    images = []
+    for prompt in ("a red fox in snow", "a blue whale at dawn"):
+        ans = gen(fresh, "openai", {"model": "dall-e-2", "prompt": prompt, "size": "256x256",
+                                    "response_format": "b64_json"})
+        assert ans.status == 200 and ans.headers["x-request-id"]
+        doc = ans.json()
+        assert isinstance(doc["created"], int) and len(doc["data"]) == 1
+        assert "revised_prompt" not in doc["data"][0] and "usage" not in doc
+        im = decode(doc["data"][0]["b64_json"])
+        assert im.format == "PNG" and im.size == (256, 256)
+        images.append(pixels(im))
+    assert images[0] != images[1]
+    again = gen(fresh, "openai", {"model": "dall-e-2", "prompt": "a red fox in snow", "size": "256x256",
+                                  "response_format": "b64_json"}).json()
+    assert pixels(decode(again["data"][0]["b64_json"])) == images[0]  # deterministic
+
+
+def test_acedata_url_default_and_download(fresh):
+    ans = gen(fresh, "acedata", {"model": "dall-e-3", "prompt": "A cute baby sea otter", "size": "1792x1024"})
+    assert ans.status == 200
+    doc = ans.json()
+    assert doc["success"] is True and len(doc["task_id"]) == 36 and len(doc["trace_id"]) == 36
+    item = doc["data"][0]
+    assert item["url"].startswith(f"http://127.0.0.1:{fresh.port}/files/") and item["url"].endswith(".png")
+    assert item["revised_prompt"].startswith("A cute baby sea otter") and len(item["revised_prompt"]) > 60
+    got = call(item["url"], token=None)
+    assert got.status == 200 and got.headers["Content-Type"] == "image/png"
+    im = Image.open(io.BytesIO(got.body))
+    assert im.size == (1792, 1024)
+    assert fresh.stats.downloads == 1
+    assert call(item["url"].replace("/files/", "/files/x"), token=None).status == 404
+
+
+def test_dall_e_3_revised_prompt_b64(fresh):
+    doc = gen(fresh, "openai", {"model": "dall-e-3", "prompt": "a lighthouse", "quality": "hd",
+                                "style": "natural", "response_format": "b64_json"}).json()
+    item = doc["data"][0]
+    assert decode(item["b64_json"]).size == (1024, 1024)
+    assert "lighthouse" in item["revised_prompt"] and item["revised_prompt"] != "a lighthouse"
+
+
+def test_dall_e_2_n_images_differ(fresh):
+    doc = gen(fresh, "acedata", {"prompt": "three cats", "n": 3, "size": "256x256",
+                                 "response_format": "b64_json"}).json()
+    images = [pixels(decode(d["b64_json"])) for d in doc["data"]]
+    assert len(images) == 3 and len(set(images)) == 3
+    assert fresh.stats.images == 3
+
+
+@pytest.mark.parametrize("dialect", ["openai", "acedata"])
+def test_gpt_image_usage_and_fields(fresh, dialect):
+    ans = gen(fresh, dialect, {"model": "gpt-image-1", "prompt": "a robot", "size": "1536x1024", "quality": "low"})
+    assert ans.status == 200
+    doc = ans.json()
+    assert "url" not in doc["data"][0] and "revised_prompt" not in doc["data"][0]
+    assert decode(doc["data"][0]["b64_json"]).size == (1536, 1024)
+    assert (doc["size"], doc["quality"], doc["output_format"], doc["background"]) == \
+        ("1536x1024", "low", "png", "opaque")
+    usage = doc["usage"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
+    assert set(usage["input_tokens_details"]) == {"text_tokens", "image_tokens"}
+
+
+@pytest.mark.parametrize("fmt,pil", [("jpeg", "JPEG"), ("webp", "WEBP"), ("png", "PNG")])
+def test_gpt_image_output_formats_and_auto_size(fresh, fmt, pil):
+    doc = gen(fresh, "openai", {"model": "gpt-image-1-mini", "prompt": "a vase", "output_format": fmt}).json()
+    im = decode(doc["data"][0]["b64_json"])
+    assert im.format == pil and im.size == (1024, 1024) and doc["size"] == "1024x1024"
+
+
+def test_gpt_image_2_custom_size_and_transparent(fresh):
+    doc = gen(fresh, "openai", {"model": "gpt-image-2", "prompt": "a logo", "size": "512x1536",
+                                "background": "transparent"}).json()
+    im = decode(doc["data"][0]["b64_json"])
+    assert im.size == (512, 1536) and doc["background"] == "transparent"
+    assert im.convert("RGBA").getextrema()[3][0] == 0  # some pixels are transparent
+
+
+def test_model_defaults_to_gpt_image_1_when_a_gpt_only_field_is_used(fresh):
+    doc = gen(fresh, "openai", {"prompt": "x", "output_format": "webp"}).json()
+    assert doc["output_format"] == "webp" and "usage" in doc
+
+
+def test_photo_mode_is_big_and_varies(fresh):
+    with SimulatorThread(photo=True) as sim:
+        docs = [gen(sim, "openai", {"model": "gpt-image-1", "prompt": p}).json() for p in ("a", "b")]
+    raw = [base64.b64decode(d["data"][0]["b64_json"]) for d in docs]
+    assert all(len(r) > 3_000_000 for r in raw)
+    ims = [Image.open(io.BytesIO(r)) for r in raw]
+    assert ims[0].size == (1024, 1024) and pixels(ims[0]) != pixels(ims[1])
+
+
+def test_start_simulator_in_the_callers_loop_with_latency():
+    async def main():
+        sim = await start_simulator(SimConfig(latency=0.01, latency_jitter=0.01))
+        try:
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+                async with session.post(sim.openai_base_url + "/images/generations",
+                                        json={"prompt": "x", "size": "512x512", "response_format": "b64_json"}) as resp:
+                    doc = await resp.json()
+            return resp.status, decode(doc["data"][0]["b64_json"]).size, sim.stats.requests
+        finally:
+            await sim.close()
+
+    assert asyncio.run(main()) == (200, (512, 512), 1)
+
+
+# ---- validation ----------------------------------------------------------------------------
+
+INVALID = [
+    ({"model": "dall-e-2"}, "prompt", "missing_required_parameter"),
+    ({"prompt": ""}, "prompt", "empty_string"),
+    ({"prompt": 5}, "prompt", "invalid_type"),
+    ({"prompt": "x" * 1001}, "prompt", "string_above_max_length"),
+    ({"prompt": "x", "model": "dall-e-3", "n": 2}, "n", "invalid_value"),
+    ({"prompt": "x", "n": 11}, "n", "integer_above_max_value"),
+    ({"prompt": "x", "n": 0}, "n", "integer_below_min_value"),
+    ({"prompt": "x", "size": "1024x1792"}, "size", "invalid_value"),
+    ({"prompt": "x", "model": "dall-e-3", "size": "512x512"}, "size", "invalid_value"),
+    ({"prompt": "x", "quality": "hd"}, "quality", "invalid_value"),
+    ({"prompt": "x", "style": "vivid"}, "style", "unknown_parameter"),
+    ({"prompt": "x", "model": "dall-e-3", "style": "moody"}, "style", "invalid_value"),
+    ({"prompt": "x", "response_format": "png"}, "response_format", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-1", "response_format": "b64_json"}, "response_format", "unknown_parameter"),
+    ({"prompt": "x", "model": "gpt-image-1", "quality": "hd"}, "quality", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-1", "output_format": "gif"}, "output_format", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-1", "size": "1536x864"}, "size", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-2", "size": "1000x1000"}, "size", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-2", "size": "3840x1024"}, "size", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-2", "size": "3840x2176"}, "size", "invalid_value"),
+    ({"prompt": "x", "model": "dall-e-3", "output_format": "png"}, "output_format", "unknown_parameter"),
+    ({"prompt": "x", "seed": 3}, "seed", "unknown_parameter"),
+    ({"prompt": "x", "model": "dall-e-9"}, "model", "model_not_found"),
+]
+
+
+@pytest.mark.parametrize("body,param,code", INVALID)
+def test_validation_openai_shape(fresh, body, param, code):
+    assert_openai_error(gen(fresh, "openai", body), 400, code=code, param=param)
+
+
+@pytest.mark.parametrize("body,param,code", INVALID[::4])
+def test_validation_acedata_shape(fresh, body, param, code):
+    assert_acedata_error(gen(fresh, "acedata", body), 400, "bad_request")
+
+
+def test_invalid_json_body(fresh):
+    assert_openai_error(gen(fresh, "openai", raw=b"{not json"), 400, code=None)
+    assert_acedata_error(gen(fresh, "acedata", raw=b"[1, 2"), 400, "bad_request")
+    assert fresh.stats.by_status == {"400": 2}
+
+
+def test_gpt_image_2_accepts_large_custom_sizes(fresh):
+    for size in ("1536x864", "2160x3840"):
+        doc = gen(fresh, "openai", {"model": "gpt-image-2-2026-04-21", "prompt": "x", "size": size}).json()
+        assert doc["size"] == size
+
+
+# ---- auth ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("token", ["wrong-token", None])
+def test_bad_token_both_dialects(fresh, token):
+    body = {"prompt": "x"}
+    assert_openai_error(gen(fresh, "openai", body, token=token), 401, code="invalid_api_key")
+    assert_acedata_error(gen(fresh, "acedata", body, token=token), 401, "invalid_token")
+    assert fresh.stats.by_status == {"401": 2} and fresh.stats.images == 0
+
+
+# ---- faults at probability 1 -----------------------------------------------------------------
+
+def test_fail_429_retry_after_seconds():
+    with SimulatorThread(fail_429=1.0, retry_after=2.5) as sim:
+        ans = gen(sim, "openai", {"prompt": "x"})
+        assert_openai_error(ans, 429, code="rate_limit_exceeded", type="requests")
+        assert ans.headers["Retry-After"] == "2.5" and ans.headers["retry-after-ms"] == "2500"
+        ace = gen(sim, "acedata", {"prompt": "x"})
+        assert_acedata_error(ace, 429, "too_many_requests")
+        assert sim.stats.faults == {"fail_429": 2}
+
+
+def test_fail_429_retry_after_date():
+    with SimulatorThread(fail_429=1.0, retry_after=30, retry_after_date=True) as sim:
+        ans = gen(sim, "acedata", {"prompt": "x"})
+        assert ans.status == 429 and "retry-after-ms" not in ans.headers
+        when = email.utils.parsedate_to_datetime(ans.headers["Retry-After"])
+        date = email.utils.parsedate_to_datetime(ans.headers["Date"])
+        assert 25 <= (when - date).total_seconds() <= 35
+
+
+def test_fail_500_both_dialects():
+    with SimulatorThread(fail_500=1.0) as sim:
+        assert_openai_error(gen(sim, "openai", {"prompt": "x"}), 500, code="api_error", type="server_error")
+        assert_acedata_error(gen(sim, "acedata", {"prompt": "x"}), 500, "api_error")
+
+
+def test_fail_503_html():
+    with SimulatorThread(fail_503_html=1.0) as sim:
+        ans = gen(sim, "acedata", {"prompt": "x"})
+        assert ans.status == 503 and ans.headers["Content-Type"].startswith("text/html")
+        assert b"Service Temporarily Unavailable" in ans.body
+        with pytest.raises(ValueError):
+            ans.json()
+
+
+def test_drop_is_a_server_disconnect():
+    async def attempt(url):
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json={"prompt": "x"},
+                                    headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                return resp.status
+
+    with SimulatorThread(drop=1.0) as sim:
+        for url in (sim.acedata_url, sim.openai_base_url + "/images/generations"):
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                asyncio.run(attempt(url))
+        assert sim.stats.by_status == {"drop": 2}
+
+
+def test_hang_never_answers_and_shutdown_is_prompt():
+    sim = SimulatorThread(hang=1.0).start()
+    try:
+        with pytest.raises(OSError):  # socket timeout (TimeoutError / URLError)
+            gen(sim, "openai", {"prompt": "x"}, timeout=0.2)
+        assert sim.stats.by_status == {"hang": 1}
+    finally:
+        sim.stop()  # wakes the hanging handler; must not wait out hang_seconds
+
+
+def test_hang_then_504_when_hang_seconds_pass():
+    with SimulatorThread(hang=1.0, hang_seconds=0.01) as sim:
+        assert_acedata_error(gen(sim, "acedata", {"prompt": "x"}), 504, "timeout")
+
+
+@pytest.mark.parametrize("fault", ["truncate", "bad_json"])
+def test_unparseable_200(fault):
+    with SimulatorThread(**{fault: 1.0}) as sim:
+        for dialect in ("openai", "acedata"):
+            ans = gen(sim, dialect, {"prompt": "x", "size": "256x256", "response_format": "b64_json"})
+            assert ans.status == 200 and ans.headers["Content-Type"].startswith("application/json")
+            with pytest.raises(ValueError):
+                ans.json()
+
+
+def test_bad_b64():
+    with SimulatorThread(bad_b64=1.0) as sim:
+        b64 = gen(sim, "openai", {"model": "gpt-image-1", "prompt": "x"}).json()["data"][0]["b64_json"]
+    with pytest.raises(binascii.Error):
+        base64.b64decode(b64, validate=True)
+    with pytest.raises(binascii.Error):
+        base64.b64decode(b64)
+
+
+def test_not_image_b64_and_url():
+    with SimulatorThread(not_image=1.0) as sim:
+        b64 = gen(sim, "acedata", {"prompt": "x", "response_format": "b64_json"}).json()["data"][0]["b64_json"]
+        with pytest.raises(UnidentifiedImageError):
+            decode(b64)
+        url = gen(sim, "acedata", {"prompt": "x"}).json()["data"][0]["url"]
+        got = call(url, token=None)
+        assert got.status == 200
+        with pytest.raises(UnidentifiedImageError):
+            Image.open(io.BytesIO(got.body))
+
+
+def test_expired_link_fault_and_ttl():
+    with SimulatorThread(expired_link=1.0) as sim:
+        url = gen(sim, "openai", {"prompt": "x"}).json()["data"][0]["url"]
+        assert call(url, token=None).status == 404
+        assert sim.stats.download_misses == 1 and sim.stats.faults == {"expired_link": 1}
+    with SimulatorThread(url_ttl=0.0) as sim:  # expires at once
+        url = gen(sim, "acedata", {"prompt": "x"}).json()["data"][0]["url"]
+        assert call(url, token=None).status == 404
+
+
+@pytest.mark.parametrize("dialect,status,code", [("openai", 400, "content_policy_violation"),
+                                                 ("acedata", 400, "content_policy_violation")])
+def test_policy_word(fresh, dialect, status, code):
+    ans = gen(fresh, dialect, {"prompt": "a basket of Forbidden-Fruit"})
+    if dialect == "openai":
+        assert_openai_error(ans, 400, code=code, type="image_generation_user_error")
+    else:
+        assert_acedata_error(ans, status, code)
+
+
+def test_policy_word_acedata_403():
+    with SimulatorThread(policy_word="nope", acedata_moderation_403=True) as sim:
+        assert_acedata_error(gen(sim, "acedata", {"prompt": "say nope"}), 403, "forbidden")
+        assert gen(sim, "acedata", {"prompt": "forbidden-fruit"}).status == 200
+
+
+# ---- repeatable fault decisions --------------------------------------------------------------
+
+def _statuses(sim, bodies):
+    return {json.dumps(b): gen(sim, "openai", b).status for b in bodies}
+
+
+def test_seed_repeatable_whatever_the_order():
+    bodies = [{"prompt": f"prompt {i}", "size": "256x256", "response_format": "b64_json"} for i in range(40)]
+    with SimulatorThread(seed=7, fail_500=0.5) as sim:
+        first = _statuses(sim, bodies)
+    with SimulatorThread(seed=7, fail_500=0.5) as sim:
+        second = _statuses(sim, bodies[::-1])
+    with SimulatorThread(seed=8, fail_500=0.5) as sim:
+        other = _statuses(sim, bodies)
+    assert first == second
+    assert set(first.values()) == {200, 500}
+    assert other != first
+
+
+def test_retry_of_same_body_draws_again():
+    body = {"prompt": "retry me", "size": "256x256", "response_format": "b64_json"}
+    runs = []
+    for _ in range(2):
+        with SimulatorThread(seed=1, fail_500=0.5) as sim:
+            runs.append([gen(sim, "acedata", body).status for _ in range(12)])
+    assert runs[0] == runs[1] and set(runs[0]) == {200, 500}
+
+
+# ---- server-side limits ----------------------------------------------------------------------
+
+def test_rpm_limit_headers_and_429():
+    with SimulatorThread(rpm_limit=1) as sim:
+        ok = gen(sim, "openai", {"prompt": "x", "size": "256x256"})
+        assert ok.status == 200
+        assert ok.headers["x-ratelimit-limit-requests"] == "1"
+        assert ok.headers["x-ratelimit-remaining-requests"] == "0"
+        assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
+        limited = gen(sim, "openai", {"prompt": "x", "size": "256x256"})
+        assert_openai_error(limited, 429, code="rate_limit_exceeded", type="requests")
+        wait = float(limited.headers["Retry-After"])
+        assert 0 < wait <= 60 and int(limited.headers["retry-after-ms"]) == pytest.approx(wait * 1000, abs=1)
+        assert "x-ratelimit-limit-requests" in limited.headers
+        assert_acedata_error(gen(sim, "acedata", {"prompt": "x"}), 429, "too_many_requests")
+        assert sim.stats.images == 1
+
+
+def test_go_duration_format():
+    assert [go_duration(s) for s in (0, 0.12, 1, 1.5, 360, 3723)] == ["0s", "120ms", "1s", "1.5s", "6m0s", "1h2m3s"]
+
+
+def test_quota_images():
+    with SimulatorThread(quota_images=3) as sim:
+        assert gen(sim, "openai", {"prompt": "x", "n": 2, "size": "256x256"}).status == 200
+        assert_openai_error(gen(sim, "openai", {"prompt": "x", "n": 2}), 429,
+                            code="insufficient_quota", type="insufficient_quota")
+        assert gen(sim, "acedata", {"prompt": "x", "size": "256x256"}).status == 200
+        assert_acedata_error(gen(sim, "acedata", {"prompt": "x"}), 403, "used_up")
+        assert sim.stats.images == 3
+
+
+# ---- counters ---------------------------------------------------------------------------------
+
+def test_stats_in_process_and_over_http(fresh):
+    gen(fresh, "openai", {"prompt": "a", "size": "256x256"})
+    gen(fresh, "acedata", {"prompt": "b", "size": "256x256", "n": 2, "response_format": "b64_json"})
+    gen(fresh, "acedata", {"prompt": ""})
+    stats = fresh.stats
+    assert stats.requests == 3 and stats["requests"] == 3
+    assert stats.by_path == {"/v1/images/generations": 1, "/openai/images/generations": 2}
+    assert stats.by_status == {"200": 2, "400": 1}
+    assert stats.images == 3 and stats.by_model == {"dall-e-2": 2}
+    over_http = call(f"http://127.0.0.1:{fresh.port}/_sim/stats", token=None).json()
+    assert over_http["requests"] == 3 and over_http["by_status"] == {"200": 2, "400": 1}
+    assert call(f"http://127.0.0.1:{fresh.port}/_sim/reset", raw=b"", token=None).status == 200
+    assert fresh.stats.requests == 0 and fresh.stats.by_path == {}
+    fresh.reset_stats()
+    assert call(f"http://127.0.0.1:{fresh.port}/_sim/stats", token=None).json()["images"] == 0
+
+
+def test_config_checks_probabilities():
+    with pytest.raises(ValueError):
+        SimConfig(drop=1.5)
+
+
+# ---- the official openai SDK -----------------------------------------------------------------
+
+def test_openai_sdk(sim):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=sim.openai_base_url, api_key=TOKEN, max_retries=0)
+    result = client.images.generate(model="dall-e-3", prompt="A cute baby sea otter",
+                                    response_format="b64_json")
+    assert decode(result.data[0].b64_json).size == (1024, 1024)
+    assert "otter" in result.data[0].revised_prompt
+    gpt = client.images.generate(model="gpt-image-1", prompt="A red bicycle", size="1024x1536", quality="low")
+    assert decode(gpt.data[0].b64_json).size == (1024, 1536)
+    assert gpt.usage.total_tokens > 0 and gpt.size == "1024x1536"
+    with pytest.raises(openai.BadRequestError):
+        client.images.generate(model="gpt-image-1", prompt="x", response_format="url")
+    bad = openai.OpenAI(base_url=sim.openai_base_url, api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        bad.images.generate(model="dall-e-3", prompt="x")
+    assert info.value.code == "invalid_api_key"
+
+
+# ---- the command --------------------------------------------------------------------------------
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_cli_prints_two_urls_and_stops_quietly_on_sigint():
+    code = "from batchgen.cli_simulate import simulate; simulate(prog_name='batchgen simulate')"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--fail-500", "1", "--token", "t0k"],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        acedata = proc.stdout.readline().strip()
+        base = proc.stdout.readline().strip()
+        assert acedata.startswith("http://127.0.0.1:") and acedata.endswith("/openai/images/generations")
+        assert base == acedata.replace("/openai/images/generations", "/v1")
+        assert_acedata_error(call(acedata, {"prompt": "x"}, token="t0k"), 500, "api_error")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and out == "" and err == ""
