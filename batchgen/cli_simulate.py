@@ -15,7 +15,6 @@ import sys
 
 import click
 
-from .simulator import SimConfig, start_simulator
 
 _PROB = click.FloatRange(0.0, 1.0)
 
@@ -70,6 +69,7 @@ def simulate(port: int, **options) -> None:
     Prints the AceData endpoint and the OpenAI base URL, one per line.
     """
     try:
+        from .simulator import SimConfig  # lazy: keeps `batchgen run` start-up short
         config = SimConfig(**options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -82,7 +82,8 @@ def simulate(port: int, **options) -> None:
         sys.exit(2)
 
 
-async def _serve(config: SimConfig, port: int) -> None:
+async def _serve(config, port: int) -> None:
+    from .simulator import start_simulator
     sim = await start_simulator(config, "127.0.0.1", port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import models
+from . import _gc, models
 from .errors import UsageError
 
 PARAMETERS = models.PARAMETERS
@@ -203,12 +203,12 @@ def check_settings(config: JobConfig) -> None:
 
 # ---- planning ---------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     task_id: str
     row_index: int
     prompt: Any
-    params: dict               # only the parameters that are set
+    params: dict               # only the parameters that are set; shared by tasks alike
     point: int                 # index into Plan.points
     problem: Optional[str] = None   # set: refused before sending (invalid_params)
 
@@ -271,8 +271,30 @@ def check_defaults(config: JobConfig, points: list[dict]) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True, slots=True)
+class _Variant:
+    """What every task with the same parameters shares: computed once, not per task."""
+    params: dict
+    key: bytes                   # the parameters' part of the task id
+    problem: Optional[str]       # the model refuses these parameters
+    max_prompt: Optional[int]
+
+
+def _variant(params: dict) -> _Variant:
+    params = {k: params[k] for k in PARAMETERS if params.get(k) is not None}
+    found = models.parameter_problems(params)
+    rules = models.rules_for(params.get("model"))
+    return _Variant(params, json.dumps(params, sort_keys=True).encode(), "; ".join(found) or None,
+                    rules.max_prompt_chars if rules else None)
+
+
 def make_plan(df, config: JobConfig) -> Plan:
     """Every task of the job, with refused rows marked; raises UsageError for bad settings."""
+    with _gc.paused():
+        return _make_plan(df, config)
+
+
+def _make_plan(df, config: JobConfig) -> Plan:
     columns = list(df.columns)
     if config.prompt_column not in columns:
         raise UsageError(
@@ -294,18 +316,22 @@ def make_plan(df, config: JobConfig) -> Plan:
     values = [df[c].tolist() for c in ordered]
     header = "\x1e".join(ordered)
     seen: dict[str, int] = {}
-    point_keys = [json.dumps(p, sort_keys=True, default=str) for p in points]
     prompts = df[config.prompt_column].tolist()
     row_params = [df[c].tolist() for c in param_columns]
-    unknown_models: set[str] = set()
+    variants: dict = {}      # (row's own parameters, point index) -> _Variant
     tasks: list[Task] = []
+    append = tasks.append
+    blake2b = hashlib.blake2b
+    point_range = range(len(points))
     for i, cells in enumerate(zip(*values)):
         row_key = header + "\x1f" + "\x1f".join(map(repr, cells))
         occurrence = seen.get(row_key, 0)
         seen[row_key] = occurrence + 1
-        row_hash = hashlib.blake2b(f"{row_key}\x1d{occurrence}".encode("utf-8", "surrogatepass"),
-                                   digest_size=16).digest()
+        row_hash = blake2b(f"{row_key}\x1d{occurrence}".encode("utf-8", "surrogatepass"),
+                           digest_size=16).digest()
         prompt = _cell(prompts[i])
+        if prompt is not None and not isinstance(prompt, str):
+            prompt = str(prompt)
         own: dict = {}
         row_problem = None
         for param, col_values in zip(param_columns, row_params):
@@ -313,17 +339,22 @@ def make_plan(df, config: JobConfig) -> Plan:
             if value is not None:
                 own[param], problem = _row_param(param, value)
                 row_problem = row_problem or problem
-        for p_index, (point, point_key) in enumerate(zip(points, point_keys)):
-            params = {**config.defaults, **own, **point}
-            params = {k: params[k] for k in PARAMETERS if params.get(k) is not None}
-            task_id = hashlib.blake2b(
-                row_hash + json.dumps(params, sort_keys=True).encode(), digest_size=8).hexdigest()
-            problem = row_problem or models.prompt_problem(prompt, params.get("model"))
+        own_key = tuple(own.items())
+        blank = prompt is None or not prompt.strip()
+        for p_index in point_range:
+            variant = variants.get((own_key, p_index))
+            if variant is None:
+                variant = variants[(own_key, p_index)] = _variant({**config.defaults, **own, **points[p_index]})
+            task_id = blake2b(row_hash + variant.key, digest_size=8).hexdigest()
+            problem = row_problem
             if problem is None:
-                found = models.parameter_problems(params)
-                problem = "; ".join(found) if found else None
-            if models.rules_for(params.get("model")) is None:
-                unknown_models.add(params["model"])
-            tasks.append(Task(task_id, i, prompt if isinstance(prompt, str) else
-                              (None if prompt is None else str(prompt)), params, p_index, problem))
-    return Plan(config, points, tasks, passthrough, sorted(unknown_models))
+                if blank:
+                    problem = "prompt is missing or blank"
+                elif variant.max_prompt is not None and len(prompt) > variant.max_prompt:
+                    problem = models.prompt_problem(prompt, variant.params.get("model"))
+                else:
+                    problem = variant.problem
+            append(Task(task_id, i, prompt, variant.params, p_index, problem))
+    unknown_models = sorted({v.params["model"] for v in variants.values()
+                             if models.rules_for(v.params.get("model")) is None})
+    return Plan(config, points, tasks, passthrough, unknown_models)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
+from . import _gc
+
 FINAL_STATUSES = ("ok", "error")
 NOT_DONE = "not_done"   # sent, but stopped before an outcome (auth failure, interrupt): resend
 SYNC_EVERY_S = 1.0
@@ -60,6 +62,11 @@ def replay(path, out_dir=None) -> Replay:
     With `out_dir`, an ok record whose images are missing or of the wrong size (a power cut
     before the page cache reached the disk) counts as not done.
     """
+    with _gc.paused():
+        return _replay(path, out_dir)
+
+
+def _replay(path, out_dir) -> Replay:
     result = Replay()
     states = result.states
     for record in read_lines(path):

@@ -43,6 +43,7 @@ class PlanSummary:
 def summarise_plan(plan: Plan) -> PlanSummary:
     points = [PointSummary(point_label(p)) for p in plan.points]
     summary = PlanSummary(points, unknown_models=list(plan.unknown_models))
+    costs: dict = {}   # tasks alike share one params dict: price each once
     for task in plan.tasks:
         point = points[task.point]
         if task.problem:
@@ -53,8 +54,11 @@ def summarise_plan(plan: Plan) -> PlanSummary:
                 examples.append((task.row_index, task.prompt))
             continue
         point.tasks += 1
-        point.images += task.images_expected
-        cost = models.estimate_cost(task.params)
+        key = id(task.params)
+        if key not in costs:
+            costs[key] = (task.images_expected, models.estimate_cost(task.params))
+        images, cost = costs[key]
+        point.images += images
         if cost is None or point.cost_usd is None:
             point.cost_usd = None
         else:
