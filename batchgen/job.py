@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -143,9 +144,9 @@ def load_job_file(path) -> dict:
     base = path.parent
     if "input" not in data:
         raise UsageError(f"{path}: the job file needs input = \"path/to/prompts.csv\"")
-    settings["source"] = str(base / data["input"])
+    settings["source"] = os.path.normpath(base / data["input"])
     if "out" in data:
-        settings["out"] = str(base / data["out"])
+        settings["out"] = os.path.normpath(base / data["out"])
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         raise UsageError(f"{path}: [defaults] must be a table of parameter = value")
