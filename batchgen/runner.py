@@ -119,7 +119,13 @@ class Sender:
         queue = iter(tasks)
         workers = [asyncio.ensure_future(self._worker(queue)) for _ in range(self.config.concurrency)]
         self._workers = workers
-        await asyncio.gather(*workers, return_exceptions=True)
+        outcomes = await asyncio.gather(*workers, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                # A bug, not a task outcome: say so loudly, but still write what was done.
+                log.error("a worker failed", exc_info=outcome)
+                self.stop("internal_error", f"internal error ({outcome!r}); what finished is saved; "
+                                            "please report it, then run the same command again")
 
     def cancel_in_flight(self) -> None:
         for w in getattr(self, "_workers", ()):
@@ -200,6 +206,14 @@ class Sender:
                 record["latency_s"] = round(time.monotonic() - sent_at, 4)
                 self._finish(task, record)
                 return
+        except OSError as e:
+            # The disk, not the API: full, read-only, gone. Nothing later can be saved either.
+            try:
+                self._record_not_done(task, attempts)
+            except OSError:
+                pass
+            self.stop("write_failed", f"cannot write under {self.config.out}: {e.strerror or e}; "
+                                      "free some space or fix the folder, then run the same command again")
         except asyncio.CancelledError:
             if attempts:
                 self._record_not_done(task, attempts)
@@ -324,9 +338,9 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_job_json(config, plan)
+        store = ImageStore(out)
     except OSError as e:
         raise UsageError(f"cannot write the output folder {out}: {e.strerror or e}; choose another --out") from None
-    store = ImageStore(out)
     store.remove_temporaries()
     state = replay(out / "journal.jsonl", out_dir=out)
 

@@ -263,3 +263,23 @@ def test_status_reports_progress_errors_and_rate(cli, tmp_path):
     assert "rate:" in r.output
     r = cli("status", tmp_path / "nothing")
     assert r.exit_code == 2 and "no batchgen run" in r.output
+
+
+def test_a_write_failure_stops_the_run_and_a_rerun_finishes(cli, tmp_path):
+    from batchgen.job import JobConfig, make_plan
+    csv = make_prompts(tmp_path / "p.csv", 6)
+    out = tmp_path / "out"
+    plan = make_plan(pd.read_csv(csv), JobConfig(defaults={"model": "dall-e-3"}))
+    blocked = out / "images" / plan.tasks[3].task_id[:2]
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where a folder of images should go")
+    with SimulatorThread() as sim:
+        args = ("run", csv, "--out", out, "--base-url", sim.acedata_url, "--model", "dall-e-3",
+                "--concurrency", "1", "--no-progress")
+        r = cli(*args)
+        assert r.exit_code == 3 and "cannot write under" in r.output and "Traceback" not in r.output
+        assert set(results(out).error_code.dropna()) == {"write_failed"}
+        blocked.unlink()
+        r = cli(*args)
+        assert r.exit_code == 0
+    check_exactly_once(out, 6)
