@@ -65,7 +65,7 @@ def main():
 @click.argument("source")
 @job_options
 @click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at once (default 8).")
-@click.option("--max-retries", type=click.IntRange(min=0), help="Retries per task for 429/5xx/timeouts/bad responses (default 8).")
+@click.option("--max-retries", type=click.IntRange(min=0), help="Retries per task after 5xx, timeouts, dropped connections and bad responses (default 8). 429s wait as the server asks, on a budget of their own.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request (default 300).")
 @click.option("--retry-failed", is_flag=True, default=None, help="Send again the tasks whose last outcome was an error.")
 @click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), help="Stop launching once the estimated spend would pass USD.")

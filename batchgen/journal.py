@@ -104,6 +104,7 @@ class Journal:
         self._trim_torn_tail()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._dirty = False
+        self.appended = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, name="journal-fsync", daemon=True)
@@ -138,6 +139,7 @@ class Journal:
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
         os.write(self._fd, line)
         self._dirty = True
+        self.appended += 1
 
     def sync(self) -> None:
         with self._lock:

@@ -321,11 +321,19 @@ def run(source, *, progress: bool = False, environ=None, **options) -> Summary:
     except RuntimeError:
         return asyncio.run(coro)
     # Called from a running loop (a notebook): run in a thread of its own.
-    box = {}
-    thread = threading.Thread(target=lambda: box.setdefault("r", asyncio.run(coro)))
+    box: dict = {}
+
+    def in_thread():
+        try:
+            box["result"] = asyncio.run(coro)
+        except BaseException as e:  # handed back to the caller's thread
+            box["error"] = e
+    thread = threading.Thread(target=in_thread, name="batchgen-run")
     thread.start()
     thread.join()
-    return box["r"]
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progress: bool) -> Summary:
@@ -384,7 +392,7 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
         if simulator is not None:
             await simulator.close()
 
-    final_state = replay(out / "journal.jsonl", out_dir=out)
+    final_state = replay(out / "journal.jsonl", out_dir=out) if journal.appended else state
     unfinished = sender.stopped or "interrupted"
     table_out = await asyncio.to_thread(
         build_table, plan, final_state, unfinished,

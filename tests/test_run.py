@@ -237,3 +237,13 @@ def test_every_request_body_conforms_to_the_published_schema():
     assert "response_format" not in bodies[20]  # gpt-image: never sent
     with pytest.raises(jsonschema.ValidationError):
         validator.validate({"prompt": "x", "n": 11})  # the validator does refuse bad bodies
+
+
+def test_the_python_api_works_inside_a_running_event_loop_like_a_notebook(fresh_sim, prompts_csv, tmp_path):
+    import asyncio
+    import batchgen
+
+    async def notebook_cell():
+        return batchgen.run(str(prompts_csv), out=str(tmp_path / "o"), base_url=fresh_sim.acedata_url,
+                            defaults={"model": "dall-e-3"}, environ={"ACEDATA_API_TOKEN": TOKEN})
+    assert asyncio.run(notebook_cell()).ok == 3
