@@ -35,3 +35,46 @@ def test_full_jitter_backoff_is_capped_and_the_server_word_wins():
         assert 0 <= delay <= min(8, 2 ** (k - 1))
     assert policy.delay(3, 2.5, rng) == 2.5
     assert max(policy.backoff(10, rng) for _ in range(200)) > 4  # jitter spreads up to the cap
+
+
+def test_the_pacer_learns_a_rate_from_429s_and_one_burst_cuts_it_once():
+    import time
+    from batchgen.limits import AdaptivePacer
+    pacer = AdaptivePacer()
+    assert pacer.rate is None  # no limit known: no pacing at all
+    for _ in range(12):
+        pacer.on_success()
+    sent = time.monotonic()
+    pacer.on_rate_limited(retry_after=2.0, sent_at=sent)
+    assert pacer.rate == 12.0  # what was succeeding in the last second
+    assert pacer._cooldown_until >= sent + 2.0  # one cool-down, shared by every worker
+    pacer.on_rate_limited(retry_after=2.0, sent_at=sent)  # same burst: no second cut
+    assert pacer.rate == 12.0
+    pacer.on_rate_limited(retry_after=None, sent_at=time.monotonic() + 1)
+    assert pacer.rate == 12.0 * AdaptivePacer.DECREASE
+    before = pacer.rate
+    for _ in range(20):
+        pacer.on_success()
+    assert pacer.rate > before  # additive increase while requests succeed
+
+
+def test_the_pacer_follows_the_servers_stated_limit_before_any_429():
+    from batchgen.limits import AdaptivePacer, RateLimitHeaders
+    pacer = AdaptivePacer()
+    pacer.on_success(RateLimitHeaders(limit=1200, remaining=500, reset_s=0.1))
+    assert pacer.rate == 20.0
+    pacer.on_success(RateLimitHeaders(limit=1200, remaining=0, reset_s=0.05))
+    assert pacer._cooldown_until > 0  # nothing left: wait for the next slot
+
+
+def test_rpm_spacing_counts_n_images_as_n():
+    import asyncio
+    from batchgen.limits import Spacer
+    spacer = Spacer(per_minute=6000)  # one unit every 10 ms
+
+    async def reserve():
+        await spacer.acquire(1)
+        first = spacer._next
+        await spacer.acquire(3)  # a request for 3 images books 3 slots
+        return spacer._next - first
+    assert abs(asyncio.run(reserve()) - 0.03) < 1e-9
