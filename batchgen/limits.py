@@ -115,12 +115,16 @@ class Spacer:
         self.interval = 60.0 / per_minute
         self._next = 0.0
 
-    async def acquire(self, units: int = 1) -> None:
-        now = time.monotonic()
+    def reserve(self, units: int, now: float) -> float:
+        """Book the next slot for `units`; returns how long to wait for it."""
         start = max(now, self._next)
         self._next = start + self.interval * units
-        if start > now:
-            await asyncio.sleep(start - now)
+        return start - now
+
+    async def acquire(self, units: int = 1) -> None:
+        wait = self.reserve(units, time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 class AdaptivePacer:

@@ -68,13 +68,9 @@ def test_the_pacer_follows_the_servers_stated_limit_before_any_429():
 
 
 def test_rpm_spacing_counts_n_images_as_n():
-    import asyncio
     from batchgen.limits import Spacer
-    spacer = Spacer(per_minute=6000)  # one unit every 10 ms
-
-    async def reserve():
-        await spacer.acquire(1)
-        first = spacer._next
-        await spacer.acquire(3)  # a request for 3 images books 3 slots
-        return spacer._next - first
-    assert abs(asyncio.run(reserve()) - 0.03) < 1e-9
+    spacer = Spacer(per_minute=60)  # one unit a second
+    assert spacer.reserve(1, now=100.0) == 0        # the first goes at once
+    assert spacer.reserve(3, now=100.0) == 1.0      # the next waits for the first's slot...
+    assert spacer.reserve(1, now=100.5) == 3.5      # ...and a request for 3 images books 3 slots
+    assert spacer.reserve(1, now=200.0) == 0        # idle time is not saved up as a burst
