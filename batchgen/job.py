@@ -172,7 +172,8 @@ def resolve_config(source: str, overrides: dict) -> JobConfig:
     else:
         settings["source"] = str(source)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    cli_defaults = overrides.pop("defaults", {}) or {}
+    cli_defaults = {k: parse_param_value(k, v, "defaults")
+                    for k, v in (overrides.pop("defaults", {}) or {}).items() if v is not None}
     settings["defaults"] = {**settings.get("defaults", {}), **cli_defaults}
     if overrides.get("sweep"):
         # Axes named on the command line replace the job file's axes of the same name.

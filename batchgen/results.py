@@ -55,11 +55,15 @@ _OUTCOME_FIELDS = ("error_code", "error_message", "http_status", "attempts", "la
 def write_atomic(path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def build_table(plan: Plan, replay, unfinished_code: str = "interrupted",

@@ -133,3 +133,11 @@ def test_plan_summary_counts_and_costs_per_sweep_point():
     assert summary.refused_by_reason == {"prompt is missing or blank": 2}
     text = format_plan(summary, rpm=2)
     assert "$0.24" in text and "4 tasks (4 images) at 2/min: 2 min" in text
+
+
+def test_python_api_defaults_are_parsed_like_the_command_line(tmp_path):
+    (tmp_path / "p.csv").write_text("prompt\notter\n")
+    c = resolve_config(str(tmp_path / "p.csv"), {"defaults": {"model": "dall-e-2", "n": "3"}})
+    assert c.defaults == {"model": "dall-e-2", "n": 3}
+    with pytest.raises(UsageError, match="n must be a whole number"):
+        resolve_config(str(tmp_path / "p.csv"), {"defaults": {"n": "three"}})
