@@ -521,7 +521,7 @@ class _ImageMaker:
 
     def get(self, prompt: str, index: int, req: _Req) -> _Encoded:
         key = (prompt, index, req.width, req.height, req.output_format, req.background,
-               req.compression if req.output_format != "png" else 100)
+               req.compression if req.output_format != "png" else 100, req.style, req.quality)
         hit = self.cache.get(key)
         if hit is not None:
             return hit
@@ -531,7 +531,7 @@ class _ImageMaker:
             data = self._photo(digest, req.width, req.height, fmt, req.compression)
         else:
             data = self._drawing(digest, req.width, req.height, fmt, req.compression,
-                                 req.background == "transparent")
+                                 req.background == "transparent", req.style, req.quality)
         enc = _Encoded(data)
         # The base64 text is cached with it when asked for: count both.
         self.cache.put(key, enc, len(data) * 2 + len(data) // 3 + 200)
@@ -592,9 +592,9 @@ class _ImageMaker:
         return bytes(out)
 
     def _drawing(self, digest: bytes, w: int, h: int, fmt: str, compression: int,
-                 transparent: bool) -> bytes:
+                 transparent: bool, style: Optional[str] = None, quality: Optional[str] = None) -> bytes:
         index, ihdr, idat = self._layout(w, h, digest[0] % _LAYOUTS)
-        palette = self._palette(digest)
+        palette = self._styled(self._palette(digest), style, quality)
         if fmt == "png":
             trns = _chunk(b"tRNS", bytes(_GRADIENT_TOP + 1)) if transparent else b""
             return b"".join((_PNG_SIG, ihdr, _chunk(b"PLTE", palette), trns, idat, _IEND))
@@ -606,6 +606,25 @@ class _ImageMaker:
         else:
             im = im.convert("RGB")
         return self._pillow(im, fmt, compression)
+
+    @staticmethod
+    def _styled(palette: bytes, style: Optional[str], quality: Optional[str]) -> bytes:
+        """So a sweep shows a difference: "natural" mutes the colours, higher quality deepens
+        the contrast. The same prompt keeps its layout and hues across the sweep."""
+        muted = style == "natural"
+        rich = quality in ("hd", "high")
+        if not (muted or rich):
+            return palette
+        out = bytearray(palette)
+        for i in range(0, len(out), 3):
+            r, g, b = out[i], out[i + 1], out[i + 2]
+            if muted:
+                grey = (r * 30 + g * 59 + b * 11) // 100
+                r, g, b = ((c + 2 * grey) // 3 for c in (r, g, b))
+            if rich:
+                r, g, b = (max(0, min(255, (c - 128) * 3 // 2 + 128)) for c in (r, g, b))
+            out[i], out[i + 1], out[i + 2] = r, g, b
+        return bytes(out)
 
     @staticmethod
     def _pillow(im: Image.Image, fmt: str, compression: int) -> bytes:

@@ -153,6 +153,15 @@ def test_dall_e_2_n_images_differ(fresh):
     assert fresh.stats.images == 3
 
 
+def test_a_sweep_shows_a_difference_style_and_quality_change_the_pixels(fresh):
+    def image(**params):
+        body = {"model": "dall-e-3", "prompt": "a lighthouse", "response_format": "b64_json", **params}
+        return pixels(decode(gen(fresh, "acedata", body).json()["data"][0]["b64_json"]))
+    looks = {image(style=s, quality=q) for s in ("vivid", "natural") for q in ("standard", "hd")}
+    assert len(looks) == 4
+    assert image(style="vivid", quality="standard") == image(style="vivid", quality="standard")
+
+
 @pytest.mark.parametrize("dialect", ["openai", "acedata"])
 def test_gpt_image_usage_and_fields(fresh, dialect):
     ans = gen(fresh, dialect, {"model": "gpt-image-1", "prompt": "a robot", "size": "1536x1024", "quality": "low"})
