@@ -224,7 +224,7 @@ class ImagesClient:
     async def generate(self, body: dict) -> Generation:
         """POST one generation; returns images or raises a RequestError."""
         try:
-            async with self._session.post(self.endpoint.url, data=json.dumps(body),
+            async with self._session.post(self.endpoint.url, data=json.dumps(body).encode(),
                                           headers=self._headers, allow_redirects=False) as resp:
                 raw = await resp.read()
                 status = resp.status

@@ -3,8 +3,17 @@
 Each line is written with one os.write() on an O_APPEND descriptor as soon as a task ends, so
 a killed process (even `kill -9`) loses no line it wrote: the kernel has it. fsync is grouped
 (at most every SYNC_EVERY_S, and at close) so a power cut can lose at most the last second of
-lines; the images of those tasks are then sent again, never counted twice, because replay
-only trusts a line whose images are on disk at their recorded size.
+lines, whose tasks are then sent again.
+
+Images are not fsynced one by one. A run that ends normally flushes everything to disk and
+then writes a `{"synced": ...}` marker line; on replay, an ok line after the last marker is
+trusted only if its images are on disk at their recorded size (after a power cut the page
+cache may not have reached the disk). Lines before the marker need no check, so resuming a
+big finished job reads the journal and stats nothing.
+
+Replay is the resume path of a 100,000-task job, so it does not parse every line: our own
+lines start with `{"task_id":"<id>","status":"<status>"`, which is read by slicing; the JSON
+is parsed only when a record's details are needed.
 """
 from __future__ import annotations
 
@@ -14,53 +23,83 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from . import _gc
 
 FINAL_STATUSES = ("ok", "error")
 NOT_DONE = "not_done"   # sent, but stopped before an outcome (auth failure, interrupt): resend
 SYNC_EVERY_S = 1.0
+_HEAD = b'{"task_id":"'
+_STATUS = b'","status":"'
+_MARKER = b'{"synced":'
 
 
-def read_lines(path) -> Iterator[dict]:
-    """Every whole record; a torn last line (a crash mid-write) is skipped."""
-    try:
-        with open(path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break
-                try:
-                    record = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and "task_id" in record:
-                    yield record
-    except FileNotFoundError:
-        return
-
-
-@dataclass
 class TaskState:
-    final: Optional[dict] = None      # the last ok/error record
-    carried_attempts: int = 0          # requests sent by not-done records since the last final one
+    """What the journal says of one task: its last final outcome, parsed on demand."""
+
+    __slots__ = ("status", "_line", "_record", "carried_attempts", "_extra_attempts")
+
+    def __init__(self):
+        self.status: Optional[str] = None     # "ok" / "error" of the last final record
+        self._line: Optional[bytes] = None
+        self._record: Optional[dict] = None
+        self.carried_attempts = 0             # sent by not-done records since the last final one
+        self._extra_attempts = 0              # not-done attempts that preceded the final one
+
+    def set_final(self, status: str, line: Optional[bytes] = None, record: Optional[dict] = None):
+        self.status, self._line, self._record = status, line, record
+        self._extra_attempts, self.carried_attempts = self.carried_attempts, 0
+
+    @property
+    def final(self) -> Optional[dict]:
+        if self.status is None:
+            return None
+        if self._record is None:
+            self._record = json.loads(self._line)
+            self._line = None
+            if self._extra_attempts:
+                self._record["attempts"] = int(self._record.get("attempts") or 0) + self._extra_attempts
+        return self._record
 
 
 @dataclass
 class Replay:
     states: dict = field(default_factory=dict)   # task_id -> TaskState
     lines: int = 0
+    unsynced: int = 0      # ok lines after the last synced marker (checked against the disk)
+
+    def state(self, task_id: str) -> TaskState:
+        state = self.states.get(task_id)
+        if state is None:
+            state = self.states[task_id] = TaskState()
+        return state
+
+    def status(self, task_id: str) -> Optional[str]:
+        state = self.states.get(task_id)
+        return state.status if state else None
 
     def final(self, task_id: str) -> Optional[dict]:
         state = self.states.get(task_id)
         return state.final if state else None
 
+    def apply(self, record: dict) -> None:
+        """Take in a record as it is appended (so a run needs no second replay)."""
+        state = self.state(record["task_id"])
+        if record["status"] in FINAL_STATUSES:
+            record = dict(record)
+            state.set_final(record["status"], record=record)
+            if state._extra_attempts:
+                record["attempts"] = int(record.get("attempts") or 0) + state._extra_attempts
+        elif record["status"] == NOT_DONE:
+            state.carried_attempts += int(record.get("attempts") or 0)
+
 
 def replay(path, out_dir=None) -> Replay:
     """The state of every task the journal knows.
 
-    With `out_dir`, an ok record whose images are missing or of the wrong size (a power cut
-    before the page cache reached the disk) counts as not done.
+    With `out_dir`, an ok record after the last synced marker whose images are missing or of
+    the wrong size counts as not done. A torn last line (a crash mid-write) is skipped.
     """
     with _gc.paused():
         return _replay(path, out_dir)
@@ -68,21 +107,42 @@ def replay(path, out_dir=None) -> Replay:
 
 def _replay(path, out_dir) -> Replay:
     result = Replay()
-    states = result.states
-    for record in read_lines(path):
-        result.lines += 1
-        state = states.get(record["task_id"])
-        if state is None:
-            state = states[record["task_id"]] = TaskState()
-        status = record.get("status")
-        if status in FINAL_STATUSES:
-            if out_dir is not None and status == "ok" and not _images_intact(out_dir, record):
+    unsynced: list = []     # (state, line) of ok lines since the last marker
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return result
+    with f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            result.lines += 1
+            if raw.startswith(_HEAD) and raw[28:40] == _STATUS:
+                task_id = raw[12:28].decode()
+                status = raw[40:raw.index(b'"', 40)].decode()
+                if status in FINAL_STATUSES:
+                    state = result.state(task_id)
+                    state.set_final(status, line=raw)
+                    if status == "ok" and out_dir is not None:
+                        unsynced.append(state)
+                    continue
+            elif raw.startswith(_MARKER):
+                unsynced.clear()
                 continue
-            record["attempts"] = int(record.get("attempts") or 0) + state.carried_attempts
-            state.final = record
-            state.carried_attempts = 0
-        elif status == NOT_DONE:
-            state.carried_attempts += int(record.get("attempts") or 0)
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("task_id"), str):
+                result.apply(record)
+                state = result.states[record["task_id"]]
+                if state.status == "ok" and record["status"] == "ok" and out_dir is not None:
+                    unsynced.append(state)
+    for state in unsynced:
+        if state.status == "ok" and not _images_intact(out_dir, state.final):
+            state.status = None
+            state._record = None
+    result.unsynced = len(unsynced)
     return result
 
 
@@ -150,6 +210,12 @@ class Journal:
     def _sync_loop(self) -> None:
         while not self._closed.wait(SYNC_EVERY_S):
             self.sync()
+
+    def mark_synced(self) -> None:
+        """Flush every file to disk, then say so in the journal (see the module's docstring)."""
+        os.sync()
+        self.append({"synced": round(time.time(), 3)})
+        self.sync()
 
     def close(self) -> None:
         if self._closed.is_set():

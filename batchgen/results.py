@@ -137,13 +137,54 @@ def _arrow_column(series) -> pa.Array:
         return pa.array([None if v is None or v != v else str(v) for v in series], type=pa.string())
 
 
-def write_results(out_dir, table: pa.Table) -> None:
+_KEY = b"batchgen.results_key"
+_IMAGES = b"batchgen.images"
+
+
+def results_key(plan: Plan, unfinished_code: str, unfinished_message: str, journal_path) -> str:
+    """What results.parquet was built from: the plan's tasks in order, the journal's length and
+    how unfinished tasks are labelled. The same key means the same table, so a rerun that
+    finds nothing to do need not rebuild it."""
+    import hashlib
+    from . import __version__
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        journal_bytes = os.stat(journal_path).st_size
+    except OSError:
+        journal_bytes = -1
+    h.update(f"{__version__}\x1f{journal_bytes}\x1f{unfinished_code}\x1f{unfinished_message}\x1f"
+             f"{plan.passthrough}\x1f".encode())
+    h.update("".join(t.task_id for t in plan.tasks).encode())
+    h.update(",".join(str(t.row_index) for t in plan.tasks).encode())
+    return h.hexdigest()
+
+
+def results_up_to_date(out_dir, key: str) -> Optional[int]:
+    """The image count of results.parquet if it was built with `key`, else None."""
+    import pyarrow.parquet as pq
+    try:
+        meta = pq.read_schema(Path(out_dir) / "results.parquet").metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    if meta.get(_KEY) != key.encode() or not (Path(out_dir) / "metadata.jsonl").exists():
+        return None
+    return int(meta.get(_IMAGES, b"0"))
+
+
+def write_results(out_dir, table: pa.Table, key: str = "") -> int:
+    """Write results.parquet and metadata.jsonl; returns the number of images."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     out_dir = Path(out_dir)
+    images = int(pc.sum(pc.equal(table["status"], "ok")).as_py() or 0)
+    typed = with_pandas_types(table)
+    typed = typed.replace_schema_metadata({**(typed.schema.metadata or {}), _KEY: key.encode(),
+                                           _IMAGES: str(images).encode()})
     sink = pa.BufferOutputStream()
-    pq.write_table(with_pandas_types(table), sink, compression="zstd")
+    pq.write_table(typed, sink, compression="zstd")
     write_atomic(out_dir / "results.parquet", sink.getvalue().to_pybytes())
-    write_metadata(out_dir, table)
+    write_metadata(out_dir, typed)
+    return images
 
 
 def write_metadata(out_dir, table: pa.Table) -> None:
@@ -152,11 +193,11 @@ def write_metadata(out_dir, table: pa.Table) -> None:
     ok = table.filter(pc.equal(table["status"], "ok"))
     keep = [c for c in ok.column_names if c not in ("image_path", "status", "error_code",
                                                        "error_message", "http_status")]
-    lines = []
-    paths = ok["image_path"].to_pylist()
-    for path, row in zip(paths, ok.select(keep).to_pylist()):
-        lines.append(json.dumps({"file_name": path, **row}, ensure_ascii=False, default=str))
-    write_atomic(Path(out_dir) / "metadata.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+    df = ok.select(keep).to_pandas()
+    df.insert(0, "file_name", ok["image_path"].to_pylist())
+    # pandas writes the lines in C: ten times faster than a json.dumps per row.
+    text = df.to_json(orient="records", lines=True, force_ascii=False, date_format="iso")
+    write_atomic(Path(out_dir) / "metadata.jsonl", (text.rstrip("\n") + "\n" if text.strip() else "").encode("utf-8"))
 
 
 def read_results(out_dir):

@@ -6,6 +6,7 @@ and results). It prints nothing; progress goes to a tqdm bar when asked, message
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import random
@@ -30,6 +31,7 @@ log = logging.getLogger("batchgen")
 EXIT_OK, EXIT_TASK_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 GRACE_S = 30.0
 MAX_RATE_LIMITED_RETRIES = 100
+INLINE_SAVE_BYTES = 256 * 1024
 
 
 @dataclass
@@ -90,12 +92,13 @@ def write_job_json(config: JobConfig, plan: Plan) -> None:
 class Sender:
     """Sends the pending tasks with `concurrency` workers and records each outcome."""
 
-    def __init__(self, config: JobConfig, client, store, journal, progress=None,
+    def __init__(self, config: JobConfig, client, store, journal, state, progress=None,
                  spent_usd: float = 0.0):
         self.config = config
         self.client = client
         self.store = store
         self.journal = journal
+        self.state = state          # the journal's state, kept current as records are appended
         self.progress = progress
         self.policy = RetryPolicy(max_retries=config.max_retries, base_s=config.backoff_base)
         self.pacer = AdaptivePacer()
@@ -226,7 +229,11 @@ class Sender:
         images = []
         for index, image in enumerate(generation.images):
             data = image.data if image.data is not None else await self.client.download(image.url)
-            saved = await asyncio.to_thread(self.store.save, task.task_id, index, count, data)
+            if len(data) < INLINE_SAVE_BYTES:
+                # Handing a small image to a thread costs more (GIL hand-offs) than saving it.
+                saved = self.store.save(task.task_id, index, count, data)
+            else:
+                saved = await asyncio.to_thread(self.store.save, task.task_id, index, count, data)
             images.append({"image_index": index, "image_path": saved.image_path, "image_url": image.url,
                            "sha256": saved.sha256, "width": saved.width, "height": saved.height,
                            "bytes": saved.bytes, "revised_prompt": image.revised_prompt})
@@ -241,12 +248,16 @@ class Sender:
                 "trace_id": error.trace_id, "attempts": attempts,
                 "latency_s": round(time.monotonic() - started, 4), "finished_at": round(time.time(), 3)}
 
+    def _append(self, record: dict) -> None:
+        self.journal.append(record)
+        self.state.apply(record)
+
     def _record_not_done(self, task: Task, attempts: int) -> None:
         if attempts:
-            self.journal.append({"task_id": task.task_id, "status": NOT_DONE, "attempts": attempts})
+            self._append({"task_id": task.task_id, "status": NOT_DONE, "attempts": attempts})
 
     def _finish(self, task: Task, record: dict) -> None:
-        self.journal.append(record)
+        self._append(record)
         if record["status"] == "ok":
             self.ok += 1
         else:
@@ -338,7 +349,7 @@ def run(source, *, progress: bool = False, environ=None, **options) -> Summary:
 
 async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progress: bool) -> Summary:
     from .client import Endpoint, ImagesClient, endpoint_url
-    from .results import build_table, write_results
+    from .results import build_table, results_key, results_up_to_date, write_results
     from .store import ImageStore
 
     started = time.monotonic()
@@ -361,10 +372,10 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
     for task in plan.tasks:
         if task.problem:
             continue
-        final = state.final(task.task_id)
-        if final is None or (config.retry_failed and final["status"] == "error"):
+        status = state.status(task.task_id)
+        if status is None or (config.retry_failed and status == "error"):
             pending.append(task)
-        elif final["status"] == "ok":
+        elif status == "ok":
             done_ok += 1
             spent += models.estimate_cost(task.params) or 0.0
         else:
@@ -379,30 +390,36 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
         base = simulator.acedata_url if config.provider == "acedata" else simulator.openai_base_url
         endpoint = Endpoint(url=endpoint_url(base), token=SimConfig().token, provider=config.provider)
 
+    # The plan, table and journal state live until the end: move them out of the cyclic GC's
+    # sight so its collections during the send loop scan only what the loop creates.
+    gc.freeze()
     bar = Progress(sendable, sendable - len(pending), done_ok, done_err, show_progress and bool(pending))
     sender = None
     try:
         with Journal(out / "journal.jsonl") as journal:
             async with ImagesClient(endpoint, config.concurrency, config.timeout) as client:
-                sender = Sender(config, client, store, journal, bar, spent_usd=spent)
+                sender = Sender(config, client, store, journal, state, bar, spent_usd=spent)
                 with _signals(sender):
                     await sender.run(pending)
+            if journal.appended or state.unsynced:
+                await asyncio.to_thread(journal.mark_synced)
     finally:
         bar.close()
         if simulator is not None:
             await simulator.close()
 
-    final_state = replay(out / "journal.jsonl", out_dir=out) if journal.appended else state
-    unfinished = sender.stopped or "interrupted"
-    table_out = await asyncio.to_thread(
-        build_table, plan, final_state, unfinished,
-        sender.stop_message or "not finished; run the same command again to finish it", table)
-    await asyncio.to_thread(write_results, out, table_out)
-    return _summarise(config, plan, final_state, table_out, sender, time.monotonic() - started, warnings)
+    unfinished_code = sender.stopped or "interrupted"
+    unfinished_message = sender.stop_message or "not finished; run the same command again to finish it"
+    key = results_key(plan, unfinished_code, unfinished_message, out / "journal.jsonl")
+    images = None if journal.appended else results_up_to_date(out, key)
+    if images is None:
+        # One pass into columns, then pyarrow; off the loop so a signal is still handled.
+        images = await asyncio.to_thread(
+            write_results, out, build_table(plan, state, unfinished_code, unfinished_message, table), key)
+    return _summarise(config, plan, state, images, sender, time.monotonic() - started, warnings)
 
 
-def _summarise(config, plan, state, table_out, sender, elapsed, warnings) -> Summary:
-    import pyarrow.compute as pc
+def _summarise(config, plan, state, images, sender, elapsed, warnings) -> Summary:
     ok_tasks = errors = not_done = 0
     by_code: dict = {}
     cost = 0.0
@@ -412,12 +429,12 @@ def _summarise(config, plan, state, table_out, sender, elapsed, warnings) -> Sum
             errors += 1
             by_code["invalid_params"] = by_code.get("invalid_params", 0) + 1
             continue
-        final = state.final(task.task_id)
-        if final is None:
+        status = state.status(task.task_id)
+        if status is None:
             not_done += 1
             code = sender.stopped or "interrupted"
             by_code[code] = by_code.get(code, 0) + 1
-        elif final["status"] == "ok":
+        elif status == "ok":
             ok_tasks += 1
             price = models.estimate_cost(task.params)
             if price is None:
@@ -426,8 +443,8 @@ def _summarise(config, plan, state, table_out, sender, elapsed, warnings) -> Sum
                 cost += price
         else:
             errors += 1
-            by_code[final.get("error_code")] = by_code.get(final.get("error_code"), 0) + 1
-    images = pc.sum(pc.equal(table_out["status"], "ok")).as_py() or 0
+            code = state.final(task.task_id).get("error_code")
+            by_code[code] = by_code.get(code, 0) + 1
     return Summary(out=str(config.out), total=len(plan.tasks), ok=ok_tasks, errors=errors,
                    not_done=not_done, by_code=by_code, images=images,
                    requests_sent=sender.requests_sent, elapsed_s=round(elapsed, 2),

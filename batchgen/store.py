@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -36,12 +37,17 @@ def image_format(data: bytes) -> Optional[str]:
 
 
 def image_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the header (Pillow reads no pixels for this)."""
+    """Width and height from the header; raises BadResponse if it is not a readable image."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        # The common case, read straight from the IHDR chunk (Pillow's open costs ~0.2 ms).
+        width, height = struct.unpack(">II", data[16:24])
+        if width and height:
+            return width, height
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, struct.error) as e:
         raise BadResponse(f"the image bytes are not a readable image: {e}") from None
 
 
@@ -63,12 +69,13 @@ class ImageStore:
     def __init__(self, out_dir):
         self.out_dir = Path(out_dir)
         (self.out_dir / "images").mkdir(parents=True, exist_ok=True)
+        self._root = os.fspath(self.out_dir)
         self._made_dirs: set[str] = set()
 
     def save(self, task_id: str, image_index: int, n: int, data: bytes) -> SavedImage:
         """Check, hash and write one image; raises BadResponse if the bytes are not an image.
 
-        Blocking (hashing and writing a few MB): the runner calls it in a worker thread.
+        Blocking; the runner calls it in a worker thread for big images.
         """
         ext = image_format(data)
         if ext is None:
@@ -76,12 +83,12 @@ class ImageStore:
                               f"(starts with {data[:8]!r})")
         width, height = image_size(data)
         rel = relative_image_path(task_id, image_index, n, ext)
-        final = self.out_dir / rel
-        folder = str(final.parent)
+        final = os.path.join(self._root, rel)
+        folder = os.path.dirname(final)
         if folder not in self._made_dirs:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             self._made_dirs.add(folder)
-        tmp = final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}"
+        tmp = os.path.join(folder, f"{TMP_PREFIX}{os.path.basename(final)}.{os.getpid()}")
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, final)

@@ -53,7 +53,9 @@ def results(out) -> pd.DataFrame:
 
 
 def journal(out) -> list:
-    return [json.loads(line) for line in (Path(out) / "journal.jsonl").read_text().splitlines()]
+    """The journal's task records (not its synced markers)."""
+    records = [json.loads(line) for line in (Path(out) / "journal.jsonl").read_text().splitlines()]
+    return [r for r in records if "task_id" in r]
 
 
 def wait_until(predicate, timeout=60.0, what="condition"):

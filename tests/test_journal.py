@@ -40,3 +40,28 @@ def test_an_ok_line_whose_image_is_missing_or_short_is_not_trusted(tmp_path):
     state = replay(path, out_dir=tmp_path)
     assert state.final("a") is not None
     assert state.final("b") is None and state.final("c") is None
+
+
+def test_lines_before_the_synced_marker_are_trusted_after_it_checked(tmp_path):
+    (tmp_path / "images").mkdir()
+    path = tmp_path / "journal.jsonl"
+    with Journal(path) as j:
+        j.append({"task_id": "a" * 16, "status": "ok", "images": [{"image_path": "images/a.png", "bytes": 5}]})
+        j.mark_synced()
+        j.append({"task_id": "b" * 16, "status": "ok", "images": [{"image_path": "images/b.png", "bytes": 5}]})
+    state = replay(path, out_dir=tmp_path)
+    assert state.status("a" * 16) == "ok"        # flushed to disk before the marker: no stat needed
+    assert state.status("b" * 16) is None        # after it, and its image is not there: resend
+    assert state.unsynced == 1
+
+
+def test_the_fast_path_and_json_agree(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    with Journal(path) as j:
+        j.append({"task_id": "c" * 16, "status": "not_done", "attempts": 2})
+        j.append({"task_id": "c" * 16, "status": "error", "error_code": "api_error", "attempts": 3})
+        j.append({"status": "ok", "task_id": "d" * 16, "attempts": 1})  # another key order: parsed as JSON
+    state = replay(path)
+    assert state.status("c" * 16) == "error" and state.final("c" * 16)["attempts"] == 5
+    assert state.final("c" * 16)["error_code"] == "api_error"
+    assert state.status("d" * 16) == "ok"

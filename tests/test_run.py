@@ -252,3 +252,17 @@ def test_the_python_api_works_inside_a_running_event_loop_like_a_notebook(fresh_
         return batchgen.run(str(prompts_csv), out=str(tmp_path / "o"), base_url=fresh_sim.acedata_url,
                             defaults={"model": "dall-e-3"}, environ={"ACEDATA_API_TOKEN": TOKEN})
     assert asyncio.run(notebook_cell()).ok == 3
+
+
+def test_a_rerun_with_nothing_to_do_keeps_results_but_a_reordered_input_rebuilds_them(cli, fresh_sim, prompts_csv, tmp_path):
+    out = tmp_path / "out"
+    args = ("--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3")
+    cli("run", prompts_csv, *args)
+    first = (out / "results.parquet").stat().st_mtime_ns
+    cli("run", prompts_csv, *args)
+    assert (out / "results.parquet").stat().st_mtime_ns == first
+    shuffled = tmp_path / "shuffled.csv"
+    pd.read_csv(prompts_csv).iloc[[2, 0, 1]].to_csv(shuffled, index=False)
+    r = cli("run", shuffled, *args)
+    assert "3 ok" in r.output and "(3 image(s)" in r.output
+    assert results(out).tag.tolist() == ["bicycle", "otter", "lighthouse"]
