@@ -1,0 +1,259 @@
+"""Shared helpers of the benchmark scripts in bench/ (not a benchmark itself).
+
+- ``Simulator``: ``python -m batchgen simulate --port 0 ...`` as its own process, its two URLs,
+  its ``/_sim/stats`` counters and ``/_sim/reset``; stopped with SIGTERM (then SIGKILL).
+- ``make_csv``: an input CSV of distinct prompts (``prompt 0``, ``prompt 1``, ...).
+- ``measure``: run a command as a whole process and return its wall time and peak RSS.  The
+  command is started by a fresh Python helper process, which times it with
+  ``time.perf_counter`` around ``subprocess.run`` and reads
+  ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` afterwards: that helper's only child is the
+  measured command, so the RSS is the command's own (never the simulator's, which is a child of
+  the benchmark script, not of the helper).
+- ``median``, ``bench_dir``, ``runner_cmd``, argument helpers.
+
+Everything listens and connects on 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+PYTHON = sys.executable
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+TOKEN = "sim-token"
+
+
+# ---------------------------------------------------------------------------------------------
+# Small things
+# ---------------------------------------------------------------------------------------------
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def log(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+def base_parser(doc: Optional[str], tasks: Optional[int], rounds: int = 3,
+                concurrency: Optional[int] = None) -> argparse.ArgumentParser:
+    first = (doc or "").strip().splitlines()[0] if doc else None
+    p = argparse.ArgumentParser(description=first)
+    if tasks is not None:
+        p.add_argument("--tasks", type=int, default=tasks, help=f"tasks (default {tasks})")
+    p.add_argument("--rounds", type=int, default=rounds, help=f"rounds (default {rounds})")
+    if concurrency is not None:
+        p.add_argument("--concurrency", type=int, default=concurrency,
+                       help=f"requests in flight (default {concurrency})")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (debugging)")
+    return p
+
+
+@contextlib.contextmanager
+def workdir(keep: bool = False, prefix: str = "batchgen-bench-") -> Iterator[Path]:
+    """A temporary folder, removed at the end (also on error) unless keep."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if keep:
+            log(f"(kept {path})")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_csv(path: Path, n: int) -> Path:
+    """A CSV with one column `prompt` and n distinct prompts."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("prompt\n")
+        f.writelines(f"prompt {i}\n" for i in range(n))
+    return path
+
+
+def free_gb(path: Path) -> float:
+    return shutil.disk_usage(path).free / 1e9
+
+
+def tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulator as its own process
+# ---------------------------------------------------------------------------------------------
+
+class Simulator:
+    """`python -m batchgen simulate --port 0 ARGS` in its own process (use as a context manager)."""
+
+    def __init__(self, *args: str, log_dir: Optional[Path] = None):
+        self.args = [str(a) for a in args]
+        self.log_dir = log_dir
+        self.proc: Optional[subprocess.Popen] = None
+        self.acedata_url = ""
+        self.openai_url = ""
+        self.root = ""
+        self._err = None
+
+    def __enter__(self) -> "Simulator":
+        cmd = [PYTHON, "-m", "batchgen", "simulate", "--port", "0", *self.args]
+        if self.log_dir is not None:
+            self._err = open(self.log_dir / "simulator.stderr", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                     stderr=self._err or subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, cwd=REPO)
+        try:
+            assert self.proc.stdout is not None
+            line1 = self.proc.stdout.readline().decode().strip()
+            line2 = self.proc.stdout.readline().decode().strip()
+            if not (line1.startswith("http://127.0.0.1:") and line2.startswith("http://127.0.0.1:")):
+                raise RuntimeError(f"simulator did not start: {line1!r} {line2!r} "
+                                   f"(exit {self.proc.poll()})")
+            self.acedata_url, self.openai_url = line1, line2
+            self.root = line1.split("/openai/", 1)[0]
+            self.stats()  # it answers
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+        if self._err is not None:
+            self._err.close()
+            self._err = None
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(self.root + "/_sim/stats", timeout=30) as r:
+            return json.load(r)
+
+    def reset(self, everything: bool = False) -> None:
+        url = self.root + "/_sim/reset" + ("?all=1" if everything else "")
+        req = urllib.request.Request(url, data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+
+
+def simulate_help() -> str:
+    out = subprocess.run([PYTHON, "-m", "batchgen", "simulate", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    return out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring a whole process
+# ---------------------------------------------------------------------------------------------
+
+# Run by a fresh interpreter: its only child is the measured command.
+_HELPER = r"""
+import json, resource, subprocess, sys, time
+spec = json.loads(sys.stdin.read())
+with open(spec["stdout"], "wb") as out, open(spec["stderr"], "wb") as err:
+    t0 = time.perf_counter()
+    rc = subprocess.run(spec["cmd"], stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                        cwd=spec["cwd"], env=spec["env"]).returncode
+    wall = time.perf_counter() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": rc, "wall": wall, "maxrss_kb": ru.ru_maxrss,
+                  "user": ru.ru_utime, "sys": ru.ru_stime}))
+"""
+
+
+@dataclass
+class Measured:
+    rc: int
+    wall: float          # seconds
+    maxrss_mb: float     # peak RSS of the command, MB (1e6 bytes)
+    cpu: float           # user + sys seconds of the command
+    stdout: str
+    stderr: str
+
+    def tail(self, n: int = 20) -> str:
+        lines = (self.stdout + "\n" + self.stderr).strip().splitlines()
+        return "\n".join(lines[-n:])
+
+
+def measure(cmd: Sequence[str], *, log_dir: Path, name: str = "cmd",
+            env: Optional[dict] = None, cwd: Optional[Path] = None,
+            check: bool = True) -> Measured:
+    """Run cmd as a whole process; wall time and peak RSS (see the module docstring)."""
+    full_env = dict(os.environ)
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    if env:
+        full_env.update(env)
+    out_path = log_dir / f"{name}.stdout"
+    err_path = log_dir / f"{name}.stderr"
+    spec = {"cmd": [str(c) for c in cmd], "cwd": str(cwd or REPO), "env": full_env,
+            "stdout": str(out_path), "stderr": str(err_path)}
+    # The spec (with the environment) goes in on stdin, not argv: `ps` shows argv to everyone.
+    res = subprocess.run([PYTHON, "-c", _HELPER], input=json.dumps(spec), capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"measuring helper failed: {res.stderr.strip()}")
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    m = Measured(rc=doc["rc"], wall=doc["wall"], maxrss_mb=doc["maxrss_kb"] * 1024 / 1e6,
+                 cpu=doc["user"] + doc["sys"],
+                 stdout=out_path.read_text(errors="replace"),
+                 stderr=err_path.read_text(errors="replace"))
+    if check and m.rc != 0:
+        raise RuntimeError(f"{name} exited {m.rc}: {' '.join(spec['cmd'])}\n{m.tail()}")
+    return m
+
+
+def runner_cmd(data: Path, out: Path, url: str, *, concurrency: int, model: str = "dall-e-2",
+               size: str = "256x256", extra: Sequence[str] = ()) -> list:
+    """`python -m batchgen run ...` against the simulator's AceData endpoint."""
+    return [PYTHON, "-m", "batchgen", "run", str(data), "--out", str(out), "--base-url", url,
+            "--model", model, "--size", size, "--response-format", "b64_json",
+            "--concurrency", str(concurrency), "--no-progress", *extra]
+
+
+RUNNER_ENV = {"ACEDATA_API_TOKEN": TOKEN}
+
+
+def floor_cmd(data: Path, out: Path, url: str, *, concurrency: int, model: str = "dall-e-2",
+              size: str = "256x256") -> list:
+    return [PYTHON, str(BENCH / "floor.py"), str(data), "--out", str(out), "--url", url,
+            "--concurrency", str(concurrency), "--model", model, "--size", size]
+
+
+def count_files(path: Path) -> int:
+    return sum(len(files) for _r, _d, files in os.walk(path))
+
+
+def now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,72 @@
+"""Overhead (issue 4, figure 1): `batchgen run` throughput against the floor.
+
+Zero latency, 20,000 tasks, concurrency 32, dall-e-2 256x256, b64_json.  One simulator process
+serves both clients.  Each round runs the floor (bench/floor.py: a minimal aiohttp client that
+posts, parses, decodes and writes each image under the same semaphore) and the runner
+(`python -m batchgen run ...`) as whole processes into fresh output folders (the order alternates
+between rounds), and reports each one's throughput (tasks / wall seconds, process start to exit,
+results.parquet included for the runner) and the ratio runner / floor.  The simulator's request
+counter proves the runner sent every task.
+
+Target: median ratio runner / floor >= 0.8.
+
+    /work/venv/bin/python bench/overhead.py [--tasks 20000] [--rounds 3] [--concurrency 32]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import log  # noqa: E402
+
+TARGET = 0.8
+
+
+def main(argv=None) -> int:
+    args = common.base_parser(__doc__, tasks=20_000, rounds=3, concurrency=32).parse_args(argv)
+    n, conc = args.tasks, args.concurrency
+    floors, runners, ratios = [], [], []
+    with common.workdir(args.keep) as tmp:
+        data = common.make_csv(tmp / "prompts.csv", n)
+        with common.Simulator(log_dir=tmp) as sim:
+            log(f"overhead: {n} tasks, concurrency {conc}, dall-e-2 256x256 b64, "
+                f"simulator {sim.acedata_url}")
+            for r in range(1, args.rounds + 1):
+                results = {}
+                order = ("floor", "runner") if r % 2 else ("runner", "floor")
+                for who in order:
+                    out = tmp / f"{who}-{r}"
+                    sim.reset()
+                    if who == "floor":
+                        cmd = common.floor_cmd(data, out, sim.acedata_url, concurrency=conc)
+                    else:
+                        cmd = common.runner_cmd(data, out, sim.acedata_url, concurrency=conc)
+                    m = common.measure(cmd, log_dir=tmp, name=f"{who}-{r}", env=common.RUNNER_ENV)
+                    st = sim.stats()
+                    ok200 = st["by_status"].get("200", 0)
+                    results[who] = (m, st)
+                    if st["requests"] < n or ok200 < n:
+                        raise RuntimeError(f"{who} sent {st['requests']} requests "
+                                           f"({ok200} answered 200) for {n} tasks")
+                    common.rmtree(out)
+                fm, fst = results["floor"]
+                rm, rst = results["runner"]
+                f_tp, r_tp = n / fm.wall, n / rm.wall
+                floors.append(f_tp)
+                runners.append(r_tp)
+                ratios.append(r_tp / f_tp)
+                log(f"round {r}: floor {fm.wall:.2f} s = {f_tp:.0f} img/s (cpu {fm.cpu:.1f} s); "
+                    f"runner {rm.wall:.2f} s = {r_tp:.0f} img/s (cpu {rm.cpu:.1f} s, "
+                    f"requests {rst['requests']}, 200s {rst['by_status'].get('200', 0)}, "
+                    f"peak RSS {rm.maxrss_mb:.0f} MB); ratio {r_tp / f_tp:.2f}")
+    ratio = common.median(ratios)
+    verdict = "ok" if ratio >= TARGET else "MISSED"
+    log(f"RESULT overhead: runner {common.median(runners):.0f} img/s, "
+        f"floor {common.median(floors):.0f} img/s, ratio {ratio:.2f} (target >= {TARGET}) {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
