@@ -57,6 +57,8 @@ def _prob(flag: str, what: str):
               help="AceData dialect: refuse such prompts with 403 forbidden instead of 400.")
 @click.option("--rpm-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Server-side limit in requests per minute (429 beyond it; 1 s of burst).")
+@click.option("--no-ratelimit-headers", "ratelimit_headers", is_flag=True, flag_value=False, default=True,
+              help="With --rpm-limit, send no x-ratelimit-* headers: clients must learn the limit from 429s.")
 @click.option("--quota-images", type=click.IntRange(0), default=None,
               help="After this many images, answer insufficient_quota / used_up.")
 @click.option("--url-ttl", type=click.FloatRange(0.0), default=3600.0, show_default=True,

@@ -102,6 +102,7 @@ class SimConfig:
     policy_word: str = "forbidden-fruit"
     acedata_moderation_403: bool = False
     rpm_limit: Optional[float] = None
+    ratelimit_headers: bool = True  # send x-ratelimit-* with the limit (OpenAI does; some proxies do not)
     quota_images: Optional[int] = None
     url_ttl: float = 3600.0
     photo: bool = False
@@ -882,7 +883,7 @@ class _SimState:
         headers = None
         if self.bucket is not None:
             wait = self.bucket.take()
-            headers = self.bucket.headers()
+            headers = self.bucket.headers() if self.config.ratelimit_headers else None
             if wait > 0:
                 _bump(stats.faults, "rpm_limit")
                 return self._error(dialect, self._rate_error(wait), headers)

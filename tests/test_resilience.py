@@ -147,9 +147,10 @@ def test_rpm_keeps_under_the_server_limit(tmp_path):
     assert summary.exit_status == 0
 
 
-def test_without_rpm_it_finds_the_server_limit_itself(tmp_path):
+@pytest.mark.parametrize("headers", [True, False])
+def test_without_rpm_it_finds_the_server_limit_itself(tmp_path, headers):
     csv = make_prompts(tmp_path / "p.csv", 60)
-    with SimulatorThread(rpm_limit=1200) as sim:
+    with SimulatorThread(rpm_limit=1200, ratelimit_headers=headers) as sim:
         summary = run_against(sim, csv, tmp_path / "out", concurrency=8)
         stats = sim.stats
     assert summary.exit_status == 0

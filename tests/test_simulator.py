@@ -449,6 +449,15 @@ def test_rpm_limit_headers_and_429():
         assert sim.stats.images == 1
 
 
+def test_rpm_limit_without_headers_still_limits():
+    with SimulatorThread(rpm_limit=1, ratelimit_headers=False) as sim:
+        ok = gen(sim, "openai", {"prompt": "x", "size": "256x256"})
+        assert ok.status == 200 and "x-ratelimit-limit-requests" not in ok.headers
+        limited = gen(sim, "openai", {"prompt": "x", "size": "256x256"})
+        assert limited.status == 429 and "x-ratelimit-remaining-requests" not in limited.headers
+        assert float(limited.headers["Retry-After"]) > 0
+
+
 def test_go_duration_format():
     assert [go_duration(s) for s in (0, 0.12, 1, 1.5, 360, 3723)] == ["0s", "120ms", "1s", "1.5s", "6m0s", "1h2m3s"]
 
