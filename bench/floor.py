@@ -7,7 +7,7 @@ for each prompt: POST it, parse the JSON, base64-decode ``data[0].b64_json``, wr
 
 Run it on its own against a running simulator (``python -m batchgen simulate --port 0``):
 
-    /work/venv/bin/python bench/floor.py DATA.csv --out DIR \
+    .venv/bin/python bench/floor.py DATA.csv --out DIR \
         --url http://127.0.0.1:P/openai/images/generations --concurrency 32
 
 It prints ``floor: N ok, F failed in S s (R img/s)`` and exits 1 if any request failed.

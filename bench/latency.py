@@ -9,7 +9,7 @@ one after another, so even the floor does not reach the ideal); `--no-floor` ski
 
 Target: median ideal / wall >= 0.9.
 
-    /work/venv/bin/python bench/latency.py [--tasks 1000] [--rounds 3] [--concurrency 50] [--latency 0.5]
+    .venv/bin/python bench/latency.py [--tasks 1000] [--rounds 3] [--concurrency 50] [--latency 0.5]
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ refuses to start with less than 8 GB free on the temporary folder's disk.
 
 Targets: peak RSS <= 700 MB, and large <= 1.15 x small (median over rounds).
 
-    /work/venv/bin/python bench/memory.py [--small 300] [--large 1200] [--rounds 2] [--concurrency 32]
+    .venv/bin/python bench/memory.py [--small 300] [--large 1200] [--rounds 2] [--concurrency 32]
 """
 from __future__ import annotations
 

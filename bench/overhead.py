@@ -10,7 +10,7 @@ counter proves the runner sent every task.
 
 Target: median ratio runner / floor >= 0.8.
 
-    /work/venv/bin/python bench/overhead.py [--tasks 20000] [--rounds 3] [--concurrency 32]
+    .venv/bin/python bench/overhead.py [--tasks 20000] [--rounds 3] [--concurrency 32]
 """
 from __future__ import annotations
 

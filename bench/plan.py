@@ -7,7 +7,7 @@ process; reported: its wall time and peak RSS (ru_maxrss of the plan process alo
 
 Targets: median wall <= 30 s and peak RSS <= 3 GB.
 
-    /work/venv/bin/python bench/plan.py [--rows 1000000] [--rounds 3]
+    .venv/bin/python bench/plan.py [--rows 1000000] [--rounds 3]
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from 429s alone; both are reported.
 
 Targets: median wall <= 20 / 0.85 = 23.5 s, and 429s <= 25% of the requests (each variant).
 
-    /work/venv/bin/python bench/ratelimit.py [--tasks 400] [--rounds 3] [--concurrency 8] [--rpm-limit 1200]
+    .venv/bin/python bench/ratelimit.py [--tasks 400] [--rounds 3] [--concurrency 8] [--rpm-limit 1200]
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ whole process from start to exit.
 
 Target: median rerun <= 5 s.
 
-    /work/venv/bin/python bench/resume.py [--tasks 100000] [--rounds 3] [--concurrency 32]
+    .venv/bin/python bench/resume.py [--tasks 100000] [--rounds 3] [--concurrency 32]
 """
 from __future__ import annotations
 
