@@ -26,6 +26,7 @@ from typing import Mapping, Optional
 from urllib.parse import quote
 
 from .errors import UsageError
+from .results import write_atomic
 
 MAX_PROMPTS = 50          # rows of the grid (HTML and contact sheet); statistics cover all rows
 THUMB_HTML = 256          # long side of an embedded thumbnail, px
@@ -561,22 +562,6 @@ def _draw_cell(sheet, draw, font, recs, thumbs, x, y, size, line_h, muted, grey)
 
 # ---- writing ----------------------------------------------------------------------------
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-
-
 def write_report(out, *, max_prompts: int = MAX_PROMPTS) -> Path:
     """Write OUT/report.html and OUT/contact_sheet.png from OUT/results.parquet; returns the page's path."""
     import pandas as pd
@@ -616,10 +601,10 @@ def write_report(out, *, max_prompts: int = MAX_PROMPTS) -> Path:
     page = build_html(norm, labels, uris, title=f"batchgen report: {out.resolve().name}", job=job,
                       max_prompts=max_prompts, contact_sheet="contact_sheet.png")
     report = out / "report.html"
-    _write_atomic(report, page.encode("utf-8"))
+    write_atomic(report, page.encode("utf-8"))
 
     sheet = build_contact_sheet(norm, labels, smalls, max_prompts=max_prompts)
     buf = io.BytesIO()
     sheet.save(buf, "PNG")
-    _write_atomic(out / "contact_sheet.png", buf.getvalue())
+    write_atomic(out / "contact_sheet.png", buf.getvalue())
     return report
