@@ -266,8 +266,8 @@ def check_defaults(config: JobConfig, points: list[dict]) -> list[str]:
     for point in points:
         params = {**config.defaults, **point}
         for problem in models.parameter_problems(params):
-            where = "--sweep" if any(k in point for k in PARAMETERS if problem.startswith(k + " ")) else "default"
-            text = f"{where} {problem}"
+            param = problem.split(" ", 1)[0]     # each problem starts with its parameter
+            text = f"{'sweep' if param in point else 'default'} {problem}"
             if text not in problems:
                 problems.append(text)
     return problems
