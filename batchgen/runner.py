@@ -108,8 +108,6 @@ class Sender:
         self.stopped: Optional[str] = None
         self.stop_message: Optional[str] = None
         self.requests_sent = 0
-        self.ok = 0
-        self.errors = 0
         self._wake = asyncio.Event()        # set when the run must stop: cuts retry sleeps short
 
     def stop(self, code: str, message: str) -> None:
@@ -258,10 +256,6 @@ class Sender:
 
     def _finish(self, task: Task, record: dict) -> None:
         self._append(record)
-        if record["status"] == "ok":
-            self.ok += 1
-        else:
-            self.errors += 1
         if self.progress is not None:
             self.progress.advance(record["status"] == "ok")
 
