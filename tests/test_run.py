@@ -266,3 +266,19 @@ def test_a_rerun_with_nothing_to_do_keeps_results_but_a_reordered_input_rebuilds
     r = cli("run", shuffled, *args)
     assert "3 ok" in r.output and "(3 image(s)" in r.output
     assert results(out).tag.tolist() == ["bicycle", "otter", "lighthouse"]
+
+
+def test_n_images_per_request_give_one_row_and_one_file_each(cli, fresh_sim, tmp_path):
+    path = tmp_path / "p.csv"
+    pd.DataFrame({"prompt": ["three cats \U0001F408 in a row", "\u4e00\u53ea\u732b"], "n": [3, None]}).to_csv(path, index=False)
+    out = tmp_path / "out"
+    r = cli("run", path, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-2",
+            "--size", "256x256", "--n", "2", "--rpm", "6000")
+    assert r.exit_code == 0, r.output
+    df = results(out)
+    assert df.groupby("row_index").size().to_dict() == {0: 3, 1: 2}
+    assert df.n.tolist() == [3, 3, 3, 2, 2] and df.image_index.tolist() == [0, 1, 2, 0, 1]
+    assert df.image_path.is_unique and df.sha256.nunique() == 5
+    assert all((out / p).exists() for p in df.image_path)
+    assert df.prompt.tolist()[3] == "\u4e00\u53ea\u732b"
+    assert fresh_sim.stats.requests == 2 and fresh_sim.stats.images == 5
