@@ -58,7 +58,20 @@ def _overrides(kw: dict) -> dict:
 @click.version_option(package_name="batchgen")
 def main():
     """Turn a table of prompts into an image dataset through an OpenAI-compatible Images API."""
-    logging.basicConfig(level=logging.WARNING, format="batchgen: %(message)s", stream=sys.stderr)
+    logger = logging.getLogger("batchgen")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+        logger.propagate = False
+
+
+class _EchoHandler(logging.Handler):
+    """The library's warnings on stderr, through click (so they sit with the progress bar)."""
+
+    def emit(self, record):
+        click.echo(f"batchgen: {record.getMessage()}", err=True)
+        if record.exc_info:
+            import traceback
+            click.echo("".join(traceback.format_exception(*record.exc_info)), err=True)
 
 
 @main.command()

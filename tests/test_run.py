@@ -282,3 +282,27 @@ def test_n_images_per_request_give_one_row_and_one_file_each(cli, fresh_sim, tmp
     assert all((out / p).exists() for p in df.image_path)
     assert df.prompt.tolist()[3] == "\u4e00\u53ea\u732b"
     assert fresh_sim.stats.requests == 2 and fresh_sim.stats.images == 5
+
+
+def test_hugging_face_imagefolder_loads_the_output(cli, fresh_sim, prompts_csv, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets", reason="the test extras install datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out = tmp_path / "out"
+    cli("run", prompts_csv, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3",
+        "--sweep", "style=vivid,natural")
+    assert cli("report", out).exit_code == 0  # contact_sheet.png beside the images must not confuse it
+    ds = datasets.load_dataset("imagefolder", data_dir=str(out), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    assert ds.num_rows == 6
+    row = ds[0]
+    assert row["image"].size == (1024, 1024)
+    assert {"prompt", "revised_prompt", "style", "tag", "sha256"} <= set(ds.column_names)
+
+
+def test_an_unknown_model_is_sent_unchecked_with_one_warning(cli, fresh_sim, prompts_csv, tmp_path):
+    r = cli("run", prompts_csv, "--out", tmp_path / "out", "--base-url", fresh_sim.acedata_url,
+            "--model", "flux-pro", "--size", "7x7", "--no-progress")
+    assert r.output.count("model 'flux-pro' is not one batchgen knows") == 1
+    assert fresh_sim.stats.requests == 3  # sent: the server, not batchgen, refuses it
+    assert set(results(tmp_path / "out").http_status) == {400}
