@@ -398,6 +398,7 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
             if journal.appended or state.unsynced:
                 await asyncio.to_thread(journal.mark_synced)
     finally:
+        gc.unfreeze()  # a notebook runs many jobs in one process: let this one's objects go
         bar.close()
         if simulator is not None:
             await simulator.close()
