@@ -214,8 +214,7 @@ class ImagesClient:
 
     async def __aenter__(self):
         connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._concurrency)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
-                                              json_serialize=json.dumps)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         return self
 
     async def __aexit__(self, *exc):
@@ -229,8 +228,6 @@ class ImagesClient:
                 raw = await resp.read()
                 status = resp.status
                 headers = resp.headers
-        except RequestError:
-            raise
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise translate_exception(exc, self.endpoint.token) from None
         return parse_generation(status, headers, raw, self.endpoint.token)
