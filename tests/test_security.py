@@ -16,6 +16,19 @@ async def with_client(sim_url, fn):
         return await fn(client)
 
 
+async def _serve(routes: dict):
+    """A throwaway aiohttp server on loopback with these GET routes; returns (runner, base URL)."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
 async def _redirector():
     async def to_file(request):
         raise web.HTTPFound("file:///etc/passwd")
@@ -26,16 +39,7 @@ async def _redirector():
     async def big(request):
         return web.Response(body=b"\x89PNG\r\n\x1a\n" + b"0" * 5000)
 
-    app = web.Application()
-    app.router.add_get("/to-file", to_file)
-    app.router.add_get("/loop", loop)
-    app.router.add_get("/big", big)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"http://127.0.0.1:{port}"
+    return await _serve({"/to-file": to_file, "/loop": loop, "/big": big})
 
 
 def test_download_refuses_other_schemes_redirects_to_them_and_oversize(sim):
@@ -65,15 +69,9 @@ def test_the_token_goes_only_to_the_endpoint_not_to_image_links(sim):
         async def grab(request):
             seen["auth"] = request.headers.get("Authorization")
             return web.Response(body=b"x")
-        app = web.Application()
-        app.router.add_get("/img", grab)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        runner, base = await _serve({"/img": grab})
         try:
-            await with_client(sim.acedata_url, lambda c: c.download(f"http://127.0.0.1:{port}/img"))
+            await with_client(sim.acedata_url, lambda c: c.download(f"{base}/img"))
         finally:
             await runner.cleanup()
     asyncio.run(main())
