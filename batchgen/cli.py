@@ -6,9 +6,7 @@ import sys
 
 import click
 
-from .errors import UsageError
-
-EXIT_USAGE = 2
+from .errors import EXIT_STOPPED, EXIT_USAGE, UsageError
 
 
 def _fail(message: str) -> None:
@@ -97,7 +95,7 @@ def run(source, no_progress, **kw):
     except KeyboardInterrupt:
         # Only outside the send loop (start-up, the final write); in it, Ctrl-C is handled gracefully.
         click.echo("interrupted; run the same command again to resume", err=True)
-        sys.exit(3)
+        sys.exit(EXIT_STOPPED)
     click.echo(format_summary(summary))
     sys.exit(summary.exit_status)
 

@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from . import __version__
+from .models import PARAMETERS
 from .errors import (ApiError, BadResponse, ConnectionFailed, DownloadFailed, RequestError,
                      RequestTimeout, UsageError, fallback_code)
 from .limits import parse_retry_after, RateLimitHeaders, parse_ratelimit_headers
@@ -68,7 +69,7 @@ def resolve_endpoint(provider: str, base_url: Optional[str], environ=os.environ)
 def build_body(prompt: str, params: dict) -> dict:
     """The request body: the prompt and only the parameters that are set."""
     body = {"prompt": prompt}
-    for key in ("model", "n", "quality", "response_format", "size", "style"):
+    for key in PARAMETERS:
         if params.get(key) is not None:
             body[key] = params[key]
     return body

@@ -18,6 +18,10 @@ from __future__ import annotations
 import enum
 from typing import Optional
 
+# Exit statuses of `batchgen` (DESIGN.md): all ok; some task errors; bad usage or input,
+# nothing sent; stopped early, resumable.
+EXIT_OK, EXIT_TASK_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
 
 class BatchgenError(Exception):
     """Base of every error batchgen raises on purpose."""

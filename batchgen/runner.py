@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__, models
-from .errors import (Decision, JobMismatch, RequestError, UsageError, classify, is_rate_limited,
-                     stop_advice)
+from .errors import (EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS, Decision, JobMismatch, RequestError,
+                     UsageError, classify, is_rate_limited, stop_advice)
 from .job import JobConfig, Plan, Task, make_plan, resolve_config
 from .journal import NOT_DONE, Journal, replay
 from .limits import AdaptivePacer, RetryPolicy, Spacer
@@ -28,7 +28,6 @@ from .reader import read_table
 
 log = logging.getLogger("batchgen")
 
-EXIT_OK, EXIT_TASK_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 GRACE_S = 30.0
 MAX_RATE_LIMITED_RETRIES = 100
 INLINE_SAVE_BYTES = 256 * 1024
