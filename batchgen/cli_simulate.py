@@ -30,7 +30,7 @@ def _prob(flag: str, what: str):
 @click.option("--token", default="sim-token", show_default=True,
               help="The only bearer token accepted.")
 @click.option("--latency", type=click.FloatRange(0.0), default=0.0, show_default=True,
-              help="Seconds added before answering each generation request.")
+              help="Seconds from a generation request's arrival to its answer (the work is done within them).")
 @click.option("--latency-jitter", type=click.FloatRange(0.0), default=0.0, show_default=True,
               help="Plus a uniform random 0..S seconds.")
 @click.option("--seed", type=int, default=0, show_default=True,

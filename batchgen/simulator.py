@@ -83,7 +83,7 @@ class SimConfig:
     """Every knob of the simulator.  Probabilities are in [0, 1]; all default to 0."""
 
     token: str = "sim-token"
-    latency: float = 0.0            # seconds added before answering each generation request
+    latency: float = 0.0            # seconds from a generation request's arrival to its answer
     latency_jitter: float = 0.0     # plus uniform(0, latency_jitter)
     seed: int = 0
     fail_429: float = 0.0
@@ -854,17 +854,28 @@ class _SimState:
         return await self._generate(request, OPENAI)
 
     async def _generate(self, request: web.Request, dialect: str) -> web.StreamResponse:
+        # The latency is the server's whole time to answer, counted from the request's arrival
+        # as a client sees a real API's: the work (parsing, drawing the image) happens within
+        # it, so fifty requests that arrive together are answered together, latency later.
+        cfg = self.config
+        delay = cfg.latency
+        if cfg.latency_jitter:
+            delay += self.jitter_rng.uniform(0.0, cfg.latency_jitter)
+        answer_at = time.monotonic() + delay
+        response = await self._answer(request, dialect)
+        wait = answer_at - time.monotonic()
+        transport = request.transport
+        if wait > 0 and transport is not None and not transport.is_closing():
+            if await self._pause(wait):
+                return self._hang_up(request, "closed")
+        return response
+
+    async def _answer(self, request: web.Request, dialect: str) -> web.StreamResponse:
         cfg = self.config
         stats = self.stats
         stats.requests += 1
         _bump(stats.by_path, request.path)
         body = await request.read()
-
-        delay = cfg.latency
-        if cfg.latency_jitter:
-            delay += self.jitter_rng.uniform(0.0, cfg.latency_jitter)
-        if delay > 0 and await self._pause(delay):
-            return self._hang_up(request, "closed")
 
         # Authentication: only "Authorization: Bearer <token>".
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
