@@ -240,12 +240,6 @@ def _cell(value):
         return None
     if isinstance(value, str) and not value.strip():
         return None
-    try:
-        import pandas as pd
-        if value is pd.NA or value is pd.NaT:
-            return None
-    except ImportError:
-        pass
     return value
 
 
@@ -290,14 +284,16 @@ def _variant(params: dict) -> _Variant:
                     rules.max_prompt_chars if rules else None)
 
 
-def make_plan(df, config: JobConfig) -> Plan:
-    """Every task of the job, with refused rows marked; raises UsageError for bad settings."""
+def make_plan(table, config: JobConfig) -> Plan:
+    """Every task of the job, with refused rows marked; raises UsageError for bad settings.
+
+    `table` is the input as a pyarrow.Table (reader.read_table)."""
     with _gc.paused():
-        return _make_plan(df, config)
+        return _make_plan(table, config)
 
 
-def _make_plan(df, config: JobConfig) -> Plan:
-    columns = list(df.columns)
+def _make_plan(table, config: JobConfig) -> Plan:
+    columns = list(table.column_names)
     if config.prompt_column not in columns:
         raise UsageError(
             f"no column {config.prompt_column!r} in {config.source}; its columns are: "
@@ -309,17 +305,18 @@ def _make_plan(df, config: JobConfig) -> Plan:
     param_columns = [c for c in PARAMETERS if c in columns]
     passthrough = [c for c in columns if c != config.prompt_column and c not in PARAMETERS]
     if config.limit is not None:
-        df = df.iloc[: config.limit]
+        table = table.slice(0, config.limit)
 
     # Row identity: the row's cells (by column name, so column order does not matter) plus
     # how many identical rows came before it, so duplicates stay distinct tasks and a
     # reordered file maps every row to the same ids.
     ordered = sorted(columns)
-    values = [df[c].tolist() for c in ordered]
+    lists = {c: table.column(c).to_pylist() for c in columns}
+    values = [lists[c] for c in ordered]
     header = "\x1e".join(ordered)
     seen: dict[str, int] = {}
-    prompts = df[config.prompt_column].tolist()
-    row_params = [df[c].tolist() for c in param_columns]
+    prompts = lists[config.prompt_column]
+    row_params = [lists[c] for c in param_columns]
     variants: dict = {}      # (row's own parameters, point index) -> _Variant
     tasks: list[Task] = []
     append = tasks.append

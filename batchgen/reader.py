@@ -1,6 +1,18 @@
-"""Reading the prompt table (CSV, Parquet, JSONL) into a DataFrame, with clear errors."""
+"""Reading the prompt table (CSV, TSV, Parquet, JSON Lines) into an Arrow table, with clear errors.
+
+pyarrow reads, not pandas: importing pandas costs about half a second, which a run pays before
+its first request. What a column holds (the same for every format, so results look alike):
+- CSV/TSV: every cell is read as text, then a column whose cells are all whole numbers becomes
+  int64, all numbers float64, all true/false bool; an empty cell is missing (null), while
+  "NA" or "null" stay text. Duplicate or empty header names become `a.1`, `Unnamed: 2`, as pandas
+  names them.
+- Parquet: the file's own types; a pandas index stored as a column is dropped.
+- JSON Lines: one object per line, JSON's own types; a key missing from a line is null, and a
+  column mixing types (a number here, a string there) is read as text.
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -8,10 +20,12 @@ from .errors import UsageError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
            ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_FORMAT_NAMES = {"csv": "CSV", "tsv": "TSV", "parquet": "Parquet", "jsonl": "JSON Lines"}
 
 
 def read_table(path, encoding: Optional[str] = None):
-    import pandas as pd
+    """The table at `path` as a pyarrow.Table with unique string column names, at least one row."""
+    import pyarrow as pa
 
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
@@ -27,32 +41,140 @@ def read_table(path, encoding: Optional[str] = None):
         raise UsageError(f"{path}: the file is empty; it needs a header and at least one row")
     try:
         if kind in ("csv", "tsv"):
-            df = pd.read_csv(
-                path, sep="\t" if kind == "tsv" else ",", encoding=encoding or "utf-8-sig",
-                # Only an empty cell is missing: a prompt "NA" or "null" is text.
-                keep_default_na=False, na_values=[""])
+            table = _read_csv(path, "\t" if kind == "tsv" else ",", encoding)
         elif kind == "parquet":
-            df = pd.read_parquet(path)
+            table = _read_parquet(path)
         else:
-            df = pd.read_json(path, lines=True, encoding=encoding or "utf-8", dtype=False)
+            table = _read_jsonl(path, encoding)
     except UnicodeDecodeError as e:
-        raise UsageError(
-            f"{path}: not {encoding or 'UTF-8'} text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-            "save it as UTF-8, or name its encoding with --encoding (e.g. --encoding cp1252 "
-            "for Excel on Windows, --encoding latin-1)") from None
+        raise _not_this_encoding(path, encoding, e) from None
     except LookupError:
         raise UsageError(f"--encoding {encoding!r} is not an encoding Python knows") from None
-    except pd.errors.EmptyDataError:
-        raise UsageError(f"{path}: the file is empty; it needs a header and at least one row") from None
-    except (ValueError, OSError, pd.errors.ParserError) as e:
-        what = {"csv": "CSV", "tsv": "TSV", "parquet": "Parquet", "jsonl": "JSON Lines"}[kind]
+    except (pa.ArrowException, ValueError, OSError) as e:
+        if kind in ("csv", "tsv") and "UTF8" in str(e):
+            raise _not_this_encoding(path, encoding, _first_decode_error(path)) from None
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{path}: cannot read it as {what}: {first_line}") from None
-    except Exception as e:  # pyarrow raises its own types for corrupt files
-        if type(e).__module__.startswith("pyarrow"):
-            raise UsageError(f"{path}: cannot read it as Parquet (corrupt or not Parquet): {e}") from None
-        raise
-    if len(df) == 0:
+        hint = " (corrupt, or not Parquet)" if kind == "parquet" else ""
+        raise UsageError(f"{path}: cannot read it as {_FORMAT_NAMES[kind]}{hint}: {first_line}") from None
+    if table.num_columns == 0:
+        raise UsageError(f"{path}: the file is empty; it needs a header and at least one row")
+    if table.num_rows == 0:
         raise UsageError(f"{path}: no rows (only a header); add at least one prompt")
-    df.columns = [str(c) for c in df.columns]
-    return df
+    return table.rename_columns(unique_names(table.column_names))
+
+
+def unique_names(names) -> list:
+    """Header names as pandas makes them: an empty one `Unnamed: i`, a repeat `name.1`."""
+    out: list = []
+    seen: set = set()
+    for i, name in enumerate(names):
+        name = str(name) if name is not None and str(name) != "" else f"Unnamed: {i}"
+        candidate, k = name, 0
+        while candidate in seen:
+            k += 1
+            candidate = f"{name}.{k}"
+        seen.add(candidate)
+        out.append(candidate)
+    return out
+
+
+# ---- the formats ------------------------------------------------------------------------
+
+def _read_csv(path: Path, delimiter: str, encoding: Optional[str]):
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    # pyarrow skips a UTF-8 byte-order mark itself; any other encoding is transcoded by Python.
+    read = pcsv.ReadOptions(encoding=encoding or "utf8")
+    parse = pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    with pcsv.open_csv(path, read_options=read, parse_options=parse) as head:
+        names = head.schema.names
+    convert = pcsv.ConvertOptions(column_types={name: pa.string() for name in names},
+                                  null_values=[""], strings_can_be_null=True)
+    table = pcsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+    return pa.table([_typed(column) for column in table.columns], names=table.column_names)
+
+
+def _typed(column):
+    """A text column as int64, float64 or bool when every cell present is one.
+
+    Only compute functions and casts here: building an Arrow array from Python values makes
+    pyarrow import pandas (to ask whether the values are a pandas object)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column.null_count == len(column):
+        return column
+    for target in (pa.int64(), pa.float64()):
+        try:
+            return pc.cast(column, target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    if pc.all(pc.match_substring_regex(column, "^(true|True|TRUE|false|False|FALSE)$")).as_py():
+        return pc.match_substring_regex(column, "^(true|True|TRUE)$")   # a null stays null
+    return column
+
+
+def _read_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    pandas_meta = table.schema.pandas_metadata or {}
+    index_columns = [c for c in pandas_meta.get("index_columns", []) if isinstance(c, str)]
+    return table.drop_columns([c for c in index_columns if c in table.column_names])
+
+
+def _read_jsonl(path: Path, encoding: Optional[str]):
+    import pyarrow as pa
+
+    columns: dict = {}
+    rows = 0
+    with open(path, encoding=encoding or "utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"line {number}: {e}") from None
+            if not isinstance(doc, dict):
+                raise ValueError(f"line {number} is not a JSON object ({{\"prompt\": ...}})")
+            for key, value in doc.items():
+                values = columns.get(key)
+                if values is None:
+                    values = columns[key] = [None] * rows
+                values.append(value)
+            rows += 1
+            for values in columns.values():
+                if len(values) < rows:
+                    values.append(None)
+    return pa.table({key: arrow_array(values) for key, values in columns.items()})
+
+
+def arrow_array(values: list):
+    """Python values as an Arrow array; values of mixed types (JSON allows it) as text."""
+    import pyarrow as pa
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v)
+                         for v in values], type=pa.string())
+
+
+# ---- encoding errors --------------------------------------------------------------------
+
+def _first_decode_error(path: Path) -> UnicodeDecodeError:
+    """Where a file stops being UTF-8 (pyarrow's own error does not say)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e
+    return UnicodeDecodeError("utf-8", data, 0, 1, "invalid data")
+
+
+def _not_this_encoding(path: Path, encoding: Optional[str], e: UnicodeDecodeError) -> UsageError:
+    return UsageError(
+        f"{path}: not {encoding or 'UTF-8'} text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+        "save it as UTF-8, or name its encoding with --encoding (e.g. --encoding cp1252 "
+        "for Excel on Windows, --encoding latin-1)")

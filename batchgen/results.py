@@ -5,6 +5,8 @@ its error. Built in one pass into column lists, then handed to pyarrow whole.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,10 +81,10 @@ def build_table(plan: Plan, replay, unfinished_code: str = "interrupted",
     """The results table for every task of the plan.
 
     `replay` is the journal's state; tasks with no final record get `unfinished_code`.
-    `table` is the input DataFrame, for the pass-through columns.
+    `table` is the input (a pyarrow.Table), for the pass-through columns.
     """
-    cols: dict[str, list] = {name: [] for name in COLUMNS}
-    add = {name: cols[name].append for name in COLUMNS}
+    lines: list = []
+    encode = json.JSONEncoder(check_circular=False, allow_nan=False).encode
     labels = [point_label(p) for p in plan.points]
     row_indices = []
     for task in plan.tasks:
@@ -116,32 +118,92 @@ def build_table(plan: Plan, replay, unfinished_code: str = "interrupted",
                 rows = [{**outcome, "status": "error", "est_cost_usd": 0.0}]
         for row in rows:
             row.update(base)
-            for name in COLUMNS:
-                add[name](row.get(name))
+            lines.append(encode(row))
             row_indices.append(task.row_index)
-    result = pa.Table.from_pydict(cols, schema=SCHEMA)
+    result = _parse_rows(lines)
     if table is not None and plan.passthrough:
-        extra = table[plan.passthrough].iloc[row_indices].reset_index(drop=True)
-        for name in plan.passthrough:
-            out_name = name if name not in COLUMNS else f"input_{name}"
-            result = result.append_column(out_name, _arrow_column(extra[name]))
+        picked = table.select(plan.passthrough).take(_int64_array(row_indices))
+        for name, column in zip(plan.passthrough, picked.columns):
+            result = result.append_column(name if name not in COLUMNS else f"input_{name}", column)
     return result
 
 
+def _parse_rows(lines: list) -> pa.Table:
+    """Rows, as JSON texts, into a table of SCHEMA (a missing key is null).
+
+    pyarrow's JSON reader, not pa.Table.from_pydict: converting Python lists makes pyarrow
+    import pandas (to ask whether they are pandas objects), half a second of every run."""
+    import io
+
+    import pyarrow.json as pjson
+    if not lines:
+        return SCHEMA.empty_table()
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    table = pjson.read_json(
+        io.BytesIO(data),
+        read_options=pjson.ReadOptions(use_threads=True, block_size=max(1 << 20, min(len(data), 1 << 26))),
+        parse_options=pjson.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore"))
+    return table.select(COLUMNS).combine_chunks()
+
+
+def _int64_array(values: list) -> pa.Array:
+    """Python ints as an Arrow array, straight from their machine bytes (see _parse_rows)."""
+    from array import array
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(array("q", values))])
+
+
 def with_pandas_types(table: pa.Table) -> pa.Table:
-    """The same table, with pandas metadata saying integer columns are nullable Int64, so
-    pd.read_parquet gives ints as ints and missing values as <NA> rather than floats."""
-    import pandas as pd
-    df = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
-    return pa.Table.from_pandas(df, preserve_index=False)
+    """The same table, with the pandas metadata that makes pd.read_parquet give integer
+    columns as nullable Int64 (ints stay ints, a missing value is <NA>, not a float NaN).
 
-
-def _arrow_column(series) -> pa.Array:
-    """A pass-through column as Arrow; a column of mixed types (JSONL allows it) as text."""
+    Written by hand, as pyarrow would write it for such a DataFrame: building the DataFrame
+    to let pyarrow describe it would import pandas, half a second of every run."""
+    from importlib import metadata as dist
     try:
-        return pa.Array.from_pandas(series)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
-        return pa.array([None if v is None or v != v else str(v) for v in series], type=pa.string())
+        pandas_version = dist.version("pandas")
+    except dist.PackageNotFoundError:
+        pandas_version = "2.0.0"
+    columns = [{"name": f.name, "field_name": f.name, "pandas_type": _pandas_type(f.type),
+                "numpy_type": _numpy_type(f.type), "metadata": None} for f in table.schema]
+    doc = {"index_columns": [], "column_indexes": [], "columns": columns, "attributes": {},
+           "creator": {"library": "pyarrow", "version": pa.__version__},
+           "pandas_version": pandas_version}
+    return table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                          b"pandas": json.dumps(doc).encode()})
+
+
+_FLOATS = {"halffloat": "float16", "float": "float32", "double": "float64"}
+
+
+def _pandas_type(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return str(t)                      # int64, uint8, ...
+    if pa.types.is_floating(t):
+        return _FLOATS[str(t)]
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "unicode"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "bytes"
+    if pa.types.is_timestamp(t):
+        return "datetimetz" if t.tz else "datetime"
+    if pa.types.is_date(t):
+        return "date"
+    return "object"
+
+
+def _numpy_type(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):   # the nullable pandas dtype: Int64, UInt8, ...
+        name = str(t)
+        return "U" + name[1:].capitalize() if name.startswith("u") else name.capitalize()
+    if pa.types.is_floating(t):
+        return _FLOATS[str(t)]
+    if pa.types.is_boolean(t):
+        return "boolean"             # nullable too
+    if pa.types.is_timestamp(t) and not t.tz:
+        return f"datetime64[{t.unit}]"
+    return "object"
 
 
 _KEY = b"batchgen.results_key"
@@ -183,7 +245,7 @@ def write_results(out_dir, table: pa.Table, key: str = "") -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     out_dir = Path(out_dir)
-    images = int(pc.sum(pc.equal(table["status"], "ok")).as_py() or 0)
+    images = int(pc.sum(_is_ok(table)).as_py() or 0)
     typed = with_pandas_types(table)
     typed = typed.replace_schema_metadata({**(typed.schema.metadata or {}), _KEY: key.encode(),
                                            _IMAGES: str(images).encode()})
@@ -194,21 +256,45 @@ def write_results(out_dir, table: pa.Table, key: str = "") -> int:
     return images
 
 
+def _is_ok(table: pa.Table):
+    """status == "ok", row by row. A regex, not pc.equal(..., "ok"): turning the Python "ok"
+    into an Arrow scalar makes pyarrow import pandas (see _parse_rows)."""
+    import pyarrow.compute as pc
+    return pc.match_substring_regex(table["status"], "^ok$")
+
+
 def write_metadata(out_dir, table: pa.Table) -> None:
     """Hugging Face imagefolder metadata: one line per image, `file_name` relative to OUT."""
-    import pyarrow.compute as pc
-    ok = table.filter(pc.equal(table["status"], "ok"))
+    ok = table.filter(_is_ok(table))
     keep = [c for c in ok.column_names if c not in ("image_path", "status", "error_code",
                                                        "error_message", "http_status")]
     ok = ok.select(["image_path", *keep]).rename_columns(["file_name", *keep])
+    encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=_json_default).encode
     with atomic_file(Path(out_dir) / "metadata.jsonl") as f:
-        # pandas writes the lines in C (ten times faster than json.dumps per row); a batch at
-        # a time, so a big run never holds the whole text in memory.
+        # A batch at a time, so a big run never holds the whole text in memory.
         for batch in ok.to_batches(max_chunksize=10_000):
-            text = batch.to_pandas().to_json(orient="records", lines=True, force_ascii=False,
-                                             date_format="iso")
-            if text.strip():
-                f.write((text.rstrip("\n") + "\n").encode("utf-8"))
+            lines = []
+            for row in batch.to_pylist():
+                try:
+                    lines.append(encode(row))
+                except ValueError:   # NaN or infinity, which JSON cannot say: null
+                    lines.append(encode({k: None if isinstance(v, float) and not math.isfinite(v)
+                                         else v for k, v in row.items()}))
+            if lines:
+                f.write(("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def _json_default(value):
+    """Values JSON has no type for, from pass-through columns: dates as ISO 8601, bytes as
+    base64, anything else as its text."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        import base64
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
 
 
 def read_results(out_dir):

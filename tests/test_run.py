@@ -6,6 +6,7 @@ from pathlib import Path
 
 import jsonschema
 import pandas as pd
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -226,7 +227,7 @@ def test_every_request_body_conforms_to_the_published_schema():
     request_schema = {"$schema": schema["$schema"], "$defs": schema["$defs"],
                       "$ref": "#/$defs/CreateImageRequest"}
     validator = jsonschema.Draft202012Validator(request_schema)
-    df = pd.DataFrame({"prompt": ["otter", "fox"]})
+    df = pa.table({"prompt": ["otter", "fox"]})
     configs = [
         JobConfig(defaults={"model": "dall-e-3", "response_format": "url"},
                   sweep=parse_sweep(["quality=standard,hd", "style=vivid,natural", "size=1024x1024,1792x1024"])),

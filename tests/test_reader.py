@@ -1,0 +1,106 @@
+"""Reading the prompt table: what each format's columns become, and what reaches the results."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from batchgen.errors import UsageError
+from batchgen.reader import read_table
+from conftest import PROMPTS, results
+
+
+def test_csv_columns_get_the_types_their_cells_share(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,seed,weight,keep,note\n"
+                    "otter,1,0.5,true,NA\n"
+                    "fox,,2,False,\n"
+                    "owl,3,,TRUE,null\n")
+    table = read_table(path)
+    assert table.schema.types == [pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.string()]
+    assert table.to_pydict() == {"prompt": ["otter", "fox", "owl"], "seed": [1, None, 3],
+                                 "weight": [0.5, 2.0, None], "keep": [True, False, True],
+                                 "note": ["NA", None, "null"]}  # only an empty cell is missing
+
+
+def test_csv_quoted_cells_byte_order_mark_and_tsv(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes('\ufeffprompt,tag\n"an otter, floating","two\nlines"\n'.encode("utf-8"))
+    assert read_table(path).to_pydict() == {"prompt": ["an otter, floating"], "tag": ["two\nlines"]}
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("prompt\tsize\nan otter, floating\t256x256\n")
+    assert read_table(tsv).to_pydict() == {"prompt": ["an otter, floating"], "size": ["256x256"]}
+
+
+def test_repeated_and_empty_header_names_are_made_unique(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,tag,tag,\notter,a,b,c\n")
+    assert read_table(path).column_names == ["prompt", "tag", "tag.1", "Unnamed: 3"]
+
+
+def test_a_row_with_too_many_cells_is_a_clear_error(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("prompt\notter\nfox,extra\n")
+    with pytest.raises(UsageError, match="cannot read it as CSV: .*Expected 1 columns, got 2"):
+        read_table(path)
+
+
+def test_parquet_keeps_its_types_and_drops_a_stored_pandas_index(tmp_path):
+    path = tmp_path / "p.parquet"
+    df = pd.DataFrame({"prompt": ["otter", "fox"], "seed": [7, 8]}, index=pd.Index([10, 20], name="key"))
+    df.to_parquet(path)
+    table = read_table(path)
+    assert table.column_names == ["prompt", "seed"]
+    assert table.to_pydict() == {"prompt": ["otter", "fox"], "seed": [7, 8]}
+
+
+def test_jsonl_missing_keys_are_null_and_mixed_columns_are_text(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "otter", "seed": 1, "extra": {"a": 1}}\n'
+                    '\n'
+                    '{"prompt": "fox", "seed": "one"}\n')
+    table = read_table(path)
+    assert table.to_pydict() == {"prompt": ["otter", "fox"], "seed": ["1", "one"],
+                                 "extra": [{"a": 1}, None]}
+
+
+def test_jsonl_line_that_is_not_an_object_names_the_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "otter"}\n["fox"]\n')
+    with pytest.raises(UsageError, match="line 2 is not a JSON object"):
+        read_table(path)
+
+
+def test_pass_through_columns_reach_the_results_with_their_types(cli, fresh_sim, tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,seed,weight,note,status\n"
+                    f'"{PROMPTS[0]}",1,0.5,first,draft\n'
+                    f'"{PROMPTS[1]}",,1.5,,final\n')
+    out = tmp_path / "out"
+    r = cli("run", path, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-2",
+            "--size", "256x256", "--no-progress")
+    assert r.exit_code == 0, r.output
+    df = results(out).sort_values("row_index")
+    assert str(df.seed.dtype) == "Int64" and df.seed.tolist()[0] == 1 and df.seed.isna().tolist() == [False, True]
+    assert df.weight.tolist() == [0.5, 1.5]
+    assert df.note.tolist()[0] == "first" and pd.isna(df.note.tolist()[1])
+    assert df.input_status.tolist() == ["draft", "final"]   # a name the results use already
+    assert set(df.status) == {"ok"}
+    lines = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert sorted((m["seed"], m["note"]) for m in lines if m["seed"]) == [(1, "first")]
+    assert {m["file_name"] for m in lines} == set(df.image_path)
+
+
+def test_a_run_does_not_import_pandas(tmp_path):
+    # pandas costs about half a second to import; a run reads and writes with pyarrow alone.
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,seed\nan otter,1\na fox,\n")
+    code = ("import sys, batchgen\n"
+            f"s = batchgen.run({str(path)!r}, out={str(tmp_path / 'out')!r}, simulate=True,\n"
+            "                 defaults={'model': 'dall-e-2', 'size': '256x256'})\n"
+            "print(s.ok, 'pandas' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "False"]
