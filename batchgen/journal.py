@@ -33,6 +33,7 @@ SYNC_EVERY_S = 1.0
 _HEAD = b'{"task_id":"'
 _STATUS = b'","status":"'
 _MARKER = b'{"synced":'
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class TaskState:
@@ -196,7 +197,7 @@ class Journal:
             return
 
     def append(self, record: dict) -> None:
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        line = (_encode(record) + "\n").encode("utf-8")
         os.write(self._fd, line)
         self._dirty = True
         self.appended += 1

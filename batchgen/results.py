@@ -9,6 +9,7 @@ import json
 import math
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +50,7 @@ SCHEMA = pa.schema([
     ("total_tokens", pa.int64()),
 ])
 COLUMNS = SCHEMA.names
-_IMAGE_FIELDS = ("image_path", "image_url", "sha256", "width", "height", "bytes", "revised_prompt")
+_SHARED_IMAGE_FIELDS = ("image_url", "sha256", "width", "height", "bytes", "revised_prompt")
 _OUTCOME_FIELDS = ("error_code", "error_message", "http_status", "attempts", "latency_s",
                    "created", "trace_id")
 
@@ -75,57 +76,111 @@ def write_atomic(path, data: bytes) -> None:
         f.write(data)
 
 
-def build_table(plan: Plan, replay, unfinished_code: str = "interrupted",
-                unfinished_message: str = "not finished yet; run the same command again to finish it",
-                table=None) -> pa.Table:
-    """The results table for every task of the plan.
+@dataclass
+class Results:
+    """results.parquet's table, and metadata.jsonl's lines (one per image)."""
+    table: pa.Table
+    metadata_lines: list      # JSON texts, without newlines
+    images: int
+
+
+# One JSON text per results row, built from fragments so that what a row of results.parquet
+# and its metadata.jsonl line share is encoded once: JSON, because pyarrow reads it in C and
+# turning Python lists into Arrow directly would import pandas (see _parse_rows).
+_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
+_encode_any = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False,
+                               default=lambda v: _json_default(v)).encode
+_encode_str = json.encoder.encode_basestring
+
+
+def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
+                  unfinished_message: str = "not finished yet; run the same command again to finish it",
+                  table=None) -> Results:
+    """The results for every task of the plan: one row per image, one per task without images.
 
     `replay` is the journal's state; tasks with no final record get `unfinished_code`.
     `table` is the input (a pyarrow.Table), for the pass-through columns.
     """
-    lines: list = []
-    encode = json.JSONEncoder(check_circular=False, allow_nan=False).encode
     labels = [point_label(p) for p in plan.points]
-    row_indices = []
+    variants: dict = {}        # (id of the shared params dict, point) -> its JSON fragment
+    passthrough = _Passthrough(plan, table)
+    lines: list = []
+    metadata: list = []
+    row_indices: list = []
     for task in plan.tasks:
         params = task.params
-        base = {"task_id": task.task_id, "row_index": task.row_index, "prompt": task.prompt,
+        key = (id(params), task.point)
+        variant = variants.get(key)
+        if variant is None:
+            variant = variants[key] = _encode({
                 "model": params.get("model"), "quality": params.get("quality"),
                 "style": params.get("style"), "size": params.get("size"),
                 "response_format": params.get("response_format"), "n": task.images_expected,
-                "sweep_point": labels[task.point]}
+                "sweep_point": labels[task.point]})[1:-1]
+        base = (f'"task_id":"{task.task_id}","row_index":{task.row_index},'
+                f'"prompt":{_encode_str(task.prompt) if task.prompt is not None else "null"},{variant}')
         record = None if task.problem else replay.final(task.task_id)
+        if record is not None and record["status"] == "ok":
+            usage = record.get("usage")
+            shared = {k: record.get(k) for k in ("attempts", "latency_s", "created", "trace_id")}
+            shared["total_tokens"] = usage.get("total_tokens") if isinstance(usage, dict) else None
+            shared["est_cost_usd"] = models.price_per_image(params.get("model"), params.get("quality"),
+                                                            params.get("size"))
+            http_status = record.get("http_status")
+            status = f'"status":"ok","http_status":{http_status if type(http_status) is int else "null"}'
+            for image in record.get("images") or ():
+                path = _encode_str(image.get("image_path") or "")
+                fields = dict(shared)
+                for k in _SHARED_IMAGE_FIELDS:
+                    fields[k] = image.get(k)
+                fields["image_index"] = image.get("image_index", 0)
+                common = _encode(fields)[1:-1]
+                lines.append(f'{{{base},{status},"image_path":{path},{common}}}')
+                metadata.append(f'{{"file_name":{path},{base},{common}{passthrough.fragment(task.row_index)}}}')
+                row_indices.append(task.row_index)
+            continue
         if task.problem:
-            rows = [{"status": "error", "error_code": "invalid_params", "error_message": task.problem,
-                     "attempts": 0, "est_cost_usd": 0.0}]
+            error = {"error_code": "invalid_params", "error_message": task.problem, "attempts": 0}
         elif record is None:
             state = replay.states.get(task.task_id)
-            rows = [{"status": "error", "error_code": unfinished_code, "error_message": unfinished_message,
-                     "attempts": state.carried_attempts if state else 0, "est_cost_usd": 0.0}]
+            error = {"error_code": unfinished_code, "error_message": unfinished_message,
+                     "attempts": state.carried_attempts if state else 0}
         else:
-            outcome = {k: record.get(k) for k in _OUTCOME_FIELDS}
-            usage = record.get("usage") or {}
-            outcome["total_tokens"] = usage.get("total_tokens") if isinstance(usage, dict) else None
-            if record["status"] == "ok":
-                price = models.price_per_image(params.get("model"), params.get("quality"), params.get("size"))
-                rows = []
-                for image in record.get("images") or ():
-                    row = {**outcome, "status": "ok", "image_index": image.get("image_index", 0),
-                           "est_cost_usd": price}
-                    row.update({k: image.get(k) for k in _IMAGE_FIELDS})
-                    rows.append(row)
-            else:
-                rows = [{**outcome, "status": "error", "est_cost_usd": 0.0}]
-        for row in rows:
-            row.update(base)
-            lines.append(encode(row))
-            row_indices.append(task.row_index)
+            usage = record.get("usage")
+            error = {k: record.get(k) for k in _OUTCOME_FIELDS}
+            error["total_tokens"] = usage.get("total_tokens") if isinstance(usage, dict) else None
+        lines.append(f'{{{base},"status":"error","est_cost_usd":0.0,{_encode(error)[1:-1]}}}')
+        row_indices.append(task.row_index)
     result = _parse_rows(lines)
     if table is not None and plan.passthrough:
         picked = table.select(plan.passthrough).take(_int64_array(row_indices))
-        for name, column in zip(plan.passthrough, picked.columns):
-            result = result.append_column(name if name not in COLUMNS else f"input_{name}", column)
-    return result
+        for name, column in zip(passthrough.names, picked.columns):
+            result = result.append_column(name, column)
+    return Results(result, metadata, len(metadata))
+
+
+class _Passthrough:
+    """The input's own columns as JSON fragments for metadata.jsonl, one per input row."""
+
+    def __init__(self, plan: Plan, table):
+        self.names = [n if n not in COLUMNS else f"input_{n}" for n in plan.passthrough]
+        use = table is not None and plan.passthrough
+        self._columns = [table.column(n).to_pylist() for n in plan.passthrough] if use else []
+        self._cache: dict = {}
+
+    def fragment(self, row_index: int) -> str:
+        if not self._columns:
+            return ""
+        text = self._cache.get(row_index)
+        if text is None:
+            values = {n: c[row_index] for n, c in zip(self.names, self._columns)}
+            try:
+                text = "," + _encode_any(values)[1:-1]
+            except ValueError:   # NaN or infinity, which JSON cannot say: null
+                text = "," + _encode_any({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                          for k, v in values.items()})[1:-1]
+            self._cache[row_index] = text
+        return text
 
 
 def _parse_rows(lines: list) -> pa.Table:
@@ -141,9 +196,14 @@ def _parse_rows(lines: list) -> pa.Table:
     data = ("\n".join(lines) + "\n").encode("utf-8")
     table = pjson.read_json(
         io.BytesIO(data),
-        read_options=pjson.ReadOptions(use_threads=True, block_size=max(1 << 20, min(len(data), 1 << 26))),
+        # Blocks of 1 MiB are parsed in parallel; a line must fit in one (a row is ~1 KB).
+        read_options=pjson.ReadOptions(use_threads=True, block_size=max(1 << 20, _longest(lines) + 1)),
         parse_options=pjson.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore"))
     return table.select(COLUMNS).combine_chunks()
+
+
+def _longest(lines: list) -> int:
+    return max(map(len, lines)) * 4   # characters to UTF-8 bytes, at most
 
 
 def _int64_array(values: list) -> pa.Array:
@@ -240,48 +300,23 @@ def results_up_to_date(out_dir, key: str) -> Optional[int]:
     return int(meta.get(_IMAGES, b"0"))
 
 
-def write_results(out_dir, table: pa.Table, key: str = "") -> int:
+def write_results(out_dir, results: Results, key: str = "") -> int:
     """Write results.parquet and metadata.jsonl; returns the number of images."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     out_dir = Path(out_dir)
-    images = int(pc.sum(_is_ok(table)).as_py() or 0)
-    typed = with_pandas_types(table)
+    typed = with_pandas_types(results.table)
     typed = typed.replace_schema_metadata({**(typed.schema.metadata or {}), _KEY: key.encode(),
-                                           _IMAGES: str(images).encode()})
+                                           _IMAGES: str(results.images).encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(typed, sink, compression="zstd")
     write_atomic(out_dir / "results.parquet", sink.getvalue().to_pybytes())
-    write_metadata(out_dir, typed)
-    return images
-
-
-def _is_ok(table: pa.Table):
-    """status == "ok", row by row. A regex, not pc.equal(..., "ok"): turning the Python "ok"
-    into an Arrow scalar makes pyarrow import pandas (see _parse_rows)."""
-    import pyarrow.compute as pc
-    return pc.match_substring_regex(table["status"], "^ok$")
-
-
-def write_metadata(out_dir, table: pa.Table) -> None:
-    """Hugging Face imagefolder metadata: one line per image, `file_name` relative to OUT."""
-    ok = table.filter(_is_ok(table))
-    keep = [c for c in ok.column_names if c not in ("image_path", "status", "error_code",
-                                                       "error_message", "http_status")]
-    ok = ok.select(["image_path", *keep]).rename_columns(["file_name", *keep])
-    encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=_json_default).encode
-    with atomic_file(Path(out_dir) / "metadata.jsonl") as f:
-        # A batch at a time, so a big run never holds the whole text in memory.
-        for batch in ok.to_batches(max_chunksize=10_000):
-            lines = []
-            for row in batch.to_pylist():
-                try:
-                    lines.append(encode(row))
-                except ValueError:   # NaN or infinity, which JSON cannot say: null
-                    lines.append(encode({k: None if isinstance(v, float) and not math.isfinite(v)
-                                         else v for k, v in row.items()}))
-            if lines:
-                f.write(("\n".join(lines) + "\n").encode("utf-8"))
+    with atomic_file(out_dir / "metadata.jsonl") as f:
+        # Hugging Face imagefolder metadata: one line per image, `file_name` relative to OUT.
+        # A batch at a time, so a big run never holds the whole text twice.
+        lines = results.metadata_lines
+        for start in range(0, len(lines), 10_000):
+            f.write(("\n".join(lines[start:start + 10_000]) + "\n").encode("utf-8"))
+    return results.images
 
 
 def _json_default(value):

@@ -342,7 +342,7 @@ def run(source, *, progress: bool = False, environ=None, **options) -> Summary:
 
 async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progress: bool) -> Summary:
     from .client import Endpoint, ImagesClient, endpoint_url
-    from .results import build_table, results_key, results_up_to_date, write_results
+    from .results import build_results, results_key, results_up_to_date, write_results
     from .store import ImageStore
 
     started = time.monotonic()
@@ -409,7 +409,7 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
     if images is None:
         # One pass into columns, then pyarrow; off the loop so a signal is still handled.
         images = await asyncio.to_thread(
-            write_results, out, build_table(plan, state, unfinished_code, unfinished_message, table), key)
+            write_results, out, build_results(plan, state, unfinished_code, unfinished_message, table), key)
     return _summarise(config, plan, state, images, sender, time.monotonic() - started, warnings)
 
 

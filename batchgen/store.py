@@ -24,6 +24,7 @@ _MAGIC = (
 )
 
 TMP_PREFIX = ".tmp-"
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
 def image_format(data: bytes) -> Optional[str]:
@@ -71,6 +72,7 @@ class ImageStore:
         (self.out_dir / "images").mkdir(parents=True, exist_ok=True)
         self._root = os.fspath(self.out_dir)
         self._made_dirs: set[str] = set()
+        self._pid = os.getpid()
 
     def save(self, task_id: str, image_index: int, n: int, data: bytes) -> SavedImage:
         """Check, hash and write one image; raises BadResponse if the bytes are not an image.
@@ -88,9 +90,16 @@ class ImageStore:
         if folder not in self._made_dirs:
             os.makedirs(folder, exist_ok=True)
             self._made_dirs.add(folder)
-        tmp = os.path.join(folder, f"{TMP_PREFIX}{os.path.basename(final)}.{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(data)
+        tmp = os.path.join(folder, f"{TMP_PREFIX}{os.path.basename(final)}.{self._pid}")
+        # os.open/os.write rather than open(): no buffered file object for one write (a third
+        # of this method's time for small images).
+        fd = os.open(tmp, _CREATE, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
         return SavedImage(rel, hashlib.sha256(data).hexdigest(), width, height, len(data))
 
