@@ -2,8 +2,8 @@
 
 pyarrow reads, not pandas: importing pandas costs about half a second, which a run pays before
 its first request. What a column holds (the same for every format, so results look alike):
-- CSV/TSV: every cell is read as text, then a column whose cells are all whole numbers becomes
-  int64, all numbers float64, all true/false bool; an empty cell is missing (null), while
+- CSV/TSV: a column whose cells are all whole numbers is int64, all numbers float64, all
+  true/false bool, anything else text (dates too); an empty cell is missing (null), while
   "NA" or "null" stay text. Duplicate or empty header names become `a.1`, `Unnamed: 2`, as pandas
   names them.
 - Parquet: the file's own types; a pandas index stored as a column is dropped.
@@ -80,6 +80,9 @@ def unique_names(names) -> list:
 
 # ---- the formats ------------------------------------------------------------------------
 
+_TRUE, _FALSE = ["true", "True", "TRUE"], ["false", "False", "FALSE"]
+
+
 def _read_csv(path: Path, delimiter: str, encoding: Optional[str]):
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -87,32 +90,19 @@ def _read_csv(path: Path, delimiter: str, encoding: Optional[str]):
     # pyarrow skips a UTF-8 byte-order mark itself; any other encoding is transcoded by Python.
     read = pcsv.ReadOptions(encoding=encoding or "utf8")
     parse = pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
-    with pcsv.open_csv(path, read_options=read, parse_options=parse) as head:
-        names = head.schema.names
-    convert = pcsv.ConvertOptions(column_types={name: pa.string() for name in names},
-                                  null_values=[""], strings_can_be_null=True)
-    table = pcsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
-    return pa.table([_typed(column) for column in table.columns], names=table.column_names)
 
+    def read_csv(as_text=()):
+        convert = pcsv.ConvertOptions(null_values=[""], strings_can_be_null=True,
+                                      true_values=_TRUE, false_values=_FALSE,
+                                      column_types={name: pa.string() for name in as_text})
+        return pcsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
 
-def _typed(column):
-    """A text column as int64, float64 or bool when every cell present is one.
-
-    Only compute functions and casts here: building an Arrow array from Python values makes
-    pyarrow import pandas (to ask whether the values are a pandas object)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if column.null_count == len(column):
-        return column
-    for target in (pa.int64(), pa.float64()):
-        try:
-            return pc.cast(column, target)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-    if pc.all(pc.match_substring_regex(column, "^(true|True|TRUE|false|False|FALSE)$")).as_py():
-        return pc.match_substring_regex(column, "^(true|True|TRUE)$")   # a null stays null
-    return column
+    # pyarrow infers each column's type (in C++, in parallel); what it found beyond whole
+    # numbers, numbers and true/false (dates, times, an all-empty column) is read again as text.
+    table = read_csv()
+    kept = (pa.int64(), pa.float64(), pa.bool_(), pa.string())
+    as_text = {f.name for f in table.schema if f.type not in kept}
+    return read_csv(as_text) if as_text else table
 
 
 def _read_parquet(path: Path):

@@ -158,8 +158,7 @@ class Sender:
             pass
 
     async def _run_task(self, task: Task) -> None:
-        from .client import build_body
-        body = build_body(task.prompt, task.params)
+        body = self.client.build_body(task.prompt, task.params)
         attempts = failures = rate_limited = 0
         started = time.monotonic()
         try:

@@ -14,15 +14,17 @@ from conftest import PROMPTS, results
 
 def test_csv_columns_get_the_types_their_cells_share(tmp_path):
     path = tmp_path / "p.csv"
-    path.write_text("prompt,seed,weight,keep,note\n"
-                    "otter,1,0.5,true,NA\n"
-                    "fox,,2,False,\n"
-                    "owl,3,,TRUE,null\n")
+    path.write_text("prompt,seed,weight,keep,note,day,empty\n"
+                    "otter,1,0.5,true,NA,2024-01-02,\n"
+                    "fox,,2,False,,2024-01-03,\n"
+                    "owl,3,,TRUE,null,,\n")
     table = read_table(path)
-    assert table.schema.types == [pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.string()]
+    assert table.schema.types == [pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.string(),
+                                  pa.string(), pa.string()]
     assert table.to_pydict() == {"prompt": ["otter", "fox", "owl"], "seed": [1, None, 3],
                                  "weight": [0.5, 2.0, None], "keep": [True, False, True],
-                                 "note": ["NA", None, "null"]}  # only an empty cell is missing
+                                 "note": ["NA", None, "null"],  # only an empty cell is missing
+                                 "day": ["2024-01-02", "2024-01-03", None], "empty": [None] * 3}
 
 
 def test_csv_quoted_cells_byte_order_mark_and_tsv(tmp_path):
