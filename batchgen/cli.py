@@ -62,6 +62,33 @@ def main():
         logger.propagate = False
 
 
+def entry() -> None:
+    """The `batchgen` command and `python -m batchgen`: main(), then a quick exit.
+
+    Everything a command writes is closed (and fsynced where it matters) before main()
+    returns, so the interpreter's teardown — unloading pyarrow and aiohttp, about 0.15 s of
+    every command — protects nothing: flush the standard streams and leave. An unexpected
+    exception still takes the normal way out, with its traceback."""
+    import os
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):     # sys.exit("message"): print it, exit 1, as Python does
+        click.echo(str(code), err=True)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):   # a closed pipe (`batchgen status | head`)
+            pass
+    os._exit(code)
+
+
 class _EchoHandler(logging.Handler):
     """The library's warnings on stderr, through click (so they sit with the progress bar)."""
 

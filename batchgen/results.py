@@ -218,16 +218,11 @@ def with_pandas_types(table: pa.Table) -> pa.Table:
 
     Written by hand, as pyarrow would write it for such a DataFrame: building the DataFrame
     to let pyarrow describe it would import pandas, half a second of every run."""
-    from importlib import metadata as dist
-    try:
-        pandas_version = dist.version("pandas")
-    except dist.PackageNotFoundError:
-        pandas_version = "2.0.0"
     columns = [{"name": f.name, "field_name": f.name, "pandas_type": _pandas_type(f.type),
                 "numpy_type": _numpy_type(f.type), "metadata": None} for f in table.schema]
     doc = {"index_columns": [], "column_indexes": [], "columns": columns, "attributes": {},
            "creator": {"library": "pyarrow", "version": pa.__version__},
-           "pandas_version": pandas_version}
+           "pandas_version": None}   # written without pandas (pyarrow does not read it)
     return table.replace_schema_metadata({**(table.schema.metadata or {}),
                                           b"pandas": json.dumps(doc).encode()})
 

@@ -96,3 +96,19 @@ def test_an_unwritable_out(cli, prompts_csv, tmp_path, fresh_sim):
     blocker.write_text("x")
     r = cli("run", prompts_csv, "--out", blocker / "out", "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3")
     assert r.exit_code == 2 and "cannot write the output folder" in r.output
+
+
+def test_the_command_keeps_its_exit_status_and_messages_through_its_quick_exit(tmp_path, sim):
+    # `python -m batchgen` leaves with os._exit after flushing (cli.entry): what it printed and
+    # its exit status must survive that.
+    from conftest import batchgen_process, make_prompts
+    bad = batchgen_process("run", tmp_path / "missing.csv", "--simulate")
+    out, err = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and "no such file" in err and "Traceback" not in err
+    csv = make_prompts(tmp_path / "p.csv", 3)
+    good = batchgen_process("run", csv, "--out", tmp_path / "out", "--base-url", sim.acedata_url,
+                            "--model", "dall-e-2", "--size", "256x256", "--no-progress")
+    out, err = good.communicate(timeout=120)
+    assert good.returncode == 0, err
+    assert out.splitlines()[0].startswith("3 ok, 0 error(s)") and "results:" in out
+    assert len(results(tmp_path / "out")) == 3 and (tmp_path / "out" / "metadata.jsonl").read_text().count("\n") == 3
