@@ -78,10 +78,13 @@ def write_atomic(path, data: bytes) -> None:
 
 @dataclass
 class Results:
-    """results.parquet's table, and metadata.jsonl's lines (one per image)."""
+    """results.parquet's table, and metadata.jsonl's text (one line per image)."""
     table: pa.Table
-    metadata_lines: list      # JSON texts, without newlines
+    metadata: list            # the text in pieces of up to _CHUNK lines, each ending in "\n"
     images: int
+
+
+_CHUNK = 10_000   # rows turned into Arrow (and metadata lines joined) at a time: bounded text
 
 
 # One JSON text per results row, built from fragments so that what a row of results.parquet
@@ -105,9 +108,19 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
     variants: dict = {}        # (id of the shared params dict, point) -> its JSON fragment
     passthrough = _Passthrough(plan, table)
     lines: list = []
+    tables: list = []
     metadata: list = []
+    pieces: list = []
+    images = 0
     row_indices: list = []
     for task in plan.tasks:
+        if len(lines) >= _CHUNK:
+            tables.append(_parse_rows(lines))
+            lines = []
+        if len(metadata) >= _CHUNK:
+            images += len(metadata)
+            pieces.append("\n".join(metadata) + "\n")
+            metadata = []
         params = task.params
         key = (id(params), task.point)
         variant = variants.get(key)
@@ -151,12 +164,17 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
             error["total_tokens"] = usage.get("total_tokens") if isinstance(usage, dict) else None
         lines.append(f'{{{base},"status":"error","est_cost_usd":0.0,{_encode(error)[1:-1]}}}')
         row_indices.append(task.row_index)
-    result = _parse_rows(lines)
+    if lines or not tables:
+        tables.append(_parse_rows(lines))
+    if metadata:
+        images += len(metadata)
+        pieces.append("\n".join(metadata) + "\n")
+    result = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     if table is not None and plan.passthrough:
         picked = table.select(plan.passthrough).take(_int64_array(row_indices))
         for name, column in zip(passthrough.names, picked.columns):
             result = result.append_column(name, column)
-    return Results(result, metadata, len(metadata))
+    return Results(result, pieces, images)
 
 
 class _Passthrough:
@@ -307,10 +325,8 @@ def write_results(out_dir, results: Results, key: str = "") -> int:
     write_atomic(out_dir / "results.parquet", sink.getvalue().to_pybytes())
     with atomic_file(out_dir / "metadata.jsonl") as f:
         # Hugging Face imagefolder metadata: one line per image, `file_name` relative to OUT.
-        # A batch at a time, so a big run never holds the whole text twice.
-        lines = results.metadata_lines
-        for start in range(0, len(lines), 10_000):
-            f.write(("\n".join(lines[start:start + 10_000]) + "\n").encode("utf-8"))
+        for piece in results.metadata:
+            f.write(piece.encode("utf-8"))
     return results.images
 
 

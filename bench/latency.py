@@ -4,12 +4,15 @@
 is tasks x 0.5 s / 50 = 10 s.  Each round runs the runner as a whole process (start to exit,
 results.parquet included) into a fresh output folder; reported: wall time and ideal / wall.
 For reference (not part of the target), each round also runs the floor (bench/floor.py) under the
-same conditions: it shows what the simulator itself allows (it answers each wave of 50 requests
-one after another, so even the floor does not reach the ideal); `--no-floor` skips it.
+same conditions: it shows what Python, aiohttp and loopback allow on this machine (a bare
+aiohttp loop with no work reaches about 10.3 s); `--no-floor` skips it.
 
 Target: median ideal / wall >= 0.9.
 
-    .venv/bin/python bench/latency.py [--tasks 1000] [--rounds 3] [--concurrency 50] [--latency 0.5]
+    TMPDIR=/dev/shm .venv/bin/python bench/latency.py [--tasks 1000] [--rounds 3] [--concurrency 50] [--latency 0.5]
+
+(TMPDIR=/dev/shm keeps the images off this machine's disk, whose ext4 journal commits stall
+file creation for tens of milliseconds at a time; the runner and the floor are both measured there.)
 """
 from __future__ import annotations
 

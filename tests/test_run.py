@@ -208,6 +208,23 @@ def test_metadata_jsonl_lists_every_image_for_imagefolder(cli, fresh_sim, prompt
     assert {"prompt", "revised_prompt", "quality", "tag"} <= set(meta.columns)
 
 
+def test_results_built_in_pieces_keep_every_row_in_order(cli, fresh_sim, tmp_path, monkeypatch):
+    import batchgen.results
+    monkeypatch.setattr(batchgen.results, "_CHUNK", 2)   # 7 tasks x 2 points: many pieces
+    csv = tmp_path / "p.csv"
+    pd.DataFrame({"prompt": [f"a lantern, number {i}" for i in range(7)], "idx": range(7)}).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    r = cli("run", csv, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3",
+            "--sweep", "quality=standard,hd", "--no-progress")
+    assert r.exit_code == 0, r.output
+    df = results(out)
+    assert df.row_index.tolist() == [i for i in range(7) for _ in range(2)]
+    assert df.idx.tolist() == df.row_index.tolist()          # pass-through rows line up
+    meta = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [m["file_name"] for m in meta] == df.image_path.tolist()
+    assert [m["idx"] for m in meta] == df.idx.tolist()
+
+
 def test_python_api_leaves_the_same_files(fresh_sim, prompts_csv, tmp_path):
     import batchgen
     summary = batchgen.run(str(prompts_csv), out=str(tmp_path / "o"), base_url=fresh_sim.acedata_url,
