@@ -50,7 +50,6 @@ SCHEMA = pa.schema([
     ("total_tokens", pa.int64()),
 ])
 COLUMNS = SCHEMA.names
-_SHARED_IMAGE_FIELDS = ("image_url", "sha256", "width", "height", "bytes", "revised_prompt")
 _OUTCOME_FIELDS = ("error_code", "error_message", "http_status", "attempts", "latency_s",
                    "created", "trace_id")
 
@@ -96,6 +95,18 @@ _encode_any = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_n
 _encode_str = json.encoder.encode_basestring
 
 
+def _value(v) -> str:
+    """One JSON value; the common types without the encoder's machinery."""
+    if v is None:
+        return "null"
+    kind = type(v)
+    if kind is str:
+        return _encode_str(v)
+    if kind is int:
+        return str(v)
+    return _encode(v)
+
+
 def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
                   unfinished_message: str = "not finished yet; run the same command again to finish it",
                   table=None) -> Results:
@@ -123,31 +134,34 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
             metadata = []
         params = task.params
         key = (id(params), task.point)
-        variant = variants.get(key)
-        if variant is None:
-            variant = variants[key] = _encode({
+        cached = variants.get(key)
+        if cached is None:
+            cached = variants[key] = (_encode({
                 "model": params.get("model"), "quality": params.get("quality"),
                 "style": params.get("style"), "size": params.get("size"),
                 "response_format": params.get("response_format"), "n": task.images_expected,
-                "sweep_point": labels[task.point]})[1:-1]
+                "sweep_point": labels[task.point]})[1:-1],
+                models.price_per_image(params.get("model"), params.get("quality"), params.get("size")))
+        variant, price = cached
         base = (f'"task_id":"{task.task_id}","row_index":{task.row_index},'
                 f'"prompt":{_encode_str(task.prompt) if task.prompt is not None else "null"},{variant}')
         record = None if task.problem else replay.final(task.task_id)
         if record is not None and record["status"] == "ok":
             usage = record.get("usage")
-            shared = {k: record.get(k) for k in ("attempts", "latency_s", "created", "trace_id")}
-            shared["total_tokens"] = usage.get("total_tokens") if isinstance(usage, dict) else None
-            shared["est_cost_usd"] = models.price_per_image(params.get("model"), params.get("quality"),
-                                                            params.get("size"))
-            http_status = record.get("http_status")
-            status = f'"status":"ok","http_status":{http_status if type(http_status) is int else "null"}'
+            get = record.get
+            # Field by field, not a dict through the encoder: a third of the time per row.
+            shared = (f'"attempts":{_value(get("attempts"))},"latency_s":{_value(get("latency_s"))},'
+                      f'"created":{_value(get("created"))},"trace_id":{_value(get("trace_id"))},'
+                      f'"total_tokens":{_value(usage.get("total_tokens") if isinstance(usage, dict) else None)},'
+                      f'"est_cost_usd":{_value(price)}')
+            status = f'"status":"ok","http_status":{_value(get("http_status"))}'
             for image in record.get("images") or ():
                 path = _encode_str(image.get("image_path") or "")
-                fields = dict(shared)
-                for k in _SHARED_IMAGE_FIELDS:
-                    fields[k] = image.get(k)
-                fields["image_index"] = image.get("image_index", 0)
-                common = _encode(fields)[1:-1]
+                get = image.get
+                common = (f'{shared},"image_url":{_value(get("image_url"))},"sha256":{_value(get("sha256"))},'
+                          f'"width":{_value(get("width"))},"height":{_value(get("height"))},'
+                          f'"bytes":{_value(get("bytes"))},"revised_prompt":{_value(get("revised_prompt"))},'
+                          f'"image_index":{_value(get("image_index", 0))}')
                 lines.append(f'{{{base},{status},"image_path":{path},{common}}}')
                 metadata.append(f'{{"file_name":{path},{base},{common}{passthrough.fragment(task.row_index)}}}')
                 row_indices.append(task.row_index)
