@@ -104,6 +104,8 @@ def _value(v) -> str:
         return _encode_str(v)
     if kind is int:
         return str(v)
+    if kind is float and math.isfinite(v):
+        return repr(v)     # the shortest text that reads back as the same float, as json writes it
     return _encode(v)
 
 
