@@ -89,9 +89,10 @@ _CHUNK = 10_000   # rows turned into Arrow (and metadata lines joined) at a time
 # One JSON text per results row, built from fragments so that what a row of results.parquet
 # and its metadata.jsonl line share is encoded once: JSON, because pyarrow reads it in C and
 # turning Python lists into Arrow directly would import pandas (see _parse_rows).
-_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
+_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False,
+                           separators=(",", ":")).encode
 _encode_any = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False,
-                               default=lambda v: _json_default(v)).encode
+                               separators=(",", ":"), default=lambda v: _json_default(v)).encode
 _encode_str = json.encoder.encode_basestring
 
 
