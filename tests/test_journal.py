@@ -1,6 +1,8 @@
 """The checkpoint: append, replay, torn lines."""
 import json
 
+import pytest
+
 from batchgen.journal import Journal, replay
 
 
@@ -65,3 +67,10 @@ def test_the_fast_path_and_json_agree(tmp_path):
     assert state.status("c" * 16) == "error" and state.final("c" * 16)["attempts"] == 5
     assert state.final("c" * 16)["error_code"] == "api_error"
     assert state.status("d" * 16) == "ok"
+
+
+def test_syncing_flushes_the_output_filesystem_and_refuses_a_missing_folder(tmp_path):
+    from batchgen.journal import sync_filesystem
+    sync_filesystem(tmp_path)                  # syncfs(2) on Linux: this filesystem only
+    with pytest.raises(FileNotFoundError):
+        sync_filesystem(tmp_path / "gone")
