@@ -1,7 +1,9 @@
 """The output schema, and the journal + plan turned into results.parquet and metadata.jsonl.
 
 One row per image; a task without images (refused, failed, or not done yet) is one row with
-its error. Built in one pass into column lists, then handed to pyarrow whole.
+its error. Built in one pass as JSON rows that pyarrow parses with the schema, 10,000 at a
+time; a row and its metadata.jsonl line share the encoding of the fields they have in common.
+pandas is never imported here (see _parse_rows).
 """
 from __future__ import annotations
 
@@ -119,7 +121,7 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
     `table` is the input (a pyarrow.Table), for the pass-through columns.
     """
     labels = [point_label(p) for p in plan.points]
-    variants: dict = {}        # (id of the shared params dict, point) -> its JSON fragment
+    variants: dict = {}        # (id of the shared params dict, point) -> (JSON fragment, price)
     passthrough = _Passthrough(plan, table)
     lines: list = []
     tables: list = []

@@ -406,7 +406,7 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
     key = results_key(plan, unfinished_code, unfinished_message, out / "journal.jsonl")
     images = None if journal.appended else results_up_to_date(out, key)
     if images is None:
-        # One pass into columns, then pyarrow; off the loop so a signal is still handled.
+        # Built on the loop, written in a thread (the write fsyncs) so a signal is still handled.
         images = await asyncio.to_thread(
             write_results, out, build_results(plan, state, unfinished_code, unfinished_message, table), key)
     return _summarise(config, plan, state, images, sender, time.monotonic() - started, warnings)
