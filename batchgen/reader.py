@@ -138,10 +138,10 @@ def _read_jsonl(path: Path, encoding: Optional[str]):
             for values in columns.values():
                 if len(values) < rows:
                     values.append(None)
-    return pa.table({key: arrow_array(values) for key, values in columns.items()})
+    return pa.table({key: _arrow_array(values) for key, values in columns.items()})
 
 
-def arrow_array(values: list):
+def _arrow_array(values: list):
     """Python values as an Arrow array; values of mixed types (JSON allows it) as text."""
     import pyarrow as pa
     try:
