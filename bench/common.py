@@ -101,6 +101,25 @@ def tree_bytes(path: Path) -> int:
     return total
 
 
+def _cpus() -> list:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return []
+
+
+def server_cpus() -> list:
+    """With BENCH_PIN=1 and two CPUs or more: the simulator gets the last CPU..."""
+    cpus = _cpus()
+    return cpus[-1:] if os.environ.get("BENCH_PIN") == "1" and len(cpus) >= 2 else []
+
+
+def client_cpus() -> list:
+    """...and the measured command the others, so the scheduler never puts them together."""
+    cpus = _cpus()
+    return cpus[:-1] if server_cpus() else []
+
+
 # ---------------------------------------------------------------------------------------------
 # The simulator as its own process
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +143,8 @@ class Simulator:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                      stderr=self._err or subprocess.DEVNULL,
                                      stdin=subprocess.DEVNULL, cwd=REPO)
+        if server_cpus():
+            os.sched_setaffinity(self.proc.pid, server_cpus())
         try:
             assert self.proc.stdout is not None
             line1 = self.proc.stdout.readline().decode().strip()
@@ -180,8 +201,10 @@ def simulate_help() -> str:
 
 # Run by a fresh interpreter: its only child is the measured command.
 _HELPER = r"""
-import json, resource, subprocess, sys, time
+import json, os, resource, subprocess, sys, time
 spec = json.loads(sys.stdin.read())
+if spec.get("cpus"):
+    os.sched_setaffinity(0, spec["cpus"])   # the measured command inherits it
 with open(spec["stdout"], "wb") as out, open(spec["stderr"], "wb") as err:
     t0 = time.perf_counter()
     rc = subprocess.run(spec["cmd"], stdout=out, stderr=err, stdin=subprocess.DEVNULL,
@@ -218,7 +241,7 @@ def measure(cmd: Sequence[str], *, log_dir: Path, name: str = "cmd",
     out_path = log_dir / f"{name}.stdout"
     err_path = log_dir / f"{name}.stderr"
     spec = {"cmd": [str(c) for c in cmd], "cwd": str(cwd or REPO), "env": full_env,
-            "stdout": str(out_path), "stderr": str(err_path)}
+            "stdout": str(out_path), "stderr": str(err_path), "cpus": client_cpus()}
     # The spec (with the environment) goes in on stdin, not argv: `ps` shows argv to everyone.
     res = subprocess.run([PYTHON, "-c", _HELPER], input=json.dumps(spec), capture_output=True,
                          text=True)
