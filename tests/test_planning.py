@@ -56,7 +56,7 @@ def test_row_columns_set_their_parameters_and_empty_cells_fall_back():
 
 def test_bad_rows_are_refused_with_a_reason_not_sent():
     df = pa.table({"prompt": ["fine", "", None, "x" * 4001, "fine too"],
-                       "size": [None, None, None, None, "256x256"]})
+                   "size": [None, None, None, None, "256x256"]})
     plan = make_plan(df, config())
     problems = [t.problem for t in plan.tasks]
     assert problems[0] is None
