@@ -76,6 +76,21 @@ def build_body(prompt: str, params: dict) -> dict:
     return body
 
 
+class BodyEncoder:
+    """build_body as the JSON bytes that are sent. Tasks of one sweep point share one params
+    dict, so the parameters are encoded once per dict and only the prompt once per task."""
+
+    def __init__(self):
+        self._tails: dict = {}     # id(params) -> (params, encoded tail); holding params keeps the id unique
+
+    def __call__(self, prompt, params: dict) -> bytes:
+        cached = self._tails.get(id(params))
+        if cached is None or cached[0] is not params:
+            rest = json.dumps(build_body("", params))[len('{"prompt": ""'):]
+            cached = self._tails[id(params)] = (params, rest.encode())
+        return b'{"prompt": ' + json.dumps(prompt).encode() + cached[1]
+
+
 @dataclass
 class GeneratedImage:
     data: Optional[bytes]          # decoded bytes (b64_json), or None in url mode
@@ -219,6 +234,7 @@ class ImagesClient:
         self.endpoint = endpoint
         self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 30))
         self._concurrency = concurrency
+        self.encode_body = BodyEncoder()
         self._session: Optional[aiohttp.ClientSession] = None
         self._headers = {"Authorization": f"Bearer {endpoint.token}",
                          "Content-Type": "application/json", "Accept": "application/json",
@@ -232,12 +248,10 @@ class ImagesClient:
     async def __aexit__(self, *exc):
         await self._session.close()
 
-    build_body = staticmethod(build_body)
-
-    async def generate(self, body: dict) -> Generation:
-        """POST one generation; returns images or raises a RequestError."""
+    async def generate(self, body: bytes) -> Generation:
+        """POST one generation (a body from BodyEncoder); returns images or raises a RequestError."""
         try:
-            async with self._session.post(self.endpoint.url, data=json.dumps(body).encode(),
+            async with self._session.post(self.endpoint.url, data=body,
                                           headers=self._headers, allow_redirects=False) as resp:
                 raw = await resp.read()
                 status = resp.status

@@ -158,7 +158,7 @@ class Sender:
             pass
 
     async def _run_task(self, task: Task) -> None:
-        body = self.client.build_body(task.prompt, task.params)
+        body = self.client.encode_body(task.prompt, task.params)
         attempts = failures = rate_limited = 0
         started = time.monotonic()
         try:
@@ -218,7 +218,7 @@ class Sender:
                 self._record_not_done(task, attempts)
             raise
 
-    async def _attempt(self, task: Task, body: dict) -> dict:
+    async def _attempt(self, task: Task, body: bytes) -> dict:
         generation = await self.client.generate(body)
         self.pacer.on_success(generation.ratelimit)
         count = max(task.images_expected, len(generation.images))

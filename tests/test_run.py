@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from batchgen.client import build_body
+from batchgen.client import BodyEncoder
 from batchgen.job import JobConfig, make_plan, parse_sweep
 from batchgen.results import COLUMNS
 
@@ -253,7 +253,8 @@ def test_every_request_body_conforms_to_the_published_schema():
         JobConfig(defaults={"model": "gpt-image-2", "size": "1536x864"}),
         JobConfig(defaults={}),
     ]
-    bodies = [build_body(t.prompt, t.params) for c in configs for t in make_plan(df, c).sendable]
+    encode = BodyEncoder()   # the bytes that are sent
+    bodies = [json.loads(encode(t.prompt, t.params)) for c in configs for t in make_plan(df, c).sendable]
     assert len(bodies) == 16 + 4 + 12 + 2 + 2
     for body in bodies:
         validator.validate(body)
