@@ -33,7 +33,9 @@ SYNC_EVERY_S = 1.0
 _HEAD = b'{"task_id":"'
 _STATUS = b'","status":"'
 _MARKER = b'{"synced":'
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# ASCII lines (other characters as \u escapes): the C encoder is ~40% faster that way than
+# writing UTF-8, and the journal is for batchgen to read, not for people.
+_encode = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 
 
 class TaskState:
@@ -214,7 +216,7 @@ class Journal:
             return
 
     def append(self, record: dict) -> None:
-        line = (_encode(record) + "\n").encode("utf-8")
+        line = (_encode(record) + "\n").encode("ascii")
         os.write(self._fd, line)
         self._dirty = True
         self.appended += 1
