@@ -6,7 +6,6 @@ and results). It prints nothing; progress goes to a tqdm bar when asked, message
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import random
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import __version__, models
+from . import __version__, _gc, models
 from .errors import (EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS, Decision, JobMismatch, RequestError,
                      UsageError, classify, is_rate_limited, stop_advice)
 from .job import JobConfig, Plan, Task, make_plan, resolve_config
@@ -31,6 +30,7 @@ log = logging.getLogger("batchgen")
 GRACE_S = 30.0
 MAX_RATE_LIMITED_RETRIES = 100
 INLINE_SAVE_BYTES = 256 * 1024
+FREEZE_EVERY = 1000
 
 
 @dataclass
@@ -107,6 +107,7 @@ class Sender:
         self.stopped: Optional[str] = None
         self.stop_message: Optional[str] = None
         self.requests_sent = 0
+        self.finished = 0
         self._wake = asyncio.Event()        # set when the run must stop: cuts retry sleeps short
 
     def stop(self, code: str, message: str) -> None:
@@ -254,6 +255,11 @@ class Sender:
 
     def _finish(self, task: Task, record: dict) -> None:
         self._append(record)
+        self.finished += 1
+        if self.finished % FREEZE_EVERY == 0:
+            # Finished records stay until the end: spare every later collection from rescanning
+            # them (a full one cost ~60 ms at 20,000 tasks).
+            _gc.freeze_survivors()
         if self.progress is not None:
             self.progress.advance(record["status"] == "ok")
 
@@ -382,13 +388,10 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
         base = simulator.acedata_url if config.provider == "acedata" else simulator.openai_base_url
         endpoint = Endpoint(url=endpoint_url(base), token=SimConfig().token, provider=config.provider)
 
-    # The plan, table and journal state live until the end: move them out of the cyclic GC's
-    # sight so its collections during the send loop scan only what the loop creates.
-    gc.freeze()
     bar = Progress(sendable, sendable - len(pending), done_ok, done_err, show_progress and bool(pending))
     sender = None
     try:
-        with Journal(out / "journal.jsonl") as journal:
+        with _gc.sending(), Journal(out / "journal.jsonl") as journal:
             async with ImagesClient(endpoint, config.concurrency, config.timeout) as client:
                 sender = Sender(config, client, store, journal, state, bar, spent_usd=spent)
                 with _signals(sender):
@@ -396,7 +399,6 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
             if journal.appended or state.unsynced:
                 await asyncio.to_thread(journal.mark_synced)
     finally:
-        gc.unfreeze()  # a notebook runs many jobs in one process: let this one's objects go
         bar.close()
         if simulator is not None:
             await simulator.close()

@@ -237,6 +237,22 @@ def test_python_api_leaves_the_same_files(fresh_sim, prompts_csv, tmp_path):
                                                              "metadata.jsonl", "images"}
 
 
+def test_a_run_leaves_the_garbage_collector_as_it_found_it(fresh_sim, prompts_csv, tmp_path, monkeypatch):
+    # A notebook runs many jobs in one process: the freezing and the rarer collections of
+    # the send loop must not outlive it.
+    import gc
+    import batchgen
+    import batchgen.runner
+    monkeypatch.setattr(batchgen.runner, "FREEZE_EVERY", 1)   # freeze after every task
+    before = gc.get_threshold()
+    frozen_before = gc.get_freeze_count()
+    summary = batchgen.run(str(prompts_csv), out=str(tmp_path / "o"), base_url=fresh_sim.acedata_url,
+                           defaults={"model": "dall-e-3"}, environ={"ACEDATA_API_TOKEN": TOKEN})
+    assert summary.ok == 3
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen_before
+
+
 def test_every_request_body_conforms_to_the_published_schema():
     schema = json.loads(SCHEMA_PATH.read_text())
     if SHARED_SCHEMA.exists():
