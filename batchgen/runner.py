@@ -31,6 +31,7 @@ GRACE_S = 30.0
 MAX_RATE_LIMITED_RETRIES = 100
 INLINE_SAVE_BYTES = 256 * 1024
 FREEZE_EVERY = 1000
+IMPORT_WRITERS_AFTER_S = 0.2   # by then the first requests are out (and most runs are not over)
 
 
 @dataclass
@@ -347,7 +348,7 @@ def run(source, *, progress: bool = False, environ=None, **options) -> Summary:
 
 async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progress: bool) -> Summary:
     from .client import Endpoint, ImagesClient, endpoint_url
-    from .results import build_results, results_key, results_up_to_date, write_results
+    from .results import build_results, import_writers, results_key, results_up_to_date, write_results
     from .store import ImageStore
 
     started = time.monotonic()
@@ -395,7 +396,11 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
             async with ImagesClient(endpoint, config.concurrency, config.timeout) as client:
                 sender = Sender(config, client, store, journal, state, bar, spent_usd=spent)
                 with _signals(sender):
-                    await sender.run(pending)
+                    early = asyncio.get_running_loop().call_later(IMPORT_WRITERS_AFTER_S, import_writers)
+                    try:
+                        await sender.run(pending)
+                    finally:
+                        early.cancel()
             if journal.appended or state.unsynced:
                 await asyncio.to_thread(journal.mark_synced)
     finally:
