@@ -390,7 +390,7 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
         endpoint = Endpoint(url=endpoint_url(base), token=SimConfig().token, provider=config.provider)
 
     bar = Progress(sendable, sendable - len(pending), done_ok, done_err, show_progress and bool(pending))
-    sender = None
+    sender = built = None
     try:
         with _gc.sending(), Journal(out / "journal.jsonl") as journal:
             async with ImagesClient(endpoint, config.concurrency, config.timeout) as client:
@@ -401,21 +401,32 @@ async def _run_async(config: JobConfig, table, plan: Plan, endpoint, show_progre
                         await sender.run(pending)
                     finally:
                         early.cancel()
+            unfinished_code = sender.stopped or "interrupted"
+            unfinished_message = sender.stop_message or "not finished; run the same command again to finish it"
+            syncing = None
             if journal.appended or state.unsynced:
-                await asyncio.to_thread(journal.mark_synced)
+                # Flushing the filesystem waits on the disk (seconds after a big run): the
+                # results are built meanwhile. Submitted now, so the thread starts at once.
+                syncing = asyncio.get_running_loop().run_in_executor(None, journal.mark_synced)
+            try:
+                if journal.appended:
+                    built = build_results(plan, state, unfinished_code, unfinished_message, table)
+            finally:
+                if syncing is not None:
+                    await syncing
     finally:
         bar.close()
         if simulator is not None:
             await simulator.close()
 
-    unfinished_code = sender.stopped or "interrupted"
-    unfinished_message = sender.stop_message or "not finished; run the same command again to finish it"
+    # After the synced marker: the key includes the journal's length.
     key = results_key(plan, unfinished_code, unfinished_message, out / "journal.jsonl")
     images = None if journal.appended else results_up_to_date(out, key)
     if images is None:
-        # Built on the loop, written in a thread (the write fsyncs) so a signal is still handled.
-        images = await asyncio.to_thread(
-            write_results, out, build_results(plan, state, unfinished_code, unfinished_message, table), key)
+        if built is None:
+            built = build_results(plan, state, unfinished_code, unfinished_message, table)
+        # Written in a thread (the write fsyncs) so a signal is still handled.
+        images = await asyncio.to_thread(write_results, out, built, key)
     return _summarise(config, plan, state, images, sender, time.monotonic() - started, warnings)
 
 
