@@ -3,12 +3,19 @@
     >>> import batchgen
     >>> summary = batchgen.run("jobs/otter_sweep.toml", simulate=True)
     >>> df = batchgen.read_results(summary.out)
-"""
-__version__ = "0.1.0"
 
-from .errors import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed,  # noqa: E402
-                     JobMismatch, RequestError, RequestTimeout, TransportError, UsageError)
-from .runner import Summary, run  # noqa: E402
+`run` and `Summary` load the pipeline when first used, so `import batchgen.simulator` or
+`import batchgen.client` stays light.
+"""
+from ._version import __version__
+from .errors import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed,
+                     FolderBusy, JobMismatch, RequestError, RequestTimeout, UsageError)
+
+
+def run(source, **options):
+    """Run a job; see batchgen.api.run."""
+    from .api import run as _run
+    return _run(source, **options)
 
 
 def read_results(out):
@@ -17,6 +24,13 @@ def read_results(out):
     return _read(out)
 
 
+def __getattr__(name):
+    if name == "Summary":
+        from .runner import Summary
+        return Summary
+    raise AttributeError(f"module 'batchgen' has no attribute {name!r}")
+
+
 __all__ = ["run", "Summary", "read_results", "BatchgenError", "UsageError", "JobMismatch",
-           "RequestError", "TransportError", "RequestTimeout", "ConnectionFailed", "BadResponse",
+           "FolderBusy", "RequestError", "RequestTimeout", "ConnectionFailed", "BadResponse",
            "DownloadFailed", "ApiError", "__version__"]

@@ -7,6 +7,8 @@ import sys
 import click
 
 from .errors import EXIT_STOPPED, EXIT_USAGE, UsageError
+from .job import MODES
+from .providers import NAMES as PROVIDER_NAMES
 
 
 def _fail(message: str) -> None:
@@ -29,9 +31,11 @@ def job_options(f):
         click.option("--sweep", multiple=True, metavar="AXIS=V1,V2",
                      help="Sweep a parameter (repeatable; the product of all axes). "
                           "E.g. --sweep quality=standard,hd --sweep style=vivid,natural"),
-        click.option("--provider", type=click.Choice(["acedata", "openai"]),
+        click.option("--provider", type=click.Choice(PROVIDER_NAMES),
                      help="API dialect and token variable: acedata (ACEDATA_API_TOKEN, default) or "
                           "openai (OPENAI_API_KEY, OPENAI_BASE_URL)."),
+        click.option("--mode", type=click.Choice(MODES),
+                     help="How to send: live (one request per task, as fast as the API allows; default)."),
         click.option("--base-url", help="Endpoint (…/images/generations) or SDK-style base URL (…/v1)."),
         click.option("--limit", type=click.IntRange(min=0), help="Only the first N input rows."),
         click.option("--encoding", help="Text encoding of a CSV/JSONL that is not UTF-8 (e.g. cp1252)."),
@@ -114,7 +118,7 @@ def run(source, no_progress, **kw):
 
     Rerun the same command on the same --out to resume: finished tasks are not sent again.
     """
-    from .runner import run as run_job
+    from .api import run as run_job
     try:
         summary = run_job(source, progress=not no_progress, **_overrides(kw))
     except UsageError as e:
@@ -147,7 +151,7 @@ def format_summary(s) -> str:
 def plan(source, **kw):
     """Validate SOURCE and count its tasks and estimated cost; sends nothing."""
     from .planning import format_plan, summarise_plan
-    from .runner import prepare
+    from .api import prepare
     try:
         config, _, job_plan = prepare(source, _overrides(kw))
     except UsageError as e:

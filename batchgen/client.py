@@ -11,60 +11,21 @@ import binascii
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from . import __version__
-from .models import PARAMETERS
+from ._version import __version__
 from .errors import (ApiError, BadResponse, ConnectionFailed, DownloadFailed, RequestError,
-                     RequestTimeout, UsageError, fallback_code)
-from .limits import parse_retry_after, RateLimitHeaders, parse_ratelimit_headers
+                     RequestTimeout, fallback_code)
+from .limits import RateLimitHeaders, parse_ratelimit_headers, parse_retry_after
+from .models import PARAMETERS
+from .providers import Endpoint, parse_error_body
 
-ACEDATA_ENDPOINT = "https://api.acedata.cloud/openai/images/generations"
-OPENAI_BASE = "https://api.openai.com/v1"
-TOKEN_VARIABLES = {"acedata": "ACEDATA_API_TOKEN", "openai": "OPENAI_API_KEY"}
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    token: str = field(repr=False)
-    provider: str
-
-    def __repr__(self):  # never show the token, even in a traceback
-        return f"Endpoint(url={self.url!r}, provider={self.provider!r})"
-
-
-def endpoint_url(base: str) -> str:
-    """The generations URL for an endpoint or an SDK-style base URL."""
-    base = base.strip()
-    if urlsplit(base).scheme not in ("http", "https"):
-        raise UsageError(f"base URL {base!r} must start with http:// or https://")
-    trimmed = base.rstrip("/")
-    if trimmed.endswith("/images/generations"):
-        return trimmed
-    return trimmed + "/images/generations"
-
-
-def resolve_endpoint(provider: str, base_url: Optional[str], environ=os.environ) -> Endpoint:
-    variable = TOKEN_VARIABLES[provider]
-    token = (environ.get(variable) or "").strip()
-    if not token:
-        raise UsageError(
-            f"no API token: set {variable} in the environment (provider {provider}), "
-            "or add --simulate to run against the built-in simulator")
-    if base_url:
-        url = endpoint_url(base_url)
-    elif provider == "openai":
-        url = endpoint_url(environ.get("OPENAI_BASE_URL") or OPENAI_BASE)
-    else:
-        url = ACEDATA_ENDPOINT
-    return Endpoint(url=url, token=token, provider=provider)
 
 
 def build_body(prompt: str, params: dict) -> dict:
@@ -159,7 +120,8 @@ else:  # pragma: no cover - Python 3.10
         return base64.b64decode(text, validate=True)
 
 
-def parse_generation(status: int, headers, raw: bytes, secret: str = "") -> Generation:
+def parse_generation(status: int, headers, raw: bytes, secret: str = "",
+                     provider: Optional[str] = None) -> Generation:
     """A response of either dialect as images, or the RequestError it amounts to."""
     header_trace = headers.get("x-request-id") or headers.get("x-trace-id")
     try:
@@ -168,7 +130,7 @@ def parse_generation(status: int, headers, raw: bytes, secret: str = "") -> Gene
         payload = None
     if status != 200 or (isinstance(payload, dict) and ("error" in payload and payload.get("error")
                                                           or payload.get("success") is False)):
-        raise _api_error(status, headers, payload, raw, header_trace, secret)
+        raise _api_error(status, headers, payload, raw, header_trace, secret, provider)
     if not isinstance(payload, dict):
         raise BadResponse(f"HTTP 200 but the body is not a JSON object ({len(raw)} bytes)",
                           http_status=status, trace_id=header_trace)
@@ -202,19 +164,14 @@ def parse_generation(status: int, headers, raw: bytes, secret: str = "") -> Gene
                       ratelimit=parse_ratelimit_headers(headers))
 
 
-def _api_error(status, headers, payload, raw: bytes, header_trace, secret: str) -> ApiError:
-    """An error answer in either dialect (AceData's or OpenAI's), or neither (HTML)."""
+def _api_error(status, headers, payload, raw: bytes, header_trace, secret: str,
+               provider: Optional[str]) -> ApiError:
+    """An error answer in any provider's dialect, or none (an HTML page from a proxy)."""
     code = message = None
     trace_id = header_trace
     if isinstance(payload, dict):
         trace_id = payload.get("trace_id") or trace_id
-        err = payload.get("error")
-        if isinstance(err, dict):
-            code = err.get("code") or err.get("type")
-            message = err.get("message")
-        elif isinstance(err, str):
-            message = err
-        message = message or payload.get("message")
+        code, message = parse_error_body(payload, provider)
     if not message:
         text = raw[:200].decode("utf-8", "replace").strip()
         kind = "HTML page" if text.lower().startswith(("<!doctype", "<html")) else "body"
@@ -258,7 +215,7 @@ class ImagesClient:
                 headers = resp.headers
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise translate_exception(exc, self.endpoint.token) from None
-        return parse_generation(status, headers, raw, self.endpoint.token)
+        return parse_generation(status, headers, raw, self.endpoint.token, self.endpoint.provider)
 
     async def download(self, url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
         """Fetch an image link at once (they expire): http(s) only, no auth, size-capped."""

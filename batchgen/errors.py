@@ -2,11 +2,11 @@
 
     BatchgenError
     ├── UsageError          bad usage or bad input: exit 2, nothing sent
-    │   └── JobMismatch     OUT belongs to another job
+    │   ├── JobMismatch     OUT belongs to another job, or holds simulated results for a real run
+    │   └── FolderBusy      another run holds OUT
     └── RequestError        one request did not give images (carries a result error code)
-        ├── TransportError
-        │   ├── RequestTimeout       code "timeout"
-        │   └── ConnectionFailed     code "connection_error"
+        ├── RequestTimeout           code "timeout"
+        ├── ConnectionFailed         code "connection_error"
         ├── BadResponse              code "bad_response"
         ├── DownloadFailed           code "download_failed"
         └── ApiError                 the API answered with an error; code is the API's own
@@ -32,7 +32,12 @@ class UsageError(BatchgenError):
 
 
 class JobMismatch(UsageError):
-    """The output folder holds another job's run."""
+    """The output folder holds another job's run, or simulated results for a real run (or
+    the reverse)."""
+
+
+class FolderBusy(UsageError):
+    """Another batchgen run holds the output folder's lock."""
 
 
 class RequestError(BatchgenError):
@@ -50,15 +55,11 @@ class RequestError(BatchgenError):
         self.retry_after = retry_after
 
 
-class TransportError(RequestError):
-    code = "connection_error"
-
-
-class RequestTimeout(TransportError):
+class RequestTimeout(RequestError):
     code = "timeout"
 
 
-class ConnectionFailed(TransportError):
+class ConnectionFailed(RequestError):
     code = "connection_error"
 
 
@@ -72,13 +73,6 @@ class DownloadFailed(RequestError):
 
 class ApiError(RequestError):
     code = "api_error"
-
-
-# Codes that mean no request can succeed until the user fixes something.
-AUTH_CODES = frozenset({"invalid_token", "invalid_api_key", "token_expired", "no_token",
-                        "unauthorized", "invalid_authentication"})
-QUOTA_CODES = frozenset({"insufficient_quota", "used_up", "billing_hard_limit_reached",
-                         "insufficient_balance", "quota_exceeded"})
 
 
 def fallback_code(http_status: int) -> str:
@@ -102,10 +96,17 @@ class Decision(enum.Enum):
     STOP = "stop"    # nothing can succeed: stop the run, leave tasks for a rerun
 
 
+def _stop_codes():
+    # Imported here: providers imports this module's UsageError.
+    from .providers import AUTH_CODES, QUOTA_CODES
+    return AUTH_CODES, QUOTA_CODES
+
+
 def classify(error: RequestError) -> Decision:
     if isinstance(error, ApiError):
         status = error.http_status or 0
-        if status == 401 or error.code in AUTH_CODES or error.code in QUOTA_CODES:
+        auth, quota = _stop_codes()
+        if status == 401 or error.code in auth or error.code in quota:
             return Decision.STOP
         if status in (408, 409, 429) or status >= 500:
             return Decision.RETRY
@@ -116,12 +117,10 @@ def classify(error: RequestError) -> Decision:
 
 def is_rate_limited(error: RequestError) -> bool:
     return (isinstance(error, ApiError) and error.http_status == 429
-            and error.code not in QUOTA_CODES)
+            and error.code not in _stop_codes()[1])
 
 
-def stop_advice(error: RequestError) -> str:
+def stop_advice(error: RequestError, provider: str) -> str:
     """What the user should fix after a STOP error."""
-    if error.code in QUOTA_CODES:
-        return "the account's quota or balance is used up: top it up, then run the same command again"
-    return ("the API refused the token: check ACEDATA_API_TOKEN / OPENAI_API_KEY (and --provider), "
-            "then run the same command again")
+    from .providers import get
+    return get(provider).stop_advice(error.code)

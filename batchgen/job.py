@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import _gc, models
+from . import _gc, models, providers
 from .errors import UsageError
 
 PARAMETERS = models.PARAMETERS
-PROVIDERS = ("acedata", "openai")
+MODES = ("live",)      # each has a backend in batchgen.backends
 
 
 @dataclass
@@ -33,7 +33,8 @@ class JobConfig:
     max_retries: int = 8
     backoff_base: float = 1.0             # seconds; the first retry waits up to this (full jitter)
     timeout: float = 300.0
-    provider: str = "acedata"
+    provider: str = providers.DEFAULT_PROVIDER
+    mode: str = "live"
     base_url: Optional[str] = None
     limit: Optional[int] = None
     retry_failed: bool = False
@@ -55,8 +56,11 @@ class JobConfig:
             sort_keys=True, default=str))[:16]
 
     def public_dict(self) -> dict:
+        """The settings as job.json records them (a base URL without credentials or query)."""
         d = asdict(self)
         d["sweep"] = [[axis, values] for axis, values in self.sweep]
+        if d["base_url"]:
+            d["base_url"] = providers.public_url(d["base_url"])
         return d
 
 
@@ -120,7 +124,8 @@ def point_label(point: dict) -> str:
 # ---- job files --------------------------------------------------------------------------
 
 _JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "rpm",
-             "max_retries", "backoff_base", "timeout", "provider", "base_url", "limit", "max_cost", "encoding"}
+             "max_retries", "backoff_base", "timeout", "provider", "mode", "base_url", "limit", "max_cost",
+             "encoding"}
 
 
 def load_job_file(path) -> dict:
@@ -158,7 +163,7 @@ def load_job_file(path) -> dict:
         (axis, [parse_param_value(axis, v, f"{path} [sweep]") for v in values])
         for axis, values in sweep.items()])
     for key in ("prompt_column", "concurrency", "rpm", "max_retries", "backoff_base", "timeout", "provider",
-                "base_url", "limit", "max_cost", "encoding"):
+                "mode", "base_url", "limit", "max_cost", "encoding"):
         if key in data:
             settings[key] = data[key]
     return settings
@@ -191,8 +196,9 @@ def resolve_config(source: str, overrides: dict) -> JobConfig:
 
 
 def check_settings(config: JobConfig) -> None:
-    if config.provider not in PROVIDERS:
-        raise UsageError(f"provider {config.provider!r} is unknown; use one of {', '.join(PROVIDERS)}")
+    providers.get(config.provider)
+    if config.mode not in MODES:
+        raise UsageError(f"mode {config.mode!r} is unknown; use one of {', '.join(MODES)}")
     for name, low in (("concurrency", 1), ("max_retries", 0), ("limit", 0)):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < low):

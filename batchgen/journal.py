@@ -11,6 +11,9 @@ trusted only if its images are on disk at their recorded size (after a power cut
 cache may not have reached the disk). Lines before the marker need no check, so resuming a
 big finished job reads the journal and stats nothing.
 
+Each run that appends starts with an `{"origin": {...}}` line saying where its outcomes came
+from (provider, endpoint, mode, simulated); every outcome after it belongs to that origin.
+
 Replay is the resume path of a 100,000-task job, so it does not parse every line: our own
 lines start with `{"task_id":"<id>","status":"<status>"`, which is read by slicing; the JSON
 is parsed only when a record's details are needed.
@@ -33,6 +36,7 @@ SYNC_EVERY_S = 1.0
 _HEAD = b'{"task_id":"'
 _STATUS = b'","status":"'
 _MARKER = b'{"synced":'
+_ORIGIN = b'{"origin":'
 # ASCII lines (other characters as \u escapes): the C encoder is ~40% faster that way than
 # writing UTF-8, and the journal is for batchgen to read, not for people.
 _encode = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
@@ -41,17 +45,19 @@ _encode = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 class TaskState:
     """What the journal says of one task: its last final outcome, parsed on demand."""
 
-    __slots__ = ("status", "_line", "_record", "carried_attempts", "_extra_attempts")
+    __slots__ = ("status", "_line", "_record", "carried_attempts", "_extra_attempts", "origin")
 
     def __init__(self):
         self.status: Optional[str] = None     # "ok" / "error" of the last final record
+        self.origin = -1                      # index into Replay.origins of that record; -1: unknown
         self._line: Optional[bytes] = None
         self._record: Optional[dict] = None
         self.carried_attempts = 0             # sent by not-done records since the last final one
         self._extra_attempts = 0              # not-done attempts that preceded the final one
 
-    def set_final(self, status: str, line: Optional[bytes] = None, record: Optional[dict] = None):
-        self.status, self._line, self._record = status, line, record
+    def set_final(self, status: str, origin: int, line: Optional[bytes] = None,
+                  record: Optional[dict] = None):
+        self.status, self.origin, self._line, self._record = status, origin, line, record
         self._extra_attempts, self.carried_attempts = self.carried_attempts, 0
 
     @property
@@ -71,6 +77,11 @@ class Replay:
     states: dict = field(default_factory=dict)   # task_id -> TaskState
     lines: int = 0
     unsynced: int = 0      # ok lines after the last synced marker (checked against the disk)
+    origins: list = field(default_factory=list)   # each run's {"provider", "endpoint", ...}
+
+    def begin_origin(self, origin: dict) -> None:
+        """Outcomes applied from now on came from `origin`."""
+        self.origins.append(origin)
 
     def state(self, task_id: str) -> TaskState:
         state = self.states.get(task_id)
@@ -91,7 +102,7 @@ class Replay:
         state = self.state(record["task_id"])
         if record["status"] in FINAL_STATUSES:
             record = dict(record)
-            state.set_final(record["status"], record=record)
+            state.set_final(record["status"], len(self.origins) - 1, record=record)
             if state._extra_attempts:
                 record["attempts"] = int(record.get("attempts") or 0) + state._extra_attempts
         elif record["status"] == NOT_DONE:
@@ -125,12 +136,19 @@ def _replay(path, out_dir) -> Replay:
                 status = raw[40:raw.index(b'"', 40)].decode()
                 if status in FINAL_STATUSES:
                     state = result.state(task_id)
-                    state.set_final(status, line=raw)
+                    state.set_final(status, len(result.origins) - 1, line=raw)
                     if status == "ok" and out_dir is not None:
                         unsynced.append(state)
                     continue
             elif raw.startswith(_MARKER):
                 unsynced.clear()
+                continue
+            elif raw.startswith(_ORIGIN):
+                try:
+                    origin = json.loads(raw).get("origin")
+                except ValueError:
+                    origin = None
+                result.begin_origin(origin if isinstance(origin, dict) else {})
                 continue
             try:
                 record = json.loads(raw)

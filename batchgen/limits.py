@@ -1,14 +1,13 @@
 """How fast and how often: requests-per-minute pacing, the shared 429 cool-down, the rate the
 server allows learned on the fly, and the retry/backoff policy.
 
-Parsing of rate-limit headers and backoff are pure functions; the pacers are small asyncio
+Parsing of rate-limit headers and the retry policy are pure; the pacers are small asyncio
 objects shared by all workers of a run.
 """
 from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -43,30 +42,10 @@ def parse_retry_after(headers, now: Optional[float] = None) -> Optional[float]:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_duration(text: str) -> Optional[float]:
-    """OpenAI's reset durations: '1s', '6m0s', '120ms', '1h2m3.5s' -> seconds."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
-    return sum(float(n) * scale[u] for n, u in parts)
-
-
 @dataclass(frozen=True)
 class RateLimitHeaders:
     limit: Optional[int]           # requests per minute the server allows
     remaining: Optional[int]
-    reset_s: Optional[float]
 
 
 def parse_ratelimit_headers(headers) -> Optional[RateLimitHeaders]:
@@ -80,15 +59,24 @@ def parse_ratelimit_headers(headers) -> Optional[RateLimitHeaders]:
             return int(float(v))
         except (TypeError, ValueError):
             return None
-    return RateLimitHeaders(as_int(limit), as_int(remaining),
-                            parse_duration(headers.get("x-ratelimit-reset-requests", "")))
+    return RateLimitHeaders(as_int(limit), as_int(remaining))
 
 
 # ---- retry policy -----------------------------------------------------------------------
 
+MAX_SERVER_WAIT_S = 15 * 60     # a Retry-After beyond this is a server's mistake, not a plan
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
+    """When to send a failed request again and how long to wait first: one object for a run.
+
+    Two budgets per task: `max_retries` for failures (5xx, timeouts, dropped connections, bad
+    responses) and `max_rate_limited` for 429s, which are the server pacing us rather than a
+    fault of the task, so a storm of them does not use up the first.
+    """
     max_retries: int = 8
+    max_rate_limited: int = 100
     base_s: float = 1.0
     cap_s: float = 60.0
 
@@ -99,8 +87,33 @@ class RetryPolicy:
     def delay(self, retry_number: int, retry_after: Optional[float], rng: random.Random = random) -> float:
         """What to wait before retry `retry_number` (1-based): the server's word when it gives one."""
         if retry_after is not None:
-            return min(retry_after, 15 * 60)
+            return min(retry_after, MAX_SERVER_WAIT_S)
         return self.backoff(retry_number, rng)
+
+    def for_task(self, rng: random.Random = random) -> "TaskRetries":
+        return TaskRetries(self, rng)
+
+
+class TaskRetries:
+    """One task's use of the policy's budgets."""
+
+    __slots__ = ("policy", "rng", "failures", "rate_limited")
+
+    def __init__(self, policy: RetryPolicy, rng: random.Random):
+        self.policy, self.rng = policy, rng
+        self.failures = self.rate_limited = 0
+
+    def next_wait(self, rate_limited: bool, retry_after: Optional[float]) -> Optional[float]:
+        """Seconds to wait before sending again, or None when this kind's budget is spent.
+
+        A 429 waits 0 here: the pacer's shared cool-down holds every worker, this one too."""
+        if rate_limited:
+            self.rate_limited += 1
+            return 0.0 if self.rate_limited <= self.policy.max_rate_limited else None
+        self.failures += 1
+        if self.failures > self.policy.max_retries:
+            return None
+        return self.policy.delay(self.failures, retry_after, self.rng)
 
 
 # ---- pacing -----------------------------------------------------------------------------
@@ -189,7 +202,7 @@ class AdaptivePacer:
     def on_rate_limited(self, retry_after: Optional[float], sent_at: float) -> None:
         now = time.monotonic()
         pause = self.NO_RETRY_AFTER_S if retry_after is None else retry_after
-        self._cooldown_until = max(self._cooldown_until, now + min(pause, 15 * 60))
+        self._cooldown_until = max(self._cooldown_until, now + min(pause, MAX_SERVER_WAIT_S))
         self._next = max(self._next, self._cooldown_until)
         if sent_at < self._last_cut:
             return  # a 429 to a request sent before we slowed down: the same burst

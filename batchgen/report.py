@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 from collections import Counter
@@ -26,7 +25,7 @@ from typing import Mapping, Optional
 from urllib.parse import quote
 
 from .errors import UsageError
-from .results import write_atomic
+from .outdir import read_job, write_atomic
 
 MAX_PROMPTS = 50          # rows of the grid (HTML and contact sheet); statistics cover all rows
 THUMB_HTML = 256          # long side of an embedded thumbnail, px
@@ -574,11 +573,13 @@ def write_report(out, *, max_prompts: int = MAX_PROMPTS) -> Path:
         df = pd.read_parquet(results)
     except Exception as exc:  # a damaged or foreign file
         raise UsageError(f"{results} is not readable ({exc}); run `batchgen run` again to rebuild it") from None
-    job = None
+    if "in_input" in df.columns:
+        # Tasks of an earlier input stay listed in the results, but the report compares this job's.
+        df = df[df["in_input"].fillna(True).astype(bool)].reset_index(drop=True)
     try:
-        job = json.loads((out / "job.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
+        job = read_job(out)
+    except UsageError:
+        job = None
     labels = column_labels(job, df)
     norm = _normalised(df)
     shown = {k for k, _ in _prompt_order(norm)[:max_prompts] if k is not None}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,7 +17,9 @@ from typing import Optional
 import pyarrow as pa
 
 from . import models
+from ._version import __version__
 from .job import Plan, point_label
+from .outdir import METADATA_FILE, RESULTS_FILE, atomic_file, write_atomic
 
 SCHEMA = pa.schema([
     ("task_id", pa.string()),
@@ -46,35 +47,20 @@ SCHEMA = pa.schema([
     ("latency_s", pa.float64()),
     ("created", pa.int64()),
     ("trace_id", pa.string()),
-    # Beyond the contract:
+    # Where the row came from (outdir.Provenance).
+    ("provider", pa.string()),
+    ("endpoint", pa.string()),
+    ("mode", pa.string()),
+    ("simulated", pa.bool_()),
     ("sweep_point", pa.string()),
     ("est_cost_usd", pa.float64()),
     ("total_tokens", pa.int64()),
+    # False: a task an earlier input of this folder held, kept so every image stays listed.
+    ("in_input", pa.bool_()),
 ])
 COLUMNS = SCHEMA.names
 _OUTCOME_FIELDS = ("error_code", "error_message", "http_status", "attempts", "latency_s",
                    "created", "trace_id")
-
-
-@contextmanager
-def atomic_file(path):
-    """A file that appears at `path` whole, or not at all (temp name, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(path, data: bytes) -> None:
-    with atomic_file(path) as f:
-        f.write(data)
 
 
 @dataclass
@@ -83,6 +69,7 @@ class Results:
     table: pa.Table
     metadata: list            # the text in pieces of up to _CHUNK lines, each ending in "\n"
     images: int
+    not_in_input: int = 0     # tasks listed that the current input no longer holds
 
 
 _CHUNK = 10_000   # rows turned into Arrow (and metadata lines joined) at a time: bounded text
@@ -112,86 +99,169 @@ def _value(v) -> str:
     return _encode(v)
 
 
+class _Rows:
+    """Results rows and metadata.jsonl lines as they are made, turned into Arrow and text
+    pieces _CHUNK at a time so neither is held whole as Python strings."""
+
+    def __init__(self, passthrough: "_Passthrough"):
+        self.passthrough = passthrough
+        self.lines: list = []
+        self.tables: list = []
+        self.metadata: list = []
+        self.pieces: list = []
+        self.images = 0
+        self.row_indices: list = []     # input row of each row, for the pass-through columns
+
+    def _flush_if_full(self) -> None:
+        if len(self.lines) >= _CHUNK:
+            self.tables.append(_parse_rows(self.lines))
+            self.lines = []
+        if len(self.metadata) >= _CHUNK:
+            self.images += len(self.metadata)
+            self.pieces.append("\n".join(self.metadata) + "\n")
+            self.metadata = []
+
+    def ok(self, base: str, record: dict, price, origin: str, row_index) -> None:
+        """One row per image of an ok record. `base` holds the task's own fields."""
+        self._flush_if_full()
+        get = record.get
+        # Field by field, not a dict through the encoder: a third of the time per row.
+        shared = (f'"attempts":{_value(get("attempts"))},"latency_s":{_value(get("latency_s"))},'
+                  f'"created":{_value(get("created"))},"trace_id":{_value(get("trace_id"))},'
+                  f'"total_tokens":{_value(_total_tokens(record))},'
+                  f'"est_cost_usd":{_value(price)},{origin}')
+        status = f'"status":"ok","http_status":{_value(get("http_status"))}'
+        extra = self.passthrough.fragment(row_index)
+        for image in record.get("images") or ():
+            path = _encode_str(image.get("image_path") or "")
+            get = image.get
+            common = (f'{shared},"image_url":{_value(get("image_url"))},"sha256":{_value(get("sha256"))},'
+                      f'"width":{_value(get("width"))},"height":{_value(get("height"))},'
+                      f'"bytes":{_value(get("bytes"))},"revised_prompt":{_value(get("revised_prompt"))},'
+                      f'"image_index":{_value(get("image_index", 0))}')
+            self.lines.append(f'{{{base},{status},"image_path":{path},{common}}}')
+            self.metadata.append(f'{{"file_name":{path},{base},{common}{extra}}}')
+            self.row_indices.append(row_index)
+
+    def error(self, base: str, error: dict, origin: str, row_index) -> None:
+        self._flush_if_full()
+        self.lines.append(f'{{{base},"status":"error","est_cost_usd":0.0,{origin},{_encode(error)[1:-1]}}}')
+        self.row_indices.append(row_index)
+
+    def finish(self, table, names: list, not_in_input: int) -> Results:
+        if self.lines or not self.tables:
+            self.tables.append(_parse_rows(self.lines))
+        if self.metadata:
+            self.images += len(self.metadata)
+            self.pieces.append("\n".join(self.metadata) + "\n")
+        result = pa.concat_tables(self.tables) if len(self.tables) > 1 else self.tables[0]
+        if names:
+            result = _append_passthrough(result, table, names, self.passthrough.names, self.row_indices)
+        return Results(result, self.pieces, self.images, not_in_input)
+
+
+def _append_passthrough(result: pa.Table, table, source_names: list, names: list, row_indices: list) -> pa.Table:
+    """The input's own columns, taken for each row; null for rows of tasks no longer in it
+    (they come last, after every row of the current input)."""
+    planned = row_indices
+    if None in row_indices:
+        planned = row_indices[:row_indices.index(None)]
+    missing = len(row_indices) - len(planned)
+    picked = table.select(source_names).take(_int64_array(planned))
+    for name, column in zip(names, picked.columns):
+        if missing:
+            column = pa.chunked_array(column.chunks + [pa.nulls(missing, column.type)], column.type)
+        result = result.append_column(name, column)
+    return result
+
+
+def _origin_fragment(provenance) -> str:
+    d = provenance.as_dict() if provenance is not None else {}
+    return (f'"provider":{_value(d.get("provider"))},"endpoint":{_value(d.get("endpoint"))},'
+            f'"mode":{_value(d.get("mode"))},"simulated":{_value(d.get("simulated"))}')
+
+
 def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
                   unfinished_message: str = "not finished yet; run the same command again to finish it",
-                  table=None) -> Results:
-    """The results for every task of the plan: one row per image, one per task without images.
+                  table=None, provenance=None, earlier=None) -> Results:
+    """The results for every task of the plan: one row per image, one per task without images;
+    then the tasks an earlier input of this folder held (`in_input` false), so every image
+    on disk is listed.
 
     `replay` is the journal's state; tasks with no final record get `unfinished_code`.
-    `table` is the input (a pyarrow.Table), for the pass-through columns.
+    `table` is the input (a pyarrow.Table), for the pass-through columns. `provenance` is
+    this run's origin (for rows nothing was sent for); `earlier` what job.json recorded
+    before, for outcomes of a version that wrote no origin lines.
     """
+    from .outdir import Provenance
     labels = [point_label(p) for p in plan.points]
+    current = _origin_fragment(provenance)
+    origins = [_origin_fragment(Provenance.from_dict(o)) for o in replay.origins]
+    origins.append(_origin_fragment(earlier) if earlier is not None else current)   # index -1
     variants: dict = {}        # (id of the shared params dict, point) -> (JSON fragment, price)
     passthrough = _Passthrough(plan, table)
-    lines: list = []
-    tables: list = []
-    metadata: list = []
-    pieces: list = []
-    images = 0
-    row_indices: list = []
+    rows = _Rows(passthrough)
+    states = replay.states
     for task in plan.tasks:
-        if len(lines) >= _CHUNK:
-            tables.append(_parse_rows(lines))
-            lines = []
-        if len(metadata) >= _CHUNK:
-            images += len(metadata)
-            pieces.append("\n".join(metadata) + "\n")
-            metadata = []
         params = task.params
         key = (id(params), task.point)
         cached = variants.get(key)
         if cached is None:
-            cached = variants[key] = (_encode({
-                "model": params.get("model"), "quality": params.get("quality"),
-                "style": params.get("style"), "size": params.get("size"),
-                "response_format": params.get("response_format"), "n": task.images_expected,
-                "sweep_point": labels[task.point]})[1:-1],
-                models.price_per_image(params.get("model"), params.get("quality"), params.get("size")))
+            cached = variants[key] = _variant_fragment(params, labels[task.point])
         variant, price = cached
-        base = (f'"task_id":"{task.task_id}","row_index":{task.row_index},'
+        base = (f'"task_id":"{task.task_id}","row_index":{task.row_index},"in_input":true,'
                 f'"prompt":{_encode_str(task.prompt) if task.prompt is not None else "null"},{variant}')
-        record = None if task.problem else replay.final(task.task_id)
+        state = None if task.problem else states.get(task.task_id)
+        record = state.final if state is not None else None
         if record is not None and record["status"] == "ok":
-            get = record.get
-            # Field by field, not a dict through the encoder: a third of the time per row.
-            shared = (f'"attempts":{_value(get("attempts"))},"latency_s":{_value(get("latency_s"))},'
-                      f'"created":{_value(get("created"))},"trace_id":{_value(get("trace_id"))},'
-                      f'"total_tokens":{_value(_total_tokens(record))},'
-                      f'"est_cost_usd":{_value(price)}')
-            status = f'"status":"ok","http_status":{_value(get("http_status"))}'
-            for image in record.get("images") or ():
-                path = _encode_str(image.get("image_path") or "")
-                get = image.get
-                common = (f'{shared},"image_url":{_value(get("image_url"))},"sha256":{_value(get("sha256"))},'
-                          f'"width":{_value(get("width"))},"height":{_value(get("height"))},'
-                          f'"bytes":{_value(get("bytes"))},"revised_prompt":{_value(get("revised_prompt"))},'
-                          f'"image_index":{_value(get("image_index", 0))}')
-                lines.append(f'{{{base},{status},"image_path":{path},{common}}}')
-                metadata.append(f'{{"file_name":{path},{base},{common}{passthrough.fragment(task.row_index)}}}')
-                row_indices.append(task.row_index)
+            rows.ok(base, record, price, origins[state.origin], task.row_index)
             continue
         if task.problem:
             error = {"error_code": "invalid_params", "error_message": task.problem, "attempts": 0}
         elif record is None:
-            state = replay.states.get(task.task_id)
             error = {"error_code": unfinished_code, "error_message": unfinished_message,
                      "attempts": state.carried_attempts if state else 0}
         else:
             error = {k: record.get(k) for k in _OUTCOME_FIELDS}
             error["total_tokens"] = _total_tokens(record)
-        lines.append(f'{{{base},"status":"error","est_cost_usd":0.0,{_encode(error)[1:-1]}}}')
-        row_indices.append(task.row_index)
-    if lines or not tables:
-        tables.append(_parse_rows(lines))
-    if metadata:
-        images += len(metadata)
-        pieces.append("\n".join(metadata) + "\n")
-    result = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    if table is not None and plan.passthrough:
-        picked = table.select(plan.passthrough).take(_int64_array(row_indices))
-        for name, column in zip(passthrough.names, picked.columns):
-            result = result.append_column(name, column)
-    return Results(result, pieces, images)
+        rows.error(base, error, current if record is None else origins[state.origin], task.row_index)
+    orphans = _rows_not_in_input(plan, replay, rows, origins)
+    return rows.finish(table, plan.passthrough if table is not None else [], orphans)
+
+
+def _variant_fragment(params: dict, label: str) -> tuple:
+    """The parameter columns of a row as one JSON fragment, and the price per image."""
+    n = params.get("n")
+    return (_encode({"model": params.get("model"), "quality": params.get("quality"),
+                     "style": params.get("style"), "size": params.get("size"),
+                     "response_format": params.get("response_format"),
+                     "n": n if isinstance(n, int) else 1, "sweep_point": label})[1:-1],
+            models.price_per_image(params.get("model"), params.get("quality"), params.get("size")))
+
+
+def _rows_not_in_input(plan: Plan, replay, rows: _Rows, origins: list) -> int:
+    """Rows for the journal's finished tasks that this plan does not hold (an earlier input's),
+    from what their journal lines recorded of the request. Returns how many tasks."""
+    planned = {t.task_id for t in plan.tasks}
+    axes = [axis for axis, _ in plan.config.sweep]
+    count = 0
+    for task_id, state in replay.states.items():
+        if state.status is None or task_id in planned:
+            continue
+        count += 1
+        record = state.final
+        params = record.get("params") if isinstance(record.get("params"), dict) else {}
+        prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else None
+        variant, price = _variant_fragment(params, point_label({a: params.get(a) for a in axes}))
+        base = (f'"task_id":{_encode_str(task_id)},"row_index":null,"in_input":false,'
+                f'"prompt":{_value(prompt)},{variant}')
+        if record["status"] == "ok":
+            rows.ok(base, record, price, origins[state.origin], None)
+        else:
+            error = {k: record.get(k) for k in _OUTCOME_FIELDS}
+            error["total_tokens"] = _total_tokens(record)
+            rows.error(base, error, origins[state.origin], None)
+    return count
 
 
 def _total_tokens(record: dict):
@@ -208,9 +278,11 @@ class _Passthrough:
         self._columns = [table.column(n).to_pylist() for n in plan.passthrough] if use else []
         self._cache: dict = {}
 
-    def fragment(self, row_index: int) -> str:
+    def fragment(self, row_index: Optional[int]) -> str:
         if not self._columns:
             return ""
+        if row_index is None:    # a task no longer in the input
+            return "," + ",".join(f"{_encode_str(n)}:null" for n in self.names)
         text = self._cache.get(row_index)
         if text is None:
             values = {n: c[row_index] for n, c in zip(self.names, self._columns)}
@@ -311,36 +383,37 @@ def _numpy_type(t: pa.DataType) -> str:
 
 _KEY = b"batchgen.results_key"
 _IMAGES = b"batchgen.images"
+_NOT_IN_INPUT = b"batchgen.not_in_input"
 
 
-def results_key(plan: Plan, unfinished_code: str, unfinished_message: str, journal_path) -> str:
-    """What results.parquet was built from: the plan's tasks in order, the journal's length and
-    how unfinished tasks are labelled. The same key means the same table, so a rerun that
-    finds nothing to do need not rebuild it."""
+def results_key(plan: Plan, unfinished_code: str, unfinished_message: str, journal_path,
+                provenance=None) -> str:
+    """What results.parquet was built from: the plan's tasks in order, the journal's length,
+    how unfinished tasks are labelled and where they would be sent. The same key means the
+    same table, so a rerun that finds nothing to do need not rebuild it."""
     import hashlib
-    from . import __version__
     h = hashlib.blake2b(digest_size=16)
     try:
         journal_bytes = os.stat(journal_path).st_size
     except OSError:
         journal_bytes = -1
     h.update(f"{__version__}\x1f{journal_bytes}\x1f{unfinished_code}\x1f{unfinished_message}\x1f"
-             f"{plan.passthrough}\x1f".encode())
+             f"{plan.passthrough}\x1f{provenance}\x1f".encode())
     h.update("".join(t.task_id for t in plan.tasks).encode())
     h.update(",".join(str(t.row_index) for t in plan.tasks).encode())
     return h.hexdigest()
 
 
-def results_up_to_date(out_dir, key: str) -> Optional[int]:
-    """The image count of results.parquet if it was built with `key`, else None."""
+def results_up_to_date(out_dir, key: str) -> Optional[tuple]:
+    """(images, tasks not in the input) of results.parquet if it was built with `key`, else None."""
     import pyarrow.parquet as pq
     try:
-        meta = pq.read_schema(Path(out_dir) / "results.parquet").metadata or {}
+        meta = pq.read_schema(Path(out_dir) / RESULTS_FILE).metadata or {}
     except (OSError, pa.ArrowInvalid):
         return None
-    if meta.get(_KEY) != key.encode() or not (Path(out_dir) / "metadata.jsonl").exists():
+    if meta.get(_KEY) != key.encode() or not (Path(out_dir) / METADATA_FILE).exists():
         return None
-    return int(meta.get(_IMAGES, b"0"))
+    return int(meta.get(_IMAGES, b"0")), int(meta.get(_NOT_IN_INPUT, b"0"))
 
 
 def import_writers() -> None:
@@ -356,11 +429,12 @@ def write_results(out_dir, results: Results, key: str = "") -> int:
     out_dir = Path(out_dir)
     typed = with_pandas_types(results.table)
     typed = typed.replace_schema_metadata({**(typed.schema.metadata or {}), _KEY: key.encode(),
-                                           _IMAGES: str(results.images).encode()})
+                                           _IMAGES: str(results.images).encode(),
+                                           _NOT_IN_INPUT: str(results.not_in_input).encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(typed, sink, compression="zstd")
-    write_atomic(out_dir / "results.parquet", sink.getvalue().to_pybytes())
-    with atomic_file(out_dir / "metadata.jsonl") as f:
+    write_atomic(out_dir / RESULTS_FILE, sink.getvalue().to_pybytes())
+    with atomic_file(out_dir / METADATA_FILE) as f:
         # Hugging Face imagefolder metadata: one line per image, `file_name` relative to OUT.
         for piece in results.metadata:
             f.write(piece.encode("utf-8"))
@@ -382,4 +456,4 @@ def _json_default(value):
 
 def read_results(out_dir):
     import pandas as pd
-    return pd.read_parquet(Path(out_dir) / "results.parquet")
+    return pd.read_parquet(Path(out_dir) / RESULTS_FILE)

@@ -1,14 +1,13 @@
 """Progress of a run from its journal and job.json; safe to read while the run writes."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import UsageError
 from .journal import replay
+from .outdir import JOURNAL_FILE, read_job
 
 
 @dataclass
@@ -32,11 +31,8 @@ RATE_WINDOW_S = 600
 
 def read_status(out, now: Optional[float] = None) -> Status:
     out = Path(out)
-    job_path = out / "job.json"
-    if not job_path.exists():
-        raise UsageError(f"{out} holds no batchgen run (no job.json); give the --out folder of a run")
-    job = json.loads(job_path.read_text(encoding="utf-8"))
-    state = replay(out / "journal.jsonl")
+    job = read_job(out)
+    state = replay(out / JOURNAL_FILE)
     ok = errors = 0
     by_code: dict = {}
     finished = []

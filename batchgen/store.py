@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import BadResponse
+from .outdir import IMAGES_DIR, write_atomic
 
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -23,8 +24,6 @@ _MAGIC = (
     (b"GIF89a", "gif"),
 )
 
-TMP_PREFIX = ".tmp-"
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
 def image_format(data: bytes) -> Optional[str]:
@@ -63,16 +62,15 @@ class SavedImage:
 
 def relative_image_path(task_id: str, image_index: int, n: int, ext: str) -> str:
     name = task_id if n == 1 else f"{task_id}_{image_index}"
-    return f"images/{task_id[:2]}/{name}.{ext}"
+    return f"{IMAGES_DIR}/{task_id[:2]}/{name}.{ext}"
 
 
 class ImageStore:
     def __init__(self, out_dir):
         self.out_dir = Path(out_dir)
-        (self.out_dir / "images").mkdir(parents=True, exist_ok=True)
+        (self.out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
         self._root = os.fspath(self.out_dir)
         self._made_dirs: set[str] = set()
-        self._pid = os.getpid()
 
     def save(self, task_id: str, image_index: int, n: int, data: bytes) -> SavedImage:
         """Check, hash and write one image; raises BadResponse if the bytes are not an image.
@@ -90,26 +88,5 @@ class ImageStore:
         if folder not in self._made_dirs:
             os.makedirs(folder, exist_ok=True)
             self._made_dirs.add(folder)
-        tmp = os.path.join(folder, f"{TMP_PREFIX}{os.path.basename(final)}.{self._pid}")
-        # os.open/os.write rather than open(): no buffered file object for one write (a third
-        # of this method's time for small images).
-        fd = os.open(tmp, _CREATE, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
+        write_atomic(final, data, fsync=False)
         return SavedImage(rel, hashlib.sha256(data).hexdigest(), width, height, len(data))
-
-    def remove_temporaries(self) -> int:
-        """Delete what a killed run left half-written; returns how many."""
-        removed = 0
-        images = self.out_dir / "images"
-        for sub in images.iterdir() if images.exists() else ():
-            if sub.is_dir():
-                for tmp in sub.glob(TMP_PREFIX + "*"):
-                    tmp.unlink(missing_ok=True)
-                    removed += 1
-        return removed

@@ -2,7 +2,7 @@
 import random
 from email.utils import formatdate
 
-from batchgen.limits import RetryPolicy, parse_duration, parse_ratelimit_headers, parse_retry_after
+from batchgen.limits import RetryPolicy, parse_ratelimit_headers, parse_retry_after
 
 
 def test_retry_after_in_seconds_as_a_date_and_in_ms():
@@ -15,15 +15,11 @@ def test_retry_after_in_seconds_as_a_date_and_in_ms():
     assert parse_retry_after({}) is None
 
 
-def test_openai_reset_durations():
-    assert parse_duration("1s") == 1
-    assert parse_duration("6m0s") == 360
-    assert parse_duration("120ms") == 0.12
-    assert parse_duration("1h2m3.5s") == 3723.5
-    assert parse_duration("later") is None
+def test_ratelimit_headers_give_the_limit_and_what_remains():
     h = parse_ratelimit_headers({"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "0",
                                  "x-ratelimit-reset-requests": "50ms"})
-    assert (h.limit, h.remaining, h.reset_s) == (1200, 0, 0.05)
+    assert (h.limit, h.remaining) == (1200, 0)
+    assert parse_ratelimit_headers({"x-ratelimit-limit-requests": "lots"}).limit is None
     assert parse_ratelimit_headers({}) is None
 
 
@@ -61,9 +57,9 @@ def test_the_pacer_learns_a_rate_from_429s_and_one_burst_cuts_it_once():
 def test_the_pacer_follows_the_servers_stated_limit_before_any_429():
     from batchgen.limits import AdaptivePacer, RateLimitHeaders
     pacer = AdaptivePacer()
-    pacer.on_success(RateLimitHeaders(limit=1200, remaining=500, reset_s=0.1))
+    pacer.on_success(RateLimitHeaders(limit=1200, remaining=500))
     assert pacer.rate == 20.0
-    pacer.on_success(RateLimitHeaders(limit=1200, remaining=0, reset_s=0.05))
+    pacer.on_success(RateLimitHeaders(limit=1200, remaining=0))
     assert pacer._cooldown_until > 0  # nothing left: wait for the next slot
 
 
@@ -74,3 +70,16 @@ def test_rpm_spacing_counts_n_images_as_n():
     assert spacer.reserve(3, now=100.0) == 1.0      # the next waits for the first's slot...
     assert spacer.reserve(1, now=100.5) == 3.5      # ...and a request for 3 images books 3 slots
     assert spacer.reserve(1, now=200.0) == 0        # idle time is not saved up as a burst
+
+
+def test_the_retry_policy_keeps_two_budgets_per_task():
+    policy = RetryPolicy(max_retries=2, max_rate_limited=3, base_s=1.0)
+    task = policy.for_task(random.Random(1))
+    # 429s wait 0 here (the pacer's shared cool-down holds every worker) and use their own budget.
+    assert [task.next_wait(True, 5.0) for _ in range(4)] == [0.0, 0.0, 0.0, None]
+    # Failures back off (the server's Retry-After wins), and are not spent by the 429s above.
+    assert task.next_wait(False, 7.0) == 7.0
+    assert 0 <= task.next_wait(False, None) <= 2.0
+    assert task.next_wait(False, None) is None
+    # Another task starts with both budgets whole.
+    assert policy.for_task().next_wait(False, 3.0) == 3.0

@@ -1,0 +1,50 @@
+"""The Python API: what `batchgen run` and `batchgen plan` call, and what a notebook calls.
+
+It resolves the settings, reads and plans the input, chooses where to send (a provider's
+endpoint, or the built-in simulator it starts for `simulate=True`), and hands over to the runner.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from .job import make_plan, resolve_config
+from .providers import Endpoint, endpoint_url, resolve_endpoint
+from .reader import read_table
+
+
+def prepare(source, options: dict):
+    """Everything that can fail on bad input, before anything is sent or written:
+    (config, table, plan)."""
+    config = resolve_config(source, options)
+    table = read_table(config.source, config.encoding)
+    plan = make_plan(table, config)
+    return config, table, plan
+
+
+def run(source, *, progress: bool = False, environ=None, **options):
+    """Run a job (a job file or a data file); the Python API behind `batchgen run`.
+
+    Options are those of the command line, by their Python names (`out`, `prompt_column`,
+    `defaults={...}`, `sweep=[('quality', ['standard', 'hd'])]`, `concurrency`, `rpm`, ...).
+    Returns a Summary; raises UsageError for bad usage or input (nothing sent).
+    """
+    from .runner import run_job
+    config, table, plan = prepare(source, options)
+    if config.simulate:
+        connect = _simulated(config.provider)
+    else:
+        connect = resolve_endpoint(config.provider, config.base_url, environ)
+    return run_job(config, table, plan, connect, progress=progress)
+
+
+@contextlib.asynccontextmanager
+async def _simulated(provider: str):
+    """The built-in simulator on a free loopback port, for as long as the run lasts."""
+    from .simulator import SimConfig, start_simulator
+    sim_config = SimConfig()
+    simulator = await start_simulator(sim_config)
+    try:
+        base = simulator.acedata_url if provider == "acedata" else simulator.openai_base_url
+        yield Endpoint(url=endpoint_url(base), token=sim_config.token, provider=provider)
+    finally:
+        await simulator.close()

@@ -1,0 +1,95 @@
+"""Ways to send a job's pending tasks. A backend takes the pending tasks, sends them, and hands
+each outcome to a recorder; it honours the run's stop switch and budget. The runner picks one
+by the job's `mode`; a new way to send (OpenAI's Batch API) is a new module here and one entry
+in BACKENDS.
+
+The sending layer: a backend knows the client and the limits, and reaches the journal and the
+image store only through the objects it is given.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+from typing import Iterable, Optional, Protocol
+
+from .. import models
+from ..errors import UsageError
+
+# mode -> "module:class", imported when chosen so a run loads only the backend it uses.
+BACKENDS = {"live": "batchgen.backends.live:LiveBackend"}
+MODES = tuple(BACKENDS)
+
+
+class Recorder(Protocol):
+    """Where a backend's outcomes go (the runner's journal, state and progress bar)."""
+
+    def finished(self, record: dict) -> None: ...          # a final outcome: "ok" or "error"
+    def not_done(self, task_id: str, attempts: int) -> None: ...   # sent, but the run stopped
+
+
+class ImageSink(Protocol):
+    def save(self, task_id: str, image_index: int, n: int, data: bytes): ...
+
+
+class StopSwitch:
+    """Why the run stops early (a result error code and what to do), shared by everyone."""
+
+    def __init__(self):
+        self.code: Optional[str] = None
+        self.message: Optional[str] = None
+        self._event = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self.code is not None
+
+    def __call__(self, code: str, message: str) -> None:
+        if self.code is None:
+            self.code, self.message = code, message
+        self._event.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the run stops meanwhile."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+
+class Budget:
+    """--max-cost: the estimated spend, finished images of earlier runs included."""
+
+    def __init__(self, max_cost: Optional[float], spent_usd: float = 0.0):
+        self.max_cost = max_cost
+        self.spent_usd = spent_usd
+
+    def take(self, params: dict, stop: StopSwitch) -> bool:
+        """Count a task's estimated cost; False (and the run stops) when it would pass the budget."""
+        if self.max_cost is None:
+            return True
+        cost = models.estimate_cost(params) or 0.0
+        if self.spent_usd + cost > self.max_cost + 1e-9:
+            stop("budget_exceeded",
+                 f"the budget --max-cost {self.max_cost:g} USD would be passed (estimated spend "
+                 f"so far {self.spent_usd:.2f} USD); rerun with a larger --max-cost to go on")
+            return False
+        self.spent_usd += cost
+        return True
+
+
+class SendBackend(Protocol):
+    mode: str
+    requests_sent: int
+
+    async def __aenter__(self): ...
+    async def __aexit__(self, *exc): ...
+    async def send(self, tasks: Iterable) -> None: ...
+    def cancel_in_flight(self) -> None: ...
+
+
+def backend_for(mode: str):
+    """The backend class for a mode."""
+    try:
+        module, _, name = BACKENDS[mode].partition(":")
+    except KeyError:
+        raise UsageError(f"mode {mode!r} is unknown; use one of {', '.join(MODES)}") from None
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,235 @@
+"""The output folder's one owner: its file names, job.json (write, read, check), the lock that
+lets one run hold it at a time, where its results came from, atomic writes, and the sweep of
+temporary files a killed process left behind.
+
+Files only, no HTTP.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from ._version import __version__
+from .errors import FolderBusy, JobMismatch, UsageError
+
+JOB_FILE = "job.json"
+JOURNAL_FILE = "journal.jsonl"
+RESULTS_FILE = "results.parquet"
+METADATA_FILE = "metadata.jsonl"
+IMAGES_DIR = "images"
+LOCK_FILE = ".lock"
+TMP_PREFIX = ".tmp-"
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a result came from: written on every results row and in job.json."""
+    provider: str
+    endpoint: Optional[str]     # scheme, host and path only (providers.public_url)
+    mode: str                   # "live"; "batch" for OpenAI's Batch API
+    simulated: bool             # made by the built-in simulator (--simulate)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> Optional["Provenance"]:
+        if not isinstance(d, dict):
+            return None
+        return cls(str(d.get("provider") or ""), d.get("endpoint") if isinstance(d.get("endpoint"), str) else None,
+                   str(d.get("mode") or "live"), bool(d.get("simulated")))
+
+
+# ---- atomic writes ------------------------------------------------------------------------
+
+def temporary_name(path) -> str:
+    """A sibling name for a file being written; our pid at the end tells a live writer's
+    temporary from one a killed process left."""
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f"{TMP_PREFIX}{name}.{os.getpid()}")
+
+
+def write_atomic(path, data: bytes, *, fsync: bool = True) -> None:
+    """`data` appears at `path` whole, or not at all (temporary name, then rename).
+
+    Images pass fsync=False: one fsync per image would cost more than the request; a run
+    flushes the filesystem once at its end instead (see journal)."""
+    tmp = temporary_name(path)
+    # os.open/os.write rather than open(): no buffered file object for one write.
+    fd = os.open(tmp, _CREATE, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """A file object whose contents appear at `path` whole when the block ends, or not at all."""
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    pid = tmp_name.rsplit(".", 1)[-1]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---- the folder ----------------------------------------------------------------------------
+
+def read_job(out) -> dict:
+    """OUT/job.json, for the commands that read a run (status, report)."""
+    out = Path(out)
+    path = out / JOB_FILE
+    if not path.exists():
+        raise UsageError(f"{out} holds no batchgen run (no {JOB_FILE}); give the --out folder of a run")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{path} is unreadable ({e}); use another --out, or remove it to start afresh") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path} is not a batchgen job file; use another --out")
+    return doc
+
+
+def provenance_of(doc: dict) -> Optional[Provenance]:
+    """The provenance job.json records; for a folder of an earlier version, what it implies."""
+    found = Provenance.from_dict(doc.get("provenance"))
+    if found is not None:
+        return found
+    job = doc.get("job") if isinstance(doc.get("job"), dict) else {}
+    if not job:
+        return None
+    return Provenance(str(job.get("provider") or "acedata"), None, "live", bool(job.get("simulate")))
+
+
+class OutputFolder:
+    """OUT and everything batchgen keeps in it."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.job_path = self.path / JOB_FILE
+        self.journal_path = self.path / JOURNAL_FILE
+        self.results_path = self.path / RESULTS_FILE
+        self.metadata_path = self.path / METADATA_FILE
+        self.images_path = self.path / IMAGES_DIR
+        self._lock_fd: Optional[int] = None
+
+    def existing_job(self) -> Optional[dict]:
+        return read_job(self.path) if self.job_path.exists() else None
+
+    def holds_outcomes(self) -> bool:
+        try:
+            return self.journal_path.stat().st_size > 0
+        except OSError:
+            return False
+
+    def check(self, fingerprint: str, provenance: Provenance, describe_job: dict) -> Optional[dict]:
+        """The existing job.json, if any; raises JobMismatch when this run may not use OUT."""
+        existing = self.existing_job()
+        if existing is None:
+            return None
+        if existing.get("fingerprint") != fingerprint:
+            old = existing.get("job") or {}
+            raise JobMismatch(
+                f"{self.path} holds another job's run (its defaults {old.get('defaults')}, sweep "
+                f"{old.get('sweep')}, prompt column {old.get('prompt_column')!r}; this job: defaults "
+                f"{describe_job['defaults']}, sweep {describe_job['sweep']}, prompt column "
+                f"{describe_job['prompt_column']!r}). Nothing was changed. Use another --out for this job.")
+        before = provenance_of(existing)
+        if before is not None and before.simulated != provenance.simulated and self.holds_outcomes():
+            raise JobMismatch(self._simulated_mismatch(before, provenance))
+        return existing
+
+    def _simulated_mismatch(self, before: Provenance, now: Provenance) -> str:
+        if before.simulated:
+            return (f"{self.path} holds simulated results (made with --simulate): their images are "
+                    f"placeholders, and a real run would mix them into the dataset. Nothing was "
+                    f"changed. Give the real run another --out, or remove {self.path} to start afresh.")
+        where = f"provider {before.provider}" + (f", {before.endpoint}" if before.endpoint else "")
+        return (f"{self.path} holds results from a real API ({where}); a --simulate run would mix "
+                f"placeholder images into them. Nothing was changed. Give the simulated run another --out.")
+
+    def write_job(self, fingerprint: str, job: dict, provenance: Provenance, counts: dict) -> None:
+        doc = {"fingerprint": fingerprint, "batchgen_version": __version__, "job": job,
+               "provenance": provenance.as_dict(), **counts, "updated_at": time.time()}
+        write_atomic(self.job_path, json.dumps(doc, indent=2, default=str).encode())
+
+    # -- one run at a time --
+
+    def lock(self) -> None:
+        """Hold OUT for this process. The kernel releases the lock when the process ends,
+        however it ends (kill -9 included), so a folder is never left stuck."""
+        import fcntl
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise FolderBusy(
+                f"{self.path} is in use by another batchgen run ({who}); one run writes a folder "
+                f"at a time. Wait for it to finish (batchgen status {self.path} shows its "
+                f"progress) or stop it, then run the same command again.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def remove_temporaries(self) -> int:
+        """Delete what killed writers left half-written anywhere under OUT; returns how many.
+        A temporary whose writer is still alive (a `report` running beside us) is left alone."""
+        removed = 0
+        folders = [self.path]
+        if self.images_path.is_dir():
+            folders += [p for p in self.images_path.iterdir() if p.is_dir()]
+        for folder in folders:
+            for tmp in folder.glob(TMP_PREFIX + "*"):
+                if tmp.is_file() and not _writer_alive(tmp.name):
+                    tmp.unlink(missing_ok=True)
+                    removed += 1
+        return removed

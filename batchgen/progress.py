@@ -1,0 +1,39 @@
+"""The progress bar of a run, on stderr."""
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    """The tqdm bar: done/total, ok and error counts, rate; a resume starts at the done count."""
+
+    def __init__(self, total: int, done: int, ok: int, errors: int, enabled: bool):
+        self.ok, self.errors = ok, errors
+        self._bar = None
+        self._last_postfix = 0.0
+        if enabled:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, initial=done, unit="task", file=sys.stderr,
+                             dynamic_ncols=True, smoothing=0.05, mininterval=0.2)
+            self._postfix()
+
+    def _postfix(self):
+        self._bar.set_postfix_str(f"ok={self.ok} err={self.errors}", refresh=False)
+
+    def advance(self, ok: bool) -> None:
+        if ok:
+            self.ok += 1
+        else:
+            self.errors += 1
+        if self._bar is not None:
+            now = time.monotonic()
+            if now - self._last_postfix > 0.2:
+                self._last_postfix = now
+                self._postfix()
+            self._bar.update(1)
+
+    def close(self):
+        if self._bar is not None:
+            self._postfix()
+            self._bar.close()

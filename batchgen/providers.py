@@ -1,0 +1,154 @@
+"""The providers batchgen can send to, in one table: token variable, default endpoint, base-URL
+rules, the shape of their error bodies, and the error codes that mean "stop the run".
+
+A new provider is one entry in PROVIDERS. Pure: the CLI's choices, job validation, the client
+and `errors.classify` read it; nothing here does I/O.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import UsageError
+
+GENERATIONS_PATH = "/images/generations"
+
+
+def _acedata_error(payload: dict):
+    """AceData: {"success": false, "error": {"code", "message"}, "trace_id"}."""
+    err = payload.get("error")
+    if isinstance(err, dict):
+        return err.get("code"), err.get("message")
+    if isinstance(err, str):
+        return None, err
+    if payload.get("success") is False:
+        return None, payload.get("message")
+    return None
+
+
+def _openai_error(payload: dict):
+    """OpenAI: {"error": {"message", "type", "param", "code"}}; `code` may be null, then `type`."""
+    err = payload.get("error")
+    if isinstance(err, dict):
+        return err.get("code") or err.get("type"), err.get("message")
+    return None
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    token_variable: str
+    default_endpoint: str
+    # An environment variable holding an SDK-style base URL (…/v1), as the official SDK reads it.
+    base_url_variable: Optional[str]
+    # (code, message) from a parsed error body of this dialect, or None when it is not one.
+    parse_error: Callable[[dict], Optional[tuple]] = field(repr=False)
+    auth_codes: frozenset = frozenset()
+    quota_codes: frozenset = frozenset()
+
+    def stop_advice(self, code: str) -> str:
+        if code in QUOTA_CODES:
+            return "the account's quota or balance is used up: top it up, then run the same command again"
+        return (f"the API refused the token: check {self.token_variable} (and --provider), "
+                "then run the same command again")
+
+
+# Codes either provider may send; a proxy forwards the other's, so both count for both.
+_AUTH = frozenset({"invalid_token", "invalid_api_key", "token_expired", "no_token",
+                   "unauthorized", "invalid_authentication"})
+_QUOTA = frozenset({"insufficient_quota", "used_up", "billing_hard_limit_reached",
+                    "insufficient_balance", "quota_exceeded"})
+
+PROVIDERS: dict[str, Provider] = {
+    "acedata": Provider(
+        name="acedata", token_variable="ACEDATA_API_TOKEN",
+        default_endpoint="https://api.acedata.cloud/openai/images/generations",
+        base_url_variable=None, parse_error=_acedata_error,
+        auth_codes=frozenset({"invalid_token", "token_expired", "no_token"}),
+        quota_codes=frozenset({"used_up", "insufficient_balance"})),
+    "openai": Provider(
+        name="openai", token_variable="OPENAI_API_KEY",
+        default_endpoint="https://api.openai.com/v1/images/generations",
+        base_url_variable="OPENAI_BASE_URL", parse_error=_openai_error,
+        auth_codes=frozenset({"invalid_api_key", "invalid_authentication", "unauthorized"}),
+        quota_codes=frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})),
+}
+DEFAULT_PROVIDER = "acedata"
+NAMES = tuple(PROVIDERS)
+AUTH_CODES = _AUTH.union(*(p.auth_codes for p in PROVIDERS.values()))
+QUOTA_CODES = _QUOTA.union(*(p.quota_codes for p in PROVIDERS.values()))
+
+
+def get(name: str) -> Provider:
+    try:
+        return PROVIDERS[name]
+    except KeyError:
+        raise UsageError(f"provider {name!r} is unknown; use one of {', '.join(NAMES)}") from None
+
+
+def parse_error_body(payload: dict, provider: Optional[str] = None) -> tuple:
+    """(code, message) of an error body in any provider's shape, the named provider's first."""
+    order = [PROVIDERS[provider]] if provider in PROVIDERS else []
+    order += [p for p in PROVIDERS.values() if p.name != provider]
+    for p in order:
+        found = p.parse_error(payload)
+        if found and (found[0] or found[1]):
+            return found
+    return None, payload.get("message")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    token: str = field(repr=False)
+    provider: str
+
+    def __repr__(self):  # never show the token, even in a traceback
+        return f"Endpoint(url={self.public_url!r}, provider={self.provider!r})"
+
+    @property
+    def public_url(self) -> str:
+        return public_url(self.url)
+
+
+def public_url(url: str) -> str:
+    """Scheme, host, port and path: what may be written to a file or a log (no user:password@,
+    no query, where a proxy's key may hide)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def endpoint_url(base: str) -> str:
+    """The generations URL for an endpoint or an SDK-style base URL."""
+    base = base.strip()
+    if urlsplit(base).scheme not in ("http", "https"):
+        raise UsageError(f"base URL {public_url(base)!r} must start with http:// or https://")
+    trimmed = base.rstrip("/")
+    if trimmed.endswith(GENERATIONS_PATH):
+        return trimmed
+    return trimmed + GENERATIONS_PATH
+
+
+def resolve_endpoint(provider: str, base_url: Optional[str], environ=None) -> Endpoint:
+    """Where to send and with which token, from the options and the environment."""
+    environ = os.environ if environ is None else environ
+    p = get(provider)
+    token = (environ.get(p.token_variable) or "").strip()
+    if not token:
+        raise UsageError(
+            f"no API token: set {p.token_variable} in the environment (provider {p.name}), "
+            "or add --simulate to run against the built-in simulator")
+    if base_url:
+        url = endpoint_url(base_url)
+    elif p.base_url_variable and environ.get(p.base_url_variable):
+        url = endpoint_url(environ[p.base_url_variable])
+    else:
+        url = p.default_endpoint
+    return Endpoint(url=url, token=token, provider=p.name)
