@@ -139,6 +139,9 @@ def format_summary(s) -> str:
                                                    sorted(s.by_code.items(), key=lambda kv: -kv[1])))
     if s.est_cost_usd is not None:
         lines.append(f"estimated cost of the images: ${s.est_cost_usd:.2f}")
+    if s.not_in_input:
+        lines.append(f"{s.not_in_input} task(s) finished earlier are no longer in the input; they stay "
+                     f"listed with in_input = False")
     lines.append(f"results: {s.out}/results.parquet   images: {s.out}/images/")
     if s.stopped:
         lines.append(f"stopped early: {s.stop_message}")

@@ -233,10 +233,6 @@ class Plan:
     passthrough: list[str]         # input columns that go to the results unchanged
     unknown_models: list[str]
 
-    @property
-    def sendable(self) -> list[Task]:
-        return [t for t in self.tasks if t.problem is None]
-
 
 def _cell(value):
     """A table cell as a parameter value, or None when the cell is empty."""

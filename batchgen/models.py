@@ -20,7 +20,6 @@ _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 @dataclass(frozen=True)
 class ModelRules:
     name: str
-    family: str  # "dall-e" or "gpt-image"
     sizes: tuple[str, ...]
     qualities: tuple[str, ...]
     styles: tuple[str, ...]  # empty: the model takes no style
@@ -28,7 +27,6 @@ class ModelRules:
     max_n: int
     max_prompt_chars: int
     default_size: str
-    revised_prompt: bool
     # gpt-image-2 takes sizes beyond its list; this says whether one is allowed.
     custom_size_ok: Optional[Callable[[int, int], bool]] = None
 
@@ -55,23 +53,23 @@ def _gpt_image_2_size_ok(width: int, height: int) -> bool:
 
 def _gpt_image(name: str, custom=None) -> ModelRules:
     return ModelRules(
-        name=name, family="gpt-image", sizes=GPT_IMAGE_SIZES, qualities=GPT_IMAGE_QUALITIES,
+        name=name, sizes=GPT_IMAGE_SIZES, qualities=GPT_IMAGE_QUALITIES,
         styles=(), response_formats=(), max_n=10, max_prompt_chars=32000,
-        default_size="auto", revised_prompt=False, custom_size_ok=custom,
+        default_size="auto", custom_size_ok=custom,
     )
 
 
 MODELS: dict[str, ModelRules] = {
     "dall-e-2": ModelRules(
-        name="dall-e-2", family="dall-e", sizes=("256x256", "512x512", "1024x1024"),
+        name="dall-e-2", sizes=("256x256", "512x512", "1024x1024"),
         qualities=("standard",), styles=(), response_formats=DALLE_RESPONSE_FORMATS,
-        max_n=10, max_prompt_chars=1000, default_size="1024x1024", revised_prompt=False,
+        max_n=10, max_prompt_chars=1000, default_size="1024x1024",
     ),
     "dall-e-3": ModelRules(
-        name="dall-e-3", family="dall-e", sizes=("1024x1024", "1792x1024", "1024x1792"),
+        name="dall-e-3", sizes=("1024x1024", "1792x1024", "1024x1792"),
         qualities=("standard", "hd"), styles=("vivid", "natural"),
         response_formats=DALLE_RESPONSE_FORMATS, max_n=1, max_prompt_chars=4000,
-        default_size="1024x1024", revised_prompt=True,
+        default_size="1024x1024",
     ),
     "gpt-image-1": _gpt_image("gpt-image-1"),
     "gpt-image-1-mini": _gpt_image("gpt-image-1-mini"),
@@ -88,7 +86,7 @@ def rules_for(model: Optional[str]) -> Optional[ModelRules]:
     name = model or API_DEFAULT_MODEL
     if name in MODELS:
         return MODELS[name]
-    # Dated snapshots ("gpt-image-2-2026-04-21") follow their family's rules.
+    # Dated snapshots ("gpt-image-2-2026-04-21") follow their base model's rules.
     for known in sorted(MODELS, key=len, reverse=True):
         if name.startswith(known + "-") and re.fullmatch(r"\d{4}-\d{2}-\d{2}", name[len(known) + 1:]):
             return MODELS[known]

@@ -128,8 +128,12 @@ def public_url(url: str) -> str:
 def endpoint_url(base: str) -> str:
     """The generations URL for an endpoint or an SDK-style base URL."""
     base = base.strip()
-    if urlsplit(base).scheme not in ("http", "https"):
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https"):
         raise UsageError(f"base URL {public_url(base)!r} must start with http:// or https://")
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(f"base URL {public_url(base)!r} carries a user name or password; give the "
+                         "URL without them and the token in the environment (ACEDATA_API_TOKEN or OPENAI_API_KEY)")
     trimmed = base.rstrip("/")
     if trimmed.endswith(GENERATIONS_PATH):
         return trimmed

@@ -63,7 +63,7 @@ def test_bad_rows_are_refused_with_a_reason_not_sent():
     assert problems[1] == problems[2] == "prompt is missing or blank"
     assert "at most 4000" in problems[3]
     assert "size '256x256' is not allowed for dall-e-3" in problems[4]
-    assert len(plan.sendable) == 1
+    assert len([t for t in plan.tasks if t.problem is None]) == 1
 
 
 def test_a_default_the_model_refuses_is_a_usage_error_listing_allowed_values():
