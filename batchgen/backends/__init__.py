@@ -27,10 +27,6 @@ class Recorder(Protocol):
     def not_done(self, task_id: str, attempts: int) -> None: ...   # sent, but the run stopped
 
 
-class ImageSink(Protocol):
-    def save(self, task_id: str, image_index: int, n: int, data: bytes): ...
-
-
 class StopSwitch:
     """Why the run stops early (a result error code and what to do), shared by everyone."""
 
@@ -77,6 +73,9 @@ class Budget:
 
 
 class SendBackend(Protocol):
+    """What the runner needs of a backend. Made as
+    `Backend(config, endpoint, images, recorder, budget, stop)`; `images.save(task_id, index,
+    n, data)` checks, hashes and writes one image."""
     mode: str
     requests_sent: int
 
@@ -86,7 +85,7 @@ class SendBackend(Protocol):
     def cancel_in_flight(self) -> None: ...
 
 
-def backend_for(mode: str):
+def backend_for(mode: str) -> type[SendBackend]:
     """The backend class for a mode."""
     try:
         module, _, name = BACKENDS[mode].partition(":")
