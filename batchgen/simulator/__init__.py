@@ -1,0 +1,51 @@
+"""The built-in fake Images API: both dialects, real images, repeatable faults.
+
+It serves, on a loopback port:
+
+    POST /openai/images/generations   AceData dialect
+    POST /v1/images/generations       OpenAI dialect (``OpenAI(base_url=".../v1")`` works)
+    GET  /files/<id>.<ext>            images handed out as ``url`` (kept in memory, TTL)
+    GET  /_sim/stats                  counters as JSON
+    POST /_sim/reset                  zero the counters (``?all=1``: also quota, fault memory, rate bucket)
+
+This package imports nothing from the rest of batchgen on purpose: it is written from the
+APIs' own documentation (OpenAI's request schema is spec/openai-images-generations.schema.json),
+so that a misunderstanding in the client cannot hide by being mirrored here.
+
+    validation  what each model accepts, parse_request, the error type both dialects render
+    images      PNG/JPEG/WebP images per prompt, made cheaply and cached
+    files       the images handed out as ``url``
+    faults      which faults a request meets (repeatable per seed), and the spoiled answers
+    rate        the token bucket, its x-ratelimit-* headers, the 429
+    config      SimConfig and SimStats
+    answers     the JSON bodies of both dialects
+    server      the routes, make_app, start_simulator, SimulatorThread
+"""
+from __future__ import annotations
+
+from .config import SimConfig, SimStats
+from .faults import FAULTS, POST_FAULTS, PRE_FAULTS
+from .rate import go_duration
+from .server import (ACEDATA_PATH, FILES_PATH, OPENAI_PATH, RESET_PATH, STATS_PATH, Simulator,
+                     SimulatorThread, make_app, start_simulator)
+from .validation import MODELS, parse_request
+
+__all__ = [
+    "SimConfig",
+    "SimStats",
+    "Simulator",
+    "SimulatorThread",
+    "make_app",
+    "start_simulator",
+    "go_duration",
+    "parse_request",
+    "MODELS",
+    "FAULTS",
+    "PRE_FAULTS",
+    "POST_FAULTS",
+    "ACEDATA_PATH",
+    "OPENAI_PATH",
+    "FILES_PATH",
+    "STATS_PATH",
+    "RESET_PATH",
+]

@@ -1,0 +1,90 @@
+"""The JSON bodies of both dialects: a generation's success document and the error shapes.
+
+AceData wraps OpenAI's answer: a success adds ``success``, ``task_id`` and ``trace_id``; an
+error is ``{"success": false, "error": {"code", "message"}, "trace_id"}`` with AceData's own
+codes and, for some errors, its own status.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from .validation import ApiError, ImageRequest
+
+ACEDATA = "acedata"
+OPENAI = "openai"
+
+# Placeholder for a b64_json value in the JSON skeleton (unguessable, so no prompt contains it).
+MARK = f"@@b64-{uuid.uuid4().hex}-"
+
+
+def revised_prompt(prompt: str, style: Optional[str]) -> str:
+    base = prompt.strip().rstrip(".")
+    mood = ("rendered in a natural, understated style with soft daylight and true-to-life colours"
+            if style == "natural" else
+            "rendered as a vivid, dramatic, highly detailed digital illustration with rich "
+            "colours and cinematic lighting")
+    return f"{base}, {mood}; the composition is balanced, the main subject is in sharp focus " \
+           f"and the background is gently blurred."
+
+
+def usage(req: "ImageRequest") -> dict:
+    per_image = {"low": 272, "medium": 1056, "high": 4160}[req.quality]
+    output = int(per_image * (req.width * req.height) / (1024 * 1024)) * req.n
+    text = max(1, math.ceil(len(req.prompt) / 4))
+    return {
+        "input_tokens": text,
+        "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
+        "output_tokens": output,
+        "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
+        "total_tokens": text + output,
+    }
+
+
+def success_body(dialect: str, req: "ImageRequest", data: list, blobs: list) -> bytes:
+    """The 200 body; ``data`` holds MARK placeholders where ``blobs`` (base64 texts) go."""
+    doc: dict = {}
+    if dialect == ACEDATA:
+        doc["success"] = True
+        doc["task_id"] = str(uuid.uuid4())
+        doc["trace_id"] = str(uuid.uuid4())
+    doc["created"] = int(time.time())
+    doc["data"] = data
+    if req.model.family == "gpt-image":
+        doc["background"] = req.background
+        doc["output_format"] = req.output_format
+        doc["quality"] = req.quality
+        doc["size"] = req.size
+        doc["usage"] = usage(req)
+    body = json.dumps(doc).encode()
+    return _splice(body, blobs) if blobs else body
+
+
+def _splice(body: bytes, blobs: list) -> bytes:
+    # Big base64 texts skip json.dumps: only the small skeleton is serialised, and the final
+    # body is joined once.
+    parts, pos = [], 0
+    for i, blob in enumerate(blobs):
+        marker = f"{MARK}{i}\"".encode()
+        at = body.index(marker, pos)
+        parts += (body[pos:at], blob, b'"')
+        pos = at + len(marker)
+    parts.append(body[pos:])
+    return b"".join(parts)
+
+
+def error_answer(dialect: str, err: "ApiError") -> tuple[int, bytes]:
+    """(status, body) of an error in the dialect."""
+    if dialect == OPENAI:
+        status = err.status
+        doc = {"error": {"message": err.message, "type": err.type, "param": err.param,
+                         "code": err.code}}
+    else:
+        status = err.ace_status
+        doc = {"success": False, "error": {"code": err.ace_code, "message": err.message},
+               "trace_id": str(uuid.uuid4())}
+    return status, json.dumps(doc).encode()

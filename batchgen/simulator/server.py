@@ -1,0 +1,403 @@
+"""The aiohttp application: the routes, one running simulator's state, and the ways to run it
+(in the caller's event loop with start_simulator, or in a thread with SimulatorThread)."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import threading
+import time
+import uuid
+from typing import Any, Optional
+
+from aiohttp import web
+
+from .answers import ACEDATA, MARK, OPENAI, error_answer, revised_prompt, success_body
+from .config import SimConfig, SimStats, bump
+from .faults import (HTML_503, NOT_IMAGE, FaultDice, post_faults_shown, server_error,
+                     spoiled_b64, spoiled_body, timeout_error)
+from .files import FileStore
+from .images import Encoded, ImageMaker
+from .rate import RateBucket, rate_error
+from .validation import (ApiError, ImageRequest, auth_error, check_policy, check_quota,
+                         decode_json, parse_request)
+
+ACEDATA_PATH = "/openai/images/generations"
+OPENAI_PATH = "/v1/images/generations"
+FILES_PATH = "/files/"
+STATS_PATH = "/_sim/stats"
+RESET_PATH = "/_sim/reset"
+
+
+class _SimState:
+    """Everything one running simulator knows; the handlers are its methods."""
+
+    def __init__(self, config: SimConfig):
+        self.config = config
+        self.stats = SimStats()
+        self.images = ImageMaker(config.photo, config.cache_bytes)
+        self.files = FileStore(config)
+        self.quota_used = 0
+        self.dice = FaultDice(config)
+        self.bucket = RateBucket(config.rpm_limit) if config.rpm_limit else None
+        self.jitter_rng = random.Random(f"jitter:{config.seed}")
+        self.closing = asyncio.Event()
+        self.port: Optional[int] = None
+
+    def reset(self, everything: bool = False) -> None:
+        self.stats.reset()
+        if everything:
+            self.quota_used = 0
+            self.dice.forget()
+            if self.config.rpm_limit:
+                self.bucket = RateBucket(self.config.rpm_limit)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep; True if the server began closing meanwhile."""
+        if self.closing.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self.closing.wait(), seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def _respond(self, dialect: str, status: int, body: bytes, *, content_type="application/json",
+                 headers: Optional[dict] = None) -> web.Response:
+        bump(self.stats.by_status, str(status))
+        resp = web.Response(status=status, body=body, content_type=content_type)
+        if headers:
+            resp.headers.update(headers)
+        if dialect == OPENAI:
+            resp.headers["x-request-id"] = f"req_{uuid.uuid4().hex}"
+        return resp
+
+    def _error(self, dialect: str, err: ApiError, headers: Optional[dict]) -> web.Response:
+        status, body = error_answer(dialect, err)
+        merged = dict(headers or {})
+        merged.update(err.headers)
+        return self._respond(dialect, status, body, headers=merged)
+
+    def _hang_up(self, request: web.Request, label: Optional[str]) -> web.Response:
+        """Close the connection without an answer (the client sees a disconnect)."""
+        if label:
+            bump(self.stats.by_status, label)
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=503)  # never reaches the client: the connection is closed
+
+    async def acedata(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, ACEDATA)
+
+    async def openai(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, OPENAI)
+
+    async def _generate(self, request: web.Request, dialect: str) -> web.StreamResponse:
+        # The latency is the server's whole time to answer, counted from the request's arrival
+        # as a client sees a real API's: the work (parsing, drawing the image) happens within
+        # it, so fifty requests that arrive together are answered together, latency later.
+        cfg = self.config
+        delay = cfg.latency
+        if cfg.latency_jitter:
+            delay += self.jitter_rng.uniform(0.0, cfg.latency_jitter)
+        answer_at = time.monotonic() + delay
+        response = await self._answer(request, dialect)
+        wait = answer_at - time.monotonic()
+        transport = request.transport
+        if wait > 0 and transport is not None and not transport.is_closing():
+            if await self._pause(wait):
+                return self._hang_up(request, "closed")
+        return response
+
+    async def _answer(self, request: web.Request, dialect: str) -> web.StreamResponse:
+        """Refusals in the order a real gateway makes them: key, rate, upstream faults, then
+        the request itself."""
+        stats = self.stats
+        stats.requests += 1
+        bump(stats.by_path, request.path)
+        body = await request.read()
+        refused = auth_error(request.headers.get("Authorization", ""), self.config.token)
+        if refused is not None:
+            return self._error(dialect, refused, None)
+        headers = None
+        if self.bucket is not None:
+            wait = self.bucket.take()
+            headers = self.bucket.headers() if self.config.ratelimit_headers else None
+            if wait > 0:
+                bump(stats.faults, "rpm_limit")
+                return self._error(dialect, rate_error(wait), headers)
+        fault = self.dice.decide(body) if self.dice.active else None
+        if fault:
+            early = await self._early_fault(request, dialect, fault, headers)
+            if early is not None:
+                return early
+        try:
+            req = self._accept(body)
+        except ApiError as err:
+            return self._error(dialect, err, headers)
+        return self._success(request, dialect, req, fault, headers)
+
+    async def _early_fault(self, request: web.Request, dialect: str, fault: dict,
+                           headers: Optional[dict]) -> Optional[web.StreamResponse]:
+        """The answer of a fault that answers instead of the API, or None."""
+        cfg = self.config
+        if fault["hang"]:
+            return await self._hang(request, dialect, headers)
+        if fault["drop"]:
+            bump(self.stats.faults, "drop")
+            return self._hang_up(request, "drop")
+        if fault["fail_503_html"]:
+            bump(self.stats.faults, "fail_503_html")
+            return self._respond(dialect, 503, HTML_503, content_type="text/html", headers=headers)
+        if fault["fail_500"]:
+            bump(self.stats.faults, "fail_500")
+            return self._error(dialect, server_error(), headers)
+        if fault["fail_429"]:
+            bump(self.stats.faults, "fail_429")
+            return self._error(dialect, rate_error(cfg.retry_after, date=cfg.retry_after_date),
+                               headers)
+        return None
+
+    async def _hang(self, request: web.Request, dialect: str,
+                    headers: Optional[dict]) -> web.StreamResponse:
+        """Say nothing for hang_seconds, then time out as a gateway would."""
+        bump(self.stats.faults, "hang")
+        bump(self.stats.by_status, "hang")
+        if await self._pause(self.config.hang_seconds):
+            return self._hang_up(request, None)
+        return self._error(dialect, timeout_error(), headers)
+
+    def _accept(self, body: bytes) -> ImageRequest:
+        """The valid request in the body, or ApiError (invalid, moderated or over quota)."""
+        cfg = self.config
+        req = parse_request(decode_json(body))
+        bump(self.stats.by_model, req.model.name)
+        check_policy(req.prompt, cfg.policy_word, cfg.acedata_moderation_403)
+        check_quota(self.quota_used, req.n, cfg.quota_images)
+        return req
+
+    def _success(self, request: web.Request, dialect: str, req: ImageRequest,
+                 fault: Optional[dict], headers: Optional[dict]) -> web.Response:
+        self.quota_used += req.n
+        self.stats.images += req.n
+        fault = fault or {}
+        data, blobs = self._items(request, req, fault)
+        for name in post_faults_shown(fault, req.response_format):
+            bump(self.stats.faults, name)
+        body = spoiled_body(success_body(dialect, req, data, blobs), fault)
+        return self._respond(dialect, 200, body, headers=headers)
+
+    def _items(self, request: web.Request, req: ImageRequest, fault: dict) -> tuple[list, list]:
+        """The ``data`` entries and, for b64_json, the base64 texts their placeholders stand for."""
+        revised = revised_prompt(req.prompt, req.style) if req.model.name == "dall-e-3" else None
+        host = request.host or f"127.0.0.1:{self.port}"
+        data: list = []
+        blobs: list = []
+        for i in range(req.n):
+            enc = self.images.get(req.prompt, i, req)
+            item: dict = {}
+            if req.response_format == "url":
+                item["url"] = f"http://{host}{FILES_PATH}{self._file_name(enc, req, fault)}"
+            else:
+                blobs.append(spoiled_b64(enc, fault))
+                item["b64_json"] = f"{MARK}{i}"
+            if revised is not None:
+                item["revised_prompt"] = revised
+            data.append(item)
+        return data, blobs
+
+    def _file_name(self, enc: Encoded, req: ImageRequest, fault: dict) -> str:
+        if fault.get("expired_link"):
+            return f"{uuid.uuid4().hex}.{req.output_format}"  # never stored, so the link 404s
+        blob = NOT_IMAGE if fault.get("not_image") else enc.data
+        return self.files.put(blob, req.output_format)
+
+    async def download(self, request: web.Request) -> web.Response:
+        found = self.files.get(request.match_info["name"])
+        if found is None:
+            self.stats.download_misses += 1
+            return web.Response(status=404, text="404: this image link does not exist or has expired.\n")
+        self.stats.downloads += 1
+        return web.Response(body=found[0], content_type=found[1])
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        doc = self.stats.as_dict()
+        doc["quota_used"] = self.quota_used
+        return web.json_response(doc)
+
+    async def post_reset(self, request: web.Request) -> web.Response:
+        everything = request.query.get("all", "").lower() in ("1", "true", "yes")
+        self.reset(everything)
+        return web.json_response({"ok": True, "all": everything})
+
+
+_STATE = web.AppKey("batchgen_simulator_state", _SimState)
+
+
+def make_app(config: SimConfig) -> web.Application:
+    """The simulator as an aiohttp application (run it with access logs off for speed)."""
+    state = _SimState(config)
+    app = web.Application(client_max_size=4 * 2**20)
+    app[_STATE] = state
+    app.router.add_post(ACEDATA_PATH, state.acedata)
+    app.router.add_post(OPENAI_PATH, state.openai)
+    app.router.add_get(FILES_PATH + "{name}", state.download)
+    app.router.add_get(STATS_PATH, state.get_stats)
+    app.router.add_post(RESET_PATH, state.post_reset)
+    return app
+
+
+class Simulator:
+    """A simulator listening in the caller's event loop (see start_simulator)."""
+
+    def __init__(self, app: web.Application, runner: web.AppRunner, host: str, port: int):
+        self.app = app
+        self.runner = runner
+        self.host = host
+        self.port = port
+        self._state = app[_STATE]
+        self._state.port = port
+        self.config = self._state.config
+        self.base_url = f"http://{host}:{port}"
+        self.acedata_url = self.base_url + ACEDATA_PATH
+        self.openai_base_url = self.base_url + "/v1"
+        self.openai_url = self.base_url + OPENAI_PATH
+        self._closed = False
+
+    @property
+    def stats(self) -> SimStats:
+        return self._state.stats
+
+    def reset_stats(self, everything: bool = False) -> None:
+        self._state.reset(everything)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._state.closing.set()  # wakes sleeping (latency/hang) handlers, which hang up
+        await self.runner.cleanup()
+
+    async def __aenter__(self) -> "Simulator":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+async def start_simulator(config: Optional[SimConfig] = None, host: str = "127.0.0.1",
+                          port: int = 0) -> Simulator:
+    """Start serving in the running event loop; port 0 picks a free one."""
+    app = make_app(config or SimConfig())
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1]
+    return Simulator(app, runner, host, bound)
+
+
+class SimulatorThread:
+    """A simulator on its own event loop in a daemon thread, for synchronous code and tests.
+
+        with SimulatorThread(SimConfig(fail_500=0.2)) as sim:
+            ... sim.acedata_url, sim.openai_base_url, sim.stats ...
+
+    Keyword arguments override fields of the config: ``SimulatorThread(drop=1.0)``.
+    """
+
+    def __init__(self, config: Optional[SimConfig] = None, host: str = "127.0.0.1", port: int = 0,
+                 **overrides: Any):
+        config = config or SimConfig()
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.host = host
+        self._want_port = port
+        self._sim: Optional[Simulator] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._ready = threading.Event()
+        self._error: Optional[BaseException] = None
+        self.port: Optional[int] = None
+        self.base_url = self.acedata_url = self.openai_base_url = self.openai_url = None
+
+    def start(self) -> "SimulatorThread":
+        if self._thread is not None:
+            return self
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._run, name="batchgen-simulator", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._error
+        sim = self._sim
+        self.port = sim.port
+        self.base_url = sim.base_url
+        self.acedata_url = sim.acedata_url
+        self.openai_base_url = sim.openai_base_url
+        self.openai_url = sim.openai_url
+        return self
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            try:
+                self._sim = loop.run_until_complete(
+                    start_simulator(self.config, self.host, self._want_port))
+            except BaseException as exc:  # reported to start()
+                self._error = exc
+                return
+            finally:
+                self._ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._sim.close())
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    def _call(self, fn):
+        """Run fn() on the simulator's loop and return its result."""
+        loop = self._loop
+        if (loop is None or self._thread is None or not loop.is_running()
+                or threading.current_thread() is self._thread):
+            return fn()
+
+        async def call():
+            return fn()
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=30)
+
+    @property
+    def stats(self) -> SimStats:
+        """A consistent copy of the counters (taken on the simulator's own thread)."""
+        if self._sim is None:
+            return SimStats()
+        return self._call(self._sim.stats.copy)
+
+    def reset_stats(self, everything: bool = False) -> None:
+        if self._sim is not None:
+            self._call(lambda: self._sim.reset_stats(everything))
+
+    def stop(self) -> None:
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._sim.close(), loop).result(timeout=30)
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        self._thread = None
+
+    def __enter__(self) -> "SimulatorThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
