@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from typing import Optional
 
-# Exit statuses of `batchgen` (DESIGN.md): all ok; some task errors; bad usage or input,
+# Exit statuses of `batchgen` (the README's "Exit status"): all ok; some task errors; bad usage or input,
 # nothing sent; stopped early, resumable.
 EXIT_OK, EXIT_TASK_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 

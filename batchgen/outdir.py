@@ -10,10 +10,11 @@ import contextlib
 import errno
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ._version import __version__
 from .errors import FolderBusy, JobMismatch, UsageError
@@ -26,6 +27,8 @@ IMAGES_DIR = "images"
 LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
 
+# store.relative_image_path: the task id, `_k` for the k-th of several images, the format.
+_IMAGE_NAME = re.compile(r"([0-9a-f]{16})(?:_\d+)?\.[a-z]+")
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -231,5 +234,23 @@ class OutputFolder:
             for tmp in folder.glob(TMP_PREFIX + "*"):
                 if tmp.is_file() and not _writer_alive(tmp.name):
                     tmp.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def remove_unrecorded_images(self, finished: Callable[[str], bool]) -> int:
+        """Delete the images of tasks that are not finished: written by a request whose journal
+        line never came (the process died, or was cancelled, between the two). The task is
+        sent again, so nothing finished is lost, and every image left is one the results list.
+        Files batchgen did not name are left alone. Returns how many were removed."""
+        removed = 0
+        if not self.images_path.is_dir():
+            return 0
+        for sub in os.scandir(self.images_path):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(sub.path):
+                m = _IMAGE_NAME.fullmatch(entry.name)
+                if m and not finished(m[1]) and entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
                     removed += 1
         return removed

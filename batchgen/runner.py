@@ -194,6 +194,7 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
 
     store = ImageStore(folder.path)
     state = replay(folder.journal_path, out_dir=folder.path)
+    folder.remove_unrecorded_images(lambda task_id: state.status(task_id) == "ok")
     warnings = _unknown_model_warnings(plan)
     todo = pending_tasks(plan, state, config.retry_failed)
     stop = StopSwitch()

@@ -75,7 +75,7 @@ class ImageStore:
     def save(self, task_id: str, image_index: int, n: int, data: bytes) -> SavedImage:
         """Check, hash and write one image; raises BadResponse if the bytes are not an image.
 
-        Blocking; the runner calls it in a worker thread for big images.
+        Blocking; the live backend calls it in a worker thread for big images.
         """
         ext = image_format(data)
         if ext is None:

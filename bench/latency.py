@@ -1,4 +1,4 @@
-"""Latency hiding (issue 4, figure 2): does `batchgen run` keep `--concurrency` requests in flight?
+"""Latency hiding: does `batchgen run` keep `--concurrency` requests in flight?
 
 1,000 tasks, simulator `--latency 0.5`, concurrency 50, dall-e-2 256x256 b64.  The ideal wall time
 is tasks x 0.5 s / 50 = 10 s.  Each round runs the runner as a whole process (start to exit,

@@ -1,4 +1,4 @@
-"""Memory (issue 4, figure 3): the runner's peak RSS must not grow with the size of the job.
+"""Memory: the runner's peak RSS must not grow with the size of the job.
 
 Simulator `--photo` (incompressible 1024x1024 PNGs of about 3 MB, 4 MB of base64 each), dall-e-2
 1024x1024 b64_json, concurrency 32; a small job (300 tasks) and a large one (1,200 tasks), each

@@ -1,4 +1,4 @@
-"""Overhead (issue 4, figure 1): `batchgen run` throughput against the floor.
+"""Overhead: `batchgen run` throughput against the floor.
 
 Zero latency, 20,000 tasks, concurrency 32, dall-e-2 256x256, b64_json.  One simulator process
 serves both clients.  Each round runs the floor (bench/floor.py: a minimal aiohttp client that

@@ -1,4 +1,4 @@
-"""Plan (issue 5's figure): `batchgen plan` must stay quick on a million rows.
+"""Plan: `batchgen plan` must stay quick on a million rows.
 
 Input: a Parquet file of 1,000,000 rows (distinct prompts plus pass-through columns `item_id`,
 `category`, `seed`), planned with `--model dall-e-3 --sweep quality=standard,hd --sweep

@@ -1,4 +1,4 @@
-"""Rate limit (issue 3's figure): the runner finds a server's limit that nobody told it.
+"""Rate limit: the runner finds a server's limit that nobody told it.
 
 Simulator `--rpm-limit 1200` (20 requests/s, one second of burst), zero latency; 400 tasks,
 concurrency 8, dall-e-2 256x256 b64; the runner is NOT given `--rpm`.  Each round restarts the

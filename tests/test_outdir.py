@@ -220,3 +220,27 @@ def test_a_base_url_with_credentials_is_refused_without_repeating_them(cli, fres
     assert r.exit_code == 2
     assert "user name or password" in r.output and "hunter2" not in r.output
     assert not out.exists()
+
+
+def test_images_whose_journal_line_never_came_are_removed(cli, fresh_sim, tmp_path):
+    out = tmp_path / "out"
+    csv, fewer = tmp_path / "p.csv", tmp_path / "fewer.csv"
+    pd.DataFrame({"prompt": PROMPTS}).to_csv(csv, index=False)
+    args = ("--out", out, "--base-url", fresh_sim.acedata_url, "--no-progress")
+    assert cli("run", csv, *args).exit_code == 0
+    # A kill between an image's rename and its journal line: the file is there, the line is not.
+    lines = (out / "journal.jsonl").read_text().splitlines(keepends=True)
+    last_ok = max(i for i, line in enumerate(lines) if '"status":"ok"' in line)
+    lost = json.loads(lines[last_ok])
+    (out / "journal.jsonl").write_text("".join(lines[:last_ok] + lines[last_ok + 1:]))
+    stranger = out / "images" / "notes.txt"          # not a name batchgen gives: left alone
+    stranger.write_text("mine")
+    # The next input no longer holds that task, so nothing would overwrite its file.
+    pd.DataFrame({"prompt": [p for p in PROMPTS if p != lost["prompt"]]}).to_csv(fewer, index=False)
+    fresh_sim.reset_stats()
+    assert cli("run", fewer, *args).exit_code == 0
+    assert fresh_sim.stats["requests"] == 0
+    assert not (out / lost["images"][0]["image_path"]).exists()
+    assert stranger.exists()
+    listed = set(results(out).image_path)
+    assert {p for p in image_files(out) if p != "images/notes.txt"} == listed and len(listed) == 2
