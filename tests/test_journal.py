@@ -69,8 +69,78 @@ def test_the_fast_path_and_json_agree(tmp_path):
     assert state.status("d" * 16) == "ok"
 
 
-def test_syncing_flushes_the_output_filesystem_and_refuses_a_missing_folder(tmp_path):
+def test_syncing_flushes_the_output_filesystem_and_refuses_a_missing_folder(tmp_path, monkeypatch):
+    import ctypes
+    import os
+    import sys
     from batchgen.journal import sync_filesystem
-    sync_filesystem(tmp_path)                  # syncfs(2) on Linux: this filesystem only
+    flushed = []                                 # what was flushed, in order
+    real_cdll = ctypes.CDLL
+
+    class SpiedLibc:                             # the real libc; its syncfs is watched
+        def __init__(self, *args, **kwargs):
+            self._libc = real_cdll(*args, **kwargs)
+
+        @property
+        def syncfs(self):
+            real = self._libc.syncfs              # AttributeError where libc has none
+
+            def syncfs(fd):
+                st = os.fstat(fd)
+                flushed.append(("syncfs", st.st_dev, st.st_ino))
+                return real(fd)
+            return syncfs
+
+    monkeypatch.setattr(ctypes, "CDLL", SpiedLibc)
+    monkeypatch.setattr(os, "sync", lambda: flushed.append(("sync",)))
+    folder = os.stat(tmp_path)
+    sync_filesystem(tmp_path)
+    if sys.platform.startswith("linux"):
+        # syncfs(2) on the folder itself, and it succeeded: not os.sync() of every disk
+        assert flushed == [("syncfs", folder.st_dev, folder.st_ino)]
+    else:
+        assert flushed == [("sync",)]
+    flushed.clear()
     with pytest.raises(FileNotFoundError):
         sync_filesystem(tmp_path / "gone")
+    assert flushed == []
+
+    class FailingLibc:                           # a filesystem whose syncfs fails
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def syncfs(self, fd):
+            flushed.append(("syncfs",))
+            return -1
+
+    monkeypatch.setattr(ctypes, "CDLL", FailingLibc)
+    sync_filesystem(tmp_path)
+    assert flushed == [("syncfs",), ("sync",)]  # then every disk is flushed instead
+
+
+def test_the_synced_marker_is_appended_after_the_flush_and_then_fsynced(tmp_path, monkeypatch):
+    import os
+    import batchgen.journal
+    path = tmp_path / "journal.jsonl"
+    events = []                                  # (what, the journal's bytes at that moment)
+    monkeypatch.setattr(batchgen.journal, "sync_filesystem",
+                        lambda folder: events.append(("flush " + str(folder), path.read_bytes())))
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", path.read_bytes())), real_fsync(fd)))
+    record = {"task_id": "a" * 16, "status": "ok", "images": [{"image_path": "images/a.png", "bytes": 5}]}
+    with Journal(path) as j:
+        j.append(record)
+        j.mark_synced()
+        during = list(events)
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 2 and json.loads(lines[0]) == record and list(json.loads(lines[1])) == ["synced"]
+    flushes = [i for i, (what, _) in enumerate(during) if what.startswith("flush")]
+    assert [during[i][0] for i in flushes] == [f"flush {tmp_path}"]   # the journal's own folder, once
+    assert during[flushes[0]][1] == lines[0]                           # the record is written, the marker not yet
+    assert ("fsync", lines[0] + lines[1]) in during[flushes[0] + 1:]    # then the marker itself reaches the disk
+    # What the marker promises: the ok line before it is trusted without looking at the disk
+    # (its image is not there), while the same line after the last marker is not.
+    assert replay(path, out_dir=tmp_path).status("a" * 16) == "ok"
+    with Journal(path) as j:
+        j.append(record)
+    assert replay(path, out_dir=tmp_path).status("a" * 16) is None

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import signal
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -77,12 +78,38 @@ def test_refusals_are_never_retried(tmp_path, moderation_403, status):
     assert df.loc[1, "status"] == "ok"
 
 
+def sent_at(record) -> float:
+    """When (time.time()) the request that ended a task was sent: the journal records its end
+    and the latency of that last request."""
+    return record["finished_at"] - record["latency_s"]
+
+
+# The journal rounds finished_at to 1 ms and latency_s to 0.1 ms, and reads the two clocks a
+# few statements apart: sent_at() is that close to the truth.
+SENT_AT_SLACK_S = 0.01
+
+
 def test_retry_after_as_an_http_date_is_honoured(tmp_path):
+    # Each 429 says "Retry-After: <HTTP date>" (whole seconds, rounded up: at least `wait`
+    # after the server answered) and nothing else — no retry-after-ms. A client that ignored
+    # the date would wait its own 1 s cool-down, well short of `wait`.
+    wait = 2
     csv = make_prompts(tmp_path / "p.csv", 4)
-    with SimulatorThread(fail_429=0.5, retry_after=0, retry_after_date=True, seed=3) as sim:
-        summary = run_against(sim, csv, tmp_path / "out")
-        assert sim.stats.faults.get("fail_429", 0) > 0
+    out = tmp_path / "out"
+    began = time.time()
+    with SimulatorThread(fail_429=0.5, retry_after=wait, retry_after_date=True, seed=5) as sim:
+        summary = run_against(sim, csv, out)
+        stats = sim.stats
     assert summary.exit_status == 0
+    records = journal(out)
+    retried = [r for r in records if r["attempts"] > 1]
+    assert stats.faults.get("fail_429", 0) == stats.requests - 4 == sum(r["attempts"] - 1 for r in records)
+    assert retried
+    # Every 429 was answered after `began`, and a task's k-th 429 answered its (k-1)-th
+    # retry, so it was answered no sooner than k - 1 dates after `began`: the request that
+    # finally succeeded cannot have been sent before began + (attempts - 1) * wait.
+    for r in retried:
+        assert sent_at(r) >= began + (r["attempts"] - 1) * wait - SENT_AT_SLACK_S, r
 
 
 def test_a_wrong_token_stops_at_once_and_a_good_one_finishes(cli, tmp_path):
@@ -140,11 +167,22 @@ def test_retry_failed_sends_errors_again_but_not_invalid_params(cli, tmp_path):
 
 
 def test_rpm_keeps_under_the_server_limit(tmp_path):
-    csv = make_prompts(tmp_path / "p.csv", 30)
-    with SimulatorThread(rpm_limit=1200) as sim:  # 20/s with a 1 s burst
-        summary = run_against(sim, csv, tmp_path / "out", rpm=900, concurrency=8)
-        assert sim.stats.by_status.get("429", 0) == 0
+    # The server sends no x-ratelimit-* headers, so the adaptive pacer knows nothing of its
+    # limit before a 429: only --rpm can keep the run clear of them.
+    tasks, rpm = 30, 900
+    csv = make_prompts(tmp_path / "p.csv", tasks)
+    out = tmp_path / "out"
+    with SimulatorThread(rpm_limit=1200, ratelimit_headers=False) as sim:  # 20/s with a 1 s burst
+        summary = run_against(sim, csv, out, rpm=rpm, concurrency=8)
+        stats = sim.stats
     assert summary.exit_status == 0
+    assert stats.by_status.get("429", 0) == 0 and stats.requests == tasks
+    # --rpm books one slot every 60/rpm s and sends no request before its slot: the first
+    # request goes at once, the last no sooner than (tasks - 1) slots later.
+    records = journal(out)
+    assert len(records) == tasks and {r["attempts"] for r in records} == {1}
+    sent = sorted(sent_at(r) for r in records)
+    assert sent[-1] - sent[0] >= (tasks - 1) * 60 / rpm - SENT_AT_SLACK_S
 
 
 @pytest.mark.parametrize("headers", [True, False])
