@@ -351,9 +351,12 @@ def build_html(df, labels: list[str], thumbnails: Optional[Mapping[str, Optional
                 f"point{'s' if len(labels) != 1 else ''}: {total['tasks']} tasks, {total['ok']} ok, "
                 f"{total['errors']} with errors, {total['images']} images, estimated cost {_fmt_cost(total)}")
 
-    note = ""
+    made_by, warning = _provenance(df)
+    if made_by:
+        meta.append(made_by)
+    note = f'<p class="note">{e(warning)}</p>' if warning else ""
     if len(prompts) > len(shown):
-        note = (f'<p class="note">The grid{" and the contact sheet" if contact_sheet else ""} show the first '
+        note += (f'<p class="note">The grid{" and the contact sheet" if contact_sheet else ""} show the first '
                 f"{len(shown)} of {len(prompts)} prompts; the table above counts all of them.</p>")
 
     head_cells = "".join(f"<th>{_header_label(label)}</th>" for label in labels)
@@ -377,13 +380,29 @@ def build_html(df, labels: list[str], thumbnails: Optional[Mapping[str, Optional
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
         f"<title>{e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
         f"<h1>{e(title)}</h1>\n",
-        "".join(f'<p class="meta">{e(m)}</p>\n' for m in meta),
+        "".join(f'<p class="meta">{e(m)}</p>\n' for m in meta), note, "\n",
         "<h2>Per sweep point</h2>\n", _stats_html(stats), "\n",
-        "<h2>Gallery</h2>\n", sheet_link, "\n", note, "\n",
+        "<h2>Gallery</h2>\n", sheet_link, "\n",
         f'<table class="grid"><thead><tr><th class="corner">prompt</th>{head_cells}</tr></thead>\n<tbody>\n',
         "\n".join(body_rows),
         "\n</tbody></table>\n</body>\n</html>\n",
     ])
+
+
+def _provenance(df) -> tuple:
+    """Where the images came from ("made by" line, warning): said at the top, above all when
+    a simulator made them."""
+    if not {"provider", "endpoint", "mode", "simulated"} <= set(df.columns):
+        return None, None
+    warning = None
+    simulated = df["simulated"].fillna(False).astype(bool)
+    if simulated.any():
+        share = "All" if simulated.all() else f"{int(simulated.sum())} of {len(df)}"
+        warning = (f"Simulated: {share} rows come from batchgen's built-in simulator (--simulate); "
+                   "their images are placeholders, not made by a model.")
+    sources = df[["provider", "mode", "endpoint"]].drop_duplicates().itertuples(index=False)
+    made = "; ".join(f"{p} ({m}) at {u}" for p, m, u in sources if not _missing(p))
+    return (f"made by: {made}" if made else None), warning
 
 
 # ---- thumbnails and the contact sheet ---------------------------------------------------

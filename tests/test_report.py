@@ -483,3 +483,28 @@ def test_report_in_headless_chromium(real_out, chromium, tmp_path):
     keep = os.environ.get("BATCHGEN_REPORT_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep)
+
+
+def test_the_report_says_when_its_images_come_from_the_simulator(cli, fresh_sim, prompts_csv, tmp_path):
+    simulated, real = tmp_path / "simulated", tmp_path / "real"
+    assert cli("run", prompts_csv, "--out", simulated, "--simulate", "--no-progress").exit_code == 0
+    assert cli("run", prompts_csv, "--out", real, "--base-url", fresh_sim.acedata_url, "--no-progress").exit_code == 0
+    for out in (simulated, real):
+        assert cli("report", out).exit_code == 0
+    page = (simulated / "report.html").read_text()
+    assert "built-in simulator" in page and "placeholders" in page
+    page = (real / "report.html").read_text()
+    assert "simulator" not in page and f"acedata (live) at {fresh_sim.acedata_url}" in page
+
+
+def test_the_report_compares_the_current_inputs_rows_only(cli, fresh_sim, tmp_path):
+    out = tmp_path / "out"
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    pd.DataFrame({"prompt": ["an otter", "a lighthouse"]}).to_csv(first, index=False)
+    pd.DataFrame({"prompt": ["a lighthouse"]}).to_csv(second, index=False)
+    args = ("--out", out, "--base-url", fresh_sim.acedata_url, "--no-progress")
+    assert cli("run", first, *args).exit_code == 0
+    assert cli("run", second, *args).exit_code == 0
+    assert cli("report", out).exit_code == 0
+    page = (out / "report.html").read_text()
+    assert "a lighthouse" in page and "an otter" not in page
