@@ -56,9 +56,8 @@ class Provenance:
 def temporary_name(path) -> str:
     """A sibling name for a file being written; our pid at the end tells a live writer's
     temporary from one a killed process left."""
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f"{TMP_PREFIX}{name}.{os.getpid()}")
+    folder, sep, name = os.fspath(path).rpartition(os.sep)
+    return f"{folder}{sep}{TMP_PREFIX}{name}.{os.getpid()}"
 
 
 def write_atomic(path, data: bytes, *, fsync: bool = True) -> None:

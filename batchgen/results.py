@@ -59,6 +59,11 @@ SCHEMA = pa.schema([
     ("in_input", pa.bool_()),
 ])
 COLUMNS = SCHEMA.names
+_PROVENANCE = ("provider", "endpoint", "mode", "simulated")
+# The rows as parsed: the provenance columns come from a small table of origins, taken by
+# each row's `origin` index (one int per row, not four repeated texts to parse).
+_ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in _PROVENANCE] + [("origin", pa.int64())])
+_ORIGIN_SCHEMA = pa.schema([SCHEMA.field(n) for n in _PROVENANCE])
 _OUTCOME_FIELDS = ("error_code", "error_message", "http_status", "attempts", "latency_s",
                    "created", "trace_id")
 
@@ -103,8 +108,10 @@ class _Rows:
     """Results rows and metadata.jsonl lines as they are made, turned into Arrow and text
     pieces _CHUNK at a time so neither is held whole as Python strings."""
 
-    def __init__(self, passthrough: "_Passthrough"):
+    def __init__(self, passthrough: "_Passthrough", origins: list):
         self.passthrough = passthrough
+        self.origins = origins                                  # provenance dicts
+        self.origin_texts = [_origin_fragment(o) for o in origins]
         self.lines: list = []
         self.tables: list = []
         self.metadata: list = []
@@ -121,7 +128,7 @@ class _Rows:
             self.pieces.append("\n".join(self.metadata) + "\n")
             self.metadata = []
 
-    def ok(self, base: str, record: dict, price, origin: str, row_index) -> None:
+    def ok(self, base: str, record: dict, price, origin: int, row_index) -> None:
         """One row per image of an ok record. `base` holds the task's own fields."""
         self._flush_if_full()
         get = record.get
@@ -129,9 +136,11 @@ class _Rows:
         shared = (f'"attempts":{_value(get("attempts"))},"latency_s":{_value(get("latency_s"))},'
                   f'"created":{_value(get("created"))},"trace_id":{_value(get("trace_id"))},'
                   f'"total_tokens":{_value(_total_tokens(record))},'
-                  f'"est_cost_usd":{_value(price)},{origin}')
+                  f'"est_cost_usd":{_value(price)}')
         status = f'"status":"ok","http_status":{_value(get("http_status"))}'
         extra = self.passthrough.fragment(row_index)
+        status += f',"origin":{origin}'
+        provenance = self.origin_texts[origin]
         for image in record.get("images") or ():
             path = _encode_str(image.get("image_path") or "")
             get = image.get
@@ -140,12 +149,12 @@ class _Rows:
                       f'"bytes":{_value(get("bytes"))},"revised_prompt":{_value(get("revised_prompt"))},'
                       f'"image_index":{_value(get("image_index", 0))}')
             self.lines.append(f'{{{base},{status},"image_path":{path},{common}}}')
-            self.metadata.append(f'{{"file_name":{path},{base},{common}{extra}}}')
+            self.metadata.append(f'{{"file_name":{path},{base},{common},{provenance}{extra}}}')
             self.row_indices.append(row_index)
 
-    def error(self, base: str, error: dict, origin: str, row_index) -> None:
+    def error(self, base: str, error: dict, origin: int, row_index) -> None:
         self._flush_if_full()
-        self.lines.append(f'{{{base},"status":"error","est_cost_usd":0.0,{origin},{_encode(error)[1:-1]}}}')
+        self.lines.append(f'{{{base},"status":"error","est_cost_usd":0.0,"origin":{origin},{_encode(error)[1:-1]}}}')
         self.row_indices.append(row_index)
 
     def finish(self, table, names: list, not_in_input: int) -> Results:
@@ -154,7 +163,8 @@ class _Rows:
         if self.metadata:
             self.images += len(self.metadata)
             self.pieces.append("\n".join(self.metadata) + "\n")
-        result = pa.concat_tables(self.tables) if len(self.tables) > 1 else self.tables[0]
+        rows = pa.concat_tables(self.tables) if len(self.tables) > 1 else self.tables[0]
+        result = _with_provenance(rows, self.origins)
         if names:
             result = _append_passthrough(result, table, names, self.passthrough.names, self.row_indices)
         return Results(result, self.pieces, self.images, not_in_input)
@@ -175,8 +185,20 @@ def _append_passthrough(result: pa.Table, table, source_names: list, names: list
     return result
 
 
-def _origin_fragment(provenance) -> str:
-    d = provenance.as_dict() if provenance is not None else {}
+def _with_provenance(rows: pa.Table, origins: list) -> pa.Table:
+    """The rows in SCHEMA's order, the provenance columns taken from `origins` by index."""
+    import io
+
+    import pyarrow.json as pjson
+    text = "".join(_encode({n: o.get(n) for n in _PROVENANCE}) + "\n" for o in origins)
+    table = pjson.read_json(io.BytesIO(text.encode("utf-8")),
+                            parse_options=pjson.ParseOptions(explicit_schema=_ORIGIN_SCHEMA))
+    taken = table.take(rows.column("origin"))
+    columns = [taken.column(n) if n in _PROVENANCE else rows.column(n) for n in COLUMNS]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def _origin_fragment(d: dict) -> str:
     return (f'"provider":{_value(d.get("provider"))},"endpoint":{_value(d.get("endpoint"))},'
             f'"mode":{_value(d.get("mode"))},"simulated":{_value(d.get("simulated"))}')
 
@@ -195,12 +217,16 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
     """
     from .outdir import Provenance
     labels = [point_label(p) for p in plan.points]
-    current = _origin_fragment(provenance)
-    origins = [_origin_fragment(Provenance.from_dict(o)) for o in replay.origins]
-    origins.append(_origin_fragment(earlier) if earlier is not None else current)   # index -1
+    here = provenance.as_dict() if provenance is not None else {}
+    # Indexed by TaskState.origin: each run's origin line, then (-1) outcomes of a version
+    # that wrote none, then (current) this run's, for rows nothing was sent for.
+    origins = [(Provenance.from_dict(o) or Provenance("", None, "live", False)).as_dict()
+               for o in replay.origins]
+    origins += [earlier.as_dict() if earlier is not None else here, here]
+    current, legacy = len(origins) - 1, len(origins) - 2
     variants: dict = {}        # (id of the shared params dict, point) -> (JSON fragment, price)
     passthrough = _Passthrough(plan, table)
-    rows = _Rows(passthrough)
+    rows = _Rows(passthrough, origins)
     states = replay.states
     for task in plan.tasks:
         params = task.params
@@ -214,7 +240,7 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
         state = None if task.problem else states.get(task.task_id)
         record = state.final if state is not None else None
         if record is not None and record["status"] == "ok":
-            rows.ok(base, record, price, origins[state.origin], task.row_index)
+            rows.ok(base, record, price, state.origin if state.origin >= 0 else legacy, task.row_index)
             continue
         if task.problem:
             error = {"error_code": "invalid_params", "error_message": task.problem, "attempts": 0}
@@ -224,8 +250,9 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
         else:
             error = {k: record.get(k) for k in _OUTCOME_FIELDS}
             error["total_tokens"] = _total_tokens(record)
-        rows.error(base, error, current if record is None else origins[state.origin], task.row_index)
-    orphans = _rows_not_in_input(plan, replay, rows, origins)
+        origin = current if record is None else state.origin if state.origin >= 0 else legacy
+        rows.error(base, error, origin, task.row_index)
+    orphans = _rows_not_in_input(plan, replay, rows, legacy)
     return rows.finish(table, plan.passthrough if table is not None else [], orphans)
 
 
@@ -239,7 +266,7 @@ def _variant_fragment(params: dict, label: str) -> tuple:
             models.price_per_image(params.get("model"), params.get("quality"), params.get("size")))
 
 
-def _rows_not_in_input(plan: Plan, replay, rows: _Rows, origins: list) -> int:
+def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int) -> int:
     """Rows for the journal's finished tasks that this plan does not hold (an earlier input's),
     from what their journal lines recorded of the request. Returns how many tasks."""
     planned = {t.task_id for t in plan.tasks}
@@ -256,11 +283,11 @@ def _rows_not_in_input(plan: Plan, replay, rows: _Rows, origins: list) -> int:
         base = (f'"task_id":{_encode_str(task_id)},"row_index":null,"in_input":false,'
                 f'"prompt":{_value(prompt)},{variant}')
         if record["status"] == "ok":
-            rows.ok(base, record, price, origins[state.origin], None)
+            rows.ok(base, record, price, state.origin if state.origin >= 0 else legacy, None)
         else:
             error = {k: record.get(k) for k in _OUTCOME_FIELDS}
             error["total_tokens"] = _total_tokens(record)
-            rows.error(base, error, origins[state.origin], None)
+            rows.error(base, error, state.origin if state.origin >= 0 else legacy, None)
     return count
 
 
@@ -304,15 +331,15 @@ def _parse_rows(lines: list) -> pa.Table:
 
     import pyarrow.json as pjson
     if not lines:
-        return SCHEMA.empty_table()
+        return _ROW_SCHEMA.empty_table()
     data = ("\n".join(lines) + "\n").encode("utf-8")
     table = pjson.read_json(
         io.BytesIO(data),
         # Blocks of 1 MiB, parsed in parallel when this process may use more than one CPU
         # (on one, the thread hand-offs cost ~40%); a line must fit in a block.
         read_options=pjson.ReadOptions(use_threads=_cpus() > 1, block_size=max(1 << 20, _longest(lines) + 1)),
-        parse_options=pjson.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore"))
-    return table.select(COLUMNS).combine_chunks()
+        parse_options=pjson.ParseOptions(explicit_schema=_ROW_SCHEMA, unexpected_field_behavior="ignore"))
+    return table.select(_ROW_SCHEMA.names).combine_chunks()
 
 
 def _cpus() -> int:
