@@ -8,7 +8,14 @@ import click
 
 from .errors import EXIT_STOPPED, EXIT_USAGE, UsageError
 from .job import MODES
-from .providers import NAMES as PROVIDER_NAMES
+from .providers import DEFAULT_PROVIDER, NAMES as PROVIDER_NAMES, PROVIDERS
+
+
+def _providers_help() -> str:
+    def one(p):
+        variables = ", ".join(v for v in (p.token_variable, p.base_url_variable) if v)
+        return f"{p.name} ({variables}{', default' if p.name == DEFAULT_PROVIDER else ''})"
+    return " or ".join(one(p) for p in PROVIDERS.values())
 
 
 def _fail(message: str) -> None:
@@ -32,8 +39,7 @@ def job_options(f):
                      help="Sweep a parameter (repeatable; the product of all axes). "
                           "E.g. --sweep quality=standard,hd --sweep style=vivid,natural"),
         click.option("--provider", type=click.Choice(PROVIDER_NAMES),
-                     help="API dialect and token variable: acedata (ACEDATA_API_TOKEN, default) or "
-                          "openai (OPENAI_API_KEY, OPENAI_BASE_URL)."),
+                     help="API dialect and token variable: " + _providers_help() + "."),
         click.option("--mode", type=click.Choice(MODES),
                      help="How to send: live (one request per task, as fast as the API allows; default)."),
         click.option("--base-url", help="Endpoint (…/images/generations) or SDK-style base URL (…/v1)."),

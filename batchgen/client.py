@@ -9,7 +9,6 @@ import asyncio
 import base64
 import binascii
 import json
-import os
 import sys
 from dataclasses import dataclass
 from typing import Optional

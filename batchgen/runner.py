@@ -274,21 +274,19 @@ def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int,
     cost = 0.0
     cost_known = True
     for task in plan.tasks:
+        status = None if task.problem else state.status(task.task_id)
+        if status == "ok":
+            ok_tasks += 1
+            price = models.estimate_cost(task.params)
+            cost_known = cost_known and price is not None
+            cost += price or 0.0
+            continue
         if task.problem:
-            code = "invalid_params"
+            errors, code = errors + 1, "invalid_params"
+        elif status is None:
+            not_done, code = not_done + 1, stop.code or "interrupted"
         else:
-            status = state.status(task.task_id)
-            if status == "ok":
-                ok_tasks += 1
-                price = models.estimate_cost(task.params)
-                cost_known = cost_known and price is not None
-                cost += price or 0.0
-                continue
-            code = (stop.code or "interrupted") if status is None else state.final(task.task_id).get("error_code")
-        if task.problem or status is not None:
-            errors += 1
-        else:
-            not_done += 1
+            errors, code = errors + 1, state.final(task.task_id).get("error_code")
         by_code[code] = by_code.get(code, 0) + 1
     return Summary(out=str(config.out), total=len(plan.tasks), ok=ok_tasks, errors=errors,
                    not_done=not_done, by_code=by_code, images=images, requests_sent=requests_sent,

@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 
 def read_prompts(path: str | os.PathLike, column: str = "prompt") -> list:

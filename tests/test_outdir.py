@@ -2,18 +2,16 @@
 one folder one dataset, one run per folder (real processes for the lock and the refusals)."""
 import hashlib
 import json
-import os
 import signal
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from batchgen.providers import public_url
 from batchgen.simulator import SimConfig, SimulatorThread
 
-from conftest import PROMPTS, TOKEN, batchgen_process, journal, results, wait_until
+from conftest import PROMPTS, TOKEN, batchgen_process, results, wait_until
 
 
 def snapshot(folder) -> dict:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import batchgen
-from batchgen.simulator import SimConfig, SimulatorThread
+from batchgen.simulator import SimulatorThread
 
 from conftest import TOKEN, batchgen_process, journal, make_prompts, results, wait_until
 

@@ -1,7 +1,6 @@
 """End to end through the CLI against the simulator over real HTTP: batchgen run."""
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import jsonschema
