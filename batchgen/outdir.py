@@ -192,6 +192,33 @@ class OutputFolder:
                "provenance": provenance.as_dict(), **counts, "updated_at": time.time()}
         write_atomic(self.job_path, json.dumps(doc, indent=2, default=str).encode())
 
+    def claim(self, fingerprint: str, job: dict, provenance: Provenance, counts: dict) -> Optional[Provenance]:
+        """Check OUT may take this run, hold its lock, record the job, remove dead writers'
+        temporaries. Returns the provenance the folder recorded before (for outcomes of a
+        version that wrote no origin lines). The caller unlocks.
+
+        Checked before the lock, so a refusal leaves the folder as it was (not even a lock
+        file), and again under it, so a run that ended meanwhile is seen."""
+        self.check(fingerprint, provenance, job)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.lock()
+        except OSError as e:
+            raise UsageError(f"cannot write the output folder {self.path}: {e.strerror or e}; "
+                             "choose another --out") from None
+        try:
+            existing = self.check(fingerprint, provenance, job)
+            self.write_job(fingerprint, job, provenance, counts)
+            self.remove_temporaries()
+        except OSError as e:
+            self.unlock()
+            raise UsageError(f"cannot write the output folder {self.path}: {e.strerror or e}; "
+                             "choose another --out") from None
+        except BaseException:
+            self.unlock()
+            raise
+        return provenance_of(existing) if existing else None
+
     # -- one run at a time --
 
     def lock(self) -> None:

@@ -19,10 +19,10 @@ from typing import Optional
 
 from . import _gc, models
 from .backends import Budget, StopSwitch, backend_for
-from .errors import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS, UsageError
+from .errors import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
 from .job import JobConfig, Plan
 from .journal import NOT_DONE, Journal, replay
-from .outdir import OutputFolder, Provenance, provenance_of
+from .outdir import OutputFolder, Provenance
 from .progress import Progress
 from .providers import Endpoint
 
@@ -138,7 +138,9 @@ async def _run_async(config: JobConfig, table, plan: Plan, connect, show_progres
     async with _connected(connect) as endpoint:
         provenance = Provenance(endpoint.provider, endpoint.public_url, config.mode, config.simulate)
         folder = OutputFolder(config.out)
-        earlier = claim_folder(folder, config, plan, provenance)
+        refused = sum(1 for t in plan.tasks if t.problem)
+        earlier = folder.claim(config.fingerprint(), config.public_dict(), provenance,
+                               {"tasks": len(plan.tasks), "refused": refused, "sweep_points": plan.points})
         try:
             summary = await _send_and_keep(config, table, plan, folder, endpoint, provenance,
                                            earlier, show_progress)
@@ -155,37 +157,6 @@ async def _connected(connect):
     else:
         async with connect as endpoint:
             yield endpoint
-
-
-def claim_folder(folder: OutputFolder, config: JobConfig, plan: Plan,
-                 provenance: Provenance) -> Optional[Provenance]:
-    """Check OUT may take this run, hold its lock, record the job. Returns the provenance the
-    folder recorded before (for outcomes of a version that wrote no origin lines).
-
-    Checked before the lock (so a refusal leaves a folder as it was) and again under it (so
-    a run that finished meanwhile is seen)."""
-    job = config.public_dict()
-    folder.check(config.fingerprint(), provenance, job)
-    try:
-        folder.path.mkdir(parents=True, exist_ok=True)
-        folder.lock()
-    except OSError as e:
-        raise UsageError(f"cannot write the output folder {folder.path}: {e.strerror or e}; "
-                         "choose another --out") from None
-    try:
-        existing = folder.check(config.fingerprint(), provenance, job)
-        refused = sum(1 for t in plan.tasks if t.problem)
-        folder.write_job(config.fingerprint(), job, provenance,
-                         {"tasks": len(plan.tasks), "refused": refused, "sweep_points": plan.points})
-        folder.remove_temporaries()
-    except OSError as e:
-        folder.unlock()
-        raise UsageError(f"cannot write the output folder {folder.path}: {e.strerror or e}; "
-                         "choose another --out") from None
-    except BaseException:
-        folder.unlock()
-        raise
-    return provenance_of(existing) if existing else None
 
 
 async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earlier, show_progress) -> Summary:

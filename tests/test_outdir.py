@@ -242,3 +242,48 @@ def test_images_whose_journal_line_never_came_are_removed(cli, fresh_sim, tmp_pa
     assert stranger.exists()
     listed = set(results(out).image_path)
     assert {p for p in image_files(out) if p != "images/notes.txt"} == listed and len(listed) == 2
+
+
+# ---- the folder's owner, without a server -----------------------------------------------------
+
+def test_one_lock_per_folder_and_it_names_its_holder(tmp_path):
+    from batchgen.errors import FolderBusy
+    from batchgen.outdir import OutputFolder
+    first, second = OutputFolder(tmp_path), OutputFolder(tmp_path)
+    first.lock()
+    with pytest.raises(FolderBusy, match=f"process {os.getpid()}"):
+        second.lock()
+    first.unlock()
+    second.lock()
+    second.unlock()
+
+
+def test_the_folder_check_refuses_another_job_and_the_other_kind_of_results(tmp_path):
+    from batchgen.errors import JobMismatch
+    from batchgen.outdir import OutputFolder, Provenance
+    folder = OutputFolder(tmp_path)
+    job = {"defaults": {}, "sweep": [], "prompt_column": "prompt"}
+    simulated = Provenance("acedata", "http://127.0.0.1:1/openai/images/generations", "live", True)
+    real = Provenance("acedata", "https://api.acedata.cloud/openai/images/generations", "live", False)
+    assert folder.check("f1", real, job) is None
+    folder.write_job("f1", job, simulated, {"tasks": 1})
+    with pytest.raises(JobMismatch, match="another job"):
+        folder.check("f2", simulated, job)
+    # No outcomes yet: nothing simulated to mix with, so a real run may take the folder.
+    assert folder.check("f1", real, job)["provenance"]["simulated"] is True
+    (tmp_path / "journal.jsonl").write_text('{"task_id":"0123456789abcdef","status":"ok"}\n')
+    with pytest.raises(JobMismatch, match="holds simulated results"):
+        folder.check("f1", real, job)
+    assert folder.check("f1", simulated, job) is not None
+
+
+def test_an_atomic_write_that_fails_leaves_neither_file_nor_temporary(tmp_path):
+    from batchgen.outdir import atomic_file, write_atomic
+    target = tmp_path / "results.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as f:
+            f.write(b"half")
+            raise RuntimeError("disk gone")
+    assert list(tmp_path.iterdir()) == []
+    write_atomic(target, b"whole")
+    assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
