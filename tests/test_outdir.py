@@ -2,6 +2,7 @@
 one folder one dataset, one run per folder (real processes for the lock and the refusals)."""
 import hashlib
 import json
+import os
 import signal
 from pathlib import Path
 
