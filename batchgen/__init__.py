@@ -8,8 +8,8 @@
 `import batchgen.client` stays light.
 """
 from ._version import __version__
-from .errors import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed,
-                     FolderBusy, JobMismatch, RequestError, RequestTimeout, UsageError)
+from .exceptions import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed,
+                         FolderBusy, JobMismatch, RequestError, RequestTimeout, UsageError)
 
 
 def run(source, **options):

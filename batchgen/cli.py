@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .errors import EXIT_STOPPED, EXIT_USAGE, UsageError
+from .exceptions import EXIT_STOPPED, EXIT_USAGE, UsageError
 from .job import MODES
 from .providers import DEFAULT_PROVIDER, NAMES as PROVIDER_NAMES, PROVIDERS
 

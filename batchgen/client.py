@@ -17,8 +17,9 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from ._version import __version__
-from .errors import (ApiError, BadResponse, ConnectionFailed, DownloadFailed, RequestError,
-                     RequestTimeout, fallback_code)
+from .errors import fallback_code
+from .exceptions import (ApiError, BadResponse, ConnectionFailed, DownloadFailed, RequestError,
+                         RequestTimeout)
 from .limits import RateLimitHeaders, parse_ratelimit_headers, parse_retry_after
 from .models import PARAMETERS
 from .providers import Endpoint, parse_error_body

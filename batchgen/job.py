@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import _gc, models, providers
-from .errors import UsageError
+from .exceptions import UsageError
 
 PARAMETERS = models.PARAMETERS
 MODES = ("live",)      # each has a backend in batchgen.backends

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ._version import __version__
-from .errors import FolderBusy, JobMismatch, UsageError
+from .exceptions import FolderBusy, JobMismatch, UsageError
 
 JOB_FILE = "job.json"
 JOURNAL_FILE = "journal.jsonl"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import UsageError
+from .exceptions import UsageError
 
 GENERATIONS_PATH = "/images/generations"
 

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Mapping, Optional
 from urllib.parse import quote
 
-from .errors import UsageError
+from .exceptions import UsageError
 from .outdir import read_job, write_atomic
 
 MAX_PROMPTS = 50          # rows of the grid (HTML and contact sheet); statistics cover all rows

@@ -19,7 +19,7 @@ from typing import Optional
 
 from . import _gc, models
 from .backends import Budget, StopSwitch, backend_for
-from .errors import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
+from .exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
 from .job import JobConfig, Plan
 from .journal import NOT_DONE, Journal, replay
 from .outdir import OutputFolder, Provenance

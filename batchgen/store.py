@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import BadResponse
+from .exceptions import BadResponse
 from .outdir import IMAGES_DIR, write_atomic
 
 _MAGIC = (

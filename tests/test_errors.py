@@ -7,10 +7,11 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from batchgen import errors
+from batchgen import errors, exceptions
 from batchgen.client import _TRANSLATIONS, BodyEncoder, _mapping_for, build_body, parse_generation, translate_exception
 from batchgen.providers import endpoint_url, resolve_endpoint
-from batchgen.errors import ApiError, BadResponse, Decision, RequestTimeout, UsageError, classify
+from batchgen.errors import Decision, classify
+from batchgen.exceptions import ApiError, BadResponse, RequestTimeout, UsageError
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n....").decode()
 
@@ -85,8 +86,8 @@ def test_classification(status, code, decision):
 
 
 def test_local_failures_are_retried():
-    for error in (errors.RequestTimeout("t"), errors.ConnectionFailed("c"), errors.BadResponse("b"),
-                  errors.DownloadFailed("d")):
+    for error in (exceptions.RequestTimeout("t"), exceptions.ConnectionFailed("c"), exceptions.BadResponse("b"),
+                  exceptions.DownloadFailed("d")):
         assert classify(error) is Decision.RETRY
 
 
@@ -102,9 +103,9 @@ def test_every_aiohttp_exception_is_translated_at_the_client_boundary():
     assert unmapped == []
     assert isinstance(translate_exception(aiohttp.ServerTimeoutError("x")), RequestTimeout)
     assert isinstance(translate_exception(asyncio.TimeoutError()), RequestTimeout)
-    assert isinstance(translate_exception(aiohttp.ServerDisconnectedError()), errors.ConnectionFailed)
+    assert isinstance(translate_exception(aiohttp.ServerDisconnectedError()), exceptions.ConnectionFailed)
     assert isinstance(translate_exception(aiohttp.ClientPayloadError("cut")), BadResponse)
-    assert all(issubclass(ours, errors.RequestError) for _, ours, _ in _TRANSLATIONS)
+    assert all(issubclass(ours, exceptions.RequestError) for _, ours, _ in _TRANSLATIONS)
 
 
 def test_only_set_parameters_go_into_the_body():

@@ -10,6 +10,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "batchgen"
 
+PURE = {"batchgen.exceptions", "batchgen.errors", "batchgen.providers", "batchgen.models", "batchgen._version",
+        "batchgen._gc"}
 PLANNING = {"batchgen.job", "batchgen.models", "batchgen.reader", "batchgen.planning", "batchgen.providers"}
 SENDING = {"batchgen.client", "batchgen.limits", "batchgen.backends", "batchgen.backends.live"}
 KEEPING = {"batchgen.journal", "batchgen.store", "batchgen.results", "batchgen.outdir"}
@@ -84,6 +86,11 @@ def test_sending_imports_nothing_that_keeps(module):
 def test_keeping_imports_nothing_that_sends(module):
     bad = {m for m in reaches(module) if m in SENDING | WIRING or in_simulator(m)}
     assert not bad, bad
+
+
+@pytest.mark.parametrize("module", sorted(PURE))
+def test_pure_modules_import_only_pure_modules(module):
+    assert reaches(module) <= PURE, reaches(module) - PURE
 
 
 def test_the_simulator_imports_nothing_of_batchgen():

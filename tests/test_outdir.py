@@ -248,7 +248,7 @@ def test_images_whose_journal_line_never_came_are_removed(cli, fresh_sim, tmp_pa
 # ---- the folder's owner, without a server -----------------------------------------------------
 
 def test_one_lock_per_folder_and_it_names_its_holder(tmp_path):
-    from batchgen.errors import FolderBusy
+    from batchgen.exceptions import FolderBusy
     from batchgen.outdir import OutputFolder
     first, second = OutputFolder(tmp_path), OutputFolder(tmp_path)
     first.lock()
@@ -260,7 +260,7 @@ def test_one_lock_per_folder_and_it_names_its_holder(tmp_path):
 
 
 def test_the_folder_check_refuses_another_job_and_the_other_kind_of_results(tmp_path):
-    from batchgen.errors import JobMismatch
+    from batchgen.exceptions import JobMismatch
     from batchgen.outdir import OutputFolder, Provenance
     folder = OutputFolder(tmp_path)
     job = {"defaults": {}, "sweep": [], "prompt_column": "prompt"}

@@ -2,7 +2,7 @@
 import pyarrow as pa
 import pytest
 
-from batchgen.errors import UsageError
+from batchgen.exceptions import UsageError
 from batchgen.job import JobConfig, make_plan, parse_sweep, resolve_config
 from batchgen.planning import format_plan, summarise_plan
 

@@ -3,7 +3,8 @@ import pandas as pd
 
 import batchgen
 from batchgen import providers
-from batchgen.errors import ApiError, Decision, classify, stop_advice
+from batchgen.errors import Decision, classify, stop_advice
+from batchgen.exceptions import ApiError
 
 from conftest import PROMPTS, TOKEN, results
 

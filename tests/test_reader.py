@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from batchgen.errors import UsageError
+from batchgen.exceptions import UsageError
 from batchgen.reader import read_table
 from conftest import PROMPTS, results
 

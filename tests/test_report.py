@@ -20,7 +20,7 @@ from PIL import Image
 
 import batchgen
 from batchgen import report
-from batchgen.errors import UsageError
+from batchgen.exceptions import UsageError
 from batchgen.results import SCHEMA
 
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'

@@ -5,7 +5,7 @@ import pytest
 from aiohttp import web
 
 from batchgen.client import Endpoint, ImagesClient
-from batchgen.errors import DownloadFailed
+from batchgen.exceptions import DownloadFailed
 
 from conftest import TOKEN
 

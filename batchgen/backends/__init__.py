@@ -13,7 +13,7 @@ import importlib
 from typing import Iterable, Optional, Protocol
 
 from .. import models
-from ..errors import UsageError
+from ..exceptions import UsageError
 
 # mode -> "module:class", imported when chosen so a run loads only the backend it uses.
 BACKENDS = {"live": "batchgen.backends.live:LiveBackend"}

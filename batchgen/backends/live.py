@@ -11,7 +11,8 @@ from typing import Optional
 
 from .. import _gc
 from ..client import ImagesClient
-from ..errors import Decision, RequestError, classify, is_rate_limited, stop_advice
+from ..errors import Decision, classify, is_rate_limited, stop_advice
+from ..exceptions import RequestError
 from ..limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
 
 log = logging.getLogger("batchgen")

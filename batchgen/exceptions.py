@@ -1,0 +1,75 @@
+"""batchgen's exceptions, in one hierarchy, and the exit statuses they lead to.
+
+    BatchgenError
+    ├── UsageError          bad usage or bad input: exit 2, nothing sent
+    │   ├── JobMismatch     OUT belongs to another job, or holds simulated results for a real run
+    │   └── FolderBusy      another run holds OUT
+    └── RequestError        one request did not give images (carries a result error code)
+        ├── RequestTimeout           code "timeout"
+        ├── ConnectionFailed         code "connection_error"
+        ├── BadResponse              code "bad_response"
+        ├── DownloadFailed           code "download_failed"
+        └── ApiError                 the API answered with an error; code is the API's own
+
+The client turns every aiohttp exception into one of these, so nothing above it knows aiohttp;
+`errors.classify` decides what each means for a run.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+# Exit statuses of `batchgen` (the README's "Exit status"): all ok; some task errors; bad
+# usage or input, nothing sent; stopped early, resumable.
+EXIT_OK, EXIT_TASK_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
+
+class BatchgenError(Exception):
+    """Base of every error batchgen raises on purpose."""
+
+
+class UsageError(BatchgenError):
+    """Bad usage or bad input, found before anything is sent (exit status 2)."""
+
+
+class JobMismatch(UsageError):
+    """The output folder holds another job's run, or simulated results for a real run (or
+    the reverse)."""
+
+
+class FolderBusy(UsageError):
+    """Another batchgen run holds the output folder's lock."""
+
+
+class RequestError(BatchgenError):
+    code = "request_error"
+
+    def __init__(self, message: str, *, code: Optional[str] = None, http_status: Optional[int] = None,
+                 trace_id: Optional[str] = None, retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.http_status = http_status
+        self.trace_id = trace_id
+        # Seconds the server asked us to wait (Retry-After / retry-after-ms), if it said.
+        self.retry_after = retry_after
+
+
+class RequestTimeout(RequestError):
+    code = "timeout"
+
+
+class ConnectionFailed(RequestError):
+    code = "connection_error"
+
+
+class BadResponse(RequestError):
+    code = "bad_response"
+
+
+class DownloadFailed(RequestError):
+    code = "download_failed"
+
+
+class ApiError(RequestError):
+    code = "api_error"
