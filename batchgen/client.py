@@ -9,6 +9,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import sys
 from dataclasses import dataclass
 from typing import Optional
@@ -19,13 +20,25 @@ import aiohttp
 from ._version import __version__
 from .errors import fallback_code
 from .exceptions import (ApiError, BadResponse, ConnectionFailed, DownloadFailed, RequestError,
-                         RequestTimeout)
+                         RequestTimeout, Unreachable)
 from .limits import RateLimitHeaders, parse_ratelimit_headers, parse_retry_after
 from .models import PARAMETERS
 from .providers import Endpoint, parse_error_body
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+# A generation's body holds its images as base64 (4/3 of their bytes) plus a little JSON.
+MAX_RESPONSE_BYTES_PER_IMAGE = MAX_DOWNLOAD_BYTES * 3 // 2
 MAX_REDIRECTS = 5
+# What is kept of a server's texts: enough for any real value, bounded for a hostile one.
+MAX_TEXT_CHARS = 32_000
+MAX_ID_CHARS = 256
+MAX_URL_CHARS = 16_384
+MAX_CREATED = 2 ** 40          # seconds since 1970: year 36,812
+MAX_TOKENS = 10 ** 12
+USAGE_FIELDS = ("input_tokens", "output_tokens", "total_tokens")
+# A surrogate code point in a str is always a lone one (JSON's pairs decode to one character):
+# it cannot be written as UTF-8, so pyarrow and the journal would choke on it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def build_body(prompt: str, params: dict) -> dict:
@@ -73,6 +86,49 @@ def redact(text: str, secret: str) -> str:
     return text.replace(secret, "[redacted]") if secret and text else text
 
 
+# ---- server values, typed and bounded before anything else sees them ---------------------
+
+def server_text(value, secret: str = "", limit: int = MAX_TEXT_CHARS) -> Optional[str]:
+    """A text from a server as one we may keep: a str, at most `limit` characters, encodable
+    as UTF-8 (a lone surrogate becomes U+FFFD), without the token. Anything else: None."""
+    if not isinstance(value, str):
+        return None
+    if len(value) > limit:
+        value = value[:limit]
+    if not value.isascii():
+        value = _SURROGATE.sub("\ufffd", value)
+    return redact(value, secret)
+
+
+def server_id(value, secret: str = "") -> Optional[str]:
+    """An identifier (a trace id): a text, or a whole number written as one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)[:MAX_ID_CHARS]
+    return server_text(value, secret, MAX_ID_CHARS) or None
+
+
+def server_int(value, low: int, high: int) -> Optional[int]:
+    """A whole number in [low, high]: an int, a float with no fraction, or digits as text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and value.strip().isdigit() and len(value) < 20:
+        value = int(value)
+    if isinstance(value, int) and low <= value <= high:
+        return value
+    return None
+
+
+def server_usage(value) -> Optional[dict]:
+    """The token counts of a response's `usage`, the ones that are whole numbers."""
+    if not isinstance(value, dict):
+        return None
+    usage = {k: server_int(value.get(k), 0, MAX_TOKENS) for k in USAGE_FIELDS}
+    usage = {k: v for k, v in usage.items() if v is not None}
+    return usage or None
+
+
 # aiohttp's exceptions, most specific first. A test walks aiohttp's hierarchy and fails if
 # any class is not matched here.
 _TRANSLATIONS: list[tuple[type, type, str]] = [
@@ -88,7 +144,7 @@ _TRANSLATIONS: list[tuple[type, type, str]] = [
     (aiohttp.WSServerHandshakeError, ConnectionFailed, "unexpected websocket handshake"),
     (aiohttp.ClientResponseError, BadResponse, "malformed HTTP response"),
     (aiohttp.ServerDisconnectedError, ConnectionFailed, "the server closed the connection"),
-    (aiohttp.ClientConnectorError, ConnectionFailed, "cannot connect"),
+    (aiohttp.ClientConnectorError, Unreachable, "cannot connect"),
     (aiohttp.ClientConnectionError, ConnectionFailed, "connection failed"),
     (getattr(aiohttp, "UploadAbortedError", aiohttp.ClientConnectionError), ConnectionFailed,
      "sending the request body was aborted"),
@@ -123,10 +179,10 @@ else:  # pragma: no cover - Python 3.10
 def parse_generation(status: int, headers, raw: bytes, secret: str = "",
                      provider: Optional[str] = None) -> Generation:
     """A response of either dialect as images, or the RequestError it amounts to."""
-    header_trace = headers.get("x-request-id") or headers.get("x-trace-id")
+    header_trace = server_id(headers.get("x-request-id") or headers.get("x-trace-id"), secret)
     try:
         payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         payload = None
     if status != 200 or (isinstance(payload, dict) and ("error" in payload and payload.get("error")
                                                           or payload.get("success") is False)):
@@ -134,34 +190,30 @@ def parse_generation(status: int, headers, raw: bytes, secret: str = "",
     if not isinstance(payload, dict):
         raise BadResponse(f"HTTP 200 but the body is not a JSON object ({len(raw)} bytes)",
                           http_status=status, trace_id=header_trace)
-    trace_id = payload.get("trace_id") or header_trace
+    trace_id = server_id(payload.get("trace_id"), secret) or header_trace
     data = payload.get("data")
     if not isinstance(data, list) or not data:
         raise BadResponse("HTTP 200 but the response has no images (no 'data' list)",
                           http_status=status, trace_id=trace_id)
-    images = []
-    for item in data:
-        if not isinstance(item, dict):
-            raise BadResponse("an entry of 'data' is not an object", http_status=status, trace_id=trace_id)
-        revised = item.get("revised_prompt")
-        revised = revised if isinstance(revised, str) else None
-        if isinstance(item.get("b64_json"), str):
-            try:
-                decoded = _b64decode(item["b64_json"])
-            except (binascii.Error, ValueError):
-                raise BadResponse("b64_json is not valid base64", http_status=status,
-                                  trace_id=trace_id) from None
-            images.append(GeneratedImage(decoded, None, revised))
-        elif isinstance(item.get("url"), str):
-            images.append(GeneratedImage(None, item["url"], revised))
-        else:
-            raise BadResponse("an image has neither b64_json nor url", http_status=status, trace_id=trace_id)
-    created = payload.get("created")
-    usage = payload.get("usage")
-    return Generation(images=images, created=created if isinstance(created, int) else None,
-                      trace_id=trace_id, http_status=status,
-                      usage=usage if isinstance(usage, dict) else None,
+    images = [_image(item, status, trace_id, secret) for item in data]
+    return Generation(images=images, created=server_int(payload.get("created"), 0, MAX_CREATED),
+                      trace_id=trace_id, http_status=status, usage=server_usage(payload.get("usage")),
                       ratelimit=parse_ratelimit_headers(headers))
+
+
+def _image(item, status: int, trace_id, secret: str) -> GeneratedImage:
+    if not isinstance(item, dict):
+        raise BadResponse("an entry of 'data' is not an object", http_status=status, trace_id=trace_id)
+    revised = server_text(item.get("revised_prompt"), secret)
+    if isinstance(item.get("b64_json"), str):
+        try:
+            return GeneratedImage(_b64decode(item["b64_json"]), None, revised)
+        except (binascii.Error, ValueError):
+            raise BadResponse("b64_json is not valid base64", http_status=status, trace_id=trace_id) from None
+    url = item.get("url")
+    if isinstance(url, str) and 0 < len(url) <= MAX_URL_CHARS:
+        return GeneratedImage(None, url, revised)
+    raise BadResponse("an image has neither b64_json nor url", http_status=status, trace_id=trace_id)
 
 
 def _api_error(status, headers, payload, raw: bytes, header_trace, secret: str,
@@ -170,8 +222,10 @@ def _api_error(status, headers, payload, raw: bytes, header_trace, secret: str,
     code = message = None
     trace_id = header_trace
     if isinstance(payload, dict):
-        trace_id = payload.get("trace_id") or trace_id
+        trace_id = server_id(payload.get("trace_id"), secret) or trace_id
         code, message = parse_error_body(payload, provider)
+        code = server_text(code if isinstance(code, str) else None, secret, 100)
+        message = server_text(message if isinstance(message, str) else None, secret, 2000)
     if not message:
         text = raw[:200].decode("utf-8", "replace").strip()
         kind = "HTML page" if text.lower().startswith(("<!doctype", "<html")) else "body"
@@ -182,6 +236,44 @@ def _api_error(status, headers, payload, raw: bytes, header_trace, secret: str,
                     code=str(code) if code else fallback_code(status if status != 200 else 500),
                     http_status=status, trace_id=trace_id,
                     retry_after=parse_retry_after(headers))
+
+
+def environment_proxies() -> dict:
+    """HTTP_PROXY / HTTPS_PROXY (either case), by URL scheme, as curl and requests read them."""
+    import urllib.request
+    return {k: v for k, v in urllib.request.getproxies_environment().items() if k in ("http", "https")}
+
+
+def proxy_for(url: str, proxies: dict) -> Optional[str]:
+    """The proxy a request to `url` goes through: none for loopback (the simulator) or a host
+    NO_PROXY names, else the one for its scheme. Read here, not by aiohttp's trust_env, which
+    would also take credentials from ~/.netrc."""
+    import urllib.request
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not proxies.get(parts.scheme) or host == "localhost" or host == "::1" or host.startswith("127."):
+        return None
+    if urllib.request.proxy_bypass_environment(host):
+        return None
+    return proxies[parts.scheme]
+
+
+async def _read_capped(resp, limit: int) -> bytes:
+    """The body, or BadResponse past `limit` bytes. A compressed body's size is known only
+    as it is inflated (a small gzip can hold gigabytes), so it is read piece by piece."""
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise BadResponse(f"the response is {declared} bytes, more than the {limit} allowed",
+                          http_status=resp.status)
+    if declared is not None and "Content-Encoding" not in resp.headers:
+        return await resp.read()
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise BadResponse(f"the response is more than the {limit} bytes allowed", http_status=resp.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ImagesClient:
@@ -196,6 +288,8 @@ class ImagesClient:
         self._headers = {"Authorization": f"Bearer {endpoint.token}",
                          "Content-Type": "application/json", "Accept": "application/json",
                          "User-Agent": f"batchgen/{__version__}"}
+        self._proxies = environment_proxies()
+        self._proxy = proxy_for(endpoint.url, self._proxies)
 
     async def __aenter__(self):
         connector = aiohttp.TCPConnector(limit=self._concurrency)
@@ -205,12 +299,13 @@ class ImagesClient:
     async def __aexit__(self, *exc):
         await self._session.close()
 
-    async def generate(self, body: bytes) -> Generation:
+    async def generate(self, body: bytes, images_expected: int = 1) -> Generation:
         """POST one generation (a body from BodyEncoder); returns images or raises a RequestError."""
+        limit = MAX_RESPONSE_BYTES_PER_IMAGE * max(1, images_expected)
         try:
-            async with self._session.post(self.endpoint.url, data=body,
-                                          headers=self._headers, allow_redirects=False) as resp:
-                raw = await resp.read()
+            async with self._session.post(self.endpoint.url, data=body, headers=self._headers,
+                                          allow_redirects=False, proxy=self._proxy) as resp:
+                raw = await _read_capped(resp, limit)
                 status = resp.status
                 headers = resp.headers
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -223,7 +318,8 @@ class ImagesClient:
             for _ in range(MAX_REDIRECTS + 1):
                 if urlsplit(url).scheme not in ("http", "https"):
                     raise DownloadFailed(f"refusing to download from a non-http(s) URL ({urlsplit(url).scheme}:)")
-                async with self._session.get(url, allow_redirects=False) as resp:
+                async with self._session.get(url, allow_redirects=False,
+                                             proxy=proxy_for(url, self._proxies)) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         url = urljoin(url, resp.headers["Location"])
                         continue

@@ -7,6 +7,7 @@
     └── RequestError        one request did not give images (carries a result error code)
         ├── RequestTimeout           code "timeout"
         ├── ConnectionFailed         code "connection_error"
+        │   └── Unreachable          nothing answered at the address (refused, no route, DNS)
         ├── BadResponse              code "bad_response"
         ├── DownloadFailed           code "download_failed"
         └── ApiError                 the API answered with an error; code is the API's own
@@ -61,6 +62,10 @@ class RequestTimeout(RequestError):
 
 class ConnectionFailed(RequestError):
     code = "connection_error"
+
+
+class Unreachable(ConnectionFailed):
+    """Nothing answered at the endpoint's address: every request would fail the same way."""
 
 
 class BadResponse(RequestError):

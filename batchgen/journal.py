@@ -32,6 +32,8 @@ from . import _gc
 
 FINAL_STATUSES = ("ok", "error")
 NOT_DONE = "not_done"   # sent, but stopped before an outcome (auth failure, interrupt): resend
+VOID = "void"           # the task's earlier final line was damaged: it is not done after all
+_STATUSES = (*FINAL_STATUSES, NOT_DONE, VOID)
 SYNC_EVERY_S = 1.0
 _HEAD = b'{"task_id":"'
 _STATUS = b'","status":"'
@@ -45,11 +47,12 @@ _encode = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 class TaskState:
     """What the journal says of one task: its last final outcome, parsed on demand."""
 
-    __slots__ = ("status", "_line", "_record", "carried_attempts", "_extra_attempts", "origin")
+    __slots__ = ("status", "_line", "_record", "carried_attempts", "_extra_attempts", "origin", "damaged")
 
     def __init__(self):
         self.status: Optional[str] = None     # "ok" / "error" of the last final record
         self.origin = -1                      # index into Replay.origins of that record; -1: unknown
+        self.damaged = False                  # its final line did not parse: the task is not done
         self._line: Optional[bytes] = None
         self._record: Optional[dict] = None
         self.carried_attempts = 0             # sent by not-done records since the last final one
@@ -65,7 +68,15 @@ class TaskState:
         if self.status is None:
             return None
         if self._record is None:
-            self._record = json.loads(self._line)
+            try:
+                record = json.loads(self._line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                # A line damaged on disk but whole in shape: the task counts as not done.
+                self.status, self._line, self.damaged = None, None, True
+                return None
+            self._record = record
             self._line = None
             if self._extra_attempts:
                 self._record["attempts"] = int(self._record.get("attempts") or 0) + self._extra_attempts
@@ -77,6 +88,7 @@ class Replay:
     states: dict = field(default_factory=dict)   # task_id -> TaskState
     lines: int = 0
     unsynced: int = 0      # ok lines after the last synced marker (checked against the disk)
+    damaged: int = 0       # lines that are not a record (cut short, glued, without status): skipped
     origins: list = field(default_factory=list)   # each run's {"provider", "endpoint", ...}
 
     def begin_origin(self, origin: dict) -> None:
@@ -97,10 +109,16 @@ class Replay:
         state = self.states.get(task_id)
         return state.final if state else None
 
+    def damaged_tasks(self) -> list:
+        """Tasks whose final line turned out not to parse when it was read (see TaskState.final)."""
+        return [task_id for task_id, state in self.states.items() if state.damaged]
+
     def apply(self, record: dict) -> None:
         """Take in a record as it is appended (so a run needs no second replay)."""
         state = self.state(record["task_id"])
-        if record["status"] in FINAL_STATUSES:
+        if record["status"] == VOID:
+            state.status, state._line, state._record, state.damaged = None, None, None, False
+        elif record["status"] in FINAL_STATUSES:
             record = dict(record)
             state.set_final(record["status"], len(self.origins) - 1, record=record)
             if state._extra_attempts:
@@ -132,35 +150,41 @@ def _replay(path, out_dir) -> Replay:
                 break
             result.lines += 1
             if raw.startswith(_HEAD) and raw[28:40] == _STATUS:
-                task_id = raw[12:28].decode()
-                status = raw[40:raw.index(b'"', 40)].decode()
-                if status in FINAL_STATUSES:
-                    state = result.state(task_id)
-                    state.set_final(status, len(result.origins) - 1, line=raw)
-                    if status == "ok" and out_dir is not None:
-                        unsynced.append(state)
-                    continue
+                end = raw.find(b'"', 40)
+                # A whole record of ours: one head, and the end of an object. Two glued lines
+                # or one cut short fail this, and are parsed (and skipped) below.
+                if end > 0 and raw.endswith(b"}\n") and raw.count(_HEAD) == 1:
+                    status = raw[40:end].decode("ascii", "replace")
+                    if status in FINAL_STATUSES:
+                        state = result.state(raw[12:28].decode("ascii", "replace"))
+                        state.set_final(status, len(result.origins) - 1, line=raw)
+                        if status == "ok" and out_dir is not None:
+                            unsynced.append(state)
+                        continue
             elif raw.startswith(_MARKER):
                 unsynced.clear()
                 continue
             elif raw.startswith(_ORIGIN):
                 try:
                     origin = json.loads(raw).get("origin")
-                except ValueError:
+                except (ValueError, AttributeError):
                     origin = None
                 result.begin_origin(origin if isinstance(origin, dict) else {})
                 continue
             try:
                 record = json.loads(raw)
             except ValueError:
+                record = None
+            if not (isinstance(record, dict) and isinstance(record.get("task_id"), str)
+                    and record.get("status") in _STATUSES):
+                result.damaged += 1
                 continue
-            if isinstance(record, dict) and isinstance(record.get("task_id"), str):
-                result.apply(record)
-                state = result.states[record["task_id"]]
-                if state.status == "ok" and record["status"] == "ok" and out_dir is not None:
-                    unsynced.append(state)
+            result.apply(record)
+            state = result.states[record["task_id"]]
+            if state.status == "ok" and record["status"] == "ok" and out_dir is not None:
+                unsynced.append(state)
     for state in unsynced:
-        if state.status == "ok" and not _images_intact(out_dir, state.final):
+        if state.status == "ok" and not _images_intact(out_dir, state.final or {}):
             state.status = None
             state._record = None
     result.unsynced = len(unsynced)
@@ -235,9 +259,21 @@ class Journal:
 
     def append(self, record: dict) -> None:
         line = (_encode(record) + "\n").encode("ascii")
-        os.write(self._fd, line)
+        written = os.write(self._fd, line)
+        if written != len(line):
+            self._undo_short_write(written)
         self._dirty = True
         self.appended += 1
+
+    def _undo_short_write(self, written: int) -> None:
+        """A full disk (or a file-size limit) took part of a line: cut it off again, so the next
+        run finds a whole journal, and fail as the disk failed."""
+        import errno
+        try:
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+        except OSError:
+            pass   # the torn tail is trimmed when the journal is next opened
+        raise OSError(errno.ENOSPC, "the disk took only part of a journal line")
 
     def sync(self) -> None:
         with self._lock:

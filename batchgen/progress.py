@@ -1,4 +1,5 @@
-"""The progress bar of a run, on stderr."""
+"""The progress bar of a run, on stderr. A display that fails (stderr closed, a broken pipe)
+is switched off; it never stops the work."""
 from __future__ import annotations
 
 import sys
@@ -14,9 +15,12 @@ class Progress:
         self._last_postfix = 0.0
         if enabled:
             from tqdm import tqdm
-            self._bar = tqdm(total=total, initial=done, unit="task", file=sys.stderr,
-                             dynamic_ncols=True, smoothing=0.05, mininterval=0.2)
-            self._postfix()
+            try:
+                self._bar = tqdm(total=total, initial=done, unit="task", file=sys.stderr,
+                                 dynamic_ncols=True, smoothing=0.05, mininterval=0.2)
+                self._postfix()
+            except (OSError, ValueError):
+                self._bar = None
 
     def _postfix(self):
         self._bar.set_postfix_str(f"ok={self.ok} err={self.errors}", refresh=False)
@@ -27,13 +31,26 @@ class Progress:
         else:
             self.errors += 1
         if self._bar is not None:
-            now = time.monotonic()
-            if now - self._last_postfix > 0.2:
-                self._last_postfix = now
-                self._postfix()
-            self._bar.update(1)
+            try:
+                now = time.monotonic()
+                if now - self._last_postfix > 0.2:
+                    self._last_postfix = now
+                    self._postfix()
+                self._bar.update(1)
+            except (OSError, ValueError):     # ValueError: a closed file
+                self._give_up()
 
     def close(self):
         if self._bar is not None:
-            self._postfix()
-            self._bar.close()
+            try:
+                self._postfix()
+                self._bar.close()
+            except (OSError, ValueError):
+                self._give_up()
+
+    def _give_up(self):
+        bar, self._bar = self._bar, None
+        try:
+            bar.disable = True
+        except AttributeError:
+            pass

@@ -275,8 +275,10 @@ def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int) -> int:
     for task_id, state in replay.states.items():
         if state.status is None or task_id in planned:
             continue
-        count += 1
         record = state.final
+        if record is None:      # its line was damaged: not done after all
+            continue
+        count += 1
         params = record.get("params") if isinstance(record.get("params"), dict) else {}
         prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else None
         variant, price = _variant_fragment(params, point_label({a: params.get(a) for a in axes}))

@@ -21,7 +21,7 @@ from . import _gc, models
 from .backends import Budget, StopSwitch, backend_for
 from .exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
 from .job import JobConfig, Plan
-from .journal import NOT_DONE, Journal, replay
+from .journal import NOT_DONE, VOID, Journal, replay
 from .outdir import OutputFolder, Provenance
 from .progress import Progress
 from .providers import Endpoint
@@ -160,38 +160,52 @@ async def _connected(connect):
 
 
 async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earlier, show_progress) -> Summary:
-    from .results import import_writers
     from .store import ImageStore
 
     store = ImageStore(folder.path)
     state = replay(folder.journal_path, out_dir=folder.path)
     folder.remove_unrecorded_images(lambda task_id: state.status(task_id) == "ok")
     warnings = _unknown_model_warnings(plan)
+    if state.damaged:
+        warnings.append(f"{state.damaged} damaged journal line(s) skipped; their tasks are sent again")
+        log.warning(warnings[-1])
     todo = pending_tasks(plan, state, config.retry_failed)
     stop = StopSwitch()
     bar = Progress(todo.sendable, todo.sendable - len(todo.pending), todo.done_ok, todo.done_err,
                    show_progress and bool(todo.pending))
-    backend = None
+    # Made here so its request count survives a failure below; its recorder is given once the
+    # journal is open.
+    backend = backend_for(config.mode)(config, endpoint, store, None, Budget(config.max_cost, todo.spent_usd), stop)
+    images = orphans = 0
     try:
-        with _gc.sending(), Journal(folder.journal_path) as journal:
-            recorder = Recorder(journal, state, provenance, bar)
-            backend = backend_for(config.mode)(config, endpoint, store, recorder,
-                                               Budget(config.max_cost, todo.spent_usd), stop)
-            async with backend:
-                with _signals(stop, backend):
-                    early = asyncio.get_running_loop().call_later(IMPORT_WRITERS_AFTER_S, import_writers)
-                    try:
-                        await backend.send(todo.pending)
-                    finally:
-                        early.cancel()
-            built = await _build_while_syncing(journal, state, plan, table, stop, provenance, earlier)
+        images, orphans = await _send_then_write(config, table, plan, folder, state, todo, stop,
+                                                 bar, backend, provenance, earlier)
+    except OSError as e:
+        # The disk, after the sending: full, read-only, gone. What finished is in the journal.
+        stop("write_failed", f"cannot write under {folder.path}: {e.strerror or e}; free some space "
+                             "or fix the folder, then run the same command again (nothing finished is lost)")
     finally:
         bar.close()
-    images, orphans = await _write_results(folder, plan, table, state, stop, provenance, earlier,
-                                           built, appended=journal.appended)
-    summary = summarise(config, plan, state, images, stop, backend.requests_sent if backend else 0, warnings)
+    summary = summarise(config, plan, state, images, stop, backend.requests_sent, warnings)
     summary.not_in_input = orphans
     return summary
+
+
+async def _send_then_write(config, table, plan, folder, state, todo, stop, bar, backend,
+                           provenance, earlier) -> tuple:
+    from .results import import_writers
+    with _gc.sending(), Journal(folder.journal_path) as journal:
+        backend.recorder = Recorder(journal, state, provenance, bar)
+        async with backend:
+            with _signals(stop, backend):
+                early = asyncio.get_running_loop().call_later(IMPORT_WRITERS_AFTER_S, import_writers)
+                try:
+                    await backend.send(todo.pending)
+                finally:
+                    early.cancel()
+        built = await _build_while_syncing(journal, state, plan, table, stop, provenance, earlier)
+    return await _write_results(folder, plan, table, state, stop, provenance, earlier,
+                                built, appended=journal.appended)
 
 
 def _unknown_model_warnings(plan: Plan) -> list:
@@ -234,9 +248,21 @@ async def _write_results(folder, plan, table, state, stop, provenance, earlier, 
         return found
     if built is None:
         built = build_results(plan, state, *_labels(stop), table, provenance, earlier)
+    _void_damaged(folder, state)
     # Written in a thread (the write fsyncs) so a signal is still handled.
     images = await asyncio.to_thread(write_results, folder.path, built, key)
     return images, built.not_in_input
+
+
+def _void_damaged(folder, state) -> None:
+    """Final lines found damaged while the results were built: say in the journal that those
+    tasks are not done, so the next run sends them again."""
+    damaged = state.damaged_tasks()
+    if damaged:
+        with Journal(folder.journal_path) as journal:
+            for task_id in damaged:
+                journal.append({"task_id": task_id, "status": VOID})
+        log.warning("%d journal line(s) were damaged; their tasks are sent again by the next run", len(damaged))
 
 
 def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int, warnings) -> Summary:
@@ -257,7 +283,7 @@ def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int,
         elif status is None:
             not_done, code = not_done + 1, stop.code or "interrupted"
         else:
-            errors, code = errors + 1, state.final(task.task_id).get("error_code")
+            errors, code = errors + 1, (state.final(task.task_id) or {}).get("error_code")
         by_code[code] = by_code.get(code, 0) + 1
     return Summary(out=str(config.out), total=len(plan.tasks), ok=ok_tasks, errors=errors,
                    not_done=not_done, by_code=by_code, images=images, requests_sent=requests_sent,
@@ -291,6 +317,9 @@ class _signals:
         self.count += 1
         if self.count == 1:
             self.stop("interrupted", "interrupted; run the same command again to finish")
+            if not self.backend.busy():
+                self.backend.cancel_in_flight()     # nothing on the wire: only waits to cut short
+                return
             log.warning("stopping: no new requests; waiting up to %ds for those in flight "
                         "(Ctrl-C again to stop at once)", GRACE_S)
             loop.call_later(GRACE_S, self.backend.cancel_in_flight)

@@ -47,7 +47,7 @@ def image_size(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
-    except (UnidentifiedImageError, OSError, ValueError, struct.error) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, struct.error) as e:
         raise BadResponse(f"the image bytes are not a readable image: {e}") from None
 
 

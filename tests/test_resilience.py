@@ -43,7 +43,7 @@ def test_transient_failures_are_retried_until_every_task_is_done(tmp_path, fault
 
 @pytest.mark.parametrize("fault, code", [
     ("fail_500", "api_error"), ("fail_503_html", "api_error"), ("drop", "connection_error"),
-    ("bad_json", "bad_response"), ("bad_b64", "bad_response"), ("not_image", "bad_response"),
+    ("bad_b64", "bad_response"), ("not_image", "bad_response"),
     ("hang", "timeout"),
 ])
 def test_a_failure_that_never_clears_ends_with_its_precise_code(tmp_path, fault, code):

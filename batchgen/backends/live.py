@@ -1,6 +1,9 @@
 """The live backend: one HTTP request per task, `concurrency` at a time, paced and retried.
 
-A task's loop reads: pace, attempt, ask the policy.
+A task's loop reads: pace, attempt, ask the policy. Two watches sit beside it: an endpoint
+that gives the same wrong answer from the start (a wrong URL, nothing listening) stops the run
+within a few requests instead of failing every task, and a server that asks to wait longer
+than --max-wait stops it instead of stalling for hours.
 """
 from __future__ import annotations
 
@@ -10,15 +13,48 @@ import time
 from typing import Optional
 
 from .. import _gc
-from ..client import ImagesClient
+from ..client import ImagesClient, redact
 from ..errors import Decision, classify, is_rate_limited, stop_advice
-from ..exceptions import RequestError
+from ..exceptions import ApiError, BadResponse, RequestError, Unreachable
 from ..limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
 
 log = logging.getLogger("batchgen")
 
 INLINE_SAVE_BYTES = 256 * 1024
 FREEZE_EVERY = 1000
+DEFAULT_MAX_WAIT_S = 600.0
+# Answers that mean the URL is wrong, when nothing has succeeded yet: stop after this many.
+WRONG_ENDPOINT_STATUSES = frozenset({301, 302, 303, 307, 308, 404, 405})
+WRONG_ENDPOINT_LIMIT = 4
+WRONG_ENDPOINT_RETRY_S = 0.5
+SAY_WAITS_FROM_S = 5.0
+FILES_PER_CONNECTION = 2      # its socket, and the image file being written
+FILES_RESERVED = 64           # the journal, pyarrow, threads, the interpreter
+
+
+def fit_concurrency(concurrency: int) -> int:
+    """Raise the open-file limit to what the system allows, and keep concurrency within it:
+    past it, answered (and paid) requests would fail to save their images."""
+    try:
+        import resource
+    except ImportError:        # not Unix
+        return concurrency
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return concurrency
+    fits = max(1, (soft - FILES_RESERVED) // FILES_PER_CONNECTION)
+    if concurrency > fits:
+        log.warning("--concurrency %d needs more open files than this process may have (%d): "
+                    "using %d", concurrency, soft, fits)
+        return fits
+    return concurrency
 
 
 class LiveBackend:
@@ -34,13 +70,20 @@ class LiveBackend:
         self.policy = RetryPolicy(max_retries=config.max_retries, base_s=config.backoff_base)
         self.pacer = AdaptivePacer()
         self.spacer = Spacer(config.rpm) if config.rpm else None
+        self.max_wait = getattr(config, "max_wait", None) or DEFAULT_MAX_WAIT_S
         self.requests_sent = 0
         self.finished = 0
+        self.in_flight = 0
+        self.succeeded = 0
+        self.wrong_endpoint = 0
+        self.concurrency = config.concurrency
         self.client: Optional[ImagesClient] = None
         self._workers: list = []
+        self._said_wait_until = 0.0
 
     async def __aenter__(self):
-        self.client = await ImagesClient(self.endpoint, self.config.concurrency, self.config.timeout).__aenter__()
+        self.concurrency = fit_concurrency(self.config.concurrency)
+        self.client = await ImagesClient(self.endpoint, self.concurrency, self.config.timeout).__aenter__()
         return self
 
     async def __aexit__(self, *exc):
@@ -48,7 +91,7 @@ class LiveBackend:
 
     async def send(self, tasks) -> None:
         queue = iter(tasks)
-        self._workers = [asyncio.ensure_future(self._worker(queue)) for _ in range(self.config.concurrency)]
+        self._workers = [asyncio.ensure_future(self._worker(queue)) for _ in range(self.concurrency)]
         outcomes = await asyncio.gather(*self._workers, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, Exception):
@@ -60,6 +103,10 @@ class LiveBackend:
     def cancel_in_flight(self) -> None:
         for w in self._workers:
             w.cancel()
+
+    def busy(self) -> bool:
+        """Whether a request is on the wire (a stop then waits for it; otherwise it need not)."""
+        return self.in_flight > 0
 
     async def _worker(self, queue) -> None:
         for task in queue:
@@ -80,25 +127,36 @@ class LiveBackend:
                 attempts += 1
                 self.requests_sent += 1
                 sent_at = time.monotonic()
-                try:
-                    record = await self._attempt(task, body)
-                except RequestError as error:
-                    wait = self._ask_policy(error, retries, sent_at)
-                    if wait is None:
-                        return self._finish(task, self._error_record(task, error, attempts, started))
-                    if self.stop:
-                        return self._not_done(task, attempts)
-                    if wait:
-                        await self.stop.sleep(wait)
-                    continue
-                record["attempts"] = attempts
-                record["latency_s"] = round(time.monotonic() - sent_at, 4)
-                return self._finish(task, record)
+                record, error = await self._try(task, body)
+                if error is None:
+                    record["attempts"] = attempts
+                    record["latency_s"] = round(time.monotonic() - sent_at, 4)
+                    return self._finish(task, record)
+                wait = self._ask_policy(error, retries, sent_at)
+                if wait is None:
+                    return self._finish(task, self._error_record(task, error, attempts, started))
+                if self.stop:
+                    return self._not_done(task, attempts)
+                if wait:
+                    await self.stop.sleep(wait)
         except OSError as e:
             self._disk_failed(task, attempts, e)
         except asyncio.CancelledError:
             self._not_done(task, attempts)
             raise
+
+    async def _try(self, task, body: bytes) -> tuple:
+        """One attempt: (its record, None), or (None, the RequestError it amounts to)."""
+        try:
+            return await self._attempt(task, body), None
+        except RequestError as error:
+            return None, error
+        except OSError:
+            raise           # the disk: see _disk_failed
+        except Exception as e:  # noqa: BLE001 - no server value may crash a worker
+            log.debug("unexpected answer", exc_info=True)
+            return None, BadResponse(f"the answer could not be used ({type(e).__name__}: "
+                                     f"{redact(str(e), self.endpoint.token)[:200]})")
 
     async def _pace(self, task) -> None:
         await self.pacer.acquire()
@@ -113,15 +171,66 @@ class LiveBackend:
             self.stop(error.code, f"{error.code} (HTTP {error.http_status}): {error.message} — "
                                   f"{stop_advice(error, self.endpoint.provider)}")
             return 0.0      # the caller sees the stop and leaves the task not done
+        if self._looks_like_a_wrong_endpoint(error):
+            return WRONG_ENDPOINT_RETRY_S
         if decision is Decision.FAIL:
             return None
+        if error.retry_after is not None and error.retry_after > self.max_wait:
+            self.stop("server_wait_too_long",
+                      f"the server asked to wait {error.retry_after:,.0f} s (HTTP {error.http_status} "
+                      f"{error.code}), more than --max-wait {self.max_wait:g} s; run the same command "
+                      f"again later, or allow a longer wait with --max-wait")
+            return 0.0
         rate_limited = is_rate_limited(error)
         if rate_limited:
             self.pacer.on_rate_limited(error.retry_after, sent_at)
+            self._say_wait(error)
         return retries.next_wait(rate_limited, error.retry_after)
 
+    def _looks_like_a_wrong_endpoint(self, error: RequestError) -> bool:
+        """Before any success, the answers a wrong URL gives (a redirect, 404/405, an HTML page
+        or other non-JSON in a 200, nothing listening) are counted, not recorded as each task's
+        failure; a few in a row stop the run with the URL and what it answered."""
+        if self.succeeded:
+            return False
+        wrong = (isinstance(error, Unreachable)
+                 or (isinstance(error, ApiError) and error.http_status in WRONG_ENDPOINT_STATUSES)
+                 or (isinstance(error, BadResponse) and error.http_status == 200
+                     and "not a JSON object" in error.message))
+        if not wrong:
+            return False
+        self.wrong_endpoint += 1
+        if self.wrong_endpoint >= WRONG_ENDPOINT_LIMIT:
+            answered = (f"HTTP {error.http_status}: {error.message}" if error.http_status
+                        else error.message)
+            self.stop("endpoint_error",
+                      f"{self.endpoint.public_url} gave the same wrong answer to the first "
+                      f"{self.wrong_endpoint} requests ({answered}); nothing was marked failed. Check "
+                      f"--base-url and --provider, then run the same command again")
+        return True
+
+    def _say_wait(self, error: RequestError) -> None:
+        """A long pause is said once, so a stalled bar is explained."""
+        wait = error.retry_after
+        now = time.monotonic()
+        if wait is not None and wait >= SAY_WAITS_FROM_S and now >= self._said_wait_until:
+            self._said_wait_until = now + wait
+            log.warning("the server asks to wait %.0f s (HTTP %s %s); waiting", wait,
+                        error.http_status, error.code)
+
     async def _attempt(self, task, body: bytes) -> dict:
-        generation = await self.client.generate(body)
+        self.in_flight += 1
+        try:
+            return await self._request(task, body)
+        finally:
+            self.in_flight -= 1
+            if self.stop and not self.in_flight:
+                # Nothing left on the wire: those still waiting (a cool-down, a backoff) need
+                # not be waited for.
+                asyncio.get_running_loop().call_soon(self.cancel_in_flight)
+
+    async def _request(self, task, body: bytes) -> dict:
+        generation = await self.client.generate(body, task.images_expected)
         self.pacer.on_success(generation.ratelimit)
         count = max(task.images_expected, len(generation.images))
         images = []
@@ -132,9 +241,11 @@ class LiveBackend:
                 saved = self.images.save(task.task_id, index, count, data)
             else:
                 saved = await asyncio.to_thread(self.images.save, task.task_id, index, count, data)
-            images.append({"image_index": index, "image_path": saved.image_path, "image_url": image.url,
+            url = redact(image.url, self.endpoint.token) if image.url else None
+            images.append({"image_index": index, "image_path": saved.image_path, "image_url": url,
                            "sha256": saved.sha256, "width": saved.width, "height": saved.height,
                            "bytes": saved.bytes, "revised_prompt": image.revised_prompt})
+        self.succeeded += 1
         return {"task_id": task.task_id, "status": "ok", "images": images,
                 "created": generation.created, "trace_id": generation.trace_id,
                 "http_status": generation.http_status, "usage": generation.usage,
