@@ -145,6 +145,9 @@ def format_summary(s) -> str:
                                                    sorted(s.by_code.items(), key=lambda kv: -kv[1])))
     if s.est_cost_usd is not None:
         lines.append(f"estimated cost of the images: ${s.est_cost_usd:.2f}")
+    if s.short:
+        lines.append(f"{s.short} answer(s) had fewer images than asked (n); the missing ones are rows "
+                     f"with error_code missing_image, and are not requested again")
     if s.not_in_input:
         lines.append(f"{s.not_in_input} task(s) finished earlier are no longer in the input; they stay "
                      f"listed with in_input = False")

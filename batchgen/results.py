@@ -151,6 +151,14 @@ class _Rows:
             self.lines.append(f'{{{base},{status},"image_path":{path},{common}}}')
             self.metadata.append(f'{{"file_name":{path},{base},{common},{provenance}{extra}}}')
             self.row_indices.append(row_index)
+        expected = record.get("images_expected")
+        if isinstance(expected, int):
+            got = len(record.get("images") or ())
+            for index in range(got, expected):
+                self.lines.append(f'{{{base},"status":"error","error_code":"missing_image",'
+                                  f'"error_message":"asked for {expected} images, the answer had {got}",'
+                                  f'"image_index":{index},"est_cost_usd":0.0,"origin":{origin}}}')
+                self.row_indices.append(row_index)
 
     def error(self, base: str, error: dict, origin: int, row_index) -> None:
         self._flush_if_full()

@@ -49,12 +49,13 @@ class Summary:
     stop_message: Optional[str] = None  # what to do about it
     warnings: list = field(default_factory=list)
     not_in_input: int = 0               # tasks finished earlier that this input no longer holds
+    short: int = 0                      # ok tasks whose answer had fewer images than asked
 
     @property
     def exit_status(self) -> int:
         if self.stopped or self.not_done:
             return EXIT_STOPPED
-        return EXIT_TASK_ERRORS if self.errors else EXIT_OK
+        return EXIT_TASK_ERRORS if self.errors or self.short else EXIT_OK
 
 
 class Recorder:
@@ -266,7 +267,7 @@ def _void_damaged(folder, state) -> None:
 
 
 def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int, warnings) -> Summary:
-    ok_tasks = errors = not_done = 0
+    ok_tasks = errors = not_done = short = 0
     by_code: dict = {}
     cost = 0.0
     cost_known = True
@@ -274,6 +275,9 @@ def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int,
         status = None if task.problem else state.status(task.task_id)
         if status == "ok":
             ok_tasks += 1
+            if state.states[task.task_id].short():
+                short += 1
+                by_code["missing_image"] = by_code.get("missing_image", 0) + 1
             price = models.estimate_cost(task.params)
             cost_known = cost_known and price is not None
             cost += price or 0.0
@@ -288,7 +292,7 @@ def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int,
     return Summary(out=str(config.out), total=len(plan.tasks), ok=ok_tasks, errors=errors,
                    not_done=not_done, by_code=by_code, images=images, requests_sent=requests_sent,
                    elapsed_s=0.0, est_cost_usd=round(cost, 4) if cost_known else None,
-                   stopped=stop.code, stop_message=stop.message, warnings=warnings)
+                   stopped=stop.code, stop_message=stop.message, warnings=warnings, short=short)
 
 
 class _signals:

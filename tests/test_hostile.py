@@ -362,3 +362,20 @@ def test_a_run_goes_through_the_proxy_the_environment_names(tmp_path, monkeypatc
         summary = batchgen.run(str(prompts(tmp_path, 2)), out=str(tmp_path / "out"), provider="openai",
                                base_url="http://images.invalid/v1", environ={"OPENAI_API_KEY": TOKEN}, **FAST)
     assert summary.ok == 2 and len(seen) == 2
+
+
+def test_an_answer_with_fewer_images_than_asked_is_recorded_as_such(tmp_path):
+    def answer(request, body, count):
+        return json_response({"created": 1, "data": [{"b64_json": generation()["data"][0]["b64_json"]}]})
+
+    with Hostile(answer) as server:
+        summary = run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-2", "n": 3})
+        assert summary.exit_status == 1 and summary.short == 2 and summary.by_code == {"missing_image": 2}
+        df = results(tmp_path / "out")
+        assert len(df) == 6 and (df.status == "ok").sum() == 2
+        missing = df[df.error_code == "missing_image"]
+        assert sorted(missing.image_index) == [1, 1, 2, 2]
+        assert (missing.error_message == "asked for 3 images, the answer had 1").all()
+        # Paid for: a rerun does not ask again.
+        assert run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-2", "n": 3}).short == 2
+        assert server.requests == 2

@@ -246,10 +246,14 @@ class LiveBackend:
                            "sha256": saved.sha256, "width": saved.width, "height": saved.height,
                            "bytes": saved.bytes, "revised_prompt": image.revised_prompt})
         self.succeeded += 1
-        return {"task_id": task.task_id, "status": "ok", "images": images,
+        record = {"task_id": task.task_id, "status": "ok", "images": images,
                 "created": generation.created, "trace_id": generation.trace_id,
                 "http_status": generation.http_status, "usage": generation.usage,
                 "finished_at": round(time.time(), 3), "prompt": task.prompt, "params": task.params}
+        if len(images) < task.images_expected:
+            # Paid for, so not sent again; the results list the images that never came.
+            record["images_expected"] = task.images_expected
+        return record
 
     def _error_record(self, task, error: RequestError, attempts: int, started: float) -> dict:
         return {"task_id": task.task_id, "status": "error", "error_code": error.code,
