@@ -7,6 +7,7 @@ and `errors.classify` read it; nothing here does I/O.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -125,15 +126,41 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def endpoint_url(base: str) -> str:
-    """The generations URL for an endpoint or an SDK-style base URL."""
+_BAD_HOST_CHARACTERS = frozenset(' \t\r\n<>"{}|\\^`')
+
+
+def _shown(url: str) -> str:
+    """A URL as an error message may show it: without user:password@ or a query, even when
+    it does not parse."""
+    try:
+        return public_url(url)
+    except ValueError:
+        text = re.sub(r"//[^/?#]*@", "//", url)
+        return text.split("?", 1)[0].split("#", 1)[0]
+
+
+def endpoint_url(base: str, what: str = "--base-url") -> str:
+    """The generations URL for an endpoint or an SDK-style base URL; raises UsageError, naming
+    `what` (the option or variable it came from), for one that is not an http(s) URL of a host."""
+    if not isinstance(base, str):
+        raise UsageError(f"{what} must be a URL in text, like https://api.openai.com/v1, not {base!r}")
     base = base.strip()
-    parts = urlsplit(base)
+    fix = "give it as http(s)://HOST[:PORT]/PATH, like https://api.openai.com/v1"
+    try:
+        parts = urlsplit(base)
+        port = parts.port          # parsed here: out of range or not a number raises
+    except ValueError as e:
+        raise UsageError(f"{what} {_shown(base)!r} is not a valid URL ({e}); {fix}") from None
     if parts.scheme not in ("http", "https"):
-        raise UsageError(f"base URL {public_url(base)!r} must start with http:// or https://")
+        raise UsageError(f"{what} {_shown(base)!r} must start with http:// or https://; {fix}")
     if parts.username is not None or parts.password is not None:
-        raise UsageError(f"base URL {public_url(base)!r} carries a user name or password; give the "
+        raise UsageError(f"{what} {_shown(base)!r} carries a user name or password; give the "
                          "URL without them and the token in the environment (ACEDATA_API_TOKEN or OPENAI_API_KEY)")
+    host = parts.hostname
+    if not host or _BAD_HOST_CHARACTERS.intersection(host):
+        raise UsageError(f"{what} {_shown(base)!r} names no valid host; {fix}")
+    if port == 0:
+        raise UsageError(f"{what} {_shown(base)!r}: port 0 is not a port to connect to; {fix}")
     trimmed = base.rstrip("/")
     if trimmed.endswith(GENERATIONS_PATH):
         return trimmed
@@ -152,7 +179,7 @@ def resolve_endpoint(provider: str, base_url: Optional[str], environ=None) -> En
     if base_url:
         url = endpoint_url(base_url)
     elif p.base_url_variable and environ.get(p.base_url_variable):
-        url = endpoint_url(environ[p.base_url_variable])
+        url = endpoint_url(environ[p.base_url_variable], p.base_url_variable)
     else:
         url = p.default_endpoint
     return Endpoint(url=url, token=token, provider=p.name)

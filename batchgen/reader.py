@@ -23,10 +23,28 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"
 _FORMAT_NAMES = {"csv": "CSV", "tsv": "TSV", "parquet": "Parquet", "jsonl": "JSON Lines"}
 
 
+def check_encoding(encoding, what: str = "--encoding") -> None:
+    """Raise UsageError unless `encoding` names a text encoding Python knows (`what`: where
+    it was given)."""
+    import codecs
+    known = False
+    if isinstance(encoding, str) and encoding.strip():
+        try:
+            known = codecs.lookup(encoding)._is_text_encoding
+        except LookupError:
+            pass
+    if not known:
+        raise UsageError(f"{what} {encoding!r} is not a text encoding Python knows; name the file's "
+                         "encoding, e.g. cp1252 (Excel on Windows), latin-1 or utf-16 (or leave it out "
+                         "for UTF-8)")
+
+
 def read_table(path, encoding: Optional[str] = None):
     """The table at `path` as a pyarrow.Table with unique string column names, at least one row."""
     import pyarrow as pa
 
+    if encoding is not None:
+        check_encoding(encoding)
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
@@ -48,8 +66,9 @@ def read_table(path, encoding: Optional[str] = None):
             table = _read_jsonl(path, encoding)
     except UnicodeDecodeError as e:
         raise _not_this_encoding(path, encoding, e) from None
-    except LookupError:
-        raise UsageError(f"--encoding {encoding!r} is not an encoding Python knows") from None
+    except LookupError as e:     # checked above; a codec that fails to load
+        raise UsageError(f"{path}: cannot read it with --encoding {encoding!r} ({e}); save it as "
+                         "UTF-8, or name another encoding") from None
     except (pa.ArrowException, ValueError, OSError) as e:
         if kind in ("csv", "tsv") and "UTF8" in str(e):
             raise _not_this_encoding(path, encoding, _first_decode_error(path)) from None

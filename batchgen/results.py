@@ -306,11 +306,35 @@ def _total_tokens(record: dict):
     return usage.get("total_tokens") if isinstance(usage, dict) else None
 
 
+# Names a pass-through column may not take: the results' own, and metadata.jsonl's file_name.
+RESERVED_NAMES = frozenset(COLUMNS) | {"file_name"}
+
+
+def passthrough_names(names: list) -> list:
+    """The names the input's own columns get in the results: their own, unless it is reserved
+    (then `input_<name>`, or `input_<name>.1`, `.2`, ... when that is taken too). A column
+    keeps its own name whenever it can; the names are unique."""
+    taken = set(RESERVED_NAMES) | {n for n in names if n not in RESERVED_NAMES}
+    out = []
+    for name in names:
+        if name not in RESERVED_NAMES:
+            out.append(name)
+            continue
+        base = candidate = f"input_{name}"
+        k = 0
+        while candidate in taken:
+            k += 1
+            candidate = f"{base}.{k}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
 class _Passthrough:
     """The input's own columns as JSON fragments for metadata.jsonl, one per input row."""
 
     def __init__(self, plan: Plan, table):
-        self.names = [n if n not in COLUMNS else f"input_{n}" for n in plan.passthrough]
+        self.names = passthrough_names(plan.passthrough)
         use = table is not None and plan.passthrough
         self._columns = [table.column(n).to_pylist() for n in plan.passthrough] if use else []
         self._cache: dict = {}
@@ -435,7 +459,7 @@ def results_key(plan: Plan, unfinished_code: str, unfinished_message: str, journ
     except OSError:
         journal_bytes = -1
     h.update(f"{__version__}\x1f{journal_bytes}\x1f{unfinished_code}\x1f{unfinished_message}\x1f"
-             f"{plan.passthrough}\x1f{provenance}\x1f".encode())
+             f"{plan.passthrough}\x1f{plan.passthrough_digest}\x1f{provenance}\x1f".encode())
     h.update("".join(t.task_id for t in plan.tasks).encode())
     h.update(",".join(str(t.row_index) for t in plan.tasks).encode())
     return h.hexdigest()

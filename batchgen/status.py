@@ -1,13 +1,15 @@
 """Progress of a run from its journal and job.json; safe to read while the run writes."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .exceptions import UsageError
 from .journal import replay
-from .outdir import JOURNAL_FILE, read_job
+from .outdir import JOB_FILE, JOURNAL_FILE, read_job
 
 
 @dataclass
@@ -29,28 +31,42 @@ class Status:
 RATE_WINDOW_S = 600
 
 
+def _count(out: Path, job: dict, key: str) -> int:
+    """A count job.json records; UsageError when it is not one (a damaged or foreign file)."""
+    value = job.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(
+            f"{out / JOB_FILE} is damaged: its {key!r} is {value!r}, not a number of tasks. Run the "
+            f"same `batchgen run` command again to rewrite it; if that is refused, remove "
+            f"{out / JOB_FILE} first (the journal keeps what is done, and only the rest is sent)")
+    return value
+
+
 def read_status(out, now: Optional[float] = None) -> Status:
     out = Path(out)
     job = read_job(out)
+    total, refused = _count(out, job, "tasks"), _count(out, job, "refused")
     state = replay(out / JOURNAL_FILE)
     ok = errors = 0
     by_code: dict = {}
     finished = []
     for task_state in state.states.values():
         final = task_state.final
-        if final is None:
+        if not isinstance(final, dict):
             continue
-        if final["status"] == "ok":
+        if final.get("status") == "ok":
             ok += 1
         else:
             errors += 1
-            by_code[final.get("error_code")] = by_code.get(final.get("error_code"), 0) + 1
-        if final.get("finished_at"):
-            finished.append(final["finished_at"])
-    refused = int(job.get("refused", 0))
+            code = final.get("error_code")
+            code = code if code is None or isinstance(code, str) else str(code)
+            by_code[code] = by_code.get(code, 0) + 1
+        at = final.get("finished_at")
+        if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
+            finished.append(at)
     if refused:
         by_code["invalid_params"] = refused
-    status = Status(str(out), int(job.get("tasks", 0)), refused, ok, errors, by_code)
+    status = Status(str(out), total, refused, ok, errors, by_code)
     now = time.time() if now is None else now
     recent = [t for t in finished if t >= now - RATE_WINDOW_S]
     if len(recent) >= 2:

@@ -141,3 +141,139 @@ def test_python_api_defaults_are_parsed_like_the_command_line(tmp_path):
     assert c.defaults == {"model": "dall-e-2", "n": 3}
     with pytest.raises(UsageError, match="n must be a whole number"):
         resolve_config(str(tmp_path / "p.csv"), {"defaults": {"n": "three"}})
+
+
+# ---- what a task's id is made of ---------------------------------------------------------
+
+def test_a_task_id_is_the_prompt_the_parameters_and_the_occurrence():
+    from batchgen.job import task_id
+    df = pa.table({"prompt": ["otter", "fox", "otter"]})
+    params = {"model": "dall-e-3"}
+    assert ids(make_plan(df, config())) == [task_id("otter", params, 0), task_id("fox", params, 0),
+                                           task_id("otter", params, 1)]
+    # Pass-through columns, their types and empty columns are no part of it.
+    with_more = df.append_column("tag", pa.array([1, 2, 3])).append_column("empty", pa.nulls(3))
+    assert ids(make_plan(with_more, config())) == ids(make_plan(df, config()))
+    assert ids(make_plan(df.append_column("tag", pa.array(["1", "2", "3b"])), config())) == ids(make_plan(df, config()))
+
+
+def test_tasks_that_send_the_same_request_are_counted_among_identical_ones():
+    from batchgen.job import task_id
+    # Row 0 asks for hd itself; the sweep asks both rows for standard and hd: the same requests.
+    df = pa.table({"prompt": ["otter", "otter"], "quality": ["hd", None]})
+    plan = make_plan(df, config(sweep=parse_sweep(["quality=standard,hd"])))
+    standard, hd = {"model": "dall-e-3", "quality": "standard"}, {"model": "dall-e-3", "quality": "hd"}
+    assert ids(plan) == [task_id("otter", standard, 0), task_id("otter", hd, 0),
+                         task_id("otter", standard, 1), task_id("otter", hd, 1)]
+    # A row's own cell that equals the default sends the same request as an empty one.
+    same = pa.table({"prompt": ["otter"], "quality": ["standard"]})
+    assert ids(make_plan(same, config(defaults={"model": "dall-e-3", "quality": "standard"}))) == \
+        [task_id("otter", standard, 0)]
+
+
+def test_blank_prompts_are_refused_and_still_told_apart():
+    df = pa.table({"prompt": ["", "  ", None, None]})
+    plan = make_plan(df, config())
+    assert {t.problem for t in plan.tasks} == {"prompt is missing or blank"}
+    assert len(set(ids(plan))) == 4
+
+
+def test_a_number_prompt_column_and_its_text_give_the_same_tasks():
+    numbers = make_plan(pa.table({"prompt": [1, 2]}), config())
+    text = make_plan(pa.table({"prompt": ["1", "2"]}), config())
+    assert ids(numbers) == ids(text) and [t.prompt for t in numbers.tasks] == ["1", "2"]
+
+
+def test_many_repeated_prompts_keep_their_occurrences_in_input_order():
+    from batchgen.job import task_id
+    df = pa.table({"prompt": ["a", "b", "a", "a", "b"], "n": [None, None, 2, None, None]})
+    plan = make_plan(df, config(defaults={"model": "dall-e-2"}))
+    one, two = {"model": "dall-e-2"}, {"model": "dall-e-2", "n": 2}
+    assert ids(plan) == [task_id("a", one, 0), task_id("b", one, 0), task_id("a", two, 0),
+                         task_id("a", one, 1), task_id("b", one, 1)]
+
+
+def test_the_pass_through_digest_follows_the_cells():
+    df = pa.table({"prompt": ["otter", "fox"], "tag": ["a", "b"]})
+    digest = make_plan(df, config()).passthrough_digest
+    assert make_plan(pa.table({"prompt": ["otter", "fox"], "tag": ["a", "b"]}), config()).passthrough_digest == digest
+    assert make_plan(pa.table({"prompt": ["otter", "fox"], "tag": ["a", "c"]}), config()).passthrough_digest != digest
+    assert make_plan(pa.table({"prompt": ["otter", "fox"], "tag": [1, 2]}), config()).passthrough_digest != digest
+
+
+def test_n_written_as_a_whole_number_in_text_is_that_number():
+    df = pa.table({"prompt": ["a", "b"], "n": ["2.0", "two"]})
+    plan = make_plan(df, config(defaults={"model": "dall-e-2"}))
+    assert plan.tasks[0].params["n"] == 2 and plan.tasks[0].problem is None
+    assert plan.tasks[1].problem == "n 'two' is not a whole number"
+
+
+# ---- defaults against the models the rows use ---------------------------------------------
+
+def test_a_default_is_checked_against_the_models_the_rows_name():
+    df = pa.table({"prompt": ["otter", "fox"], "model": ["gpt-image-1", "gpt-image-1"]})
+    plan = make_plan(df, config(defaults={"quality": "low"}))
+    assert [t.problem for t in plan.tasks] == [None, None]
+    assert [t.params for t in plan.tasks] == [{"model": "gpt-image-1", "quality": "low"}] * 2
+
+
+def test_a_row_whose_model_refuses_a_default_others_use_is_refused_alone():
+    df = pa.table({"prompt": ["otter", "fox"], "model": ["gpt-image-1", None]})
+    plan = make_plan(df, config(defaults={"model": "dall-e-3", "quality": "low"}))
+    assert plan.tasks[0].problem is None
+    assert plan.tasks[1].problem == "quality 'low' is not allowed for dall-e-3 (allowed: standard, hd)"
+
+
+def test_a_default_no_model_of_the_rows_allows_is_a_usage_error_naming_each():
+    df = pa.table({"prompt": ["otter", "fox"], "model": ["gpt-image-1", "dall-e-3"]})
+    with pytest.raises(UsageError, match=r"default quality 'ultra' is not allowed for dall-e-3 \(allowed: standard, hd\), "
+                                         r"nor for gpt-image-1 \(allowed: low, medium, high, auto\)"):
+        make_plan(df, config(defaults={"quality": "ultra"}))
+    # A swept model is the model of every row at its point.
+    with pytest.raises(UsageError, match="sweep quality 'low' is not allowed for dall-e-2"):
+        make_plan(df, config(sweep=parse_sweep(["model=dall-e-2", "quality=low"])))
+
+
+@pytest.mark.parametrize("where, value, message", [
+    ("quality", "", "quality is empty"),
+    ("quality", ["hd"], "quality must be one text value"),
+    ("n", True, "n must be a whole number"),
+    ("n", "2.5", "n must be a whole number"),
+])
+def test_bad_default_values_are_usage_errors(tmp_path, where, value, message):
+    (tmp_path / "p.csv").write_text("prompt\notter\n")
+    with pytest.raises(UsageError, match=message):
+        resolve_config(str(tmp_path / "p.csv"), {"defaults": {where: value}})
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"concurrency": True}, "--concurrency must be a whole number"),
+    ({"timeout": float("inf")}, "--timeout must be a finite number > 0"),
+    ({"rpm": float("nan")}, "--rpm must be a finite number > 0"),
+    ({"encoding": "no-such-codec"}, "not a text encoding"),
+    ({"encoding": 5}, "--encoding must be text"),
+    ({"base_url": "http://[::1/v1"}, "not a valid URL"),
+    ({"prompt_column": " "}, "--prompt-column is empty"),
+])
+def test_bad_settings_from_the_python_api_are_usage_errors(tmp_path, options, message):
+    (tmp_path / "p.csv").write_text("prompt\notter\n")
+    with pytest.raises(UsageError, match=message):
+        resolve_config(str(tmp_path / "p.csv"), options)
+
+
+def test_an_empty_sweep_axis_is_a_usage_error():
+    with pytest.raises(UsageError, match="names no value"):
+        parse_sweep(["quality=,"])
+
+
+@pytest.mark.parametrize("column", [
+    pa.array([b"otter"]), pa.array([["an", "otter"]]), pa.array([{"text": "otter"}]),
+])
+def test_a_prompt_column_that_is_not_text_is_a_usage_error(column):
+    with pytest.raises(UsageError, match=r"the prompt column 'prompt' holds .* values, not text"):
+        make_plan(pa.table({"prompt": column}), config())
+
+
+def test_a_parameter_column_of_lists_is_a_usage_error():
+    with pytest.raises(UsageError, match="column 'size' sets the size parameter"):
+        make_plan(pa.table({"prompt": ["otter"], "size": pa.array([["1024x1024"]])}), config())

@@ -106,3 +106,37 @@ def test_a_run_does_not_import_pandas(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2", "False"]
+
+
+def test_input_columns_named_like_results_get_unique_names_pandas_and_imagefolder_can_read(cli, fresh_sim, tmp_path):
+    import pyarrow.parquet as pq
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": PROMPTS[:2], "task_id": ["t0", "t1"], "input_task_id": ["i0", "i1"],
+                             "file_name": ["f0", "f1"], "status": ["draft", "final"]}), path)
+    out = tmp_path / "out"
+    r = cli("run", path, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-2",
+            "--size", "256x256", "--no-progress")
+    assert r.exit_code == 0, r.output
+    df = results(out)       # pandas refuses a file with two columns of one name
+    assert df.columns.is_unique
+    assert df["input_task_id.1"].tolist() == ["t0", "t1"]          # task_id: input_task_id is taken
+    assert df["input_task_id"].tolist() == ["i0", "i1"]            # a column keeps its own name when it can
+    assert df["input_file_name"].tolist() == ["f0", "f1"] and df["input_status"].tolist() == ["draft", "final"]
+    lines = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [m["file_name"] for m in lines] == df.image_path.tolist()
+    assert [m["input_file_name"] for m in lines] == ["f0", "f1"]
+
+
+def test_pass_through_names_never_take_a_result_name():
+    from batchgen.results import COLUMNS, passthrough_names
+    names = passthrough_names(["task_id", "input_task_id", "input_task_id.1", "file_name", "seed", "prompt_id"])
+    assert names == ["input_task_id.2", "input_task_id", "input_task_id.1", "input_file_name", "seed", "prompt_id"]
+    assert len(set(names)) == len(names) and not set(names) & (set(COLUMNS) | {"file_name"})
+
+
+@pytest.mark.parametrize("encoding", ["nope", "rot13", "", 5])
+def test_an_encoding_that_is_not_a_text_encoding_is_refused_before_reading(tmp_path, encoding):
+    path = tmp_path / "p.csv"
+    path.write_text("prompt\notter\n")
+    with pytest.raises(UsageError, match="not a text encoding Python knows"):
+        read_table(path, encoding)
