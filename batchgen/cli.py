@@ -117,6 +117,8 @@ class _EchoHandler(logging.Handler):
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request (default 300).")
 @click.option("--retry-failed", is_flag=True, default=None, help="Send again the tasks whose last outcome was an error.")
 @click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), help="Stop launching once the estimated spend would pass USD.")
+@click.option("--max-wait", type=click.FloatRange(min=0, min_open=True),
+              help="Longest pause a server may ask for (Retry-After) before the run stops to be rerun later (default 600 s).")
 @click.option("--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no token needed).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def run(source, no_progress, **kw):

@@ -39,6 +39,7 @@ class JobConfig:
     limit: Optional[int] = None
     retry_failed: bool = False
     max_cost: Optional[float] = None
+    max_wait: float = 600.0               # seconds: a server asking for a longer pause stops the run
     simulate: bool = False
     encoding: Optional[str] = None
     job_file: Optional[str] = None
@@ -140,7 +141,7 @@ def point_label(point: dict) -> str:
 
 _JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "rpm",
              "max_retries", "backoff_base", "timeout", "provider", "mode", "base_url", "limit", "max_cost",
-             "encoding"}
+             "max_wait", "encoding"}
 
 
 def load_job_file(path) -> dict:
@@ -182,7 +183,7 @@ def load_job_file(path) -> dict:
         (axis, [parse_param_value(axis, v, f"{path} [sweep]") for v in values])
         for axis, values in sweep.items()])
     for key in ("prompt_column", "concurrency", "rpm", "max_retries", "backoff_base", "timeout", "provider",
-                "mode", "base_url", "limit", "max_cost", "encoding"):
+                "mode", "base_url", "limit", "max_cost", "max_wait", "encoding"):
         if key in data:
             settings[key] = data[key]
     check_settings(JobConfig(**settings), job_file=str(path))
@@ -252,7 +253,8 @@ def check_settings(config: JobConfig, job_file: Optional[str] = None) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise UsageError(f"{name(key)} must be a whole number ≥ {low} (e.g. {example(key, str(max(low, 8)))}), "
                              f"not {value!r}")
-    for key, good in (("rpm", "60"), ("timeout", "300"), ("max_cost", "5"), ("backoff_base", "1")):
+    for key, good in (("rpm", "60"), ("timeout", "300"), ("max_cost", "5"), ("backoff_base", "1"),
+                      ("max_wait", "600")):
         value = getattr(config, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):

@@ -97,6 +97,7 @@ class Replay:
     unsynced: int = 0      # ok lines after the last synced marker (checked against the disk)
     damaged: int = 0       # lines that are not a record (cut short, glued, without status): skipped
     origins: list = field(default_factory=list)   # each run's {"provider", "endpoint", ...}
+    replaced: dict = field(default_factory=dict)  # a legacy task id -> the id that replaces it
 
     def begin_origin(self, origin: dict) -> None:
         """Outcomes applied from now on came from `origin`."""
@@ -132,6 +133,10 @@ class Replay:
                 record["attempts"] = int(record.get("attempts") or 0) + state._extra_attempts
         elif record["status"] == NOT_DONE:
             state.carried_attempts += int(record.get("attempts") or 0)
+        old = record.get("replaces")    # a legacy folder's outcome, carried over to the new id
+        if isinstance(old, str) and old != record["task_id"]:
+            self.replaced[old] = record["task_id"]
+            self.states.pop(old, None)
 
 
 def replay(path, out_dir=None) -> Replay:

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from ._version import __version__
 from .exceptions import FolderBusy, JobMismatch, UsageError
+from .identity import is_legacy, job_json_fields
 
 JOB_FILE = "job.json"
 JOURNAL_FILE = "journal.jsonl"
@@ -151,6 +152,7 @@ class OutputFolder:
         self.metadata_path = self.path / METADATA_FILE
         self.images_path = self.path / IMAGES_DIR
         self._lock_fd: Optional[int] = None
+        self.legacy_ids = False     # job.json predates "task_ids": the journal holds the old ids
 
     def existing_job(self) -> Optional[dict]:
         return read_job(self.path) if self.job_path.exists() else None
@@ -190,7 +192,16 @@ class OutputFolder:
     def write_job(self, fingerprint: str, job: dict, provenance: Provenance, counts: dict) -> None:
         doc = {"fingerprint": fingerprint, "batchgen_version": __version__, "job": job,
                "provenance": provenance.as_dict(), **counts, "updated_at": time.time()}
+        if not self.legacy_ids:
+            doc.update(job_json_fields())
         write_atomic(self.job_path, json.dumps(doc, indent=2, default=str).encode())
+
+    def mark_current_ids(self) -> None:
+        """job.json says the journal now names tasks by the current ids (after the aliases)."""
+        doc = read_job(self.path)
+        doc.update(job_json_fields())
+        write_atomic(self.job_path, json.dumps(doc, indent=2, default=str).encode())
+        self.legacy_ids = False
 
     def claim(self, fingerprint: str, job: dict, provenance: Provenance, counts: dict) -> Optional[Provenance]:
         """Check OUT may take this run, hold its lock, record the job, remove dead writers'
@@ -208,6 +219,7 @@ class OutputFolder:
                              "choose another --out") from None
         try:
             existing = self.check(fingerprint, provenance, job)
+            self.legacy_ids = is_legacy(existing) and self.holds_outcomes()
             self.write_job(fingerprint, job, provenance, counts)
             self.remove_temporaries()
         except OSError as e:

@@ -165,7 +165,11 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
 
     store = ImageStore(folder.path)
     state = replay(folder.journal_path, out_dir=folder.path)
-    folder.remove_unrecorded_images(lambda task_id: state.status(task_id) == "ok")
+    if folder.legacy_ids:
+        state = _carry_over_legacy_ids(folder, config, table, plan, state, earlier or provenance)
+    # Images of a legacy folder keep their old names: the id that replaced theirs decides.
+    folder.remove_unrecorded_images(
+        lambda task_id: state.status(state.replaced.get(task_id, task_id)) == "ok")
     warnings = _unknown_model_warnings(plan)
     if state.damaged:
         warnings.append(f"{state.damaged} damaged journal line(s) skipped; their tasks are sent again")
@@ -207,6 +211,21 @@ async def _send_then_write(config, table, plan, folder, state, todo, stop, bar, 
         built = await _build_while_syncing(journal, state, plan, table, stop, provenance, earlier)
     return await _write_results(folder, plan, table, state, stop, provenance, earlier,
                                 built, appended=journal.appended)
+
+
+def _carry_over_legacy_ids(folder, config, table, plan, state, origin: Provenance):
+    """A folder of the previous id scheme: its finished tasks are recorded again under their
+    current ids (nothing is sent again), then job.json says the journal uses the current ids.
+    Synced before the mark, so a crash between the two only repeats this (harmlessly)."""
+    from .identity import alias_records, legacy_ids
+    lines = alias_records(plan, legacy_ids(table, config, plan), state, origin.as_dict())
+    if lines:
+        with Journal(folder.journal_path) as journal:
+            for line in lines:
+                journal.append(line)
+        state = replay(folder.journal_path, out_dir=folder.path)
+    folder.mark_current_ids()
+    return state
 
 
 def _unknown_model_warnings(plan: Plan) -> list:

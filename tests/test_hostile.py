@@ -196,7 +196,7 @@ def test_a_wait_longer_than_max_wait_stops_the_run(tmp_path):
         summary = run(server, prompts(tmp_path, 5), tmp_path / "out")
         assert server.requests <= 2          # the first answer of each worker
     assert summary.exit_status == 3 and summary.stopped == "server_wait_too_long"
-    assert "86,400 s" in summary.stop_message and "--max-wait" in summary.stop_message
+    assert "asked to wait" in summary.stop_message and "more than --max-wait 600 s" in summary.stop_message
 
 
 def test_ctrl_c_with_nothing_in_flight_ends_without_waiting_for_the_grace_period(tmp_path):
@@ -379,3 +379,16 @@ def test_an_answer_with_fewer_images_than_asked_is_recorded_as_such(tmp_path):
         # Paid for: a rerun does not ask again.
         assert run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-2", "n": 3}).short == 2
         assert server.requests == 2
+
+
+def test_max_wait_lets_a_run_wait_as_long_as_the_user_allows(tmp_path):
+    def answer(request, body, count):
+        if count == 1:
+            return json_response({"error": {"message": "slow down", "code": "rate_limit_exceeded"}}, status=429,
+                                 headers={"Retry-After": "1"})
+        return json_response(generation())
+
+    with Hostile(answer) as server:
+        refused = run(server, prompts(tmp_path, 1), tmp_path / "a", max_wait=0.5)
+        allowed = run(server, prompts(tmp_path, 1), tmp_path / "b", max_wait=5)
+    assert refused.stopped == "server_wait_too_long" and allowed.ok == 1

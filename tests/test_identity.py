@@ -109,7 +109,6 @@ def _make_legacy(out, csv, config):
     return set(old_of.values())
 
 
-@pytest.mark.xfail(strict=True, reason="waits for the runner to append identity.alias_records on resume")
 def test_a_folder_of_the_previous_ids_resumes_without_sending(run, cli, tmp_path):
     csv_text = "prompt,tag\nan otter,a\na fox,b\nan otter,c\n"
     assert run(csv_text) == 3

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "batchgen"
 
 PURE = {"batchgen.exceptions", "batchgen.errors", "batchgen.providers", "batchgen.models", "batchgen._version",
         "batchgen._gc"}
-PLANNING = {"batchgen.job", "batchgen.models", "batchgen.reader", "batchgen.planning", "batchgen.providers"}
+PLANNING = {"batchgen.identity", "batchgen.job", "batchgen.models", "batchgen.reader", "batchgen.planning", "batchgen.providers"}
 SENDING = {"batchgen.client", "batchgen.limits", "batchgen.backends", "batchgen.backends.live"}
 KEEPING = {"batchgen.journal", "batchgen.store", "batchgen.results", "batchgen.outdir"}
 CLI = {"batchgen.cli", "batchgen.cli_simulate", "batchgen.__main__"}

@@ -22,7 +22,6 @@ log = logging.getLogger("batchgen")
 
 INLINE_SAVE_BYTES = 256 * 1024
 FREEZE_EVERY = 1000
-DEFAULT_MAX_WAIT_S = 600.0
 # Answers that mean the URL is wrong, when nothing has succeeded yet: stop after this many.
 WRONG_ENDPOINT_STATUSES = frozenset({301, 302, 303, 307, 308, 404, 405})
 WRONG_ENDPOINT_LIMIT = 4
@@ -70,7 +69,7 @@ class LiveBackend:
         self.policy = RetryPolicy(max_retries=config.max_retries, base_s=config.backoff_base)
         self.pacer = AdaptivePacer()
         self.spacer = Spacer(config.rpm) if config.rpm else None
-        self.max_wait = getattr(config, "max_wait", None) or DEFAULT_MAX_WAIT_S
+        self.max_wait = config.max_wait
         self.requests_sent = 0
         self.finished = 0
         self.in_flight = 0
