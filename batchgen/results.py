@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -60,6 +61,7 @@ SCHEMA = pa.schema([
 ])
 COLUMNS = SCHEMA.names
 _PROVENANCE = ("provider", "endpoint", "mode", "simulated")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # The rows as parsed: the provenance columns come from a small table of origins, taken by
 # each row's `origin` index (one int per row, not four repeated texts to parse).
 _ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in _PROVENANCE] + [("origin", pa.int64())])
@@ -366,14 +368,43 @@ def _parse_rows(lines: list) -> pa.Table:
     import pyarrow.json as pjson
     if not lines:
         return _ROW_SCHEMA.empty_table()
-    data = ("\n".join(lines) + "\n").encode("utf-8")
-    table = pjson.read_json(
-        io.BytesIO(data),
-        # Blocks of 1 MiB, parsed in parallel when this process may use more than one CPU
-        # (on one, the thread hand-offs cost ~40%); a line must fit in a block.
-        read_options=pjson.ReadOptions(use_threads=_cpus() > 1, block_size=max(1 << 20, _longest(lines) + 1)),
-        parse_options=pjson.ParseOptions(explicit_schema=_ROW_SCHEMA, unexpected_field_behavior="ignore"))
+    # Blocks of 1 MiB, parsed in parallel when this process may use more than one CPU
+    # (on one, the thread hand-offs cost ~40%); a line must fit in a block.
+    read = pjson.ReadOptions(use_threads=_cpus() > 1, block_size=max(1 << 20, _longest(lines) + 1))
+    parse = pjson.ParseOptions(explicit_schema=_ROW_SCHEMA, unexpected_field_behavior="ignore")
+    try:
+        table = pjson.read_json(io.BytesIO(("\n".join(lines) + "\n").encode("utf-8")),
+                                read_options=read, parse_options=parse)
+    except (pa.ArrowInvalid, UnicodeEncodeError):
+        # A value the schema cannot take: journals of earlier versions kept server values
+        # unchecked (a number for a text, a lone surrogate). Typed field by field instead.
+        typed = "\n".join(map(_typed_row, lines)) + "\n"
+        table = pjson.read_json(io.BytesIO(typed.encode("utf-8")), read_options=read, parse_options=parse)
     return table.select(_ROW_SCHEMA.names).combine_chunks()
+
+
+def _typed_row(line: str) -> str:
+    """A results row with each value of the type its column holds, or null."""
+    row = json.loads(line)
+    return _encode({f.name: _typed(row.get(f.name), f.type) for f in _ROW_SCHEMA if f.name in row})
+
+
+def _typed(value, kind: pa.DataType):
+    if value is None:
+        return None
+    if pa.types.is_string(kind):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        return _SURROGATE.sub("\ufffd", value) if isinstance(value, str) else None
+    if pa.types.is_boolean(kind):
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if pa.types.is_integer(kind):
+        if isinstance(value, float):
+            value = int(value) if value.is_integer() else None
+        return value if value is not None and -2 ** 63 <= value < 2 ** 63 else None
+    return float(value) if math.isfinite(value) else None
 
 
 def _cpus() -> int:
@@ -498,7 +529,8 @@ def write_results(out_dir, results: Results, key: str = "") -> int:
     with atomic_file(out_dir / METADATA_FILE) as f:
         # Hugging Face imagefolder metadata: one line per image, `file_name` relative to OUT.
         for piece in results.metadata:
-            f.write(piece.encode("utf-8"))
+            # "replace": a lone surrogate from an earlier version's journal cannot be UTF-8.
+            f.write(piece.encode("utf-8", "replace"))
     return results.images
 
 

@@ -392,3 +392,24 @@ def test_max_wait_lets_a_run_wait_as_long_as_the_user_allows(tmp_path):
         refused = run(server, prompts(tmp_path, 1), tmp_path / "a", max_wait=0.5)
         allowed = run(server, prompts(tmp_path, 1), tmp_path / "b", max_wait=5)
     assert refused.stopped == "server_wait_too_long" and allowed.ok == 1
+
+
+def test_odd_values_in_an_earlier_versions_journal_still_build(tmp_path, fresh_sim):
+    csv, out = finished_run(tmp_path, fresh_sim, count=2)
+    path = out / "journal.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:
+        if record.get("status") == "ok":
+            # As a version that kept server values unchecked wrote them.
+            record.update({"trace_id": 12345, "created": 1e20, "usage": {"total_tokens": "12"},
+                           "http_status": "200"})
+            record["images"][0]["revised_prompt"] = "half \ud800 pair"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "results.parquet").unlink()
+    fresh_sim.reset_stats()
+    summary = batchgen.run(str(csv), out=str(out), base_url=fresh_sim.acedata_url, environ={"ACEDATA_API_TOKEN": TOKEN})
+    assert summary.exit_status == 0 and fresh_sim.stats["requests"] == 0
+    df = results(out)
+    assert (df.trace_id == "12345").all() and df.created.isna().all() and df.http_status.isna().all()
+    assert (df.revised_prompt == "half \ufffd pair").all()
+    assert "half ? pair" in (out / "metadata.jsonl").read_text()
