@@ -48,3 +48,24 @@ async def _simulated(provider: str):
         yield Endpoint(url=endpoint_url(base), token=sim_config.token, provider=provider)
     finally:
         await simulator.close()
+
+
+def cancel(out, environ=None) -> list:
+    """Cancel the batches OUT submitted to OpenAI's Batch API and has not collected; returns
+    [(batch id, status)]. The token comes from the environment, the endpoint from job.json."""
+    import asyncio
+
+    from .backends.batch import cancel_batches
+    from .exceptions import UsageError
+    from .journal import replay
+    from .outdir import OutputFolder, provenance_of, read_job
+    job = read_job(out)
+    provenance = provenance_of(job)
+    if provenance is None or not provenance.endpoint:
+        raise UsageError(f"{out}'s job.json does not say where its batches were sent; nothing was cancelled")
+    open_chunks = {k: c for k, c in replay(OutputFolder(out).journal_path).batches.items()
+                   if "collected" not in c.get("events", ()) and c.get("batch_id")}
+    if not open_chunks:
+        return []
+    endpoint = resolve_endpoint(provenance.provider, provenance.endpoint, environ)
+    return asyncio.run(cancel_batches(endpoint, 60.0, open_chunks))

@@ -41,7 +41,8 @@ def job_options(f):
         click.option("--provider", type=click.Choice(PROVIDER_NAMES),
                      help="API dialect and token variable: " + _providers_help() + "."),
         click.option("--mode", type=click.Choice(MODES),
-                     help="How to send: live (one request per task, as fast as the API allows; default)."),
+                     help="How to send: live (one request per task, as fast as the API allows; default) or "
+                          "batch (OpenAI's Batch API: half the price, results within 24 h; --provider openai)."),
         click.option("--base-url", help="Endpoint (…/images/generations) or SDK-style base URL (…/v1)."),
         click.option("--limit", type=click.IntRange(min=0), help="Only the first N input rows."),
         click.option("--encoding", help="Text encoding of a CSV/JSONL that is not UTF-8 (e.g. cp1252)."),
@@ -120,6 +121,14 @@ class _EchoHandler(logging.Handler):
 @click.option("--max-wait", type=click.FloatRange(min=0, min_open=True),
               help="Longest pause a server may ask for (Retry-After) before the run stops to be rerun later (default 600 s).")
 @click.option("--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no token needed).")
+@click.option("--batch-size", type=int, default=None,
+              help="Batch mode: requests per batch, 1 to 50,000 (default 1,000). GPT images come back as "
+                   "base64 inside the batch's output file, 1 to 3 MB each: 1,000 keeps a file to a few GB, "
+                   "which a laptop downloads and a failed download repeats quickly.")
+@click.option("--no-wait", is_flag=True, default=None,
+              help="Batch mode: submit the batches and exit 3; run the same command again to collect.")
+@click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Batch mode: the longest pause between two looks at the batches (default 60 s; it starts at 1 s).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def run(source, no_progress, **kw):
     """Generate images for every task of SOURCE (a job file .toml, or a .csv/.parquet/.jsonl).
@@ -170,7 +179,7 @@ def plan(source, **kw):
         config, _, job_plan = prepare(source, _overrides(kw))
     except UsageError as e:
         _fail(str(e))
-    click.echo(format_plan(summarise_plan(job_plan), config.rpm))
+    click.echo(format_plan(summarise_plan(job_plan), config.rpm, config.mode))
 
 
 @main.command()
@@ -182,6 +191,22 @@ def status(out):
         click.echo(format_status(read_status(out)))
     except UsageError as e:
         _fail(str(e))
+
+
+@main.command()
+@click.argument("out")
+def cancel(out):
+    """Cancel OUT's unfinished batches on OpenAI's Batch API (what they finished stays; a rerun
+    collects it and submits the rest)."""
+    from .api import cancel as cancel_batches
+    try:
+        cancelled = cancel_batches(out)
+    except UsageError as e:
+        _fail(str(e))
+    if not cancelled:
+        click.echo(f"{out} has no unfinished batches")
+    for batch_id, status in cancelled:
+        click.echo(f"{batch_id}: {status}")
 
 
 @main.command()

@@ -179,11 +179,18 @@ else:  # pragma: no cover - Python 3.10
 def parse_generation(status: int, headers, raw: bytes, secret: str = "",
                      provider: Optional[str] = None) -> Generation:
     """A response of either dialect as images, or the RequestError it amounts to."""
-    header_trace = server_id(headers.get("x-request-id") or headers.get("x-trace-id"), secret)
     try:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         payload = None
+    return generation_from(status, headers, payload, raw, secret, provider)
+
+
+def generation_from(status: int, headers, payload, raw: bytes, secret: str = "",
+                    provider: Optional[str] = None) -> Generation:
+    """An answer already parsed as JSON (`payload`; None: it was not JSON) as images, or the
+    RequestError it amounts to. `raw` is only read to describe an answer that is not JSON."""
+    header_trace = server_id(headers.get("x-request-id") or headers.get("x-trace-id"), secret)
     if status != 200 or (isinstance(payload, dict) and ("error" in payload and payload.get("error")
                                                           or payload.get("success") is False)):
         raise _api_error(status, headers, payload, raw, header_trace, secret, provider)
@@ -340,3 +347,146 @@ class ImagesClient:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             err = translate_exception(exc, self.endpoint.token)
             raise DownloadFailed(f"image download failed: {err.message}") from None
+
+
+# ---- OpenAI's Batch API ---------------------------------------------------------------------
+
+BATCH_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+BATCH_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"}) | BATCH_TERMINAL
+MAX_BATCH_LINE_BYTES = MAX_RESPONSE_BYTES_PER_IMAGE * 10
+
+
+@dataclass
+class BatchInfo:
+    """A batch object, typed: what batchgen reads of it."""
+    id: str
+    status: str
+    output_file_id: Optional[str]
+    error_file_id: Optional[str]
+    total: int
+    completed: int
+    failed: int
+    metadata: dict
+    errors: list            # [(code, message)] of a batch that failed validation
+
+
+def parse_batch(payload, secret: str = "") -> BatchInfo:
+    if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
+        raise BadResponse("the Batch API answered without a batch object")
+    status = payload.get("status")
+    if status not in BATCH_STATUSES:
+        raise BadResponse(f"the Batch API answered an unknown batch status {server_text(status, secret, 40)!r}")
+    counts = payload.get("request_counts") if isinstance(payload.get("request_counts"), dict) else {}
+    metadata = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+    errors = []
+    listed = payload.get("errors")
+    for item in (listed.get("data") if isinstance(listed, dict) and isinstance(listed.get("data"), list) else []):
+        if isinstance(item, dict):
+            errors.append((server_text(item.get("code"), secret, 100) or "batch_failed",
+                           server_text(item.get("message"), secret, 2000) or "the batch failed validation"))
+    return BatchInfo(
+        id=server_id(payload["id"], secret) or "", status=status,
+        output_file_id=server_id(payload.get("output_file_id"), secret),
+        error_file_id=server_id(payload.get("error_file_id"), secret),
+        total=server_int(counts.get("total"), 0, 10 ** 9) or 0,
+        completed=server_int(counts.get("completed"), 0, 10 ** 9) or 0,
+        failed=server_int(counts.get("failed"), 0, 10 ** 9) or 0,
+        metadata={k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)},
+        errors=errors)
+
+
+class BatchClient(ImagesClient):
+    """The Files and Batches endpoints of an OpenAI-style API root (…/v1)."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float):
+        super().__init__(endpoint, concurrency=4, timeout=timeout)
+        self.root = endpoint.url[:-len("/images/generations")] if endpoint.url.endswith(
+            "/images/generations") else endpoint.url.rstrip("/")
+        self._auth = {"Authorization": f"Bearer {endpoint.token}", "User-Agent": f"batchgen/{__version__}"}
+
+    async def _json(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            async with self._session.request(method, self.root + path, headers=self._auth,
+                                             allow_redirects=False, proxy=self._proxy, **kwargs) as resp:
+                raw = await _read_capped(resp, 16 << 20)
+                status, headers = resp.status, resp.headers
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise translate_exception(exc, self.endpoint.token) from None
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            payload = None
+        if status >= 400 or not isinstance(payload, dict) or payload.get("error"):
+            raise _api_error(status if status >= 400 else 500, headers, payload, raw, None,
+                             self.endpoint.token, self.endpoint.provider)
+        return payload
+
+    async def upload_batch_file(self, name: str, data: bytes) -> str:
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", data, filename=name, content_type="application/jsonl")
+        payload = await self._json("POST", "/files", data=form)
+        file_id = server_id(payload.get("id"), self.endpoint.token)
+        if not file_id:
+            raise BadResponse("the Files API answered without a file id")
+        return file_id
+
+    async def create_batch(self, input_file_id: str, endpoint_path: str, metadata: dict) -> BatchInfo:
+        body = {"input_file_id": input_file_id, "endpoint": endpoint_path, "completion_window": "24h",
+                "metadata": metadata}
+        return parse_batch(await self._json("POST", "/batches", json=body), self.endpoint.token)
+
+    async def get_batch(self, batch_id: str) -> BatchInfo:
+        return parse_batch(await self._json("GET", f"/batches/{batch_id}"), self.endpoint.token)
+
+    async def cancel_batch(self, batch_id: str) -> BatchInfo:
+        return parse_batch(await self._json("POST", f"/batches/{batch_id}/cancel"), self.endpoint.token)
+
+    async def find_batch(self, metadata_key: str, value: str, max_pages: int = 20) -> Optional[BatchInfo]:
+        """The newest batch of the account whose metadata[key] is `value`, if any."""
+        after = None
+        for _ in range(max_pages):
+            params = {"limit": "100", **({"after": after} if after else {})}
+            page = await self._json("GET", "/batches", params=params)
+            items = page.get("data") if isinstance(page.get("data"), list) else []
+            for item in items:
+                if isinstance(item, dict) and isinstance(item.get("metadata"), dict) \
+                        and item["metadata"].get(metadata_key) == value:
+                    return parse_batch(item, self.endpoint.token)
+            if not page.get("has_more") or not items:
+                return None
+            after = server_id(items[-1].get("id") if isinstance(items[-1], dict) else None)
+            if not after:
+                return None
+        return None
+
+    async def file_lines(self, file_id: str):
+        """The lines of a (large) file, as they arrive: never the whole file in memory."""
+        try:
+            async with self._session.get(f"{self.root}/files/{file_id}/content", headers=self._auth,
+                                         allow_redirects=False, proxy=self._proxy,
+                                         timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as resp:
+                if resp.status >= 400:
+                    raw = await _read_capped(resp, 1 << 20)
+                    raise _api_error(resp.status, resp.headers, _json_or_none(raw), raw, None,
+                                     self.endpoint.token, self.endpoint.provider)
+                pending = b""
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield line
+                    if len(pending) > MAX_BATCH_LINE_BYTES:
+                        raise BadResponse("a line of the batch's file is larger than any answer can be")
+                if pending.strip():
+                    yield pending
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise translate_exception(exc, self.endpoint.token) from None
+
+
+def _json_or_none(raw: bytes):
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None

@@ -18,7 +18,8 @@ from . import _gc, models, providers
 from .exceptions import UsageError
 
 PARAMETERS = models.PARAMETERS
-MODES = ("live",)      # each has a backend in batchgen.backends
+MODES = ("live", "batch")      # each has a backend in batchgen.backends
+MAX_BATCH_REQUESTS = 50_000
 
 
 @dataclass
@@ -40,6 +41,9 @@ class JobConfig:
     retry_failed: bool = False
     max_cost: Optional[float] = None
     max_wait: float = 600.0               # seconds: a server asking for a longer pause stops the run
+    batch_size: int = 1000                # Batch API: requests per batch (see the CLI's help)
+    no_wait: bool = False                 # Batch API: submit and leave; a later run collects
+    poll_interval: float = 60.0           # Batch API: the longest pause between two looks
     simulate: bool = False
     encoding: Optional[str] = None
     job_file: Optional[str] = None
@@ -141,7 +145,7 @@ def point_label(point: dict) -> str:
 
 _JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "rpm",
              "max_retries", "backoff_base", "timeout", "provider", "mode", "base_url", "limit", "max_cost",
-             "max_wait", "encoding"}
+             "max_wait", "encoding", "batch_size", "no_wait", "poll_interval"}
 
 
 def load_job_file(path) -> dict:
@@ -183,7 +187,8 @@ def load_job_file(path) -> dict:
         (axis, [parse_param_value(axis, v, f"{path} [sweep]") for v in values])
         for axis, values in sweep.items()])
     for key in ("prompt_column", "concurrency", "rpm", "max_retries", "backoff_base", "timeout", "provider",
-                "mode", "base_url", "limit", "max_cost", "max_wait", "encoding"):
+                "mode", "base_url", "limit", "max_cost", "max_wait", "encoding", "batch_size", "no_wait",
+                "poll_interval"):
         if key in data:
             settings[key] = data[key]
     check_settings(JobConfig(**settings), job_file=str(path))
@@ -254,11 +259,37 @@ def check_settings(config: JobConfig, job_file: Optional[str] = None) -> None:
             raise UsageError(f"{name(key)} must be a whole number ≥ {low} (e.g. {example(key, str(max(low, 8)))}), "
                              f"not {value!r}")
     for key, good in (("rpm", "60"), ("timeout", "300"), ("max_cost", "5"), ("backoff_base", "1"),
-                      ("max_wait", "600")):
+                      ("max_wait", "600"), ("poll_interval", "60")):
         value = getattr(config, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):
             raise UsageError(f"{name(key)} must be a finite number > 0 (e.g. {example(key, good)}), not {value!r}")
+    check_batch_settings(config, name)
+
+
+def _check_batch_models(variants) -> None:
+    refused = sorted({v.params.get("model") or f"{models.API_DEFAULT_MODEL} (no model set)"
+                      for v in variants if not models.batch_allowed(v.params.get("model"))})
+    if refused:
+        raise UsageError(f"the Batch API makes images with the GPT image models only, not {', '.join(refused)}; "
+                         "set --model gpt-image-1 (or another GPT image model), or use --mode live")
+
+
+def check_batch_settings(config: JobConfig, name=lambda key: "--" + key.replace("_", "-")) -> None:
+    """OpenAI's Batch API: its provider, its size limits, and options that need it."""
+    if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) \
+            or not 1 <= config.batch_size <= MAX_BATCH_REQUESTS:
+        raise UsageError(f"{name('batch_size')} must be a whole number from 1 to {MAX_BATCH_REQUESTS:,} "
+                         f"(the Batch API's limit), not {config.batch_size!r}")
+    if not isinstance(config.no_wait, bool):
+        raise UsageError(f"{name('no_wait')} must be true or false, not {config.no_wait!r}")
+    if config.mode != "batch":
+        if config.no_wait:
+            raise UsageError("--no-wait needs --mode batch (a live run sends and waits for each request)")
+        return
+    if config.provider != "openai":
+        raise UsageError(f"--mode batch is OpenAI's Batch API: use --provider openai (with OPENAI_API_KEY), "
+                         f"not {config.provider!r}")
 
 
 # ---- planning ---------------------------------------------------------------------------
@@ -503,6 +534,8 @@ def _make_plan(table, config: JobConfig) -> Plan:
             append(Task(task_id, i, prompt, variant.params, p_index, problem))
     unknown_models = sorted({v.params["model"] for v in variants.values()
                              if models.rules_for(v.params.get("model")) is None})
+    if config.mode == "batch":
+        _check_batch_models(variants.values())
     return Plan(config, points, tasks, passthrough, unknown_models, _content_digest(table, passthrough))
 
 

@@ -39,6 +39,7 @@ _HEAD = b'{"task_id":"'
 _STATUS = b'","status":"'
 _MARKER = b'{"synced":'
 _ORIGIN = b'{"origin":'
+_BATCH = b'{"batch":'
 # ASCII lines (other characters as \u escapes): the C encoder is ~40% faster that way than
 # writing UTF-8, and the journal is for batchgen to read, not for people.
 _encode = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
@@ -98,6 +99,14 @@ class Replay:
     damaged: int = 0       # lines that are not a record (cut short, glued, without status): skipped
     origins: list = field(default_factory=list)   # each run's {"provider", "endpoint", ...}
     replaced: dict = field(default_factory=dict)  # a legacy task id -> the id that replaces it
+    batches: dict = field(default_factory=dict)   # Batch API chunk key -> what the journal says of it
+
+    def batch_event(self, event: dict) -> None:
+        """A Batch API chunk's progress: planned (its task ids), submitted (its batch id),
+        collected (every outcome it will give is in the journal)."""
+        chunk = self.batches.setdefault(event.get("chunk"), {})
+        chunk.update({k: v for k, v in event.items() if k != "event"})
+        chunk.setdefault("events", []).append(event.get("event"))
 
     def begin_origin(self, origin: dict) -> None:
         """Outcomes applied from now on came from `origin`."""
@@ -175,6 +184,16 @@ def _replay(path, out_dir) -> Replay:
                         continue
             elif raw.startswith(_MARKER):
                 unsynced.clear()
+                continue
+            elif raw.startswith(_BATCH):
+                try:
+                    event = json.loads(raw).get("batch")
+                except (ValueError, AttributeError):
+                    event = None
+                if isinstance(event, dict) and isinstance(event.get("chunk"), str):
+                    result.batch_event(event)
+                else:
+                    result.damaged += 1
                 continue
             elif raw.startswith(_ORIGIN):
                 try:

@@ -93,6 +93,17 @@ def rules_for(model: Optional[str]) -> Optional[ModelRules]:
     return None
 
 
+def batch_allowed(model: Optional[str]) -> bool:
+    """Whether OpenAI's Batch API takes this model for images: the GPT image models (a model
+    batchgen does not know is let through, as in live mode)."""
+    rules = rules_for(model)
+    return rules is None and model is not None or (rules is not None and rules.name.startswith("gpt-image"))
+
+
+# The Batch API's price: half the live one.
+BATCH_PRICE_FACTOR = 0.5
+
+
 def parameter_problems(params: dict) -> list[str]:
     """Why a request with these parameters would be refused (empty list: allowed).
 
@@ -167,8 +178,8 @@ def price_per_image(model: Optional[str], quality: Optional[str], size: Optional
     return None
 
 
-def estimate_cost(params: dict) -> Optional[float]:
+def estimate_cost(params: dict, mode: str = "live") -> Optional[float]:
     price = price_per_image(params.get("model"), params.get("quality"), params.get("size"))
     if price is None:
         return None
-    return price * int(params.get("n") or 1)
+    return price * int(params.get("n") or 1) * (BATCH_PRICE_FACTOR if mode == "batch" else 1.0)

@@ -56,7 +56,7 @@ def summarise_plan(plan: Plan) -> PlanSummary:
         point.tasks += 1
         key = id(task.params)
         if key not in costs:
-            costs[key] = (task.images_expected, models.estimate_cost(task.params))
+            costs[key] = (task.images_expected, models.estimate_cost(task.params, plan.config.mode))
         images, cost = costs[key]
         point.images += images
         if cost is None or point.cost_usd is None:
@@ -78,7 +78,7 @@ def _money(value: Optional[float]) -> str:
     return "unknown" if value is None else f"${value:,.2f}"
 
 
-def format_plan(summary: PlanSummary, rpm: Optional[float] = None) -> str:
+def format_plan(summary: PlanSummary, rpm: Optional[float] = None, mode: str = "live") -> str:
     width = max([len(p.label) for p in summary.points] + [11])
     lines = [f"{'sweep point':<{width}}  {'tasks':>8}  {'refused':>8}  {'images':>8}  {'est. cost':>10}"]
     for p in summary.points:
@@ -86,6 +86,8 @@ def format_plan(summary: PlanSummary, rpm: Optional[float] = None) -> str:
     images = sum(p.images for p in summary.points)
     lines.append(f"{'total':<{width}}  {summary.tasks:>8,}  {summary.refused:>8,}  {images:>8,}  "
                  f"{_money(summary.cost_usd):>10}")
+    if mode == "batch":
+        lines.append("costs at the Batch API's price: half the live one")
     if summary.unknown_models:
         lines.append(f"cost unknown for model(s) {', '.join(summary.unknown_models)}: batchgen has no price for them")
     if summary.refused_by_reason:

@@ -23,7 +23,18 @@ class Progress:
                 self._bar = None
 
     def _postfix(self):
-        self._bar.set_postfix_str(f"ok={self.ok} err={self.errors}", refresh=False)
+        extra = f" {self._note}" if getattr(self, "_note", "") else ""
+        self._bar.set_postfix_str(f"ok={self.ok} err={self.errors}{extra}", refresh=False)
+
+    def note(self, text: str) -> None:
+        """A word beside the counts (a batch's remote progress, a wait)."""
+        self._note = text
+        if self._bar is not None:
+            try:
+                self._postfix()
+                self._bar.refresh()
+            except (OSError, ValueError):
+                self._give_up()
 
     def advance(self, ok: bool) -> None:
         if ok:

@@ -81,6 +81,17 @@ class Recorder:
     def not_done(self, task_id: str, attempts: int) -> None:
         self._append({"task_id": task_id, "status": NOT_DONE, "attempts": attempts})
 
+    def is_final(self, task_id: str) -> bool:
+        return self.state.status(task_id) is not None
+
+    def batch_event(self, event: dict) -> None:
+        """A Batch API chunk's step, written before the step's effect is relied on."""
+        self.journal.append({"batch": event})
+        self.state.batch_event(event)
+
+    def note(self, text: str) -> None:
+        self.progress.note(text)
+
 
 @dataclass
 class Resume:
@@ -92,7 +103,8 @@ class Resume:
     sendable: int
 
 
-def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
+def pending_tasks(plan: Plan, state, retry_failed: bool, mode: str = "live") -> Resume:
+    """What is left to send; the spend so far is estimated at `mode`'s price."""
     pending, done_ok, done_err, spent, refused = [], 0, 0, 0.0, 0
     for task in plan.tasks:
         if task.problem:
@@ -103,7 +115,7 @@ def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
             pending.append(task)
         elif status == "ok":
             done_ok += 1
-            spent += models.estimate_cost(task.params) or 0.0
+            spent += models.estimate_cost(task.params, mode) or 0.0
         else:
             done_err += 1
     return Resume(pending, done_ok, done_err, spent, len(plan.tasks) - refused)
@@ -174,13 +186,13 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
     if state.damaged:
         warnings.append(f"{state.damaged} damaged journal line(s) skipped; their tasks are sent again")
         log.warning(warnings[-1])
-    todo = pending_tasks(plan, state, config.retry_failed)
+    todo = pending_tasks(plan, state, config.retry_failed, config.mode)
     stop = StopSwitch()
     bar = Progress(todo.sendable, todo.sendable - len(todo.pending), todo.done_ok, todo.done_err,
                    show_progress and bool(todo.pending))
     # Made here so its request count survives a failure below; its recorder is given once the
     # journal is open.
-    backend = backend_for(config.mode)(config, endpoint, store, None, Budget(config.max_cost, todo.spent_usd), stop)
+    backend = backend_for(config.mode)(config, endpoint, store, None, Budget(config.max_cost, todo.spent_usd, config.mode), stop)
     images = orphans = 0
     try:
         images, orphans = await _send_then_write(config, table, plan, folder, state, todo, stop,
@@ -297,7 +309,7 @@ def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int,
             if state.states[task.task_id].short():
                 short += 1
                 by_code["missing_image"] = by_code.get("missing_image", 0) + 1
-            price = models.estimate_cost(task.params)
+            price = models.estimate_cost(task.params, config.mode)
             cost_known = cost_known and price is not None
             cost += price or 0.0
             continue

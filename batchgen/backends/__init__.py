@@ -16,7 +16,7 @@ from .. import models
 from ..exceptions import UsageError
 
 # mode -> "module:class", imported when chosen so a run loads only the backend it uses.
-BACKENDS = {"live": "batchgen.backends.live:LiveBackend"}
+BACKENDS = {"live": "batchgen.backends.live:LiveBackend", "batch": "batchgen.backends.batch:BatchBackend"}
 MODES = tuple(BACKENDS)
 
 
@@ -54,15 +54,16 @@ class StopSwitch:
 class Budget:
     """--max-cost: the estimated spend, finished images of earlier runs included."""
 
-    def __init__(self, max_cost: Optional[float], spent_usd: float = 0.0):
+    def __init__(self, max_cost: Optional[float], spent_usd: float = 0.0, mode: str = "live"):
         self.max_cost = max_cost
         self.spent_usd = spent_usd
+        self.mode = mode            # the Batch API costs half
 
     def take(self, params: dict, stop: StopSwitch) -> bool:
         """Count a task's estimated cost; False (and the run stops) when it would pass the budget."""
         if self.max_cost is None:
             return True
-        cost = models.estimate_cost(params) or 0.0
+        cost = models.estimate_cost(params, self.mode) or 0.0
         if self.spent_usd + cost > self.max_cost + 1e-9:
             stop("budget_exceeded",
                  f"the budget --max-cost {self.max_cost:g} USD would be passed (estimated spend "

@@ -1,0 +1,330 @@
+"""The Batch API backend: the pending tasks go to OpenAI's Batch API in chunks, at half the
+price, and their outcomes are collected when the batches end.
+
+Paid exactly once, through any crash. A chunk's life is written to the journal before it is
+relied on: `planned` (its task ids) before the upload, the batch is created with metadata
+naming the chunk, `submitted` (the batch id) once it exists, `collected` once every outcome it
+gives is in the journal. A rerun adopts what exists: a submitted chunk is polled; a planned
+chunk without a batch id is looked up among the account's batches by its metadata before it is
+submitted again; outcomes already in the journal are skipped when an output file is read again.
+A task is never in two open chunks.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Optional
+
+from ..client import BATCH_TERMINAL, BatchClient, BatchInfo, BodyEncoder, generation_from, redact
+from ..errors import Decision, classify, stop_advice
+from ..exceptions import ApiError, BadResponse, RequestError
+
+log = logging.getLogger("batchgen")
+
+ENDPOINT_PATH = "/v1/images/generations"
+MAX_BATCH_REQUESTS = 50_000
+MAX_BATCH_INPUT_BYTES = 190 * 1024 * 1024      # the API allows 200 MB; room for its count
+METADATA_CHUNK = "batchgen_chunk"
+METADATA_JOB = "batchgen_job"
+FIRST_POLL_S = 1.0
+NETWORK_RETRY_S = 5.0
+LINE_SAVE_INLINE_BYTES = 256 * 1024
+
+
+class BatchBackend:
+    mode = "batch"
+
+    def __init__(self, config, endpoint, images, recorder, budget, stop):
+        self.config = config
+        self.endpoint = endpoint
+        self.images = images
+        self.recorder = recorder
+        self.budget = budget
+        self.stop = stop
+        self.requests_sent = 0
+        self.client: Optional[BatchClient] = None
+        self.encode_body = BodyEncoder()
+        self._work: Optional[asyncio.Task] = None
+        self._collecting = False
+        self._cancelled_by_us = False
+        self._tasks: dict = {}          # task id -> Task, for the records of collected outcomes
+        self._resubmitted: set = set()  # task ids sent again once in this run (expired, 5xx)
+
+    async def __aenter__(self):
+        self.client = await BatchClient(self.endpoint, self.config.timeout).__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.client.__aexit__(*exc)
+
+    def busy(self) -> bool:
+        """Saving a batch's outcomes is worth finishing; waiting for a batch is not."""
+        return self._collecting
+
+    def cancel_in_flight(self) -> None:
+        if self._work is not None and not self._work.done():
+            self._cancelled_by_us = True
+            self._work.cancel()
+
+    async def send(self, tasks) -> None:
+        self._work = asyncio.ensure_future(self._send(list(tasks)))
+        try:
+            await self._work
+        except asyncio.CancelledError:
+            if not self._cancelled_by_us:
+                raise
+        except RequestError as error:
+            self._stop_for(error)
+
+    # ---- the run ------------------------------------------------------------------------
+
+    async def _send(self, tasks: list) -> None:
+        self._tasks = {t.task_id: t for t in tasks}
+        open_chunks = await self._adopt_open_chunks()
+        owned = {tid for chunk in open_chunks.values() for tid in chunk["task_ids"]}
+        fresh = []
+        for task in tasks:
+            if task.task_id in owned:
+                continue
+            if not self.budget.take(task.params, self.stop):
+                break
+            fresh.append(task)
+        for chunk_tasks in self.split(fresh):
+            key, chunk = await self._submit(chunk_tasks)
+            open_chunks[key] = chunk
+        if self.config.no_wait:
+            if open_chunks:
+                self.stop("batch_in_progress",
+                          f"submitted {len(open_chunks)} batch(es) of {sum(len(c['task_ids']) for c in open_chunks.values())} "
+                          "request(s) to the Batch API; run the same command again to collect them "
+                          "(batchgen cancel OUT cancels them)")
+            return
+        await self._wait(open_chunks)
+
+    def split(self, tasks: list) -> list:
+        """Chunks of at most --batch-size requests and the API's input size."""
+        chunks, current, size = [], [], 0
+        for task in tasks:
+            line = self._line(task)
+            if current and (len(current) >= self.config.batch_size or size + len(line) > MAX_BATCH_INPUT_BYTES):
+                chunks.append(current)
+                current, size = [], 0
+            current.append(task)
+            size += len(line)
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _line(self, task) -> bytes:
+        body = self.encode_body(task.prompt, task.params)
+        return (b'{"custom_id":"' + task.task_id.encode() + b'","method":"POST","url":"' +
+                ENDPOINT_PATH.encode() + b'","body":' + body + b"}\n")
+
+    async def _submit(self, tasks: list, key: Optional[str] = None) -> tuple:
+        """planned -> upload -> create (metadata names the chunk) -> submitted."""
+        if key is None:
+            key = uuid.uuid4().hex[:16]
+            self.recorder.batch_event({"chunk": key, "event": "planned",
+                                       "task_ids": [t.task_id for t in tasks]})
+        data = b"".join(self._line(t) for t in tasks)
+        file_id = await self.client.upload_batch_file(f"batchgen-{key}.jsonl", data)
+        info = await self.client.create_batch(file_id, ENDPOINT_PATH, self._metadata(key))
+        self.recorder.batch_event({"chunk": key, "event": "submitted", "batch_id": info.id,
+                                   "input_file_id": file_id})
+        self.requests_sent += len(tasks)
+        log.info("submitted batch %s: %d request(s)", info.id, len(tasks))
+        return key, self.recorder.state.batches[key]
+
+    def _metadata(self, key: str) -> dict:
+        return {METADATA_CHUNK: key, METADATA_JOB: self.config.fingerprint()}
+
+    async def _adopt_open_chunks(self) -> dict:
+        """Chunks of earlier runs that are not collected: submitted ones are polled; one planned
+        but never recorded as submitted is looked up by its metadata, else submitted now."""
+        open_chunks = {}
+        for key, chunk in list(self.recorder.state.batches.items()):
+            if "collected" in chunk.get("events", ()):
+                continue
+            if not chunk.get("batch_id"):
+                found = await self.client.find_batch(METADATA_CHUNK, key)
+                if found is not None:
+                    self.recorder.batch_event({"chunk": key, "event": "submitted", "batch_id": found.id})
+                else:
+                    waiting = [self._tasks[t] for t in chunk.get("task_ids", ()) if t in self._tasks]
+                    if not waiting:
+                        self.recorder.batch_event({"chunk": key, "event": "collected", "status": "abandoned"})
+                        continue
+                    await self._submit(waiting, key)
+            open_chunks[key] = self.recorder.state.batches[key]
+        return open_chunks
+
+    async def _wait(self, open_chunks: dict) -> None:
+        interval = FIRST_POLL_S
+        while open_chunks and not self.stop:
+            progress = []
+            for key in list(open_chunks):
+                info = await self._poll(open_chunks[key]["batch_id"])
+                if info is None:
+                    continue
+                progress.append(info)
+                if info.status in BATCH_TERMINAL:
+                    again = await self._collect(key, open_chunks.pop(key), info)
+                    for chunk_tasks in self.split(again):
+                        new_key, chunk = await self._submit(chunk_tasks)
+                        open_chunks[new_key] = chunk
+            done = sum(i.completed + i.failed for i in progress)
+            total = sum(i.total for i in progress)
+            self.recorder.note(f"batches: {len(open_chunks)} open, {done}/{total} done remotely")
+            if open_chunks:
+                await self.stop.sleep(interval)
+                interval = min(interval * 2, self.config.poll_interval)
+
+    async def _poll(self, batch_id: str) -> Optional[BatchInfo]:
+        try:
+            return await self.client.get_batch(batch_id)
+        except RequestError as error:
+            if classify(error) is Decision.STOP:
+                raise
+            log.warning("reading batch %s failed (%s); trying again", batch_id, error.message)
+            await self.stop.sleep(NETWORK_RETRY_S)
+            return None
+
+    # ---- collecting ---------------------------------------------------------------------
+
+    async def _collect(self, key: str, chunk: dict, info: BatchInfo) -> list:
+        """Every outcome a finished batch gives, into the journal; returns the tasks to send
+        again in this run (expired, or a server error on their line, once each)."""
+        self._collecting = True
+        try:
+            again: list = []
+            for file_id in (info.output_file_id, info.error_file_id):
+                if file_id:
+                    async for line in self.client.file_lines(file_id):
+                        task_id = await self._take_line(line, info.id, again)
+                        if task_id is None:
+                            log.warning("batch %s: a line of its file could not be used; skipped", info.id)
+            left = [t for t in chunk.get("task_ids", ()) if not self.recorder.is_final(t)]
+            again_ids = {t.task_id for t in again}
+            self._settle(info, [t for t in left if t not in again_ids])
+            self.recorder.batch_event({"chunk": key, "event": "collected", "status": info.status})
+        finally:
+            self._collecting = False
+        fresh = [t for t in again if t.task_id not in self._resubmitted]
+        self._resubmitted.update(t.task_id for t in fresh)
+        return fresh
+
+    def _settle(self, info: BatchInfo, left: list) -> None:
+        """What the batch's end means for the tasks its files said nothing final about."""
+        if not left:
+            return
+        if info.status == "failed":
+            code, message = info.errors[0] if info.errors else ("batch_failed", "the batch failed validation")
+            for task_id in left:
+                self._record_error(task_id, ApiError(message, code=code, http_status=400), info.id)
+        elif info.status == "cancelled":
+            self.stop("batch_cancelled", f"batch {info.id} was cancelled: {len(left)} request(s) it did not "
+                                         "run are not done; run the same command again to submit them")
+        elif info.status == "expired":
+            self.stop("batch_expired", f"batch {info.id} expired (24 h passed) twice for {len(left)} request(s); "
+                                       "run the same command again to submit them")
+        else:
+            self.stop("batch_incomplete", f"batch {info.id} ended {info.status} without an outcome for "
+                                          f"{len(left)} request(s); run the same command again to submit them")
+
+    async def _take_line(self, line: bytes, batch_id: str, again: list) -> Optional[str]:
+        try:
+            item = json.loads(line)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        task_id = item.get("custom_id") if isinstance(item, dict) else None
+        if not isinstance(task_id, str) or len(task_id) > 64:
+            return None
+        if self.recorder.is_final(task_id):
+            return task_id                      # collected before a crash: not again
+        task = self._tasks.get(task_id)
+        response = item.get("response") if isinstance(item.get("response"), dict) else None
+        if response is None:
+            # Never ran: expired or cancelled ("batch_expired", "batch_cancelled").
+            error = item.get("error") if isinstance(item.get("error"), dict) else {}
+            if error.get("code") == "batch_expired" and task is not None and task_id not in self._resubmitted:
+                again.append(task)
+            return task_id
+        status = response.get("status_code") if isinstance(response.get("status_code"), int) else 500
+        body = response.get("body")
+        try:
+            generation = generation_from(status, {}, body, b"", self.endpoint.token, self.endpoint.provider)
+        except RequestError as error:
+            # As in live mode: a refusal is the task's outcome; a server error is tried again
+            # (once, in a new batch), then it is the outcome.
+            if classify(error) is Decision.RETRY and task is not None and task_id not in self._resubmitted:
+                again.append(task)
+            else:
+                self._record_error(task_id, error, batch_id)
+            return task_id
+        await self._save(task_id, task, generation, batch_id)
+        return task_id
+
+    async def _save(self, task_id: str, task, generation, batch_id: str) -> None:
+        expected = task.images_expected if task is not None else 1
+        count = max(expected, len(generation.images))
+        images = []
+        try:
+            for index, image in enumerate(generation.images):
+                if image.data is None:
+                    raise BadResponse("a batch answer gave an image link instead of its bytes")
+                if len(image.data) < LINE_SAVE_INLINE_BYTES:
+                    saved = self.images.save(task_id, index, count, image.data)
+                else:
+                    saved = await asyncio.to_thread(self.images.save, task_id, index, count, image.data)
+                images.append({"image_index": index, "image_path": saved.image_path, "image_url": None,
+                               "sha256": saved.sha256, "width": saved.width, "height": saved.height,
+                               "bytes": saved.bytes, "revised_prompt": image.revised_prompt})
+        except BadResponse as error:
+            return self._record_error(task_id, error, batch_id)
+        record = {"task_id": task_id, "status": "ok", "images": images, "created": generation.created,
+                  "trace_id": generation.trace_id, "http_status": generation.http_status,
+                  "usage": generation.usage, "finished_at": round(time.time(), 3), "attempts": 1,
+                  "batch_id": batch_id, **self._request_of(task)}
+        if task is not None and len(images) < task.images_expected:
+            record["images_expected"] = task.images_expected
+        self.recorder.finished(record)
+
+    def _record_error(self, task_id: str, error: RequestError, batch_id: str) -> None:
+        task = self._tasks.get(task_id)
+        self.recorder.finished({
+            "task_id": task_id, "status": "error", "error_code": error.code,
+            "error_message": redact(error.message, self.endpoint.token), "http_status": error.http_status,
+            "trace_id": error.trace_id, "attempts": 1, "finished_at": round(time.time(), 3),
+            "batch_id": batch_id, **self._request_of(task)})
+
+    @staticmethod
+    def _request_of(task) -> dict:
+        return {"prompt": task.prompt, "params": task.params} if task is not None else {}
+
+    def _stop_for(self, error: RequestError) -> None:
+        if classify(error) is Decision.STOP:
+            self.stop(error.code, f"{error.code} (HTTP {error.http_status}): {error.message} — "
+                                  f"{stop_advice(error, self.endpoint.provider)}")
+        else:
+            self.stop("batch_api_error", f"the Batch API failed: {error.code} (HTTP {error.http_status}): "
+                                         f"{error.message}; run the same command again (nothing is sent twice)")
+
+
+async def cancel_batches(endpoint, timeout: float, chunks: dict) -> list:
+    """Cancel the batches of the chunks a folder has submitted and not collected; returns
+    [(batch id, its status after the request)]."""
+    done = []
+    async with BatchClient(endpoint, timeout) as client:
+        for key, chunk in chunks.items():
+            if "collected" in chunk.get("events", ()) or not chunk.get("batch_id"):
+                continue
+            try:
+                info = await client.cancel_batch(chunk["batch_id"])
+                done.append((info.id, info.status))
+            except RequestError as error:
+                done.append((chunk["batch_id"], f"not cancelled: {error.code}: {error.message}"))
+    return done
+
