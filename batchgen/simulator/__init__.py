@@ -5,8 +5,11 @@ It serves, on a loopback port:
     POST /openai/images/generations   AceData dialect
     POST /v1/images/generations       OpenAI dialect (``OpenAI(base_url=".../v1")`` works)
     GET  /files/<id>.<ext>            images handed out as ``url`` (kept in memory, TTL)
+    POST /v1/files, GET /v1/files/<id>[/content]             the Files API, for batches
+    POST /v1/batches, GET /v1/batches[/<id>], POST .../cancel  OpenAI's Batch API (images)
     GET  /_sim/stats                  counters as JSON
-    POST /_sim/reset                  zero the counters (``?all=1``: also quota, fault memory, rate bucket)
+    POST /_sim/reset                  zero the counters (``?all=1``: also quota, fault memory, rate
+                                      bucket, files and batches)
 
 This package imports nothing from the rest of batchgen on purpose: it is written from the
 APIs' own documentation (OpenAI's request schema is spec/openai-images-generations.schema.json),
@@ -19,6 +22,8 @@ so that a misunderstanding in the client cannot hide by being mirrored here.
     rate        the token bucket, its x-ratelimit-* headers, the 429
     config      SimConfig and SimStats
     answers     the JSON bodies of both dialects
+    uploads     the Files API's files (batch inputs, outputs, errors)
+    batches     the Batch API: validation, lazy timing, running lines through the live code
     server      the routes, make_app, start_simulator, SimulatorThread
 """
 from __future__ import annotations
