@@ -105,17 +105,23 @@ class BatchBackend:
         await self._wait(open_chunks)
 
     def split(self, tasks: list) -> list:
-        """Chunks of at most --batch-size requests and the API's input size."""
-        chunks, current, size = [], [], 0
+        """Chunks of one model each (an input file may name one model), of at most
+        --batch-size requests and the API's input size."""
+        by_model: dict = {}
         for task in tasks:
-            line = self._line(task)
-            if current and (len(current) >= self.config.batch_size or size + len(line) > MAX_BATCH_INPUT_BYTES):
+            by_model.setdefault(task.params.get("model"), []).append(task)
+        chunks = []
+        for same_model in by_model.values():
+            current, size = [], 0
+            for task in same_model:
+                line = len(self._line(task))
+                if current and (len(current) >= self.config.batch_size or size + line > MAX_BATCH_INPUT_BYTES):
+                    chunks.append(current)
+                    current, size = [], 0
+                current.append(task)
+                size += line
+            if current:
                 chunks.append(current)
-                current, size = [], 0
-            current.append(task)
-            size += len(line)
-        if current:
-            chunks.append(current)
         return chunks
 
     def _line(self, task) -> bytes:

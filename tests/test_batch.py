@@ -1,0 +1,212 @@
+"""Batch API mode: the same job at half the price, paid exactly once through any crash.
+Real HTTP against the simulator's Batch API; real processes for kill -9 and the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import batchgen
+from batchgen.simulator import SimConfig, SimulatorThread
+
+from conftest import TOKEN, journal, results, wait_until
+
+GPT = {"model": "gpt-image-1", "quality": "low", "size": "1024x1024"}
+PROMPTS = [f"a small watercolour of a harbour, number {i}" for i in range(7)]
+
+
+@pytest.fixture
+def csv(tmp_path):
+    path = tmp_path / "p.csv"
+    pd.DataFrame({"prompt": PROMPTS, "tag": range(len(PROMPTS))}).to_csv(path, index=False)
+    return path
+
+
+def batch_run(sim, csv, out, **options):
+    settings = {"mode": "batch", "provider": "openai", "base_url": sim.openai_base_url, "defaults": GPT,
+                "batch_size": 3, "poll_interval": 0.1, "environ": {"OPENAI_API_KEY": TOKEN}, **options}
+    return batchgen.run(str(csv), out=str(out), **settings)
+
+
+def executions(sim) -> dict:
+    return dict(sim.stats["batch_executions"])
+
+
+def batch_events(out) -> list:
+    lines = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    return [line["batch"] for line in lines if "batch" in line]
+
+
+def test_a_batch_run_gives_a_live_runs_results_at_half_the_price(tmp_path, csv):
+    with SimulatorThread(SimConfig(batch_seconds=0.3)) as sim:
+        summary = batch_run(sim, csv, tmp_path / "batch")
+        assert summary.exit_status == 0 and summary.ok == 7
+        assert sim.stats["batches_created"] == 3                       # batches of at most 3
+        assert executions(sim) == {t: 1 for t in executions(sim)} and len(executions(sim)) == 7
+        batchgen.run(str(csv), out=str(tmp_path / "live"), provider="openai", base_url=sim.openai_base_url,
+                     defaults=GPT, environ={"OPENAI_API_KEY": TOKEN})
+    df, ref = results(tmp_path / "batch"), results(tmp_path / "live")
+    assert list(df.columns) == list(ref.columns)
+    assert set(df["mode"]) == {"batch"} and df.batch_id.notna().all() and ref.batch_id.isna().all()
+    assert df.est_cost_usd.sum() == pytest.approx(ref.est_cost_usd.sum() / 2)
+    # The output file comes back shuffled: each image is still its own task's (the simulator
+    # draws an image from its prompt, so the live run's image for that prompt is the same).
+    assert dict(zip(df.prompt, df.sha256)) == dict(zip(ref.prompt, ref.sha256))
+    assert list(df.prompt) == PROMPTS and list(df.tag) == list(range(7))
+
+
+def test_a_rerun_of_a_finished_batch_job_uploads_nothing(tmp_path, csv):
+    with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
+        assert batch_run(sim, csv, tmp_path / "out").ok == 7
+        again = batch_run(sim, csv, tmp_path / "out")
+        assert again.ok == 7 and again.requests_sent == 0
+        assert sim.stats["files_uploaded"] == 3 and sim.stats["batches_created"] == 3
+
+
+def test_no_wait_submits_and_exits_3_then_the_same_command_collects(tmp_path, csv):
+    with SimulatorThread(SimConfig(batch_seconds=0.5)) as sim:
+        first = batch_run(sim, csv, tmp_path / "out", no_wait=True)
+        assert first.exit_status == 3 and first.stopped == "batch_in_progress"
+        assert "run the same command again" in first.stop_message and first.not_done == 7
+        assert (results(tmp_path / "out").error_code == "batch_in_progress").all()
+        second = batch_run(sim, csv, tmp_path / "out")
+        assert second.exit_status == 0 and second.ok == 7 and second.requests_sent == 0
+        assert sim.stats["batches_created"] == 3 and set(executions(sim).values()) == {1}
+
+
+# ---- paid exactly once, through any crash -----------------------------------------------------
+
+def test_a_crash_after_the_batch_was_created_but_not_recorded_adopts_it(tmp_path, csv):
+    with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
+        batch_run(sim, csv, tmp_path / "out", no_wait=True, batch_size=10)
+        # As if killed between the batch's creation and the journal line that records it.
+        path = tmp_path / "out" / "journal.jsonl"
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines()
+                                if '"event":"submitted"' not in line))
+        summary = batch_run(sim, csv, tmp_path / "out", batch_size=10)
+        assert summary.ok == 7 and sim.stats["batches_created"] == 1      # found by its metadata
+        assert set(executions(sim).values()) == {1}
+
+
+def test_a_crash_after_planning_before_the_batch_existed_submits_it_once(tmp_path, csv):
+    with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
+        batch_run(sim, csv, tmp_path / "out", no_wait=True, batch_size=10)
+        ids = next(e["task_ids"] for e in batch_events(tmp_path / "out") if e["event"] == "planned")
+    # A new account (a fresh simulator): no batch carries the chunk's metadata, as after a kill
+    # between the journal's "planned" and the upload.
+    path = tmp_path / "out" / "journal.jsonl"
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if '"event":"submitted"' not in line))
+    with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
+        summary = batch_run(sim, csv, tmp_path / "out", batch_size=10)
+        assert summary.ok == 7 and sim.stats["batches_created"] == 1
+        assert sorted(executions(sim)) == sorted(ids)
+
+
+def test_a_crash_in_the_middle_of_saving_the_output_saves_the_rest_once(tmp_path, csv):
+    with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
+        assert batch_run(sim, csv, tmp_path / "out", batch_size=10).ok == 7
+        path = tmp_path / "out" / "journal.jsonl"
+        lines = path.read_text().splitlines()
+        oks = [i for i, line in enumerate(lines) if '"status":"ok"' in line]
+        # Killed after three outcomes were saved: the rest, and "collected", never written.
+        kept = [line for i, line in enumerate(lines) if not (i in oks[3:] or '"event":"collected"' in line)]
+        path.write_text("".join(line + "\n" for line in kept))
+        summary = batch_run(sim, csv, tmp_path / "out", batch_size=10)
+        assert summary.ok == 7 and summary.requests_sent == 0 and sim.stats["batches_created"] == 1
+        assert len([r for r in journal(tmp_path / "out") if r["status"] == "ok"]) == 7
+        assert set(executions(sim).values()) == {1}
+
+
+def test_kill_9_while_waiting_then_the_rerun_collects_without_a_second_batch(tmp_path, csv):
+    out = tmp_path / "out"
+    with SimulatorThread(SimConfig(batch_seconds=4)) as sim:
+        proc = _batch_process(sim, csv, out)
+        wait_until(lambda: (out / "journal.jsonl").exists() and '"event":"submitted"' in (out / "journal.jsonl").read_text(),
+                   what="the batch to be recorded")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        summary = batch_run(sim, csv, out, batch_size=10)
+        assert summary.ok == 7 and sim.stats["batches_created"] == 1 and set(executions(sim).values()) == {1}
+
+
+def _batch_process(sim, csv, out):
+    env = {**os.environ, "OPENAI_API_KEY": TOKEN}
+    return subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(csv), "--out", str(out), "--mode", "batch",
+                             "--provider", "openai", "--base-url", sim.openai_base_url, "--model", "gpt-image-1",
+                             "--quality", "low", "--size", "1024x1024", "--batch-size", "10", "--no-progress"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# ---- batches that end badly ----------------------------------------------------------------
+
+def test_an_expired_batch_keeps_what_it_finished_and_sends_the_rest_again_once(tmp_path, csv):
+    with SimulatorThread(SimConfig(batch_seconds=0, batch_expire=1.0)) as sim:
+        summary = batch_run(sim, csv, tmp_path / "out", batch_size=10)
+        # Every batch expires half done: the first's half, then the resubmitted half's half.
+        assert summary.exit_status == 3 and summary.stopped == "batch_expired"
+        assert sim.stats["batches_created"] == 2
+        assert 0 < summary.ok < 7 and summary.ok + summary.not_done == 7
+        assert set(executions(sim).values()) == {1}
+    with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
+        assert batch_run(sim, csv, tmp_path / "out", batch_size=10).ok == 7
+        assert len(executions(sim)) == summary.not_done
+
+
+def test_a_cancelled_batch_keeps_what_it_finished_and_a_rerun_submits_the_rest(tmp_path, csv):
+    out = tmp_path / "out"
+    with SimulatorThread(SimConfig(batch_seconds=30)) as sim:
+        batch_run(sim, csv, out, no_wait=True, batch_size=10)
+        done = subprocess.run([sys.executable, "-m", "batchgen", "cancel", str(out)], capture_output=True, text=True,
+                              env={**os.environ, "OPENAI_API_KEY": TOKEN}, timeout=60)
+        assert done.returncode == 0 and "batch_" in done.stdout, done.stderr
+        summary = batch_run(sim, csv, out, batch_size=10)
+        assert summary.exit_status == 3 and summary.stopped == "batch_cancelled"
+        again = batch_run(sim, csv, out, batch_size=10, poll_interval=0.1)
+        assert sim.stats["batches_created"] == 2
+    assert again.ok + again.not_done == 7
+
+
+def test_a_batch_that_fails_validation_gives_its_tasks_the_apis_error(tmp_path, csv):
+    with SimulatorThread(SimConfig(batch_seconds=0, batch_fail_validation=1.0)) as sim:
+        summary = batch_run(sim, csv, tmp_path / "out", batch_size=10)
+    df = results(tmp_path / "out")
+    assert summary.exit_status == 1 and summary.errors == 7
+    assert df.error_code.notna().all() and df.error_message.notna().all() and df.batch_id.notna().all()
+
+
+def test_a_server_error_on_a_line_is_sent_again_once_and_a_refusal_is_an_outcome(tmp_path):
+    csv = tmp_path / "p.csv"
+    pd.DataFrame({"prompt": PROMPTS + ["a forbidden-fruit still life"]}).to_csv(csv, index=False)
+    with SimulatorThread(SimConfig(batch_seconds=0, batch_line_errors=0.5, seed=3)) as sim:
+        summary = batch_run(sim, csv, tmp_path / "out", batch_size=20)
+        df = results(tmp_path / "out")
+        refused = df[df.prompt.str.contains("forbidden")]
+        assert refused.error_code.tolist() == ["content_policy_violation"]
+        assert sim.stats["batches_created"] == 2                   # the first, and one for the 500s
+        assert max(executions(sim).values()) <= 2
+        assert summary.ok + summary.errors == 8
+
+
+# ---- bad input: exit 2, nothing uploaded -------------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["--mode", "batch", "--provider", "acedata", "--model", "gpt-image-1"], "--provider openai"),
+    (["--mode", "batch", "--provider", "openai", "--model", "dall-e-3"], "GPT image models only"),
+    (["--mode", "batch", "--provider", "openai"], "no model set"),
+    (["--mode", "batch", "--provider", "openai", "--model", "gpt-image-1", "--batch-size", "50001"], "1 to 50,000"),
+    (["--provider", "openai", "--model", "gpt-image-1", "--no-wait"], "--no-wait needs --mode batch"),
+])
+def test_bad_batch_settings_are_refused_before_anything_is_uploaded(cli, csv, tmp_path, args, words):
+    r = cli("run", csv, "--out", tmp_path / "out", *args, env={"OPENAI_API_KEY": TOKEN})
+    assert r.exit_code == 2 and words in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_over_models_sends_one_model_per_batch(tmp_path, csv):
+    with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
+        summary = batch_run(sim, csv, tmp_path / "out", batch_size=100,
+                            sweep=[("model", ["gpt-image-1", "gpt-image-1-mini"])])
+        assert summary.ok == 14 and sim.stats["batches_created"] == 2
