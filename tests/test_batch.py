@@ -132,12 +132,12 @@ def test_kill_9_while_waiting_then_the_rerun_collects_without_a_second_batch(tmp
         assert summary.ok == 7 and sim.stats["batches_created"] == 1 and set(executions(sim).values()) == {1}
 
 
-def _batch_process(sim, csv, out):
-    env = {**os.environ, "OPENAI_API_KEY": TOKEN}
+def _batch_process(sim, csv, out, stderr=subprocess.DEVNULL):
+    env = {**os.environ, "OPENAI_API_KEY": TOKEN, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(csv), "--out", str(out), "--mode", "batch",
                              "--provider", "openai", "--base-url", sim.openai_base_url, "--model", "gpt-image-1",
                              "--quality", "low", "--size", "1024x1024", "--batch-size", "10", "--no-progress"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
 # ---- batches that end badly ----------------------------------------------------------------
@@ -210,3 +210,17 @@ def test_a_sweep_over_models_sends_one_model_per_batch(tmp_path, csv):
         summary = batch_run(sim, csv, tmp_path / "out", batch_size=100,
                             sweep=[("model", ["gpt-image-1", "gpt-image-1-mini"])])
         assert summary.ok == 14 and sim.stats["batches_created"] == 2
+
+
+def test_ctrl_c_while_waiting_leaves_the_batches_running_and_the_next_run_collects(tmp_path, csv):
+    out = tmp_path / "out"
+    with SimulatorThread(SimConfig(batch_seconds=3)) as sim:
+        proc = _batch_process(sim, csv, out, stderr=subprocess.PIPE)
+        wait_until(lambda: (out / "journal.jsonl").exists() and '"event":"submitted"' in (out / "journal.jsonl").read_text(),
+                   what="the batch to be recorded")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3 and "Traceback" not in err
+        assert (results(out).error_code == "interrupted").all()
+        summary = batch_run(sim, csv, out, batch_size=10)
+        assert summary.ok == 7 and sim.stats["batches_created"] == 1 and set(executions(sim).values()) == {1}
