@@ -39,7 +39,7 @@ def _prob(flag: str, what: str):
 @click.option("--retry-after", type=click.FloatRange(0.0), default=1.0, show_default=True,
               help="Retry-After seconds sent with --fail-429 answers.")
 @click.option("--retry-after-date", is_flag=True,
-              help="Send Retry-After as an HTTP date (and no retry-after-ms).")
+              help="Send --fail-429's Retry-After as an HTTP date (and no retry-after-ms).")
 @_prob("--fail-500", "a 500 api_error answer")
 @_prob("--fail-503-html", "a 503 with an HTML body, as from a proxy")
 @_prob("--drop", "closing the connection without an answer")
@@ -59,6 +59,11 @@ def _prob(flag: str, what: str):
               help="Server-side limit in requests per minute (429 beyond it; 1 s of burst).")
 @click.option("--no-ratelimit-headers", "ratelimit_headers", is_flag=True, flag_value=False, default=True,
               help="With --rpm-limit, send no x-ratelimit-* headers: clients must learn the limit from 429s.")
+@click.option("--rate-limit-retry-after", type=click.Choice(["exact", "seconds", "date"]),
+              default="exact", show_default=True,
+              help="How --rpm-limit's 429s state their wait: exact (fractional Retry-After and "
+                   "retry-after-ms), seconds (whole seconds rounded up, 'Retry-After: 1'), or date "
+                   "(an HTTP date); the last two send no retry-after-ms.")
 @click.option("--quota-images", type=click.IntRange(0), default=None,
               help="After this many images, answer insufficient_quota / used_up.")
 @click.option("--url-ttl", type=click.FloatRange(0.0), default=3600.0, show_default=True,

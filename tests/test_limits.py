@@ -1,6 +1,9 @@
 """Retry-After parsing, rate-limit headers and the backoff policy (pure)."""
+import math
 import random
 from email.utils import formatdate
+
+import pytest
 
 from batchgen.limits import RetryPolicy, parse_ratelimit_headers, parse_retry_after
 
@@ -83,3 +86,65 @@ def test_the_retry_policy_keeps_two_budgets_per_task():
     assert task.next_wait(False, None) is None
     # Another task starts with both budgets whole.
     assert policy.for_task().next_wait(False, 3.0) == 3.0
+
+
+def test_retry_after_says_whether_it_is_coarse():
+    from batchgen.limits import ServerWait
+    assert parse_retry_after({"retry-after": "1"}).coarse is True           # whole seconds
+    assert parse_retry_after({"retry-after": "0.05"}).coarse is False       # fractional: exact
+    assert parse_retry_after({"retry-after-ms": "50", "retry-after": "1"}).coarse is False
+    date = parse_retry_after({"retry-after": formatdate(1_000_001, usegmt=True)}, now=1_000_000.4)
+    assert date.coarse is True and date == pytest.approx(0.6)
+    assert isinstance(date, float) and isinstance(date, ServerWait)
+    assert ServerWait(2.0) == 2.0 and ServerWait(2.0).coarse is False
+
+
+@pytest.mark.parametrize("headers", [
+    {"retry-after": "inf"}, {"retry-after": "-inf"}, {"retry-after": "nan"}, {"retry-after": "Infinity"},
+    {"retry-after": "1e999"}, {"retry-after-ms": "nan"}, {"retry-after-ms": "inf"},
+    {"retry-after": "Fri, 31 Dec 99999 23:59:59 GMT"}, {"retry-after": ""}, {"retry-after": "   "},
+])
+def test_retry_after_that_is_not_a_finite_number_is_ignored(headers):
+    assert parse_retry_after(headers) is None
+
+
+def test_retry_after_is_bounded():
+    from batchgen.limits import MAX_SERVER_WAIT_S
+    assert parse_retry_after({"retry-after": "1e300"}) == MAX_SERVER_WAIT_S
+    assert parse_retry_after({"retry-after-ms": "1e300"}) == MAX_SERVER_WAIT_S
+    assert parse_retry_after({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}) == MAX_SERVER_WAIT_S
+    assert parse_retry_after({"retry-after": "-5"}) == 0
+    assert parse_retry_after({"retry-after-ms": "-5"}) == 0
+    # a useless retry-after-ms does not hide a good Retry-After
+    assert parse_retry_after({"retry-after-ms": "inf", "retry-after": "2"}) == 2
+    for value in ("1e300", "-5", "0", "3", "0.25"):
+        got = parse_retry_after({"retry-after": value})
+        assert math.isfinite(got) and 0 <= got <= MAX_SERVER_WAIT_S
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity", "nan", "NaN", "0", "0.5", "-1", "-1200",
+                                   "1e999", "1e300", "lots", ""])
+def test_a_ratelimit_limit_that_cannot_be_paced_by_is_ignored(value):
+    h = parse_ratelimit_headers({"x-ratelimit-limit-requests": value, "x-ratelimit-remaining-requests": "3"})
+    assert h.limit is None and h.remaining == 3
+
+
+@pytest.mark.parametrize("value, expected", [("inf", None), ("nan", None), ("1e999", None), ("1e300", None),
+                                             ("-3", 0), ("0", 0), ("7.9", 7), ("x", None)])
+def test_ratelimit_remaining_is_a_bounded_count(value, expected):
+    h = parse_ratelimit_headers({"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": value})
+    assert h.limit == 1200 and h.remaining == expected
+
+
+def test_the_pacer_survives_whatever_the_server_says():
+    from batchgen.limits import AdaptivePacer
+    pacer = AdaptivePacer()
+    for value in ("inf", "nan", "0", "-60", "1e999"):
+        pacer.on_success(parse_ratelimit_headers({"x-ratelimit-limit-requests": value,
+                                                  "x-ratelimit-remaining-requests": value}))
+    assert pacer.rate is None                     # nothing usable was said: no pace
+    for value in ("inf", "nan", "1e999", "-1"):
+        pacer.on_rate_limited(parse_retry_after({"retry-after": value}), sent_at=0.0)
+        pacer.on_rate_limited(float(value), sent_at=0.0)   # even a raw float from elsewhere
+    assert math.isfinite(pacer.rate) and pacer.rate > 0
+    assert math.isfinite(pacer._cooldown_until) and math.isfinite(pacer._next)

@@ -458,6 +458,72 @@ def test_rpm_limit_without_headers_still_limits():
         assert float(limited.headers["Retry-After"]) > 0
 
 
+def test_rpm_limit_retry_after_exact_is_the_default_and_fractional():
+    with SimulatorThread(rpm_limit=60, ratelimit_headers=False) as sim:   # 1/s, a burst of 1
+        assert sim.config.rate_limit_retry_after == "exact"
+        assert gen(sim, "openai", {"prompt": "x", "size": "256x256"}).status == 200
+        limited = gen(sim, "openai", {"prompt": "x", "size": "256x256"})
+        assert limited.status == 429
+        wait = float(limited.headers["Retry-After"])
+        assert 0 < wait <= 1 and int(limited.headers["retry-after-ms"]) == pytest.approx(wait * 1000, abs=1)
+
+
+def test_rpm_limit_retry_after_in_whole_seconds():
+    with SimulatorThread(rpm_limit=60, ratelimit_headers=False, rate_limit_retry_after="seconds") as sim:
+        assert gen(sim, "openai", {"prompt": "x", "size": "256x256"}).status == 200
+        for dialect in ("openai", "acedata"):
+            ans = gen(sim, dialect, {"prompt": "x", "size": "256x256"})
+            assert ans.status == 429
+            assert ans.headers["Retry-After"] == "1" and "retry-after-ms" not in ans.headers
+            assert "x-ratelimit-limit-requests" not in ans.headers
+        assert sim.stats.faults == {"rpm_limit": 2}
+
+
+def test_retry_after_styles_round_a_short_wait_up_to_whole_seconds(monkeypatch):
+    # A bucket that frees its next slot in 50 ms says "1" (or the next whole second's date).
+    from batchgen.simulator import rate
+    assert rate.retry_after_headers(0.05, "seconds") == {"Retry-After": "1"}
+    assert rate.retry_after_headers(1.2, "seconds") == {"Retry-After": "2"}
+    assert rate.retry_after_headers(0.05, "exact") == {"Retry-After": "0.05", "retry-after-ms": "50"}
+    monkeypatch.setattr(rate.time, "time", lambda: 1_000_000.3)
+    assert rate.retry_after_headers(0.05, "date") == {
+        "Retry-After": email.utils.formatdate(1_000_001, usegmt=True)}
+    with pytest.raises(ValueError):
+        rate.retry_after_headers(0.05, "minutes")
+
+
+def test_rpm_limit_retry_after_as_an_http_date():
+    with SimulatorThread(rpm_limit=60, ratelimit_headers=False, rate_limit_retry_after="date") as sim:
+        assert gen(sim, "acedata", {"prompt": "x", "size": "256x256"}).status == 200
+        limited = gen(sim, "acedata", {"prompt": "x", "size": "256x256"})
+        assert_acedata_error(limited, 429, "too_many_requests")
+        assert "retry-after-ms" not in limited.headers
+        when = email.utils.parsedate_to_datetime(limited.headers["Retry-After"])
+        date = email.utils.parsedate_to_datetime(limited.headers["Date"])
+        # whole seconds, rounded up: the next slot (within 1 s) is no later than the date
+        assert when.microsecond == 0 and 0 <= (when - date).total_seconds() <= 2
+
+
+def test_rpm_limit_retry_after_style_is_checked():
+    with pytest.raises(ValueError, match="rate_limit_retry_after"):
+        SimConfig(rpm_limit=60, rate_limit_retry_after="minutes")
+
+
+def test_rate_bucket_refills_continuously_with_one_second_of_burst(monkeypatch):
+    from batchgen.simulator import rate
+    clock = [100.0]
+    monkeypatch.setattr(rate.time, "monotonic", lambda: clock[0])
+    bucket = rate.RateBucket(1200)                         # 20/s
+    assert [bucket.take() for _ in range(20)] == [0.0] * 20  # one second's burst
+    assert bucket.take() == pytest.approx(0.05)            # then one slot every 50 ms
+    clock[0] += 0.05
+    assert bucket.take() == 0.0 and bucket.take() > 0      # a slot refilled, not a second's worth
+    clock[0] += 0.2
+    assert [bucket.take() for _ in range(4)] == [0.0] * 4 and bucket.take() > 0
+    clock[0] += 60                                         # idle time saves up one second only
+    assert [bucket.take() for _ in range(20)] == [0.0] * 20 and bucket.take() > 0
+
+
 def test_go_duration_format():
     assert [go_duration(s) for s in (0, 0.12, 1, 1.5, 360, 3723)] == ["0s", "120ms", "1s", "1.5s", "6m0s", "1h2m3s"]
 
@@ -517,6 +583,29 @@ def test_openai_sdk(sim):
 
 
 # ---- the command --------------------------------------------------------------------------------
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_cli_rate_limit_retry_after_flag():
+    code = "from batchgen.cli_simulate import simulate; simulate(prog_name='batchgen simulate')"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--rpm-limit", "60", "--no-ratelimit-headers",
+                             "--rate-limit-retry-after", "seconds"],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        acedata = proc.stdout.readline().strip()
+        proc.stdout.readline()
+        assert call(acedata, {"prompt": "x", "size": "256x256"}).status == 200
+        limited = call(acedata, {"prompt": "x", "size": "256x256"})
+        assert limited.status == 429 and limited.headers["Retry-After"] == "1"
+        assert "retry-after-ms" not in limited.headers
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_cli_prints_two_urls_and_stops_quietly_on_sigint():

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .faults import FAULTS
+from .rate import RETRY_AFTER_STYLES
 
 
 @dataclass
@@ -32,6 +33,10 @@ class SimConfig:
     acedata_moderation_403: bool = False
     rpm_limit: Optional[float] = None
     ratelimit_headers: bool = True  # send x-ratelimit-* with the limit (OpenAI does; some proxies do not)
+    # How rpm_limit's 429s state their wait: "exact" (fractional Retry-After + retry-after-ms),
+    # "seconds" (whole seconds, rounded up: "Retry-After: 1") or "date" (an HTTP date); the
+    # coarse two send no retry-after-ms.  fail_429 answers follow retry_after/retry_after_date.
+    rate_limit_retry_after: str = "exact"
     quota_images: Optional[int] = None
     url_ttl: float = 3600.0
     photo: bool = False
@@ -49,6 +54,9 @@ class SimConfig:
             raise ValueError("latency and latency_jitter must be >= 0")
         if self.rpm_limit is not None and self.rpm_limit <= 0:
             raise ValueError("rpm_limit must be > 0 (or None for no limit)")
+        if self.rate_limit_retry_after not in RETRY_AFTER_STYLES:
+            raise ValueError(f"rate_limit_retry_after must be one of {', '.join(RETRY_AFTER_STYLES)}, "
+                             f"not {self.rate_limit_retry_after!r}")
         if self.quota_images is not None and self.quota_images < 0:
             raise ValueError("quota_images must be >= 0 (or None for no quota)")
 

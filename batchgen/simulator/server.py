@@ -125,7 +125,8 @@ class _SimState:
             headers = self.bucket.headers() if self.config.ratelimit_headers else None
             if wait > 0:
                 bump(stats.faults, "rpm_limit")
-                return self._error(dialect, rate_error(wait), headers)
+                return self._error(dialect, rate_error(wait, style=self.config.rate_limit_retry_after),
+                                   headers)
         fault = self.dice.decide(body) if self.dice.active else None
         if fault:
             early = await self._early_fault(request, dialect, fault, headers)
