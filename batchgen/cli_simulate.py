@@ -70,6 +70,11 @@ def _prob(flag: str, what: str):
               help="Seconds an image url stays downloadable.")
 @click.option("--photo", is_flag=True,
               help="Serve incompressible noise images (a 1024x1024 PNG is about 3 MB).")
+@click.option("--batch-seconds", type=click.FloatRange(0.0), default=2.0, show_default=True,
+              help="Batch API: seconds from a batch's creation to its completion (0: at once).")
+@_prob("--batch-expire", "a batch expiring with half its lines run")
+@_prob("--batch-fail-validation", "a valid batch failing validation")
+@_prob("--batch-line-errors", "a batch line answering 500 instead of running")
 def simulate(port: int, **options) -> None:
     """Serve the built-in fake Images API on 127.0.0.1 until Ctrl-C.
 

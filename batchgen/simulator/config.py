@@ -40,18 +40,26 @@ class SimConfig:
     quota_images: Optional[int] = None
     url_ttl: float = 3600.0
     photo: bool = False
+    # The Batch API (/v1/files, /v1/batches; see batches.py): a batch completes batch_seconds
+    # after its creation (0: at once); the faults are drawn once per batch (line errors per line).
+    batch_seconds: float = 2.0
+    batch_expire: float = 0.0           # a batch expires with half its lines run
+    batch_fail_validation: float = 0.0  # a valid batch fails validation (token_limit_exceeded)
+    batch_line_errors: float = 0.0      # a line answers 500 server_error instead of running
     # Memory bounds, so a long benchmark cannot grow without end; generous for tests.
     max_files: int = 10000              # images kept for url downloads (oldest dropped first)
     max_file_bytes: int = 512 * 2**20   # and at most this many bytes of them
     cache_bytes: int = 256 * 2**20      # encoded-image LRU budget
 
     def __post_init__(self) -> None:
-        for name in FAULTS:
+        for name in FAULTS + ("batch_expire", "batch_fail_validation", "batch_line_errors"):
             p = getattr(self, name)
             if not (0.0 <= float(p) <= 1.0):
                 raise ValueError(f"{name} must be a probability in [0, 1], not {p!r}")
         if self.latency < 0 or self.latency_jitter < 0:
             raise ValueError("latency and latency_jitter must be >= 0")
+        if not self.batch_seconds >= 0:
+            raise ValueError(f"batch_seconds must be >= 0, not {self.batch_seconds!r}")
         if self.rpm_limit is not None and self.rpm_limit <= 0:
             raise ValueError("rpm_limit must be > 0 (or None for no limit)")
         if self.rate_limit_retry_after not in RETRY_AFTER_STYLES:
@@ -73,6 +81,9 @@ class SimStats:
     downloads: int = 0                                  # GET /files answered 200
     download_misses: int = 0                            # GET /files answered 404
     faults: dict = field(default_factory=dict)          # fault name -> times injected
+    files_uploaded: int = 0                             # POST /v1/files answered 200
+    batches_created: int = 0                            # POST /v1/batches answered 200
+    batch_executions: dict = field(default_factory=dict)  # custom_id -> times a batch line ran
 
     def as_dict(self) -> dict:
         return {
@@ -84,6 +95,9 @@ class SimStats:
             "downloads": self.downloads,
             "download_misses": self.download_misses,
             "faults": dict(self.faults),
+            "files_uploaded": self.files_uploaded,
+            "batches_created": self.batches_created,
+            "batch_executions": dict(self.batch_executions),
         }
 
     def copy(self) -> "SimStats":
@@ -95,6 +109,8 @@ class SimStats:
         self.by_status.clear()
         self.by_model.clear()
         self.faults.clear()
+        self.files_uploaded = self.batches_created = 0
+        self.batch_executions.clear()
 
     def __getitem__(self, key: str) -> Any:  # stats["requests"] works too
         return getattr(self, key)

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from aiohttp import web
 
 from .answers import ACEDATA, MARK, OPENAI, error_answer, revised_prompt, success_body
+from .batches import BatchApi
 from .config import SimConfig, SimStats, bump
 from .faults import (HTML_503, NOT_IMAGE, FaultDice, post_faults_shown, server_error,
                      spoiled_b64, spoiled_body, timeout_error)
@@ -43,12 +44,14 @@ class _SimState:
         self.jitter_rng = random.Random(f"jitter:{config.seed}")
         self.closing = asyncio.Event()
         self.port: Optional[int] = None
+        self.batch_api = BatchApi(self)  # /v1/files and /v1/batches
 
     def reset(self, everything: bool = False) -> None:
         self.stats.reset()
         if everything:
             self.quota_used = 0
             self.dice.forget()
+            self.batch_api.forget()
             if self.config.rpm_limit:
                 self.bucket = RateBucket(self.config.rpm_limit)
 
@@ -179,14 +182,19 @@ class _SimState:
 
     def _success(self, request: web.Request, dialect: str, req: ImageRequest,
                  fault: Optional[dict], headers: Optional[dict]) -> web.Response:
+        body = self._success_body(request, dialect, req, fault)
+        return self._respond(dialect, 200, body, headers=headers)
+
+    def _success_body(self, request: web.Request, dialect: str, req: ImageRequest,
+                      fault: Optional[dict]) -> bytes:
+        """The 200 body for a valid request (quota and counters taken); a batch line's too."""
         self.quota_used += req.n
         self.stats.images += req.n
         fault = fault or {}
         data, blobs = self._items(request, req, fault)
         for name in post_faults_shown(fault, req.response_format):
             bump(self.stats.faults, name)
-        body = spoiled_body(success_body(dialect, req, data, blobs), fault)
-        return self._respond(dialect, 200, body, headers=headers)
+        return spoiled_body(success_body(dialect, req, data, blobs), fault)
 
     def _items(self, request: web.Request, req: ImageRequest, fault: dict) -> tuple[list, list]:
         """The ``data`` entries and, for b64_json, the base64 texts their placeholders stand for."""
@@ -245,6 +253,7 @@ def make_app(config: SimConfig) -> web.Application:
     app.router.add_get(FILES_PATH + "{name}", state.download)
     app.router.add_get(STATS_PATH, state.get_stats)
     app.router.add_post(RESET_PATH, state.post_reset)
+    state.batch_api.add_routes(app.router)
     return app
 
 
