@@ -18,7 +18,8 @@ from typing import Optional
 
 # ---- headers ----------------------------------------------------------------------------
 
-MAX_SERVER_WAIT_S = 15 * 60     # a Retry-After beyond this is a server's mistake, not a plan
+# A wait beyond a week is a server's mistake; below it, --max-wait (live backend) decides whether to wait.
+MAX_SERVER_WAIT_S = 7 * 24 * 3600
 MAX_LIMIT_PER_MINUTE = 10**9    # an x-ratelimit-* count beyond this means nothing to pace by
 
 

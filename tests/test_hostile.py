@@ -196,7 +196,7 @@ def test_a_wait_longer_than_max_wait_stops_the_run(tmp_path):
         summary = run(server, prompts(tmp_path, 5), tmp_path / "out")
         assert server.requests <= 2          # the first answer of each worker
     assert summary.exit_status == 3 and summary.stopped == "server_wait_too_long"
-    assert "asked to wait" in summary.stop_message and "more than --max-wait 600 s" in summary.stop_message
+    assert "asked to wait 86,400 s" in summary.stop_message and "more than --max-wait 600 s" in summary.stop_message
 
 
 def test_ctrl_c_with_nothing_in_flight_ends_without_waiting_for_the_grace_period(tmp_path):
