@@ -186,21 +186,14 @@ def _replay(path, out_dir) -> Replay:
                 unsynced.clear()
                 continue
             elif raw.startswith(_BATCH):
-                try:
-                    event = json.loads(raw).get("batch")
-                except (ValueError, AttributeError):
-                    event = None
-                if isinstance(event, dict) and isinstance(event.get("chunk"), str):
+                event = _object_under(raw, "batch")
+                if isinstance(event.get("chunk"), str):
                     result.batch_event(event)
                 else:
                     result.damaged += 1
                 continue
             elif raw.startswith(_ORIGIN):
-                try:
-                    origin = json.loads(raw).get("origin")
-                except (ValueError, AttributeError):
-                    origin = None
-                result.begin_origin(origin if isinstance(origin, dict) else {})
+                result.begin_origin(_object_under(raw, "origin"))
                 continue
             try:
                 record = json.loads(raw)
@@ -220,6 +213,15 @@ def _replay(path, out_dir) -> Replay:
             state._record = None
     result.unsynced = len(unsynced)
     return result
+
+
+def _object_under(raw: bytes, key: str) -> dict:
+    """The object a line holds under `key` (`{"origin": {...}}`), or {} if it holds none."""
+    try:
+        value = json.loads(raw).get(key)
+    except (ValueError, AttributeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _images_intact(out_dir, record) -> bool:

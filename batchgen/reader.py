@@ -88,13 +88,18 @@ def unique_names(names) -> list:
     seen: set = set()
     for i, name in enumerate(names):
         name = str(name) if name is not None and str(name) != "" else f"Unnamed: {i}"
-        candidate, k = name, 0
-        while candidate in seen:
-            k += 1
-            candidate = f"{name}.{k}"
-        seen.add(candidate)
-        out.append(candidate)
+        out.append(free_name(name, seen))
     return out
+
+
+def free_name(name: str, taken: set) -> str:
+    """`name`, or the first of `name.1`, `name.2`, ... not in `taken` (pandas' rule); taken."""
+    candidate, k = name, 0
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}.{k}"
+    taken.add(candidate)
+    return candidate
 
 
 # ---- the formats ------------------------------------------------------------------------

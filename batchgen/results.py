@@ -21,6 +21,7 @@ from . import models
 from ._version import __version__
 from .job import Plan, point_label
 from .outdir import METADATA_FILE, RESULTS_FILE, atomic_file, write_atomic
+from .reader import free_name
 
 SCHEMA = pa.schema([
     ("task_id", pa.string()),
@@ -324,16 +325,7 @@ def passthrough_names(names: list) -> list:
     taken = set(RESERVED_NAMES) | {n for n in names if n not in RESERVED_NAMES}
     out = []
     for name in names:
-        if name not in RESERVED_NAMES:
-            out.append(name)
-            continue
-        base = candidate = f"input_{name}"
-        k = 0
-        while candidate in taken:
-            k += 1
-            candidate = f"{base}.{k}"
-        taken.add(candidate)
-        out.append(candidate)
+        out.append(name if name not in RESERVED_NAMES else free_name(f"input_{name}", taken))
     return out
 
 
