@@ -6,14 +6,11 @@ never by sleeping.
 """
 from __future__ import annotations
 
-import base64
 import io
 import json
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,14 +18,13 @@ from pathlib import Path
 import openai
 import pytest
 from openai import OpenAI
-from PIL import Image
 
 from batchgen.simulator import SimConfig, SimulatorThread
 from batchgen.simulator import batches as sim_batches
 from batchgen.simulator import uploads as sim_uploads
 from conftest import wait_until
+from simhttp import TOKEN, Answer, assert_openai_error, call, decode
 
-TOKEN = "sim-token"
 GEN = "/v1/images/generations"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -85,27 +81,6 @@ def ids(lines) -> list:
     return [line["custom_id"] for line in lines]
 
 
-class Answer:
-    def __init__(self, status, headers, body):
-        self.status, self.headers, self.body = status, headers, body
-
-    def json(self):
-        return json.loads(self.body)
-
-
-def call(url, body=None, *, token=TOKEN, method=None, raw=None, content_type="application/json"):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    headers = {"Content-Type": content_type} if data is not None else {}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return Answer(resp.status, resp.headers, resp.read())
-    except urllib.error.HTTPError as err:
-        return Answer(err.code, err.headers, err.read())
-
-
 def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     out = io.BytesIO()
@@ -123,21 +98,6 @@ def upload(sim, data: bytes, *, purpose="batch", filename="in.jsonl", token=TOKE
     files = {"file": (filename, data)} if data is not None else {}
     raw, ctype = multipart(fields, files)
     return call(sim.openai_base_url + "/files", raw=raw, content_type=ctype, token=token)
-
-
-def assert_openai_error(ans: Answer, status: int, *, code=None, param=None, type="invalid_request_error"):
-    assert ans.status == status, ans.body
-    assert ans.headers["x-request-id"]
-    err = ans.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert err["message"] and err["type"] == type
-    assert err["code"] == code and err["param"] == param
-
-
-def png(b64: str) -> Image.Image:
-    im = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
-    im.load()
-    return im
 
 
 @pytest.fixture
@@ -185,7 +145,7 @@ def test_openai_sdk_files_batches_list_cancel_and_content():
             body = resp["body"]
             assert set(body) >= {"created", "data", "usage", "size", "quality", "output_format"}
             assert body["usage"]["total_tokens"] > 0
-            image = png(body["data"][0]["b64_json"])
+            image = decode(body["data"][0]["b64_json"])
             assert image.size == ((1536, 1024) if entry["custom_id"] == "wide" else (1024, 1024))
 
         stats = sim.stats

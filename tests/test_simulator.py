@@ -15,8 +15,6 @@ import json
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -24,32 +22,8 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 from batchgen.simulator import SimConfig, SimulatorThread, go_duration, start_simulator
+from simhttp import TOKEN, Answer, assert_openai_error, call, decode
 
-TOKEN = "sim-token"
-
-
-class Answer:
-    def __init__(self, status: int, headers, body: bytes):
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self):
-        return json.loads(self.body)
-
-
-def call(url: str, body=None, *, token=TOKEN, method=None, raw: bytes | None = None,
-         timeout: float = 10) -> Answer:
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return Answer(resp.status, resp.headers, resp.read())
-    except urllib.error.HTTPError as err:
-        return Answer(err.code, err.headers, err.read())
 
 
 def gen(sim, dialect: str, body=None, **kw) -> Answer:
@@ -57,23 +31,8 @@ def gen(sim, dialect: str, body=None, **kw) -> Answer:
     return call(url, body, **kw)
 
 
-def decode(b64: str) -> Image.Image:
-    im = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
-    im.load()
-    return im
-
-
 def pixels(im: Image.Image) -> bytes:
     return im.convert("RGB").tobytes()
-
-
-def assert_openai_error(ans: Answer, status: int, *, code=None, param=None, type="invalid_request_error"):
-    assert ans.status == status, ans.body
-    assert ans.headers["x-request-id"]
-    err = ans.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert err["message"] and err["type"] == type
-    assert err["code"] == code and err["param"] == param
 
 
 def assert_acedata_error(ans: Answer, status: int, code: str):
