@@ -19,7 +19,7 @@ import aiohttp
 
 from ._version import __version__
 from .errors import fallback_code
-from .exceptions import (ApiError, BadResponse, ConnectionFailed, DownloadFailed, RequestError,
+from .exceptions import (ApiError, BadResponse, ConnectionFailed, DownloadFailed, NotJson, RequestError,
                          RequestTimeout, Unreachable)
 from .limits import RateLimitHeaders, parse_ratelimit_headers, parse_retry_after
 from .models import PARAMETERS
@@ -195,7 +195,7 @@ def generation_from(status: int, headers, payload, raw: bytes, secret: str = "",
                                                           or payload.get("success") is False)):
         raise _api_error(status, headers, payload, raw, header_trace, secret, provider)
     if not isinstance(payload, dict):
-        raise BadResponse(f"HTTP 200 but the body is not a JSON object ({len(raw)} bytes)",
+        raise NotJson(f"HTTP 200 but the body is not a JSON object ({len(raw)} bytes)",
                           http_status=status, trace_id=header_trace)
     trace_id = server_id(payload.get("trace_id"), secret) or header_trace
     data = payload.get("data")

@@ -9,6 +9,7 @@
         ├── ConnectionFailed         code "connection_error"
         │   └── Unreachable          nothing answered at the address (refused, no route, DNS)
         ├── BadResponse              code "bad_response"
+        │   └── NotJson              a 200 that is not JSON (an HTML page where the API should be)
         ├── DownloadFailed           code "download_failed"
         └── ApiError                 the API answered with an error; code is the API's own
 
@@ -70,6 +71,10 @@ class Unreachable(ConnectionFailed):
 
 class BadResponse(RequestError):
     code = "bad_response"
+
+
+class NotJson(BadResponse):
+    """A 200 whose body is not a JSON object: often a web page, where the URL is wrong."""
 
 
 class DownloadFailed(RequestError):

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Optional
 
-from ..client import BATCH_TERMINAL, BatchClient, BatchInfo, BodyEncoder, generation_from, redact
+from ..client import BATCH_TERMINAL, BatchClient, BatchInfo, generation_from, redact
 from ..errors import Decision, classify, stop_advice
 from ..exceptions import ApiError, BadResponse, RequestError
 
@@ -46,7 +46,6 @@ class BatchBackend:
         self.stop = stop
         self.requests_sent = 0
         self.client: Optional[BatchClient] = None
-        self.encode_body = BodyEncoder()
         self._work: Optional[asyncio.Task] = None
         self._collecting = False
         self._cancelled_by_us = False
@@ -125,7 +124,7 @@ class BatchBackend:
         return chunks
 
     def _line(self, task) -> bytes:
-        body = self.encode_body(task.prompt, task.params)
+        body = self.client.encode_body(task.prompt, task.params)
         return (b'{"custom_id":"' + task.task_id.encode() + b'","method":"POST","url":"' +
                 ENDPOINT_PATH.encode() + b'","body":' + body + b"}\n")
 

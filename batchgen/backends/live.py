@@ -15,7 +15,7 @@ from typing import Optional
 from .. import _gc
 from ..client import ImagesClient, redact
 from ..errors import Decision, classify, is_rate_limited, stop_advice
-from ..exceptions import ApiError, BadResponse, RequestError, Unreachable
+from ..exceptions import ApiError, BadResponse, NotJson, RequestError, Unreachable
 from ..limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
 
 log = logging.getLogger("batchgen")
@@ -194,8 +194,7 @@ class LiveBackend:
             return False
         wrong = (isinstance(error, Unreachable)
                  or (isinstance(error, ApiError) and error.http_status in WRONG_ENDPOINT_STATUSES)
-                 or (isinstance(error, BadResponse) and error.http_status == 200
-                     and "not a JSON object" in error.message))
+                 or isinstance(error, NotJson))
         if not wrong:
             return False
         self.wrong_endpoint += 1
