@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 
+from .edits import edit_columns, read_edit_inputs
 from .job import make_plan, resolve_config
 from .providers import Endpoint, endpoint_url, resolve_endpoint
 from .reader import read_table
@@ -17,7 +18,13 @@ def prepare(source, options: dict):
     (config, table, plan)."""
     config = resolve_config(source, options)
     table = read_table(config.source, config.encoding)
-    plan = make_plan(table, config)
+    image_column, mask_column = edit_columns(table.column_names, config.image_column, config.mask_column)
+    inputs = None
+    if image_column is not None:
+        if config.limit is not None:
+            table = table.slice(0, config.limit)
+        inputs = read_edit_inputs(table, config.source, image_column, mask_column)
+    plan = make_plan(table, config, inputs)
     return config, table, plan
 
 

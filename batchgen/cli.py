@@ -8,6 +8,7 @@ import click
 
 from .exceptions import EXIT_STOPPED, EXIT_USAGE, UsageError
 from .job import MODES
+from .models import BACKGROUNDS, INPUT_FIDELITIES, MODERATIONS, OUTPUT_FORMATS, PARAMETERS
 from .providers import DEFAULT_PROVIDER, NAMES as PROVIDER_NAMES, PROVIDERS
 
 
@@ -35,6 +36,24 @@ def job_options(f):
         click.option("--response-format", type=click.Choice(["url", "b64_json"]),
                      help="dall-e only; GPT image models always return base64."),
         click.option("--n", "n", type=click.IntRange(1, 10), help="Images per request (dall-e-3: 1)."),
+        click.option("--output-format", type=click.Choice(OUTPUT_FORMATS),
+                     help="GPT image models: the images' file format (default png; webp and jpeg are far smaller)."),
+        click.option("--output-compression", type=click.IntRange(0, 100),
+                     help="GPT image models, jpeg/webp: compression level 0-100 (default 100)."),
+        click.option("--background", type=click.Choice(BACKGROUNDS),
+                     help="GPT image models: transparent needs --output-format png or webp."),
+        click.option("--moderation", type=click.Choice(MODERATIONS),
+                     help="GPT image models: low filters less than the default, auto."),
+        click.option("--input-fidelity", type=click.Choice(INPUT_FIDELITIES),
+                     help="Edits (GPT image models but gpt-image-1-mini): how closely to keep the input's features."),
+        click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+                     help="Send a parameter batchgen does not know, as is (repeatable; VALUE as JSON when "
+                          "it reads as JSON). Recorded in results' extra_params."),
+        click.option("--image-column", help="Edits: the column of input images (default: image, when present); "
+                                            "paths relative to the input file, or URLs; several: a|b."),
+        click.option("--mask-column", help="Edits: the column of PNG masks (default: mask, when present)."),
+        click.option("--prices", type=click.Path(dir_okay=False),
+                     help="A JSON price table over the built-in one (for a model batchgen has no price for)."),
         click.option("--sweep", multiple=True, metavar="AXIS=V1,V2",
                      help="Sweep a parameter (repeatable; the product of all axes). "
                           "E.g. --sweep quality=standard,hd --sweep style=vivid,natural"),
@@ -57,7 +76,7 @@ def job_options(f):
 
 def _overrides(kw: dict) -> dict:
     from .job import parse_sweep
-    defaults = {k: kw.pop(k) for k in ("model", "quality", "style", "size", "response_format", "n")}
+    defaults = {k: kw.pop(k) for k in PARAMETERS}
     kw["defaults"] = {k: v for k, v in defaults.items() if v is not None}
     kw["sweep"] = parse_sweep(list(kw.pop("sweep") or ()))
     return kw
@@ -179,6 +198,8 @@ def plan(source, **kw):
         config, _, job_plan = prepare(source, _overrides(kw))
     except UsageError as e:
         _fail(str(e))
+    for warning in job_plan.warnings:
+        click.echo(f"batchgen: {warning}", err=True)
     click.echo(format_plan(summarise_plan(job_plan), config.rpm, config.mode))
 
 

@@ -22,7 +22,6 @@ from .errors import fallback_code
 from .exceptions import (ApiError, BadResponse, ConnectionFailed, DownloadFailed, NotJson, RequestError,
                          RequestTimeout, Unreachable)
 from .limits import RateLimitHeaders, parse_ratelimit_headers, parse_retry_after
-from .models import PARAMETERS
 from .providers import Endpoint, parse_error_body
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
@@ -36,18 +35,31 @@ MAX_URL_CHARS = 16_384
 MAX_CREATED = 2 ** 40          # seconds since 1970: year 36,812
 MAX_TOKENS = 10 ** 12
 USAGE_FIELDS = ("input_tokens", "output_tokens", "total_tokens")
+# Flattened from usage.input_tokens_details: image input tokens cost more than text ones.
+USAGE_DETAILS = {"image_input_tokens": ("input_tokens_details", "image_tokens")}
 # A surrogate code point in a str is always a lone one (JSON's pairs decode to one character):
 # it cannot be written as UTF-8, so pyarrow and the journal would choke on it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def build_body(prompt: str, params: dict) -> dict:
-    """The request body: the prompt and only the parameters that are set."""
+    """The request body: the prompt and the parameters that are set (a plan's params hold
+    only those: the known ones, then --param's)."""
     body = {"prompt": prompt}
-    for key in PARAMETERS:
-        if params.get(key) is not None:
-            body[key] = params[key]
+    for key, value in params.items():
+        if value is not None:
+            body[key] = value
     return body
+
+
+def form_fields(prompt: str, params: dict) -> list:
+    """An edit's multipart text fields, as the official SDK sends them: every value as text
+    (JSON for what is not a str or a number)."""
+    fields = [("prompt", prompt)]
+    for key, value in build_body(prompt, params).items():
+        if key != "prompt":
+            fields.append((key, value if isinstance(value, str) else json.dumps(value)))
+    return fields
 
 
 class BodyEncoder:
@@ -125,6 +137,9 @@ def server_usage(value) -> Optional[dict]:
     if not isinstance(value, dict):
         return None
     usage = {k: server_int(value.get(k), 0, MAX_TOKENS) for k in USAGE_FIELDS}
+    for name, (group, key) in USAGE_DETAILS.items():
+        details = value.get(group)
+        usage[name] = server_int(details.get(key), 0, MAX_TOKENS) if isinstance(details, dict) else None
     usage = {k: v for k, v in usage.items() if v is not None}
     return usage or None
 
@@ -308,9 +323,25 @@ class ImagesClient:
 
     async def generate(self, body: bytes, images_expected: int = 1) -> Generation:
         """POST one generation (a body from BodyEncoder); returns images or raises a RequestError."""
+        return await self._post(body, self._headers, images_expected)
+
+    async def edit(self, prompt: str, params: dict, files: list, images_expected: int = 1) -> Generation:
+        """POST one edit as multipart/form-data, as the official SDK sends it. `files`:
+        (field, file name, bytes, content type); several images go as `image[]`."""
+        form = aiohttp.FormData()
+        for name, value in form_fields(prompt, params):
+            form.add_field(name, value)
+        several = sum(1 for f in files if f[0] == "image") > 1
+        for field_name, filename, data, content_type in files:
+            name = "image[]" if field_name == "image" and several else field_name
+            form.add_field(name, data, filename=filename, content_type=content_type)
+        headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+        return await self._post(form, headers, images_expected)
+
+    async def _post(self, data, headers: dict, images_expected: int) -> Generation:
         limit = MAX_RESPONSE_BYTES_PER_IMAGE * max(1, images_expected)
         try:
-            async with self._session.post(self.endpoint.url, data=body, headers=self._headers,
+            async with self._session.post(self.endpoint.url, data=data, headers=headers,
                                           allow_redirects=False, proxy=self._proxy) as resp:
                 raw = await _read_capped(resp, limit)
                 status = resp.status

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 
-from .exceptions import ApiError, RequestError
+from .exceptions import ApiError, InvalidInput, RequestError
 from .providers import AUTH_CODES, QUOTA_CODES, get
 
 
@@ -38,6 +38,8 @@ def classify(error: RequestError) -> Decision:
             return Decision.STOP
         if status in (408, 409, 429) or status >= 500:
             return Decision.RETRY
+        return Decision.FAIL
+    if isinstance(error, InvalidInput):
         return Decision.FAIL
     # Timeouts, dropped connections, garbage bodies and dead links can all work next time.
     return Decision.RETRY

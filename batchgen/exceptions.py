@@ -11,6 +11,7 @@
         ├── BadResponse              code "bad_response"
         │   └── NotJson              a 200 that is not JSON (an HTML page where the API should be)
         ├── DownloadFailed           code "download_failed"
+        ├── InvalidInput             code "invalid_params": an edit's input turned out unusable
         └── ApiError                 the API answered with an error; code is the API's own
 
 The client turns every aiohttp exception into one of these, so nothing above it knows aiohttp;
@@ -79,6 +80,12 @@ class NotJson(BadResponse):
 
 class DownloadFailed(RequestError):
     code = "download_failed"
+
+
+class InvalidInput(RequestError):
+    """An edit's input image could not be sent (found unreadable or not an image only when
+    it was read to be sent): sending again cannot help."""
+    code = "invalid_params"
 
 
 class ApiError(RequestError):

@@ -17,7 +17,7 @@ import json
 import math
 from typing import Any, Optional
 
-from .job import PARAMETERS, TASK_ID_VERSION, JobConfig, Plan
+from .job import TASK_ID_VERSION, JobConfig, Plan
 
 # job.json's field saying which scheme the folder's journal uses; a folder without it (or with
 # another value) that holds outcomes is a legacy one.
@@ -28,6 +28,9 @@ def job_json_fields() -> dict:
     """What job.json records of the id scheme (merged into the document OutputFolder writes)."""
     return {TASK_IDS_KEY: TASK_ID_VERSION}
 
+
+# The parameters the previous scheme knew: a column named after a later one was data then.
+PARAMETERS = ("model", "quality", "style", "size", "response_format", "n")
 
 def is_legacy(job_doc: Optional[dict]) -> bool:
     """Whether a folder's job.json (None: no folder yet) names tasks by the old ids."""

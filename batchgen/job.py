@@ -10,14 +10,16 @@ import itertools
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import _gc, models, providers
+from . import _gc, models, pricing, providers
 from .exceptions import UsageError
 
 PARAMETERS = models.PARAMETERS
+INT_PARAMETERS = models.INT_PARAMETERS
 MODES = ("live", "batch")      # each has a backend in batchgen.backends
 MAX_BATCH_REQUESTS = 50_000
 
@@ -47,6 +49,10 @@ class JobConfig:
     simulate: bool = False
     encoding: Optional[str] = None
     job_file: Optional[str] = None
+    params: dict = field(default_factory=dict)       # --param: sent as is, batchgen does not know them
+    image_column: Optional[str] = None    # edits: the input images (None: "image" when present)
+    mask_column: Optional[str] = None     # edits: the masks (None: "mask" when present)
+    prices: Optional[str] = None          # a price file over the built-in one
 
     def fingerprint(self) -> str:
         """What makes two runs the same job: the parameters that define each task.
@@ -55,10 +61,12 @@ class JobConfig:
         limit, budget) are left out, so a reordered or extended input and a rerun against another
         endpoint resume the same job.
         """
-        return _digest(json.dumps(
-            {"prompt_column": self.prompt_column, "defaults": self.defaults,
-             "sweep": [[axis, values] for axis, values in self.sweep]},
-            sort_keys=True, default=str))[:16]
+        defining = {"prompt_column": self.prompt_column, "defaults": self.defaults,
+                    "sweep": [[axis, values] for axis, values in self.sweep]}
+        for key in ("params", "image_column", "mask_column"):
+            if getattr(self, key):     # only when set, so folders made before them keep their job
+                defining[key] = getattr(self, key)
+        return _digest(json.dumps(defining, sort_keys=True, default=str))[:16]
 
     def public_dict(self) -> dict:
         """The settings as job.json records them (a base URL without credentials or query)."""
@@ -81,7 +89,7 @@ def parse_param_value(param: str, value: Any, where: str) -> Any:
     if param not in PARAMETERS:
         raise UsageError(f"{where}: unknown parameter {param!r}; parameters are {', '.join(PARAMETERS)}")
     label = where if where.replace("-", "_").endswith(param) else f"{where} {param}"
-    if param == "n":
+    if param in INT_PARAMETERS:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise UsageError(f"{label} must be a whole number (e.g. 2), not {value!r}")
         try:
@@ -96,8 +104,29 @@ def parse_param_value(param: str, value: Any, where: str) -> Any:
     return text
 
 
-_EXAMPLES = {"model": "dall-e-3", "quality": "hd", "style": "vivid", "size": "1024x1024",
-             "response_format": "b64_json", "n": "2"}
+_EXAMPLES = models.EXAMPLES
+
+
+def parse_extra_param(spec, where: str = "--param") -> tuple[str, Any]:
+    """'KEY=VALUE' as (key, value): VALUE as JSON when it reads as JSON (a number, true,
+    an object), else the text. A key batchgen knows is refused: it has its own option."""
+    if isinstance(spec, tuple):
+        key, value = spec
+    else:
+        key, sep, value = str(spec).partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{where} {spec!r}: write KEY=VALUE (e.g. --param user=dataset-42)")
+        key = key.strip()
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    if key in PARAMETERS or key == "prompt":
+        raise UsageError(f"{where} {key}: batchgen knows {key!r}; set it with --{key.replace('_', '-')} "
+                         "(or a column or sweep axis) instead")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
+        raise UsageError(f"{where} {key!r}: a parameter name is letters, digits and _ (e.g. user)")
+    return key, value
 
 
 def parse_sweep(specs: list[str]) -> list[tuple[str, list]]:
@@ -145,7 +174,8 @@ def point_label(point: dict) -> str:
 
 _JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "rpm",
              "max_retries", "backoff_base", "timeout", "provider", "mode", "base_url", "limit", "max_cost",
-             "max_wait", "encoding", "batch_size", "no_wait", "poll_interval"}
+             "max_wait", "encoding", "batch_size", "no_wait", "poll_interval", "params", "image_column",
+             "mask_column", "prices"}
 
 
 def load_job_file(path) -> dict:
@@ -186,11 +216,19 @@ def load_job_file(path) -> dict:
     settings["sweep"] = _merge_axes([
         (axis, [parse_param_value(axis, v, f"{path} [sweep]") for v in values])
         for axis, values in sweep.items()])
+    extra = data.get("params", {})
+    if not isinstance(extra, dict):
+        raise UsageError(f"{path}: [params] must be a table of name = value (sent as is)")
+    settings["params"] = dict(parse_extra_param((k, v), f"{path} [params]") for k, v in extra.items())
     for key in ("prompt_column", "concurrency", "rpm", "max_retries", "backoff_base", "timeout", "provider",
                 "mode", "base_url", "limit", "max_cost", "max_wait", "encoding", "batch_size", "no_wait",
-                "poll_interval"):
+                "poll_interval", "image_column", "mask_column"):
         if key in data:
             settings[key] = data[key]
+    if "prices" in data:
+        if not isinstance(data["prices"], str):
+            raise UsageError(f"{path}: prices must be a path in quotes (e.g. prices = \"prices.json\")")
+        settings["prices"] = os.path.normpath(base / data["prices"])
     check_settings(JobConfig(**settings), job_file=str(path))
     return settings
 
@@ -213,6 +251,11 @@ def resolve_config(source: str, overrides: dict) -> JobConfig:
         settings["sweep"] = file_axes + list(cli_axes.items())
     else:
         overrides.pop("sweep", None)
+    if overrides.get("params"):
+        settings["params"] = {**settings.get("params", {}),
+                              **dict(parse_extra_param(spec) for spec in overrides.pop("params"))}
+    else:
+        overrides.pop("params", None)
     settings.update(overrides)
     config = JobConfig(**settings)
     if config.out is None:
@@ -222,7 +265,8 @@ def resolve_config(source: str, overrides: dict) -> JobConfig:
 
 
 _TEXT_SETTINGS = (("prompt_column", "prompt"), ("provider", providers.DEFAULT_PROVIDER), ("mode", "live"),
-                  ("base_url", "https://api.openai.com/v1"), ("encoding", "cp1252"))
+                  ("base_url", "https://api.openai.com/v1"), ("encoding", "cp1252"), ("image_column", "image"),
+                  ("mask_column", "mask"), ("prices", "prices.json"))
 
 
 def check_settings(config: JobConfig, job_file: Optional[str] = None) -> None:
@@ -251,6 +295,8 @@ def check_settings(config: JobConfig, job_file: Optional[str] = None) -> None:
         if config.encoding is not None:
             from .reader import check_encoding
             check_encoding(config.encoding, "encoding" if job_file else "--encoding")
+        if config.prices is not None:
+            pricing.load(config.prices)
     except UsageError as e:
         raise UsageError(f"{job_file}: {e}" if job_file else str(e)) from None
     for key, low in (("concurrency", 1), ("max_retries", 0), ("limit", 0)):
@@ -302,6 +348,7 @@ class Task:
     params: dict               # only the parameters that are set; shared by tasks alike
     point: int                 # index into Plan.points
     problem: Optional[str] = None   # set: refused before sending (invalid_params)
+    edit: Any = None           # edits.EditInput: the images an edit sends; None for a generation
 
     @property
     def images_expected(self) -> int:
@@ -318,6 +365,8 @@ class Plan:
     # What the pass-through columns hold (types and values): they are no part of a task's id,
     # so results built from other cells are told apart by this (results.results_key).
     passthrough_digest: str = ""
+    edit: bool = False             # the tasks are edits (/images/edits)
+    warnings: list = field(default_factory=list)
 
 
 def _cell(value):
@@ -332,7 +381,7 @@ def _cell(value):
 
 
 def _row_param(param: str, value) -> tuple[Any, Optional[str]]:
-    if param == "n":
+    if param in INT_PARAMETERS:
         if isinstance(value, float) and value.is_integer():
             return int(value), None
         text = str(value).strip()
@@ -346,11 +395,12 @@ def _row_param(param: str, value) -> tuple[Any, Optional[str]]:
             number = math.nan
         if number.is_integer():
             return int(number), None
-        return None, f"n {value!r} is not a whole number"
+        return None, f"{param} {value!r} is not a whole number"
     return str(value).strip(), None
 
 
-def check_defaults(config: JobConfig, points: list[dict], row_models: Optional[set] = None) -> list[str]:
+def check_defaults(config: JobConfig, points: list[dict], row_models: Optional[set] = None,
+                   edit: bool = False) -> list[str]:
     """Default or sweep values that no row could use: a usage error (nothing is sent).
 
     A value is checked against the models the rows use at each sweep point: `row_models` are
@@ -368,7 +418,7 @@ def check_defaults(config: JobConfig, points: list[dict], row_models: Optional[s
         found = {}
         for model in used:
             asked = {**params, "model": model} if model is not None else {k: v for k, v in params.items() if k != "model"}
-            found[model] = {p.split(" ", 1)[0]: p for p in models.parameter_problems(asked)}
+            found[model] = {p.split(" ", 1)[0]: p for p in models.parameter_problems(asked, edit)}
         for param in params:
             refusals = [found[m][param] for m in sorted(used, key=str) if param in found[m]]
             if not refusals or len(refusals) < len(used):
@@ -397,9 +447,12 @@ class _Variant:
     head: bytes                  # what a task id hashes before the prompt, for occurrence 0
 
 
-def _variant(params: dict) -> _Variant:
+def _variant(params: dict, extras: Optional[dict] = None, edit: bool = False) -> _Variant:
+    """`extras`: --param's parameters, sent as is after the known ones."""
     params = {k: params[k] for k in PARAMETERS if params.get(k) is not None}
-    found = models.parameter_problems(params)
+    found = models.parameter_problems(params, edit)
+    if extras:
+        params.update((k, v) for k, v in extras.items() if k not in params)
     rules = models.rules_for(params.get("model"))
     key = json.dumps(params, sort_keys=True).encode()
     return _Variant(params, key, "; ".join(found) or None, rules.max_prompt_chars if rules else None,
@@ -437,15 +490,16 @@ def task_id(prompt: Optional[str], params: dict, occurrence: int = 0) -> str:
 
 # ---- the plan ---------------------------------------------------------------------------------
 
-def make_plan(table, config: JobConfig) -> Plan:
+def make_plan(table, config: JobConfig, edit_inputs: Optional[list] = None) -> Plan:
     """Every task of the job, with refused rows marked; raises UsageError for bad settings.
 
-    `table` is the input as a pyarrow.Table (reader.read_table)."""
+    `table` is the input as a pyarrow.Table (reader.read_table); `edit_inputs`, for an edits
+    table, each row's edits.EditInput (edits.read_edit_inputs)."""
     with _gc.paused():
-        return _make_plan(table, config)
+        return _make_plan(table, config, edit_inputs)
 
 
-def _make_plan(table, config: JobConfig) -> Plan:
+def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     columns = list(table.column_names)
     if config.prompt_column not in columns:
         raise UsageError(
@@ -457,6 +511,7 @@ def _make_plan(table, config: JobConfig) -> Plan:
     passthrough = [c for c in columns if c != config.prompt_column and c not in PARAMETERS]
     if config.limit is not None:
         table = table.slice(0, config.limit)
+    edit = edit_inputs is not None
 
     # Only the prompt and parameter columns become Python values: nothing else is needed.
     cells = table.column(config.prompt_column).to_pylist()
@@ -465,7 +520,7 @@ def _make_plan(table, config: JobConfig) -> Plan:
     if "model" in param_columns:
         row_models = {None if _cell(m) is None else str(m).strip()
                       for m in set(row_params[param_columns.index("model")])}
-    problems = check_defaults(config, points, row_models)
+    problems = check_defaults(config, points, row_models, edit)
     if problems:
         raise UsageError("; ".join(problems))
 
@@ -501,29 +556,35 @@ def _make_plan(table, config: JobConfig) -> Plan:
                 row_problem = row_problem or problem
         own_key = tuple(own.items())
         blank = prompt is None
+        inputs = edit_inputs[i] if edit else None
+        # An edit's id covers its inputs too: tasks alike but for their images are told apart.
+        input_key = inputs.key if edit else None
         again = repeated and first_row.setdefault(text, i) != i
         if again:
             first = first_row[text]
             if first >= 0:     # the prompt's second row: count its first row's tasks now
                 for earlier in tasks[first * n_points:(first + 1) * n_points]:
-                    k = (text, id(earlier.params))
+                    k = (text, id(earlier.params), earlier.edit.key if edit else None)
                     counts[k] = counts.get(k, 0) + 1
                 first_row[text] = -1
         for p_index in point_range:
             variant = variants.get((own_key, p_index))
             if variant is None:
-                variant = _variant({**config.defaults, **own, **points[p_index]})
+                variant = _variant({**config.defaults, **own, **points[p_index]}, config.params, edit)
                 variant = variants[(own_key, p_index)] = shared.setdefault(variant.key, variant)
             head = variant.head
+            occurrence = 0
             if again:
                 # Keyed by the variant's params dict: one per distinct set of parameters.
-                k = (text, id(variant.params))
+                k = (text, id(variant.params), input_key)
                 occurrence = counts.get(k, 0)
                 counts[k] = occurrence + 1
                 if occurrence:
                     head = _id_head(variant.key, occurrence)
+            if edit:
+                head = _id_head(variant.key + b"\x1d" + input_key, occurrence)
             task_id = blake2b(head + prompt_part, digest_size=8).hexdigest()
-            problem = row_problem
+            problem = row_problem or (inputs.problem if edit else None)
             if problem is None:
                 if blank:
                     problem = "prompt is missing or blank"
@@ -531,12 +592,54 @@ def _make_plan(table, config: JobConfig) -> Plan:
                     problem = models.prompt_problem(prompt, variant.params.get("model"))
                 else:
                     problem = variant.problem
-            append(Task(task_id, i, prompt, variant.params, p_index, problem))
+            append(Task(task_id, i, prompt, variant.params, p_index, problem, inputs))
     unknown_models = sorted({v.params["model"] for v in variants.values()
                              if models.rules_for(v.params.get("model")) is None})
     if config.mode == "batch":
         _check_batch_models(variants.values())
-    return Plan(config, points, tasks, passthrough, unknown_models, _content_digest(table, passthrough))
+    if config.max_cost is not None:
+        _check_prices(variants.values(), config)
+    return Plan(config, points, tasks, passthrough, unknown_models, _content_digest(table, passthrough),
+                edit, _plan_warnings(config, columns))
+
+
+def _check_prices(variants, config: JobConfig) -> None:
+    """--max-cost needs a price for every model it would send to: a budget it cannot count is
+    no budget."""
+    prices = pricing.load(config.prices)
+    unpriced = sorted({str(v.params.get("model") or models.API_DEFAULT_MODEL) for v in variants
+                       if not v.problem and prices.estimate(v.params, config.mode) is None})
+    if unpriced:
+        raise UsageError(f"--max-cost cannot be kept: batchgen has no price for {', '.join(unpriced)} "
+                         "(at these settings); give one with --prices FILE (a JSON price table, see the "
+                         "README), or leave out --max-cost")
+
+
+def _plan_warnings(config: JobConfig, columns: list) -> list:
+    """--param's unknown parameters, and columns whose name looks like a misspelt parameter."""
+    warnings = []
+    if config.params:
+        sent = ", ".join(f"{k}={json.dumps(v)}" for k, v in config.params.items())
+        warnings.append(f"sending parameter(s) batchgen does not know, as given: {sent}; "
+                        "the server decides what they mean")
+    for column in columns:
+        near = [p for p in PARAMETERS if len(column) > 2 and _one_edit_apart(column.lower(), p)]
+        if near and column not in PARAMETERS:
+            warnings.append(f"the column {column!r} is passed through as data, not sent; "
+                            f"did you mean {near[0]!r}?")
+    return warnings
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """One letter changed, added, removed, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
 
 
 def _content_digest(table, names: list) -> str:

@@ -8,11 +8,25 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-PARAMETERS = ("model", "quality", "style", "size", "response_format", "n")
+PARAMETERS = ("model", "quality", "style", "size", "response_format", "n",
+              "output_format", "output_compression", "background", "moderation", "input_fidelity")
+# Parameters whose values are whole numbers; the others are text.
+INT_PARAMETERS = ("n", "output_compression")
+# Sent with edits only: /images/generations has no such field.
+EDIT_ONLY_PARAMETERS = ("input_fidelity",)
+EXAMPLES = {"model": "gpt-image-1", "quality": "high", "style": "vivid", "size": "1024x1024",
+            "response_format": "b64_json", "n": "2", "output_format": "webp", "output_compression": "80",
+            "background": "transparent", "moderation": "low", "input_fidelity": "high"}
 
 DALLE_RESPONSE_FORMATS = ("url", "b64_json")
 GPT_IMAGE_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 GPT_IMAGE_QUALITIES = ("low", "medium", "high", "auto")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+BACKGROUNDS = ("transparent", "opaque", "auto")
+MODERATIONS = ("low", "auto")
+INPUT_FIDELITIES = ("high", "low")
+# The file extension each output_format is saved under.
+FORMAT_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -29,6 +43,12 @@ class ModelRules:
     default_size: str
     # gpt-image-2 takes sizes beyond its list; this says whether one is allowed.
     custom_size_ok: Optional[Callable[[int, int], bool]] = None
+    # The GPT image models' own parameters; empty: the model takes none of them.
+    output_formats: tuple[str, ...] = ()
+    backgrounds: tuple[str, ...] = ()
+    moderations: tuple[str, ...] = ()
+    input_fidelities: tuple[str, ...] = ()
+    edits: bool = True            # takes /images/edits
 
     def size_allowed(self, size: str) -> bool:
         if size in self.sizes:
@@ -51,11 +71,12 @@ def _gpt_image_2_size_ok(width: int, height: int) -> bool:
     return max(width, height) <= 3840 and min(width, height) <= 2160
 
 
-def _gpt_image(name: str, custom=None) -> ModelRules:
+def _gpt_image(name: str, custom=None, input_fidelities=INPUT_FIDELITIES) -> ModelRules:
     return ModelRules(
         name=name, sizes=GPT_IMAGE_SIZES, qualities=GPT_IMAGE_QUALITIES,
         styles=(), response_formats=(), max_n=10, max_prompt_chars=32000,
-        default_size="auto", custom_size_ok=custom,
+        default_size="auto", custom_size_ok=custom, output_formats=OUTPUT_FORMATS,
+        backgrounds=BACKGROUNDS, moderations=MODERATIONS, input_fidelities=input_fidelities,
     )
 
 
@@ -69,10 +90,11 @@ MODELS: dict[str, ModelRules] = {
         name="dall-e-3", sizes=("1024x1024", "1792x1024", "1024x1792"),
         qualities=("standard", "hd"), styles=("vivid", "natural"),
         response_formats=DALLE_RESPONSE_FORMATS, max_n=1, max_prompt_chars=4000,
-        default_size="1024x1024",
+        default_size="1024x1024", edits=False,
     ),
     "gpt-image-1": _gpt_image("gpt-image-1"),
-    "gpt-image-1-mini": _gpt_image("gpt-image-1-mini"),
+    # OpenAI's edits reference: input_fidelity "is not supported for gpt-image-1-mini".
+    "gpt-image-1-mini": _gpt_image("gpt-image-1-mini", input_fidelities=()),
     "gpt-image-1.5": _gpt_image("gpt-image-1.5"),
     "gpt-image-2": _gpt_image("gpt-image-2", _gpt_image_2_size_ok),
 }
@@ -100,41 +122,64 @@ def batch_allowed(model: Optional[str]) -> bool:
     return rules is None and model is not None or (rules is not None and rules.name.startswith("gpt-image"))
 
 
-# The Batch API's price: half the live one.
-BATCH_PRICE_FACTOR = 0.5
-
-
-def parameter_problems(params: dict) -> list[str]:
+def parameter_problems(params: dict, edit: bool = False) -> list[str]:
     """Why a request with these parameters would be refused (empty list: allowed).
 
     `params` holds only the parameters that are set; a missing one takes the API default.
-    Each problem names the parameter, the value and what is allowed, so it can be shown
-    to a user as is.
+    `edit`: the request is an edit (/images/edits), which takes input_fidelity too.
+    Each problem starts with the parameter's name and says the value and what is allowed,
+    so it can be shown to a user as is.
     """
+    if not edit:
+        problems = [f"{p} {params[p]!r} applies to edits only (give the rows an image column)"
+                    for p in EDIT_ONLY_PARAMETERS if params.get(p) is not None]
+    else:
+        problems = []
     rules = rules_for(params.get("model"))
     if rules is None:
-        return []
-    problems = []
+        return problems
     model = rules.name
+    if edit and not rules.edits:
+        problems.append(f"model {model!r} does not edit images (edits: dall-e-2 or a GPT image model)")
     size = params.get("size")
     if size is not None and not rules.size_allowed(str(size)):
         problems.append(f"size {size!r} is not allowed for {model} (allowed: {rules.describe_sizes()})")
-    quality = params.get("quality")
-    if quality is not None and quality not in rules.qualities:
-        problems.append(f"quality {quality!r} is not allowed for {model} (allowed: {', '.join(rules.qualities)})")
-    style = params.get("style")
-    if style is not None and style not in rules.styles:
-        allowed = ", ".join(rules.styles) if rules.styles else f"none; {model} takes no style"
-        problems.append(f"style {style!r} is not allowed for {model} (allowed: {allowed})")
-    response_format = params.get("response_format")
-    if response_format is not None and response_format not in rules.response_formats:
-        allowed = (", ".join(rules.response_formats) if rules.response_formats
-                   else f"none; {model} always returns base64")
-        problems.append(f"response_format {response_format!r} is not allowed for {model} (allowed: {allowed})")
+    for param, allowed, none_text in (
+            ("quality", rules.qualities, ""),
+            ("style", rules.styles, f"none; {model} takes no style"),
+            ("response_format", rules.response_formats, f"none; {model} always returns base64"),
+            ("output_format", rules.output_formats, f"none; {model} takes no output_format"),
+            ("background", rules.backgrounds, f"none; {model} takes no background"),
+            ("moderation", rules.moderations, f"none; {model} takes no moderation"),
+            ("input_fidelity", rules.input_fidelities if edit else None, f"none; {model} takes no input_fidelity")):
+        value = params.get(param)
+        if value is not None and allowed is not None and value not in allowed:
+            problems.append(f"{param} {value!r} is not allowed for {model} "
+                            f"(allowed: {', '.join(allowed) if allowed else none_text})")
+    problems += _gpt_image_problems(params, rules)
     n = params.get("n")
     if n is not None and not (isinstance(n, int) and 1 <= n <= rules.max_n):
         allowed = "1" if rules.max_n == 1 else f"1 to {rules.max_n}"
         problems.append(f"n {n!r} is not allowed for {model} (allowed: {allowed})")
+    return problems
+
+
+def _gpt_image_problems(params: dict, rules: ModelRules) -> list[str]:
+    """The rules between the GPT image parameters: compression and transparency need a format."""
+    problems = []
+    fmt = params.get("output_format") or "png"        # the API's default
+    compression = params.get("output_compression")
+    if compression is not None:
+        if not rules.output_formats:
+            problems.append(f"output_compression {compression!r} is not allowed for {rules.name} "
+                            f"(allowed: none; {rules.name} takes no output_compression)")
+        elif not (isinstance(compression, int) and 0 <= compression <= 100):
+            problems.append(f"output_compression {compression!r} is not allowed (allowed: a whole number 0 to 100)")
+        elif fmt not in ("jpeg", "webp"):
+            problems.append(f"output_compression {compression!r} needs output_format jpeg or webp, "
+                            f"not {fmt}")
+    if params.get("background") == "transparent" and rules.output_formats and fmt not in ("png", "webp"):
+        problems.append(f"background 'transparent' needs output_format png or webp, not {fmt}")
     return problems
 
 
@@ -146,40 +191,3 @@ def prompt_problem(prompt, model: Optional[str]) -> Optional[str]:
         return (f"prompt is {len(prompt)} characters; {rules.name} allows at most "
                 f"{rules.max_prompt_chars}")
     return None
-
-
-# Price per image in USD, from OpenAI's published prices. Keyed by (model, quality, size);
-# quality/size None means the API default for that model.
-_DALLE3 = {("standard", "1024x1024"): 0.04, ("standard", "1792x1024"): 0.08,
-           ("standard", "1024x1792"): 0.08, ("hd", "1024x1024"): 0.08,
-           ("hd", "1792x1024"): 0.12, ("hd", "1024x1792"): 0.12}
-_DALLE2 = {"256x256": 0.016, "512x512": 0.018, "1024x1024": 0.020}
-_GPT_IMAGE_1 = {("low", "square"): 0.011, ("medium", "square"): 0.042, ("high", "square"): 0.167,
-                ("low", "wide"): 0.016, ("medium", "wide"): 0.063, ("high", "wide"): 0.25}
-
-
-def price_per_image(model: Optional[str], quality: Optional[str], size: Optional[str]) -> Optional[float]:
-    """Estimated USD per image, or None when we have no price for this combination."""
-    rules = rules_for(model)
-    if rules is None:
-        return None
-    size = size or rules.default_size
-    if rules.name == "dall-e-3":
-        return _DALLE3.get((quality or "standard", size))
-    if rules.name == "dall-e-2":
-        return _DALLE2.get(size)
-    if rules.name == "gpt-image-1":
-        # "auto" lets the API choose; estimate it at the top price so a budget is never too low.
-        q = "high" if quality in (None, "auto") else quality
-        shape = "square" if size == "1024x1024" else "wide"
-        if size == "auto":
-            shape = "wide"
-        return _GPT_IMAGE_1.get((q, shape))
-    return None
-
-
-def estimate_cost(params: dict, mode: str = "live") -> Optional[float]:
-    price = price_per_image(params.get("model"), params.get("quality"), params.get("size"))
-    if price is None:
-        return None
-    return price * int(params.get("n") or 1) * (BATCH_PRICE_FACTOR if mode == "batch" else 1.0)

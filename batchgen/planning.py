@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import models
+from . import models, pricing
 from .job import Plan, point_label
 
 EXAMPLES_PER_REASON = 3
@@ -25,6 +25,7 @@ class PlanSummary:
     refused_by_reason: dict = field(default_factory=dict)     # reason -> count
     examples: dict = field(default_factory=dict)              # reason -> [(row_index, prompt)]
     unknown_models: list = field(default_factory=list)
+    unpriced_models: list = field(default_factory=list)      # known models without a price
 
     @property
     def tasks(self) -> int:
@@ -44,6 +45,8 @@ def summarise_plan(plan: Plan) -> PlanSummary:
     points = [PointSummary(point_label(p)) for p in plan.points]
     summary = PlanSummary(points, unknown_models=list(plan.unknown_models))
     costs: dict = {}   # tasks alike share one params dict: price each once
+    prices = pricing.load(plan.config.prices)
+    unpriced = set()
     for task in plan.tasks:
         point = points[task.point]
         if task.problem:
@@ -56,13 +59,16 @@ def summarise_plan(plan: Plan) -> PlanSummary:
         point.tasks += 1
         key = id(task.params)
         if key not in costs:
-            costs[key] = (task.images_expected, models.estimate_cost(task.params, plan.config.mode))
+            costs[key] = (task.images_expected, prices.estimate(task.params, plan.config.mode))
+            if costs[key][1] is None and models.rules_for(task.params.get("model")) is not None:
+                unpriced.add(str(task.params.get("model") or models.API_DEFAULT_MODEL))
         images, cost = costs[key]
         point.images += images
         if cost is None or point.cost_usd is None:
             point.cost_usd = None
         else:
             point.cost_usd += cost
+    summary.unpriced_models = sorted(unpriced)
     return summary
 
 
@@ -75,7 +81,7 @@ def format_duration(seconds: float) -> str:
 
 
 def _money(value: Optional[float]) -> str:
-    return "unknown" if value is None else f"${value:,.2f}"
+    return "no price" if value is None else f"${value:,.2f}"
 
 
 def format_plan(summary: PlanSummary, rpm: Optional[float] = None, mode: str = "live") -> str:
@@ -89,7 +95,11 @@ def format_plan(summary: PlanSummary, rpm: Optional[float] = None, mode: str = "
     if mode == "batch":
         lines.append("costs at the Batch API's price: half the live one")
     if summary.unknown_models:
-        lines.append(f"cost unknown for model(s) {', '.join(summary.unknown_models)}: batchgen has no price for them")
+        lines.append(f"unknown model(s) {', '.join(summary.unknown_models)}: batchgen knows neither their "
+                     "rules nor their price (give a price with --prices FILE)")
+    if summary.unpriced_models:
+        lines.append(f"no price for {', '.join(summary.unpriced_models)} at these settings: give one with "
+                     "--prices FILE (see the README's Prices section)")
     if summary.refused_by_reason:
         lines.append("refused before sending (invalid_params):")
         for reason, count in sorted(summary.refused_by_reason.items(), key=lambda kv: -kv[1]):

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .exceptions import UsageError
 
 GENERATIONS_PATH = "/images/generations"
+EDITS_PATH = "/images/edits"
 
 
 def _acedata_error(payload: dict):
@@ -112,6 +113,12 @@ class Endpoint:
     @property
     def public_url(self) -> str:
         return public_url(self.url)
+
+    def for_edits(self) -> "Endpoint":
+        """The same server's edits endpoint (…/images/edits beside …/images/generations)."""
+        if not self.url.endswith(GENERATIONS_PATH):
+            return self
+        return Endpoint(self.url[:-len(GENERATIONS_PATH)] + EDITS_PATH, self.token, self.provider)
 
 
 def public_url(url: str) -> str:

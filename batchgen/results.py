@@ -17,7 +17,7 @@ from typing import Optional
 
 import pyarrow as pa
 
-from . import models
+from . import models, pricing
 from ._version import __version__
 from .job import Plan, point_label
 from .outdir import METADATA_FILE, RESULTS_FILE, atomic_file, write_atomic
@@ -33,6 +33,12 @@ SCHEMA = pa.schema([
     ("size", pa.string()),
     ("response_format", pa.string()),
     ("n", pa.int64()),
+    ("output_format", pa.string()),     # the GPT image models' own parameters
+    ("output_compression", pa.int64()),
+    ("background", pa.string()),
+    ("moderation", pa.string()),
+    ("input_fidelity", pa.string()),    # edits
+    ("extra_params", pa.string()),      # --param's parameters as sent, a JSON object
     ("image_index", pa.int64()),
     ("status", pa.string()),
     ("revised_prompt", pa.string()),
@@ -57,7 +63,13 @@ SCHEMA = pa.schema([
     ("batch_id", pa.string()),          # the Batch API's batch that made the row
     ("sweep_point", pa.string()),
     ("est_cost_usd", pa.float64()),
+    ("input_tokens", pa.int64()),       # the response's usage, for the whole request (all n images)
+    ("output_tokens", pa.int64()),
     ("total_tokens", pa.int64()),
+    ("input_image", pa.string()),       # edits: the images sent ("|" between several), and sha256s
+    ("input_sha256", pa.string()),
+    ("mask_image", pa.string()),
+    ("mask_sha256", pa.string()),
     # False: a task an earlier input of this folder held, kept so every image stays listed.
     ("in_input", pa.bool_()),
 ])
@@ -112,8 +124,9 @@ class _Rows:
     """Results rows and metadata.jsonl lines as they are made, turned into Arrow and text
     pieces _CHUNK at a time so neither is held whole as Python strings."""
 
-    def __init__(self, passthrough: "_Passthrough", origins: list):
+    def __init__(self, passthrough: "_Passthrough", origins: list, batch_discount: float):
         self.passthrough = passthrough
+        self.batch_discount = batch_discount
         self.origins = origins                                  # provenance dicts
         self.origin_texts = [_origin_fragment(o) for o in origins]
         self.lines: list = []
@@ -137,13 +150,17 @@ class _Rows:
         self._flush_if_full()
         get = record.get
         batch = ""
-        if "batch_id" in record:     # made by the Batch API, at half the price
+        if "batch_id" in record:
             batch = f',"batch_id":{_value(get("batch_id"))}'
-            price = price * models.BATCH_PRICE_FACTOR if price is not None else None
+        billed = _billed(record)
+        if billed is not None:     # what its answers cost, shared by its images
+            price = billed / max(1, len(record.get("images") or ()))
+        elif batch and price is not None:
+            price = price * self.batch_discount
         # Field by field, not a dict through the encoder: a third of the time per row.
         shared = (f'"attempts":{_value(get("attempts"))},"latency_s":{_value(get("latency_s"))},'
                   f'"created":{_value(get("created"))},"trace_id":{_value(get("trace_id"))},'
-                  f'"total_tokens":{_value(_total_tokens(record))},'
+                  f'{_usage_fragment(record)},'
                   f'"est_cost_usd":{_value(price)}{batch}')
         status = f'"status":"ok","http_status":{_value(get("http_status"))}'
         extra = self.passthrough.fragment(row_index)
@@ -168,9 +185,11 @@ class _Rows:
                                   f'"image_index":{index},"est_cost_usd":0.0,"origin":{origin}}}')
                 self.row_indices.append(row_index)
 
-    def error(self, base: str, error: dict, origin: int, row_index) -> None:
+    def error(self, base: str, error: dict, origin: int, row_index, record=None) -> None:
         self._flush_if_full()
-        self.lines.append(f'{{{base},"status":"error","est_cost_usd":0.0,"origin":{origin},{_encode(error)[1:-1]}}}')
+        cost = _billed(record) if record is not None else None
+        self.lines.append(f'{{{base},"status":"error","est_cost_usd":{_value(cost or 0.0)},"origin":{origin},'
+                          f'{_encode(error)[1:-1]}}}')
         self.row_indices.append(row_index)
 
     def finish(self, table, names: list, not_in_input: int) -> Results:
@@ -242,17 +261,20 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
     current, legacy = len(origins) - 1, len(origins) - 2
     variants: dict = {}        # (id of the shared params dict, point) -> (JSON fragment, price)
     passthrough = _Passthrough(plan, table)
-    rows = _Rows(passthrough, origins)
+    prices = pricing.load(plan.config.prices)
+    rows = _Rows(passthrough, origins, prices.batch_discount)
     states = replay.states
     for task in plan.tasks:
         params = task.params
         key = (id(params), task.point)
         cached = variants.get(key)
         if cached is None:
-            cached = variants[key] = _variant_fragment(params, labels[task.point])
+            cached = variants[key] = _variant_fragment(params, labels[task.point], prices)
         variant, price = cached
         base = (f'"task_id":"{task.task_id}","row_index":{task.row_index},"in_input":true,'
                 f'"prompt":{_encode_str(task.prompt) if task.prompt is not None else "null"},{variant}')
+        if task.edit is not None:
+            base += "," + _encode(task.edit.as_record())[1:-1]
         state = None if task.problem else states.get(task.task_id)
         record = state.final if state is not None else None
         if record is not None and record["status"] == "ok":
@@ -265,21 +287,22 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
                      "attempts": state.carried_attempts if state else 0}
         else:
             error = {k: record.get(k) for k in _OUTCOME_FIELDS}
-            error["total_tokens"] = _total_tokens(record)
+            error.update(_usage(record))
         origin = current if record is None else state.origin if state.origin >= 0 else legacy
-        rows.error(base, error, origin, task.row_index)
+        rows.error(base, error, origin, task.row_index, record)
     orphans = _rows_not_in_input(plan, replay, rows, legacy)
     return rows.finish(table, plan.passthrough if table is not None else [], orphans)
 
 
-def _variant_fragment(params: dict, label: str) -> tuple:
-    """The parameter columns of a row as one JSON fragment, and the price per image."""
+def _variant_fragment(params: dict, label: str, prices) -> tuple:
+    """The parameter columns of a row as one JSON fragment, and the (live) price per image."""
+    columns = {name: params.get(name) for name in models.PARAMETERS}
     n = params.get("n")
-    return (_encode({"model": params.get("model"), "quality": params.get("quality"),
-                     "style": params.get("style"), "size": params.get("size"),
-                     "response_format": params.get("response_format"),
-                     "n": n if isinstance(n, int) else 1, "sweep_point": label})[1:-1],
-            models.price_per_image(params.get("model"), params.get("quality"), params.get("size")))
+    columns["n"] = n if isinstance(n, int) else 1
+    extra = {k: v for k, v in params.items() if k not in columns}
+    columns["extra_params"] = _encode_any(extra) if extra else None
+    columns["sweep_point"] = label
+    return _encode_any(columns)[1:-1], prices.per_image(params)
 
 
 def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int) -> int:
@@ -287,6 +310,7 @@ def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int) -> int:
     from what their journal lines recorded of the request. Returns how many tasks."""
     planned = {t.task_id for t in plan.tasks}
     axes = [axis for axis, _ in plan.config.sweep]
+    prices = pricing.load(plan.config.prices)
     count = 0
     for task_id, state in replay.states.items():
         if state.status is None or task_id in planned:
@@ -297,21 +321,44 @@ def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int) -> int:
         count += 1
         params = record.get("params") if isinstance(record.get("params"), dict) else {}
         prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else None
-        variant, price = _variant_fragment(params, point_label({a: params.get(a) for a in axes}))
+        variant, price = _variant_fragment(params, point_label({a: params.get(a) for a in axes}), prices)
         base = (f'"task_id":{_encode_str(task_id)},"row_index":null,"in_input":false,'
                 f'"prompt":{_value(prompt)},{variant}')
+        inputs = record.get("inputs")
+        if isinstance(inputs, dict):
+            base += "," + _encode_any({k: inputs.get(k) if isinstance(inputs.get(k), str) else None
+                                       for k in _INPUT_FIELDS})[1:-1]
         if record["status"] == "ok":
             rows.ok(base, record, price, state.origin if state.origin >= 0 else legacy, None)
         else:
             error = {k: record.get(k) for k in _OUTCOME_FIELDS}
-            error["total_tokens"] = _total_tokens(record)
-            rows.error(base, error, state.origin if state.origin >= 0 else legacy, None)
+            error.update(_usage(record))
+            rows.error(base, error, state.origin if state.origin >= 0 else legacy, None, record)
     return count
 
 
-def _total_tokens(record: dict):
-    usage = record.get("usage")     # GPT image models report it; dall-e does not
-    return usage.get("total_tokens") if isinstance(usage, dict) else None
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "total_tokens")
+_INPUT_FIELDS = ("input_image", "input_sha256", "mask_image", "mask_sha256")
+
+
+def _usage(record: dict) -> dict:
+    """The token counts of a record's usage (GPT image models report it; dall-e does not)."""
+    usage = record.get("usage")
+    if not isinstance(usage, dict):
+        return {}
+    return {k: usage.get(k) for k in _TOKEN_FIELDS if isinstance(usage.get(k), int)}
+
+
+def _usage_fragment(record: dict) -> str:
+    usage = record.get("usage")
+    if not isinstance(usage, dict):
+        return '"input_tokens":null,"output_tokens":null,"total_tokens":null'
+    return ",".join(f'"{k}":{_value(usage.get(k))}' for k in _TOKEN_FIELDS)
+
+
+def _billed(record: dict):
+    cost = record.get("cost_usd")
+    return cost if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost) else None
 
 
 # Names a pass-through column may not take: the results' own, and metadata.jsonl's file_name.

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import _gc, models
+from . import _gc, pricing
 from .backends import Budget, StopSwitch, backend_for
 from .exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
 from .job import JobConfig, Plan
@@ -103,8 +103,9 @@ class Resume:
     sendable: int
 
 
-def pending_tasks(plan: Plan, state, retry_failed: bool, mode: str = "live") -> Resume:
-    """What is left to send; the spend so far is estimated at `mode`'s price."""
+def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
+    """What is left to send, and the spend so far."""
+    prices = pricing.load(plan.config.prices)
     pending, done_ok, done_err, spent, refused = [], 0, 0, 0.0, 0
     for task in plan.tasks:
         if task.problem:
@@ -115,7 +116,7 @@ def pending_tasks(plan: Plan, state, retry_failed: bool, mode: str = "live") -> 
             pending.append(task)
         elif status == "ok":
             done_ok += 1
-            spent += models.estimate_cost(task.params, mode) or 0.0
+            spent += pricing.recorded_cost(prices, task.params, state.final(task.task_id)) or 0.0
         else:
             done_err += 1
     return Resume(pending, done_ok, done_err, spent, len(plan.tasks) - refused)
@@ -149,6 +150,8 @@ def run_job(config: JobConfig, table, plan: Plan, connect, *, progress: bool = F
 async def _run_async(config: JobConfig, table, plan: Plan, connect, show_progress: bool) -> Summary:
     started = time.monotonic()
     async with _connected(connect) as endpoint:
+        if plan.edit:
+            endpoint = endpoint.for_edits()
         provenance = Provenance(endpoint.provider, endpoint.public_url, config.mode, config.simulate)
         folder = OutputFolder(config.out)
         refused = sum(1 for t in plan.tasks if t.problem)
@@ -186,13 +189,13 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
     if state.damaged:
         warnings.append(f"{state.damaged} damaged journal line(s) skipped; their tasks are sent again")
         log.warning(warnings[-1])
-    todo = pending_tasks(plan, state, config.retry_failed, config.mode)
+    todo = pending_tasks(plan, state, config.retry_failed)
     stop = StopSwitch()
     bar = Progress(todo.sendable, todo.sendable - len(todo.pending), todo.done_ok, todo.done_err,
                    show_progress and bool(todo.pending))
     # Made here so its request count survives a failure below; its recorder is given once the
     # journal is open.
-    backend = backend_for(config.mode)(config, endpoint, store, None, Budget(config.max_cost, todo.spent_usd, config.mode), stop)
+    backend = backend_for(config.mode)(config, endpoint, store, None, Budget(config.max_cost, todo.spent_usd, config.mode, pricing.load(config.prices)), stop)
     images = orphans = 0
     try:
         images, orphans = await _send_then_write(config, table, plan, folder, state, todo, stop,
@@ -241,7 +244,9 @@ def _carry_over_legacy_ids(folder, config, table, plan, state, origin: Provenanc
 
 
 def _unknown_model_warnings(plan: Plan) -> list:
-    warnings = []
+    warnings = list(plan.warnings)
+    for warning in warnings:
+        log.warning(warning)
     for model in plan.unknown_models:
         warnings.append(f"model {model!r} is not one batchgen knows; its parameters are sent unchecked")
         log.warning(warnings[-1])
@@ -298,6 +303,7 @@ def _void_damaged(folder, state) -> None:
 
 
 def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int, warnings) -> Summary:
+    prices = pricing.load(config.prices)
     ok_tasks = errors = not_done = short = 0
     by_code: dict = {}
     cost = 0.0
@@ -309,7 +315,7 @@ def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int,
             if state.states[task.task_id].short():
                 short += 1
                 by_code["missing_image"] = by_code.get("missing_image", 0) + 1
-            price = models.estimate_cost(task.params, config.mode)
+            price = pricing.recorded_cost(prices, task.params, state.final(task.task_id))
             cost_known = cost_known and price is not None
             cost += price or 0.0
             continue

@@ -11,9 +11,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "batchgen"
 
 PURE = {"batchgen.exceptions", "batchgen.errors", "batchgen.providers", "batchgen.models", "batchgen._version",
-        "batchgen._gc"}
-PLANNING = {"batchgen.identity", "batchgen.job", "batchgen.models", "batchgen.reader", "batchgen.planning", "batchgen.providers"}
-SENDING = {"batchgen.client", "batchgen.limits", "batchgen.backends", "batchgen.backends.live"}
+        "batchgen._gc", "batchgen.pricing"}
+PLANNING = {"batchgen.identity", "batchgen.job", "batchgen.edits", "batchgen.pricing", "batchgen.models", "batchgen.reader", "batchgen.planning", "batchgen.providers"}
+SENDING = {"batchgen.client", "batchgen.limits", "batchgen.backends", "batchgen.backends.live",
+           "batchgen.backends.batch"}
 KEEPING = {"batchgen.journal", "batchgen.store", "batchgen.results", "batchgen.outdir"}
 CLI = {"batchgen.cli", "batchgen.cli_simulate", "batchgen.__main__"}
 WIRING = {"batchgen.runner", "batchgen.api"}

@@ -53,18 +53,27 @@ def test_prompt_limits_per_model():
     assert models.prompt_problem("x" * 32000, "gpt-image-1") is None
 
 
-@pytest.mark.parametrize("params, price", [
-    ({"model": "dall-e-3"}, 0.04),
-    ({"model": "dall-e-3", "quality": "hd", "size": "1024x1792"}, 0.12),
-    ({"model": "dall-e-3", "quality": "standard", "size": "1792x1024"}, 0.08),
-    ({"model": "dall-e-2", "size": "256x256", "n": 3}, 0.048),
-    ({"model": "gpt-image-1", "quality": "low", "size": "1024x1024"}, 0.011),
-    ({"model": "gpt-image-1", "quality": "medium", "size": "1536x1024"}, 0.063),
-    ({"model": "gpt-image-1", "quality": "high", "size": "1024x1536"}, 0.25),
+@pytest.mark.parametrize("params, word", [
+    ({"model": "dall-e-3", "output_format": "webp"}, "output_format"),
+    ({"model": "dall-e-2", "background": "transparent"}, "background"),
+    ({"model": "dall-e-3", "moderation": "low"}, "moderation"),
+    ({"model": "dall-e-3", "output_compression": 50}, "output_compression"),
+    ({"model": "gpt-image-1", "output_format": "gif"}, "output_format"),
+    ({"model": "gpt-image-1", "background": "transparent", "output_format": "jpeg"}, "background"),
+    ({"model": "gpt-image-1", "output_compression": 80}, "output_compression"),          # png
+    ({"model": "gpt-image-1", "output_compression": 101, "output_format": "webp"}, "output_compression"),
+    ({"model": "gpt-image-1", "input_fidelity": "high"}, "input_fidelity"),               # not an edit
 ])
-def test_estimated_cost_from_the_price_table(params, price):
-    assert models.estimate_cost(params) == pytest.approx(price)
+def test_gpt_image_parameters_are_refused_where_the_api_refuses_them(params, word):
+    problems = models.parameter_problems(params)
+    assert len(problems) == 1 and problems[0].startswith(word), problems
 
 
-def test_cost_unknown_for_unknown_models():
-    assert models.estimate_cost({"model": "flux-pro"}) is None
+def test_gpt_image_parameters_the_api_takes():
+    assert models.parameter_problems({"model": "gpt-image-1", "output_format": "webp", "output_compression": 80,
+                                      "background": "transparent", "moderation": "low"}) == []
+    assert models.parameter_problems({"model": "gpt-image-2", "output_format": "jpeg",
+                                      "background": "opaque"}) == []
+    assert models.parameter_problems({"model": "gpt-image-1", "input_fidelity": "high"}, edit=True) == []
+    # gpt-image-1-mini takes no input_fidelity, even in an edit
+    assert models.parameter_problems({"model": "gpt-image-1-mini", "input_fidelity": "low"}, edit=True)

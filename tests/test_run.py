@@ -267,11 +267,14 @@ def test_every_request_body_conforms_to_the_published_schema():
         JobConfig(defaults={"model": "gpt-image-1"}, sweep=parse_sweep(["quality=low,high,auto", "size=auto,1536x1024"])),
         JobConfig(defaults={"model": "gpt-image-2", "size": "1536x864"}),
         JobConfig(defaults={}),
+        JobConfig(defaults={"model": "gpt-image-1", "background": "opaque", "output_compression": 60,
+                            "moderation": "low"}, params={"user": "dataset-42"},
+                  sweep=parse_sweep(["output_format=webp,jpeg"])),
     ]
     encode = BodyEncoder()   # the bytes that are sent
     bodies = [json.loads(encode(t.prompt, t.params))
               for c in configs for t in make_plan(df, c).tasks if t.problem is None]
-    assert len(bodies) == 16 + 4 + 12 + 2 + 2
+    assert len(bodies) == 16 + 4 + 12 + 2 + 2 + 4
     for body in bodies:
         validator.validate(body)
     assert "response_format" not in bodies[20]  # gpt-image: never sent

@@ -12,7 +12,7 @@ import asyncio
 import importlib
 from typing import Iterable, Optional, Protocol
 
-from .. import models
+from .. import pricing
 from ..exceptions import UsageError
 
 # mode -> "module:class", imported when chosen so a run loads only the backend it uses.
@@ -52,25 +52,38 @@ class StopSwitch:
 
 
 class Budget:
-    """--max-cost: the estimated spend, finished images of earlier runs included."""
+    """--max-cost: the estimated spend, finished images of earlier runs included. Every
+    billable answer counts, a 200 whose image could not be used (and is asked again) too."""
 
-    def __init__(self, max_cost: Optional[float], spent_usd: float = 0.0, mode: str = "live"):
+    def __init__(self, max_cost: Optional[float], spent_usd: float = 0.0, mode: str = "live", prices=None):
         self.max_cost = max_cost
         self.spent_usd = spent_usd
-        self.mode = mode            # the Batch API costs half
+        self.mode = mode            # the Batch API costs less
+        self.prices = prices or pricing.load()
+
+    def estimate(self, params: dict) -> float:
+        return self.prices.estimate(params, self.mode) or 0.0
 
     def take(self, params: dict, stop: StopSwitch) -> bool:
-        """Count a task's estimated cost; False (and the run stops) when it would pass the budget."""
-        if self.max_cost is None:
-            return True
-        cost = models.estimate_cost(params, self.mode) or 0.0
-        if self.spent_usd + cost > self.max_cost + 1e-9:
+        """Count an answer's estimated cost before asking; False (and the run stops) when it
+        would pass the budget."""
+        cost = self.estimate(params)
+        if self.max_cost is not None and self.spent_usd + cost > self.max_cost + 1e-9:
             stop("budget_exceeded",
                  f"the budget --max-cost {self.max_cost:g} USD would be passed (estimated spend "
                  f"so far {self.spent_usd:.2f} USD); rerun with a larger --max-cost to go on")
             return False
         self.spent_usd += cost
         return True
+
+    def answered(self, params: dict, usage) -> float:
+        """A billable answer came: its cost from its usage when it has one (the estimate taken
+        for it is replaced), else the estimate. Returns the cost."""
+        actual = self.prices.from_usage(params.get("model"), usage, self.mode)
+        if actual is None:
+            return self.estimate(params)
+        self.spent_usd += actual - self.estimate(params)
+        return actual
 
 
 class SendBackend(Protocol):

@@ -12,19 +12,22 @@ A task is never in two open chunks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
 import uuid
 from typing import Optional
 
-from ..client import BATCH_TERMINAL, BatchClient, BatchInfo, generation_from, redact
+from ..client import BATCH_TERMINAL, BatchClient, BatchInfo, build_body, generation_from, redact
+from ..edits import IMAGE_KINDS, is_url, sniff
 from ..errors import Decision, classify, stop_advice
 from ..exceptions import ApiError, BadResponse, RequestError
 
 log = logging.getLogger("batchgen")
 
 ENDPOINT_PATH = "/v1/images/generations"
+EDITS_PATH = "/v1/images/edits"
 MAX_BATCH_REQUESTS = 50_000
 MAX_BATCH_INPUT_BYTES = 190 * 1024 * 1024      # the API allows 200 MB; room for its count
 METADATA_CHUNK = "batchgen_chunk"
@@ -32,6 +35,24 @@ METADATA_JOB = "batchgen_job"
 FIRST_POLL_S = 1.0
 NETWORK_RETRY_S = 5.0
 LINE_SAVE_INLINE_BYTES = 256 * 1024
+
+
+def edit_body(prompt: str, params: dict, inputs) -> dict:
+    """An edit as the Batch API's JSON body: images as data URLs (a URL input as itself)."""
+    body = build_body(prompt, params)
+    body["images"] = [{"image_url": _image_url(ref)} for ref in inputs.images]
+    if inputs.mask:
+        body["mask"] = {"image_url": _image_url(inputs.mask)}
+    return body
+
+
+def _image_url(ref: str) -> str:
+    if is_url(ref):
+        return ref
+    with open(ref, "rb") as f:
+        data = f.read()
+    kind = sniff(data) or "png"
+    return f"data:{IMAGE_KINDS[kind]};base64,{base64.b64encode(data).decode()}"
 
 
 class BatchBackend:
@@ -43,6 +64,7 @@ class BatchBackend:
         self.images = images
         self.recorder = recorder
         self.budget = budget
+        self._costs: dict = {}        # task id -> USD its answer cost, until its record is written
         self.stop = stop
         self.requests_sent = 0
         self.client: Optional[BatchClient] = None
@@ -124,9 +146,12 @@ class BatchBackend:
         return chunks
 
     def _line(self, task) -> bytes:
-        body = self.client.encode_body(task.prompt, task.params)
+        if task.edit is None:
+            body, path = self.client.encode_body(task.prompt, task.params), ENDPOINT_PATH
+        else:
+            body, path = json.dumps(edit_body(task.prompt, task.params, task.edit)).encode(), EDITS_PATH
         return (b'{"custom_id":"' + task.task_id.encode() + b'","method":"POST","url":"' +
-                ENDPOINT_PATH.encode() + b'","body":' + body + b"}\n")
+                path.encode() + b'","body":' + body + b"}\n")
 
     async def _submit(self, tasks: list, key: Optional[str] = None) -> tuple:
         """planned -> upload -> create (metadata names the chunk) -> submitted."""
@@ -136,7 +161,8 @@ class BatchBackend:
                                        "task_ids": [t.task_id for t in tasks]})
         data = b"".join(self._line(t) for t in tasks)
         file_id = await self.client.upload_batch_file(f"batchgen-{key}.jsonl", data)
-        info = await self.client.create_batch(file_id, ENDPOINT_PATH, self._metadata(key))
+        info = await self.client.create_batch(file_id, EDITS_PATH if tasks[0].edit else ENDPOINT_PATH,
+                                              self._metadata(key))
         self.recorder.batch_event({"chunk": key, "event": "submitted", "batch_id": info.id,
                                    "input_file_id": file_id})
         self.requests_sent += len(tasks)
@@ -273,6 +299,8 @@ class BatchBackend:
         return task_id
 
     async def _save(self, task_id: str, task, generation, batch_id: str) -> None:
+        # Billed, whether or not its images can be used.
+        self._costs[task_id] = self.budget.answered(task.params, generation.usage) if task is not None else None
         expected = task.images_expected if task is not None else 1
         count = max(expected, len(generation.images))
         images = []
@@ -305,9 +333,17 @@ class BatchBackend:
             "trace_id": error.trace_id, "attempts": 1, "finished_at": round(time.time(), 3),
             "batch_id": batch_id, **self._request_of(task)})
 
-    @staticmethod
-    def _request_of(task) -> dict:
-        return {"prompt": task.prompt, "params": task.params} if task is not None else {}
+    def _request_of(self, task) -> dict:
+        """What a record keeps of its request, and what its answer cost."""
+        if task is None:
+            return {}
+        request = {"prompt": task.prompt, "params": task.params}
+        cost = self._costs.pop(task.task_id, None)
+        if cost is not None:
+            request["cost_usd"] = cost
+        if task.edit is not None:
+            request["inputs"] = task.edit.as_record()
+        return request
 
     def _stop_for(self, error: RequestError) -> None:
         if classify(error) is Decision.STOP:

@@ -14,8 +14,10 @@ from typing import Optional
 
 from .. import _gc
 from ..client import ImagesClient, redact
+from ..edits import IMAGE_KINDS, is_url, sniff
+from ..models import FORMAT_EXTENSIONS
 from ..errors import Decision, classify, is_rate_limited, stop_advice
-from ..exceptions import ApiError, BadResponse, NotJson, RequestError, Unreachable
+from ..exceptions import ApiError, BadResponse, InvalidInput, NotJson, RequestError, Unreachable
 from ..limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
 
 log = logging.getLogger("batchgen")
@@ -29,6 +31,11 @@ WRONG_ENDPOINT_RETRY_S = 0.5
 SAY_WAITS_FROM_S = 5.0
 FILES_PER_CONNECTION = 2      # its socket, and the image file being written
 FILES_RESERVED = 64           # the journal, pyarrow, threads, the interpreter
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def fit_concurrency(concurrency: int) -> int:
@@ -79,6 +86,7 @@ class LiveBackend:
         self.client: Optional[ImagesClient] = None
         self._workers: list = []
         self._said_wait_until = 0.0
+        self._bills: dict = {}        # task id -> USD of each billable answer it has had
 
     async def __aenter__(self):
         self.concurrency = fit_concurrency(self.config.concurrency)
@@ -114,15 +122,21 @@ class LiveBackend:
             await self._run_task(task)
 
     async def _run_task(self, task) -> None:
-        body = self.client.encode_body(task.prompt, task.params)
+        body = self.client.encode_body(task.prompt, task.params) if task.edit is None else None
         retries = self.policy.for_task()
         attempts = 0
         started = time.monotonic()
+        charged = 1           # answers the budget has counted for this task (the worker took one)
         try:
             while True:
                 await self._pace(task)
                 if self.stop:
                     return self._not_done(task, attempts)
+                if len(self._bills.get(task.task_id, ())) >= charged:
+                    # The last answer was paid for but unusable: asking again is paid again.
+                    if not self.budget.take(task.params, self.stop):
+                        return self._not_done(task, attempts)
+                    charged += 1
                 attempts += 1
                 self.requests_sent += 1
                 sent_at = time.monotonic()
@@ -227,8 +241,13 @@ class LiveBackend:
                 # not be waited for.
                 asyncio.get_running_loop().call_soon(self.cancel_in_flight)
 
-    async def _request(self, task, body: bytes) -> dict:
-        generation = await self.client.generate(body, task.images_expected)
+    async def _request(self, task, body: Optional[bytes]) -> dict:
+        if body is None:
+            generation = await self.client.edit(task.prompt, task.params, await self._edit_files(task.edit),
+                                                task.images_expected)
+        else:
+            generation = await self.client.generate(body, task.images_expected)
+        self._bills.setdefault(task.task_id, []).append(self.budget.answered(task.params, generation.usage))
         self.pacer.on_success(generation.ratelimit)
         count = max(task.images_expected, len(generation.images))
         images = []
@@ -247,24 +266,58 @@ class LiveBackend:
         record = {"task_id": task.task_id, "status": "ok", "images": images,
                 "created": generation.created, "trace_id": generation.trace_id,
                 "http_status": generation.http_status, "usage": generation.usage,
-                "finished_at": round(time.time(), 3), "prompt": task.prompt, "params": task.params}
+                "finished_at": round(time.time(), 3), "prompt": task.prompt, "params": task.params,
+                "cost_usd": self._billed(task)}
+        if task.edit is not None:
+            record["inputs"] = task.edit.as_record()
         if len(images) < task.images_expected:
             # Paid for, so not sent again; the results list the images that never came.
             record["images_expected"] = task.images_expected
         return record
 
     def _error_record(self, task, error: RequestError, attempts: int, started: float) -> dict:
-        return {"task_id": task.task_id, "status": "error", "error_code": error.code,
-                "error_message": error.message, "http_status": error.http_status,
-                "trace_id": error.trace_id, "attempts": attempts,
-                "latency_s": round(time.monotonic() - started, 4), "finished_at": round(time.time(), 3),
-                "prompt": task.prompt, "params": task.params}
+        record = {"task_id": task.task_id, "status": "error", "error_code": error.code,
+                  "error_message": error.message, "http_status": error.http_status,
+                  "trace_id": error.trace_id, "attempts": attempts,
+                  "latency_s": round(time.monotonic() - started, 4), "finished_at": round(time.time(), 3),
+                  "prompt": task.prompt, "params": task.params}
+        billed = self._billed(task)
+        if billed:
+            record["cost_usd"] = billed      # answers paid for whose images could not be used
+        if task.edit is not None:
+            record["inputs"] = task.edit.as_record()
+        return record
+
+    def _billed(self, task) -> Optional[float]:
+        bills = self._bills.get(task.task_id)
+        return sum(bills) if bills else None
+
+    async def _edit_files(self, inputs) -> list:
+        """The edit's images and mask as (field, file name, bytes, content type): files read
+        in a thread, URLs downloaded (a failure is download_failed)."""
+        parts = []
+        named = [("image", ref) for ref in inputs.images] + ([("mask", inputs.mask)] if inputs.mask else [])
+        for index, (field, ref) in enumerate(named):
+            if is_url(ref):
+                data = await self.client.download(ref)
+            else:
+                try:
+                    data = await asyncio.to_thread(_read_file, ref)
+                except OSError as e:   # moved or removed since planning: not the disk we write to
+                    raise InvalidInput(f"{field} {ref!r} cannot be read ({e.strerror or e})") from None
+            kind = sniff(data)
+            if kind is None:
+                raise InvalidInput(f"{field} {ref!r} is not PNG, JPEG or WebP")
+            parts.append((field, f"{field}-{index}.{FORMAT_EXTENSIONS[kind]}", data, IMAGE_KINDS[kind]))
+        return parts
 
     def _not_done(self, task, attempts: int) -> None:
+        self._bills.pop(task.task_id, None)
         if attempts:
             self.recorder.not_done(task.task_id, attempts)
 
     def _finish(self, task, record: dict) -> None:
+        self._bills.pop(task.task_id, None)
         self.recorder.finished(record)
         self.finished += 1
         if self.finished % FREEZE_EVERY == 0:
