@@ -45,7 +45,7 @@ def job_options(f):
         click.option("--moderation", type=click.Choice(MODERATIONS),
                      help="GPT image models: low filters less than the default, auto."),
         click.option("--input-fidelity", type=click.Choice(INPUT_FIDELITIES),
-                     help="Edits (GPT image models but gpt-image-1-mini): how closely to keep the input's features."),
+                     help="Edits: how closely to keep the input's features (gpt-image-1-mini: low only; gpt-image-2: not at all)."),
         click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Send a parameter batchgen does not know, as is (repeatable; VALUE as JSON when "
                           "it reads as JSON). Recorded in results' extra_params."),

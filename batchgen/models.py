@@ -93,10 +93,10 @@ MODELS: dict[str, ModelRules] = {
         default_size="1024x1024", edits=False,
     ),
     "gpt-image-1": _gpt_image("gpt-image-1"),
-    # OpenAI's edits reference: input_fidelity "is not supported for gpt-image-1-mini".
-    "gpt-image-1-mini": _gpt_image("gpt-image-1-mini", input_fidelities=()),
+    # The SDK's edit reference: "gpt-image-1-mini supports only low. For gpt-image-2, omit this parameter."
+    "gpt-image-1-mini": _gpt_image("gpt-image-1-mini", input_fidelities=("low",)),
     "gpt-image-1.5": _gpt_image("gpt-image-1.5"),
-    "gpt-image-2": _gpt_image("gpt-image-2", _gpt_image_2_size_ok),
+    "gpt-image-2": _gpt_image("gpt-image-2", _gpt_image_2_size_ok, input_fidelities=()),
 }
 
 # What the API uses when a request names no model.

@@ -75,5 +75,7 @@ def test_gpt_image_parameters_the_api_takes():
     assert models.parameter_problems({"model": "gpt-image-2", "output_format": "jpeg",
                                       "background": "opaque"}) == []
     assert models.parameter_problems({"model": "gpt-image-1", "input_fidelity": "high"}, edit=True) == []
-    # gpt-image-1-mini takes no input_fidelity, even in an edit
-    assert models.parameter_problems({"model": "gpt-image-1-mini", "input_fidelity": "low"}, edit=True)
+    # gpt-image-1-mini takes only low; gpt-image-2 none (the SDK's edit reference)
+    assert models.parameter_problems({"model": "gpt-image-1-mini", "input_fidelity": "low"}, edit=True) == []
+    assert models.parameter_problems({"model": "gpt-image-1-mini", "input_fidelity": "high"}, edit=True)
+    assert models.parameter_problems({"model": "gpt-image-2", "input_fidelity": "low"}, edit=True)
