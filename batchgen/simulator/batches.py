@@ -45,6 +45,7 @@ from aiohttp import web
 
 from .answers import OPENAI, error_answer, usage
 from .config import bump
+from .edits import json_form
 from .faults import server_error
 from .uploads import StoredFile, Uploads, read_upload
 from .validation import MODELS, ApiError, auth_error, bad, decode_json
@@ -472,10 +473,10 @@ class BatchApi:
             return error_answer(OPENAI, server_error())
         bump(state.stats.batch_executions, line.custom_id)
         try:
-            if batch.endpoint != GENERATIONS:
-                raise bad(f"The batchgen simulator does not implement {batch.endpoint}; only "
-                          f"{GENERATIONS} runs.", code="unsupported_endpoint")
-            req = state._accept(line.body)
+            if batch.endpoint == EDITS:
+                req = state._accept_edit(json_form(decode_json(line.body), state.fetch))
+            else:
+                req = state._accept(line.body)
             body = state._success_body(request, OPENAI, req, None)
         except ApiError as err:
             return error_answer(OPENAI, err)
