@@ -383,7 +383,7 @@ def _fidelity(body: dict, model: Model) -> Optional[str]:
     """input_fidelity (edits only; the generations endpoint refuses it as unknown)."""
     fidelity = _typed(body, "input_fidelity", str, "a string")
     if fidelity is not None and not model.fidelities:
-        raise bad(f"Model '{model.name}' does not take 'input_fidelity': omit it.",
-                  param="input_fidelity", code="unsupported_parameter")
+        raise bad(f"Unsupported parameter: 'input_fidelity' is not supported with model "
+                  f"'{model.name}'; omit it.", param="input_fidelity", code="unsupported_parameter")
     _choice(fidelity, "input_fidelity", model.fidelities, model)
     return fidelity
