@@ -5,6 +5,7 @@ import io
 import json
 import urllib.error
 import urllib.request
+import uuid
 
 from PIL import Image
 
@@ -46,3 +47,30 @@ def assert_openai_error(ans: Answer, status: int, *, code=None, param=None, type
     assert set(err) == {"message", "type", "param", "code"}
     assert err["message"] and err["type"] == type
     assert err["code"] == code and err["param"] == param
+
+
+def multipart(fields: dict, files) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type; ``files`` maps a field to (filename,
+    bytes), or is a list of (field, filename, bytes) when a field repeats (``image[]``)."""
+    boundary = uuid.uuid4().hex
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    items = [(k, *v) for k, v in files.items()] if isinstance(files, dict) else files
+    for name, filename, data in items:
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"'
+                  f'\r\nContent-Type: application/octet-stream\r\n\r\n'.encode() + data + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def png(size=(64, 64), color=(200, 30, 30), alpha: int = None) -> bytes:
+    """A small PNG made with Pillow (RGBA when ``alpha`` is given)."""
+    mode, fill = ("RGB", color) if alpha is None else ("RGBA", (*color, alpha))
+    out = io.BytesIO()
+    Image.new(mode, size, fill).save(out, "PNG")
+    return out.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"

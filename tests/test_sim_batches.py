@@ -6,12 +6,11 @@ never by sleeping.
 """
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import signal
 import subprocess
 import sys
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,9 +22,10 @@ from batchgen.simulator import SimConfig, SimulatorThread
 from batchgen.simulator import batches as sim_batches
 from batchgen.simulator import uploads as sim_uploads
 from conftest import wait_until
-from simhttp import TOKEN, Answer, assert_openai_error, call, decode
+from simhttp import TOKEN, Answer, assert_openai_error, call, data_url, decode, multipart, png
 
 GEN = "/v1/images/generations"
+EDITS = "/v1/images/edits"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
@@ -79,18 +79,6 @@ def read_file(c: OpenAI, file_id) -> list:
 
 def ids(lines) -> list:
     return [line["custom_id"] for line in lines]
-
-
-def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    out = io.BytesIO()
-    for name, value in fields.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, (filename, data) in files.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"'
-                  f'\r\nContent-Type: application/octet-stream\r\n\r\n'.encode() + data + b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
 def upload(sim, data: bytes, *, purpose="batch", filename="in.jsonl", token=TOKEN) -> Answer:
@@ -563,16 +551,34 @@ def test_reset_all_forgets_files_and_batches(instant):
     assert call(base + "/batches").json()["data"] == []
 
 
-def test_edits_batches_validate_and_answer_each_line_400(instant):
-    lines = [request_line(f"e{i}", url="/v1/images/edits") for i in range(3)]
-    c, b = submit(instant, lines, endpoint="/v1/images/edits")
-    assert b.status == "completed" and b.output_file_id is None and b.request_counts.failed == 3
-    for entry in read_file(c, b.error_file_id):
-        assert entry["response"]["status_code"] == 400
-        assert entry["response"]["body"]["error"]["code"] == "unsupported_endpoint"
-    c, b = submit(instant, [request_line("d", url="/v1/images/edits", model="dall-e-2", quality=None)],
-                  endpoint="/v1/images/edits")
+def test_a_batch_of_edits_answers_each_line_for_its_own_input(instant):
+    inputs = [png(color=(40 * i, 90, 10)) for i in range(3)]
+    lines = [{"custom_id": f"e{i}", "method": "POST", "url": EDITS,
+              "body": {"model": "gpt-image-1", "prompt": "add a hat", "quality": "low",
+                       "images": [{"image_url": data_url(data)}]}} for i, data in enumerate(inputs)]
+    lines.append({"custom_id": "no-image", "method": "POST", "url": EDITS,
+                  "body": {"model": "gpt-image-1", "prompt": "add a hat"}})
+    c, b = submit(instant, lines, endpoint=EDITS)
+    assert b.status == "completed" and (b.request_counts.completed, b.request_counts.failed) == (3, 1)
+    answers = {e["custom_id"]: e["response"]["body"] for e in read_file(c, b.output_file_id)}
+    for i, data in enumerate(inputs):
+        doc = answers[f"e{i}"]
+        assert doc["data"][0]["revised_prompt"] == f"edit of {hashlib.sha256(data).hexdigest()[:16]}: add a hat"
+        assert decode(doc["data"][0]["b64_json"]).size == (1024, 1024)
+        assert doc["usage"]["input_tokens_details"]["image_tokens"] > 0
+    assert b.usage.input_tokens == sum(d["usage"]["input_tokens"] for d in answers.values())
+    [refused] = read_file(c, b.error_file_id)
+    error = refused["response"]["body"]["error"]
+    assert refused["custom_id"] == "no-image" and refused["response"]["status_code"] == 400
+    assert (error["code"], error["param"]) == ("missing_required_parameter", "images")
+    assert instant.stats.by_path == {}   # ran through the batch, not the live endpoint
+
+
+def test_an_edits_batch_takes_edits_of_a_gpt_image_model_only(instant):
+    c, b = submit(instant, [request_line("d", url=EDITS, model="dall-e-2", quality=None)], endpoint=EDITS)
     assert b.status == "failed" and b.errors.data[0].code == "model_not_supported"
+    c, b = submit(instant, [request_line("g")], endpoint=EDITS)
+    assert b.status == "failed" and b.errors.data[0].code == "invalid_url"
 
 
 def test_quota_counts_batch_images():

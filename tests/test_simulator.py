@@ -142,6 +142,44 @@ def test_gpt_image_output_formats_and_auto_size(fresh, fmt, pil):
     assert im.format == pil and im.size == (1024, 1024) and doc["size"] == "1024x1024"
 
 
+MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff", "webp": b"RIFF"}
+
+
+@pytest.mark.parametrize("fmt,background", [("png", "opaque"), ("png", "transparent"), ("jpeg", "opaque"),
+                                            ("webp", "opaque"), ("webp", "transparent")])
+def test_each_format_is_really_that_format_at_the_size_asked(fresh, fmt, background):
+    doc = gen(fresh, "openai", {"model": "gpt-image-1.5", "prompt": "a kite", "size": "1024x1536",
+                                "output_format": fmt, "background": background}).json()
+    raw = base64.b64decode(doc["data"][0]["b64_json"])
+    assert raw.startswith(MAGIC[fmt]) and (fmt != "webp" or raw[8:12] == b"WEBP")
+    im = decode(doc["data"][0]["b64_json"])
+    assert im.size == (1024, 1536) and (doc["output_format"], doc["background"]) == (fmt, background)
+    alpha = im.convert("RGBA").getextrema()[3]
+    assert (alpha[0] == 0) == (background == "transparent")   # some pixels see-through, or none
+
+
+def test_output_compression_changes_the_bytes(fresh):
+    def size(level):
+        body = {"model": "gpt-image-1", "prompt": "a kite", "output_format": "jpeg", "output_compression": level}
+        return len(base64.b64decode(gen(fresh, "openai", body).json()["data"][0]["b64_json"]))
+    assert size(10) < size(90)
+
+
+@pytest.mark.parametrize("size,expected", [("1024x1024", (272, 1056, 4160)), ("1536x1024", (408, 1584, 6240)),
+                                           ("1024x1536", (408, 1584, 6240))])
+def test_usage_output_tokens_are_openais_published_counts(fresh, size, expected):
+    got = tuple(gen(fresh, "openai", {"model": "gpt-image-1", "prompt": "x", "size": size, "quality": q}
+                    ).json()["usage"]["output_tokens"] for q in ("low", "medium", "high"))
+    assert got == expected
+
+
+def test_stats_show_which_params_reached_the_server_refused_or_not(fresh):
+    gen(fresh, "openai", {"model": "gpt-image-1", "prompt": "x", "user": "u-1", "moderation": "low"})
+    assert_openai_error(gen(fresh, "openai", {"prompt": "x", "seed": 3}), 400, code="unknown_parameter",
+                        param="seed")
+    assert fresh.stats.params == {"model": 1, "prompt": 2, "user": 1, "moderation": 1, "seed": 1}
+
+
 def test_gpt_image_2_custom_size_and_transparent(fresh):
     doc = gen(fresh, "openai", {"model": "gpt-image-2", "prompt": "a logo", "size": "512x1536",
                                 "background": "transparent"}).json()
@@ -204,6 +242,21 @@ INVALID = [
     ({"prompt": "x", "model": "gpt-image-2", "size": "3840x2176"}, "size", "invalid_value"),
     ({"prompt": "x", "model": "dall-e-3", "output_format": "png"}, "output_format", "unknown_parameter"),
     ({"prompt": "x", "seed": 3}, "seed", "unknown_parameter"),
+    ({"prompt": "x", "model": "gpt-image-1", "output_format": "jpeg", "background": "transparent"},
+     "background", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-1", "output_format": "png", "output_compression": 50},
+     "output_compression", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-1", "output_compression": 50}, "output_compression", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-1", "output_format": "webp", "output_compression": 101},
+     "output_compression", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-1", "output_format": "jpeg", "output_compression": "50"},
+     "output_compression", "invalid_type"),
+    ({"prompt": "x", "model": "gpt-image-1", "background": "clear"}, "background", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-1", "moderation": "none"}, "moderation", "invalid_value"),
+    ({"prompt": "x", "model": "dall-e-3", "output_compression": 50}, "output_compression", "unknown_parameter"),
+    ({"prompt": "x", "model": "dall-e-3", "background": "opaque"}, "background", "unknown_parameter"),
+    ({"prompt": "x", "model": "dall-e-2", "moderation": "low"}, "moderation", "unknown_parameter"),
+    ({"prompt": "x", "model": "gpt-image-1", "input_fidelity": "high"}, "input_fidelity", "unknown_parameter"),
     ({"prompt": "x", "model": "dall-e-9"}, "model", "model_not_found"),
 ]
 

@@ -4,6 +4,8 @@ It serves, on a loopback port:
 
     POST /openai/images/generations   AceData dialect
     POST /v1/images/generations       OpenAI dialect (``OpenAI(base_url=".../v1")`` works)
+    POST /openai/images/edits, /v1/images/edits   image edits in both dialects, each as multipart
+                                      (the SDK's ``images.edit``) or JSON (``images`` references)
     GET  /files/<id>.<ext>            images handed out as ``url`` (kept in memory, TTL)
     POST /v1/files, GET /v1/files/<id>[/content]             the Files API, for batches
     POST /v1/batches, GET /v1/batches[/<id>], POST .../cancel  OpenAI's Batch API (images)
@@ -15,12 +17,16 @@ This package imports nothing from the rest of batchgen on purpose: it is written
 APIs' own documentation (OpenAI's request schema is spec/openai-images-generations.schema.json),
 so that a misunderstanding in the client cannot hide by being mirrored here.
 
-    validation  what each model accepts, parse_request, the error type both dialects render
+    validation  what each model and endpoint accepts, parse_request, the error type both
+                dialects render
+    edits       the edits endpoint: both body forms read, the input images checked per model
+    inputs      an input image: sniffed by magic bytes, measured; JSON image references resolved
     images      PNG/JPEG/WebP images per prompt, made cheaply and cached
     files       the images handed out as ``url``
     faults      which faults a request meets (repeatable per seed), and the spoiled answers
     rate        the token bucket, its x-ratelimit-* headers, the 429
-    config      SimConfig and SimStats
+    config      SimConfig and SimStats (``stats.params`` counts the body fields that reached
+                the server, refused or not)
     answers     the JSON bodies of both dialects
     uploads     the Files API's files (batch inputs, outputs, errors)
     batches     the Batch API: validation, lazy timing, running lines through the live code
@@ -31,8 +37,8 @@ from __future__ import annotations
 from .config import SimConfig, SimStats
 from .faults import FAULTS, POST_FAULTS, PRE_FAULTS
 from .rate import go_duration
-from .server import (ACEDATA_PATH, FILES_PATH, OPENAI_PATH, RESET_PATH, STATS_PATH, Simulator,
-                     SimulatorThread, make_app, start_simulator)
+from .server import (ACEDATA_EDITS_PATH, ACEDATA_PATH, FILES_PATH, OPENAI_EDITS_PATH, OPENAI_PATH,
+                     RESET_PATH, STATS_PATH, Simulator, SimulatorThread, make_app, start_simulator)
 from .validation import MODELS, parse_request
 
 __all__ = [
@@ -50,6 +56,8 @@ __all__ = [
     "POST_FAULTS",
     "ACEDATA_PATH",
     "OPENAI_PATH",
+    "ACEDATA_EDITS_PATH",
+    "OPENAI_EDITS_PATH",
     "FILES_PATH",
     "STATS_PATH",
     "RESET_PATH",

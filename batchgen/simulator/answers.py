@@ -32,17 +32,46 @@ def revised_prompt(prompt: str, style: Optional[str]) -> str:
            f"and the background is gently blurred."
 
 
+def edit_note(req: "ImageRequest") -> str:
+    """An edit's revised_prompt: it names the first input image by its sha256's first 16 hex
+    digits, so a test can tell which input an answer edits."""
+    extra = []
+    if len(req.inputs) > 1:
+        more_images = len(req.inputs) - 1
+        extra.append(f"+{more_images} more image{'s' if more_images > 1 else ''}")
+    if req.mask is not None:
+        extra.append(f"mask {req.mask.short}")
+    more = f" ({', '.join(extra)})" if extra else ""
+    return f"edit of {req.inputs[0].short}{more}: {req.prompt}"
+
+
 def usage(req: "ImageRequest") -> dict:
+    """Deterministic token counts: output from OpenAI's published per-image counts for
+    gpt-image-1 (1024x1024 low/medium/high = 272/1056/4160, scaled by area: 1536x1024 =
+    408/1584/6240), text input a token per 4 characters, image input per input image."""
     per_image = {"low": 272, "medium": 1056, "high": 4160}[req.quality]
     output = int(per_image * (req.width * req.height) / (1024 * 1024)) * req.n
     text = max(1, math.ceil(len(req.prompt) / 4))
+    image = sum(image_input_tokens(im.width, im.height, req.input_fidelity) for im in req.inputs)
     return {
-        "input_tokens": text,
-        "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
+        "input_tokens": text + image,
+        "input_tokens_details": {"text_tokens": text, "image_tokens": image},
         "output_tokens": output,
         "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
-        "total_tokens": text + output,
+        "total_tokens": text + image + output,
     }
+
+
+def image_input_tokens(width: int, height: int, fidelity: Optional[str]) -> int:
+    """OpenAI's tile count for image inputs (fit in 2048x2048, shortest side to 768, 65 + 129
+    per 512-pixel tile), plus the published extra of high input fidelity (4160 square,
+    6240 otherwise)."""
+    w, h = max(width, 1), max(height, 1)
+    scale = min(1.0, 2048 / max(w, h))
+    scale *= min(1.0, 768 / (min(w, h) * scale))
+    tiles = math.ceil(w * scale / 512) * math.ceil(h * scale / 512)
+    extra = (4160 if w == h else 6240) if fidelity == "high" else 0
+    return 65 + 129 * tiles + extra
 
 
 def success_body(dialect: str, req: "ImageRequest", data: list, blobs: list) -> bytes:

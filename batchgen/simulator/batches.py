@@ -19,8 +19,9 @@ and each read (retrieve, list, cancel) brings it up to date from the elapsed fra
 
 Lines run in a shuffled order (seeded by the config's seed, the file and the endpoint) as that
 count grows, and only then: each runs once, through the code of the live endpoint
-(``_SimState._accept`` and ``_success_body``), so a line gets the very answer a request with its
-body would get — quota and the policy word included, the live endpoint's injected faults and rate
+(``_SimState._accept``, or ``_accept_edit`` for an edits batch, whose lines hold the JSON edit body
+with ``images`` as ``image_url`` references; and ``_success_body``), so a line gets the very
+answer a request with its body would get — quota and the policy word included, the live endpoint's injected faults and rate
 limit not.  Their answers are revealed only in the output and error files of a finished batch.
 ``stats.batch_executions`` counts runs per custom_id (across batches), ``stats.batches_created``
 and ``stats.files_uploaded`` the creations.
@@ -45,6 +46,7 @@ from aiohttp import web
 
 from .answers import OPENAI, error_answer, usage
 from .config import bump
+from .edits import json_form
 from .faults import server_error
 from .uploads import StoredFile, Uploads, read_upload
 from .validation import MODELS, ApiError, auth_error, bad, decode_json
@@ -472,10 +474,10 @@ class BatchApi:
             return error_answer(OPENAI, server_error())
         bump(state.stats.batch_executions, line.custom_id)
         try:
-            if batch.endpoint != GENERATIONS:
-                raise bad(f"The batchgen simulator does not implement {batch.endpoint}; only "
-                          f"{GENERATIONS} runs.", code="unsupported_endpoint")
-            req = state._accept(line.body)
+            if batch.endpoint == EDITS:
+                req = state._accept_edit(json_form(decode_json(line.body), state.fetch))
+            else:
+                req = state._accept(line.body)
             body = state._success_body(request, OPENAI, req, None)
         except ApiError as err:
             return error_answer(OPENAI, err)

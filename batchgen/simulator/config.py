@@ -77,6 +77,8 @@ class SimStats:
     by_path: dict = field(default_factory=dict)         # path -> requests
     by_status: dict = field(default_factory=dict)       # "200"/"400"/.../"drop"/"hang" -> count
     by_model: dict = field(default_factory=dict)        # model of valid requests -> count
+    params: dict = field(default_factory=dict)          # body field -> requests carrying it (valid or not)
+    input_images: int = 0                               # input images received by edits
     images: int = 0                                     # images in 200 generation answers
     downloads: int = 0                                  # GET /files answered 200
     download_misses: int = 0                            # GET /files answered 404
@@ -91,6 +93,8 @@ class SimStats:
             "by_path": dict(self.by_path),
             "by_status": dict(self.by_status),
             "by_model": dict(self.by_model),
+            "params": dict(self.params),
+            "input_images": self.input_images,
             "images": self.images,
             "downloads": self.downloads,
             "download_misses": self.download_misses,
@@ -104,7 +108,8 @@ class SimStats:
         return SimStats(**self.as_dict())
 
     def reset(self) -> None:
-        self.requests = self.images = self.downloads = self.download_misses = 0
+        self.requests = self.images = self.downloads = self.download_misses = self.input_images = 0
+        self.params.clear()
         self.by_path.clear()
         self.by_status.clear()
         self.by_model.clear()

@@ -132,12 +132,15 @@ class ImageMaker:
         self.noise = _LRU(4, 128 * 2**20)       # (w, h) -> noise pool bytes
 
     def get(self, prompt: str, index: int, req: "ImageRequest") -> Encoded:
-        key = (prompt, index, req.width, req.height, req.output_format, req.background,
+        """The index-th image for the request (cached by everything that changes its bytes)."""
+        # An edit's picture depends on the image it edits too.
+        seed = f"{index}\x00{prompt}" + (f"\x00{req.inputs[0].sha256}" if req.inputs else "")
+        key = (seed, req.width, req.height, req.output_format, req.background,
                req.compression if req.output_format != "png" else 100, req.style, req.quality)
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        digest = hashlib.sha256(f"{index}\x00{prompt}".encode("utf-8", "surrogatepass")).digest()
+        digest = hashlib.sha256(seed.encode("utf-8", "surrogatepass")).digest()
         fmt = req.output_format
         if self.photo:
             data = self._photo(digest, req.width, req.height, fmt, req.compression)

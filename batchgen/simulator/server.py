@@ -7,14 +7,16 @@ import dataclasses
 import random
 import threading
 import time
+import urllib.parse
 import uuid
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
-from .answers import ACEDATA, MARK, OPENAI, error_answer, revised_prompt, success_body
+from .answers import ACEDATA, MARK, OPENAI, edit_note, error_answer, revised_prompt, success_body
 from .batches import BatchApi
 from .config import SimConfig, SimStats, bump
+from .edits import EditForm, parse_edit, read_edit
 from .faults import (HTML_503, NOT_IMAGE, FaultDice, post_faults_shown, server_error,
                      spoiled_b64, spoiled_body, timeout_error)
 from .files import FileStore
@@ -25,6 +27,8 @@ from .validation import (ApiError, ImageRequest, auth_error, check_policy, check
 
 ACEDATA_PATH = "/openai/images/generations"
 OPENAI_PATH = "/v1/images/generations"
+ACEDATA_EDITS_PATH = "/openai/images/edits"
+OPENAI_EDITS_PATH = "/v1/images/edits"
 FILES_PATH = "/files/"
 STATS_PATH = "/_sim/stats"
 RESET_PATH = "/_sim/reset"
@@ -90,12 +94,19 @@ class _SimState:
         return web.Response(status=503)  # never reaches the client: the connection is closed
 
     async def acedata(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, ACEDATA)
+        return await self._generate(request, ACEDATA, self._read_body, self._accept)
 
     async def openai(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, OPENAI)
+        return await self._generate(request, OPENAI, self._read_body, self._accept)
 
-    async def _generate(self, request: web.Request, dialect: str) -> web.StreamResponse:
+    async def acedata_edit(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, ACEDATA, self._read_edit, self._accept_edit)
+
+    async def openai_edit(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, OPENAI, self._read_edit, self._accept_edit)
+
+    async def _generate(self, request: web.Request, dialect: str, read: "_Read",
+                        accept: Callable[[Any], ImageRequest]) -> web.StreamResponse:
         # The latency is the server's whole time to answer, counted from the request's arrival
         # as a client sees a real API's: the work (parsing, drawing the image) happens within
         # it, so fifty requests that arrive together are answered together, latency later.
@@ -104,7 +115,7 @@ class _SimState:
         if cfg.latency_jitter:
             delay += self.jitter_rng.uniform(0.0, cfg.latency_jitter)
         answer_at = time.monotonic() + delay
-        response = await self._answer(request, dialect)
+        response = await self._answer(request, dialect, read, accept)
         wait = answer_at - time.monotonic()
         transport = request.transport
         if wait > 0 and transport is not None and not transport.is_closing():
@@ -112,13 +123,17 @@ class _SimState:
                 return self._hang_up(request, "closed")
         return response
 
-    async def _answer(self, request: web.Request, dialect: str) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, dialect: str, read: "_Read",
+                      accept: Callable[[Any], ImageRequest]) -> web.StreamResponse:
         """Refusals in the order a real gateway makes them: key, rate, upstream faults, then
-        the request itself."""
+        the request itself (a body that cannot be read is refused with the request)."""
         stats = self.stats
         stats.requests += 1
         bump(stats.by_path, request.path)
-        body = await request.read()
+        try:
+            key, payload = await read(request)
+        except ApiError as err:
+            key, payload = f"{err.status} {err}".encode(), err
         refused = auth_error(request.headers.get("Authorization", ""), self.config.token)
         if refused is not None:
             return self._error(dialect, refused, None)
@@ -130,13 +145,15 @@ class _SimState:
                 bump(stats.faults, "rpm_limit")
                 return self._error(dialect, rate_error(wait, style=self.config.rate_limit_retry_after),
                                    headers)
-        fault = self.dice.decide(body) if self.dice.active else None
+        fault = self.dice.decide(key) if self.dice.active else None
         if fault:
             early = await self._early_fault(request, dialect, fault, headers)
             if early is not None:
                 return early
         try:
-            req = self._accept(body)
+            if isinstance(payload, ApiError):
+                raise payload
+            req = accept(payload)
         except ApiError as err:
             return self._error(dialect, err, headers)
         return self._success(request, dialect, req, fault, headers)
@@ -171,10 +188,47 @@ class _SimState:
             return self._hang_up(request, None)
         return self._error(dialect, timeout_error(), headers)
 
+    @staticmethod
+    async def _read_body(request: web.Request) -> tuple[bytes, bytes]:
+        body = await request.read()
+        return body, body
+
+    async def _read_edit(self, request: web.Request) -> tuple[bytes, EditForm]:
+        form = await read_edit(request, self.fetch)
+        return form.key(), form
+
+    def fetch(self, url: str) -> Optional[bytes]:
+        """An http(s) image reference's bytes: only this simulator's own files are reachable."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.hostname not in ("127.0.0.1", "localhost") or parts.port != self.port \
+                or not parts.path.startswith(FILES_PATH):
+            return None
+        found = self.files.get(parts.path[len(FILES_PATH):])
+        return None if found is None else found[0]
+
     def _accept(self, body: bytes) -> ImageRequest:
-        """The valid request in the body, or ApiError (invalid, moderated or over quota)."""
+        """The valid generation in the body, or ApiError (invalid, moderated or over quota)."""
+        doc = decode_json(body)
+        if isinstance(doc, dict):
+            self._count_params(doc)
+        return self._admit(parse_request(doc))
+
+    def _accept_edit(self, form: EditForm) -> ImageRequest:
+        """The valid edit in the form, or ApiError; a batch line's too."""
+        self._count_params(form.fields, "images" if form.json else "image",
+                           "mask" if form.mask is not None else None)
+        self.stats.input_images += len(form.images)
+        return self._admit(parse_edit(form))
+
+    def _count_params(self, fields: dict, *more: Optional[str]) -> None:
+        """Which parameters reached the server (stats.params), valid or not."""
+        for name in (*fields, *more):
+            if name is not None:
+                bump(self.stats.params, str(name))
+
+    def _admit(self, req: ImageRequest) -> ImageRequest:
+        """A valid request past moderation and quota, or ApiError."""
         cfg = self.config
-        req = parse_request(decode_json(body))
         bump(self.stats.by_model, req.model.name)
         check_policy(req.prompt, cfg.policy_word, cfg.acedata_moderation_403)
         check_quota(self.quota_used, req.n, cfg.quota_images)
@@ -198,7 +252,8 @@ class _SimState:
 
     def _items(self, request: web.Request, req: ImageRequest, fault: dict) -> tuple[list, list]:
         """The ``data`` entries and, for b64_json, the base64 texts their placeholders stand for."""
-        revised = revised_prompt(req.prompt, req.style) if req.model.name == "dall-e-3" else None
+        revised = (edit_note(req) if req.inputs else
+                   revised_prompt(req.prompt, req.style) if req.model.name == "dall-e-3" else None)
         host = request.host or f"127.0.0.1:{self.port}"
         data: list = []
         blobs: list = []
@@ -240,6 +295,9 @@ class _SimState:
         return web.json_response({"ok": True, "all": everything})
 
 
+# Reads a request's body: (what the fault dice hash, what accept takes), or ApiError.
+_Read = Callable[[web.Request], Awaitable[tuple]]
+
 _STATE = web.AppKey("batchgen_simulator_state", _SimState)
 
 
@@ -250,6 +308,8 @@ def make_app(config: SimConfig) -> web.Application:
     app[_STATE] = state
     app.router.add_post(ACEDATA_PATH, state.acedata)
     app.router.add_post(OPENAI_PATH, state.openai)
+    app.router.add_post(ACEDATA_EDITS_PATH, state.acedata_edit)
+    app.router.add_post(OPENAI_EDITS_PATH, state.openai_edit)
     app.router.add_get(FILES_PATH + "{name}", state.download)
     app.router.add_get(STATS_PATH, state.get_stats)
     app.router.add_post(RESET_PATH, state.post_reset)

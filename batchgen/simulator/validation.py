@@ -23,14 +23,16 @@ class Model:
     max_prompt: int
     default_size: str
     custom_sizes: bool = False  # gpt-image-2: any WxH within limits
+    fidelities: tuple = ()      # input_fidelity values its edits take (none: refused)
 
 
 _GPT_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 _GPT_QUALITIES = ("low", "medium", "high", "auto")
 
 
-def _gpt(name: str, custom: bool = False) -> Model:
-    return Model(name, "gpt-image", _GPT_SIZES, _GPT_QUALITIES, (), 10, 32000, "auto", custom)
+def _gpt(name: str, custom: bool = False, fidelities: tuple = ("high", "low")) -> Model:
+    return Model(name, "gpt-image", _GPT_SIZES, _GPT_QUALITIES, (), 10, 32000, "auto", custom,
+                 fidelities)
 
 
 MODELS = {
@@ -39,19 +41,41 @@ MODELS = {
                       ("standard", "auto"), (), 10, 1000, "1024x1024"),
     "dall-e-3": Model("dall-e-3", "dall-e", ("1024x1024", "1792x1024", "1024x1792"),
                       ("standard", "hd", "auto"), ("vivid", "natural"), 1, 4000, "1024x1024"),
+    # input_fidelity (edits), from the openai package's ImageEditParams: "gpt-image-1-mini
+    # supports only low. For gpt-image-2, omit this parameter."
     "gpt-image-1": _gpt("gpt-image-1"),
-    "gpt-image-1-mini": _gpt("gpt-image-1-mini"),
+    "gpt-image-1-mini": _gpt("gpt-image-1-mini", fidelities=("low",)),
     "gpt-image-1.5": _gpt("gpt-image-1.5"),
-    "gpt-image-2": _gpt("gpt-image-2", custom=True),
-    "gpt-image-2-2026-04-21": _gpt("gpt-image-2-2026-04-21", custom=True),
+    "gpt-image-2": _gpt("gpt-image-2", custom=True, fidelities=()),
+    "gpt-image-2-2026-04-21": _gpt("gpt-image-2-2026-04-21", custom=True, fidelities=()),
 }
 
-_KNOWN_FIELDS = frozenset({
-    "prompt", "model", "n", "quality", "response_format", "output_format", "output_compression",
-    "stream", "partial_images", "size", "moderation", "background", "style", "user",
-})
 _GPT_ONLY_FIELDS = ("output_format", "output_compression", "background", "moderation",
-                    "stream", "partial_images")
+                    "stream", "partial_images", "input_fidelity")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What one endpoint (and body form) takes: its fields and models, and the model it
+    assumes when the body names none (None: dall-e-2 unless a GPT-only field is used)."""
+    name: str
+    fields: frozenset
+    dall_e: tuple                 # the DALL·E models it takes (every GPT image model is taken)
+    default_model: Optional[str] = None
+
+
+_COMMON_FIELDS = frozenset({
+    "prompt", "model", "n", "quality", "response_format", "output_format", "output_compression",
+    "stream", "partial_images", "size", "moderation", "background", "user",
+})
+GENERATIONS = Endpoint("/v1/images/generations", _COMMON_FIELDS | {"style"}, ("dall-e-2", "dall-e-3"))
+# Edits as the official SDK sends them (multipart/form-data; the files are `image`, `image[]`,
+# `mask`) and as the API's JSON body (EditImageBodyJsonParam: `images`, `mask` as references;
+# GPT image models only, gpt-image-1.5 when no model is named).
+EDITS_MULTIPART = Endpoint("/v1/images/edits", _COMMON_FIELDS | {"input_fidelity", "image", "mask"},
+                           ("dall-e-2",))
+EDITS_JSON = Endpoint("/v1/images/edits", _COMMON_FIELDS | {"input_fidelity", "images", "mask"},
+                      (), "gpt-image-1.5")
 _SIZE_RE = re.compile(r"^([1-9][0-9]{0,5})x([1-9][0-9]{0,5})$")
 _MAX_EDGE = 3840
 _MAX_PIXELS = 3840 * 2160
@@ -93,6 +117,9 @@ class ImageRequest:
     output_format: str    # "png" / "jpeg" / "webp"
     compression: int
     background: str       # "transparent" or "opaque"
+    inputs: tuple = ()    # edits: the input images (edits.InputImage), the first one edited
+    mask: Any = None      # edits: the mask (an InputImage) or None
+    input_fidelity: Optional[str] = None
 
 
 def auth_error(authorization: str, token: str) -> Optional[ApiError]:
@@ -159,18 +186,23 @@ def _choice(value: Optional[str], name: str, allowed, model: Model) -> None:
                   f"'{model.name}' are: {_quote_list(allowed)}.", param=name)
 
 
-def parse_request(body: Any) -> ImageRequest:
+def check_fields(body: Any, endpoint: Endpoint = GENERATIONS) -> None:
+    """A JSON object whose every field the endpoint knows, or the 400 OpenAI answers."""
+    if not isinstance(body, dict):
+        raise bad("The request body must be a JSON object.", code="invalid_type")
+    unknown = sorted(k for k in body if k not in endpoint.fields)
+    if unknown:
+        raise bad(f"Unknown parameter: '{unknown[0]}'.", param=unknown[0], code="unknown_parameter")
+
+
+def parse_request(body: Any, endpoint: Endpoint = GENERATIONS) -> ImageRequest:
     """Validate one decoded request body as the real API does; raise ApiError if refused.
 
     The checks run in a fixed order, so that a body with several faults always meets the same
-    first refusal."""
-    if not isinstance(body, dict):
-        raise bad("The request body must be a JSON object.", code="invalid_type")
-    unknown = sorted(k for k in body if k not in _KNOWN_FIELDS)
-    if unknown:
-        raise bad(f"Unknown parameter: '{unknown[0]}'.", param=unknown[0], code="unknown_parameter")
+    first refusal.  For edits, this checks the parameters; ``edits`` checks the images."""
+    check_fields(body, endpoint)
     prompt = _prompt(body)
-    model = _model(body)
+    model = _model(body, endpoint)
     _check_family_fields(body, model)
     _check_prompt_length(prompt, model)
     n = _count(body, model)
@@ -181,7 +213,8 @@ def parse_request(body: Any) -> ImageRequest:
     output_format, compression, background = _output(body, model)
     _check_rest(body, model)
     return ImageRequest(model, prompt, n, width, height, f"{width}x{height}", quality, style,
-                        response_format, output_format, compression, background)
+                        response_format, output_format, compression, background,
+                        input_fidelity=_fidelity(body, model))
 
 
 def _prompt(body: dict) -> str:
@@ -195,8 +228,8 @@ def _prompt(body: dict) -> str:
     return prompt
 
 
-def _model(body: dict) -> Model:
-    model_name = _typed(body, "model", str, "a string")
+def _model(body: dict, endpoint: Endpoint) -> Model:
+    model_name = _typed(body, "model", str, "a string") or endpoint.default_model
     if model_name is None:
         # The schema: dall-e-2 unless a parameter only the GPT image models take is used.
         uses_gpt = any(body.get(k) is not None for k in _GPT_ONLY_FIELDS)
@@ -206,6 +239,10 @@ def _model(body: dict) -> Model:
         raise ApiError(400, f"The model '{model_name}' does not exist or you do not have access "
                        f"to it. Supported image models: {_quote_list(MODELS)}.",
                        code="model_not_found", param="model")
+    if model.family != "gpt-image" and model.name not in endpoint.dall_e:
+        taken = [*endpoint.dall_e, *(m for m in MODELS if MODELS[m].family == "gpt-image")]
+        raise bad(f"Invalid value: '{model.name}'. Supported models for {endpoint.name} in this "
+                  f"form are: {_quote_list(taken)}.", param="model")
     return model
 
 
@@ -315,6 +352,9 @@ def _output(body: dict, model: Model) -> tuple[str, int, str]:
     if compression is not None and not 0 <= compression <= 100:
         raise bad(f"Invalid 'output_compression': expected a value between 0 and 100, but got "
                   f"{compression} instead.", param="output_compression")
+    if compression is not None and output_format == "png":
+        raise bad("'output_compression' is only supported with output_format 'jpeg' or 'webp', "
+                  "not 'png'.", param="output_compression")
     compression = 100 if compression is None else compression
     background = _typed(body, "background", str, "a string")
     _choice(background, "background", ("transparent", "opaque", "auto"), model)
@@ -337,3 +377,13 @@ def _check_rest(body: dict, model: Model) -> None:
         raise bad(f"Invalid 'partial_images': expected a value between 0 and 3, but got "
                   f"{partial} instead.", param="partial_images")
     _typed(body, "user", str, "a string")
+
+
+def _fidelity(body: dict, model: Model) -> Optional[str]:
+    """input_fidelity (edits only; the generations endpoint refuses it as unknown)."""
+    fidelity = _typed(body, "input_fidelity", str, "a string")
+    if fidelity is not None and not model.fidelities:
+        raise bad(f"Unsupported parameter: 'input_fidelity' is not supported with model "
+                  f"'{model.name}'; omit it.", param="input_fidelity", code="unsupported_parameter")
+    _choice(fidelity, "input_fidelity", model.fidelities, model)
+    return fidelity
