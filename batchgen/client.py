@@ -431,8 +431,7 @@ class BatchClient(ImagesClient):
 
     def __init__(self, endpoint: Endpoint, timeout: float):
         super().__init__(endpoint, concurrency=4, timeout=timeout)
-        self.root = endpoint.url[:-len("/images/generations")] if endpoint.url.endswith(
-            "/images/generations") else endpoint.url.rstrip("/")
+        self.root = endpoint.root
         self._auth = {"Authorization": f"Bearer {endpoint.token}", "User-Agent": f"batchgen/{__version__}"}
 
     async def _json(self, method: str, path: str, **kwargs) -> dict:

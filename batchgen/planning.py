@@ -26,6 +26,7 @@ class PlanSummary:
     examples: dict = field(default_factory=dict)              # reason -> [(row_index, prompt)]
     unknown_models: list = field(default_factory=list)
     unpriced_models: list = field(default_factory=list)      # known models without a price
+    edits: bool = False
 
     @property
     def tasks(self) -> int:
@@ -43,7 +44,7 @@ class PlanSummary:
 
 def summarise_plan(plan: Plan) -> PlanSummary:
     points = [PointSummary(point_label(p)) for p in plan.points]
-    summary = PlanSummary(points, unknown_models=list(plan.unknown_models))
+    summary = PlanSummary(points, unknown_models=list(plan.unknown_models), edits=plan.edit)
     costs: dict = {}   # tasks alike share one params dict: price each once
     prices = pricing.load(plan.config.prices)
     unpriced = set()
@@ -94,6 +95,9 @@ def format_plan(summary: PlanSummary, rpm: Optional[float] = None, mode: str = "
                  f"{_money(summary.cost_usd):>10}")
     if mode == "batch":
         lines.append("costs at the Batch API's price: half the live one")
+    if summary.edits:
+        lines.append("edits: the costs leave out the input images' tokens, which the answers' usage counts "
+                     "(with input_fidelity=high, often more than the output)")
     if summary.unknown_models:
         lines.append(f"unknown model(s) {', '.join(summary.unknown_models)}: batchgen knows neither their "
                      "rules nor their price (give a price with --prices FILE)")

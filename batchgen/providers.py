@@ -114,6 +114,14 @@ class Endpoint:
     def public_url(self) -> str:
         return public_url(self.url)
 
+    @property
+    def root(self) -> str:
+        """The API root the endpoint hangs from (…/v1): where Files and Batches live."""
+        for path in (GENERATIONS_PATH, EDITS_PATH):
+            if self.url.endswith(path):
+                return self.url[:-len(path)]
+        return self.url.rstrip("/")
+
     def for_edits(self) -> "Endpoint":
         """The same server's edits endpoint (…/images/edits beside …/images/generations)."""
         if not self.url.endswith(GENERATIONS_PATH):
