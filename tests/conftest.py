@@ -27,6 +27,13 @@ def fresh_sim(sim):
 
 
 @pytest.fixture
+def fresh(sim):
+    """The shared simulator with every counter and stored file forgotten."""
+    sim.reset_stats(everything=True)
+    return sim
+
+
+@pytest.fixture
 def prompts_csv(tmp_path):
     path = tmp_path / "prompts.csv"
     pd.DataFrame({"prompt": PROMPTS, "tag": ["otter", "lighthouse", "bicycle"]}).to_csv(path, index=False)

@@ -31,18 +31,6 @@ def jpeg(size=(64, 64)) -> bytes:
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorThread() as server:
-        yield server
-
-
-@pytest.fixture
-def fresh(sim):
-    sim.reset_stats(everything=True)
-    return sim
-
-
 @pytest.fixture
 def sdk(sim):
     return openai.OpenAI(base_url=sim.openai_base_url, api_key=TOKEN, max_retries=0)

@@ -42,18 +42,6 @@ def assert_acedata_error(ans: Answer, status: int, code: str):
     assert len(doc["trace_id"]) == 36
 
 
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorThread() as server:
-        yield server
-
-
-@pytest.fixture
-def fresh(sim):
-    sim.reset_stats(everything=True)
-    return sim
-
-
 # ---- success in both dialects ------------------------------------------------------------
 
 def test_urls_and_port(sim):
