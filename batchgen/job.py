@@ -91,11 +91,11 @@ def parse_param_value(param: str, value: Any, where: str) -> Any:
     label = where if where.replace("-", "_").endswith(param) else f"{where} {param}"
     if param in INT_PARAMETERS:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise UsageError(f"{label} must be a whole number (e.g. 2), not {value!r}")
+            raise UsageError(f"{label} must be a whole number (e.g. {_EXAMPLES[param]}), not {value!r}")
         try:
             return int(str(value).strip())
         except ValueError:
-            raise UsageError(f"{label} must be a whole number (e.g. 2), not {value!r}") from None
+            raise UsageError(f"{label} must be a whole number (e.g. {_EXAMPLES[param]}), not {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise UsageError(f"{label} must be one text value (e.g. {_EXAMPLES[param]}), not {value!r}")
     text = str(value).strip()
