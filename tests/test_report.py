@@ -93,8 +93,20 @@ def grid(dom):
 
 
 def column_headers(dom):
+    """The sweep point of each column, from the first grid row's cells."""
+    return [td.attrs.get("data-point") for td in grid_rows(dom)[0].find_all("td")]
+
+
+def header_rows(dom):
+    """Each header row's cells but the corner, as (text, columns spanned)."""
     thead = grid(dom).find_all("thead")[0]
-    return ["".join(th.text().split()) for th in thead.find_all("th")][1:]
+    return [[("".join(th.text().split()), int(th.attrs.get("colspan", 1)))
+             for th in tr.find_all("th") if "corner" not in th.classes()]
+            for tr in thead.find_all("tr")]
+
+
+def layout_of(df, job=None, **placement):
+    return report.make_layout(report.sweep_points(job, df), **placement)
 
 
 def grid_rows(dom):
@@ -162,9 +174,12 @@ def write_fabricated_out(out, rows=None, points=({"quality": "standard", "style"
 
 def test_grid_has_a_column_per_sweep_point_and_a_row_per_prompt():
     df = fabricated_df()
-    text = report.build_html(df, [A, B])
+    text = report.build_html(df, layout_of(df))
     dom = parse(text)
     assert column_headers(dom) == [A, B]
+    # One header row per axis; style has the fewest values, so it changes fastest.
+    assert header_rows(dom) == [[("quality=standard", 1), ("quality=hd", 1)],
+                                [("style=vivid", 1), ("style=vivid", 1)]]
     rows = grid_rows(dom)
     assert len(rows) == 3
     prompts = [" ".join(r.find_all("th", "prompt")[0].text().split()) for r in rows]
@@ -187,7 +202,9 @@ def test_hostile_text_is_escaped_everywhere_and_nothing_can_run():
     rows[4]["error_message"] = HOSTILE
     evil_label = '<script>alert(1)</script>=x'
     rows[5]["sweep_point"] = evil_label
-    text = report.build_html(fabricated_df(rows), [A, B, evil_label])
+    df = fabricated_df(rows)
+    text = report.build_html(df, layout_of(df))
+    assert column_headers(parse(text)) == [A, B, evil_label]
     dom = parse(text)
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in text
     assert "<img src=x" not in text and 'onerror="window' not in text
@@ -204,12 +221,14 @@ def test_hostile_text_is_escaped_everywhere_and_nothing_can_run():
 
 
 def test_cells_show_images_with_revised_prompts_and_errors_as_errors():
-    dom = parse(report.build_html(fabricated_df(), [A, B]))
+    df = fabricated_df()
+    dom = parse(report.build_html(df, layout_of(df)))
     rows = grid_rows(dom)
     cells = [r.find_all("td") for r in rows]
     # row 0: one image per point, with its revised prompt below and on hover.
     (fig,) = cells[0][0].find_all("figure")
-    assert fig.find_all("figcaption")[0].text() == HOSTILE + " rendered vividly"
+    (details,) = fig.find_all("details", "rp")
+    assert details.find_all("summary")[0].text() == HOSTILE + " rendered vividly"
     (link,) = fig.find_all("a")
     assert link.attrs["href"] == "images/t0a_0.png"
     assert link.attrs["title"] == HOSTILE + " rendered vividly"
@@ -229,11 +248,14 @@ def test_cells_show_images_with_revised_prompts_and_errors_as_errors():
 
 
 def test_thumbnails_are_embedded_when_given_and_unreadable_files_are_said_so():
-    uris = {"images/t0a_0.png": "data:image/jpeg;base64,AAAA", "images/t0b_0.png": None,
-            "images/t1a_0.png": "data:image/jpeg;base64,BBBB", "images/t1a_1.png": "data:image/jpeg;base64,CCCC"}
-    dom = parse(report.build_html(fabricated_df(), [A, B], uris))
-    assert [img.attrs["src"] for img in dom.find_all("img")] == [
-        "data:image/jpeg;base64,AAAA", "data:image/jpeg;base64,BBBB", "data:image/jpeg;base64,CCCC"]
+    uris = {"images/t0a_0.png": report.Thumb("data:image/jpeg;base64,AAAA", 256, 192), "images/t0b_0.png": None,
+            "images/t1a_0.png": report.Thumb("data:image/jpeg;base64,BBBB", 256, 146),
+            "images/t1a_1.png": report.Thumb("data:image/jpeg;base64,CCCC", 146, 256)}
+    df = fabricated_df()
+    dom = parse(report.build_html(df, layout_of(df), uris))
+    assert [(img.attrs["src"], img.attrs["width"], img.attrs["height"]) for img in dom.find_all("img")] == [
+        ("data:image/jpeg;base64,AAAA", "256", "192"), ("data:image/jpeg;base64,BBBB", "256", "146"),
+        ("data:image/jpeg;base64,CCCC", "146", "256")]
     (missing,) = dom.find_all("div", "missing")
     assert "images/t0b_0.png" in missing.text()
 
@@ -242,7 +264,8 @@ def test_an_image_path_outside_the_folder_is_not_linked():
     rows = fabricated_rows()
     rows[0]["image_path"] = "../../etc/passwd"
     rows[1]["image_path"] = "/etc/passwd"
-    text = report.build_html(fabricated_df(rows), [A, B])
+    df = fabricated_df(rows)
+    text = report.build_html(df, layout_of(df))
     assert 'href="../' not in text and 'href="/etc' not in text
     assert len(parse(text).find_all("div", "missing")) == 2
 
@@ -282,14 +305,16 @@ def test_percentiles_match_numpy():
 
 def test_an_empty_results_table_still_gives_a_page_and_a_sheet():
     df = pa.Table.from_pylist([], schema=SCHEMA).to_pandas()
-    dom = parse(report.build_html(df, [A]))
-    assert column_headers(dom) == [A] and grid_rows(dom) == []
+    job = {"sweep_points": [{"quality": "standard", "style": "vivid"}]}
+    dom = parse(report.build_html(df, layout_of(df, job)))
+    assert header_rows(dom) == [[("style=vivid", 1)], [("quality=standard", 1)]] and grid_rows(dom) == []
     sheet = report.build_contact_sheet(df, [A], {})
     assert sheet.width > 0 and sheet.height > 0
 
 
 def test_statistics_table_in_the_page():
-    dom = parse(report.build_html(fabricated_df(), [A, B]))
+    df = fabricated_df()
+    dom = parse(report.build_html(df, layout_of(df)))
     (table,) = dom.find_all("table", "stats")
     body = table.find_all("tbody")[0].find_all("tr")
     cells = [[" ".join(td.text().split()) for td in tr.find_all("td")] for tr in body]
@@ -332,7 +357,9 @@ def test_write_report_from_files(tmp_path):
         prefix = "data:image/jpeg;base64,"
         assert img.attrs["src"].startswith(prefix)
         thumb = Image.open(io.BytesIO(base64.b64decode(img.attrs["src"][len(prefix):])))
-        assert thumb.format == "JPEG" and max(thumb.size) <= report.THUMB_HTML
+        # A 64x48 image is embedded as it is (never enlarged) and shown 256 px wide, in its shape.
+        assert thumb.format == "JPEG" and thumb.size == (64, 48)
+        assert (img.attrs["width"], img.attrs["height"]) == ("256", "192")
         assert img.parent.tag == "a" and (out / img.parent.attrs["href"]).is_file()
     with Image.open(out / "contact_sheet.png") as sheet:
         width, height = sheet.size
@@ -351,12 +378,13 @@ def test_missing_image_file_is_reported_not_fatal(tmp_path):
     Image.open(out / "contact_sheet.png").verify()
 
 
-def test_big_run_is_capped_and_says_so(tmp_path):
+def big_run(out, prompts=60):
+    """`prompts` prompts x 8 sweep points, one in seven an error."""
     points = [{"quality": q, "style": s, "size": z} for q in ("standard", "hd") for s in ("vivid", "natural")
               for z in ("1024x1024", "1792x1024")]
     labels = [",".join(f"{k}={v}" for k, v in p.items()) for p in points]
     rows = []
-    for i in range(60):
+    for i in range(prompts):
         for j, label in enumerate(labels):
             if (i + j) % 7 == 0:
                 rows.append(_row(f"t{i}_{j}", i, f"prompt {i} " + "word " * 40, label, "error",
@@ -365,21 +393,58 @@ def test_big_run_is_capped_and_says_so(tmp_path):
                 rows.append(_row(f"t{i}_{j}", i, f"prompt {i} " + "word " * 40, label, "ok", image_index=0,
                                  image_path=f"images/{i}_{j}.png", revised_prompt="r" * i,
                                  latency_s=1 + i / 10, est_cost_usd=0.08))
-    out = write_fabricated_out(tmp_path / "out", rows, points)
-    text = report.write_report(out).read_text(encoding="utf-8")
-    dom = parse(text)
-    assert len(column_headers(dom)) == 8
-    assert len(grid_rows(dom)) == report.MAX_PROMPTS
-    assert f"first {report.MAX_PROMPTS} of 60 prompts" in text
-    shown_ok = sum(1 for r in rows if r["status"] == "ok" and r["row_index"] < report.MAX_PROMPTS)
-    assert len(dom.find_all("img")) == shown_ok
-    # The statistics still count every row.
-    stats_total = dom.find_all("table", "stats")[0].find_all("tr", "total")[0]
-    assert [td.text() for td in stats_total.find_all("td")][1] == "480"
+    return write_fabricated_out(out, rows, points), rows
+
+
+def page_links(dom):
+    (nav, *_) = dom.find_all("nav", "pages")
+    return [a.attrs["href"] for a in nav.find_all("a")]
+
+
+def test_every_prompt_is_on_one_page_and_each_page_stands_alone(tmp_path):
+    out, rows = big_run(tmp_path / "out")
+    assert report.write_report(out, per_page=25) == out / "report.html"
+    names = ["report.html", "report-2.html", "report-3.html"]
+    assert sorted(p.name for p in out.glob("report*.html")) == sorted(names)
+    seen = []
+    for number, name in enumerate(names, 1):
+        text = (out / name).read_text(encoding="utf-8")
+        dom = parse(text)
+        assert_no_script(text, dom)
+        seen += [int(tr.attrs["id"].split("-")[1]) for tr in grid_rows(dom)]
+        # Self-contained: images are embedded; links go to the full images, the sheet and other pages only.
+        assert all(img.attrs["src"].startswith("data:image/jpeg;base64,") for img in dom.find_all("img"))
+        hrefs = {a.attrs["href"] for a in dom.find_all("a")}
+        assert all((out / h).is_file() for h in hrefs), hrefs
+        assert len(dom.find_all("img")) == sum(
+            1 for r in rows if r["status"] == "ok" and 25 * (number - 1) <= r["row_index"] < 25 * number)
+        # The statistics, on the first page only, count every row.
+        stats = dom.find_all("table", "stats")
+        if number == 1:
+            total = stats[0].find_all("tr", "total")[0]
+            assert [td.text() for td in total.find_all("td")][1] == "480"
+            assert page_links(dom) == ["report-2.html", "report-3.html", "report-2.html"]  # pages, then "next"
+        else:
+            assert not stats and "report.html" in page_links(dom)
+            assert f"prompts {25 * (number - 1) + 1}–{min(60, 25 * number)} of 60" in text
+    assert seen == list(range(60))
+    # The contact sheet shows the first page's prompts.
     with Image.open(out / "contact_sheet.png") as sheet:
         width, height = sheet.size
     assert width <= report.SHEET_MAX_W and height <= report.SHEET_MAX_H
-    assert width >= 8 * 48 and height >= report.MAX_PROMPTS * 48
+    assert width >= 8 * 48 and height >= 25 * 48
+
+    # Fewer pages next time: the pages of the earlier report go.
+    report.write_report(out)
+    assert sorted(p.name for p in out.glob("report*.html")) == ["report-2.html", "report.html"]
+    assert len(grid_rows(parse((out / "report.html").read_text(encoding="utf-8")))) == report.PER_PAGE
+
+
+def test_a_later_page_links_its_neighbours_and_both_ends():
+    nav = parse(report._nav_html(report.Page(number=10, count=40, first=450, prompts=2000)))
+    assert page_links(nav) == ["report-9.html", "report.html", *[f"report-{n}.html" for n in (7, 8, 9, 11, 12, 13)],
+                               "report-40.html", "report-11.html"]
+    assert [s.text() for s in nav.find_all("span", "current")] == ["10"]
 
 
 # ---- a real run against the simulator, and the page in a real browser ---------------------
@@ -402,8 +467,9 @@ def real_out(tmp_path_factory):
     return out
 
 
-REAL_LABELS = ["quality=standard,style=vivid", "quality=standard,style=natural",
-               "quality=hd,style=vivid", "quality=hd,style=natural"]
+# Both axes have two values: the earlier one, quality, changes fastest across the columns.
+REAL_LABELS = ["quality=standard,style=vivid", "quality=hd,style=vivid",
+               "quality=standard,style=natural", "quality=hd,style=natural"]
 
 
 def test_report_of_a_real_run(real_out):
@@ -427,11 +493,11 @@ def test_report_of_a_real_run(real_out):
         for cell in row.find_all("td"):
             (a,) = cell.find_all("a")
             assert (real_out / a.attrs["href"]).is_file()
-            assert cell.find_all("figcaption")[0].text()       # the revised prompt, below
+            assert cell.find_all("summary")[0].text()          # the revised prompt, below
     # Per point: one error each, est. cost $0.08 (standard) / $0.16 (hd) for two images.
     stats_rows = dom.find_all("table", "stats")[0].find_all("tbody")[0].find_all("tr")
     costs = [tr.find_all("td")[8].text() for tr in stats_rows]
-    assert costs == ["$0.08", "$0.08", "$0.16", "$0.16", "$0.48"]
+    assert costs == ["$0.08", "$0.16", "$0.08", "$0.16", "$0.48"]      # in the grid's order
     with Image.open(real_out / "contact_sheet.png") as sheet:
         width, height = sheet.size
     assert 4 * report.THUMB_SHEET < width < 4 * report.THUMB_SHEET + 400
