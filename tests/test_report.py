@@ -326,6 +326,104 @@ def test_statistics_table_in_the_page():
     assert cells[2][8] == "$0.12 + unknown (1 image)"
 
 
+# ---- the layout: which axes run across, which split the rows -------------------------------
+
+def sweep(**axes):
+    """Sweep points as job.json holds them (the product, last axis fastest)."""
+    import itertools
+    names = list(axes)
+    points = [dict(zip(names, combo)) for combo in itertools.product(*axes.values())]
+    return report.sweep_points({"sweep_points": points}, pd.DataFrame())
+
+
+OTTER = dict(quality=["standard", "hd"], style=["vivid", "natural"], size=["1024x1024", "1792x1024"])
+
+
+def test_by_default_the_axis_with_the_fewest_values_changes_fastest():
+    layout = report.make_layout(sweep(a=["1", "2", "3"], b=["x", "y"], c=["p", "q", "r", "s"]))
+    assert [a.name for a in layout.cols] == ["c", "a", "b"] and layout.rows == []
+    assert layout.col_keys[:3] == [("p", "1", "x"), ("p", "1", "y"), ("p", "2", "x")]
+    assert len(layout.col_keys) == 24 and layout.row_keys == [()]
+    # A tie: the earlier sweep axis changes faster, so standard and hd of one style sit together.
+    layout = report.make_layout(sweep(**OTTER))
+    assert [a.name for a in layout.cols] == ["size", "style", "quality"]
+    assert layout.labels[:2] == ["quality=standard,style=vivid,size=1024x1024",
+                                 "quality=hd,style=vivid,size=1024x1024"]
+
+
+def test_cols_and_rows_place_the_axes():
+    points = sweep(**OTTER)
+    layout = report.make_layout(points, cols="size,quality")          # the rest split the rows
+    assert ([a.name for a in layout.cols], [a.name for a in layout.rows]) == (["size", "quality"], ["style"])
+    assert layout.row_keys == [("vivid",), ("natural",)]
+    assert layout.label_at[(("1024x1024", "hd"), ("natural",))] == "quality=hd,style=natural,size=1024x1024"
+    layout = report.make_layout(points, rows="size")                  # the rest are columns, as by default
+    assert ([a.name for a in layout.cols], [a.name for a in layout.rows]) == (["style", "quality"], ["size"])
+    layout = report.make_layout(points, cols=["quality"], rows=["style"])
+    assert ([a.name for a in layout.cols], [a.name for a in layout.rows]) == (["quality"], ["style", "size"])
+    assert len(layout.labels) == 8 == len(set(layout.labels))
+
+
+@pytest.mark.parametrize("placement, message", [
+    ({"cols": "qualty"}, "'qualty' is not a sweep axis of this run; its axes are quality, style, size"),
+    ({"cols": "quality", "rows": "quality"}, "--cols and --rows both name 'quality'"),
+    ({"rows": "size,size"}, "--rows names an axis twice"),
+])
+def test_a_bad_axis_name_says_which_axes_there_are(placement, message):
+    with pytest.raises(UsageError, match=message):
+        report.make_layout(sweep(**OTTER), **placement)
+
+
+def test_without_a_sweep_there_is_nothing_to_place():
+    assert report.make_layout({"all": {}}).labels == ["all"]
+    with pytest.raises(UsageError, match="no sweep axes"):
+        report.make_layout({"all": {}}, cols="quality")
+
+
+def test_points_that_share_no_axes_are_each_a_column():
+    df = fabricated_df()
+    df.loc[df["task_id"] == "t2b", "sweep_point"] = "model=dall-e-2"
+    layout = layout_of(df)
+    assert [a.name for a in layout.cols] == [None] and layout.labels == [A, B, "model=dall-e-2"]
+    dom = parse(report.build_html(df, layout))
+    assert header_rows(dom) == [[(A, 1), (B, 1), ("model=dall-e-2", 1)]]
+
+
+def test_a_row_axis_gives_each_prompt_a_row_per_value():
+    df = fabricated_df()
+    dom = parse(report.build_html(df, layout_of(df, cols="style", rows="quality")))
+    rows = grid_rows(dom)
+    assert len(rows) == 6
+    assert [r.find_all("th", "prompt")[0].attrs.get("rowspan") for r in rows[::2]] == ["2"] * 3
+    assert not any(r.find_all("th", "prompt") for r in rows[1::2])
+    assert [" ".join(r.find_all("th", "point")[0].text().split()) for r in rows[:2]] == \
+        ["quality=standard", "quality=hd"]
+    assert [r.find_all("td")[0].attrs["data-point"] for r in rows[:2]] == [A, B]
+
+
+# ---- the words that differ ------------------------------------------------------------------
+
+def test_differing_words():
+    assert report.differing_words(["A red cat, asleep.", "a blue cat asleep"]) == {"red", "blue"}
+    assert report.differing_words(["Same words", "same words!"]) == set()
+    assert report.differing_words(["only one text"]) == set()
+    assert report.differing_words(["a b", "a c", "a b c"]) == {"b", "c"}
+
+
+def test_words_that_differ_within_a_row_are_marked_and_stay_escaped():
+    df = fabricated_df()
+    rows = grid_rows(parse(report.build_html(df, layout_of(df))))
+    # Row 1: two images at one point (its other point failed): "one" and "two" differ.
+    assert [m.text() for m in rows[1].find_all("mark")] == ["one", "two"]
+    # Row 0: the hostile revised prompt against "short": every word differs, and is text.
+    first = rows[0].find_all("td")[0].find_all("summary")[0]
+    assert first.text() == HOSTILE + " rendered vividly"
+    assert "".join(m.text() for m in first.find_all("mark")) == "".join((HOSTILE + " rendered vividly").split())
+    assert not first.find_all("script") and not first.find_all("img")
+    # Row 2 has no revised prompts: nothing is marked.
+    assert not rows[2].find_all("mark")
+
+
 # ---- write_report: files in, files out ----------------------------------------------------
 
 def test_write_report_without_results_says_to_run_first(tmp_path):
@@ -376,6 +474,42 @@ def test_missing_image_file_is_reported_not_fatal(tmp_path):
     assert len(dom.find_all("img")) == 2
     assert len(dom.find_all("div", "missing")) == 2
     Image.open(out / "contact_sheet.png").verify()
+
+
+def test_thumbnails_of_png_jpeg_and_webp_keep_their_shape(tmp_path):
+    rows = fabricated_rows()
+    paths = {"images/t0a_0.png": (640, 360, "PNG"), "images/t0b_0.webp": (360, 640, "WEBP"),
+             "images/t1a_0.jpg": (900, 600, "JPEG"), "images/t1a_1.jpeg": (400, 400, "JPEG")}
+    for row, path in zip([r for r in rows if r["status"] == "ok"], paths):
+        row["image_path"] = path
+    out = write_fabricated_out(tmp_path / "out", rows)
+    for path, (w, h, fmt) in paths.items():
+        mode = "RGBA" if fmt == "PNG" else "RGB"       # a transparent PNG is laid on white
+        Image.new(mode, (w, h), (200, 60, 20, 128) if mode == "RGBA" else (20, 60, 200)).save(out / path, fmt)
+    dom = parse(report.write_report(out, thumb=300).read_text(encoding="utf-8"))
+    shown = {}
+    for img in dom.find_all("img"):
+        data = base64.b64decode(img.attrs["src"].split(",", 1)[1])
+        with Image.open(io.BytesIO(data)) as thumb:
+            shown[img.parent.attrs["href"]] = ((img.attrs["width"], img.attrs["height"]), thumb.size)
+    assert shown == {"images/t0a_0.png": (("300", "169"), (300, 169)),
+                     "images/t0b_0.webp": (("169", "300"), (169, 300)),
+                     "images/t1a_0.jpg": (("300", "200"), (300, 200)),
+                     "images/t1a_1.jpeg": (("300", "300"), (300, 300))}
+
+
+def test_cli_report_options(cli, tmp_path):
+    out = write_fabricated_out(tmp_path / "out")
+    done = cli("report", out, "--cols", "style", "--rows", "quality", "--per-page", "1", "--thumb", "128")
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in out.glob("report*.html")) == ["report-2.html", "report-3.html", "report.html"]
+    dom = parse((out / "report.html").read_text(encoding="utf-8"))
+    assert len(grid_rows(dom)) == 2 and {img.attrs["width"] for img in dom.find_all("img")} == {"128"}
+    for args, message in [(("--cols", "colour"), "'colour' is not a sweep axis of this run; its axes are quality, style"),
+                          (("--per-page", "0"), "--per-page 0: give a whole number of prompts, 1 or more"),
+                          (("--thumb", "10"), "--thumb 10: give the thumbnails' long side in pixels, 64 to 2048")]:
+        done = cli("report", out, *args)
+        assert done.exit_code == 2 and message in done.output and "Traceback" not in done.output
 
 
 def big_run(out, prompts=60):
@@ -545,9 +679,130 @@ def test_report_in_headless_chromium(real_out, chromium, tmp_path):
         im.load()
         # Not a blank page: the thumbnails put colour on it.
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or ()) > 50
-    keep = os.environ.get("BATCHGEN_REPORT_SCREENSHOT")
-    if keep:
-        shutil.copyfile(shot, keep)
+    keep_screenshot(shot, "report.png")
+
+
+def keep_screenshot(shot, name):
+    """A copy of a screenshot in $BATCHGEN_REPORT_SCREENSHOTS, to look at (the tests judge geometry)."""
+    folder = os.environ.get("BATCHGEN_REPORT_SCREENSHOTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(shot, os.path.join(folder, name))
+
+
+# The page forbids scripts; to measure its layout, a copy without the policy gets this probe,
+# which writes the boxes Chromium laid out into the DOM that --dump-dom prints.
+PROBE = """<script>
+addEventListener("load", () => {
+  const box = el => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const details = [...document.querySelectorAll("details.rp")].map(d => {
+    const s = d.querySelector("summary"), closed = [s.clientHeight, s.scrollHeight];
+    d.open = true;
+    const opened = [s.clientHeight, s.scrollHeight];
+    d.open = false;
+    return {closed, opened, chars: s.textContent.length};
+  });
+  const geometry = {
+    viewport: [innerWidth, innerHeight], scrollWidth: document.documentElement.scrollWidth,
+    heads: [...document.querySelectorAll("table.grid thead tr")].map(tr => [...tr.children].map(th =>
+      ({text: th.textContent, corner: th.classList.contains("corner"), box: box(th)}))),
+    cells: [...document.querySelectorAll("table.grid td.cell")].map(td => ({point: td.dataset.point,
+      row: td.parentElement.id, box: box(td), imgs: [...td.querySelectorAll("img")].map(box)})),
+    details};
+  const pre = document.createElement("pre");
+  pre.id = "geometry";
+  pre.textContent = JSON.stringify(geometry);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def layout_in_chromium(page, tmp_path, width=1400, height=1000):
+    """The page's layout in a `width` px window: grid header cells, grid cells and their images
+    (boxes as [left, top, right, bottom] CSS px from the top of the page), revised prompts' heights."""
+    import re
+    text = page.read_text(encoding="utf-8")
+    text, policies = re.subn(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text)
+    assert policies == 1
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    done = _chromium("--dump-dom", f"--window-size={width},{height}", probe.as_uri(), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (pre,) = [n for n in parse(done.stdout).find_all("pre") if n.attrs.get("id") == "geometry"]
+    return json.loads(pre.text())
+
+
+def screenshot(page, tmp_path, width=1400, height=1000):
+    shot = tmp_path / "shot.png"
+    done = _chromium(f"--screenshot={shot}", f"--window-size={width},{height}", page.as_uri(), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    im = Image.open(shot).convert("RGB")
+    assert im.size == (width, height)
+    return shot, im
+
+
+def test_every_point_of_a_two_axis_sweep_sits_side_by_side_at_1400_px(real_out, chromium, tmp_path):
+    geo = layout_in_chromium(real_out / "report.html", tmp_path)
+    width = geo["viewport"][0]
+    assert width == 1400 and geo["scrollWidth"] <= width            # nothing to scroll sideways
+    first = [c for c in geo["cells"] if c["row"] == "row-0"]
+    assert [c["point"] for c in first] == REAL_LABELS
+    lefts = [c["box"][0] for c in first]
+    assert lefts == sorted(lefts) and all(c["box"][2] <= width for c in first)
+    # Every image of the rows that succeeded is on screen, 256 px on its long side.
+    shot, im = screenshot(real_out / "report.html", tmp_path)
+    keep_screenshot(shot, "two_axes.png")
+    background = im.getpixel((5, im.height - 5))
+    imgs = [b for c in geo["cells"] if c["row"] in ("row-0", "row-1") for b in c["imgs"]]
+    assert len(imgs) == 8
+    for left, top, right, bottom in imgs:
+        assert 0 <= left and right <= width and max(right - left, bottom - top) == pytest.approx(256)
+    # ... and drawn there in the screenshot: the first row's four thumbnails are pictures, not background.
+    row0 = [b for c in first for b in c["imgs"]]
+    assert row0 and all(b[1] + 64 < im.height for b in row0), "the first row of images is below the fold"
+    for left, top, right, bottom in row0:
+        region = im.crop((int(left) + 2, int(top) + 2, int(right) - 2, min(int(bottom), im.height) - 2))
+        colours = region.getcolors(maxcolors=1 << 16) or ()
+        assert len(colours) > 50 and max(colours)[1] != background
+
+
+def test_the_three_axis_sample_sweep_has_one_header_row_per_axis(cli, chromium, tmp_path):
+    out = tmp_path / "otter"
+    job = os.path.join(os.path.dirname(__file__), "..", "jobs", "otter_sweep.toml")
+    assert cli("run", job, "--simulate", "--out", out, "--no-progress").exit_code == 0
+    assert cli("report", out).exit_code == 0
+    geo = layout_in_chromium(out / "report.html", tmp_path)
+    heads = [[th for th in row if not th["corner"]] for row in geo["heads"]]
+    # Outermost first: all three axes have two values, so the later sweep axis is the outer one.
+    assert [[" ".join(th["text"].split()) for th in row] for row in heads] == [
+        ["size=1024x1024", "size=1792x1024"],
+        ["style=vivid", "style=natural"] * 2,
+        ["quality=standard", "quality=hd"] * 4]
+    first = [c for c in geo["cells"] if c["row"] == "row-0"]
+    assert [c["point"] for c in first] == [f"quality={q},style={s},size={z}" for z in ("1024x1024", "1792x1024")
+                                           for s in ("vivid", "natural") for q in ("standard", "hd")]
+    # Each header cell spans exactly the columns below it: the leaves sit over the cells.
+    leaves = heads[-1]
+    for th, cell in zip(leaves, first):
+        assert th["box"][0] == pytest.approx(cell["box"][0], abs=1) and th["box"][2] == pytest.approx(cell["box"][2], abs=1)
+    for level, row in enumerate(heads[:-1]):
+        span = len(leaves) // len(row)
+        for i, th in enumerate(row):
+            assert th["box"][0] == pytest.approx(leaves[i * span]["box"][0], abs=1)
+            assert th["box"][2] == pytest.approx(leaves[(i + 1) * span - 1]["box"][2], abs=1)
+    # Wide images keep their shape: 1792x1024 is shown 256 x 146.
+    for cell in first:
+        ((left, top, right, bottom),) = cell["imgs"]
+        expected = (256, 146) if "1792x1024" in cell["point"] else (256, 256)
+        assert (round(right - left), round(bottom - top)) == expected
+    # A revised prompt shows four lines, and all of itself once opened.
+    assert geo["details"]
+    for d in geo["details"]:
+        (closed_h, closed_full), (open_h, open_full) = d["closed"], d["opened"]
+        assert closed_full > closed_h              # the simulator's revised prompts are longer than 4 lines
+        assert open_h >= open_full and open_h > closed_h
+    shot, _ = screenshot(out / "report.html", tmp_path, height=1400)
+    keep_screenshot(shot, "three_axes.png")
 
 
 def test_the_report_says_when_its_images_come_from_the_simulator(cli, fresh_sim, prompts_csv, tmp_path):
