@@ -571,8 +571,9 @@ def build_html(df, layout: Layout, thumbnails: Optional[Mapping[str, Optional[Th
     else:
         parts.append(f'<p class="meta">The statistics of every sweep point are on the first page, '
                      f'<a href="{e(quote(FIRST_PAGE))}">{e(FIRST_PAGE)}</a>.</p>\n')
-    shown = (f"prompts {page.first + 1}–{page.first + len(prompts)} of {page.prompts}"
-             if page.count > 1 else "")
+    shown = ("" if page.count == 1 else
+             f"prompt {page.first + 1} of {page.prompts}" if len(prompts) == 1 else
+             f"prompts {page.first + 1}–{page.first + len(prompts)} of {page.prompts}")
     parts.append(f"<h2>Gallery{': ' + shown if shown else ''}</h2>\n")
     sheet = (f'The first page\'s grid as one picture: <a href="{e(quote(contact_sheet))}">{e(contact_sheet)}</a>. '
              if contact_sheet and page.number == 1 else "")
