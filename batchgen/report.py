@@ -634,7 +634,7 @@ def _prompt_rows_html(key: int, prompt: Optional[str], layout: Layout, cells: di
         recs = [cells.get((key, label), []) if label is not None else None for label in labels]
         differ = differing_words([t for rs in recs if rs for r in rs if r.get("status") == "ok"
                                   for t in [_text(r.get("revised_prompt"))] if t])
-        tds = [f'<td class="cell none"><span class="empty">not a sweep point</span></td>' if rs is None else
+        tds = ['<td class="cell none"><span class="empty">not a sweep point</span></td>' if rs is None else
                f'<td class="cell" data-point="{e(label)}">{_cell_html(rs, thumbnails, differ, thumb)}</td>'
                for label, rs in zip(labels, recs)]
         row_id = f"row-{key}" if j == 0 else f"row-{key}-{j}"
