@@ -232,11 +232,18 @@ def cancel(out):
 
 @main.command()
 @click.argument("out")
-def report(out):
+@click.option("--cols", metavar="AXIS[,AXIS]",
+              help="Sweep axes side by side, the top header row first (default: every axis not in --rows; "
+                   "the one with the fewest values changes fastest).")
+@click.option("--rows", metavar="AXIS[,AXIS]",
+              help="Sweep axes that split each prompt's row (default: none; with --cols, the axes it leaves out).")
+@click.option("--per-page", type=int, metavar="N", help="Prompts per page (default 50): report.html, report-2.html, ...")
+@click.option("--thumb", type=int, metavar="PX", help="Thumbnails' long side in pixels (default 256).")
+def report(out, **options):
     """Write OUT/report.html, the sweep comparison gallery."""
     from .report import write_report
     try:
-        path = write_report(out)
+        path = write_report(out, **options)
     except UsageError as e:
         _fail(str(e))
     click.echo(f"wrote {path}")

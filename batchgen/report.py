@@ -1,38 +1,47 @@
-"""The sweep comparison report: OUT/report.html and OUT/contact_sheet.png.
+"""The sweep comparison report: OUT/report.html (and report-2.html, ...) and OUT/contact_sheet.png.
 
-    write_report(out)            reads OUT/results.parquet and OUT/job.json, writes both files
-    column_labels(job, df)       the grid's columns: the job's sweep points, in sweep order
+    write_report(out, ...)       reads OUT/results.parquet and OUT/job.json, writes the pages and the sheet
+    sweep_points(job, df)        each sweep point's label and its value on each axis, in sweep order
+    make_layout(points, ...)     which axes run across (grouped column headers) and which split the rows
     point_stats(df, labels)      per sweep point: counts, error codes, latency, cost, revised length
-    build_html(df, labels, ...)  the page as a string, from data only (no files)
-    build_contact_sheet(...)     the same grid as one Pillow image, from data and thumbnails
+    differing_words(texts)       the words some of a grid row's revised prompts hold and others lack
+    build_html(df, layout, ...)  one page as a string, from data only (no files)
+    build_contact_sheet(...)     the first page's grid as one Pillow image, from data and thumbnails
 
-The page is one self-contained file: thumbnails are embedded as data: URIs, each linking to the
-full-size image next to it (OUT/images/...); no network, no script. Every piece of text that
-comes from the data (prompts, revised prompts, error messages, labels, paths) goes through
-html.escape, and a Content-Security-Policy meta tag forbids scripts as a second line of defence.
+Each page is one self-contained file: thumbnails are embedded as data: URIs, each linking to the
+full-size image next to it (OUT/images/...); no network, no script (a revised prompt opens with
+<details>). Every piece of text that comes from the data (prompts, revised prompts, error
+messages, labels, paths) goes through html.escape, and a Content-Security-Policy meta tag
+forbids scripts as a second line of defence.
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
+import itertools
 import math
 import os
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
 from .exceptions import UsageError
 from .outdir import read_job, write_atomic
 
-MAX_PROMPTS = 50          # rows of the grid (HTML and contact sheet); statistics cover all rows
-THUMB_HTML = 256          # long side of an embedded thumbnail, px
+PER_PAGE = 50             # prompts per page (the contact sheet shows the first page's)
+THUMB_HTML = 256          # long side of a thumbnail on the page, px (--thumb)
+THUMB_MIN, THUMB_MAX = 64, 2048
 THUMB_SHEET = 160         # long side of a contact-sheet thumbnail, px
 SHEET_MAX_W = 4000        # the contact sheet never grows past this (thumbnails shrink instead)
 SHEET_MAX_H = 10000
 SHEET_MIN_THUMB = 32
+FIRST_PAGE = "report.html"
+_LATER_PAGE = re.compile(r"report-([0-9]+)\.html")
 
 CSP = ("default-src 'none'; img-src data: 'self' file:; style-src 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
@@ -61,20 +70,121 @@ def _label(point: dict) -> str:
     return point_label(point)
 
 
-def column_labels(job: Optional[dict], df) -> list[str]:
-    """The sweep points' labels in the job's sweep order, then any others the results hold."""
-    labels: list[str] = []
+def sweep_points(job: Optional[dict], df) -> dict:
+    """{label: {axis: value}} for the job's sweep points in sweep order, then any other point the
+    results hold. A label that does not read as axis=value pairs maps to None."""
+    points: dict = {}
     for point in (job or {}).get("sweep_points") or []:
         if isinstance(point, dict):
-            label = _label(point)
-            if label not in labels:
-                labels.append(label)
+            points.setdefault(_label(point), {str(k): "" if _missing(v) else str(v) for k, v in point.items()})
     if "sweep_point" in df.columns:
-        for label in df["sweep_point"].tolist():
+        for label in df["sweep_point"].unique():
             label = _text(label) or "all"
-            if label not in labels:
-                labels.append(label)
-    return labels or ["all"]
+            if label not in points:
+                points[label] = _parse_label(label)
+    return points or {"all": {}}
+
+
+def column_labels(job: Optional[dict], df) -> list[str]:
+    """The sweep points' labels in the job's sweep order, then any others the results hold."""
+    return list(sweep_points(job, df))
+
+
+def _parse_label(label: str) -> Optional[dict]:
+    if label == "all":
+        return {}
+    point = {}
+    for part in label.split(","):
+        axis, eq, value = part.partition("=")
+        if not eq or not axis or axis in point:
+            return None
+        point[axis] = value
+    return point
+
+
+# ---- the grid's layout: which sweep axes run across, which split the rows ------------------
+
+@dataclass(frozen=True)
+class Axis:
+    name: Optional[str]      # None: the sweep points themselves, when they share no axes
+    values: tuple
+
+    def caption(self, value: str) -> str:
+        return value if self.name is None else f"{self.name}={value}"
+
+
+@dataclass
+class Layout:
+    cols: list               # Axis per header row, the top one first; the last changes fastest
+    rows: list               # Axis splitting each prompt's row into sub-rows, outermost first
+    col_keys: list           # the grid's columns: a value per column axis
+    row_keys: list           # a prompt's sub-rows: a value per row axis ([()] when none)
+    label_at: dict           # (col_key, row_key) -> the label of that sweep point
+
+    @property
+    def labels(self) -> list[str]:
+        """The sweep points in grid order: along the columns, then down the sub-rows."""
+        return [self.label_at[(c, r)] for r in self.row_keys for c in self.col_keys
+                if (c, r) in self.label_at]
+
+
+def make_layout(points: Mapping[str, Optional[dict]],
+                cols: Union[str, Sequence[str], None] = None,
+                rows: Union[str, Sequence[str], None] = None) -> Layout:
+    """Place the sweep axes: `cols` side by side (the first named is the top header row),
+    `rows` splitting each prompt's row. By default every axis is a column and the axis with the
+    fewest values changes fastest (ties: the earlier sweep axis), so that standard and hd of
+    one style sit next to each other. Axes named in neither option go to the columns when only
+    --rows is given, otherwise to the rows. A bad name is a UsageError."""
+    shapes = {None if p is None else frozenset(p) for p in points.values()}
+    if len(shapes) == 1 and None not in shapes:
+        names = list(next(iter(points.values())))
+        axes = [Axis(n, tuple(dict.fromkeys(p[n] for p in points.values()))) for n in names]
+        keys = {label: tuple(p[n] for n in names) for label, p in points.items()}
+    else:   # points of different axes (an edited sweep, a foreign table): one column each
+        names = [None]
+        axes = [Axis(None, tuple(points))]
+        keys = {label: (label,) for label in points}
+    by_name = dict(zip(names, axes))
+    want_cols, want_rows = _axis_names(cols, "--cols", by_name), _axis_names(rows, "--rows", by_name)
+    both = [n for n in want_cols if n in want_rows]
+    if both:
+        raise UsageError(f"--cols and --rows both name {both[0]!r}: put each axis in one of them")
+    order = sorted(axes, key=lambda a: (len(a.values), axes.index(a)), reverse=True)  # outermost first
+    rest = [a for a in order if a.name not in want_cols and a.name not in want_rows]
+    col_axes = [by_name[n] for n in want_cols]
+    row_axes = [by_name[n] for n in want_rows]
+    if want_cols:
+        row_axes += rest
+    else:
+        col_axes = rest
+    col_pos = [names.index(a.name) for a in col_axes]
+    row_pos = [names.index(a.name) for a in row_axes]
+    label_at = {}
+    for label, key in keys.items():
+        label_at[(tuple(key[i] for i in col_pos), tuple(key[i] for i in row_pos))] = label
+    used_cols = {c for c, _ in label_at}
+    used_rows = {r for _, r in label_at}
+    col_keys = [k for k in itertools.product(*(a.values for a in col_axes)) if k in used_cols]
+    row_keys = [k for k in itertools.product(*(a.values for a in row_axes)) if k in used_rows]
+    return Layout(col_axes, row_axes, col_keys, row_keys, label_at)
+
+
+def _axis_names(value, option: str, by_name: dict) -> list[str]:
+    """The axis names an option gives ("a,b" or a list), checked against the run's axes."""
+    if value is None:
+        return []
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value)]
+    names = [n for n in names if n]
+    known = [n for n in by_name if n is not None]
+    for n in names:
+        if n not in known:
+            have = (f"its axes are {', '.join(known)}" if known else
+                    "it has no sweep axes (run with --sweep AXIS=V1,V2 to compare)")
+            raise UsageError(f"{option}: {n!r} is not a sweep axis of this run; {have}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"{option} names an axis twice: {', '.join(names)}")
+    return names
 
 
 def _normalised(df):
@@ -184,17 +294,22 @@ def e(value) -> str:
 _CSS = """
 :root { color-scheme: light; }
 * { box-sizing: border-box; }
-body { margin: 0; padding: 16px 20px 40px; font: 14px/1.45 system-ui, -apple-system, "Segoe UI",
+body { margin: 0; padding: 16px 16px 40px; font: 14px/1.45 system-ui, -apple-system, "Segoe UI",
        Roboto, "Helvetica Neue", Arial, sans-serif; color: #1d2329; background: #f6f7f9; }
 h1 { font-size: 22px; margin: 0 0 4px; }
-h2 { font-size: 17px; margin: 28px 0 8px; }
+h2 { font-size: 17px; margin: 24px 0 8px; }
 p.meta { margin: 2px 0; color: #56606b; }
 p.note { margin: 8px 0; padding: 6px 10px; background: #fff7d6; border: 1px solid #ecd27a;
          border-radius: 4px; display: inline-block; }
 code { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+nav.pages { margin: 10px 0; display: flex; flex-wrap: wrap; gap: 4px; align-items: center; }
+nav.pages a, nav.pages span { padding: 2px 8px; border-radius: 4px; }
+nav.pages a { border: 1px solid #c9d0d8; background: #fff; text-decoration: none; }
+nav.pages span.current { background: #1d2329; color: #fff; font-weight: 600; }
+nav.pages span.gap { color: #7a8591; }
 table { border-collapse: separate; border-spacing: 0; background: #fff; }
 table.stats { border: 1px solid #d5dae0; border-radius: 6px; overflow: hidden; }
-table.stats th, table.stats td { padding: 5px 10px; border-bottom: 1px solid #e6e9ed;
+table.stats th, table.stats td { padding: 4px 10px; border-bottom: 1px solid #e6e9ed;
        text-align: left; vertical-align: top; }
 table.stats td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.stats thead th { background: #eef1f4; font-weight: 600; }
@@ -204,43 +319,82 @@ table.stats tr.total td { font-weight: 600; background: #f7f9fa; }
 table.stats td.codes { font-size: 12px; }
 table.grid { border: 1px solid #d5dae0; }
 table.grid th, table.grid td { border-right: 1px solid #e1e5ea; border-bottom: 1px solid #e1e5ea;
-       vertical-align: top; padding: 8px; }
-table.grid thead th { position: sticky; top: 0; z-index: 2; background: #eef1f4;
-       font-weight: 600; text-align: left; min-width: 200px; box-shadow: 0 1px 0 #d5dae0; }
-table.grid thead th.corner { left: 0; z-index: 3; min-width: 0; }
-table.grid thead th span.axis { display: block; white-space: nowrap; }
-table.grid th.prompt { position: sticky; left: 0; z-index: 1; background: #fbfcfd; width: 220px;
-       min-width: 180px; max-width: 260px; font-weight: normal; text-align: left; }
+       vertical-align: top; padding: 6px; }
+table.grid thead { position: sticky; top: 0; z-index: 2; }
+table.grid thead th { background: #eef1f4; font-weight: 600; text-align: center;
+       white-space: nowrap; overflow: hidden; text-overflow: ellipsis; max-width: 0; }
+table.grid thead th.corner { position: sticky; left: 0; z-index: 3; text-align: left; max-width: none;
+       vertical-align: bottom; }
+table.grid thead th .k { font-weight: normal; color: #56606b; }
+table.grid thead tr.leaf th { border-bottom: 2px solid #c9d0d8; }
+table.grid th.prompt { position: sticky; left: 0; z-index: 1; background: #fbfcfd; width: 190px;
+       min-width: 150px; max-width: 190px; font-weight: normal; text-align: left; }
 th.prompt .idx { color: #7a8591; font-size: 12px; display: block; }
-th.prompt .text { display: block; max-height: 220px; overflow: auto; white-space: pre-wrap;
-       word-break: break-word; }
-td.cell { width: 276px; min-width: 200px; }
-.images { display: flex; flex-wrap: wrap; gap: 8px; }
-figure { margin: 0; max-width: 260px; }
-figure img { display: block; max-width: 256px; max-height: 256px; border-radius: 3px;
-       background: #e9ecef; border: 1px solid #d5dae0; }
-figcaption { margin-top: 4px; font-size: 12px; color: #47515c; white-space: pre-wrap;
-       word-break: break-word; display: -webkit-box; -webkit-line-clamp: 4; -webkit-box-orient: vertical;
-       overflow: hidden; }
-.images.multi { gap: 6px; }
-.images.multi figure { max-width: 126px; }
-.images.multi figure img { max-width: 126px; max-height: 126px; }
-.images.multi figcaption { -webkit-line-clamp: 2; font-size: 11px; }
+th.prompt .text { display: block; max-height: 240px; overflow: auto; white-space: pre-wrap;
+       overflow-wrap: anywhere; }
+table.grid th.point { font-weight: normal; text-align: left; white-space: nowrap; background: #fbfcfd;
+       color: #47515c; font-size: 12px; }
+td.cell { width: calc(var(--thumb) + 13px); min-width: calc(var(--thumb) + 13px); }
+td.cell.none { background: #f3f4f6; }
+.images { display: flex; flex-direction: column; gap: 8px; }
+figure { margin: 0; max-width: var(--thumb); }
+figure img { display: block; max-width: var(--thumb); max-height: var(--thumb); border-radius: 3px;
+       background: #e9ecef; outline: 1px solid #d5dae0; outline-offset: -1px; }
+details.rp { margin-top: 4px; font-size: 12px; color: #47515c; }
+details.rp summary { cursor: pointer; white-space: pre-wrap; overflow-wrap: anywhere;
+       display: -webkit-box; -webkit-line-clamp: 4; -webkit-box-orient: vertical; overflow: hidden; }
+details.rp[open] summary { display: block; }
+details.rp summary:hover { color: #1d2329; }
+mark { background: #ffe38a; color: inherit; padding: 0 1px; border-radius: 2px; }
 .error { background: #fdecec; border: 1px solid #e3a0a0; color: #8a1c1c; border-radius: 4px;
-       padding: 6px 8px; max-width: 260px; word-break: break-word; }
+       padding: 6px 8px; max-width: var(--thumb); overflow-wrap: anywhere; }
 .error .code { font-weight: 700; display: block; }
 .error .msg { font-size: 12px; white-space: pre-wrap; }
 .missing { background: #f1f1f1; border: 1px dashed #aaa; color: #555; border-radius: 4px;
-       padding: 6px 8px; font-size: 12px; max-width: 260px; word-break: break-all; }
+       padding: 6px 8px; font-size: 12px; max-width: var(--thumb); word-break: break-all; }
 .empty { color: #98a1ab; font-style: italic; }
 """
 
 
-def _header_label(label: str) -> str:
-    """A sweep point's label, one axis a line; its text is still the label itself."""
-    parts = label.split(",")
-    return "".join(f'<span class="axis">{e(p)}{"," if i < len(parts) - 1 else ""}</span>'
-                   for i, p in enumerate(parts))
+@dataclass(frozen=True)
+class Thumb:
+    """An embedded thumbnail: its data: URI and the size it is shown at (CSS px)."""
+    uri: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Page:
+    number: int              # 1 for report.html
+    count: int               # pages in all
+    first: int               # the position (from 0) of its first prompt among all prompts
+    prompts: int             # prompts in all
+
+
+@dataclass
+class Overview:
+    """What every page says above its grid; computed once from the whole table."""
+    title: str
+    meta: list               # lines under the title
+    warning: Optional[str]   # the simulator's note
+    stats: list              # point_stats(), shown on the first page
+
+
+def page_file(number: int) -> str:
+    return FIRST_PAGE if number == 1 else f"report-{number}.html"
+
+
+def fit_box(width, height, box: int) -> tuple:
+    """(w, h) scaled so the long side is `box`, keeping the shape; (box, box) when unknown."""
+    try:
+        width, height = int(width), int(height)
+    except (TypeError, ValueError):
+        return box, box
+    if width <= 0 or height <= 0:
+        return box, box
+    scale = box / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _prompt_order(df) -> list:
@@ -266,42 +420,78 @@ def _cells(df, rows: set) -> dict:
     return cells
 
 
-def _cell_html(recs: list, thumbnails: Optional[Mapping[str, Optional[str]]]) -> str:
+# ---- the words that differ between a row's revised prompts ------------------------------
+
+_EDGE_PUNCT = re.compile(r"^[\W_]+|[\W_]+$")
+_SPACE = re.compile(r"(\s+)")
+
+
+def _word_key(word: str) -> str:
+    return _EDGE_PUNCT.sub("", word).casefold()
+
+
+def differing_words(texts: Sequence[str]) -> set:
+    """The words (case and edge punctuation aside) that some of `texts` hold and others lack;
+    none when there are fewer than two texts."""
+    sets = [{_word_key(w) for w in text.split()} - {""} for text in texts]
+    if len(sets) < 2:
+        return set()
+    return set().union(*sets) - set.intersection(*sets)
+
+
+def _marked(text: str, differ: set) -> str:
+    """Text for HTML with each word of `differ` in a <mark>."""
+    if not differ:
+        return e(text)
+    return "".join(f"<mark>{e(part)}</mark>" if part.strip() and _word_key(part) in differ else e(part)
+                   for part in _SPACE.split(text))
+
+
+# ---- cells ------------------------------------------------------------------------------
+
+def _cell_html(recs: list, thumbnails: Optional[Mapping[str, Optional[Thumb]]], differ: set,
+               thumb: int) -> str:
+    """One grid cell: a sweep point's images (each with its revised prompt) and errors."""
     if not recs:
         return '<span class="empty">no result</span>'
     parts, figures = [], []
     for rec in recs:
         if rec.get("status") == "ok":
-            figures.append(_figure_html(rec, thumbnails))
+            figures.append(_figure_html(rec, thumbnails, differ, thumb))
         else:
             code = _text(rec.get("error_code")) or "error"
             message = _text(rec.get("error_message")) or ""
             parts.append(f'<div class="error" title="{e(message)}"><span class="code">{e(code)}</span>'
                          f'<span class="msg">{e(message)}</span></div>')
     if figures:
-        cls = "images multi" if len(figures) > 1 else "images"
-        parts.insert(0, f'<div class="{cls}">' + "".join(figures) + "</div>")
+        parts.insert(0, '<div class="images">' + "".join(figures) + "</div>")
     return "".join(parts)
 
 
-def _figure_html(rec: dict, thumbnails) -> str:
+def _figure_html(rec: dict, thumbnails, differ: set, thumb: int) -> str:
     path = _text(rec.get("image_path"))
     rel = _safe_relpath(path)
     revised = _text(rec.get("revised_prompt"))
-    caption = f"<figcaption>{e(revised)}</figcaption>" if revised else ""
+    caption = (f'<details class="rp"><summary title="the whole revised prompt: click">'
+               f"{_marked(revised, differ)}</summary></details>" if revised else "")
     if rel is None:
         return f'<figure><div class="missing">no image file{": " + e(path) if path else ""}</div>{caption}</figure>'
     if thumbnails is None:
-        src = quote(rel, safe="/")       # no thumbnails made: the image itself, next to the page
+        # No thumbnails made: the image itself, next to the page, at the size the table records.
+        src = quote(rel, safe="/")
+        width, height = fit_box(rec.get("width"), rec.get("height"), thumb)
+        size = (f' width="{width}" height="{height}"'
+                if not (_missing(rec.get("width")) or _missing(rec.get("height"))) else "")
     else:
-        src = thumbnails.get(path) or thumbnails.get(rel)
-        if not src:
+        made = thumbnails.get(path) or thumbnails.get(rel)
+        if not made:
             return (f'<figure><div class="missing">image file missing or unreadable: '
                     f'{e(rel)}</div>{caption}</figure>')
+        src, size = made.uri, f' width="{made.width}" height="{made.height}"'
     href = quote(rel, safe="/")
     hover = revised or "open the full-size image"
-    return (f'<figure><a href="{e(href)}" title="{e(hover)}"><img src="{e(src)}" alt="{e(revised or rel)}" '
-            f'loading="lazy"></a>{caption}</figure>')
+    return (f'<figure><a href="{e(href)}" title="{e(hover)}"><img src="{e(src)}"{size} '
+            f'alt="{e(revised or rel)}" loading="lazy"></a>{caption}</figure>')
 
 
 def _stats_html(stats: list[dict]) -> str:
@@ -324,69 +514,152 @@ def _stats_html(stats: list[dict]) -> str:
     return f'<table class="stats">{head}<tbody>{"".join(rows)}</tbody></table>'
 
 
-def build_html(df, labels: list[str], thumbnails: Optional[Mapping[str, Optional[str]]] = None, *,
-               title: str = "batchgen report", job: Optional[dict] = None,
-               max_prompts: int = MAX_PROMPTS, contact_sheet: Optional[str] = None) -> str:
-    """The report page as a string.
-
-    `df` is the results table (pandas), `labels` the grid's columns (see column_labels).
-    `thumbnails` maps image_path to an embedded thumbnail (a data: URI), or to None when the
-    file could not be read; without it (None) each <img> points at the image file itself.
-    Only the first `max_prompts` prompts are drawn in the grid; the statistics cover all rows.
-    """
+def make_overview(df, layout: Layout, job: Optional[dict] = None, title: str = "batchgen report") -> Overview:
+    """The lines above the grid and the per-point statistics, from the whole results table."""
     df = _normalised(df)
+    labels = layout.labels
     stats = point_stats(df, labels)
-    prompts = _prompt_order(df)
-    shown = prompts[:max_prompts]
-    cells = _cells(df, {k for k, _ in shown if k is not None})
     total = stats[-1]
-
+    prompts = sum(1 for k, _ in _prompt_order(df) if k is not None)
     meta = []
     settings = (job or {}).get("job") or {}
     if settings.get("defaults"):
         meta.append("defaults: " + ", ".join(f"{k}={v}" for k, v in settings["defaults"].items()))
     if settings.get("sweep"):
         meta.append("sweep: " + " × ".join(f"{a} ({', '.join(map(str, v))})" for a, v in settings["sweep"]))
-    meta.append(f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} × {len(labels)} sweep "
+    meta.append(f"{prompts} prompt{'s' if prompts != 1 else ''} × {len(labels)} sweep "
                 f"point{'s' if len(labels) != 1 else ''}: {total['tasks']} tasks, {total['ok']} ok, "
                 f"{total['errors']} with errors, {total['images']} images, estimated cost {_fmt_cost(total)}")
-
     made_by, warning = _provenance(df)
     if made_by:
         meta.append(made_by)
-    note = f'<p class="note">{e(warning)}</p>' if warning else ""
-    if len(prompts) > len(shown):
-        note += (f'<p class="note">The grid{" and the contact sheet" if contact_sheet else ""} show the first '
-                f"{len(shown)} of {len(prompts)} prompts; the table above counts all of them.</p>")
+    return Overview(title, meta, warning, stats)
 
-    head_cells = "".join(f"<th>{_header_label(label)}</th>" for label in labels)
-    body_rows = []
-    for key, prompt in shown:
-        if key is None:
-            continue
-        row = [f'<th class="prompt" scope="row"><span class="idx">row {key}</span>'
-               f'<span class="text">{e(prompt or "")}</span></th>']
-        for label in labels:
-            row.append(f'<td class="cell">{_cell_html(cells.get((key, label), []), thumbnails)}</td>')
-        body_rows.append(f'<tr id="row-{key}">' + "".join(row) + "</tr>")
 
-    sheet_link = (f'<p class="meta">The same grid as one picture: <a href="{e(quote(contact_sheet))}">'
-                  f"{e(contact_sheet)}</a>. Click a thumbnail for the full-size image.</p>"
-                  if contact_sheet else '<p class="meta">Click a thumbnail for the full-size image.</p>')
-    return "".join([
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-        f'<meta http-equiv="Content-Security-Policy" content="{e(CSP)}">\n',
-        '<meta name="referrer" content="no-referrer">\n',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
-        f"<title>{e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
-        f"<h1>{e(title)}</h1>\n",
-        "".join(f'<p class="meta">{e(m)}</p>\n' for m in meta), note, "\n",
-        "<h2>Per sweep point</h2>\n", _stats_html(stats), "\n",
-        "<h2>Gallery</h2>\n", sheet_link, "\n",
-        f'<table class="grid"><thead><tr><th class="corner">prompt</th>{head_cells}</tr></thead>\n<tbody>\n',
-        "\n".join(body_rows),
-        "\n</tbody></table>\n</body>\n</html>\n",
-    ])
+def build_html(df, layout: Layout, thumbnails: Optional[Mapping[str, Optional[Thumb]]] = None, *,
+               overview: Optional[Overview] = None, page: Optional[Page] = None,
+               thumb: int = THUMB_HTML, contact_sheet: Optional[str] = None, job: Optional[dict] = None,
+               title: str = "batchgen report") -> str:
+    """One page as a string: the grid of the prompts in `df` (the results rows of this page's
+    prompts), laid out by `layout` (see make_layout).
+
+    `thumbnails` maps image_path to a Thumb, or to None when the file could not be read; without
+    it (None) each <img> points at the image file itself. `overview` is what the page says above
+    the grid (computed from `df` when not given); `page` says where this page sits among all
+    (default: the only page); the statistics are on the first page only.
+    """
+    df = _normalised(df)
+    if overview is None:
+        overview = make_overview(df, layout, job, title)
+    prompts = [(k, p) for k, p in _prompt_order(df) if k is not None]
+    if page is None:
+        page = Page(1, 1, 0, len(prompts))
+    cells = _cells(df, {k for k, _ in prompts})
+
+    notes = f'<p class="note">{e(overview.warning)}</p>\n' if overview.warning else ""
+    nav = _nav_html(page)
+    parts = ["<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+             f'<meta http-equiv="Content-Security-Policy" content="{e(CSP)}">\n',
+             '<meta name="referrer" content="no-referrer">\n',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
+             f"<title>{e(overview.title)}{'' if page.count == 1 else f' (page {page.number} of {page.count})'}</title>\n",
+             f"<style>:root {{ --thumb: {int(thumb)}px; }}{_CSS}</style>\n</head>\n<body>\n",
+             f"<h1>{e(overview.title)}</h1>\n",
+             "".join(f'<p class="meta">{e(m)}</p>\n' for m in overview.meta), notes, nav]
+    if page.number == 1:
+        parts += ["<h2>Per sweep point</h2>\n", _stats_html(overview.stats), "\n"]
+    else:
+        parts.append(f'<p class="meta">The statistics of every sweep point are on the first page, '
+                     f'<a href="{e(quote(FIRST_PAGE))}">{e(FIRST_PAGE)}</a>.</p>\n')
+    shown = ("" if page.count == 1 else
+             f"prompt {page.first + 1} of {page.prompts}" if len(prompts) == 1 else
+             f"prompts {page.first + 1}–{page.first + len(prompts)} of {page.prompts}")
+    parts.append(f"<h2>Gallery{': ' + shown if shown else ''}</h2>\n")
+    sheet = (f'The first page\'s grid as one picture: <a href="{e(quote(contact_sheet))}">{e(contact_sheet)}</a>. '
+             if contact_sheet and page.number == 1 else "")
+    parts.append(f'<p class="meta">{sheet}Click a thumbnail for the full-size image, a revised prompt to read '
+                 "all of it; highlighted words are those the other revised prompts of its row lack.</p>\n")
+    parts += ['<table class="grid">', _thead_html(layout), "\n<tbody>\n",
+              "\n".join(_prompt_rows_html(key, prompt, layout, cells, thumbnails, thumb)
+                        for key, prompt in prompts),
+              "\n</tbody></table>\n", nav, "</body>\n</html>\n"]
+    return "".join(parts)
+
+
+def _thead_html(layout: Layout) -> str:
+    """Grouped column headers: one header row per column axis, each value spanning the columns
+    it holds; the sub-row axes' header sits beside the prompt's."""
+    levels = max(1, len(layout.cols))
+    corner = (f'<th class="corner" rowspan="{levels}" colspan="{2 if layout.rows else 1}">prompt'
+              + (f' <span class="k">/ {e(", ".join(a.name for a in layout.rows))}</span>' if layout.rows else "")
+              + "</th>")
+    rows = []
+    if not layout.cols:
+        only = layout.labels[0] if not layout.rows else "image"
+        rows.append(f'<tr class="leaf">{corner}<th>{e(only)}</th></tr>')
+    for level, axis in enumerate(layout.cols):
+        ths = []
+        for value_key, run in itertools.groupby(layout.col_keys, key=lambda k: k[:level + 1]):
+            span = len(list(run))
+            text = _axis_caption_html(axis, value_key[-1])
+            ths.append(f'<th scope="colgroup" colspan="{span}" title="{e(axis.caption(value_key[-1]))}">{text}</th>'
+                       if span > 1 else
+                       f'<th scope="col" title="{e(axis.caption(value_key[-1]))}">{text}</th>')
+        leaf = ' class="leaf"' if level == len(layout.cols) - 1 else ""
+        rows.append(f"<tr{leaf}>{corner if level == 0 else ''}{''.join(ths)}</tr>")
+    return "<thead>" + "".join(rows) + "</thead>"
+
+
+def _axis_caption_html(axis: Axis, value: str) -> str:
+    if axis.name is None:
+        return e(value)
+    return f'<span class="k">{e(axis.name)}=</span>{e(value)}'
+
+
+def _prompt_rows_html(key: int, prompt: Optional[str], layout: Layout, cells: dict, thumbnails,
+                      thumb: int) -> str:
+    """A prompt's <tr>s: one per sub-row, a cell per column; words that differ between the
+    revised prompts of one <tr> are marked."""
+    out = []
+    for j, row_key in enumerate(layout.row_keys):
+        head = ""
+        if j == 0:
+            span = f' rowspan="{len(layout.row_keys)}"' if len(layout.row_keys) > 1 else ""
+            head = (f'<th class="prompt" scope="row"{span}><span class="idx">row {key}</span>'
+                    f'<span class="text">{e(prompt or "")}</span></th>')
+        if layout.rows:
+            head += ('<th class="point" scope="row">'
+                     + "<br>".join(_axis_caption_html(a, v) for a, v in zip(layout.rows, row_key)) + "</th>")
+        labels = [layout.label_at.get((col_key, row_key)) for col_key in layout.col_keys]
+        recs = [cells.get((key, label), []) if label is not None else None for label in labels]
+        differ = differing_words([t for rs in recs if rs for r in rs if r.get("status") == "ok"
+                                  for t in [_text(r.get("revised_prompt"))] if t])
+        tds = ['<td class="cell none"><span class="empty">not a sweep point</span></td>' if rs is None else
+               f'<td class="cell" data-point="{e(label)}">{_cell_html(rs, thumbnails, differ, thumb)}</td>'
+               for label, rs in zip(labels, recs)]
+        row_id = f"row-{key}" if j == 0 else f"row-{key}-{j}"
+        out.append(f'<tr id="{row_id}">{head}{"".join(tds)}</tr>')
+    return "\n".join(out)
+
+
+def _nav_html(page: Page) -> str:
+    """Links to the other pages: all of them from the first, the nearby ones from the others."""
+    if page.count <= 1:
+        return ""
+    numbers = (range(1, page.count + 1) if page.number == 1 else
+               sorted({1, page.count, *range(max(1, page.number - 3), min(page.count, page.number + 3) + 1)}))
+    parts, last = ["<span>pages:</span>"], 0
+    if page.number > 1:
+        parts.append(f'<a href="{page_file(page.number - 1)}" rel="prev">← previous</a>')
+    for n in numbers:
+        if n > last + 1:
+            parts.append('<span class="gap">…</span>')
+        parts.append(f'<span class="current">{n}</span>' if n == page.number else
+                     f'<a href="{page_file(n)}">{n}</a>')
+        last = n
+    if page.number < page.count:
+        parts.append(f'<a href="{page_file(page.number + 1)}" rel="next">next →</a>')
+    return '<nav class="pages">' + "".join(parts) + "</nav>\n"
 
 
 def _provenance(df) -> tuple:
@@ -418,19 +691,23 @@ def _flatten(im):
     return im.convert("RGB")
 
 
-def make_thumbnails(path: Path):
-    """(data: URI of a ~256 px JPEG, ~160 px Pillow image) for an image file, or None."""
+def make_thumbnails(path: Path, thumb: int = THUMB_HTML):
+    """(Thumb: a JPEG of `thumb` px on the long side at most, shown at `thumb` px keeping the
+    image's shape; a ~160 px Pillow image for the contact sheet) for an image file (PNG, JPEG,
+    WebP, ...), or None when it cannot be read."""
     from PIL import Image
     try:
         with Image.open(path) as im:
-            im.draft("RGB", (THUMB_HTML * 2, THUMB_HTML * 2))
+            size = im.size
+            im.draft("RGB", (thumb * 2, thumb * 2))
             im = _flatten(im)
-        im.thumbnail((THUMB_HTML, THUMB_HTML), Image.Resampling.LANCZOS)
+        im.thumbnail((thumb, thumb), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=82, optimize=True)
         small = im.copy()
         small.thumbnail((THUMB_SHEET, THUMB_SHEET), Image.Resampling.LANCZOS)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), small
+        uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        return Thumb(uri, *fit_box(*size, thumb)), small
     except Exception:  # missing, truncated, not an image, a decompression bomb: shown as missing
         return None
 
@@ -479,10 +756,12 @@ def _fit(draw, text: str, font, width: int, ellipsis: bool = False) -> str:
 
 
 def build_contact_sheet(df, labels: list[str], thumbs: Mapping[str, object], *,
-                        max_prompts: int = MAX_PROMPTS, thumb: int = THUMB_SHEET):
-    """The grid as one Pillow image: a row per prompt, a column per sweep point.
+                        max_prompts: int = PER_PAGE, thumb: int = THUMB_SHEET,
+                        total_prompts: Optional[int] = None):
+    """The grid as one Pillow image: a row per prompt, a column per sweep point (in `labels` order).
 
-    `thumbs` maps image_path to a small Pillow image (or None when the file was unreadable).
+    `thumbs` maps image_path to a small Pillow image (or None when the file was unreadable);
+    `total_prompts` is how many prompts the whole report holds (default: those in `df`).
     """
     from PIL import Image, ImageDraw, ImageFont
     df = _normalised(df)
@@ -509,7 +788,8 @@ def build_contact_sheet(df, labels: list[str], thumbs: Mapping[str, object], *,
     cols = len(labels)
     header_lines = max([len([p for p in lab.split(",") if p]) or 1 for lab in labels] + [1])
     header_h = header_lines * line_h + 2 * pad
-    footer_h = line_h + 2 * pad if (len(prompts) > len(shown) or cols < all_cols) else 0
+    total = len(prompts) if total_prompts is None else max(total_prompts, len(prompts))
+    footer_h = line_h + 2 * pad if (total > len(shown) or cols < all_cols) else 0
     fit_h = (SHEET_MAX_H - header_h - footer_h - pad) // rows_n - pad
     thumb = max(SHEET_MIN_THUMB, min(thumb, fit_h))
 
@@ -540,8 +820,8 @@ def build_contact_sheet(df, labels: list[str], thumbs: Mapping[str, object], *,
 
     if footer_h:
         more = []
-        if len(prompts) > len(shown):
-            more.append(f"first {len(shown)} of {len(prompts)} prompts")
+        if total > len(shown):
+            more.append(f"first {len(shown)} of {total} prompts")
         if cols < all_cols:
             more.append(f"first {cols} sweep points")
         draw.text((pad, height - footer_h + pad), "showing " + ", ".join(more) + " (see report.html)",
@@ -580,9 +860,23 @@ def _draw_cell(sheet, draw, font, recs, thumbs, x, y, size, line_h, muted, grey)
 
 # ---- writing ----------------------------------------------------------------------------
 
-def write_report(out, *, max_prompts: int = MAX_PROMPTS) -> Path:
-    """Write OUT/report.html and OUT/contact_sheet.png from OUT/results.parquet; returns the page's path."""
+def write_report(out, *, cols: Union[str, Sequence[str], None] = None,
+                 rows: Union[str, Sequence[str], None] = None, per_page: Optional[int] = None,
+                 thumb: Optional[int] = None) -> Path:
+    """Write OUT/report.html (then report-2.html, ... for `per_page` prompts each) and
+    OUT/contact_sheet.png from OUT/results.parquet; returns the first page's path.
+
+    `cols` / `rows`: the sweep axes side by side and those splitting each prompt's row (see
+    make_layout); `thumb`: the long side of a thumbnail, px.
+    """
     import pandas as pd
+    per_page = PER_PAGE if per_page is None else per_page
+    thumb = THUMB_HTML if thumb is None else thumb
+    if not isinstance(per_page, int) or per_page < 1:
+        raise UsageError(f"--per-page {per_page}: give a whole number of prompts, 1 or more (default {PER_PAGE})")
+    if not isinstance(thumb, int) or not THUMB_MIN <= thumb <= THUMB_MAX:
+        raise UsageError(f"--thumb {thumb}: give the thumbnails' long side in pixels, "
+                         f"{THUMB_MIN} to {THUMB_MAX} (default {THUMB_HTML})")
     out = Path(out)
     results = out / "results.parquet"
     if not results.is_file():
@@ -599,32 +893,51 @@ def write_report(out, *, max_prompts: int = MAX_PROMPTS) -> Path:
         job = read_job(out)
     except UsageError:
         job = None
-    labels = column_labels(job, df)
     norm = _normalised(df)
-    shown = {k for k, _ in _prompt_order(norm)[:max_prompts] if k is not None}
-    paths = []
-    for idx, status, path in zip(norm["row_index"], norm["status"], norm["image_path"]):
-        if status == "ok" and not _missing(idx) and int(idx) in shown:
-            rel = _safe_relpath(path)
-            if rel is not None and rel not in paths:
-                paths.append(rel)
+    layout = make_layout(sweep_points(job, norm), cols, rows)
+    overview = make_overview(norm, layout, job, f"batchgen report: {out.resolve().name}")
+
+    # Each page draws the rows of its prompts only: sorted once, then sliced.
+    keys = [k for k, _ in _prompt_order(norm) if k is not None]
+    drawn = norm[norm["row_index"].notna()]
+    drawn = drawn.assign(_row=drawn["row_index"].astype("int64")).sort_values("_row", kind="stable")
+    starts = drawn["_row"].to_numpy()
+    count = max(1, math.ceil(len(keys) / per_page))
+    for number in range(1, count + 1):
+        page_keys = keys[(number - 1) * per_page:number * per_page]
+        if page_keys:
+            lo, hi = starts.searchsorted(page_keys[0], "left"), starts.searchsorted(page_keys[-1], "right")
+            part = drawn.iloc[lo:hi]
+        else:
+            part = drawn.iloc[:0]
+        made = _page_thumbnails(out, part, thumb)
+        page = build_html(part, layout, {p: (m[0] if m else None) for p, m in made.items()},
+                          overview=overview, page=Page(number, count, (number - 1) * per_page, len(keys)),
+                          thumb=thumb, contact_sheet="contact_sheet.png")
+        write_atomic(out / page_file(number), page.encode("utf-8"))
+        if number == 1:
+            sheet = build_contact_sheet(part, layout.labels, {p: (m[1] if m else None) for p, m in made.items()},
+                                        max_prompts=per_page, total_prompts=len(keys))
+            buf = io.BytesIO()
+            sheet.save(buf, "PNG")
+            write_atomic(out / "contact_sheet.png", buf.getvalue())
+    for stale in out.iterdir():   # pages of an earlier report with more of them
+        match = _LATER_PAGE.fullmatch(stale.name)
+        if match and int(match.group(1)) > count:
+            stale.unlink(missing_ok=True)
+    return out / FIRST_PAGE
+
+
+def _page_thumbnails(out: Path, part, thumb: int) -> dict:
+    """image_path (as the table holds it, and cleaned) -> make_thumbnails() for a page's ok rows."""
+    paths = {}
+    for status, path in zip(part["status"], part["image_path"]):
+        rel = _safe_relpath(path) if status == "ok" else None
+        if rel is not None:
+            paths.setdefault(rel, set()).add(path)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) + 1)) as pool:
-        made = dict(zip(paths, pool.map(lambda p: make_thumbnails(out / p), paths)))
-    uris = {p: (m[0] if m else None) for p, m in made.items()}
-    smalls = {p: (m[1] if m else None) for p, m in made.items()}
-    # Keys as stored in the table too (they may differ from the cleaned relative path).
-    for path in norm["image_path"]:
-        rel = _safe_relpath(path)
-        if rel is not None and rel in made and path not in uris:
-            uris[path], smalls[path] = uris[rel], smalls[rel]
-
-    page = build_html(norm, labels, uris, title=f"batchgen report: {out.resolve().name}", job=job,
-                      max_prompts=max_prompts, contact_sheet="contact_sheet.png")
-    report = out / "report.html"
-    write_atomic(report, page.encode("utf-8"))
-
-    sheet = build_contact_sheet(norm, labels, smalls, max_prompts=max_prompts)
-    buf = io.BytesIO()
-    sheet.save(buf, "PNG")
-    write_atomic(out / "contact_sheet.png", buf.getvalue())
-    return report
+        made = dict(zip(paths, pool.map(lambda p: make_thumbnails(out / p, thumb), paths)))
+    for rel, stored in paths.items():
+        for path in stored:
+            made.setdefault(path, made[rel])
+    return made

@@ -93,8 +93,20 @@ def grid(dom):
 
 
 def column_headers(dom):
+    """The sweep point of each column, from the first grid row's cells."""
+    return [td.attrs.get("data-point") for td in grid_rows(dom)[0].find_all("td")]
+
+
+def header_rows(dom):
+    """Each header row's cells but the corner, as (text, columns spanned)."""
     thead = grid(dom).find_all("thead")[0]
-    return ["".join(th.text().split()) for th in thead.find_all("th")][1:]
+    return [[("".join(th.text().split()), int(th.attrs.get("colspan", 1)))
+             for th in tr.find_all("th") if "corner" not in th.classes()]
+            for tr in thead.find_all("tr")]
+
+
+def layout_of(df, job=None, **placement):
+    return report.make_layout(report.sweep_points(job, df), **placement)
 
 
 def grid_rows(dom):
@@ -162,9 +174,12 @@ def write_fabricated_out(out, rows=None, points=({"quality": "standard", "style"
 
 def test_grid_has_a_column_per_sweep_point_and_a_row_per_prompt():
     df = fabricated_df()
-    text = report.build_html(df, [A, B])
+    text = report.build_html(df, layout_of(df))
     dom = parse(text)
     assert column_headers(dom) == [A, B]
+    # One header row per axis; style has the fewest values, so it changes fastest.
+    assert header_rows(dom) == [[("quality=standard", 1), ("quality=hd", 1)],
+                                [("style=vivid", 1), ("style=vivid", 1)]]
     rows = grid_rows(dom)
     assert len(rows) == 3
     prompts = [" ".join(r.find_all("th", "prompt")[0].text().split()) for r in rows]
@@ -187,7 +202,9 @@ def test_hostile_text_is_escaped_everywhere_and_nothing_can_run():
     rows[4]["error_message"] = HOSTILE
     evil_label = '<script>alert(1)</script>=x'
     rows[5]["sweep_point"] = evil_label
-    text = report.build_html(fabricated_df(rows), [A, B, evil_label])
+    df = fabricated_df(rows)
+    text = report.build_html(df, layout_of(df))
+    assert column_headers(parse(text)) == [A, B, evil_label]
     dom = parse(text)
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in text
     assert "<img src=x" not in text and 'onerror="window' not in text
@@ -204,12 +221,14 @@ def test_hostile_text_is_escaped_everywhere_and_nothing_can_run():
 
 
 def test_cells_show_images_with_revised_prompts_and_errors_as_errors():
-    dom = parse(report.build_html(fabricated_df(), [A, B]))
+    df = fabricated_df()
+    dom = parse(report.build_html(df, layout_of(df)))
     rows = grid_rows(dom)
     cells = [r.find_all("td") for r in rows]
     # row 0: one image per point, with its revised prompt below and on hover.
     (fig,) = cells[0][0].find_all("figure")
-    assert fig.find_all("figcaption")[0].text() == HOSTILE + " rendered vividly"
+    (details,) = fig.find_all("details", "rp")
+    assert details.find_all("summary")[0].text() == HOSTILE + " rendered vividly"
     (link,) = fig.find_all("a")
     assert link.attrs["href"] == "images/t0a_0.png"
     assert link.attrs["title"] == HOSTILE + " rendered vividly"
@@ -229,11 +248,14 @@ def test_cells_show_images_with_revised_prompts_and_errors_as_errors():
 
 
 def test_thumbnails_are_embedded_when_given_and_unreadable_files_are_said_so():
-    uris = {"images/t0a_0.png": "data:image/jpeg;base64,AAAA", "images/t0b_0.png": None,
-            "images/t1a_0.png": "data:image/jpeg;base64,BBBB", "images/t1a_1.png": "data:image/jpeg;base64,CCCC"}
-    dom = parse(report.build_html(fabricated_df(), [A, B], uris))
-    assert [img.attrs["src"] for img in dom.find_all("img")] == [
-        "data:image/jpeg;base64,AAAA", "data:image/jpeg;base64,BBBB", "data:image/jpeg;base64,CCCC"]
+    uris = {"images/t0a_0.png": report.Thumb("data:image/jpeg;base64,AAAA", 256, 192), "images/t0b_0.png": None,
+            "images/t1a_0.png": report.Thumb("data:image/jpeg;base64,BBBB", 256, 146),
+            "images/t1a_1.png": report.Thumb("data:image/jpeg;base64,CCCC", 146, 256)}
+    df = fabricated_df()
+    dom = parse(report.build_html(df, layout_of(df), uris))
+    assert [(img.attrs["src"], img.attrs["width"], img.attrs["height"]) for img in dom.find_all("img")] == [
+        ("data:image/jpeg;base64,AAAA", "256", "192"), ("data:image/jpeg;base64,BBBB", "256", "146"),
+        ("data:image/jpeg;base64,CCCC", "146", "256")]
     (missing,) = dom.find_all("div", "missing")
     assert "images/t0b_0.png" in missing.text()
 
@@ -242,7 +264,8 @@ def test_an_image_path_outside_the_folder_is_not_linked():
     rows = fabricated_rows()
     rows[0]["image_path"] = "../../etc/passwd"
     rows[1]["image_path"] = "/etc/passwd"
-    text = report.build_html(fabricated_df(rows), [A, B])
+    df = fabricated_df(rows)
+    text = report.build_html(df, layout_of(df))
     assert 'href="../' not in text and 'href="/etc' not in text
     assert len(parse(text).find_all("div", "missing")) == 2
 
@@ -282,14 +305,16 @@ def test_percentiles_match_numpy():
 
 def test_an_empty_results_table_still_gives_a_page_and_a_sheet():
     df = pa.Table.from_pylist([], schema=SCHEMA).to_pandas()
-    dom = parse(report.build_html(df, [A]))
-    assert column_headers(dom) == [A] and grid_rows(dom) == []
+    job = {"sweep_points": [{"quality": "standard", "style": "vivid"}]}
+    dom = parse(report.build_html(df, layout_of(df, job)))
+    assert header_rows(dom) == [[("style=vivid", 1)], [("quality=standard", 1)]] and grid_rows(dom) == []
     sheet = report.build_contact_sheet(df, [A], {})
     assert sheet.width > 0 and sheet.height > 0
 
 
 def test_statistics_table_in_the_page():
-    dom = parse(report.build_html(fabricated_df(), [A, B]))
+    df = fabricated_df()
+    dom = parse(report.build_html(df, layout_of(df)))
     (table,) = dom.find_all("table", "stats")
     body = table.find_all("tbody")[0].find_all("tr")
     cells = [[" ".join(td.text().split()) for td in tr.find_all("td")] for tr in body]
@@ -299,6 +324,104 @@ def test_statistics_table_in_the_page():
     assert cells[0][6:9] == ["2 s", "2.9 s", "$0.12"]
     assert cells[1][8] == "unknown"
     assert cells[2][8] == "$0.12 + unknown (1 image)"
+
+
+# ---- the layout: which axes run across, which split the rows -------------------------------
+
+def sweep(**axes):
+    """Sweep points as job.json holds them (the product, last axis fastest)."""
+    import itertools
+    names = list(axes)
+    points = [dict(zip(names, combo)) for combo in itertools.product(*axes.values())]
+    return report.sweep_points({"sweep_points": points}, pd.DataFrame())
+
+
+OTTER = dict(quality=["standard", "hd"], style=["vivid", "natural"], size=["1024x1024", "1792x1024"])
+
+
+def test_by_default_the_axis_with_the_fewest_values_changes_fastest():
+    layout = report.make_layout(sweep(a=["1", "2", "3"], b=["x", "y"], c=["p", "q", "r", "s"]))
+    assert [a.name for a in layout.cols] == ["c", "a", "b"] and layout.rows == []
+    assert layout.col_keys[:3] == [("p", "1", "x"), ("p", "1", "y"), ("p", "2", "x")]
+    assert len(layout.col_keys) == 24 and layout.row_keys == [()]
+    # A tie: the earlier sweep axis changes faster, so standard and hd of one style sit together.
+    layout = report.make_layout(sweep(**OTTER))
+    assert [a.name for a in layout.cols] == ["size", "style", "quality"]
+    assert layout.labels[:2] == ["quality=standard,style=vivid,size=1024x1024",
+                                 "quality=hd,style=vivid,size=1024x1024"]
+
+
+def test_cols_and_rows_place_the_axes():
+    points = sweep(**OTTER)
+    layout = report.make_layout(points, cols="size,quality")          # the rest split the rows
+    assert ([a.name for a in layout.cols], [a.name for a in layout.rows]) == (["size", "quality"], ["style"])
+    assert layout.row_keys == [("vivid",), ("natural",)]
+    assert layout.label_at[(("1024x1024", "hd"), ("natural",))] == "quality=hd,style=natural,size=1024x1024"
+    layout = report.make_layout(points, rows="size")                  # the rest are columns, as by default
+    assert ([a.name for a in layout.cols], [a.name for a in layout.rows]) == (["style", "quality"], ["size"])
+    layout = report.make_layout(points, cols=["quality"], rows=["style"])
+    assert ([a.name for a in layout.cols], [a.name for a in layout.rows]) == (["quality"], ["style", "size"])
+    assert len(layout.labels) == 8 == len(set(layout.labels))
+
+
+@pytest.mark.parametrize("placement, message", [
+    ({"cols": "qualty"}, "'qualty' is not a sweep axis of this run; its axes are quality, style, size"),
+    ({"cols": "quality", "rows": "quality"}, "--cols and --rows both name 'quality'"),
+    ({"rows": "size,size"}, "--rows names an axis twice"),
+])
+def test_a_bad_axis_name_says_which_axes_there_are(placement, message):
+    with pytest.raises(UsageError, match=message):
+        report.make_layout(sweep(**OTTER), **placement)
+
+
+def test_without_a_sweep_there_is_nothing_to_place():
+    assert report.make_layout({"all": {}}).labels == ["all"]
+    with pytest.raises(UsageError, match="no sweep axes"):
+        report.make_layout({"all": {}}, cols="quality")
+
+
+def test_points_that_share_no_axes_are_each_a_column():
+    df = fabricated_df()
+    df.loc[df["task_id"] == "t2b", "sweep_point"] = "model=dall-e-2"
+    layout = layout_of(df)
+    assert [a.name for a in layout.cols] == [None] and layout.labels == [A, B, "model=dall-e-2"]
+    dom = parse(report.build_html(df, layout))
+    assert header_rows(dom) == [[(A, 1), (B, 1), ("model=dall-e-2", 1)]]
+
+
+def test_a_row_axis_gives_each_prompt_a_row_per_value():
+    df = fabricated_df()
+    dom = parse(report.build_html(df, layout_of(df, cols="style", rows="quality")))
+    rows = grid_rows(dom)
+    assert len(rows) == 6
+    assert [r.find_all("th", "prompt")[0].attrs.get("rowspan") for r in rows[::2]] == ["2"] * 3
+    assert not any(r.find_all("th", "prompt") for r in rows[1::2])
+    assert [" ".join(r.find_all("th", "point")[0].text().split()) for r in rows[:2]] == \
+        ["quality=standard", "quality=hd"]
+    assert [r.find_all("td")[0].attrs["data-point"] for r in rows[:2]] == [A, B]
+
+
+# ---- the words that differ ------------------------------------------------------------------
+
+def test_differing_words():
+    assert report.differing_words(["A red cat, asleep.", "a blue cat asleep"]) == {"red", "blue"}
+    assert report.differing_words(["Same words", "same words!"]) == set()
+    assert report.differing_words(["only one text"]) == set()
+    assert report.differing_words(["a b", "a c", "a b c"]) == {"b", "c"}
+
+
+def test_words_that_differ_within_a_row_are_marked_and_stay_escaped():
+    df = fabricated_df()
+    rows = grid_rows(parse(report.build_html(df, layout_of(df))))
+    # Row 1: two images at one point (its other point failed): "one" and "two" differ.
+    assert [m.text() for m in rows[1].find_all("mark")] == ["one", "two"]
+    # Row 0: the hostile revised prompt against "short": every word differs, and is text.
+    first = rows[0].find_all("td")[0].find_all("summary")[0]
+    assert first.text() == HOSTILE + " rendered vividly"
+    assert "".join(m.text() for m in first.find_all("mark")) == "".join((HOSTILE + " rendered vividly").split())
+    assert not first.find_all("script") and not first.find_all("img")
+    # Row 2 has no revised prompts: nothing is marked.
+    assert not rows[2].find_all("mark")
 
 
 # ---- write_report: files in, files out ----------------------------------------------------
@@ -332,7 +455,9 @@ def test_write_report_from_files(tmp_path):
         prefix = "data:image/jpeg;base64,"
         assert img.attrs["src"].startswith(prefix)
         thumb = Image.open(io.BytesIO(base64.b64decode(img.attrs["src"][len(prefix):])))
-        assert thumb.format == "JPEG" and max(thumb.size) <= report.THUMB_HTML
+        # A 64x48 image is embedded as it is (never enlarged) and shown 256 px wide, in its shape.
+        assert thumb.format == "JPEG" and thumb.size == (64, 48)
+        assert (img.attrs["width"], img.attrs["height"]) == ("256", "192")
         assert img.parent.tag == "a" and (out / img.parent.attrs["href"]).is_file()
     with Image.open(out / "contact_sheet.png") as sheet:
         width, height = sheet.size
@@ -351,12 +476,49 @@ def test_missing_image_file_is_reported_not_fatal(tmp_path):
     Image.open(out / "contact_sheet.png").verify()
 
 
-def test_big_run_is_capped_and_says_so(tmp_path):
+def test_thumbnails_of_png_jpeg_and_webp_keep_their_shape(tmp_path):
+    rows = fabricated_rows()
+    paths = {"images/t0a_0.png": (640, 360, "PNG"), "images/t0b_0.webp": (360, 640, "WEBP"),
+             "images/t1a_0.jpg": (900, 600, "JPEG"), "images/t1a_1.jpeg": (400, 400, "JPEG")}
+    for row, path in zip([r for r in rows if r["status"] == "ok"], paths):
+        row["image_path"] = path
+    out = write_fabricated_out(tmp_path / "out", rows)
+    for path, (w, h, fmt) in paths.items():
+        mode = "RGBA" if fmt == "PNG" else "RGB"       # a transparent PNG is laid on white
+        Image.new(mode, (w, h), (200, 60, 20, 128) if mode == "RGBA" else (20, 60, 200)).save(out / path, fmt)
+    dom = parse(report.write_report(out, thumb=300).read_text(encoding="utf-8"))
+    shown = {}
+    for img in dom.find_all("img"):
+        data = base64.b64decode(img.attrs["src"].split(",", 1)[1])
+        with Image.open(io.BytesIO(data)) as thumb:
+            shown[img.parent.attrs["href"]] = ((img.attrs["width"], img.attrs["height"]), thumb.size)
+    assert shown == {"images/t0a_0.png": (("300", "169"), (300, 169)),
+                     "images/t0b_0.webp": (("169", "300"), (169, 300)),
+                     "images/t1a_0.jpg": (("300", "200"), (300, 200)),
+                     "images/t1a_1.jpeg": (("300", "300"), (300, 300))}
+
+
+def test_cli_report_options(cli, tmp_path):
+    out = write_fabricated_out(tmp_path / "out")
+    done = cli("report", out, "--cols", "style", "--rows", "quality", "--per-page", "1", "--thumb", "128")
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in out.glob("report*.html")) == ["report-2.html", "report-3.html", "report.html"]
+    dom = parse((out / "report.html").read_text(encoding="utf-8"))
+    assert len(grid_rows(dom)) == 2 and {img.attrs["width"] for img in dom.find_all("img")} == {"128"}
+    for args, message in [(("--cols", "colour"), "'colour' is not a sweep axis of this run; its axes are quality, style"),
+                          (("--per-page", "0"), "--per-page 0: give a whole number of prompts, 1 or more"),
+                          (("--thumb", "10"), "--thumb 10: give the thumbnails' long side in pixels, 64 to 2048")]:
+        done = cli("report", out, *args)
+        assert done.exit_code == 2 and message in done.output and "Traceback" not in done.output
+
+
+def big_run(out, prompts=60):
+    """`prompts` prompts x 8 sweep points, one in seven an error."""
     points = [{"quality": q, "style": s, "size": z} for q in ("standard", "hd") for s in ("vivid", "natural")
               for z in ("1024x1024", "1792x1024")]
     labels = [",".join(f"{k}={v}" for k, v in p.items()) for p in points]
     rows = []
-    for i in range(60):
+    for i in range(prompts):
         for j, label in enumerate(labels):
             if (i + j) % 7 == 0:
                 rows.append(_row(f"t{i}_{j}", i, f"prompt {i} " + "word " * 40, label, "error",
@@ -365,21 +527,58 @@ def test_big_run_is_capped_and_says_so(tmp_path):
                 rows.append(_row(f"t{i}_{j}", i, f"prompt {i} " + "word " * 40, label, "ok", image_index=0,
                                  image_path=f"images/{i}_{j}.png", revised_prompt="r" * i,
                                  latency_s=1 + i / 10, est_cost_usd=0.08))
-    out = write_fabricated_out(tmp_path / "out", rows, points)
-    text = report.write_report(out).read_text(encoding="utf-8")
-    dom = parse(text)
-    assert len(column_headers(dom)) == 8
-    assert len(grid_rows(dom)) == report.MAX_PROMPTS
-    assert f"first {report.MAX_PROMPTS} of 60 prompts" in text
-    shown_ok = sum(1 for r in rows if r["status"] == "ok" and r["row_index"] < report.MAX_PROMPTS)
-    assert len(dom.find_all("img")) == shown_ok
-    # The statistics still count every row.
-    stats_total = dom.find_all("table", "stats")[0].find_all("tr", "total")[0]
-    assert [td.text() for td in stats_total.find_all("td")][1] == "480"
+    return write_fabricated_out(out, rows, points), rows
+
+
+def page_links(dom):
+    (nav, *_) = dom.find_all("nav", "pages")
+    return [a.attrs["href"] for a in nav.find_all("a")]
+
+
+def test_every_prompt_is_on_one_page_and_each_page_stands_alone(tmp_path):
+    out, rows = big_run(tmp_path / "out")
+    assert report.write_report(out, per_page=25) == out / "report.html"
+    names = ["report.html", "report-2.html", "report-3.html"]
+    assert sorted(p.name for p in out.glob("report*.html")) == sorted(names)
+    seen = []
+    for number, name in enumerate(names, 1):
+        text = (out / name).read_text(encoding="utf-8")
+        dom = parse(text)
+        assert_no_script(text, dom)
+        seen += [int(tr.attrs["id"].split("-")[1]) for tr in grid_rows(dom)]
+        # Self-contained: images are embedded; links go to the full images, the sheet and other pages only.
+        assert all(img.attrs["src"].startswith("data:image/jpeg;base64,") for img in dom.find_all("img"))
+        hrefs = {a.attrs["href"] for a in dom.find_all("a")}
+        assert all((out / h).is_file() for h in hrefs), hrefs
+        assert len(dom.find_all("img")) == sum(
+            1 for r in rows if r["status"] == "ok" and 25 * (number - 1) <= r["row_index"] < 25 * number)
+        # The statistics, on the first page only, count every row.
+        stats = dom.find_all("table", "stats")
+        if number == 1:
+            total = stats[0].find_all("tr", "total")[0]
+            assert [td.text() for td in total.find_all("td")][1] == "480"
+            assert page_links(dom) == ["report-2.html", "report-3.html", "report-2.html"]  # pages, then "next"
+        else:
+            assert not stats and "report.html" in page_links(dom)
+            assert f"prompts {25 * (number - 1) + 1}–{min(60, 25 * number)} of 60" in text
+    assert seen == list(range(60))
+    # The contact sheet shows the first page's prompts.
     with Image.open(out / "contact_sheet.png") as sheet:
         width, height = sheet.size
     assert width <= report.SHEET_MAX_W and height <= report.SHEET_MAX_H
-    assert width >= 8 * 48 and height >= report.MAX_PROMPTS * 48
+    assert width >= 8 * 48 and height >= 25 * 48
+
+    # Fewer pages next time: the pages of the earlier report go.
+    report.write_report(out)
+    assert sorted(p.name for p in out.glob("report*.html")) == ["report-2.html", "report.html"]
+    assert len(grid_rows(parse((out / "report.html").read_text(encoding="utf-8")))) == report.PER_PAGE
+
+
+def test_a_later_page_links_its_neighbours_and_both_ends():
+    nav = parse(report._nav_html(report.Page(number=10, count=40, first=450, prompts=2000)))
+    assert page_links(nav) == ["report-9.html", "report.html", *[f"report-{n}.html" for n in (7, 8, 9, 11, 12, 13)],
+                               "report-40.html", "report-11.html"]
+    assert [s.text() for s in nav.find_all("span", "current")] == ["10"]
 
 
 # ---- a real run against the simulator, and the page in a real browser ---------------------
@@ -402,8 +601,9 @@ def real_out(tmp_path_factory):
     return out
 
 
-REAL_LABELS = ["quality=standard,style=vivid", "quality=standard,style=natural",
-               "quality=hd,style=vivid", "quality=hd,style=natural"]
+# Both axes have two values: the earlier one, quality, changes fastest across the columns.
+REAL_LABELS = ["quality=standard,style=vivid", "quality=hd,style=vivid",
+               "quality=standard,style=natural", "quality=hd,style=natural"]
 
 
 def test_report_of_a_real_run(real_out):
@@ -427,11 +627,11 @@ def test_report_of_a_real_run(real_out):
         for cell in row.find_all("td"):
             (a,) = cell.find_all("a")
             assert (real_out / a.attrs["href"]).is_file()
-            assert cell.find_all("figcaption")[0].text()       # the revised prompt, below
+            assert cell.find_all("summary")[0].text()          # the revised prompt, below
     # Per point: one error each, est. cost $0.08 (standard) / $0.16 (hd) for two images.
     stats_rows = dom.find_all("table", "stats")[0].find_all("tbody")[0].find_all("tr")
     costs = [tr.find_all("td")[8].text() for tr in stats_rows]
-    assert costs == ["$0.08", "$0.08", "$0.16", "$0.16", "$0.48"]
+    assert costs == ["$0.08", "$0.16", "$0.08", "$0.16", "$0.48"]      # in the grid's order
     with Image.open(real_out / "contact_sheet.png") as sheet:
         width, height = sheet.size
     assert 4 * report.THUMB_SHEET < width < 4 * report.THUMB_SHEET + 400
@@ -479,9 +679,130 @@ def test_report_in_headless_chromium(real_out, chromium, tmp_path):
         im.load()
         # Not a blank page: the thumbnails put colour on it.
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or ()) > 50
-    keep = os.environ.get("BATCHGEN_REPORT_SCREENSHOT")
-    if keep:
-        shutil.copyfile(shot, keep)
+    keep_screenshot(shot, "report.png")
+
+
+def keep_screenshot(shot, name):
+    """A copy of a screenshot in $BATCHGEN_REPORT_SCREENSHOTS, to look at (the tests judge geometry)."""
+    folder = os.environ.get("BATCHGEN_REPORT_SCREENSHOTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(shot, os.path.join(folder, name))
+
+
+# The page forbids scripts; to measure its layout, a copy without the policy gets this probe,
+# which writes the boxes Chromium laid out into the DOM that --dump-dom prints.
+PROBE = """<script>
+addEventListener("load", () => {
+  const box = el => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const details = [...document.querySelectorAll("details.rp")].map(d => {
+    const s = d.querySelector("summary"), closed = [s.clientHeight, s.scrollHeight];
+    d.open = true;
+    const opened = [s.clientHeight, s.scrollHeight];
+    d.open = false;
+    return {closed, opened, chars: s.textContent.length};
+  });
+  const geometry = {
+    viewport: [innerWidth, innerHeight], scrollWidth: document.documentElement.scrollWidth,
+    heads: [...document.querySelectorAll("table.grid thead tr")].map(tr => [...tr.children].map(th =>
+      ({text: th.textContent, corner: th.classList.contains("corner"), box: box(th)}))),
+    cells: [...document.querySelectorAll("table.grid td.cell")].map(td => ({point: td.dataset.point,
+      row: td.parentElement.id, box: box(td), imgs: [...td.querySelectorAll("img")].map(box)})),
+    details};
+  const pre = document.createElement("pre");
+  pre.id = "geometry";
+  pre.textContent = JSON.stringify(geometry);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def layout_in_chromium(page, tmp_path, width=1400, height=1000):
+    """The page's layout in a `width` px window: grid header cells, grid cells and their images
+    (boxes as [left, top, right, bottom] CSS px from the top of the page), revised prompts' heights."""
+    import re
+    text = page.read_text(encoding="utf-8")
+    text, policies = re.subn(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text)
+    assert policies == 1
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    done = _chromium("--dump-dom", f"--window-size={width},{height}", probe.as_uri(), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (pre,) = [n for n in parse(done.stdout).find_all("pre") if n.attrs.get("id") == "geometry"]
+    return json.loads(pre.text())
+
+
+def screenshot(page, tmp_path, width=1400, height=1000):
+    shot = tmp_path / "shot.png"
+    done = _chromium(f"--screenshot={shot}", f"--window-size={width},{height}", page.as_uri(), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    im = Image.open(shot).convert("RGB")
+    assert im.size == (width, height)
+    return shot, im
+
+
+def test_every_point_of_a_two_axis_sweep_sits_side_by_side_at_1400_px(real_out, chromium, tmp_path):
+    geo = layout_in_chromium(real_out / "report.html", tmp_path)
+    width = geo["viewport"][0]
+    assert width == 1400 and geo["scrollWidth"] <= width            # nothing to scroll sideways
+    first = [c for c in geo["cells"] if c["row"] == "row-0"]
+    assert [c["point"] for c in first] == REAL_LABELS
+    lefts = [c["box"][0] for c in first]
+    assert lefts == sorted(lefts) and all(c["box"][2] <= width for c in first)
+    # Every image of the rows that succeeded is on screen, 256 px on its long side.
+    shot, im = screenshot(real_out / "report.html", tmp_path)
+    keep_screenshot(shot, "two_axes.png")
+    background = im.getpixel((5, im.height - 5))
+    imgs = [b for c in geo["cells"] if c["row"] in ("row-0", "row-1") for b in c["imgs"]]
+    assert len(imgs) == 8
+    for left, top, right, bottom in imgs:
+        assert 0 <= left and right <= width and max(right - left, bottom - top) == pytest.approx(256)
+    # ... and drawn there in the screenshot: the first row's four thumbnails are pictures, not background.
+    row0 = [b for c in first for b in c["imgs"]]
+    assert row0 and all(b[1] + 64 < im.height for b in row0), "the first row of images is below the fold"
+    for left, top, right, bottom in row0:
+        region = im.crop((int(left) + 2, int(top) + 2, int(right) - 2, min(int(bottom), im.height) - 2))
+        colours = region.getcolors(maxcolors=1 << 16) or ()
+        assert len(colours) > 50 and max(colours)[1] != background
+
+
+def test_the_three_axis_sample_sweep_has_one_header_row_per_axis(cli, chromium, tmp_path):
+    out = tmp_path / "otter"
+    job = os.path.join(os.path.dirname(__file__), "..", "jobs", "otter_sweep.toml")
+    assert cli("run", job, "--simulate", "--out", out, "--no-progress").exit_code == 0
+    assert cli("report", out).exit_code == 0
+    geo = layout_in_chromium(out / "report.html", tmp_path)
+    heads = [[th for th in row if not th["corner"]] for row in geo["heads"]]
+    # Outermost first: all three axes have two values, so the later sweep axis is the outer one.
+    assert [[" ".join(th["text"].split()) for th in row] for row in heads] == [
+        ["size=1024x1024", "size=1792x1024"],
+        ["style=vivid", "style=natural"] * 2,
+        ["quality=standard", "quality=hd"] * 4]
+    first = [c for c in geo["cells"] if c["row"] == "row-0"]
+    assert [c["point"] for c in first] == [f"quality={q},style={s},size={z}" for z in ("1024x1024", "1792x1024")
+                                           for s in ("vivid", "natural") for q in ("standard", "hd")]
+    # Each header cell spans exactly the columns below it: the leaves sit over the cells.
+    leaves = heads[-1]
+    for th, cell in zip(leaves, first):
+        assert th["box"][0] == pytest.approx(cell["box"][0], abs=1) and th["box"][2] == pytest.approx(cell["box"][2], abs=1)
+    for level, row in enumerate(heads[:-1]):
+        span = len(leaves) // len(row)
+        for i, th in enumerate(row):
+            assert th["box"][0] == pytest.approx(leaves[i * span]["box"][0], abs=1)
+            assert th["box"][2] == pytest.approx(leaves[(i + 1) * span - 1]["box"][2], abs=1)
+    # Wide images keep their shape: 1792x1024 is shown 256 x 146.
+    for cell in first:
+        ((left, top, right, bottom),) = cell["imgs"]
+        expected = (256, 146) if "1792x1024" in cell["point"] else (256, 256)
+        assert (round(right - left), round(bottom - top)) == expected
+    # A revised prompt shows four lines, and all of itself once opened.
+    assert geo["details"]
+    for d in geo["details"]:
+        (closed_h, closed_full), (open_h, open_full) = d["closed"], d["opened"]
+        assert closed_full > closed_h              # the simulator's revised prompts are longer than 4 lines
+        assert open_h >= open_full and open_h > closed_h
+    shot, _ = screenshot(out / "report.html", tmp_path, height=1400)
+    keep_screenshot(shot, "three_axes.png")
 
 
 def test_the_report_says_when_its_images_come_from_the_simulator(cli, fresh_sim, prompts_csv, tmp_path):
