@@ -330,6 +330,8 @@ table.grid thead tr.leaf th { border-bottom: 2px solid #c9d0d8; }
 table.grid th.prompt { position: sticky; left: 0; z-index: 1; background: #fbfcfd; width: 190px;
        min-width: 150px; max-width: 190px; font-weight: normal; text-align: left; }
 th.prompt .idx { color: #7a8591; font-size: 12px; display: block; }
+th.prompt .inputs { margin-top: 6px; }
+th.prompt .inputs img { display: block; margin-top: 4px; max-width: 100%; height: auto; border: 1px solid #d5dbe1; }
 th.prompt .text { display: block; max-height: 240px; overflow: auto; white-space: pre-wrap;
        overflow-wrap: anywhere; }
 table.grid th.point { font-weight: normal; text-align: left; white-space: nowrap; background: #fbfcfd;
@@ -539,14 +541,15 @@ def make_overview(df, layout: Layout, job: Optional[dict] = None, title: str = "
 def build_html(df, layout: Layout, thumbnails: Optional[Mapping[str, Optional[Thumb]]] = None, *,
                overview: Optional[Overview] = None, page: Optional[Page] = None,
                thumb: int = THUMB_HTML, contact_sheet: Optional[str] = None, job: Optional[dict] = None,
-               title: str = "batchgen report") -> str:
+               title: str = "batchgen report", inputs: Optional[Mapping[int, list]] = None) -> str:
     """One page as a string: the grid of the prompts in `df` (the results rows of this page's
     prompts), laid out by `layout` (see make_layout).
 
     `thumbnails` maps image_path to a Thumb, or to None when the file could not be read; without
     it (None) each <img> points at the image file itself. `overview` is what the page says above
     the grid (computed from `df` when not given); `page` says where this page sits among all
-    (default: the only page); the statistics are on the first page only.
+    (default: the only page); the statistics are on the first page only. `inputs`: for an edits
+    job, each row's input images as (what was sent, Thumb or None), shown beside its prompt.
     """
     df = _normalised(df)
     if overview is None:
@@ -580,7 +583,8 @@ def build_html(df, layout: Layout, thumbnails: Optional[Mapping[str, Optional[Th
     parts.append(f'<p class="meta">{sheet}Click a thumbnail for the full-size image, a revised prompt to read '
                  "all of it; highlighted words are those the other revised prompts of its row lack.</p>\n")
     parts += ['<table class="grid">', _thead_html(layout), "\n<tbody>\n",
-              "\n".join(_prompt_rows_html(key, prompt, layout, cells, thumbnails, thumb)
+              "\n".join(_prompt_rows_html(key, prompt, layout, cells, thumbnails, thumb,
+                                           (inputs or {}).get(key))
                         for key, prompt in prompts),
               "\n</tbody></table>\n", nav, "</body>\n</html>\n"]
     return "".join(parts)
@@ -617,7 +621,7 @@ def _axis_caption_html(axis: Axis, value: str) -> str:
 
 
 def _prompt_rows_html(key: int, prompt: Optional[str], layout: Layout, cells: dict, thumbnails,
-                      thumb: int) -> str:
+                      thumb: int, inputs: Optional[list] = None) -> str:
     """A prompt's <tr>s: one per sub-row, a cell per column; words that differ between the
     revised prompts of one <tr> are marked."""
     out = []
@@ -626,7 +630,7 @@ def _prompt_rows_html(key: int, prompt: Optional[str], layout: Layout, cells: di
         if j == 0:
             span = f' rowspan="{len(layout.row_keys)}"' if len(layout.row_keys) > 1 else ""
             head = (f'<th class="prompt" scope="row"{span}><span class="idx">row {key}</span>'
-                    f'<span class="text">{e(prompt or "")}</span></th>')
+                    f'<span class="text">{e(prompt or "")}</span>{_inputs_html(inputs)}</th>')
         if layout.rows:
             head += ('<th class="point" scope="row">'
                      + "<br>".join(_axis_caption_html(a, v) for a, v in zip(layout.rows, row_key)) + "</th>")
@@ -640,6 +644,40 @@ def _prompt_rows_html(key: int, prompt: Optional[str], layout: Layout, cells: di
         row_id = f"row-{key}" if j == 0 else f"row-{key}-{j}"
         out.append(f'<tr id="{row_id}">{head}{"".join(tds)}</tr>')
     return "\n".join(out)
+
+
+def _inputs_html(inputs: Optional[list]) -> str:
+    """An edit's input images, under its prompt."""
+    if not inputs:
+        return ""
+    shown = []
+    for ref, made in inputs:
+        if made is None:
+            shown.append(f'<span class="missing" title="{e(ref)}">input: {e(ref)}</span>')
+        else:
+            shown.append(f'<img src="{e(made.uri)}" width="{made.width}" height="{made.height}" '
+                         f'alt="input image {e(ref)}" title="input: {e(ref)}">')
+    return '<div class="inputs"><span class="idx">edit of</span>' + "".join(shown) + "</div>"
+
+
+def input_thumbnails(part, thumb: int) -> dict:
+    """row_index -> [(input image as sent, Thumb or None)] for the rows of an edits job (a URL
+    is named, not fetched: the page makes no request)."""
+    if "input_image" not in part.columns:
+        return {}
+    made: dict = {}
+    out: dict = {}
+    for row, refs in zip(part["row_index"], part["input_image"]):
+        if _missing(row) or not isinstance(refs, str) or int(row) in out:
+            continue
+        shown = []
+        for ref in filter(None, refs.split("|")):
+            if ref not in made:
+                local = not ref.startswith(("http://", "https://"))
+                made[ref] = (make_thumbnails(Path(ref), thumb) or (None,))[0] if local else None
+            shown.append((ref, made[ref]))
+        out[int(row)] = shown
+    return out
 
 
 def _nav_html(page: Page) -> str:
@@ -913,7 +951,8 @@ def write_report(out, *, cols: Union[str, Sequence[str], None] = None,
         made = _page_thumbnails(out, part, thumb)
         page = build_html(part, layout, {p: (m[0] if m else None) for p, m in made.items()},
                           overview=overview, page=Page(number, count, (number - 1) * per_page, len(keys)),
-                          thumb=thumb, contact_sheet="contact_sheet.png")
+                          thumb=thumb, contact_sheet="contact_sheet.png",
+                          inputs=input_thumbnails(part, max(THUMB_MIN, thumb // 2)))
         write_atomic(out / page_file(number), page.encode("utf-8"))
         if number == 1:
             sheet = build_contact_sheet(part, layout.labels, {p: (m[1] if m else None) for p, m in made.items()},

@@ -288,3 +288,17 @@ def test_edit_bodies_conform_to_the_published_schema(edits_table, tmp_path):
     for task in sent:
         json_body.validate(edit_body(task.prompt, task.params, task.edit))
         assert {name for name, _ in form_fields(task.prompt, task.params)} | {"image", "mask"} <= multipart
+
+
+def test_the_report_shows_each_edits_input_beside_its_prompt(fresh_sim, edits_table, tmp_path):
+    import re
+
+    from batchgen.report import write_report
+    out = tmp_path / "out"
+    openai_run(fresh_sim, edits_table, out, defaults=GPT)
+    page = write_report(out).read_text()
+    heads = dict(re.findall(r'<span class="text">([^<]*)</span>(.*?)</th>', page, re.S))
+    assert 'alt="input image ' + str(tmp_path / "pictures/blue.png") + '"' in heads["add a hat"]
+    assert heads["add a hat"].count("<img") == 1 and heads["both"].count("<img") == 2
+    assert 'src="data:image/jpeg;base64,' in heads["add a hat"]            # embedded, no request
+    assert '<span class="missing"' in heads["missing"] and "<img" not in heads["missing"]
