@@ -302,3 +302,21 @@ def test_the_report_shows_each_edits_input_beside_its_prompt(fresh_sim, edits_ta
     assert heads["add a hat"].count("<img") == 1 and heads["both"].count("<img") == 2
     assert 'src="data:image/jpeg;base64,' in heads["add a hat"]            # embedded, no request
     assert '<span class="missing"' in heads["missing"] and "<img" not in heads["missing"]
+
+
+def test_a_job_file_sets_params_prices_and_the_image_column(tmp_path, prompts):
+    from batchgen.api import prepare
+    (tmp_path / "prices.json").write_text(json.dumps({"models": {"gpt-image-2": {
+        "tokens_usd_per_million": {"image_output": 30}}}}))
+    job = tmp_path / "job.toml"
+    job.write_text(f'input = "{prompts.name}"\nprices = "prices.json"\n'
+                   '[defaults]\nmodel = "gpt-image-2"\nquality = "low"\nsize = "1024x1024"\n'
+                   '[params]\nuser = "dataset-42"\nseed = 7\n')
+    config, _, plan = prepare(str(job), {})
+    assert config.params == {"user": "dataset-42", "seed": 7}
+    assert config.prices == str(tmp_path / "prices.json")
+    assert all(t.params["user"] == "dataset-42" and t.params["seed"] == 7 for t in plan.tasks)
+    # the extra parameters are part of what a task is
+    _, _, other = prepare(str(prompts), {"defaults": {"model": "gpt-image-2", "quality": "low",
+                                                      "size": "1024x1024"}})
+    assert {t.task_id for t in plan.tasks}.isdisjoint(t.task_id for t in other.tasks)
