@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from typing import Iterable, Optional, Protocol
 
 from .. import models
@@ -18,6 +19,8 @@ from ..exceptions import UsageError
 # mode -> "module:class", imported when chosen so a run loads only the backend it uses.
 BACKENDS = {"live": "batchgen.backends.live:LiveBackend", "batch": "batchgen.backends.batch:BatchBackend"}
 MODES = tuple(BACKENDS)
+
+log = logging.getLogger(__name__)
 
 
 class Recorder(Protocol):
@@ -41,6 +44,7 @@ class StopSwitch:
     def __call__(self, code: str, message: str) -> None:
         if self.code is None:
             self.code, self.message = code, message
+            log.info("stop code=%s message=%s", code, message)
         self._event.set()
 
     async def sleep(self, seconds: float) -> None:

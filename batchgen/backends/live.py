@@ -17,8 +17,9 @@ from ..client import ImagesClient, redact
 from ..errors import Decision, classify, is_rate_limited, stop_advice
 from ..exceptions import ApiError, BadResponse, NotJson, RequestError, Unreachable
 from ..limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
+from ..logs import log_field
 
-log = logging.getLogger("batchgen")
+log = logging.getLogger(__name__)
 
 INLINE_SAVE_BYTES = 256 * 1024
 FREEZE_EVERY = 1000
@@ -79,6 +80,8 @@ class LiveBackend:
         self.client: Optional[ImagesClient] = None
         self._workers: list = []
         self._said_wait_until = 0.0
+        # Read once: a run that logs nothing spends nothing on its per-attempt lines.
+        self._log_attempts = log.isEnabledFor(logging.INFO)
 
     async def __aenter__(self):
         self.concurrency = fit_concurrency(self.config.concurrency)
@@ -130,8 +133,12 @@ class LiveBackend:
                 if error is None:
                     record["attempts"] = attempts
                     record["latency_s"] = round(time.monotonic() - sent_at, 4)
+                    if self._log_attempts:
+                        self._log_attempt(task, attempts, sent_at, record["http_status"], "ok", "done")
                     return self._finish(task, record)
                 wait = self._ask_policy(error, retries, sent_at)
+                if self._log_attempts:
+                    self._log_attempt(task, attempts, sent_at, error.http_status, error.code, wait)
                 if wait is None:
                     return self._finish(task, self._error_record(task, error, attempts, started))
                 if self.stop:
@@ -181,10 +188,35 @@ class LiveBackend:
                       f"again later, or allow a longer wait with --max-wait")
             return 0.0
         rate_limited = is_rate_limited(error)
+        pause = 0.0
         if rate_limited:
-            self.pacer.on_rate_limited(error.retry_after, sent_at)
+            pause = self.pacer.on_rate_limited(error.retry_after, sent_at)
             self._say_wait(error)
-        return retries.next_wait(rate_limited, error.retry_after)
+            if pause and self._log_attempts:
+                retry_after = error.retry_after
+                log.info("rate_limit pause_s=%.3f retry_after_s=%s coarse=%s http=%s code=%s", pause,
+                         "-" if retry_after is None else f"{retry_after:g}",
+                         "-" if retry_after is None else ("yes" if getattr(retry_after, "coarse", False) else "no"),
+                         error.http_status, log_field(error.code))
+        wait = retries.next_wait(rate_limited, error.retry_after)
+        if wait is not None:
+            self.recorder.retry(rate_limited, pause)
+        return wait
+
+    def _log_attempt(self, task, attempt: int, sent_at: float, http_status, result: str, wait) -> None:
+        """One line per attempt (README, "Logs"): what came back, how long it took, what next."""
+        if wait == "done":
+            then = "done"
+        elif self.stop:
+            then = "stop"
+        elif wait is None:
+            then = "recorded"       # the task's outcome: a refusal, or its retries are spent
+        elif wait:
+            then = f"retry_in_s={wait:.3f}"
+        else:
+            then = "retry_after_pause"
+        log.info("attempt task=%s try=%d http=%s result=%s latency_s=%.3f next=%s", task.task_id,
+                 attempt, http_status or "-", log_field(result), time.monotonic() - sent_at, then)
 
     def _looks_like_a_wrong_endpoint(self, error: RequestError) -> bool:
         """Before any success, the answers a wrong URL gives (a redirect, 404/405, an HTML page
