@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "batchgen"
 
 PURE = {"batchgen.exceptions", "batchgen.errors", "batchgen.providers", "batchgen.models", "batchgen._version",
-        "batchgen._gc"}
+        "batchgen._gc", "batchgen.logs"}
 PLANNING = {"batchgen.identity", "batchgen.job", "batchgen.models", "batchgen.reader", "batchgen.planning", "batchgen.providers"}
 SENDING = {"batchgen.client", "batchgen.limits", "batchgen.backends", "batchgen.backends.live"}
 KEEPING = {"batchgen.journal", "batchgen.store", "batchgen.results", "batchgen.outdir"}
