@@ -33,6 +33,11 @@ def log_field(text) -> str:
     return "".join(c if c.isprintable() and not c.isspace() else "?" for c in text) or "-"
 
 
+def log_text(text) -> str:
+    """A message that may hold a server's words, kept on its one line."""
+    return "".join(c if c.isprintable() else " " for c in str(text))
+
+
 def _formatter() -> logging.Formatter:
     formatter = logging.Formatter(LINE_FORMAT, DATE_FORMAT)
     formatter.converter = time.gmtime

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ._version import __version__
-from .exceptions import FolderBusy, JobMismatch, UsageError
+from .exceptions import EXIT_STOPPED, FolderBusy, JobMismatch, UsageError
 from .identity import is_legacy, job_json_fields
 
 JOB_FILE = "job.json"
@@ -247,6 +247,8 @@ class OutputFolder:
     def record_end(self, stopped: Optional[str], message: Optional[str], exit_status: int) -> None:
         """Say in job.json how this run ended (for `status`). Called while the lock is held.
         A disk that refuses it loses only this note: the journal holds every outcome."""
+        if exit_status == EXIT_STOPPED and not stopped:
+            stopped = "interrupted"     # as the results label its unfinished tasks
         try:
             doc = read_job(self.path)
             run = doc.get("run") if isinstance(doc.get("run"), dict) else {}

@@ -260,6 +260,7 @@ def test_ctrl_c_finishes_what_is_in_flight_writes_results_and_exits_3(tmp_path):
         status = batchgen_process("status", out)
         text, _ = status.communicate(timeout=60)
         assert f"{done}/{tasks} tasks done" in text
+        assert "stopped: interrupted" in text and "ETA" not in text
         proc = batchgen_process(*args)
         proc.communicate(timeout=120)
         assert proc.returncode == 0

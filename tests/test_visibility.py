@@ -279,3 +279,11 @@ def test_the_command_list_shows_each_commands_whole_first_sentence(cli):
         # Each command's first paragraph is one sentence.
         first = " ".join(command.help.split("\n\n")[0].split())
         assert f"{name} {first}" in listed, (name, first)
+
+
+def test_a_servers_words_cannot_forge_or_split_a_log_line():
+    from batchgen.logs import log_field, log_text
+    assert log_field("rate_limit\n2026-01-01T00:00:00.000Z INFO batchgen: stop") == \
+        "rate_limit?2026-01-01T00:00:00.000Z?INFO?batchgen:?stop"
+    assert log_field("") == "-" and len(log_field("x" * 500)) == 100
+    assert log_text("refused:\r\nfake line") == "refused:  fake line"

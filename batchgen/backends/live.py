@@ -138,7 +138,7 @@ class LiveBackend:
                     return self._finish(task, record)
                 wait = self._ask_policy(error, retries, sent_at)
                 if self._log_attempts:
-                    self._log_attempt(task, attempts, sent_at, error.http_status, error.code, wait)
+                    self._log_attempt(task, attempts, sent_at, error.http_status, error.code, self._next_step(wait))
                 if wait is None:
                     return self._finish(task, self._error_record(task, error, attempts, started))
                 if self.stop:
@@ -193,30 +193,32 @@ class LiveBackend:
             pause = self.pacer.on_rate_limited(error.retry_after, sent_at)
             self._say_wait(error)
             if pause and self._log_attempts:
-                retry_after = error.retry_after
-                log.info("rate_limit pause_s=%.3f retry_after_s=%s coarse=%s http=%s code=%s", pause,
-                         "-" if retry_after is None else f"{retry_after:g}",
-                         "-" if retry_after is None else ("yes" if getattr(retry_after, "coarse", False) else "no"),
-                         error.http_status, log_field(error.code))
+                self._log_pause(error, pause)
         wait = retries.next_wait(rate_limited, error.retry_after)
         if wait is not None:
             self.recorder.retry(rate_limited, pause)
         return wait
 
-    def _log_attempt(self, task, attempt: int, sent_at: float, http_status, result: str, wait) -> None:
-        """One line per attempt (README, "Logs"): what came back, how long it took, what next."""
-        if wait == "done":
-            then = "done"
-        elif self.stop:
-            then = "stop"
-        elif wait is None:
-            then = "recorded"       # the task's outcome: a refusal, or its retries are spent
-        elif wait:
-            then = f"retry_in_s={wait:.3f}"
-        else:
-            then = "retry_after_pause"
+    # -- the log's lines (README, "Logs"); called only when they are enabled --
+
+    def _next_step(self, wait: Optional[float]) -> str:
+        if self.stop:
+            return "stop"
+        if wait is None:
+            return "recorded"       # the task's outcome: a refusal, or its retries are spent
+        return f"retry_in_s={wait:.3f}" if wait else "retry_after_pause"
+
+    def _log_attempt(self, task, attempt: int, sent_at: float, http_status, result: str, then: str) -> None:
         log.info("attempt task=%s try=%d http=%s result=%s latency_s=%.3f next=%s", task.task_id,
                  attempt, http_status or "-", log_field(result), time.monotonic() - sent_at, then)
+
+    def _log_pause(self, error: RequestError, pause: float) -> None:
+        """A 429 began or lengthened the pause every worker waits out: how long, and from what."""
+        stated = error.retry_after
+        log.info("rate_limit pause_s=%.3f retry_after_s=%s coarse=%s http=%s code=%s", pause,
+                 "-" if stated is None else f"{stated:g}",
+                 "-" if stated is None else ("yes" if getattr(stated, "coarse", False) else "no"),
+                 error.http_status, log_field(error.code))
 
     def _looks_like_a_wrong_endpoint(self, error: RequestError) -> bool:
         """Before any success, the answers a wrong URL gives (a redirect, 404/405, an HTML page
