@@ -226,7 +226,10 @@ def status(out, as_json):
         found = read_status(out)
     except UsageError as e:
         _fail(str(e))
-    _print_json(found.as_json()) if as_json else click.echo(format_status(found))
+    if as_json:
+        _print_json(found.as_json())
+    else:
+        click.echo(format_status(found))
 
 
 @main.command()

@@ -297,14 +297,13 @@ class OutputFolder:
         import fcntl
         try:
             fd = os.open(self.path / LOCK_FILE, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
+        except OSError:         # none (no run ever held OUT), or unreadable: no run can be seen
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return True
-            raise
+            # Another error (a filesystem without locks) means no run could have locked it either.
+            return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
         finally:
             os.close(fd)     # closing lets go of the shared lock, if it was taken
         return False
