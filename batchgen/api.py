@@ -6,11 +6,14 @@ endpoint, or the built-in simulator it starts for `simulate=True`), and hands ov
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from .edits import edit_columns, read_edit_inputs
 from .job import make_plan, resolve_config
 from .providers import Endpoint, endpoint_url, resolve_endpoint
 from .reader import read_table
+
+log = logging.getLogger(__name__)
 
 
 def prepare(source, options: dict):
@@ -28,20 +31,56 @@ def prepare(source, options: dict):
     return config, table, plan
 
 
-def run(source, *, progress: bool = False, environ=None, **options):
+def run(source, *, progress: bool = False, environ=None, verbose: bool = False,
+        log_file=None, **options):
     """Run a job (a job file or a data file); the Python API behind `batchgen run`.
 
     Options are those of the command line, by their Python names (`out`, `prompt_column`,
     `defaults={...}`, `sweep=[('quality', ['standard', 'hd'])]`, `concurrency`, `rpm`, ...).
+    `verbose` writes a line per attempt, rate-limit pause and stop on stderr, `log_file`
+    appends them to that file (the loggers are "batchgen.*", at INFO, for your own handlers).
     Returns a Summary; raises UsageError for bad usage or input (nothing sent).
     """
+    from .logs import logging_to
     from .runner import run_job
     config, table, plan = prepare(source, options)
     if config.simulate:
         connect = _simulated(config.provider)
     else:
         connect = resolve_endpoint(config.provider, config.base_url, environ)
-    return run_job(config, table, plan, connect, progress=progress)
+    with logging_to(verbose, log_file):
+        return run_job(config, table, plan, connect, progress=progress)
+
+
+def plan(source, options: dict):
+    """`batchgen plan`: (config, PlanSummary). When the job's output folder holds a run of this
+    job, the summary says what it has done and what is left to send and spend; a folder that
+    holds another job's run is refused, as `run` would refuse it (UsageError)."""
+    from .planning import summarise_plan
+    config, table, job_plan = prepare(source, options)
+    for warning in job_plan.warnings:
+        log.warning(warning)
+    return config, summarise_plan(job_plan, _done_in(config, table, job_plan))
+
+
+def _done_in(config, table, job_plan):
+    """task id -> its status in config.out's journal ("ok", "error", None), or None when the
+    folder holds no run. Read only: no lock, nothing written."""
+    from .identity import is_legacy, legacy_ids
+    from .journal import replay
+    from .outdir import OutputFolder
+    folder = OutputFolder(config.out)
+    existing = folder.existing_job()
+    if existing is None:
+        return None
+    if existing.get("fingerprint") != config.fingerprint():
+        folder.check(config.fingerprint(), None, config.public_dict())   # raises, naming both jobs
+    state = replay(folder.journal_path, out_dir=folder.path)
+    if is_legacy(existing) and folder.holds_outcomes():
+        # Its journal names tasks by the previous ids; the first run will carry them over.
+        old = dict(zip((t.task_id for t in job_plan.tasks), legacy_ids(table, config, job_plan)))
+        return lambda task_id: state.status(task_id) or state.status(old[task_id])
+    return state.status
 
 
 @contextlib.asynccontextmanager

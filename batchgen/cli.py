@@ -1,6 +1,7 @@
 """The command line: parses, calls the library, prints. Nothing else lives here."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -82,14 +83,33 @@ def _overrides(kw: dict) -> dict:
     return kw
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """Lists each command with its whole first sentence (click cuts it to fit 80 columns)."""
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, command.get_short_help_str(limit=sys.maxsize))
+                for name, command in ((n, self.get_command(ctx, n)) for n in self.list_commands(ctx))
+                if command is not None and not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _json_option(what: str):
+    return click.option("--json", "as_json", is_flag=True,
+                        help=f"Print {what} as one JSON object on stdout (keys: see the README).")
+
+
+def _print_json(doc: dict) -> None:
+    click.echo(json.dumps(doc, ensure_ascii=False))
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="batchgen")
 def main():
     """Turn a table of prompts into an image dataset through an OpenAI-compatible Images API."""
-    logger = logging.getLogger("batchgen")
-    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-        logger.addHandler(_EchoHandler())
-        logger.propagate = False
+    from .logs import install_stderr
+    install_stderr()
 
 
 def entry() -> None:
@@ -119,16 +139,6 @@ def entry() -> None:
     os._exit(code)
 
 
-class _EchoHandler(logging.Handler):
-    """The library's warnings on stderr, through click (so they sit with the progress bar)."""
-
-    def emit(self, record):
-        click.echo(f"batchgen: {record.getMessage()}", err=True)
-        if record.exc_info:
-            import traceback
-            click.echo("".join(traceback.format_exception(*record.exc_info)), err=True)
-
-
 @main.command()
 @click.argument("source")
 @job_options
@@ -149,32 +159,44 @@ class _EchoHandler(logging.Handler):
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Batch mode: the longest pause between two looks at the batches (default 60 s; it starts at 1 s).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(source, no_progress, **kw):
+@_json_option("the run's summary")
+@click.option("-v", "--verbose", is_flag=True,
+              help="A line on stderr per attempt, rate-limit pause and stop (format: see the README).")
+@click.option("--log-file", type=click.Path(dir_okay=False),
+              help="Append those lines to this file (with or without -v).")
+def run(source, no_progress, as_json, verbose, log_file, **kw):
     """Generate images for every task of SOURCE (a job file .toml, or a .csv/.parquet/.jsonl).
 
     Rerun the same command on the same --out to resume: finished tasks are not sent again.
     """
     from .api import run as run_job
     try:
-        summary = run_job(source, progress=not no_progress, **_overrides(kw))
+        summary = run_job(source, progress=not no_progress, verbose=verbose, log_file=log_file,
+                          **_overrides(kw))
     except UsageError as e:
         _fail(str(e))
     except KeyboardInterrupt:
         # Only outside the send loop (start-up, the final write); in it, Ctrl-C is handled gracefully.
         click.echo("interrupted; run the same command again to resume", err=True)
         sys.exit(EXIT_STOPPED)
-    click.echo(format_summary(summary))
+    if as_json:
+        _print_json(summary.as_json())
+    else:
+        click.echo(format_summary(summary))
     sys.exit(summary.exit_status)
 
 
 def format_summary(s) -> str:
-    lines = [f"{s.ok} ok, {s.errors} error(s), {s.not_done} not done, of {s.total} task(s) "
+    # Each task is counted once: ok, error (by its code) or not done (the stop's code).
+    not_done = f" ({s.stopped or 'interrupted'})" if s.not_done else ""
+    lines = [f"{s.ok} ok, {s.errors} error(s), {s.not_done} not done{not_done}, of {s.total} task(s) "
              f"({s.images} image(s); {s.requests_sent} request(s) sent this run; {s.elapsed_s:.1f}s)"]
     if s.by_code:
         lines.append("errors by code: " + ", ".join(f"{code} {count}" for code, count in
                                                    sorted(s.by_code.items(), key=lambda kv: -kv[1])))
     if s.est_cost_usd is not None:
-        lines.append(f"estimated cost of the images: ${s.est_cost_usd:.2f}")
+        lines.append(f"estimated cost of the images: ${s.est_cost_usd:.2f}"
+                     + (" (simulated: nothing was charged)" if s.simulated else ""))
     if s.short:
         lines.append(f"{s.short} answer(s) had fewer images than asked (n); the missing ones are rows "
                      f"with error_code missing_image, and are not requested again")
@@ -190,28 +212,43 @@ def format_summary(s) -> str:
 @main.command()
 @click.argument("source")
 @job_options
-def plan(source, **kw):
-    """Validate SOURCE and count its tasks and estimated cost; sends nothing."""
-    from .planning import format_plan, summarise_plan
-    from .api import prepare
+@_json_option("the counts and costs")
+def plan(source, as_json, **kw):
+    """Validate SOURCE and count its tasks and estimated cost; sends nothing.
+
+    When --out (or the job file's `out`) holds a run of this job, also what it has done and
+    what is left to send and to spend.
+    """
+    from .api import plan as plan_job
+    from .planning import format_plan
     try:
-        config, _, job_plan = prepare(source, _overrides(kw))
+        config, summary = plan_job(source, _overrides(kw))
     except UsageError as e:
         _fail(str(e))
-    for warning in job_plan.warnings:
-        click.echo(f"batchgen: {warning}", err=True)
-    click.echo(format_plan(summarise_plan(job_plan), config.rpm, config.mode))
+    if as_json:
+        _print_json(summary.as_json())
+    else:
+        click.echo(format_plan(summary, config.rpm, config.mode))
 
 
 @main.command()
 @click.argument("out")
-def status(out):
-    """Progress of the run in OUT, from its journal (works while it runs)."""
+@_json_option("the progress")
+def status(out, as_json):
+    """Progress of the run in OUT, from its journal (works while it runs).
+
+    Says whether the run is going, finished, or stopped (and why); a rate and an ETA only
+    while it is going.
+    """
     from .status import format_status, read_status
     try:
-        click.echo(format_status(read_status(out)))
+        found = read_status(out)
     except UsageError as e:
         _fail(str(e))
+    if as_json:
+        _print_json(found.as_json())
+    else:
+        click.echo(format_status(found))
 
 
 @main.command()
@@ -246,7 +283,8 @@ def report(out, **options):
         path = write_report(out, **options)
     except UsageError as e:
         _fail(str(e))
-    click.echo(f"wrote {path}")
+    written = [path] + [p for p in (path.with_name("contact_sheet.png"),) if p.is_file()]
+    click.echo("wrote " + " and ".join(map(str, written)))
 
 
 def _register_simulate():

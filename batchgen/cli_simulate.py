@@ -5,7 +5,8 @@ On start it prints exactly two lines on stdout, the two base URLs:
     http://127.0.0.1:P/openai/images/generations    (AceData dialect)
     http://127.0.0.1:P/v1                           (OpenAI dialect)
 
-and nothing else (benchmarks parse it).  SIGINT/SIGTERM stop it with exit status 0.
+and nothing else (benchmarks parse it); the token to use, and how, goes to stderr.
+SIGINT/SIGTERM stop it with exit status 0.
 """
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def _prob(flag: str, what: str):
 def simulate(port: int, **options) -> None:
     """Serve the built-in fake Images API on 127.0.0.1 until Ctrl-C.
 
-    Prints the AceData endpoint and the OpenAI base URL, one per line.
+    Prints the AceData endpoint and the OpenAI base URL, one per line, on stdout, and the
+    token they accept on stderr.
     """
     try:
         from .simulator import SimConfig  # lazy: keeps `batchgen run` start-up short
@@ -107,6 +109,9 @@ async def _serve(config, port: int) -> None:
     try:
         sys.stdout.write(f"{sim.acedata_url}\n{sim.openai_base_url}\n")
         sys.stdout.flush()
+        sys.stderr.write(f"token: {config.token} (export ACEDATA_API_TOKEN={config.token}, or "
+                         f"OPENAI_API_KEY={config.token} with --provider openai; --base-url: a URL above)\n")
+        sys.stderr.flush()
         await stop.wait()
     finally:
         await sim.close()

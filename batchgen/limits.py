@@ -273,7 +273,9 @@ class AdaptivePacer:
         if self.rate and not self._told and now >= self._hold_until:
             self.rate += self.INCREASE / self.rate
 
-    def on_rate_limited(self, retry_after: Optional[float], sent_at: float) -> None:
+    def on_rate_limited(self, retry_after: Optional[float], sent_at: float) -> float:
+        """Take in a 429. Returns the seconds from now that the cool-down it opened or extended
+        holds every worker (0: it changed nothing, an earlier one of its burst answered it)."""
         now = time.monotonic()
         same_burst = sent_at < self._last_cut
         if not same_burst:
@@ -294,12 +296,14 @@ class AdaptivePacer:
                 self.rate = max(self.MIN_RATE, cut)
         pause, bound = self._pause(retry_after)
         if same_burst and bound:
-            return  # sent at the old pace: this burst's cool-down has answered it already
+            return 0.0  # sent at the old pace: this burst's cool-down has answered it already
         until = now + pause
         if until > self._cooldown_until:
             self._cooldown_until = until
             self._next = until
             self._epoch += 1
+            return pause
+        return 0.0
 
     def _pause(self, retry_after: Optional[float]) -> tuple:
         """(seconds to pause, whether the server's value was taken as an upper bound only)."""

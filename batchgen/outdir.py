@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ._version import __version__
-from .exceptions import FolderBusy, JobMismatch, UsageError
+from .exceptions import EXIT_STOPPED, FolderBusy, JobMismatch, UsageError
 from .identity import is_legacy, job_json_fields
 
 JOB_FILE = "job.json"
@@ -27,6 +28,12 @@ METADATA_FILE = "metadata.jsonl"
 IMAGES_DIR = "images"
 LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
+# job.json's "run": what the last run to claim the folder is doing, or how it ended.
+RUNNING, FINISHED, STOPPED = "running", "finished", "stopped"
+# A run that takes the lock just as `status` looks at it (see is_locked) tries again this often.
+LOCK_TRIES, LOCK_RETRY_S = 20, 0.005
+
+log = logging.getLogger(__name__)
 
 # store.relative_image_path: the task id, `_k` for the k-th of several images, the format.
 _IMAGE_NAME = re.compile(r"([0-9a-f]{16})(?:_\d+)?\.[a-z]+")
@@ -190,17 +197,23 @@ class OutputFolder:
                 f"placeholder images into them. Nothing was changed. Give the simulated run another --out.")
 
     def write_job(self, fingerprint: str, job: dict, provenance: Provenance, counts: dict) -> None:
+        # "run" says "running" until the run records its end: a run killed meanwhile leaves it
+        # so, and `status` (finding the lock free) knows it stopped without saying why.
         doc = {"fingerprint": fingerprint, "batchgen_version": __version__, "job": job,
-               "provenance": provenance.as_dict(), **counts, "updated_at": time.time()}
+               "provenance": provenance.as_dict(), **counts, "updated_at": time.time(),
+               "run": {"state": RUNNING, "pid": os.getpid(), "started_at": round(time.time(), 3)}}
         if not self.legacy_ids:
             doc.update(job_json_fields())
+        self._write_job_doc(doc)
+
+    def _write_job_doc(self, doc: dict) -> None:
         write_atomic(self.job_path, json.dumps(doc, indent=2, default=str).encode())
 
     def mark_current_ids(self) -> None:
         """job.json says the journal now names tasks by the current ids (after the aliases)."""
         doc = read_job(self.path)
         doc.update(job_json_fields())
-        write_atomic(self.job_path, json.dumps(doc, indent=2, default=str).encode())
+        self._write_job_doc(doc)
         self.legacy_ids = False
 
     def claim(self, fingerprint: str, job: dict, provenance: Provenance, counts: dict) -> Optional[Provenance]:
@@ -231,6 +244,23 @@ class OutputFolder:
             raise
         return provenance_of(existing) if existing else None
 
+    def record_end(self, stopped: Optional[str], message: Optional[str], exit_status: int) -> None:
+        """Say in job.json how this run ended (for `status`). Called while the lock is held.
+        A disk that refuses it loses only this note: the journal holds every outcome."""
+        if exit_status == EXIT_STOPPED and not stopped:
+            stopped = "interrupted"     # as the results label its unfinished tasks
+        try:
+            doc = read_job(self.path)
+            run = doc.get("run") if isinstance(doc.get("run"), dict) else {}
+            run.update({"state": STOPPED if stopped else FINISHED, "stopped": stopped,
+                        "stop_message": message, "exit_status": exit_status,
+                        "ended_at": round(time.time(), 3)})
+            doc["run"] = run
+            self._write_job_doc(doc)
+        except (OSError, UsageError) as e:
+            log.warning("could not record the run's end in %s (%s); `batchgen status` will say "
+                        "it stopped without saying why", self.job_path, e)
+
     # -- one run at a time --
 
     def lock(self) -> None:
@@ -238,21 +268,45 @@ class OutputFolder:
         however it ends (kill -9 included), so a folder is never left stuck."""
         import fcntl
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            who = f"process {holder}" if holder.isdigit() else "another process"
-            raise FolderBusy(
-                f"{self.path} is in use by another batchgen run ({who}); one run writes a folder "
-                f"at a time. Wait for it to finish (batchgen status {self.path} shows its "
-                f"progress) or stop it, then run the same command again.") from None
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                if holder or attempt == LOCK_TRIES - 1:
+                    os.close(fd)
+                    who = f"process {holder}" if holder.isdigit() else "another process"
+                    raise FolderBusy(
+                        f"{self.path} is in use by another batchgen run ({who}); one run writes a folder "
+                        f"at a time. Wait for it to finish (batchgen status {self.path} shows its "
+                        f"progress) or stop it, then run the same command again.") from None
+                # No pid written: `status` looking (is_locked holds the lock for two system
+                # calls), or a run in its first instant. The first lets go at once.
+                time.sleep(LOCK_RETRY_S)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def is_locked(self) -> bool:
+        """Whether a run holds OUT now (for `status`): a shared lock, tried and let go at once,
+        fails only while a run holds it. Never creates the lock file."""
+        import fcntl
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:         # none (no run ever held OUT), or unreadable: no run can be seen
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            # Another error (a filesystem without locks) means no run could have locked it either.
+            return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+        finally:
+            os.close(fd)     # closing lets go of the shared lock, if it was taken
+        return False
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

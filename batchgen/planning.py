@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from . import models, pricing
 from .job import Plan, point_label
 
 EXAMPLES_PER_REASON = 3
+
+
+def to_send(status: Optional[str], retry_failed: bool) -> bool:
+    """Whether a run sends a task whose journal status is `status` (None: no outcome yet)."""
+    return status is None or (retry_failed and status == "error")
+
+
+def _add(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else a + b
 
 
 @dataclass
@@ -17,6 +26,15 @@ class PointSummary:
     refused: int = 0
     images: int = 0
     cost_usd: Optional[float] = 0.0   # None: some task's price is unknown
+    done: int = 0                     # finished by an earlier run (ok or error; refused not counted)
+    to_send: int = 0
+    images_to_send: int = 0
+    cost_to_send_usd: Optional[float] = 0.0
+
+    def as_json(self) -> dict:
+        return {"tasks": self.tasks, "refused": self.refused, "done": self.done,
+                "to_send": self.to_send, "images": self.images, "est_cost_usd": _rounded(self.cost_usd),
+                "est_cost_to_send_usd": _rounded(self.cost_to_send_usd)}
 
 
 @dataclass
@@ -27,6 +45,7 @@ class PlanSummary:
     unknown_models: list = field(default_factory=list)
     unpriced_models: list = field(default_factory=list)      # known models without a price
     edits: bool = False
+    run_found: bool = False           # the output folder holds a run of this job
 
     @property
     def tasks(self) -> int:
@@ -37,14 +56,46 @@ class PlanSummary:
         return sum(p.refused for p in self.points)
 
     @property
+    def done(self) -> int:
+        return sum(p.done for p in self.points)
+
+    @property
+    def to_send(self) -> int:
+        return sum(p.to_send for p in self.points)
+
+    @property
     def cost_usd(self) -> Optional[float]:
         costs = [p.cost_usd for p in self.points]
         return None if any(c is None for c in costs) else sum(costs)
 
+    @property
+    def cost_to_send_usd(self) -> Optional[float]:
+        costs = [p.cost_to_send_usd for p in self.points]
+        return None if any(c is None for c in costs) else sum(costs)
 
-def summarise_plan(plan: Plan) -> PlanSummary:
+    def as_json(self) -> dict:
+        """`batchgen plan --json` (the README lists the keys); `points` by sweep point label."""
+        return {"tasks": self.tasks, "refused": self.refused, "done": self.done,
+                "to_send": self.to_send, "images": sum(p.images for p in self.points),
+                "est_cost_usd": _rounded(self.cost_usd),
+                "est_cost_to_send_usd": _rounded(self.cost_to_send_usd),
+                "run_found": self.run_found, "unknown_models": self.unknown_models,
+                "refused_by_reason": self.refused_by_reason,
+                "points": {p.label: p.as_json() for p in self.points}}
+
+
+def _rounded(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 4)
+
+
+def summarise_plan(plan: Plan, status_of: Optional[Callable[[str], Optional[str]]] = None) -> PlanSummary:
+    """Counts and costs per sweep point. `status_of` (task id -> "ok", "error" or None) is what
+    the output folder's journal says of each task, when it holds a run: without it, every task
+    that is not refused is to send."""
     points = [PointSummary(point_label(p)) for p in plan.points]
-    summary = PlanSummary(points, unknown_models=list(plan.unknown_models), edits=plan.edit)
+    summary = PlanSummary(points, unknown_models=list(plan.unknown_models), run_found=status_of is not None,
+                          edits=plan.edit)
+    retry_failed = plan.config.retry_failed
     costs: dict = {}   # tasks alike share one params dict: price each once
     prices = pricing.load(plan.config.prices)
     unpriced = set()
@@ -65,10 +116,13 @@ def summarise_plan(plan: Plan) -> PlanSummary:
                 unpriced.add(str(task.params.get("model") or models.API_DEFAULT_MODEL))
         images, cost = costs[key]
         point.images += images
-        if cost is None or point.cost_usd is None:
-            point.cost_usd = None
+        point.cost_usd = _add(point.cost_usd, cost)
+        if status_of is None or to_send(status_of(task.task_id), retry_failed):
+            point.to_send += 1
+            point.images_to_send += images
+            point.cost_to_send_usd = _add(point.cost_to_send_usd, cost)
         else:
-            point.cost_usd += cost
+            point.done += 1
     summary.unpriced_models = sorted(unpriced)
     return summary
 
@@ -87,12 +141,22 @@ def _money(value: Optional[float]) -> str:
 
 def format_plan(summary: PlanSummary, rpm: Optional[float] = None, mode: str = "live") -> str:
     width = max([len(p.label) for p in summary.points] + [11])
-    lines = [f"{'sweep point':<{width}}  {'tasks':>8}  {'refused':>8}  {'images':>8}  {'est. cost':>10}"]
+    ran = summary.run_found
+
+    def row(label, tasks, refused, images, cost, done, sending, sending_cost) -> str:
+        line = f"{label:<{width}}  {tasks:>8,}  {refused:>8,}  {images:>8,}  {_money(cost):>10}"
+        return line + (f"  {done:>8,}  {sending:>8,}  {_money(sending_cost):>12}" if ran else "")
+    head = f"{'sweep point':<{width}}  {'tasks':>8}  {'refused':>8}  {'images':>8}  {'est. cost':>10}"
+    lines = [head + (f"  {'done':>8}  {'to send':>8}  {'cost to send':>12}" if ran else "")]
     for p in summary.points:
-        lines.append(f"{p.label:<{width}}  {p.tasks:>8,}  {p.refused:>8,}  {p.images:>8,}  {_money(p.cost_usd):>10}")
+        lines.append(row(p.label, p.tasks, p.refused, p.images, p.cost_usd, p.done, p.to_send,
+                         p.cost_to_send_usd))
     images = sum(p.images for p in summary.points)
-    lines.append(f"{'total':<{width}}  {summary.tasks:>8,}  {summary.refused:>8,}  {images:>8,}  "
-                 f"{_money(summary.cost_usd):>10}")
+    lines.append(row("total", summary.tasks, summary.refused, images, summary.cost_usd, summary.done,
+                     summary.to_send, summary.cost_to_send_usd))
+    if ran:
+        lines.append(f"the output folder holds a run of this job: {summary.done:,} task(s) done, "
+                     f"{summary.to_send:,} to send, {_money(summary.cost_to_send_usd)} still to spend")
     if mode == "batch":
         lines.append("costs at the Batch API's price: half the live one")
     if summary.edits:
@@ -114,6 +178,8 @@ def format_plan(summary: PlanSummary, rpm: Optional[float] = None, mode: str = "
                 lines.append(f"      row {row}: {text!r}")
     if rpm:
         # A request for n images counts n against the per-minute budget.
-        lines.append(f"{summary.tasks:,} tasks ({images:,} images) at {rpm:g}/min: "
-                     f"{format_duration(images / rpm * 60)}")
+        images_to_send = sum(p.images_to_send for p in summary.points)
+        if summary.to_send:
+            lines.append(f"{summary.to_send:,} tasks ({images_to_send:,} images) at {rpm:g}/min: "
+                         f"{format_duration(images_to_send / rpm * 60)}")
     return "\n".join(lines)

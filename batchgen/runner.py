@@ -23,10 +23,11 @@ from .exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
 from .job import JobConfig, Plan
 from .journal import NOT_DONE, VOID, Journal, replay
 from .outdir import OutputFolder, Provenance
+from .planning import to_send
 from .progress import Progress
 from .providers import Endpoint
 
-log = logging.getLogger("batchgen")
+log = logging.getLogger(__name__)
 
 GRACE_S = 30.0
 IMPORT_WRITERS_AFTER_S = 0.2   # by then the first requests are out (and most runs are not over)
@@ -50,12 +51,24 @@ class Summary:
     warnings: list = field(default_factory=list)
     not_in_input: int = 0               # tasks finished earlier that this input no longer holds
     short: int = 0                      # ok tasks whose answer had fewer images than asked
+    simulated: bool = False             # made by the built-in simulator: nothing was charged
 
     @property
     def exit_status(self) -> int:
         if self.stopped or self.not_done:
             return EXIT_STOPPED
         return EXIT_TASK_ERRORS if self.errors or self.short else EXIT_OK
+
+    def as_json(self) -> dict:
+        """`batchgen run --json` (the README lists the keys). `by_code` counts the errors only:
+        the tasks not done carry the stop's code, `stopped`."""
+        return {"out": self.out, "total": self.total, "ok": self.ok, "errors": self.errors,
+                "not_done": self.not_done, "by_code": self.by_code, "missing_images": self.short,
+                "images": self.images, "requests_sent": self.requests_sent,
+                "est_cost_usd": self.est_cost_usd, "simulated": self.simulated,
+                "not_in_input": self.not_in_input, "stopped": self.stopped,
+                "stop_message": self.stop_message, "exit_status": self.exit_status,
+                "elapsed_s": self.elapsed_s}
 
 
 class Recorder:
@@ -92,6 +105,10 @@ class Recorder:
     def note(self, text: str) -> None:
         self.progress.note(text)
 
+    def retry(self, rate_limited: bool, pause_s: float = 0.0) -> None:
+        """A task is sent again; `pause_s`: a rate-limit pause that holds every worker began."""
+        self.progress.retry(rate_limited, pause_s)
+
 
 @dataclass
 class Resume:
@@ -112,7 +129,7 @@ def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
             refused += 1
             continue
         status = state.status(task.task_id)
-        if status is None or (retry_failed and status == "error"):
+        if to_send(status, retry_failed):
             pending.append(task)
         elif status == "ok":
             done_ok += 1
@@ -160,6 +177,7 @@ async def _run_async(config: JobConfig, table, plan: Plan, connect, show_progres
         try:
             summary = await _send_and_keep(config, table, plan, folder, endpoint, provenance,
                                            earlier, show_progress)
+            folder.record_end(summary.stopped, summary.stop_message, summary.exit_status)
         finally:
             folder.unlock()
     summary.elapsed_s = round(time.monotonic() - started, 2)
@@ -314,7 +332,6 @@ def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int,
             ok_tasks += 1
             if state.states[task.task_id].short():
                 short += 1
-                by_code["missing_image"] = by_code.get("missing_image", 0) + 1
             price = pricing.recorded_cost(prices, task.params, state.final(task.task_id))
             cost_known = cost_known and price is not None
             cost += price or 0.0
@@ -322,14 +339,19 @@ def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int,
         if task.problem:
             errors, code = errors + 1, "invalid_params"
         elif status is None:
-            not_done, code = not_done + 1, stop.code or "interrupted"
+            not_done += 1       # their code is the stop's, in one place: Summary.stopped
+            continue
         else:
-            errors, code = errors + 1, (state.final(task.task_id) or {}).get("error_code")
+            record = state.final(task.task_id) or {}
+            errors, code = errors + 1, record.get("error_code")
+            if record.get("cost_usd"):      # answers paid for whose images could not be used
+                cost += pricing.recorded_cost(prices, task.params, record) or 0.0
         by_code[code] = by_code.get(code, 0) + 1
     return Summary(out=str(config.out), total=len(plan.tasks), ok=ok_tasks, errors=errors,
                    not_done=not_done, by_code=by_code, images=images, requests_sent=requests_sent,
                    elapsed_s=0.0, est_cost_usd=round(cost, 4) if cost_known else None,
-                   stopped=stop.code, stop_message=stop.message, warnings=warnings, short=short)
+                   stopped=stop.code, stop_message=stop.message, warnings=warnings, short=short,
+                   simulated=bool(config.simulate))
 
 
 class _signals:

@@ -1,4 +1,8 @@
-"""Progress of a run from its journal and job.json; safe to read while the run writes."""
+"""Progress of a run from its journal and job.json; safe to read while the run writes.
+
+Whether the run is going is the folder's lock (the kernel's: a killed run holds none); how it
+ended is what the run wrote in job.json's "run" when it ended (a killed run wrote nothing).
+"""
 from __future__ import annotations
 
 import math
@@ -9,7 +13,10 @@ from typing import Optional
 
 from .exceptions import UsageError
 from .journal import replay
-from .outdir import JOB_FILE, JOURNAL_FILE, read_job
+from .outdir import FINISHED, JOB_FILE, JOURNAL_FILE, RUNNING, STOPPED, OutputFolder, read_job
+
+# `stopped` for a run that ended without recording why (killed, or the machine went down).
+NO_LONGER_RUNNING = "no_longer_running"
 
 
 @dataclass
@@ -20,12 +27,27 @@ class Status:
     ok: int
     errors: int
     by_code: dict = field(default_factory=dict)
-    rate_per_min: Optional[float] = None
+    state: str = FINISHED               # running | finished | stopped
+    stopped: Optional[str] = None       # why it stopped: a result error code, or NO_LONGER_RUNNING
+    stop_message: Optional[str] = None
+    rate_per_min: Optional[float] = None    # only while running
     eta_s: Optional[float] = None
 
     @property
     def done(self) -> int:
         return self.ok + self.errors + self.refused
+
+    @property
+    def running(self) -> bool:
+        return self.state == RUNNING
+
+    def as_json(self) -> dict:
+        """`batchgen status --json` (the README lists the keys)."""
+        return {"out": self.out, "total": self.total, "done": self.done, "ok": self.ok,
+                "errors": self.errors + self.refused, "by_code": self.by_code,
+                "running": self.running, "state": self.state, "stopped": self.stopped,
+                "stop_message": self.stop_message, "rate_per_min": self.rate_per_min,
+                "eta_s": self.eta_s}
 
 
 RATE_WINDOW_S = 600
@@ -67,14 +89,35 @@ def read_status(out, now: Optional[float] = None) -> Status:
     if refused:
         by_code["invalid_params"] = refused
     status = Status(str(out), total, refused, ok, errors, by_code)
+    status.state, status.stopped, status.stop_message = run_state(
+        job.get("run"), OutputFolder(out).is_locked(), status.done >= total)
     now = time.time() if now is None else now
     recent = [t for t in finished if t >= now - RATE_WINDOW_S]
-    if len(recent) >= 2:
+    if status.running and len(recent) >= 2:
         span = max(now - min(recent), 1.0)
         status.rate_per_min = len(recent) / span * 60
         remaining = max(0, status.total - status.done)
         status.eta_s = remaining / status.rate_per_min * 60 if status.rate_per_min else None
     return status
+
+
+def run_state(run, locked: bool, all_done: bool) -> tuple:
+    """(state, why it stopped, what to do) from job.json's "run" and whether the lock is held."""
+    if locked:
+        return RUNNING, None, None
+    run = run if isinstance(run, dict) else {}
+    said = run.get("state")
+    if said == FINISHED:
+        return FINISHED, None, None
+    if said == STOPPED:
+        code, message = run.get("stopped"), run.get("stop_message")
+        return (STOPPED, code if isinstance(code, str) else "stopped",
+                message if isinstance(message, str) else None)
+    if said is None and all_done:       # a folder of a version that recorded no end
+        return FINISHED, None, None
+    return (STOPPED, NO_LONGER_RUNNING,
+            "the run ended without finishing (killed, or the machine stopped); run the same "
+            "command again to go on")
 
 
 def format_status(s: Status) -> str:
@@ -84,7 +127,14 @@ def format_status(s: Status) -> str:
              f"{s.errors + s.refused:,} error(s)"]
     if s.by_code:
         lines.append("errors by code: " + ", ".join(f"{c} {n:,}" for c, n in sorted(s.by_code.items(), key=lambda kv: -kv[1])))
-    if s.rate_per_min:
-        eta = format_duration(s.eta_s) if s.eta_s else "done"
-        lines.append(f"rate: {s.rate_per_min:,.1f} tasks/min over the last 10 min; ETA {eta}")
+    if s.running:
+        lines.append("running" + (f"; rate {s.rate_per_min:,.1f} tasks/min over the last 10 min, ETA "
+                                  f"{format_duration(s.eta_s) if s.eta_s else 'any moment'}"
+                                  if s.rate_per_min else ""))
+    elif s.stopped == NO_LONGER_RUNNING:
+        lines.append(f"stopped (no longer running): {s.stop_message}")
+    elif s.stopped:
+        lines.append(f"stopped: {s.stopped}" + (f" — {s.stop_message}" if s.stop_message else ""))
+    else:
+        lines.append("finished")
     return "\n".join(lines)

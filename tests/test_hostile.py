@@ -370,7 +370,7 @@ def test_an_answer_with_fewer_images_than_asked_is_recorded_as_such(tmp_path):
 
     with Hostile(answer) as server:
         summary = run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-2", "n": 3})
-        assert summary.exit_status == 1 and summary.short == 2 and summary.by_code == {"missing_image": 2}
+        assert summary.exit_status == 1 and summary.short == 2 and summary.by_code == {}  # ok tasks: their missing images are counted apart
         df = results(tmp_path / "out")
         assert len(df) == 6 and (df.status == "ok").sum() == 2
         missing = df[df.error_code == "missing_image"]

@@ -260,6 +260,7 @@ def test_ctrl_c_finishes_what_is_in_flight_writes_results_and_exits_3(tmp_path):
         status = batchgen_process("status", out)
         text, _ = status.communicate(timeout=60)
         assert f"{done}/{tasks} tasks done" in text
+        assert "stopped: interrupted" in text and "ETA" not in text
         proc = batchgen_process(*args)
         proc.communicate(timeout=120)
         assert proc.returncode == 0
@@ -299,7 +300,7 @@ def test_status_reports_progress_errors_and_rate(cli, tmp_path):
     assert r.exit_code == 0
     assert "4/4 tasks done (100.0%): 2 ok, 2 error(s)" in r.output
     assert "content_policy_violation 1" in r.output and "invalid_params 1" in r.output
-    assert "rate:" in r.output
+    assert r.output.splitlines()[-1] == "finished" and "rate" not in r.output   # no rate once it is over
     r = cli("status", tmp_path / "nothing")
     assert r.exit_code == 2 and "no batchgen run" in r.output
 

@@ -625,4 +625,4 @@ def test_cli_prints_two_urls_and_stops_quietly_on_sigint():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0 and out == "" and err == ""
+    assert proc.returncode == 0 and out == "" and err.startswith("token: t0k ") and err.count("\n") == 1   # the token to use, and nothing else

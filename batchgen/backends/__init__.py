@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from typing import Iterable, Optional, Protocol
 
 from .. import pricing
 from ..exceptions import UsageError
+from ..logs import log_field, log_text
 
 # mode -> "module:class", imported when chosen so a run loads only the backend it uses.
 BACKENDS = {"live": "batchgen.backends.live:LiveBackend", "batch": "batchgen.backends.batch:BatchBackend"}
 MODES = tuple(BACKENDS)
+
+log = logging.getLogger(__name__)
 
 
 class Recorder(Protocol):
@@ -41,6 +45,7 @@ class StopSwitch:
     def __call__(self, code: str, message: str) -> None:
         if self.code is None:
             self.code, self.message = code, message
+            log.info("stop code=%s message=%s", log_field(code), log_text(message))
         self._event.set()
 
     async def sleep(self, seconds: float) -> None:

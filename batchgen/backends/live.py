@@ -19,8 +19,9 @@ from ..models import FORMAT_EXTENSIONS
 from ..errors import Decision, classify, is_rate_limited, stop_advice
 from ..exceptions import ApiError, BadResponse, InvalidInput, NotJson, RequestError, Unreachable
 from ..limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
+from ..logs import log_field
 
-log = logging.getLogger("batchgen")
+log = logging.getLogger(__name__)
 
 INLINE_SAVE_BYTES = 256 * 1024
 FREEZE_EVERY = 1000
@@ -87,6 +88,8 @@ class LiveBackend:
         self._workers: list = []
         self._said_wait_until = 0.0
         self._bills: dict = {}        # task id -> USD of each billable answer it has had
+        # Read once: a run that logs nothing spends nothing on its per-attempt lines.
+        self._log_attempts = log.isEnabledFor(logging.INFO)
 
     async def __aenter__(self):
         self.concurrency = fit_concurrency(self.config.concurrency)
@@ -144,8 +147,12 @@ class LiveBackend:
                 if error is None:
                     record["attempts"] = attempts
                     record["latency_s"] = round(time.monotonic() - sent_at, 4)
+                    if self._log_attempts:
+                        self._log_attempt(task, attempts, sent_at, record["http_status"], "ok", "done")
                     return self._finish(task, record)
                 wait = self._ask_policy(error, retries, sent_at)
+                if self._log_attempts:
+                    self._log_attempt(task, attempts, sent_at, error.http_status, error.code, self._next_step(wait))
                 if wait is None:
                     return self._finish(task, self._error_record(task, error, attempts, started))
                 if self.stop:
@@ -195,10 +202,37 @@ class LiveBackend:
                       f"again later, or allow a longer wait with --max-wait")
             return 0.0
         rate_limited = is_rate_limited(error)
+        pause = 0.0
         if rate_limited:
-            self.pacer.on_rate_limited(error.retry_after, sent_at)
+            pause = self.pacer.on_rate_limited(error.retry_after, sent_at)
             self._say_wait(error)
-        return retries.next_wait(rate_limited, error.retry_after)
+            if pause and self._log_attempts:
+                self._log_pause(error, pause)
+        wait = retries.next_wait(rate_limited, error.retry_after)
+        if wait is not None:
+            self.recorder.retry(rate_limited, pause)
+        return wait
+
+    # -- the log's lines (README, "Logs"); called only when they are enabled --
+
+    def _next_step(self, wait: Optional[float]) -> str:
+        if self.stop:
+            return "stop"
+        if wait is None:
+            return "recorded"       # the task's outcome: a refusal, or its retries are spent
+        return f"retry_in_s={wait:.3f}" if wait else "retry_after_pause"
+
+    def _log_attempt(self, task, attempt: int, sent_at: float, http_status, result: str, then: str) -> None:
+        log.info("attempt task=%s try=%d http=%s result=%s latency_s=%.3f next=%s", task.task_id,
+                 attempt, http_status or "-", log_field(result), time.monotonic() - sent_at, then)
+
+    def _log_pause(self, error: RequestError, pause: float) -> None:
+        """A 429 began or lengthened the pause every worker waits out: how long, and from what."""
+        stated = error.retry_after
+        log.info("rate_limit pause_s=%.3f retry_after_s=%s coarse=%s http=%s code=%s", pause,
+                 "-" if stated is None else f"{stated:g}",
+                 "-" if stated is None else ("yes" if getattr(stated, "coarse", False) else "no"),
+                 error.http_status, log_field(error.code))
 
     def _looks_like_a_wrong_endpoint(self, error: RequestError) -> bool:
         """Before any success, the answers a wrong URL gives (a redirect, 404/405, an HTML page
