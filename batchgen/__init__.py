@@ -8,7 +8,7 @@
 `import batchgen.client` stays light.
 """
 from ._version import __version__
-from .exceptions import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed,
+from .exceptions import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed, ExportFailed,
                          FolderBusy, JobMismatch, RequestError, RequestTimeout, UsageError)
 
 
@@ -16,6 +16,15 @@ def run(source, **options):
     """Run a job; see batchgen.api.run."""
     from .api import run as _run
     return _run(source, **options)
+
+
+def export(out, format: str, to, *, shard_size: int = 2000, include_errors: bool = False,
+           storage_options=None):
+    """Export the run in OUT to `to` (a folder or an fsspec URL) as 'webdataset' or 'parquet';
+    returns an ExportSummary. See batchgen.exports.export."""
+    from .exports import export as _export
+    return _export(out, format, to, shard_size=shard_size, include_errors=include_errors,
+                   storage_options=storage_options)
 
 
 def read_results(out):
@@ -31,6 +40,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'batchgen' has no attribute {name!r}")
 
 
-__all__ = ["run", "Summary", "read_results", "BatchgenError", "UsageError", "JobMismatch",
+__all__ = ["run", "export", "Summary", "read_results", "BatchgenError", "UsageError", "JobMismatch",
            "FolderBusy", "RequestError", "RequestTimeout", "ConnectionFailed", "BadResponse",
-           "DownloadFailed", "ApiError", "__version__"]
+           "DownloadFailed", "ApiError", "ExportFailed", "__version__"]

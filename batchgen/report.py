@@ -20,12 +20,12 @@ import math
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Mapping, Optional
 from urllib.parse import quote
 
 from .exceptions import UsageError
-from .outdir import read_job, write_atomic
+from .outdir import read_job, safe_image_path, write_atomic
 
 MAX_PROMPTS = 50          # rows of the grid (HTML and contact sheet); statistics cover all rows
 THUMB_HTML = 256          # long side of an embedded thumbnail, px
@@ -94,13 +94,7 @@ def _normalised(df):
 
 def _safe_relpath(path) -> Optional[str]:
     """image_path as a relative link inside OUT, or None if it is absent or points outside."""
-    path = _text(path)
-    if not path:
-        return None
-    p = PurePosixPath(path.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
-        return None
-    return p.as_posix()
+    return safe_image_path(_text(path))
 
 
 # ---- statistics -------------------------------------------------------------------------
