@@ -2,20 +2,15 @@
 
     >>> import batchgen
     >>> summary = batchgen.run("jobs/otter_sweep.toml", simulate=True)
-    >>> df = batchgen.read_results(summary.out)
+    >>> df = summary.results()
 
-`run` and `Summary` load the pipeline when first used, so `import batchgen.simulator` or
+`run`, `plan`, `export` and `Summary` load the pipeline when first used, so `import batchgen.simulator` or
 `import batchgen.client` stays light.
 """
 from ._version import __version__
 from .exceptions import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed, ExportFailed,
                          FolderBusy, JobMismatch, RequestError, RequestTimeout, UsageError)
-
-
-def run(source, **options):
-    """Run a job; see batchgen.api.run."""
-    from .api import run as _run
-    return _run(source, **options)
+from .python_api import plan, run
 
 
 def export(out, format: str, to, *, shard_size: int = 2000, include_errors: bool = False,
@@ -40,6 +35,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'batchgen' has no attribute {name!r}")
 
 
-__all__ = ["run", "export", "Summary", "read_results", "BatchgenError", "UsageError", "JobMismatch",
+__all__ = ["run", "plan", "export", "Summary", "read_results", "BatchgenError", "UsageError", "JobMismatch",
            "FolderBusy", "RequestError", "RequestTimeout", "ConnectionFailed", "BadResponse",
            "DownloadFailed", "ApiError", "ExportFailed", "__version__"]

@@ -12,16 +12,17 @@ from .providers import Endpoint, endpoint_url, resolve_endpoint
 from .reader import read_table
 
 
-def prepare(source, options: dict):
+def prepare(source, options: dict, table=None):
     """Everything that can fail on bad input, before anything is sent or written:
-    (config, table, plan)."""
+    (config, table, plan). `table`: the input already in memory (source then only names it)."""
     config = resolve_config(source, options)
-    table = read_table(config.source, config.encoding)
+    if table is None:
+        table = read_table(config.source, config.encoding)
     plan = make_plan(table, config)
     return config, table, plan
 
 
-def run(source, *, progress: bool = False, environ=None, **options):
+def run(source, *, progress: bool = False, environ=None, table=None, **options):
     """Run a job (a job file or a data file); the Python API behind `batchgen run`.
 
     Options are those of the command line, by their Python names (`out`, `prompt_column`,
@@ -29,7 +30,7 @@ def run(source, *, progress: bool = False, environ=None, **options):
     Returns a Summary; raises UsageError for bad usage or input (nothing sent).
     """
     from .runner import run_job
-    config, table, plan = prepare(source, options)
+    config, table, plan = prepare(source, options, table)
     if config.simulate:
         connect = _simulated(config.provider)
     else:

@@ -25,6 +25,11 @@ class PlanSummary:
     refused_by_reason: dict = field(default_factory=dict)     # reason -> count
     examples: dict = field(default_factory=dict)              # reason -> [(row_index, prompt)]
     unknown_models: list = field(default_factory=list)
+    rpm: Optional[float] = None      # for the time estimate of str()
+    mode: str = "live"
+
+    def __str__(self) -> str:
+        return format_plan(self, self.rpm, self.mode)
 
     @property
     def tasks(self) -> int:
@@ -42,7 +47,8 @@ class PlanSummary:
 
 def summarise_plan(plan: Plan) -> PlanSummary:
     points = [PointSummary(point_label(p)) for p in plan.points]
-    summary = PlanSummary(points, unknown_models=list(plan.unknown_models))
+    summary = PlanSummary(points, unknown_models=list(plan.unknown_models), rpm=plan.config.rpm,
+                          mode=plan.config.mode)
     costs: dict = {}   # tasks alike share one params dict: price each once
     for task in plan.tasks:
         point = points[task.point]

@@ -51,6 +51,11 @@ class Summary:
     not_in_input: int = 0               # tasks finished earlier that this input no longer holds
     short: int = 0                      # ok tasks whose answer had fewer images than asked
 
+    def results(self):
+        """OUT/results.parquet as a pandas DataFrame (one row per image; a failed task: one row)."""
+        from .results import read_results
+        return read_results(self.out)
+
     @property
     def exit_status(self) -> int:
         if self.stopped or self.not_done:

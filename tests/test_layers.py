@@ -16,7 +16,7 @@ PLANNING = {"batchgen.identity", "batchgen.job", "batchgen.models", "batchgen.re
 SENDING = {"batchgen.client", "batchgen.limits", "batchgen.backends", "batchgen.backends.live"}
 KEEPING = {"batchgen.journal", "batchgen.store", "batchgen.results", "batchgen.outdir"}
 CLI = {"batchgen.cli", "batchgen.cli_simulate", "batchgen.__main__"}
-WIRING = {"batchgen.runner", "batchgen.api"}
+WIRING = {"batchgen.runner", "batchgen.api", "batchgen.python_api"}
 SHOWING = {"batchgen.status", "batchgen.report", "batchgen.progress", "batchgen.exports"}
 
 
