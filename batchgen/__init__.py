@@ -7,16 +7,19 @@
 `run`, `plan`, `export` and `Summary` load the pipeline when first used, so `import batchgen.simulator` or
 `import batchgen.client` stays light.
 """
+from typing import Mapping, Optional
+
 from ._version import __version__
 from .exceptions import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed, ExportFailed,
                          FolderBusy, JobMismatch, RequestError, RequestTimeout, UsageError)
 from .python_api import plan, run
 
 
-def export(out, format: str, to, *, shard_size: int = 2000, include_errors: bool = False,
-           storage_options=None):
+def export(out, format: str, to, *, shard_size: Optional[int] = None, include_errors: bool = False,
+           storage_options: Optional[Mapping] = None):
     """Export the run in OUT to `to` (a folder or an fsspec URL) as 'webdataset' or 'parquet';
-    returns an ExportSummary. See batchgen.exports.export."""
+    returns an ExportSummary. `shard_size`: samples per shard (default 2,000). See
+    batchgen.exports.export."""
     from .exports import export as _export
     return _export(out, format, to, shard_size=shard_size, include_errors=include_errors,
                    storage_options=storage_options)

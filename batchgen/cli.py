@@ -7,6 +7,7 @@ import sys
 import click
 
 from .exceptions import EXIT_STOPPED, EXIT_USAGE, UsageError
+from .exports import DEFAULT_SHARD_SIZE, FORMATS as EXPORT_FORMATS
 from .job import MODES
 from .providers import DEFAULT_PROVIDER, NAMES as PROVIDER_NAMES, PROVIDERS
 
@@ -223,13 +224,13 @@ def report(out):
 
 @main.command()
 @click.argument("out")
-@click.option("--format", "format_", type=click.Choice(["webdataset", "parquet"]), required=True,
+@click.option("--format", "format_", type=click.Choice(EXPORT_FORMATS), required=True,
               help="webdataset: tar shards of KEY.png|jpg|webp + KEY.json; parquet: the image bytes in "
                    "column `image` beside the result columns.")
 @click.option("--to", "dest", required=True, metavar="DEST",
               help="A folder, or an fsspec URL (s3://bucket/prefix, gs://…, hf://datasets/…; "
                    "pip install 'batchgen[s3]' for s3://).")
-@click.option("--shard-size", type=click.IntRange(min=1), default=2000, show_default=True,
+@click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Samples per shard (tar or Parquet file).")
 @click.option("--include-errors", is_flag=True, help="Parquet: the rows of failed tasks too (no image).")
 def export(out, format_, dest, shard_size, include_errors):

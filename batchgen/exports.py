@@ -28,13 +28,14 @@ from ._version import __version__
 from .exceptions import BatchgenError, ExportFailed, UsageError
 from .outdir import IMAGES_DIR, TMP_PREFIX, OutputFolder, read_job, safe_image_path, write_atomic
 from .reader import free_name
-from .results import _json_default, read_results_table
 
 FORMATS = ("webdataset", "parquet")
 DEFAULT_SHARD_SIZE = 2000
-# Images per Parquet row group: what Hugging Face writes for image datasets, so a reader that
-# streams holds one small group (tens of MB) at a time.
+# A Parquet row group holds at most 100 images (what Hugging Face writes for image datasets)
+# and ends once it holds 32 MB of them, so a reader that streams holds one small group at a
+# time, and so does the writer: pyarrow needs about three times a group's size to write it.
 ROW_GROUP_IMAGES = 100
+ROW_GROUP_BYTES = 32 << 20
 MANIFEST_FILE = "batchgen-export.json"
 CARD_FILE = "README.md"
 # The shards sit in a folder of their own (Hugging Face's layout), so a reader given the folder
@@ -57,7 +58,7 @@ class ExportSummary:
     removed: list = field(default_factory=list)    # shards of an earlier export, removed
 
 
-def export(out, format: str, to: str, *, shard_size: int = DEFAULT_SHARD_SIZE,
+def export(out, format: str, to, *, shard_size: Optional[int] = None,
            include_errors: bool = False, storage_options: Optional[Mapping] = None) -> ExportSummary:
     """Export OUT's ok images (and with `include_errors`, Parquet only, its error rows) to `to`,
     a folder or an fsspec URL, as `format` ('webdataset' or 'parquet') in shards of at most
@@ -66,6 +67,8 @@ def export(out, format: str, to: str, *, shard_size: int = DEFAULT_SHARD_SIZE,
 
     Raises UsageError for bad arguments or a run that cannot be exported (nothing written), and
     ExportFailed when DEST could not be written (run it again to finish)."""
+    from .results import read_results_table
+    shard_size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
     if format not in FORMATS:
         raise UsageError(f"format {format!r} is unknown; export as one of {', '.join(FORMATS)}")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
@@ -183,6 +186,7 @@ def _json_ready(value):
 
 def _write_webdataset(f, out: Path, chunk, first: int) -> tuple[int, int]:
     """One tar shard: `KEY.<ext>` (the image) and `KEY.json` (its results row) per sample."""
+    from .results import _json_default
     images = 0
     with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for sample in samples(out, chunk, first):
@@ -204,8 +208,10 @@ def _parquet_schema(results_schema):
 
 def _write_parquet(f, out: Path, chunk, first: int) -> tuple[int, int]:
     """One Parquet file: `key`, `image` (the bytes; null on an error row), then the results
-    columns, in row groups of ROW_GROUP_IMAGES rows. The images are stored as they are (no
-    compression, no statistics: they are compressed already, and min/max of images is noise)."""
+    columns, in row groups of ROW_GROUP_IMAGES rows or ROW_GROUP_BYTES of images. The images are stored as they are: no
+    compression (they are compressed already), no statistics (min/max of images is noise) and
+    no dictionary (every image differs; trying one held each row group's images several times
+    over in memory: 1.9 GB of peak RSS for groups of 100 3-MB images)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -214,17 +220,24 @@ def _write_parquet(f, out: Path, chunk, first: int) -> tuple[int, int]:
     others = [n for n in schema.names if n != IMAGE_COLUMN]
     images = errors = 0
     with pq.ParquetWriter(f, schema, compression={n: "zstd" for n in others} | {IMAGE_COLUMN: "none"},
-                          write_statistics=others) as writer:
-        for start in range(0, chunk.num_rows, ROW_GROUP_IMAGES):
-            group = chunk.slice(start, ROW_GROUP_IMAGES)
-            keys, data = [], []
-            for sample in samples(out, group, first + start):
-                keys.append(sample.key)
-                data.append(sample.image)
-                images, errors = (images + 1, errors) if sample.image is not None else (images, errors + 1)
+                          write_statistics=others, use_dictionary=others) as writer:
+        start, keys, data, size = 0, [], [], 0
+
+        def flush():
             table = pa.Table.from_arrays([pa.array(keys, pa.string()), pa.array(data, pa.binary()),
-                                          *group.columns], schema=schema)
-            writer.write_table(table, row_group_size=ROW_GROUP_IMAGES)
+                                          *chunk.slice(start, len(keys)).columns], schema=schema)
+            writer.write_table(table, row_group_size=len(keys))
+
+        for sample in samples(out, chunk, first):
+            keys.append(sample.key)
+            data.append(sample.image)
+            size += len(sample.image or b"")
+            images, errors = (images + 1, errors) if sample.image is not None else (images, errors + 1)
+            if len(keys) == ROW_GROUP_IMAGES or size >= ROW_GROUP_BYTES:
+                flush()
+                start, keys, data, size = start + len(keys), [], [], 0
+        if keys:
+            flush()
     return images, errors
 
 
@@ -274,8 +287,9 @@ def dataset_card(job: dict, name: str, summary: ExportSummary, rows, shard_size:
                   f"ds = wds.WebDataset(\"{_md(summary.dest)}/{_brace(summary.shards)}\").decode(\"pil\")", "```"]
     else:
         lines += ["", "## Files", "",
-                  f"`key` (`<task_id>_<k>`) and `image` (the image's bytes as the API made it; "
-                  f"row groups of {ROW_GROUP_IMAGES} rows) beside the columns of results.parquet.", "",
+                  f"`key` (`<task_id>_<k>`) and `image` (the image's bytes as the API made it; row groups "
+                  f"of at most {ROW_GROUP_IMAGES} rows or {ROW_GROUP_BYTES >> 20} MB of images) beside the "
+                  "columns of results.parquet.", "",
                   "```python", "import pandas as pd", f"df = pd.read_parquet(\"{_md(summary.dest)}/{DATA_DIR}\")",
                   "from datasets import load_dataset, Image",
                   f"ds = load_dataset(\"parquet\", data_files=\"{_md(summary.dest)}/{DATA_DIR}/*.parquet\", split=\"train\")"
