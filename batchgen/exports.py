@@ -65,8 +65,10 @@ def export(out, format: str, to, *, shard_size: Optional[int] = None,
     `shard_size` samples, with a dataset card (README.md) and a manifest. `storage_options` go to
     fsspec (credentials and endpoints otherwise come from the environment, e.g. AWS_ENDPOINT_URL).
 
-    Raises UsageError for bad arguments or a run that cannot be exported (nothing written), and
-    ExportFailed when DEST could not be written (run it again to finish)."""
+    Raises UsageError for bad arguments, a DEST that is not an export, or a run that cannot be
+    exported (nothing written; an image found changed stops the export, and the shards written
+    before it stay, whole, until an export replaces them), and ExportFailed when DEST could not
+    be written (run it again to finish)."""
     from .results import read_results_table
     shard_size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
     if format not in FORMATS:

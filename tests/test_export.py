@@ -143,6 +143,11 @@ def test_parquet_row_groups_stay_small_for_streaming(sweep_out, tmp_path, monkey
     meta = pq.ParquetFile(tmp_path / "pq" / summary.shards[0]).metadata
     assert summary.images == 48 and meta.num_rows == 48
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [10, 10, 10, 10, 8]
+    # A group also ends at ROW_GROUP_BYTES of images (big images: fewer per group).
+    monkeypatch.setattr(batchgen.exports, "ROW_GROUP_BYTES", 1)
+    summary = batchgen.export(sweep_out, format="parquet", to=tmp_path / "pq")
+    meta = pq.ParquetFile(tmp_path / "pq" / summary.shards[0]).metadata
+    assert meta.num_row_groups == 48 and meta.num_rows == 48
 
 
 def test_each_image_keeps_its_own_file_type(run_cli, run_copy, tmp_path):
