@@ -2,20 +2,27 @@
 
     >>> import batchgen
     >>> summary = batchgen.run("jobs/otter_sweep.toml", simulate=True)
-    >>> df = batchgen.read_results(summary.out)
+    >>> df = summary.results()
 
-`run` and `Summary` load the pipeline when first used, so `import batchgen.simulator` or
+`run`, `plan`, `export` and `Summary` load the pipeline when first used, so `import batchgen.simulator` or
 `import batchgen.client` stays light.
 """
+from typing import Mapping, Optional
+
 from ._version import __version__
-from .exceptions import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed,
+from .exceptions import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed, ExportFailed,
                          FolderBusy, JobMismatch, RequestError, RequestTimeout, UsageError)
+from .python_api import plan, run
 
 
-def run(source, **options):
-    """Run a job; see batchgen.api.run."""
-    from .api import run as _run
-    return _run(source, **options)
+def export(out, format: str, to, *, shard_size: Optional[int] = None, include_errors: bool = False,
+           storage_options: Optional[Mapping] = None):
+    """Export the run in OUT to `to` (a folder or an fsspec URL) as 'webdataset' or 'parquet';
+    returns an ExportSummary. `shard_size`: samples per shard (default 2,000). See
+    batchgen.exports.export."""
+    from .exports import export as _export
+    return _export(out, format, to, shard_size=shard_size, include_errors=include_errors,
+                   storage_options=storage_options)
 
 
 def read_results(out):
@@ -31,6 +38,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'batchgen' has no attribute {name!r}")
 
 
-__all__ = ["run", "Summary", "read_results", "BatchgenError", "UsageError", "JobMismatch",
+__all__ = ["run", "plan", "export", "Summary", "read_results", "BatchgenError", "UsageError", "JobMismatch",
            "FolderBusy", "RequestError", "RequestTimeout", "ConnectionFailed", "BadResponse",
-           "DownloadFailed", "ApiError", "__version__"]
+           "DownloadFailed", "ApiError", "ExportFailed", "__version__"]

@@ -16,11 +16,12 @@ from .reader import read_table
 log = logging.getLogger(__name__)
 
 
-def prepare(source, options: dict):
+def prepare(source, options: dict, table=None):
     """Everything that can fail on bad input, before anything is sent or written:
-    (config, table, plan)."""
+    (config, table, plan). `table`: the input already in memory (source then only names it)."""
     config = resolve_config(source, options)
-    table = read_table(config.source, config.encoding)
+    if table is None:
+        table = read_table(config.source, config.encoding)
     image_column, mask_column = edit_columns(table.column_names, config.image_column, config.mask_column)
     inputs = None
     if image_column is not None:
@@ -32,7 +33,7 @@ def prepare(source, options: dict):
 
 
 def run(source, *, progress: bool = False, environ=None, verbose: bool = False,
-        log_file=None, **options):
+        log_file=None, table=None, **options):
     """Run a job (a job file or a data file); the Python API behind `batchgen run`.
 
     Options are those of the command line, by their Python names (`out`, `prompt_column`,
@@ -43,7 +44,7 @@ def run(source, *, progress: bool = False, environ=None, verbose: bool = False,
     """
     from .logs import logging_to
     from .runner import run_job
-    config, table, plan = prepare(source, options)
+    config, table, plan = prepare(source, options, table)
     if config.simulate:
         connect = _simulated(config.provider)
     else:
@@ -52,12 +53,12 @@ def run(source, *, progress: bool = False, environ=None, verbose: bool = False,
         return run_job(config, table, plan, connect, progress=progress)
 
 
-def plan(source, options: dict):
+def plan(source, options: dict, table=None):
     """`batchgen plan`: (config, PlanSummary). When the job's output folder holds a run of this
     job, the summary says what it has done and what is left to send and spend; a folder that
     holds another job's run is refused, as `run` would refuse it (UsageError)."""
     from .planning import summarise_plan
-    config, table, job_plan = prepare(source, options)
+    config, table, job_plan = prepare(source, options, table)
     for warning in job_plan.warnings:
         log.warning(warning)
     return config, summarise_plan(job_plan, _done_in(config, table, job_plan))

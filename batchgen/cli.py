@@ -8,6 +8,7 @@ import sys
 import click
 
 from .exceptions import EXIT_STOPPED, EXIT_USAGE, UsageError
+from .exports import DEFAULT_SHARD_SIZE, FORMATS as EXPORT_FORMATS
 from .job import MODES
 from .models import BACKGROUNDS, INPUT_FIDELITIES, MODERATIONS, OUTPUT_FORMATS, PARAMETERS
 from .providers import DEFAULT_PROVIDER, NAMES as PROVIDER_NAMES, PROVIDERS
@@ -285,6 +286,38 @@ def report(out, **options):
         _fail(str(e))
     written = [path] + [p for p in (path.with_name("contact_sheet.png"),) if p.is_file()]
     click.echo("wrote " + " and ".join(map(str, written)))
+
+
+@main.command()
+@click.argument("out")
+@click.option("--format", "format_", type=click.Choice(EXPORT_FORMATS), required=True,
+              help="webdataset: tar shards of KEY.png|jpg|webp + KEY.json; parquet: the image bytes in "
+                   "column `image` beside the result columns.")
+@click.option("--to", "dest", required=True, metavar="DEST",
+              help="A folder, or an fsspec URL (s3://bucket/prefix, gs://…, hf://datasets/…; "
+                   "pip install 'batchgen[s3]' for s3://).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
+              help="Samples per shard (tar or Parquet file).")
+@click.option("--include-errors", is_flag=True, help="Parquet: the rows of failed tasks too (no image).")
+def export(out, format_, dest, shard_size, include_errors):
+    """Export OUT's images and result rows to DEST as a dataset (with a README.md card).
+
+    Exporting again to the same DEST replaces the earlier export."""
+    from .exceptions import ExportFailed
+    from .exports import export as export_run
+    try:
+        s = export_run(out, format_, dest, shard_size=shard_size, include_errors=include_errors)
+    except UsageError as e:
+        _fail(str(e))
+    except ExportFailed as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_STOPPED)
+    except KeyboardInterrupt:
+        click.echo("interrupted; run the same export again to finish it", err=True)
+        sys.exit(EXIT_STOPPED)
+    errors = f" and {s.error_rows} error row(s)" if s.error_rows else ""
+    click.echo(f"exported {s.images} image(s){errors} in {len(s.shards)} {s.format} shard(s) to {s.dest}"
+               + (f"; removed {len(s.removed)} shard(s) of the earlier export" if s.removed else ""))
 
 
 def _register_simulate():

@@ -4,6 +4,7 @@
     ├── UsageError          bad usage or bad input: exit 2, nothing sent
     │   ├── JobMismatch     OUT belongs to another job, or holds simulated results for a real run
     │   └── FolderBusy      another run holds OUT
+    ├── ExportFailed        an export's destination could not be written: exit 3, rerun to finish
     └── RequestError        one request did not give images (carries a result error code)
         ├── RequestTimeout           code "timeout"
         ├── ConnectionFailed         code "connection_error"
@@ -41,6 +42,11 @@ class JobMismatch(UsageError):
 
 class FolderBusy(UsageError):
     """Another batchgen run holds the output folder's lock."""
+
+
+class ExportFailed(BatchgenError):
+    """`batchgen export` could not write its destination (a full disk, a refused upload, no
+    credentials); what it wrote is whole, and running the export again replaces it."""
 
 
 class RequestError(BatchgenError):

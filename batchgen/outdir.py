@@ -14,7 +14,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 from ._version import __version__
@@ -121,6 +121,17 @@ def _writer_alive(tmp_name: str) -> bool:
 
 
 # ---- the folder ----------------------------------------------------------------------------
+
+def safe_image_path(path) -> Optional[str]:
+    """A results row's image_path as a relative POSIX path inside OUT, or None when it is
+    absent or would point outside OUT (absolute, `..`, a drive): results are read back as data."""
+    if not isinstance(path, str) or not path:
+        return None
+    p = PurePosixPath(path.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
+        return None
+    return p.as_posix()
+
 
 def read_job(out) -> dict:
     """OUT/job.json, for the commands that read a run (status, report)."""

@@ -46,6 +46,11 @@ class PlanSummary:
     unpriced_models: list = field(default_factory=list)      # known models without a price
     edits: bool = False
     run_found: bool = False           # the output folder holds a run of this job
+    rpm: Optional[float] = None      # for the time estimate of str()
+    mode: str = "live"
+
+    def __str__(self) -> str:
+        return format_plan(self, self.rpm, self.mode)
 
     @property
     def tasks(self) -> int:
@@ -94,7 +99,7 @@ def summarise_plan(plan: Plan, status_of: Optional[Callable[[str], Optional[str]
     that is not refused is to send."""
     points = [PointSummary(point_label(p)) for p in plan.points]
     summary = PlanSummary(points, unknown_models=list(plan.unknown_models), run_found=status_of is not None,
-                          edits=plan.edit)
+                          edits=plan.edit, rpm=plan.config.rpm, mode=plan.config.mode)
     retry_failed = plan.config.retry_failed
     costs: dict = {}   # tasks alike share one params dict: price each once
     prices = pricing.load(plan.config.prices)

@@ -102,6 +102,54 @@ def free_name(name: str, taken: set) -> str:
     return candidate
 
 
+def table_from(data, what: str):
+    """A table in memory — a pandas DataFrame, a pyarrow Table, a list of dicts (one per row),
+    or anything with the Arrow stream interface (polars) — as read_table gives a file: a
+    pyarrow.Table with unique string column names and at least one row. `what` names it in
+    errors. A DataFrame's index is dropped (as a Parquet file's stored index is); a column mixing
+    types (a list of dicts, or a DataFrame's object column) is text, as in JSON Lines."""
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        table = data
+    elif isinstance(data, pa.RecordBatch):
+        table = pa.Table.from_batches([data])
+    elif type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns"):
+        table = _from_pandas(data)
+    elif isinstance(data, (list, tuple)):
+        for i, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise UsageError(f"{what}: item {i} is a {type(row).__name__}, not a dict; give one dict "
+                                 "per row, e.g. [{\"prompt\": \"an otter\"}, ...]")
+        table = _rows_table(data)
+    elif hasattr(data, "__arrow_c_stream__"):
+        table = pa.table(data)
+    else:
+        raise UsageError(f"{what} is a {type(data).__name__}; give a path (CSV, Parquet, JSONL or a job "
+                         "file), a pandas DataFrame, a pyarrow Table or a list of dicts")
+    if table.num_columns == 0:
+        raise UsageError(f"{what} has no columns; it needs a prompt column and at least one row")
+    if table.num_rows == 0:
+        raise UsageError(f"{what} has no rows; add at least one prompt")
+    return table.rename_columns(unique_names(table.column_names))
+
+
+def _from_pandas(df):
+    import pyarrow as pa
+    try:
+        return pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        # A column pyarrow cannot type (mixed values): that column as text, the others as theirs.
+        arrays = []
+        for i in range(df.shape[1]):
+            column = df.iloc[:, i]
+            try:
+                arrays.append(pa.array(column, from_pandas=True))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+                arrays.append(_arrow_array([None if v is None or v != v else v for v in column.tolist()]))
+        return pa.Table.from_arrays(arrays, names=[str(c) for c in df.columns])
+
+
 # ---- the formats ------------------------------------------------------------------------
 
 _TRUE, _FALSE = ["true", "True", "TRUE"], ["false", "False", "FALSE"]
@@ -139,30 +187,40 @@ def _read_parquet(path: Path):
 
 
 def _read_jsonl(path: Path, encoding: Optional[str]):
+    with open(path, encoding=encoding or "utf-8-sig") as f:
+        return _rows_table(_json_objects(f))
+
+
+def _json_objects(lines):
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"line {number}: {e}") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"line {number} is not a JSON object ({{\"prompt\": ...}})")
+        yield doc
+
+
+def _rows_table(docs):
+    """Rows (dicts) as a table: a key missing from a row is null, a column mixing types text."""
     import pyarrow as pa
 
     columns: dict = {}
     rows = 0
-    with open(path, encoding=encoding or "utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"line {number}: {e}") from None
-            if not isinstance(doc, dict):
-                raise ValueError(f"line {number} is not a JSON object ({{\"prompt\": ...}})")
-            for key, value in doc.items():
-                values = columns.get(key)
-                if values is None:
-                    values = columns[key] = [None] * rows
-                values.append(value)
-            rows += 1
-            for values in columns.values():
-                if len(values) < rows:
-                    values.append(None)
-    return pa.table({key: _arrow_array(values) for key, values in columns.items()})
+    for doc in docs:
+        for key, value in doc.items():
+            values = columns.get(key)
+            if values is None:
+                values = columns[key] = [None] * rows
+            values.append(value)
+        rows += 1
+        for values in columns.values():
+            if len(values) < rows:
+                values.append(None)
+    return pa.table({str(key): _arrow_array(values) for key, values in columns.items()})
 
 
 def _arrow_array(values: list):

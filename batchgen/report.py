@@ -31,7 +31,7 @@ from typing import Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
 from .exceptions import UsageError
-from .outdir import read_job, write_atomic
+from .outdir import read_job, safe_image_path, write_atomic
 
 PER_PAGE = 50             # prompts per page (the contact sheet shows the first page's)
 THUMB_HTML = 256          # long side of a thumbnail on the page, px (--thumb)
@@ -204,13 +204,7 @@ def _normalised(df):
 
 def _safe_relpath(path) -> Optional[str]:
     """image_path as a relative link inside OUT, or None if it is absent or points outside."""
-    path = _text(path)
-    if not path:
-        return None
-    p = PurePosixPath(path.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
-        return None
-    return p.as_posix()
+    return safe_image_path(_text(path))
 
 
 # ---- statistics -------------------------------------------------------------------------

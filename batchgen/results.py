@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from . import models, pricing
 from ._version import __version__
+from .exceptions import UsageError
 from .job import Plan, point_label
 from .outdir import METADATA_FILE, RESULTS_FILE, atomic_file, write_atomic
 from .reader import free_name
@@ -594,3 +595,16 @@ def _json_default(value):
 def read_results(out_dir):
     import pandas as pd
     return pd.read_parquet(Path(out_dir) / RESULTS_FILE)
+
+
+def read_results_table(out_dir) -> pa.Table:
+    """OUT/results.parquet as a pyarrow Table (its own types); UsageError when OUT has none
+    or it cannot be read."""
+    import pyarrow.parquet as pq
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.is_file():
+        raise UsageError(f"{out_dir} has no {RESULTS_FILE}: run `batchgen run ... --out {out_dir}` first")
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise UsageError(f"{path} is not readable ({e}); run `batchgen run` again to rebuild it") from None

@@ -53,6 +53,11 @@ class Summary:
     short: int = 0                      # ok tasks whose answer had fewer images than asked
     simulated: bool = False             # made by the built-in simulator: nothing was charged
 
+    def results(self):
+        """OUT/results.parquet as a pandas DataFrame (one row per image; a failed task: one row)."""
+        from .results import read_results
+        return read_results(self.out)
+
     @property
     def exit_status(self) -> int:
         if self.stopped or self.not_done:

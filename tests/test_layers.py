@@ -17,7 +17,8 @@ SENDING = {"batchgen.client", "batchgen.limits", "batchgen.backends", "batchgen.
            "batchgen.backends.batch"}
 KEEPING = {"batchgen.journal", "batchgen.store", "batchgen.results", "batchgen.outdir"}
 CLI = {"batchgen.cli", "batchgen.cli_simulate", "batchgen.__main__"}
-WIRING = {"batchgen.runner", "batchgen.api"}
+WIRING = {"batchgen.runner", "batchgen.api", "batchgen.python_api"}
+SHOWING = {"batchgen.status", "batchgen.report", "batchgen.progress", "batchgen.exports"}
 
 
 def module_name(path: Path) -> str:
@@ -87,6 +88,12 @@ def test_sending_imports_nothing_that_keeps(module):
 def test_keeping_imports_nothing_that_sends(module):
     bad = {m for m in reaches(module) if m in SENDING | WIRING or in_simulator(m)}
     assert not bad, bad
+
+
+@pytest.mark.parametrize("module", sorted(SHOWING))
+def test_showing_reads_what_is_kept_and_sends_nothing(module):
+    allowed = PURE | PLANNING | KEEPING | SHOWING
+    assert reaches(module) <= allowed, reaches(module) - allowed
 
 
 @pytest.mark.parametrize("module", sorted(PURE))
