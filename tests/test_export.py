@@ -150,29 +150,22 @@ def test_parquet_row_groups_stay_small_for_streaming(sweep_out, tmp_path, monkey
     assert meta.num_row_groups == 48 and meta.num_rows == 48
 
 
-def test_each_image_keeps_its_own_file_type(run_cli, run_copy, tmp_path):
-    # Rows made with other output formats (as --output-format jpeg/webp writes them): the
-    # images are re-encoded in place and their rows rewritten, as a run would have recorded them.
-    table = pq.read_table(run_copy / "results.parquet")
-    rows = table.to_pylist()
-    for row, fmt in zip(rows[:4], ["JPEG", "WEBP", "JPEG", "WEBP"]):
-        old = run_copy / row["image_path"]
-        buf = io.BytesIO()
-        Image.open(old).convert("RGB").save(buf, fmt)
-        new = old.with_suffix(".jpg" if fmt == "JPEG" else ".webp")
-        new.write_bytes(buf.getvalue())
-        old.unlink()
-        row.update(image_path=new.relative_to(run_copy).as_posix(), sha256=hashlib.sha256(buf.getvalue()).hexdigest(),
-                   bytes=len(buf.getvalue()))
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), run_copy / "results.parquet")
-
+def test_each_image_keeps_its_own_file_type(run_cli, sim, tmp_path):
+    # A real run over the three output formats of the GPT image models.
+    prompts = tmp_path / "p.csv"
+    pd.DataFrame({"prompt": ["a fox", "a lighthouse"]}).to_csv(prompts, index=False)
+    out = tmp_path / "formats"
+    r = run_cli("run", prompts, "--out", out, "--provider", "openai", "--base-url", sim.openai_base_url,
+                "--model", "gpt-image-1", "--quality", "low", "--sweep", "output_format=png,jpeg,webp",
+                "--no-progress", env={"OPENAI_API_KEY": TOKEN})
+    assert r.exit_code == 0, r.output
     dest = tmp_path / "wds"
-    assert run_cli("export", run_copy, "--format", "webdataset", "--to", dest).exit_code == 0
+    assert run_cli("export", out, "--format", "webdataset", "--to", dest).exit_code == 0
     with open(dest / "data" / "shard-00000.tar", "rb") as f:
         samples = read_tar_samples(f)
-    assert sorted(ext for files in samples.values() for ext in files if ext != "json").count("jpg") == 2
-    assert sum("webp" in files for files in samples.values()) == 2
-    check_tar_samples(samples, expected_by_key(run_copy))
+    extensions = sorted(ext for files in samples.values() for ext in files if ext != "json")
+    assert extensions == ["jpg", "jpg", "png", "png", "webp", "webp"]
+    check_tar_samples(samples, expected_by_key(out))
 
 
 def test_an_export_again_replaces_the_earlier_one_and_removes_its_extra_shards(run_cli, sweep_out, tmp_path):
