@@ -9,7 +9,6 @@ import tarfile
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
