@@ -15,11 +15,11 @@ from typing import Optional
 from .. import _gc
 from ..client import ImagesClient, redact
 from ..edits import IMAGE_KINDS, is_url, sniff
-from ..models import FORMAT_EXTENSIONS
 from ..errors import Decision, classify, is_rate_limited, stop_advice
 from ..exceptions import ApiError, BadResponse, InvalidInput, NotJson, RequestError, Unreachable
 from ..limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
 from ..logs import log_field
+from ..models import FORMAT_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
