@@ -20,7 +20,7 @@ from typing import Optional
 from . import _gc, models
 from .backends import Budget, StopSwitch, backend_for
 from .exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
-from .job import JobConfig, Plan
+from .job import JobConfig, Pending, Plan
 from .journal import NOT_DONE, VOID, Journal, replay
 from .outdir import OutputFolder, Provenance
 from .progress import Progress
@@ -71,8 +71,7 @@ class Recorder:
             self.journal.append({"origin": self._origin})
             self.state.begin_origin(self._origin)
             self._origin = None
-        self.journal.append(record)
-        self.state.apply(record)
+        self.state.apply(record, self.journal.append(record))
 
     def finished(self, record: dict) -> None:
         self._append(record)
@@ -105,20 +104,33 @@ class Resume:
 
 def pending_tasks(plan: Plan, state, retry_failed: bool, mode: str = "live") -> Resume:
     """What is left to send; the spend so far is estimated at `mode`'s price."""
-    pending, done_ok, done_err, spent, refused = [], 0, 0, 0.0, 0
-    for task in plan.tasks:
-        if task.problem:
-            refused += 1
-            continue
-        status = state.status(task.task_id)
-        if status is None or (retry_failed and status == "error"):
-            pending.append(task)
-        elif status == "ok":
-            done_ok += 1
-            spent += models.estimate_cost(task.params, mode) or 0.0
-        else:
-            done_err += 1
-    return Resume(pending, done_ok, done_err, spent, len(plan.tasks) - refused)
+    import numpy as np
+    outcome = _outcomes(plan, state)
+    waiting = outcome == 0
+    if retry_failed:
+        waiting |= outcome == 2
+    ok = outcome == 1
+    spent = sum(count * (models.estimate_cost(plan.tasks.variants[v].params, mode) or 0.0)
+                for v, count in _per_variant(plan, ok))
+    return Resume(Pending(plan.tasks, np.flatnonzero(waiting)), int(ok.sum()), int((outcome == 2).sum()), spent,
+                  len(plan.tasks) - plan.refused)
+
+
+def _outcomes(plan: Plan, state, events=None):
+    """Each task's outcome in the journal, as a numpy array: 0 none, 1 ok, 2 error, -1 refused."""
+    import numpy as np
+    if events is None:
+        events = state.join(plan.tasks.keys())
+    outcome = (state.kinds(events) & 7).astype(np.int8)
+    outcome[np.frombuffer(plan.tasks.problem, np.uint32) != 0] = -1
+    return outcome
+
+
+def _per_variant(plan: Plan, mask) -> list:
+    """(variant index, tasks) of the tasks in `mask`, for the variants that have some."""
+    import numpy as np
+    counts = np.bincount(np.frombuffer(plan.tasks.variant, np.uint32)[mask], minlength=len(plan.tasks.variants))
+    return [(v, int(counts[v])) for v in np.flatnonzero(counts)]
 
 
 # ---- the whole run ----------------------------------------------------------------------
@@ -151,9 +163,8 @@ async def _run_async(config: JobConfig, table, plan: Plan, connect, show_progres
     async with _connected(connect) as endpoint:
         provenance = Provenance(endpoint.provider, endpoint.public_url, config.mode, config.simulate)
         folder = OutputFolder(config.out)
-        refused = sum(1 for t in plan.tasks if t.problem)
         earlier = folder.claim(config.fingerprint(), config.public_dict(), provenance,
-                               {"tasks": len(plan.tasks), "refused": refused, "sweep_points": plan.points})
+                               {"tasks": len(plan.tasks), "refused": plan.refused, "sweep_points": plan.points})
         try:
             summary = await _send_and_keep(config, table, plan, folder, endpoint, provenance,
                                            earlier, show_progress)
@@ -220,7 +231,7 @@ async def _send_then_write(config, table, plan, folder, state, todo, stop, bar, 
                     await backend.send(todo.pending)
                 finally:
                     early.cancel()
-        built = await _build_while_syncing(journal, state, plan, table, stop, provenance, earlier)
+        built = await _build_while_syncing(folder, journal, state, plan, table, stop, provenance, earlier)
     return await _write_results(folder, plan, table, state, stop, provenance, earlier,
                                 built, appended=journal.appended)
 
@@ -252,7 +263,7 @@ def _labels(stop: StopSwitch) -> tuple:
     return stop.code or "interrupted", stop.message or UNFINISHED_MESSAGE
 
 
-async def _build_while_syncing(journal, state, plan, table, stop, provenance, earlier):
+async def _build_while_syncing(folder, journal, state, plan, table, stop, provenance, earlier):
     """Flushing the filesystem waits on the disk (seconds after a big run): the results are
     built meanwhile. Returns them, or None when nothing was appended (they may be current)."""
     from .results import build_results
@@ -262,7 +273,7 @@ async def _build_while_syncing(journal, state, plan, table, stop, provenance, ea
         syncing = asyncio.get_running_loop().run_in_executor(None, journal.mark_synced)
     try:
         if journal.appended:
-            return build_results(plan, state, *_labels(stop), table, provenance, earlier)
+            return build_results(plan, state, *_labels(stop), table, provenance, earlier, folder.path)
         return None
     finally:
         if syncing is not None:
@@ -279,7 +290,7 @@ async def _write_results(folder, plan, table, state, stop, provenance, earlier, 
     if found is not None:
         return found
     if built is None:
-        built = build_results(plan, state, *_labels(stop), table, provenance, earlier)
+        built = build_results(plan, state, *_labels(stop), table, provenance, earlier, folder.path)
     _void_damaged(folder, state)
     # Written in a thread (the write fsyncs) so a signal is still handled.
     images = await asyncio.to_thread(write_results, folder.path, built, key)
@@ -298,32 +309,32 @@ def _void_damaged(folder, state) -> None:
 
 
 def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int, warnings) -> Summary:
-    ok_tasks = errors = not_done = short = 0
-    by_code: dict = {}
-    cost = 0.0
-    cost_known = True
-    for task in plan.tasks:
-        status = None if task.problem else state.status(task.task_id)
-        if status == "ok":
-            ok_tasks += 1
-            if state.states[task.task_id].short():
-                short += 1
-                by_code["missing_image"] = by_code.get("missing_image", 0) + 1
-            price = models.estimate_cost(task.params, config.mode)
-            cost_known = cost_known and price is not None
-            cost += price or 0.0
-            continue
-        if task.problem:
-            errors, code = errors + 1, "invalid_params"
-        elif status is None:
-            not_done, code = not_done + 1, stop.code or "interrupted"
-        else:
-            errors, code = errors + 1, (state.final(task.task_id) or {}).get("error_code")
-        by_code[code] = by_code.get(code, 0) + 1
-    return Summary(out=str(config.out), total=len(plan.tasks), ok=ok_tasks, errors=errors,
-                   not_done=not_done, by_code=by_code, images=images, requests_sent=requests_sent,
+    import numpy as np
+    events = state.join(plan.tasks.keys())
+    outcome = _outcomes(plan, state, events)
+    ok = outcome == 1
+    short = ok & ((state.kinds(events) & 8) != 0)
+    first: dict = {}           # error code -> (first task with it, tasks): listed in task order
+    for code, mask in (("missing_image", short), ("invalid_params", outcome == -1),
+                       (stop.code or "interrupted", outcome == 0)):
+        count = int(mask.sum())
+        if count:
+            first[code] = (int(mask.argmax()), count)
+    for k in np.flatnonzero(outcome == 2).tolist():
+        code = (state.record(int(events[k])) or {}).get("error_code")
+        at, count = first.get(code, (k, 0))
+        first[code] = (min(at, k), count + 1)
+    by_code = {code: count for code, (_, count) in sorted(first.items(), key=lambda item: item[1][0])}
+    cost, cost_known = 0.0, True
+    for v, count in _per_variant(plan, ok):
+        price = models.estimate_cost(plan.tasks.variants[v].params, config.mode)
+        cost_known = cost_known and price is not None
+        cost += count * (price or 0.0)
+    errors = int((outcome == 2).sum()) + plan.refused
+    return Summary(out=str(config.out), total=len(plan.tasks), ok=int(ok.sum()), errors=errors,
+                   not_done=int((outcome == 0).sum()), by_code=by_code, images=images, requests_sent=requests_sent,
                    elapsed_s=0.0, est_cost_usd=round(cost, 4) if cost_known else None,
-                   stopped=stop.code, stop_message=stop.message, warnings=warnings, short=short)
+                   stopped=stop.code, stop_message=stop.message, warnings=warnings, short=int(short.sum()))
 
 
 class _signals:
