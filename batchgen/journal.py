@@ -61,6 +61,7 @@ _KIND = 7
 _KINDS = {"ok": _OK, "error": _ERROR, NOT_DONE: _NOT_DONE, VOID: _VOID}
 _FAST_KINDS = {b"ok": _OK, b"error": _ERROR}
 _STATUS_OF = {_OK: "ok", _ERROR: "error"}
+READ_WINDOW = 1 << 18        # journal bytes read at a time when records are read back
 RECENT_MAX = 65536            # status lookups of this run's outcomes kept in a dict until resolved
 
 
@@ -199,6 +200,7 @@ class Replay:
         self._recent: dict = {}    # key -> its last final/void/forget event since the last resolve
         self._resolved: Optional[_Resolved] = None
         self._fd = -1
+        self._window = (0, b"")    # journal bytes read from an offset (see _line_at)
 
     def __del__(self):
         if self._fd >= 0:
@@ -380,9 +382,18 @@ class Replay:
         return record
 
     def _line_at(self, pos: int) -> bytes:
+        # Tasks finish about in plan order, so the lines the results read one after another
+        # lie close together: read a window of the journal at a time, not a line.
+        start, window = self._window
+        offset = pos - start
+        if 0 <= offset < len(window):
+            end = window.find(b"\n", offset)
+            if end >= 0:
+                return window[offset:end + 1]
         if self._fd < 0:
             self._fd = os.open(self.path, os.O_RDONLY)
-        line = os.pread(self._fd, 4096, pos)
+        line = os.pread(self._fd, READ_WINDOW, pos)
+        self._window = (pos, line)
         end = line.find(b"\n")
         while end < 0:
             more = os.pread(self._fd, 1 << 16, pos + len(line))
@@ -413,11 +424,12 @@ class Replay:
         kinds = np.concatenate((_numpy(self._kind, np.uint8), np.zeros(1, np.uint8)))
         return kinds[events]      # -1 is the 0 appended
 
-    def _keys_in_journal_order(self) -> list:
+    def _keys_in_journal_order(self):
         import numpy as np
         keys = _numpy(self._key, np.uint64)
         unique, first = np.unique(keys, return_index=True)
-        return unique[np.argsort(first, kind="stable")].tolist()
+        for key in unique[np.argsort(first, kind="stable")]:
+            yield int(key)
 
     def finished_elsewhere(self, planned) -> list:
         """The keys with a final outcome that `planned` (a sorted numpy uint64 array) does not
