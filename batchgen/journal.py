@@ -288,7 +288,7 @@ class Replay:
         del keys
         extra: dict = {}
         for key in self._irregular:
-            i = int(np.searchsorted(unique, key))
+            i = int(np.searchsorted(unique, np.uint64(key)))
             if i == len(unique) or int(unique[i]) != key:
                 continue
             last, carried, before = -1, 0, 0
@@ -315,7 +315,7 @@ class Replay:
         if event is None:
             resolved = self._resolve() if self._resolved is None else self._resolved
             import numpy as np
-            i = int(np.searchsorted(resolved.keys, key))
+            i = int(np.searchsorted(resolved.keys, np.uint64(key)))
             if i == len(resolved.keys) or int(resolved.keys[i]) != key:
                 return -1
             event = int(resolved.final[i])
@@ -326,7 +326,7 @@ class Replay:
     def _knows(self, key: int) -> bool:
         import numpy as np
         keys = self._resolve().keys
-        i = int(np.searchsorted(keys, key))
+        i = int(np.searchsorted(keys, np.uint64(key)))
         return i < len(keys) and int(keys[i]) == key
 
     def _status_of_key(self, key: int) -> Optional[str]:
