@@ -20,7 +20,7 @@ import pyarrow as pa
 from . import models
 from ._version import __version__
 from .job import ROWS_AT_A_TIME, Plan, point_label
-from .outdir import METADATA_FILE, RESULTS_FILE, atomic_file, write_atomic
+from .outdir import METADATA_FILE, RESULTS_FILE, atomic_file
 from .reader import free_name
 
 SCHEMA = pa.schema([
@@ -163,7 +163,6 @@ class _Rows:
 
     def __init__(self, passthrough: "_Passthrough", origins: list, files: _ResultsFiles, table):
         self.passthrough = passthrough
-        self.origins = origins                                  # provenance dicts
         self.origin_texts = [_origin_fragment(o) for o in origins]
         self.origin_table = _origin_table(origins)
         self.files = files
