@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -355,11 +356,94 @@ class Task:
         return int(self.params.get("n") or 1)
 
 
+ROWS_AT_A_TIME = 4096    # rows whose prompts become Python values at once, when tasks are read
+
+
+class TaskList:
+    """Every task of a plan, refused ones included, in input order: row by row, each row's
+    sweep points in order (so task k is row k // points, point k % points).
+
+    Kept as columns, 16 bytes a task (its id as a 64-bit number, the index of its parameters,
+    the index of its refusal), not as objects; a Task is made when it is read, with its prompt
+    taken from the input's column a block of rows at a time."""
+
+    def __init__(self, prompts, text_column: bool, n_points: int, variants: list, problems: list,
+                 ids: array, variant: array, problem: array, edits: Optional[list] = None):
+        self._prompts = prompts          # the input's prompt column (pyarrow)
+        self._text_column = text_column
+        self.n_points = n_points
+        self.variants = variants         # index -> _Variant
+        self.problems = problems         # index -> refusal text; index 0 is None
+        self.ids = ids                   # task -> its id as a number (array "Q")
+        self.variant = variant           # task -> index into variants
+        self.problem = problem           # task -> index into problems
+        self.edits = edits               # row -> edits.EditInput, for an edits table
+        self.refused = len(problem) - problem.count(0)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return list(self.at(range(*k.indices(len(self)))))
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return next(self.at((k,)))
+
+    def __iter__(self):
+        return self.at(range(len(self)))
+
+    def at(self, indices):
+        """The tasks at `indices` (ascending), made a block of rows at a time."""
+        block, prompts = -1, []
+        ids, variants, variant, problems, problem = self.ids, self.variants, self.variant, self.problems, self.problem
+        points, edits = self.n_points, self.edits
+        for k in indices:
+            k = int(k)
+            row, point = divmod(k, points)
+            if row // ROWS_AT_A_TIME != block:
+                block = row // ROWS_AT_A_TIME
+                start = block * ROWS_AT_A_TIME
+                prompts = _prompts(self._prompts.slice(start, ROWS_AT_A_TIME).to_pylist(), self._text_column)
+            yield Task("%016x" % ids[k], row, prompts[row - block * ROWS_AT_A_TIME],
+                       variants[variant[k]].params, point, problems[problem[k]], edits[row] if edits else None)
+
+    def keys(self):
+        """Every task's id as a 64-bit number (numpy uint64), in plan order."""
+        import numpy as np
+        return np.frombuffer(self.ids, dtype=np.uint64).copy() if len(self.ids) else np.empty(0, np.uint64)
+
+
+class Pending:
+    """Some of a plan's tasks (ascending task indices), made as they are read."""
+
+    def __init__(self, tasks: TaskList, indices):
+        self.tasks, self.indices = tasks, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __bool__(self) -> bool:
+        return len(self.indices) > 0
+
+    def __iter__(self):
+        return self.tasks.at(self.indices)
+
+
+def _prompts(cells: list, text_column: bool) -> list:
+    """The prompt each cell sends: its text, or None when it is empty."""
+    if text_column:
+        return [c if c is not None and c.strip() else None for c in cells]
+    return [None if _cell(c) is None else str(c) for c in cells]
+
+
 @dataclass
 class Plan:
     config: JobConfig
     points: list[dict]
-    tasks: list[Task]              # every task, refused ones included, in input order
+    tasks: TaskList                # every task, refused ones included, in input order
     passthrough: list[str]         # input columns that go to the results unchanged
     unknown_models: list[str]
     # What the pass-through columns hold (types and values): they are no part of a task's id,
@@ -367,6 +451,10 @@ class Plan:
     passthrough_digest: str = ""
     edit: bool = False             # the tasks are edits (/images/edits)
     warnings: list = field(default_factory=list)
+
+    @property
+    def refused(self) -> int:
+        return self.tasks.refused
 
 
 def _cell(value):
@@ -532,20 +620,19 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     # only prompts on several rows need counting (see task identity, above).
     repeated = len(set(texts)) != len(texts)
     first_row: dict = {}           # prompt text -> its first row; -1 once its tasks are counted
-    counts: dict = {}              # (prompt text, id of a variant's params) -> tasks so far; repeated prompts only
-    variants: dict = {}            # (row's own parameters, point index) -> _Variant
-    shared: dict = {}              # variant key -> the one _Variant with those parameters
-    tasks: list[Task] = []
-    append = tasks.append
+    counts: dict = {}              # (prompt text, variant index) -> tasks so far; repeated prompts only
+    variants: dict = {}            # (row's own parameters, point index) -> variant index
+    shared: dict = {}              # variant key -> the index of the one _Variant with those parameters
+    listed: list = []              # variant index -> _Variant
+    problem_index: dict = {None: 0}
+    ids, variant_of, problem_of = array("Q"), array("I"), array("I")
     blake2b = hashlib.blake2b
+    from_bytes = int.from_bytes
     point_range = range(len(points))
     n_points = len(points)
+    prompts = _prompts(cells, text_column)
     for i, text in enumerate(texts):
-        if text_column:
-            prompt = text if text is not None and text.strip() else None
-        else:
-            prompt = _cell(cells[i])
-            prompt = None if prompt is None else str(prompt)
+        prompt = prompts[i]
         prompt_part = b"\x1e" if text is None else b"\x1f" + text.encode("utf-8", "surrogatepass")
         own: dict = {}
         row_problem = None
@@ -563,27 +650,33 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
         if again:
             first = first_row[text]
             if first >= 0:     # the prompt's second row: count its first row's tasks now
-                for earlier in tasks[first * n_points:(first + 1) * n_points]:
-                    k = (text, id(earlier.params), earlier.edit.key if edit else None)
+                for index in variant_of[first * n_points:(first + 1) * n_points]:
+                    k = (text, index, edit_inputs[first].key if edit else None)
                     counts[k] = counts.get(k, 0) + 1
                 first_row[text] = -1
         for p_index in point_range:
-            variant = variants.get((own_key, p_index))
-            if variant is None:
+            index = variants.get((own_key, p_index))
+            if index is None:
                 variant = _variant({**config.defaults, **own, **points[p_index]}, config.params, edit)
-                variant = variants[(own_key, p_index)] = shared.setdefault(variant.key, variant)
+                index = shared.get(variant.key)
+                if index is None:
+                    index = shared[variant.key] = len(listed)
+                    listed.append(variant)
+                variants[(own_key, p_index)] = index
+            variant = listed[index]
             head = variant.head
             occurrence = 0
             if again:
-                # Keyed by the variant's params dict: one per distinct set of parameters.
-                k = (text, id(variant.params), input_key)
+                # Keyed by the variant: one per distinct set of parameters.
+                k = (text, index, input_key)
                 occurrence = counts.get(k, 0)
                 counts[k] = occurrence + 1
                 if occurrence:
                     head = _id_head(variant.key, occurrence)
             if edit:
                 head = _id_head(variant.key + b"\x1d" + input_key, occurrence)
-            task_id = blake2b(head + prompt_part, digest_size=8).hexdigest()
+            ids.append(from_bytes(blake2b(head + prompt_part, digest_size=8).digest(), "big"))
+            variant_of.append(index)
             problem = row_problem or (inputs.problem if edit else None)
             if problem is None:
                 if blank:
@@ -592,13 +685,18 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
                     problem = models.prompt_problem(prompt, variant.params.get("model"))
                 else:
                     problem = variant.problem
-            append(Task(task_id, i, prompt, variant.params, p_index, problem, inputs))
-    unknown_models = sorted({v.params["model"] for v in variants.values()
+            p = problem_index.get(problem)
+            if p is None:
+                p = problem_index[problem] = len(problem_index)
+            problem_of.append(p)
+    unknown_models = sorted({v.params["model"] for v in listed
                              if models.rules_for(v.params.get("model")) is None})
     if config.mode == "batch":
-        _check_batch_models(variants.values())
+        _check_batch_models(listed)
     if config.max_cost is not None:
-        _check_prices(variants.values(), config)
+        _check_prices(listed, config)
+    tasks = TaskList(table.column(config.prompt_column), text_column, n_points, listed, list(problem_index),
+                     ids, variant_of, problem_of, edit_inputs)
     return Plan(config, points, tasks, passthrough, unknown_models, _content_digest(table, passthrough),
                 edit, _plan_warnings(config, columns))
 

@@ -16,15 +16,19 @@ from (provider, endpoint, mode, simulated); every outcome after it belongs to th
 
 Replay is the resume path of a 100,000-task job, so it does not parse every line: our own
 lines start with `{"task_id":"<id>","status":"<status>"`, which is read by slicing; the JSON
-is parsed only when a record's details are needed.
+is parsed only when a record's details are needed, from the line read back at its offset: the
+state keeps about 40 bytes a task (see Replay), never the records, so a run's memory does not
+grow with its journal.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -45,61 +49,194 @@ _BATCH = b'{"batch":'
 _encode = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 
 
+# ---- the state the journal gives ----------------------------------------------------------
+#
+# One compact event per task line, in journal order (a 64-bit key, a kind byte, the origin and
+# the line's byte offset: ~21 bytes, where a dict of records cost ~1.5 KB a task), resolved
+# into a sorted array of keys, each with its last final event. A record is read back from the
+# journal (by offset) and parsed only when it is needed: the results read each once.
+
+_OK, _ERROR, _NOT_DONE, _VOID, _FORGET = 1, 2, 3, 4, 5
+_SHORT = 8                    # on an ok event: the answer had fewer images than asked
+_KIND = 7
+_KINDS = {"ok": _OK, "error": _ERROR, NOT_DONE: _NOT_DONE, VOID: _VOID}
+_FAST_KINDS = {b"ok": _OK, b"error": _ERROR}
+_STATUS_OF = {_OK: "ok", _ERROR: "error"}
+READ_WINDOW = 1 << 18        # journal bytes read at a time when records are read back
+RECENT_MAX = 65536            # status lookups of this run's outcomes kept in a dict until resolved
+
+
+def task_key(task_id: str) -> int:
+    """A task id as the 64-bit key the state is kept by: the id's own value when it is 16
+    hex digits (every id batchgen makes), else a hash of it (ids of hand-made journals)."""
+    if len(task_id) == 16:
+        try:
+            key = int(task_id, 16)
+        except ValueError:
+            key = -1
+        if key >= 0 and "%016x" % key == task_id:
+            return key
+    import hashlib
+    return int.from_bytes(hashlib.blake2b(task_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
+def _fast_key(raw: bytes) -> Optional[int]:
+    """The key of a line's id (bytes 12-28) when it is 16 lowercase hex digits, else None."""
+    try:
+        key = int(raw[12:28], 16)
+    except ValueError:
+        return None
+    return key if b"%016x" % key == raw[12:28] else None
+
+
+_COST = b'"cost_usd":'
+_NO_COST = float("nan")
+
+
+def _fast_cost(raw: bytes) -> float:
+    """A record line's top-level cost_usd (what its answers were billed), NaN for none. The
+    last occurrence: a record writes it after its params (where --param could name one)."""
+    at = raw.rfind(_COST)
+    if at < 0:
+        return _NO_COST
+    start = at + len(_COST)
+    end = start
+    while end < len(raw) and raw[end] in b"0123456789.eE+-":
+        end += 1
+    try:
+        cost = float(raw[start:end])
+    except ValueError:
+        return _NO_COST
+    return cost if math.isfinite(cost) and cost >= 0 else _NO_COST
+
+
+def _record_cost(record: dict) -> float:
+    cost = record.get("cost_usd")
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
+        return float(cost)
+    return _NO_COST
+
+
+def _numpy(values, dtype):
+    """An array module's values as a numpy array (a copy: the array may still grow)."""
+    import numpy as np
+    return np.frombuffer(values, dtype=dtype).copy() if len(values) else np.empty(0, dtype)
+
+
 class TaskState:
-    """What the journal says of one task: its last final outcome, parsed on demand."""
+    """What the journal says of one task (a view of Replay's compact state)."""
 
-    __slots__ = ("status", "_line", "_record", "carried_attempts", "_extra_attempts", "origin", "damaged")
+    __slots__ = ("_replay", "_key")
 
-    def __init__(self):
-        self.status: Optional[str] = None     # "ok" / "error" of the last final record
-        self.origin = -1                      # index into Replay.origins of that record; -1: unknown
-        self.damaged = False                  # its final line did not parse: the task is not done
-        self._line: Optional[bytes] = None
-        self._record: Optional[dict] = None
-        self.carried_attempts = 0             # sent by not-done records since the last final one
-        self._extra_attempts = 0              # not-done attempts that preceded the final one
+    def __init__(self, replay: "Replay", key: int):
+        self._replay, self._key = replay, key
 
-    def set_final(self, status: str, origin: int, line: Optional[bytes] = None,
-                  record: Optional[dict] = None):
-        self.status, self.origin, self._line, self._record = status, origin, line, record
-        self._extra_attempts, self.carried_attempts = self.carried_attempts, 0
+    @property
+    def status(self) -> Optional[str]:
+        return self._replay._status_of_key(self._key)
 
-    def short(self) -> bool:
-        """An ok answer with fewer images than asked (see the live backend). Read without
-        parsing the line: in ASCII JSON a quoted key cannot appear inside a string value."""
-        if self._record is not None:
-            return "images_expected" in self._record
-        return self._line is not None and b'"images_expected":' in self._line
+    @property
+    def origin(self) -> int:
+        """Index into Replay.origins of the last final record; -1: unknown (older than origins)."""
+        event = self._replay.final_event(self._key)
+        return self._replay._origin[event] if event >= 0 else -1
+
+    @property
+    def carried_attempts(self) -> int:
+        """Attempts sent by not-done records since the last final one."""
+        return self._replay.carried_attempts(self._key)
+
+    @property
+    def damaged(self) -> bool:
+        return self._key in self._replay._damaged
 
     @property
     def final(self) -> Optional[dict]:
-        if self.status is None:
-            return None
-        if self._record is None:
-            try:
-                record = json.loads(self._line)
-            except ValueError:
-                record = None
-            if not isinstance(record, dict):
-                # A line damaged on disk but whole in shape: the task counts as not done.
-                self.status, self._line, self.damaged = None, None, True
-                return None
-            self._record = record
-            self._line = None
-            if self._extra_attempts:
-                self._record["attempts"] = int(self._record.get("attempts") or 0) + self._extra_attempts
-        return self._record
+        return self._replay._final_of_key(self._key)
+
+    def short(self) -> bool:
+        """An ok answer with fewer images than asked (see the live backend)."""
+        event = self._replay.final_event(self._key)
+        return event >= 0 and bool(self._replay._kind[event] & _SHORT)
+
+
+class _States:
+    """Replay.states: task id -> TaskState, in the order the journal first names them."""
+
+    def __init__(self, replay: "Replay"):
+        self._replay = replay
+
+    def get(self, task_id: str, default=None):
+        key = task_key(task_id)
+        return TaskState(self._replay, key) if self._replay._knows(key) else default
+
+    def __getitem__(self, task_id: str) -> TaskState:
+        state = self.get(task_id)
+        if state is None:
+            raise KeyError(task_id)
+        return state
+
+    def __contains__(self, task_id: str) -> bool:
+        return self.get(task_id) is not None
+
+    def __len__(self) -> int:
+        return len(self._replay._resolve().keys)
+
+    def __iter__(self):
+        return (task_id for task_id, _ in self.items())
+
+    def items(self):
+        replay = self._replay
+        for key in replay._keys_in_journal_order():
+            yield replay.task_id_of(key), TaskState(replay, key)
+
+    def values(self):
+        return (state for _, state in self.items())
 
 
 @dataclass
+class _Resolved:
+    keys: object          # numpy uint64, sorted: every key the events name
+    final: object         # numpy int64: the event of each key's last final outcome, -1: none
+    extra: dict           # key -> (carried attempts, attempts before its final): keys with not-done lines
+    events: int           # how many events this covers
+
+
 class Replay:
-    states: dict = field(default_factory=dict)   # task_id -> TaskState
-    lines: int = 0
-    unsynced: int = 0      # ok lines after the last synced marker (checked against the disk)
-    damaged: int = 0       # lines that are not a record (cut short, glued, without status): skipped
-    origins: list = field(default_factory=list)   # each run's {"provider", "endpoint", ...}
-    replaced: dict = field(default_factory=dict)  # a legacy task id -> the id that replaces it
-    batches: dict = field(default_factory=dict)   # Batch API chunk key -> what the journal says of it
+    """The state of every task the journal knows: each task's last final outcome, the origin
+    of that outcome, the attempts of not-done lines, the Batch API's chunks.
+
+    Kept as compact events (see above); `status`, `final` and `states` read them, and
+    `join` gives the outcome of many tasks at once (the plan's, in the runner and results)."""
+
+    def __init__(self, path=None):
+        self.path = path
+        self.lines = 0
+        self.unsynced = 0     # ok lines after the last synced marker (checked against the disk)
+        self.damaged = 0      # lines that are not a record (cut short, glued, without status): skipped
+        self.origins: list = []    # each run's {"provider", "endpoint", ...}
+        self.replaced: dict = {}   # a legacy task id -> the id that replaces it
+        self.batches: dict = {}    # Batch API chunk key -> what the journal says of it
+        self._key = array("Q")
+        self._kind = array("B")
+        self._origin = array("i")
+        self._pos = array("q")     # the line's byte offset in the journal; < 0: -1 - index into _held
+        self._cost = array("d")    # what the line's answers were billed (USD), NaN when it says not
+        self._attempts: dict = {}  # event -> attempts, of not-done events
+        self._held: list = []      # records applied without a place in the journal
+        self._irregular: set = set()   # keys with a not-done, void or forget event
+        self._names: dict = {}     # key -> task id, for ids that are not 16 hex digits
+        self._damaged: set = set() # keys whose final line did not parse when it was read
+        self._recent: dict = {}    # key -> its last final/void/forget event since the last resolve
+        self._resolved: Optional[_Resolved] = None
+        self._fd = -1
+        self._window = (0, b"")    # journal bytes read from an offset (see _line_at)
+
+    def __del__(self):
+        if self._fd >= 0:
+            os.close(self._fd)
+
+    # ---- taking lines in ------------------------------------------------------------------
 
     def batch_event(self, event: dict) -> None:
         """A Batch API chunk's progress: planned (its task ids), submitted (its batch id),
@@ -112,40 +249,240 @@ class Replay:
         """Outcomes applied from now on came from `origin`."""
         self.origins.append(origin)
 
-    def state(self, task_id: str) -> TaskState:
-        state = self.states.get(task_id)
-        if state is None:
-            state = self.states[task_id] = TaskState()
-        return state
+    def _event(self, key: int, kind: int, pos: int, cost: float = _NO_COST) -> int:
+        event = len(self._key)
+        self._key.append(key)
+        self._kind.append(kind)
+        self._cost.append(cost)
+        self._origin.append(len(self.origins) - 1)
+        self._pos.append(pos)
+        if kind & _KIND != _NOT_DONE:
+            self._recent[key] = event
+            if len(self._recent) > RECENT_MAX:
+                self._resolve()
+        return event
 
-    def status(self, task_id: str) -> Optional[str]:
-        state = self.states.get(task_id)
-        return state.status if state else None
+    def _key_of(self, task_id: str) -> int:
+        key = task_key(task_id)
+        if len(task_id) != 16 or "%016x" % key != task_id:
+            self._names[key] = task_id
+        return key
 
-    def final(self, task_id: str) -> Optional[dict]:
-        state = self.states.get(task_id)
-        return state.final if state else None
+    def task_id_of(self, key: int) -> str:
+        return self._names.get(key) or "%016x" % key
 
-    def damaged_tasks(self) -> list:
-        """Tasks whose final line turned out not to parse when it was read (see TaskState.final)."""
-        return [task_id for task_id, state in self.states.items() if state.damaged]
-
-    def apply(self, record: dict) -> None:
-        """Take in a record as it is appended (so a run needs no second replay)."""
-        state = self.state(record["task_id"])
-        if record["status"] == VOID:
-            state.status, state._line, state._record, state.damaged = None, None, None, False
-        elif record["status"] in FINAL_STATUSES:
-            record = dict(record)
-            state.set_final(record["status"], len(self.origins) - 1, record=record)
-            if state._extra_attempts:
-                record["attempts"] = int(record.get("attempts") or 0) + state._extra_attempts
-        elif record["status"] == NOT_DONE:
-            state.carried_attempts += int(record.get("attempts") or 0)
+    def apply(self, record: dict, pos: Optional[int] = None) -> None:
+        """Take in a record: a line read from the journal at byte offset `pos`, or one this
+        run appends there (so a run needs no second replay); without `pos` it is kept here."""
+        key = self._key_of(record["task_id"])
+        status = record["status"]
+        kind = _KINDS[status]
+        if status in FINAL_STATUSES:
+            if pos is None:
+                self._held.append(dict(record))
+                pos = -len(self._held)
+            if status == "ok" and "images_expected" in record:
+                kind |= _SHORT
+            self._event(key, kind, pos, _record_cost(record))
+        elif status == NOT_DONE:
+            self._attempts[self._event(key, kind, -1)] = int(record.get("attempts") or 0)
+            self._irregular.add(key)
+        else:      # VOID: the final line was damaged, the task is not done after all
+            self._event(key, kind, -1)
+            self._irregular.add(key)
+        self._damaged.discard(key)
         old = record.get("replaces")    # a legacy folder's outcome, carried over to the new id
         if isinstance(old, str) and old != record["task_id"]:
             self.replaced[old] = record["task_id"]
-            self.states.pop(old, None)
+            old_key = self._key_of(old)
+            self._event(old_key, _FORGET, -1)
+            self._irregular.add(old_key)
+
+    # ---- reading it ----------------------------------------------------------------------
+
+    def _resolve(self) -> _Resolved:
+        """Each key's last final event, from the events so far (numpy: sorted once)."""
+        resolved = self._resolved
+        if resolved is not None and resolved.events == len(self._key):
+            return resolved
+        import numpy as np
+        keys = _numpy(self._key, np.uint64)
+        order = np.argsort(keys, kind="stable")     # by key, then journal order
+        keys = keys[order]
+        if len(keys):
+            starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+            ends = np.concatenate((starts[1:], [len(keys)])) - 1
+        else:
+            starts = ends = order
+        unique = keys[starts]
+        final = order[ends].astype(np.int64)        # a regular key's last event is its final one
+        del keys
+        extra: dict = {}
+        for key in self._irregular:
+            i = int(np.searchsorted(unique, np.uint64(key)))
+            if i == len(unique) or int(unique[i]) != key:
+                continue
+            last, carried, before = -1, 0, 0
+            for event in order[starts[i]:ends[i] + 1].tolist():
+                kind = self._kind[event] & _KIND
+                if kind == _NOT_DONE:
+                    carried += self._attempts.get(event, 0)
+                elif kind in (_OK, _ERROR):
+                    last, before, carried = event, carried, 0
+                elif kind == _VOID:
+                    last = -1
+                else:        # forgotten: a legacy id whose outcome went to its new id
+                    last, before, carried = -1, 0, 0
+            final[i] = last
+            if carried or before:
+                extra[key] = (carried, before)
+        self._resolved = _Resolved(unique, final, extra, len(self._key))
+        self._recent.clear()
+        return self._resolved
+
+    def final_event(self, key: int) -> int:
+        """The event of the key's last final outcome, -1 if it has none (or it is damaged)."""
+        event = self._recent.get(key)
+        if event is None:
+            resolved = self._resolve() if self._resolved is None else self._resolved
+            import numpy as np
+            i = int(np.searchsorted(resolved.keys, np.uint64(key)))
+            if i == len(resolved.keys) or int(resolved.keys[i]) != key:
+                return -1
+            event = int(resolved.final[i])
+        elif self._kind[event] & _KIND not in (_OK, _ERROR):
+            return -1
+        return -1 if event < 0 or key in self._damaged else event
+
+    def _knows(self, key: int) -> bool:
+        import numpy as np
+        keys = self._resolve().keys
+        i = int(np.searchsorted(keys, np.uint64(key)))
+        return i < len(keys) and int(keys[i]) == key
+
+    def _status_of_key(self, key: int) -> Optional[str]:
+        event = self.final_event(key)
+        return None if event < 0 else _STATUS_OF[self._kind[event] & _KIND]
+
+    def status(self, task_id: str) -> Optional[str]:
+        return self._status_of_key(task_key(task_id))
+
+    def carried_attempts(self, key: int) -> int:
+        return self._resolve().extra.get(key, (0, 0))[0]
+
+    def _final_of_key(self, key: int) -> Optional[dict]:
+        self._resolve()
+        event = self.final_event(key)
+        return None if event < 0 else self.record(event, key)
+
+    def final(self, task_id: str) -> Optional[dict]:
+        return self._final_of_key(task_key(task_id))
+
+    @property
+    def states(self) -> _States:
+        return _States(self)
+
+    def origin_of(self, event: int) -> int:
+        return self._origin[event]
+
+    def is_ok(self, event: int) -> bool:
+        return self._kind[event] & _KIND == _OK
+
+    def is_short(self, event: int) -> bool:
+        return bool(self._kind[event] & _SHORT)
+
+    def record(self, event: int, key: Optional[int] = None) -> Optional[dict]:
+        """The record of a final event, parsed from its line; None (and the task counts as
+        not done) when the line is damaged on disk but whole in shape."""
+        if key is None:
+            key = self._key[event]
+        pos = self._pos[event]
+        if pos < 0:
+            record = dict(self._held[-1 - pos])
+        else:
+            try:
+                record = json.loads(self._line_at(pos))
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                self._damaged.add(key)
+                return None
+        before = self._resolve().extra.get(key, (0, 0))[1] if key in self._irregular else 0
+        if before:
+            record["attempts"] = int(record.get("attempts") or 0) + before
+        return record
+
+    def _line_at(self, pos: int) -> bytes:
+        # Tasks finish about in plan order, so the lines the results read one after another
+        # lie close together: read a window of the journal at a time, not a line.
+        start, window = self._window
+        offset = pos - start
+        if 0 <= offset < len(window):
+            end = window.find(b"\n", offset)
+            if end >= 0:
+                return window[offset:end + 1]
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        line = os.pread(self._fd, READ_WINDOW, pos)
+        self._window = (pos, line)
+        end = line.find(b"\n")
+        while end < 0:
+            more = os.pread(self._fd, 1 << 16, pos + len(line))
+            if not more:
+                return line
+            end = more.find(b"\n")
+            end = -1 if end < 0 else len(line) + end
+            line += more
+        return line[:end + 1]
+
+    def join(self, keys):
+        """For each key (a numpy uint64 array): the event of its last final outcome, -1 for none."""
+        import numpy as np
+        resolved = self._resolve()
+        if not len(resolved.keys):
+            return np.full(len(keys), -1, np.int64)
+        i = np.searchsorted(resolved.keys, keys)
+        i[i == len(resolved.keys)] = 0
+        events = np.where(resolved.keys[i] == keys, resolved.final[i], -1)
+        if self._damaged:
+            damaged = np.fromiter(self._damaged, np.uint64, len(self._damaged))
+            events[np.isin(keys, damaged)] = -1
+        return events
+
+    def costs(self, events):
+        """What each event's answers were billed (USD; NaN: the line does not say, or no event)."""
+        import numpy as np
+        costs = np.concatenate((_numpy(self._cost, np.float64), np.full(1, np.nan)))
+        return costs[events]      # -1 is the NaN appended
+
+    def kinds(self, events):
+        """The kind byte of each event (-1: 0)."""
+        import numpy as np
+        kinds = np.concatenate((_numpy(self._kind, np.uint8), np.zeros(1, np.uint8)))
+        return kinds[events]      # -1 is the 0 appended
+
+    def _keys_in_journal_order(self):
+        import numpy as np
+        keys = _numpy(self._key, np.uint64)
+        unique, first = np.unique(keys, return_index=True)
+        for key in unique[np.argsort(first, kind="stable")]:
+            yield int(key)
+
+    def finished_elsewhere(self, planned) -> list:
+        """The keys with a final outcome that `planned` (a sorted numpy uint64 array) does not
+        hold, in the order the journal first names them: an earlier input's tasks."""
+        import numpy as np
+        resolved = self._resolve()
+        keys = _numpy(self._key, np.uint64)
+        unique, first = np.unique(keys, return_index=True)   # the same keys as resolved.keys
+        mask = (resolved.final >= 0) & ~np.isin(unique, planned)
+        picked, first = unique[mask], first[mask]
+        return [k for k in picked[np.argsort(first, kind="stable")].tolist()
+                if self.final_event(k) >= 0]
+
+    def damaged_tasks(self) -> list:
+        """Tasks whose final line turned out not to parse when it was read (see record)."""
+        return [self.task_id_of(key) for key in self._damaged]
 
 
 def replay(path, out_dir=None) -> Replay:
@@ -159,36 +496,42 @@ def replay(path, out_dir=None) -> Replay:
 
 
 def _replay(path, out_dir) -> Replay:
-    result = Replay()
-    unsynced: list = []     # (state, line) of ok lines since the last marker
+    result = Replay(path)
+    unsynced = array("Q")     # keys of ok lines since the last marker
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         return result
+    pos = 0
+    event = result._event
     with f:
         for raw in f:
             if not raw.endswith(b"\n"):
                 break
+            at, pos = pos, pos + len(raw)
             result.lines += 1
             if raw.startswith(_HEAD) and raw[28:40] == _STATUS:
                 end = raw.find(b'"', 40)
                 # A whole record of ours: one head, and the end of an object. Two glued lines
                 # or one cut short fail this, and are parsed (and skipped) below.
                 if end > 0 and raw.endswith(b"}\n") and raw.count(_HEAD) == 1:
-                    status = raw[40:end].decode("ascii", "replace")
-                    if status in FINAL_STATUSES:
-                        state = result.state(raw[12:28].decode("ascii", "replace"))
-                        state.set_final(status, len(result.origins) - 1, line=raw)
-                        if status == "ok" and out_dir is not None:
-                            unsynced.append(state)
+                    kind = _FAST_KINDS.get(raw[40:end])
+                    key = _fast_key(raw) if kind is not None else None
+                    if key is not None:
+                        if kind == _OK:
+                            if b'"images_expected":' in raw:
+                                kind |= _SHORT
+                            if out_dir is not None:
+                                unsynced.append(key)
+                        event(key, kind, at, _fast_cost(raw))
                         continue
             elif raw.startswith(_MARKER):
-                unsynced.clear()
+                del unsynced[:]
                 continue
             elif raw.startswith(_BATCH):
-                event = _object_under(raw, "batch")
-                if isinstance(event.get("chunk"), str):
-                    result.batch_event(event)
+                batch = _object_under(raw, "batch")
+                if isinstance(batch.get("chunk"), str):
+                    result.batch_event(batch)
                 else:
                     result.damaged += 1
                 continue
@@ -203,15 +546,14 @@ def _replay(path, out_dir) -> Replay:
                     and record.get("status") in _STATUSES):
                 result.damaged += 1
                 continue
-            result.apply(record)
-            state = result.states[record["task_id"]]
-            if state.status == "ok" and record["status"] == "ok" and out_dir is not None:
-                unsynced.append(state)
-    for state in unsynced:
-        if state.status == "ok" and not _images_intact(out_dir, state.final or {}):
-            state.status = None
-            state._record = None
+            result.apply(record, at)
+            if record["status"] == "ok" and out_dir is not None:
+                unsynced.append(result._key_of(record["task_id"]))
     result.unsynced = len(unsynced)
+    for key in dict.fromkeys(unsynced):
+        if result._status_of_key(key) == "ok" and not _images_intact(out_dir, result._final_of_key(key) or {}):
+            result._event(key, _VOID, -1)     # its image did not reach the disk: not done
+            result._irregular.add(key)
     return result
 
 
@@ -258,6 +600,7 @@ class Journal:
         self.path = Path(path)
         self._trim_torn_tail()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.fstat(self._fd).st_size    # where the next line starts: one writer holds the lock
         self._dirty = False
         self.appended = 0
         self._lock = threading.Lock()
@@ -290,13 +633,16 @@ class Journal:
         except FileNotFoundError:
             return
 
-    def append(self, record: dict) -> None:
+    def append(self, record: dict) -> int:
+        """Write one line; returns its byte offset (where Replay reads the record back)."""
         line = (_encode(record) + "\n").encode("ascii")
         written = os.write(self._fd, line)
         if written != len(line):
             self._undo_short_write(written)
+        at, self._size = self._size, self._size + written
         self._dirty = True
         self.appended += 1
+        return at
 
     def _undo_short_write(self, written: int) -> None:
         """A full disk (or a file-size limit) took part of a line: cut it off again, so the next

@@ -20,8 +20,8 @@ import pyarrow as pa
 from . import models, pricing
 from ._version import __version__
 from .exceptions import UsageError
-from .job import Plan, point_label
-from .outdir import METADATA_FILE, RESULTS_FILE, atomic_file, write_atomic
+from .job import ROWS_AT_A_TIME, Plan, point_label
+from .outdir import METADATA_FILE, RESULTS_FILE, atomic_file
 from .reader import free_name
 
 SCHEMA = pa.schema([
@@ -87,14 +87,14 @@ _OUTCOME_FIELDS = ("error_code", "error_message", "http_status", "attempts", "la
 
 @dataclass
 class Results:
-    """results.parquet's table, and metadata.jsonl's text (one line per image)."""
-    table: pa.Table
-    metadata: list            # the text in pieces of up to _CHUNK lines, each ending in "\n"
+    """results.parquet and metadata.jsonl as written so far, under temporary names:
+    write_results puts them in place."""
+    files: "_ResultsFiles"
     images: int
     not_in_input: int = 0     # tasks listed that the current input no longer holds
 
 
-_CHUNK = 10_000   # rows turned into Arrow (and metadata lines joined) at a time: bounded text
+_CHUNK = 10_000   # rows turned into Arrow (one row group) and metadata lines written at a time
 
 
 # One JSON text per results row, built from fragments so that what a row of results.parquet
@@ -121,30 +121,84 @@ def _value(v) -> str:
     return _encode(v)
 
 
-class _Rows:
-    """Results rows and metadata.jsonl lines as they are made, turned into Arrow and text
-    pieces _CHUNK at a time so neither is held whole as Python strings."""
+class _ResultsFiles:
+    """results.parquet (a row group at a time) and metadata.jsonl (a piece at a time), written
+    under temporary names that commit() puts in place, or discard() removes."""
 
-    def __init__(self, passthrough: "_Passthrough", origins: list, batch_discount: float):
+    def __init__(self, out_dir, schema: pa.Schema):
+        import contextlib
+
+        import pyarrow.parquet as pq
+        self._stack = contextlib.ExitStack()
+        out_dir = Path(out_dir)
+        try:
+            self._parquet = self._stack.enter_context(atomic_file(out_dir / RESULTS_FILE))
+            self._metadata = self._stack.enter_context(atomic_file(out_dir / METADATA_FILE))
+            self._writer = pq.ParquetWriter(self._parquet, with_pandas_types(schema), compression="zstd")
+        except BaseException:
+            self.discard()
+            raise
+        self.schema = schema
+
+    def add(self, rows: pa.Table, metadata: str) -> None:
+        if rows.num_rows:
+            self._writer.write_table(rows)
+        if metadata:
+            # "replace": a lone surrogate from an earlier version's journal cannot be UTF-8.
+            self._metadata.write(metadata.encode("utf-8", "replace"))
+
+    def commit(self, extra: dict) -> None:
+        """Both files in place (results.parquet first), with `extra` in its key-value metadata."""
+        try:
+            self._writer.add_key_value_metadata(extra)
+            self._writer.close()
+        except BaseException:
+            self.discard()
+            raise
+        # Last in, first out: metadata.jsonl is put in place first and results.parquet, which
+        # holds the key of what it was built from, last; a crash between the two leaves a
+        # key that does not match, so the next run builds both again.
+        self._stack.close()
+
+    def discard(self) -> None:
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            try:
+                writer.close()
+            except (OSError, pa.ArrowException):
+                pass
+        self._stack.__exit__(OSError, OSError("discarded"), None)
+
+
+class _Rows:
+    """Results rows and metadata.jsonl lines as they are made, written _CHUNK at a time so
+    neither is held whole."""
+
+    def __init__(self, passthrough: "_Passthrough", origins: list, files: _ResultsFiles, table,
+                 batch_discount: float):
         self.passthrough = passthrough
         self.batch_discount = batch_discount
-        self.origins = origins                                  # provenance dicts
         self.origin_texts = [_origin_fragment(o) for o in origins]
+        self.origin_table = _origin_table(origins)
+        self.files = files
+        self.table = table
         self.lines: list = []
-        self.tables: list = []
         self.metadata: list = []
-        self.pieces: list = []
         self.images = 0
         self.row_indices: list = []     # input row of each row, for the pass-through columns
 
     def _flush_if_full(self) -> None:
         if len(self.lines) >= _CHUNK:
-            self.tables.append(_parse_rows(self.lines))
-            self.lines = []
-        if len(self.metadata) >= _CHUNK:
-            self.images += len(self.metadata)
-            self.pieces.append("\n".join(self.metadata) + "\n")
-            self.metadata = []
+            self.flush()
+
+    def flush(self) -> None:
+        rows = _with_provenance(_parse_rows(self.lines), self.origin_table)
+        if self.passthrough.source_names:
+            rows = _append_passthrough(rows, self.table, self.passthrough.source_names,
+                                       self.passthrough.names, self.row_indices)
+        self.images += len(self.metadata)
+        self.files.add(rows, "\n".join(self.metadata) + "\n" if self.metadata else "")
+        self.lines, self.metadata, self.row_indices = [], [], []
 
     def ok(self, base: str, record: dict, price, origin: int, row_index) -> None:
         """One row per image of an ok record. `base` holds the task's own fields."""
@@ -193,17 +247,10 @@ class _Rows:
                           f'{_encode(error)[1:-1]}}}')
         self.row_indices.append(row_index)
 
-    def finish(self, table, names: list, not_in_input: int) -> Results:
-        if self.lines or not self.tables:
-            self.tables.append(_parse_rows(self.lines))
-        if self.metadata:
-            self.images += len(self.metadata)
-            self.pieces.append("\n".join(self.metadata) + "\n")
-        rows = pa.concat_tables(self.tables) if len(self.tables) > 1 else self.tables[0]
-        result = _with_provenance(rows, self.origins)
-        if names:
-            result = _append_passthrough(result, table, names, self.passthrough.names, self.row_indices)
-        return Results(result, self.pieces, self.images, not_in_input)
+    def finish(self, not_in_input: int) -> Results:
+        if self.lines or self.metadata:
+            self.flush()
+        return Results(self.files, self.images, not_in_input)
 
 
 def _append_passthrough(result: pa.Table, table, source_names: list, names: list, row_indices: list) -> pa.Table:
@@ -221,15 +268,19 @@ def _append_passthrough(result: pa.Table, table, source_names: list, names: list
     return result
 
 
-def _with_provenance(rows: pa.Table, origins: list) -> pa.Table:
-    """The rows in SCHEMA's order, the provenance columns taken from `origins` by index."""
+def _origin_table(origins: list) -> pa.Table:
+    """The provenance columns of each origin, for _with_provenance to take by index."""
     import io
 
     import pyarrow.json as pjson
     text = "".join(_encode({n: o.get(n) for n in _PROVENANCE}) + "\n" for o in origins)
-    table = pjson.read_json(io.BytesIO(text.encode("utf-8")),
-                            parse_options=pjson.ParseOptions(explicit_schema=_ORIGIN_SCHEMA))
-    taken = table.take(rows.column("origin"))
+    return pjson.read_json(io.BytesIO(text.encode("utf-8")),
+                           parse_options=pjson.ParseOptions(explicit_schema=_ORIGIN_SCHEMA))
+
+
+def _with_provenance(rows: pa.Table, origins: pa.Table) -> pa.Table:
+    """The rows in SCHEMA's order, the provenance columns taken from `origins` by index."""
+    taken = origins.take(rows.column("origin"))
     columns = [taken.column(n) if n in _PROVENANCE else rows.column(n) for n in COLUMNS]
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
@@ -239,12 +290,22 @@ def _origin_fragment(d: dict) -> str:
             f'"mode":{_value(d.get("mode"))},"simulated":{_value(d.get("simulated"))}')
 
 
+def results_schema(plan: Plan, table) -> pa.Schema:
+    """SCHEMA, then the input's own columns (named as passthrough_names says) with their types."""
+    if table is None or not plan.passthrough:
+        return SCHEMA
+    names = passthrough_names(plan.passthrough)
+    return pa.schema(list(SCHEMA) + [pa.field(n, table.schema.field(s).type)
+                                     for n, s in zip(names, plan.passthrough)])
+
+
 def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
                   unfinished_message: str = "not finished yet; run the same command again to finish it",
-                  table=None, provenance=None, earlier=None) -> Results:
+                  table=None, provenance=None, earlier=None, out_dir=None) -> Results:
     """The results for every task of the plan: one row per image, one per task without images;
     then the tasks an earlier input of this folder held (`in_input` false), so every image
-    on disk is listed.
+    on disk is listed. Written to OUT (`out_dir`) as they are made, a chunk at a time, under
+    temporary names: write_results puts them in place.
 
     `replay` is the journal's state; tasks with no final record get `unfinished_code`.
     `table` is the input (a pyarrow.Table), for the pass-through columns. `provenance` is
@@ -254,45 +315,57 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
     from .outdir import Provenance
     labels = [point_label(p) for p in plan.points]
     here = provenance.as_dict() if provenance is not None else {}
-    # Indexed by TaskState.origin: each run's origin line, then (-1) outcomes of a version
+    # Indexed by a record's origin: each run's origin line, then (-1) outcomes of a version
     # that wrote none, then (current) this run's, for rows nothing was sent for.
     origins = [(Provenance.from_dict(o) or Provenance("", None, "live", False)).as_dict()
                for o in replay.origins]
     origins += [earlier.as_dict() if earlier is not None else here, here]
     current, legacy = len(origins) - 1, len(origins) - 2
-    variants: dict = {}        # (id of the shared params dict, point) -> (JSON fragment, price)
-    passthrough = _Passthrough(plan, table)
+    variants: dict = {}        # (variant index, point) -> (JSON fragment, price)
+    use_table = table if plan.passthrough else None
+    passthrough = _Passthrough(plan, use_table)
+    files = _ResultsFiles(out_dir, results_schema(plan, use_table))
     prices = pricing.load(plan.config.prices)
-    rows = _Rows(passthrough, origins, prices.batch_discount)
-    states = replay.states
-    for task in plan.tasks:
-        params = task.params
-        key = (id(params), task.point)
-        cached = variants.get(key)
-        if cached is None:
-            cached = variants[key] = _variant_fragment(params, labels[task.point], prices)
-        variant, price = cached
-        base = (f'"task_id":"{task.task_id}","row_index":{task.row_index},"in_input":true,'
-                f'"prompt":{_encode_str(task.prompt) if task.prompt is not None else "null"},{variant}')
-        if task.edit is not None:
-            base += "," + _encode(task.edit.as_record())[1:-1]
-        state = None if task.problem else states.get(task.task_id)
-        record = state.final if state is not None else None
-        if record is not None and record["status"] == "ok":
-            rows.ok(base, record, price, state.origin if state.origin >= 0 else legacy, task.row_index)
-            continue
-        if task.problem:
-            error = {"error_code": "invalid_params", "error_message": task.problem, "attempts": 0}
-        elif record is None:
-            error = {"error_code": unfinished_code, "error_message": unfinished_message,
-                     "attempts": state.carried_attempts if state else 0}
-        else:
-            error = {k: record.get(k) for k in _OUTCOME_FIELDS}
-            error.update(_usage(record))
-        origin = current if record is None else state.origin if state.origin >= 0 else legacy
-        rows.error(base, error, origin, task.row_index, record)
-    orphans = _rows_not_in_input(plan, replay, rows, legacy)
-    return rows.finish(table, plan.passthrough if table is not None else [], orphans)
+    try:
+        rows = _Rows(passthrough, origins, files, use_table, prices.batch_discount)
+        tasks = plan.tasks
+        keys = tasks.keys()
+        step = ROWS_AT_A_TIME * tasks.n_points
+        for start in range(0, len(tasks), step):
+            stop = min(start + step, len(tasks))
+            events = replay.join(keys[start:stop]).tolist()
+            passthrough.window(start // tasks.n_points, (stop - 1) // tasks.n_points + 1)
+            for k, (task, event) in enumerate(zip(tasks.at(range(start, stop)), events), start):
+                key = (id(task.params), task.point)
+                cached = variants.get(key)
+                if cached is None:
+                    cached = variants[key] = _variant_fragment(task.params, labels[task.point], prices)
+                variant, price = cached
+                base = (f'"task_id":"{task.task_id}","row_index":{task.row_index},"in_input":true,'
+                        f'"prompt":{_encode_str(task.prompt) if task.prompt is not None else "null"},{variant}')
+                if task.edit is not None:
+                    base += "," + _encode(task.edit.as_record())[1:-1]
+                record = replay.record(event) if event >= 0 and not task.problem else None
+                if record is not None and record["status"] == "ok":
+                    origin = replay.origin_of(event)
+                    rows.ok(base, record, price, origin if origin >= 0 else legacy, task.row_index)
+                    continue
+                if task.problem:
+                    error = {"error_code": "invalid_params", "error_message": task.problem, "attempts": 0}
+                elif record is None:
+                    error = {"error_code": unfinished_code, "error_message": unfinished_message,
+                             "attempts": replay.carried_attempts(int(keys[k]))}
+                else:
+                    error = {k: record.get(k) for k in _OUTCOME_FIELDS}
+                    error.update(_usage(record))
+                origin = current if record is None else replay.origin_of(event)
+                rows.error(base, error, origin if origin >= 0 else legacy, task.row_index, record)
+        del keys
+        orphans = _rows_not_in_input(plan, replay, rows, legacy)
+        return rows.finish(orphans)
+    except BaseException:
+        files.discard()
+        raise
 
 
 def _variant_fragment(params: dict, label: str, prices) -> tuple:
@@ -309,32 +382,32 @@ def _variant_fragment(params: dict, label: str, prices) -> tuple:
 def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int) -> int:
     """Rows for the journal's finished tasks that this plan does not hold (an earlier input's),
     from what their journal lines recorded of the request. Returns how many tasks."""
-    planned = {t.task_id for t in plan.tasks}
+    import numpy as np
     axes = [axis for axis, _ in plan.config.sweep]
     prices = pricing.load(plan.config.prices)
     count = 0
-    for task_id, state in replay.states.items():
-        if state.status is None or task_id in planned:
-            continue
-        record = state.final
+    for key in replay.finished_elsewhere(np.sort(plan.tasks.keys())):
+        event = replay.final_event(key)
+        record = replay.record(event, key)
         if record is None:      # its line was damaged: not done after all
             continue
         count += 1
         params = record.get("params") if isinstance(record.get("params"), dict) else {}
         prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else None
         variant, price = _variant_fragment(params, point_label({a: params.get(a) for a in axes}), prices)
-        base = (f'"task_id":{_encode_str(task_id)},"row_index":null,"in_input":false,'
+        base = (f'"task_id":{_encode_str(replay.task_id_of(key))},"row_index":null,"in_input":false,'
                 f'"prompt":{_value(prompt)},{variant}')
         inputs = record.get("inputs")
         if isinstance(inputs, dict):
             base += "," + _encode_any({k: inputs.get(k) if isinstance(inputs.get(k), str) else None
                                        for k in _INPUT_FIELDS})[1:-1]
+        origin = replay.origin_of(event)
         if record["status"] == "ok":
-            rows.ok(base, record, price, state.origin if state.origin >= 0 else legacy, None)
+            rows.ok(base, record, price, origin if origin >= 0 else legacy, None)
         else:
             error = {k: record.get(k) for k in _OUTCOME_FIELDS}
             error.update(_usage(record))
-            rows.error(base, error, state.origin if state.origin >= 0 else legacy, None, record)
+            rows.error(base, error, origin if origin >= 0 else legacy, None, record)
     return count
 
 
@@ -378,22 +451,32 @@ def passthrough_names(names: list) -> list:
 
 
 class _Passthrough:
-    """The input's own columns as JSON fragments for metadata.jsonl, one per input row."""
+    """The input's own columns as JSON fragments for metadata.jsonl, for the rows of a window
+    (the rows whose tasks are being written; only they are Python values at a time)."""
 
     def __init__(self, plan: Plan, table):
         self.names = passthrough_names(plan.passthrough)
-        use = table is not None and plan.passthrough
-        self._columns = [table.column(n).to_pylist() for n in plan.passthrough] if use else []
+        self.source_names = plan.passthrough if table is not None else []
+        self._table = table
+        self._columns: list = []
+        self._first = 0
         self._cache: dict = {}
 
+    def window(self, first: int, end: int) -> None:
+        """Rows first..end-1 of the input are next."""
+        if self.source_names:
+            self._columns = [self._table.column(n).slice(first, end - first).to_pylist() for n in self.source_names]
+            self._first = first
+            self._cache = {}
+
     def fragment(self, row_index: Optional[int]) -> str:
-        if not self._columns:
+        if not self.source_names:
             return ""
         if row_index is None:    # a task no longer in the input
             return "," + ",".join(f"{_encode_str(n)}:null" for n in self.names)
         text = self._cache.get(row_index)
         if text is None:
-            values = {n: c[row_index] for n, c in zip(self.names, self._columns)}
+            values = {n: c[row_index - self._first] for n, c in zip(self.names, self._columns)}
             try:
                 text = "," + _encode_any(values)[1:-1]
             except ValueError:   # NaN or infinity, which JSON cannot say: null
@@ -469,19 +552,22 @@ def _int64_array(values: list) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(array("q", values))])
 
 
-def with_pandas_types(table: pa.Table) -> pa.Table:
-    """The same table, with the pandas metadata that makes pd.read_parquet give integer
+def with_pandas_types(table):
+    """The same table (or schema), with the pandas metadata that makes pd.read_parquet give integer
     columns as nullable Int64 (ints stay ints, a missing value is <NA>, not a float NaN).
 
     Written by hand, as pyarrow would write it for such a DataFrame: building the DataFrame
     to let pyarrow describe it would import pandas, half a second of every run."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
     columns = [{"name": f.name, "field_name": f.name, "pandas_type": _pandas_type(f.type),
-                "numpy_type": _numpy_type(f.type), "metadata": None} for f in table.schema]
+                "numpy_type": _numpy_type(f.type), "metadata": None} for f in schema]
     doc = {"index_columns": [], "column_indexes": [], "columns": columns, "attributes": {},
            "creator": {"library": "pyarrow", "version": pa.__version__},
            "pandas_version": None}   # written without pandas (pyarrow does not read it)
-    return table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                          b"pandas": json.dumps(doc).encode()})
+    metadata = {**(schema.metadata or {}), b"pandas": json.dumps(doc).encode()}
+    if isinstance(table, pa.Schema):
+        return table.with_metadata(metadata)
+    return table.replace_schema_metadata(metadata)
 
 
 _FLOATS = {"halffloat": "float16", "float": "float32", "double": "float64"}
@@ -536,8 +622,9 @@ def results_key(plan: Plan, unfinished_code: str, unfinished_message: str, journ
         journal_bytes = -1
     h.update(f"{__version__}\x1f{journal_bytes}\x1f{unfinished_code}\x1f{unfinished_message}\x1f"
              f"{plan.passthrough}\x1f{plan.passthrough_digest}\x1f{provenance}\x1f".encode())
-    h.update("".join(t.task_id for t in plan.tasks).encode())
-    h.update(",".join(str(t.row_index) for t in plan.tasks).encode())
+    # The tasks in order (row after row, each row's sweep points): their ids say it all.
+    h.update(b"%d\x1f%d\x1f" % (len(plan.tasks), plan.tasks.n_points))
+    h.update(plan.tasks.ids)
     return h.hexdigest()
 
 
@@ -545,7 +632,7 @@ def results_up_to_date(out_dir, key: str) -> Optional[tuple]:
     """(images, tasks not in the input) of results.parquet if it was built with `key`, else None."""
     import pyarrow.parquet as pq
     try:
-        meta = pq.read_schema(Path(out_dir) / RESULTS_FILE).metadata or {}
+        meta = pq.read_metadata(Path(out_dir) / RESULTS_FILE).metadata or {}
     except (OSError, pa.ArrowInvalid):
         return None
     if meta.get(_KEY) != key.encode() or not (Path(out_dir) / METADATA_FILE).exists():
@@ -561,21 +648,9 @@ def import_writers() -> None:
 
 
 def write_results(out_dir, results: Results, key: str = "") -> int:
-    """Write results.parquet and metadata.jsonl; returns the number of images."""
-    import pyarrow.parquet as pq
-    out_dir = Path(out_dir)
-    typed = with_pandas_types(results.table)
-    typed = typed.replace_schema_metadata({**(typed.schema.metadata or {}), _KEY: key.encode(),
-                                           _IMAGES: str(results.images).encode(),
-                                           _NOT_IN_INPUT: str(results.not_in_input).encode()})
-    sink = pa.BufferOutputStream()
-    pq.write_table(typed, sink, compression="zstd")
-    write_atomic(out_dir / RESULTS_FILE, sink.getvalue().to_pybytes())
-    with atomic_file(out_dir / METADATA_FILE) as f:
-        # Hugging Face imagefolder metadata: one line per image, `file_name` relative to OUT.
-        for piece in results.metadata:
-            # "replace": a lone surrogate from an earlier version's journal cannot be UTF-8.
-            f.write(piece.encode("utf-8", "replace"))
+    """Put results.parquet and metadata.jsonl in place; returns the number of images."""
+    results.files.commit({_KEY: key.encode(), _IMAGES: str(results.images).encode(),
+                          _NOT_IN_INPUT: str(results.not_in_input).encode()})
     return results.images
 
 

@@ -20,10 +20,9 @@ from typing import Optional
 from . import _gc, pricing
 from .backends import Budget, StopSwitch, backend_for
 from .exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
-from .job import JobConfig, Plan
+from .job import JobConfig, Pending, Plan
 from .journal import NOT_DONE, VOID, Journal, replay
 from .outdir import OutputFolder, Provenance
-from .planning import to_send
 from .progress import Progress
 from .providers import Endpoint
 
@@ -89,8 +88,7 @@ class Recorder:
             self.journal.append({"origin": self._origin})
             self.state.begin_origin(self._origin)
             self._origin = None
-        self.journal.append(record)
-        self.state.apply(record)
+        self.state.apply(record, self.journal.append(record))
 
     def finished(self, record: dict) -> None:
         self._append(record)
@@ -126,22 +124,52 @@ class Resume:
 
 
 def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
-    """What is left to send, and the spend so far."""
+    """What is left to send, and the spend so far (see _spent)."""
+    import numpy as np
+    events = state.join(plan.tasks.keys())
+    outcome = _outcomes(plan, state, events)
+    waiting = outcome == 0
+    if retry_failed:
+        waiting |= outcome == 2
+    spent, _ = _spent(plan, state, events, outcome, plan.config.mode)
+    return Resume(Pending(plan.tasks, np.flatnonzero(waiting)), int((outcome == 1).sum()),
+                  int((outcome == 2).sum()), spent, len(plan.tasks) - plan.refused)
+
+
+def _outcomes(plan: Plan, state, events=None):
+    """Each task's outcome in the journal, as a numpy array: 0 none, 1 ok, 2 error, -1 refused."""
+    import numpy as np
+    if events is None:
+        events = state.join(plan.tasks.keys())
+    outcome = (state.kinds(events) & 7).astype(np.int8)
+    outcome[np.frombuffer(plan.tasks.problem, np.uint32) != 0] = -1
+    return outcome
+
+
+def _per_variant(plan: Plan, mask) -> list:
+    """(variant index, tasks) of the tasks in `mask`, for the variants that have some."""
+    import numpy as np
+    counts = np.bincount(np.frombuffer(plan.tasks.variant, np.uint32)[mask], minlength=len(plan.tasks.variants))
+    return [(v, int(counts[v])) for v in np.flatnonzero(counts)]
+
+
+def _spent(plan: Plan, state, events, outcome, mode: str) -> tuple:
+    """(USD, whether every part of it has a price): what the finished tasks' answers were
+    billed, as their journal lines say; an ok line from before batchgen wrote that counts at
+    the estimate of `mode`'s price. Failed tasks count what they were billed (answers whose
+    images could not be used), nothing more."""
+    import numpy as np
     prices = pricing.load(plan.config.prices)
-    pending, done_ok, done_err, spent, refused = [], 0, 0, 0.0, 0
-    for task in plan.tasks:
-        if task.problem:
-            refused += 1
-            continue
-        status = state.status(task.task_id)
-        if to_send(status, retry_failed):
-            pending.append(task)
-        elif status == "ok":
-            done_ok += 1
-            spent += pricing.recorded_cost(prices, task.params, state.final(task.task_id)) or 0.0
-        else:
-            done_err += 1
-    return Resume(pending, done_ok, done_err, spent, len(plan.tasks) - refused)
+    costs = state.costs(events)
+    known = ~np.isnan(costs)
+    ok = outcome == 1
+    spent = float(costs[(ok | (outcome == 2)) & known].sum())
+    every_price = True
+    for v, count in _per_variant(plan, ok & ~known):
+        price = prices.estimate(plan.tasks.variants[v].params, mode)
+        every_price = every_price and price is not None
+        spent += count * (price or 0.0)
+    return spent, every_price
 
 
 # ---- the whole run ----------------------------------------------------------------------
@@ -176,9 +204,8 @@ async def _run_async(config: JobConfig, table, plan: Plan, connect, show_progres
             endpoint = endpoint.for_edits()
         provenance = Provenance(endpoint.provider, endpoint.public_url, config.mode, config.simulate)
         folder = OutputFolder(config.out)
-        refused = sum(1 for t in plan.tasks if t.problem)
         earlier = folder.claim(config.fingerprint(), config.public_dict(), provenance,
-                               {"tasks": len(plan.tasks), "refused": refused, "sweep_points": plan.points})
+                               {"tasks": len(plan.tasks), "refused": plan.refused, "sweep_points": plan.points})
         try:
             summary = await _send_and_keep(config, table, plan, folder, endpoint, provenance,
                                            earlier, show_progress)
@@ -246,7 +273,7 @@ async def _send_then_write(config, table, plan, folder, state, todo, stop, bar, 
                     await backend.send(todo.pending)
                 finally:
                     early.cancel()
-        built = await _build_while_syncing(journal, state, plan, table, stop, provenance, earlier)
+        built = await _build_while_syncing(folder, journal, state, plan, table, stop, provenance, earlier)
     return await _write_results(folder, plan, table, state, stop, provenance, earlier,
                                 built, appended=journal.appended)
 
@@ -280,7 +307,7 @@ def _labels(stop: StopSwitch) -> tuple:
     return stop.code or "interrupted", stop.message or UNFINISHED_MESSAGE
 
 
-async def _build_while_syncing(journal, state, plan, table, stop, provenance, earlier):
+async def _build_while_syncing(folder, journal, state, plan, table, stop, provenance, earlier):
     """Flushing the filesystem waits on the disk (seconds after a big run): the results are
     built meanwhile. Returns them, or None when nothing was appended (they may be current)."""
     from .results import build_results
@@ -290,7 +317,7 @@ async def _build_while_syncing(journal, state, plan, table, stop, provenance, ea
         syncing = asyncio.get_running_loop().run_in_executor(None, journal.mark_synced)
     try:
         if journal.appended:
-            return build_results(plan, state, *_labels(stop), table, provenance, earlier)
+            return build_results(plan, state, *_labels(stop), table, provenance, earlier, folder.path)
         return None
     finally:
         if syncing is not None:
@@ -307,7 +334,7 @@ async def _write_results(folder, plan, table, state, stop, provenance, earlier, 
     if found is not None:
         return found
     if built is None:
-        built = build_results(plan, state, *_labels(stop), table, provenance, earlier)
+        built = build_results(plan, state, *_labels(stop), table, provenance, earlier, folder.path)
     _void_damaged(folder, state)
     # Written in a thread (the write fsyncs) so a signal is still handled.
     images = await asyncio.to_thread(write_results, folder.path, built, key)
@@ -326,36 +353,28 @@ def _void_damaged(folder, state) -> None:
 
 
 def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int, warnings) -> Summary:
-    prices = pricing.load(config.prices)
-    ok_tasks = errors = not_done = short = 0
-    by_code: dict = {}
-    cost = 0.0
-    cost_known = True
-    for task in plan.tasks:
-        status = None if task.problem else state.status(task.task_id)
-        if status == "ok":
-            ok_tasks += 1
-            if state.states[task.task_id].short():
-                short += 1
-            price = pricing.recorded_cost(prices, task.params, state.final(task.task_id))
-            cost_known = cost_known and price is not None
-            cost += price or 0.0
-            continue
-        if task.problem:
-            errors, code = errors + 1, "invalid_params"
-        elif status is None:
-            not_done += 1       # their code is the stop's, in one place: Summary.stopped
-            continue
-        else:
-            record = state.final(task.task_id) or {}
-            errors, code = errors + 1, record.get("error_code")
-            if record.get("cost_usd"):      # answers paid for whose images could not be used
-                cost += pricing.recorded_cost(prices, task.params, record) or 0.0
-        by_code[code] = by_code.get(code, 0) + 1
-    return Summary(out=str(config.out), total=len(plan.tasks), ok=ok_tasks, errors=errors,
-                   not_done=not_done, by_code=by_code, images=images, requests_sent=requests_sent,
+    import numpy as np
+    events = state.join(plan.tasks.keys())
+    outcome = _outcomes(plan, state, events)
+    ok = outcome == 1
+    short = ok & ((state.kinds(events) & 8) != 0)
+    # Error codes in the order of their first task; tasks not done carry the stop's code, in
+    # one place (Summary.stopped), and answers short of images are counted apart (`short`).
+    first: dict = {}           # error code -> (first task with it, tasks)
+    refused = outcome == -1
+    if refused.any():
+        first["invalid_params"] = (int(refused.argmax()), int(refused.sum()))
+    for k in np.flatnonzero(outcome == 2).tolist():
+        code = (state.record(int(events[k])) or {}).get("error_code")
+        at, count = first.get(code, (k, 0))
+        first[code] = (min(at, k), count + 1)
+    by_code = {code: count for code, (_, count) in sorted(first.items(), key=lambda item: item[1][0])}
+    cost, cost_known = _spent(plan, state, events, outcome, config.mode)
+    errors = int((outcome == 2).sum()) + plan.refused
+    return Summary(out=str(config.out), total=len(plan.tasks), ok=int(ok.sum()), errors=errors,
+                   not_done=int((outcome == 0).sum()), by_code=by_code, images=images, requests_sent=requests_sent,
                    elapsed_s=0.0, est_cost_usd=round(cost, 4) if cost_known else None,
-                   stopped=stop.code, stop_message=stop.message, warnings=warnings, short=short,
+                   stopped=stop.code, stop_message=stop.message, warnings=warnings, short=int(short.sum()),
                    simulated=bool(config.simulate))
 
 

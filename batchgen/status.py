@@ -69,9 +69,10 @@ def read_status(out, now: Optional[float] = None) -> Status:
     job = read_job(out)
     total, refused = _count(out, job, "tasks"), _count(out, job, "refused")
     state = replay(out / JOURNAL_FILE)
+    now = time.time() if now is None else now
     ok = errors = 0
     by_code: dict = {}
-    finished = []
+    recent = []       # when the tasks of the last RATE_WINDOW_S finished (records are read one at a time)
     for task_state in state.states.values():
         final = task_state.final
         if not isinstance(final, dict):
@@ -84,15 +85,14 @@ def read_status(out, now: Optional[float] = None) -> Status:
             code = code if code is None or isinstance(code, str) else str(code)
             by_code[code] = by_code.get(code, 0) + 1
         at = final.get("finished_at")
-        if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
-            finished.append(at)
+        if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at) \
+                and at >= now - RATE_WINDOW_S:
+            recent.append(at)
     if refused:
         by_code["invalid_params"] = refused
     status = Status(str(out), total, refused, ok, errors, by_code)
     status.state, status.stopped, status.stop_message = run_state(
         job.get("run"), OutputFolder(out).is_locked(), status.done >= total)
-    now = time.time() if now is None else now
-    recent = [t for t in finished if t >= now - RATE_WINDOW_S]
     if status.running and len(recent) >= 2:
         span = max(now - min(recent), 1.0)
         status.rate_per_min = len(recent) / span * 60
