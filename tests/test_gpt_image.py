@@ -320,3 +320,23 @@ def test_a_job_file_sets_params_prices_and_the_image_column(tmp_path, prompts):
     _, _, other = prepare(str(prompts), {"defaults": {"model": "gpt-image-2", "quality": "low",
                                                       "size": "1024x1024"}})
     assert {t.task_id for t in plan.tasks}.isdisjoint(t.task_id for t in other.tasks)
+
+
+def test_the_summary_counts_what_the_answers_were_billed_on_the_run_and_the_rerun(fresh_sim, prompts, tmp_path):
+    out = tmp_path / "out"
+    first = openai_run(fresh_sim, prompts, out, defaults=GPT)
+    billed = results(out).est_cost_usd.sum()
+    # usage-priced, not the per-image estimate ($0.011 each)
+    assert billed != pytest.approx(3 * 0.011, abs=1e-6)
+    assert first.est_cost_usd == round(billed, 4)
+    again = openai_run(fresh_sim, prompts, out, defaults=GPT)      # read back from the journal
+    assert again.requests_sent == 0 and again.est_cost_usd == first.est_cost_usd
+
+
+def test_the_journal_reads_a_lines_cost_without_parsing_it():
+    from batchgen.journal import _fast_cost
+    line = (b'{"task_id":"0123456789abcdef","status":"ok","params":{"cost_usd":9},'
+            b'"prompt":"say \\"cost_usd\\": 7","cost_usd":0.0125}\n')
+    assert _fast_cost(line) == 0.0125
+    assert _fast_cost(b'{"task_id":"0123456789abcdef","status":"ok"}\n') != _fast_cost(line)
+    assert _fast_cost(b'{"cost_usd":-1}\n') != _fast_cost(b'{"cost_usd":-1}\n')       # NaN: refused
