@@ -65,9 +65,14 @@ class Budget:
         self.spent_usd = spent_usd
         self.mode = mode            # the Batch API costs less
         self.prices = prices or pricing.load()
+        # Tasks of one sweep point share one params dict: priced once (holding it keeps the id unique).
+        self._estimates: dict = {}
 
     def estimate(self, params: dict) -> float:
-        return self.prices.estimate(params, self.mode) or 0.0
+        cached = self._estimates.get(id(params))
+        if cached is None or cached[0] is not params:
+            cached = self._estimates[id(params)] = (params, self.prices.estimate(params, self.mode) or 0.0)
+        return cached[1]
 
     def take(self, params: dict, stop: StopSwitch) -> bool:
         """Count an answer's estimated cost before asking; False (and the run stops) when it
@@ -84,7 +89,7 @@ class Budget:
     def answered(self, params: dict, usage) -> float:
         """A billable answer came: its cost from its usage when it has one (the estimate taken
         for it is replaced), else the estimate. Returns the cost."""
-        actual = self.prices.from_usage(params.get("model"), usage, self.mode)
+        actual = None if usage is None else self.prices.from_usage(params.get("model"), usage, self.mode)
         if actual is None:
             return self.estimate(params)
         self.spent_usd += actual - self.estimate(params)
