@@ -298,3 +298,19 @@ def count_files(path: Path) -> int:
 
 def now() -> float:
     return time.perf_counter()
+
+
+def rerun_rounds(cmd: list, sim, tmp: Path, rounds: int, name: str, what: str) -> list:
+    """Run `cmd` (the rerun of a finished job) `rounds` times; each must send nothing.
+    Returns the wall times; logs each round as "round R: <what>: wall ...". """
+    walls = []
+    for r in range(1, rounds + 1):
+        sim.reset()
+        m = measure(cmd, log_dir=tmp, name=f"{name}-{r}", env=RUNNER_ENV)
+        sent = sim.stats()["requests"]
+        if sent:
+            raise RuntimeError(f"the rerun sent {sent} requests; expected none")
+        walls.append(m.wall)
+        log(f"round {r}: {what}: wall {m.wall:.2f} s, cpu {m.cpu:.2f} s, "
+            f"peak RSS {m.maxrss_mb:.0f} MB, requests {sent}")
+    return walls

@@ -38,15 +38,7 @@ def main(argv=None) -> int:
                 f"peak RSS {first.maxrss_mb:.0f} MB, requests {st['requests']}, "
                 f"200s {st['by_status'].get('200', 0)}, journal "
                 f"{(out / 'journal.jsonl').stat().st_size / 1e6:.1f} MB")
-            for r in range(1, args.rounds + 1):
-                sim.reset()
-                m = common.measure(cmd, log_dir=tmp, name=f"rerun-{r}", env=common.RUNNER_ENV)
-                sent = sim.stats()["requests"]
-                if sent:
-                    raise RuntimeError(f"the rerun sent {sent} requests; expected none")
-                walls.append(m.wall)
-                log(f"round {r}: rerun wall {m.wall:.2f} s, cpu {m.cpu:.2f} s, "
-                    f"peak RSS {m.maxrss_mb:.0f} MB, requests sent {sent}")
+            walls += common.rerun_rounds(cmd, sim, tmp, args.rounds, "rerun", "rerun")
     rerun = common.median(walls)
     verdict = "ok" if rerun <= TARGET else "MISSED"
     log(f"RESULT resume: rerun {rerun:.2f} s with {n} tasks done, first run {first.wall:.1f} s "

@@ -91,16 +91,7 @@ def part_rerun(args, tmp: Path, sim, n: int) -> None:
         log(f"first run of {n:,} tasks: wall {first.wall:.1f} s ({n / first.wall:,.0f} img/s), peak RSS "
             f"{first.maxrss_mb:.0f} MB, requests {sim.stats()['requests']:,}, journal "
             f"{(out / 'journal.jsonl').stat().st_size / 1e6:.0f} MB")
-        walls = []
-        for r in range(1, args.rounds + 1):
-            sim.reset()
-            m = common.measure(cmd, log_dir=tmp, name=f"rerun-{n}-{r}", env=common.RUNNER_ENV)
-            sent = sim.stats()["requests"]
-            if sent:
-                raise RuntimeError(f"the rerun sent {sent} requests; expected none")
-            walls.append(m.wall)
-            log(f"round {r}: rerun of {n:,} finished tasks: wall {m.wall:.2f} s, cpu {m.cpu:.2f} s, "
-                f"peak RSS {m.maxrss_mb:.0f} MB, requests {sent}")
+        walls = common.rerun_rounds(cmd, sim, tmp, args.rounds, f"rerun-{n}", f"rerun of {n:,} finished tasks")
     finally:
         common.rmtree(out)
     wall = common.median(walls)
