@@ -1,4 +1,4 @@
-"""What each model allows, and what it costs: the one place for model rules.
+"""What each model allows: the one place for model rules (what they cost is `pricing`).
 
 Everything here is pure: planning, validation and cost estimates call it without I/O.
 """
