@@ -321,9 +321,19 @@ class ImagesClient:
     async def __aexit__(self, *exc):
         await self._session.close()
 
-    async def generate(self, body: bytes, images_expected: int = 1) -> Generation:
-        """POST one generation (a body from BodyEncoder); returns images or raises a RequestError."""
-        return await self._post(body, self._headers, images_expected)
+    async def generate(self, body, images_expected: int = 1, headers: Optional[dict] = None) -> Generation:
+        """POST one generation (a body from BodyEncoder; or an edit's form, with its headers);
+        returns images or raises a RequestError."""
+        limit = MAX_RESPONSE_BYTES_PER_IMAGE * max(1, images_expected)
+        try:
+            async with self._session.post(self.endpoint.url, data=body, headers=headers or self._headers,
+                                          allow_redirects=False, proxy=self._proxy) as resp:
+                raw = await _read_capped(resp, limit)
+                status = resp.status
+                answer_headers = resp.headers
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise translate_exception(exc, self.endpoint.token) from None
+        return parse_generation(status, answer_headers, raw, self.endpoint.token, self.endpoint.provider)
 
     async def edit(self, prompt: str, params: dict, files: list, images_expected: int = 1) -> Generation:
         """POST one edit as multipart/form-data, as the official SDK sends it. `files`:
@@ -335,20 +345,9 @@ class ImagesClient:
         for field_name, filename, data, content_type in files:
             name = "image[]" if field_name == "image" and several else field_name
             form.add_field(name, data, filename=filename, content_type=content_type)
+        # aiohttp sets the multipart Content-Type (with its boundary) itself.
         headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
-        return await self._post(form, headers, images_expected)
-
-    async def _post(self, data, headers: dict, images_expected: int) -> Generation:
-        limit = MAX_RESPONSE_BYTES_PER_IMAGE * max(1, images_expected)
-        try:
-            async with self._session.post(self.endpoint.url, data=data, headers=headers,
-                                          allow_redirects=False, proxy=self._proxy) as resp:
-                raw = await _read_capped(resp, limit)
-                status = resp.status
-                headers = resp.headers
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise translate_exception(exc, self.endpoint.token) from None
-        return parse_generation(status, headers, raw, self.endpoint.token, self.endpoint.provider)
+        return await self.generate(form, images_expected, headers)
 
     async def download(self, url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
         """Fetch an image link at once (they expire): http(s) only, no auth, size-capped."""
