@@ -832,6 +832,11 @@ def build_contact_sheet(df, labels: list[str], thumbs: Mapping[str, object], *,
     ink, muted, grey = (30, 35, 41), (110, 118, 128), (200, 203, 207)
 
     draw.rectangle([0, 0, width, header_h - 1], fill=(238, 241, 244))
+    if "simulated" in df.columns and df["simulated"].fillna(False).astype(bool).any():
+        # The picture travels without its page: it says itself that it shows no model's work.
+        for i, line in enumerate(_wrap(draw, "SIMULATED: placeholder images, not made by a model", font,
+                                       label_w - 2 * pad, header_lines)):
+            draw.text((pad, pad + i * line_h), line, font=font, fill=(170, 60, 0))
     for c, label in enumerate(labels):
         x = label_w + pad + c * (thumb + pad)
         for i, part in enumerate([p for p in label.split(",") if p] or [label]):

@@ -828,3 +828,15 @@ def test_the_report_compares_the_current_inputs_rows_only(cli, fresh_sim, tmp_pa
     assert cli("report", out).exit_code == 0
     page = (out / "report.html").read_text()
     assert "a lighthouse" in page and "an otter" not in page
+
+
+def test_the_contact_sheet_says_itself_that_its_images_are_simulated():
+    def warm_pixels(simulated: bool) -> int:
+        rows = [{**r, "simulated": simulated} for r in fabricated_rows()]
+        sheet = report.build_contact_sheet(fabricated_df(rows), [A, B], {}).convert("RGB")
+        corner = sheet.crop((0, 0, 200, 30))
+        pixels = corner.tobytes()
+        return sum(1 for i in range(0, len(pixels), 3)
+                   if pixels[i] > 120 and pixels[i + 1] < 110 and pixels[i + 2] < 60)
+    assert warm_pixels(True) > 20
+    assert warm_pixels(False) == 0
