@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import _gc
+from .pricing import billed
 
 FINAL_STATUSES = ("ok", "error")
 NOT_DONE = "not_done"   # sent, but stopped before an outcome (auth failure, interrupt): resend
@@ -108,13 +109,6 @@ def _fast_cost(raw: bytes) -> float:
     except ValueError:
         return _NO_COST
     return cost if math.isfinite(cost) and cost >= 0 else _NO_COST
-
-
-def _record_cost(record: dict) -> float:
-    cost = record.get("cost_usd")
-    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
-        return float(cost)
-    return _NO_COST
 
 
 def _numpy(values, dtype):
@@ -283,7 +277,8 @@ class Replay:
                 pos = -len(self._held)
             if status == "ok" and "images_expected" in record:
                 kind |= _SHORT
-            self._event(key, kind, pos, _record_cost(record))
+            cost = billed(record)
+            self._event(key, kind, pos, _NO_COST if cost is None else cost)
         elif status == NOT_DONE:
             self._attempts[self._event(key, kind, -1)] = int(record.get("attempts") or 0)
             self._irregular.add(key)

@@ -98,15 +98,13 @@ class PriceTable:
         return cost * self._factor(mode)
 
 
-def recorded_cost(prices: PriceTable, params: dict, record) -> Optional[float]:
-    """USD a finished task cost: what its journal record says was billed, else (a record from
-    before batchgen priced answers) the estimate at the price of the mode that made it."""
-    if isinstance(record, dict):
-        cost = record.get("cost_usd")
-        if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost):
-            return float(cost)
-    mode = "batch" if isinstance(record, dict) and "batch_id" in record else "live"
-    return prices.estimate(params, mode)
+def billed(record: dict) -> Optional[float]:
+    """What a journal record says its answers were billed (USD), or None when it says nothing
+    usable: a record from before batchgen priced answers, or a value that is no cost."""
+    cost = record.get("cost_usd")
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
+        return float(cost)
+    return None
 
 
 def _dearest(table: dict) -> Optional[str]:

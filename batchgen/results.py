@@ -207,9 +207,9 @@ class _Rows:
         batch = ""
         if "batch_id" in record:
             batch = f',"batch_id":{_value(get("batch_id"))}'
-        billed = _billed(record)
-        if billed is not None:     # what its answers cost, shared by its images
-            price = billed / max(1, len(record.get("images") or ()))
+        paid = pricing.billed(record)
+        if paid is not None:     # what its answers cost, shared by its images
+            price = paid / max(1, len(record.get("images") or ()))
         elif batch and price is not None:
             price = price * self.batch_discount
         # Field by field, not a dict through the encoder: a third of the time per row.
@@ -242,7 +242,7 @@ class _Rows:
 
     def error(self, base: str, error: dict, origin: int, row_index, record=None) -> None:
         self._flush_if_full()
-        cost = _billed(record) if record is not None else None
+        cost = pricing.billed(record) if record is not None else None
         self.lines.append(f'{{{base},"status":"error","est_cost_usd":{_value(cost or 0.0)},"origin":{origin},'
                           f'{_encode(error)[1:-1]}}}')
         self.row_indices.append(row_index)
@@ -428,11 +428,6 @@ def _usage_fragment(record: dict) -> str:
     if not isinstance(usage, dict):
         return '"input_tokens":null,"output_tokens":null,"total_tokens":null'
     return ",".join(f'"{k}":{_value(usage.get(k))}' for k in _TOKEN_FIELDS)
-
-
-def _billed(record: dict):
-    cost = record.get("cost_usd")
-    return cost if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost) else None
 
 
 # Names a pass-through column may not take: the results' own, and metadata.jsonl's file_name.

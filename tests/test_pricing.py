@@ -83,8 +83,8 @@ def test_a_missing_price_file_is_a_usage_error(tmp_path):
         pricing.load(str(tmp_path / "nope.json"))
 
 
-def test_a_recorded_cost_wins_over_the_estimate(prices):
-    params = {"model": "gpt-image-1", "quality": "low", "size": "1024x1024"}
-    assert pricing.recorded_cost(prices, params, {"cost_usd": 0.5}) == 0.5
-    assert pricing.recorded_cost(prices, params, {"status": "ok"}) == pytest.approx(0.011)
-    assert pricing.recorded_cost(prices, params, {"status": "ok", "batch_id": "b"}) == pytest.approx(0.0055)
+def test_what_a_record_says_it_was_billed():
+    assert pricing.billed({"cost_usd": 0.5}) == 0.5
+    assert pricing.billed({"status": "ok"}) is None
+    for garbage in (-1, float("nan"), float("inf"), True, "0.5"):
+        assert pricing.billed({"cost_usd": garbage}) is None
