@@ -19,6 +19,8 @@ from .exceptions import UsageError
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_IMAGES = 16
 IMAGE_KINDS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# What the journal and the results keep of an edit's inputs ("|" between several images).
+RECORD_FIELDS = ("input_image", "input_sha256", "mask_image", "mask_sha256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +38,9 @@ class EditInput:
         return ("|".join(self.digests) + ("\x1c" + self.mask_digest if self.mask_digest else "")).encode()
 
     def as_record(self) -> dict:
-        """The inputs as the journal and the results keep them."""
-        return {"input_image": "|".join(self.images), "input_sha256": "|".join(self.digests),
-                "mask_image": self.mask, "mask_sha256": self.mask_digest}
+        """The inputs as the journal and the results keep them (RECORD_FIELDS)."""
+        return dict(zip(RECORD_FIELDS, ("|".join(self.images), "|".join(self.digests), self.mask,
+                                        self.mask_digest)))
 
 
 _NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WebP"}

@@ -18,6 +18,7 @@ from typing import Optional
 import pyarrow as pa
 
 from . import models, pricing
+from .edits import RECORD_FIELDS
 from ._version import __version__
 from .exceptions import UsageError
 from .job import ROWS_AT_A_TIME, Plan, point_label
@@ -400,7 +401,7 @@ def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int) -> int:
         inputs = record.get("inputs")
         if isinstance(inputs, dict):
             base += "," + _encode_any({k: inputs.get(k) if isinstance(inputs.get(k), str) else None
-                                       for k in _INPUT_FIELDS})[1:-1]
+                                       for k in RECORD_FIELDS})[1:-1]
         origin = replay.origin_of(event)
         if record["status"] == "ok":
             rows.ok(base, record, price, origin if origin >= 0 else legacy, None)
@@ -412,7 +413,6 @@ def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int) -> int:
 
 
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "total_tokens")
-_INPUT_FIELDS = ("input_image", "input_sha256", "mask_image", "mask_sha256")
 
 
 def _usage(record: dict) -> dict:

@@ -15,25 +15,16 @@ from pathlib import Path
 from typing import Optional
 
 from .exceptions import BadResponse
+from .edits import sniff
+from .models import FORMAT_EXTENSIONS
 from .outdir import IMAGES_DIR, write_atomic
-
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpg"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-)
-
-
 
 def image_format(data: bytes) -> Optional[str]:
     """The file extension for these bytes, from their magic number; None if not an image."""
-    for magic, ext in _MAGIC:
-        if data.startswith(magic):
-            return ext
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
+    kind = sniff(data)
+    if kind is not None:
+        return FORMAT_EXTENSIONS[kind]
+    return "gif" if data.startswith((b"GIF87a", b"GIF89a")) else None
 
 
 def image_size(data: bytes) -> tuple[int, int]:

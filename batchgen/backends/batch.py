@@ -17,6 +17,7 @@ import json
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Optional
 
 from ..client import BATCH_TERMINAL, BatchClient, BatchInfo, build_body, generation_from, redact
@@ -49,8 +50,7 @@ def edit_body(prompt: str, params: dict, inputs) -> dict:
 def _image_url(ref: str) -> str:
     if is_url(ref):
         return ref
-    with open(ref, "rb") as f:
-        data = f.read()
+    data = Path(ref).read_bytes()
     kind = sniff(data) or "png"
     return f"data:{IMAGE_KINDS[kind]};base64,{base64.b64encode(data).decode()}"
 

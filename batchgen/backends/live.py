@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Optional
 
 from .. import _gc
@@ -32,11 +33,6 @@ WRONG_ENDPOINT_RETRY_S = 0.5
 SAY_WAITS_FROM_S = 5.0
 FILES_PER_CONNECTION = 2      # its socket, and the image file being written
 FILES_RESERVED = 64           # the journal, pyarrow, threads, the interpreter
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def fit_concurrency(concurrency: int) -> int:
@@ -336,7 +332,7 @@ class LiveBackend:
                 data = await self.client.download(ref)
             else:
                 try:
-                    data = await asyncio.to_thread(_read_file, ref)
+                    data = await asyncio.to_thread(Path(ref).read_bytes)
                 except OSError as e:   # moved or removed since planning: not the disk we write to
                     raise InvalidInput(f"{field} {ref!r} cannot be read ({e.strerror or e})") from None
             kind = sniff(data)
