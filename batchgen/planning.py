@@ -10,9 +10,15 @@ from .job import Plan, point_label
 EXAMPLES_PER_REASON = 3
 
 
+def statuses_to_send(retry_failed: bool) -> tuple:
+    """The journal statuses of the tasks a run sends (None: no outcome yet): the one rule,
+    for `plan` task by task and for the runner over all tasks at once."""
+    return (None, "error") if retry_failed else (None,)
+
+
 def to_send(status: Optional[str], retry_failed: bool) -> bool:
-    """Whether a run sends a task whose journal status is `status` (None: no outcome yet)."""
-    return status is None or (retry_failed and status == "error")
+    """Whether a run sends a task whose journal status is `status`."""
+    return status in statuses_to_send(retry_failed)
 
 
 def _add(a: Optional[float], b: Optional[float]) -> Optional[float]:

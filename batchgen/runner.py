@@ -23,6 +23,7 @@ from .exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
 from .job import JobConfig, Pending, Plan
 from .journal import NOT_DONE, VOID, Journal, replay
 from .outdir import OutputFolder, Provenance
+from .planning import statuses_to_send
 from .progress import Progress
 from .providers import Endpoint
 
@@ -128,12 +129,13 @@ def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
     import numpy as np
     events = state.join(plan.tasks.keys())
     outcome = _outcomes(plan, state, events)
-    waiting = outcome == 0
-    if retry_failed:
-        waiting |= outcome == 2
+    waiting = np.isin(outcome, [_OUTCOME_CODES[s] for s in statuses_to_send(retry_failed)])
     spent, _ = _spent(plan, state, events, outcome, plan.config.mode)
     return Resume(Pending(plan.tasks, np.flatnonzero(waiting)), int((outcome == 1).sum()),
                   int((outcome == 2).sum()), spent, len(plan.tasks) - plan.refused)
+
+
+_OUTCOME_CODES = {None: 0, "ok": 1, "error": 2}     # a journal status as _outcomes codes it
 
 
 def _outcomes(plan: Plan, state, events=None):
@@ -235,7 +237,7 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
     # Images of a legacy folder keep their old names: the id that replaced theirs decides.
     folder.remove_unrecorded_images(
         lambda task_id: state.status(state.replaced.get(task_id, task_id)) == "ok")
-    warnings = _unknown_model_warnings(plan)
+    warnings = _plan_warnings(plan)
     if state.damaged:
         warnings.append(f"{state.damaged} damaged journal line(s) skipped; their tasks are sent again")
         log.warning(warnings[-1])
@@ -293,13 +295,12 @@ def _carry_over_legacy_ids(folder, config, table, plan, state, origin: Provenanc
     return state
 
 
-def _unknown_model_warnings(plan: Plan) -> list:
-    warnings = list(plan.warnings)
+def _plan_warnings(plan: Plan) -> list:
+    """What the plan warns of (--param, misspelt columns, models batchgen does not know), logged."""
+    warnings = list(plan.warnings) + [f"model {model!r} is not one batchgen knows; its parameters are sent "
+                                      "unchecked" for model in plan.unknown_models]
     for warning in warnings:
         log.warning(warning)
-    for model in plan.unknown_models:
-        warnings.append(f"model {model!r} is not one batchgen knows; its parameters are sent unchecked")
-        log.warning(warnings[-1])
     return warnings
 
 
