@@ -1,11 +1,18 @@
 """Plain HTTP to the simulator, for tests that check what it answers byte for byte (the
 official SDK would hide a wrong status or header)."""
 import base64
+import contextlib
 import io
 import json
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 from PIL import Image
 
@@ -74,3 +81,35 @@ def png(size=(64, 64), color=(200, 30, 30), alpha: int = None) -> bytes:
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+@dataclass
+class SimulateProcess:
+    """`batchgen simulate` running as a process: the two URLs it printed; once the block ends
+    (with a SIGINT), what it wrote and its exit status."""
+    proc: subprocess.Popen
+    acedata_url: str = ""
+    base_url: str = ""
+    out: str = ""
+    err: str = ""
+    returncode: Optional[int] = None
+
+
+@contextlib.contextmanager
+def simulate_process(*args: str):
+    """Run `batchgen simulate ARGS` for the block, then stop it with Ctrl-C (SIGINT)."""
+    code = "from batchgen.cli_simulate import simulate; simulate(prog_name='batchgen simulate')"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    served = SimulateProcess(proc)
+    try:
+        served.acedata_url = proc.stdout.readline().strip()
+        served.base_url = proc.stdout.readline().strip()
+        yield served
+        proc.send_signal(signal.SIGINT)
+        served.out, served.err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    served.returncode = proc.returncode

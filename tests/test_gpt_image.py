@@ -13,7 +13,7 @@ from PIL import Image
 import batchgen
 from batchgen.simulator import SimConfig, SimulatorThread
 
-from conftest import TOKEN, journal, results
+from conftest import TOKEN, results
 
 SPEC = Path(__file__).resolve().parents[1] / "spec"
 GPT = {"model": "gpt-image-1", "quality": "low", "size": "1024x1024"}

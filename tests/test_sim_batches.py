@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from batchgen.simulator import SimConfig, SimulatorThread
 from batchgen.simulator import batches as sim_batches
 from batchgen.simulator import uploads as sim_uploads
 from conftest import wait_until
-from simhttp import TOKEN, Answer, assert_openai_error, call, data_url, decode, multipart, png
+from simhttp import TOKEN, Answer, assert_openai_error, call, data_url, decode, multipart, png, simulate_process
 
 GEN = "/v1/images/generations"
 EDITS = "/v1/images/edits"
@@ -606,25 +605,14 @@ def test_defaults():
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_cli_batch_flags():
-    code = "from batchgen.cli_simulate import simulate; simulate(prog_name='batchgen simulate')"
-    proc = subprocess.Popen([sys.executable, "-c", code, "--batch-seconds", "0",
-                             "--batch-line-errors", "1"],
-                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        proc.stdout.readline()
-        base = proc.stdout.readline().strip()
-        c = OpenAI(base_url=base, api_key=TOKEN, max_retries=0)
+    with simulate_process("--batch-seconds", "0", "--batch-line-errors", "1") as served:
+        c = OpenAI(base_url=served.base_url, api_key=TOKEN, max_retries=0)
         f = c.files.create(file=("r.jsonl", jsonl(many(2))), purpose="batch")
         b = c.batches.create(input_file_id=f.id, endpoint=GEN, completion_window="24h")
         assert b.status == "completed" and b.request_counts.failed == 2
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0 and err.startswith("token: ") and err.count("\n") == 1   # the token to use, and nothing else
+    # the token to use, and nothing else
+    assert served.returncode == 0 and served.err.startswith("token: ") and served.err.count("\n") == 1
+    code = "from batchgen.cli_simulate import simulate; simulate(prog_name='batchgen simulate')"
     help_text = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True,
                                cwd=Path(__file__).resolve().parents[1]).stdout
     for flag in ("--batch-seconds", "--batch-expire", "--batch-fail-validation", "--batch-line-errors"):

@@ -12,17 +12,14 @@ import binascii
 import email.utils
 import io
 import json
-import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
 from PIL import Image, UnidentifiedImageError
 
 from batchgen.simulator import SimConfig, SimulatorThread, go_duration, start_simulator
-from simhttp import TOKEN, Answer, assert_openai_error, call, decode
+from simhttp import TOKEN, Answer, assert_openai_error, call, decode, simulate_process
 
 
 
@@ -586,43 +583,22 @@ def test_openai_sdk(sim):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_cli_rate_limit_retry_after_flag():
-    code = "from batchgen.cli_simulate import simulate; simulate(prog_name='batchgen simulate')"
-    proc = subprocess.Popen([sys.executable, "-c", code, "--rpm-limit", "60", "--no-ratelimit-headers",
-                             "--rate-limit-retry-after", "seconds"],
-                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        acedata = proc.stdout.readline().strip()
-        proc.stdout.readline()
-        assert call(acedata, {"prompt": "x", "size": "256x256"}).status == 200
-        limited = call(acedata, {"prompt": "x", "size": "256x256"})
+    with simulate_process("--rpm-limit", "60", "--no-ratelimit-headers",
+                          "--rate-limit-retry-after", "seconds") as served:
+        assert call(served.acedata_url, {"prompt": "x", "size": "256x256"}).status == 200
+        limited = call(served.acedata_url, {"prompt": "x", "size": "256x256"})
         assert limited.status == 429 and limited.headers["Retry-After"] == "1"
         assert "retry-after-ms" not in limited.headers
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0
+    assert served.returncode == 0
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_cli_prints_two_urls_and_stops_quietly_on_sigint():
-    code = "from batchgen.cli_simulate import simulate; simulate(prog_name='batchgen simulate')"
-    proc = subprocess.Popen([sys.executable, "-c", code, "--fail-500", "1", "--token", "t0k"],
-                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        acedata = proc.stdout.readline().strip()
-        base = proc.stdout.readline().strip()
+    with simulate_process("--fail-500", "1", "--token", "t0k") as served:
+        acedata = served.acedata_url
         assert acedata.startswith("http://127.0.0.1:") and acedata.endswith("/openai/images/generations")
-        assert base == acedata.replace("/openai/images/generations", "/v1")
+        assert served.base_url == acedata.replace("/openai/images/generations", "/v1")
         assert_acedata_error(call(acedata, {"prompt": "x"}, token="t0k"), 500, "api_error")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0 and out == "" and err.startswith("token: t0k ") and err.count("\n") == 1   # the token to use, and nothing else
+    # the token to use, and nothing else
+    assert served.returncode == 0 and served.out == "" and served.err.startswith("token: t0k ") \
+        and served.err.count("\n") == 1

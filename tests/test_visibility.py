@@ -18,7 +18,7 @@ from batchgen.outdir import LOCK_FILE, OutputFolder
 from batchgen.progress import Progress
 from batchgen.simulator import SimulatorThread
 
-from conftest import TOKEN, batchgen_process, journal, make_prompts, wait_until
+from conftest import batchgen_process, journal, make_prompts, wait_until
 from hostile import Hostile, generation, json_response
 
 SECRET = "sk-visible-Secret-0987654321"
