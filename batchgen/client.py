@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from . import fastjson
 from ._version import __version__
 from .errors import fallback_code
 from .exceptions import (ApiError, BadResponse, ConnectionFailed, DownloadFailed, NotJson, RequestError,
@@ -195,7 +196,7 @@ def parse_generation(status: int, headers, raw: bytes, secret: str = "",
                      provider: Optional[str] = None) -> Generation:
     """A response of either dialect as images, or the RequestError it amounts to."""
     try:
-        payload = json.loads(raw)
+        payload = fastjson.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         payload = None
     return generation_from(status, headers, payload, raw, secret, provider)
@@ -442,7 +443,7 @@ class BatchClient(ImagesClient):
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise translate_exception(exc, self.endpoint.token) from None
         try:
-            payload = json.loads(raw)
+            payload = fastjson.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
             payload = None
         if status >= 400 or not isinstance(payload, dict) or payload.get("error"):
@@ -516,6 +517,6 @@ class BatchClient(ImagesClient):
 
 def _json_or_none(raw: bytes):
     try:
-        return json.loads(raw)
+        return fastjson.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
