@@ -78,10 +78,9 @@ SCHEMA = pa.schema([
 COLUMNS = SCHEMA.names
 _PROVENANCE = ("provider", "endpoint", "mode", "simulated")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# The rows as parsed: the provenance columns come from a small table of origins, taken by
+# The rows as parsed: the provenance columns come from a small table of origins, repeated by
 # each row's `origin` index (one int per row, not four repeated texts to parse).
 _ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in _PROVENANCE] + [("origin", pa.int64())])
-_ORIGIN_SCHEMA = pa.schema([SCHEMA.field(n) for n in _PROVENANCE])
 _OUTCOME_FIELDS = ("error_code", "error_message", "http_status", "attempts", "latency_s",
                    "created", "trace_id", "batch_id")
 
@@ -269,19 +268,51 @@ def _append_passthrough(result: pa.Table, table, source_names: list, names: list
     return result
 
 
-def _origin_table(origins: list) -> pa.Table:
-    """The provenance columns of each origin, for _with_provenance to take by index."""
-    import pyarrow.json as pjson
-    text = "".join(_encode({n: o.get(n) for n in _PROVENANCE}) + "\n" for o in origins)
-    return pjson.read_json(pa.BufferReader(text.encode("utf-8")),
-                           parse_options=pjson.ParseOptions(explicit_schema=_ORIGIN_SCHEMA))
+def _origin_table(origins: list) -> dict:
+    """The provenance values of each origin, by column, typed as SCHEMA says (else None), for
+    _with_provenance to repeat by index."""
+    table = {}
+    for name in _PROVENANCE:
+        kind = bool if SCHEMA.field(name).type == pa.bool_() else str
+        table[name] = [o.get(name) if isinstance(o.get(name), kind) else None for o in origins]
+    return table
 
 
-def _with_provenance(rows: pa.Table, origins: pa.Table) -> pa.Table:
-    """The rows in SCHEMA's order, the provenance columns taken from `origins` by index."""
-    taken = origins.take(rows.column("origin"))
-    columns = [taken.column(n) if n in _PROVENANCE else rows.column(n) for n in COLUMNS]
+def _with_provenance(rows: pa.Table, origins: dict) -> pa.Table:
+    """The rows in SCHEMA's order, the provenance columns repeated from `origins` by each
+    row's index. Built from buffers with numpy: Table.take would import pyarrow.compute,
+    40 ms of every run."""
+    import numpy as np
+    origin = rows.column("origin")
+    index = None
+    if origin.num_chunks:       # one after _parse_rows; read from its buffer (to_numpy imports pandas)
+        chunk = origin.chunk(0)
+        index = np.frombuffer(chunk.buffers()[1], np.int64, len(chunk), chunk.offset * 8)
+    columns = [_repeated(origins[n], index, SCHEMA.field(n).type) if n in _PROVENANCE else rows.column(n)
+               for n in COLUMNS]
     return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def _repeated(values: list, index, kind: pa.DataType) -> pa.Array:
+    """values[i] for each i of `index` (a numpy int array; None: no rows) as an Arrow array."""
+    import numpy as np
+    if index is None or not len(index):
+        return pa.nulls(0, kind)
+    n = len(index)
+    present = np.array([v is not None for v in values])[index]
+    nulls = n - int(present.sum())
+    validity = pa.py_buffer(np.packbits(present, bitorder="little")) if nulls else None
+    if kind == pa.bool_():
+        bits = np.packbits(np.array([bool(v) for v in values])[index], bitorder="little")
+        return pa.Array.from_buffers(kind, n, [validity, pa.py_buffer(bits)], null_count=nulls)
+    texts = [v.encode("utf-8", "replace") if v is not None else b"" for v in values]
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.array([len(t) for t in texts], np.int64)[index], out=offsets[1:])
+    if offsets[-1] >= 2 ** 31:      # past a string array's 32-bit offsets: a chunk of each
+        return pa.chunked_array([_repeated(values, part, kind) for part in np.array_split(index, 2)], kind)
+    data = b"".join([texts[i] for i in index.tolist()])
+    return pa.Array.from_buffers(kind, n, [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)],
+                                 null_count=nulls)
 
 
 def _origin_fragment(d: dict) -> str:
