@@ -1,6 +1,7 @@
 """The sweep comparison report: OUT/report.html (and report-2.html, ...) and OUT/contact_sheet.png.
 
     write_report(out, ...)       reads OUT/results.parquet and OUT/job.json, writes the pages and the sheet
+    Tally                        the figures of the whole table, counted a batch of rows at a time
     sweep_points(job, df)        each sweep point's label and its value on each axis, in sweep order
     make_layout(points, ...)     which axes run across (grouped column headers) and which split the rows
     point_stats(df, labels)      per sweep point: counts, error codes, latency, cost, revised length
@@ -212,43 +213,195 @@ def _safe_relpath(path) -> Optional[str]:
 def point_stats(df, labels: list[str]) -> list[dict]:
     """One dict per sweep point (in `labels` order), then one for all points (label None).
 
-    tasks / ok / errors count tasks (a task with n images is one task); images counts images;
-    error_codes is [(code, count)] most frequent first; p50_s / p95_s are latencies of the tasks
-    that succeeded; cost_usd sums est_cost_usd (None when every image's cost is unknown) and
-    cost_unknown counts images whose cost is unknown; revised_len is the mean length in
-    characters of the revised prompts (None when there are none).
+    tasks / ok / errors count tasks (a task with n images is one task; its first row says
+    whether it is ok); images counts images; error_codes is [(code, count)] most frequent
+    first; p50_s / p95_s are latencies of the tasks that succeeded; cost_usd sums est_cost_usd
+    (None when every image's cost is unknown) and cost_unknown counts images whose cost is
+    unknown; revised_len is the mean length in characters of the revised prompts (None when
+    there are none).
     """
-    df = _normalised(df)
-    groups = {label: df[df["sweep_point"] == label] for label in labels}
-    out = [_stats(label, groups[label]) for label in labels]
-    out.append(_stats(None, df))
-    return out
+    tally = Tally()
+    tally.add(_normalised(df))
+    return tally.point_stats(labels)
 
 
-def _stats(label, sub) -> dict:
-    tasks = sub.drop_duplicates("_task")
-    ok_tasks = tasks[tasks["status"] == "ok"]
-    err_tasks = tasks[tasks["status"] != "ok"]
-    ok_rows = sub[sub["status"] == "ok"]
-    codes = Counter((_text(c) or "unknown") for c in err_tasks["error_code"])
-    latencies = [float(v) for v in ok_tasks["latency_s"] if not _missing(v)]
-    costs = [None if _missing(v) else float(v) for v in ok_rows["est_cost_usd"]]
-    known = [c for c in costs if c is not None]
-    unknown = len(costs) - len(known)
-    revised = [len(t) for t in (_text(v) for v in ok_rows["revised_prompt"]) if t]
-    return {
-        "label": label,
-        "tasks": len(tasks),
-        "ok": len(ok_tasks),
-        "errors": len(err_tasks),
-        "images": len(ok_rows),
-        "error_codes": sorted(codes.items(), key=lambda kv: (-kv[1], kv[0])),
-        "p50_s": _percentile(latencies, 50),
-        "p95_s": _percentile(latencies, 95),
-        "cost_usd": (None if costs and not known else sum(known)),
-        "cost_unknown": unknown,
-        "revised_len": (sum(revised) / len(revised)) if revised else None,
-    }
+# Task keys: a batchgen task id (16 hex digits, job.task_id) is kept as the 64-bit number it
+# writes; any other key (a foreign table's id, or row and sweep point when there is none) is
+# numbered in a dict, apart from the ids.
+_TASK_ID = re.compile(r"[0-9a-f]{16}")
+
+
+class Tally:
+    """The report's figures (point_stats, the overview's lines) counted a batch of results
+    rows at a time, in the table's order, so that the table is never held whole.
+
+    Counts, sums and the sweep points seen are a few numbers each. Two things need every task:
+    a task's rows count once (its first row decides ok or error), and the p50 / p95 latencies
+    are exact. For those it keeps one entry per task and sweep point, as numpy arrays of about
+    25 bytes (the task key, the point, the outcome and the latency); a batchgen table holds a
+    task's rows together, so a batch makes one entry per task, and the tasks seen twice (a task
+    split between two batches, or a foreign table's) are counted once at the end.
+    """
+
+    def __init__(self):
+        self.labels: dict = {}        # sweep point label -> its number, in order of first appearance
+        self.rows = 0
+        self.simulated = 0            # rows the simulator made
+        self.sources: dict = {}       # (provider, mode, endpoint), missing values as None -> as read
+        self._rows_of: list = []      # per label: images, costs summed in the table's order, ...
+        self._total = _PointRows()
+        self._codes: dict = {}        # error code -> its number
+        self._foreign: dict = {}      # a task key that is not a batchgen id -> its number
+        self._entries: list = []      # per batch: (key, foreign, point, code, latency) arrays
+        self._prompts: list = []      # per batch: the row indices it holds, distinct
+        self._prompt_keys = None
+
+    def add(self, df) -> None:
+        """Count a batch of rows (_normalised)."""
+        import numpy as np
+        if not len(df):
+            return
+        self.rows += len(df)
+        labels = df["sweep_point"]
+        for label in labels.unique():
+            if label not in self.labels:
+                self.labels[label] = len(self.labels)
+                self._rows_of.append(_PointRows())
+        ok_rows = df[df["status"] == "ok"]
+        self._total.add(ok_rows)
+        if len(ok_rows):
+            for label, sub in ok_rows.groupby("sweep_point", sort=False):
+                self._rows_of[self.labels[label]].add(sub)
+        if "simulated" in df.columns:
+            self.simulated += int(df["simulated"].fillna(False).astype(bool).sum())
+        if {"provider", "mode", "endpoint"} <= set(df.columns):
+            for source in df[["provider", "mode", "endpoint"]].drop_duplicates().itertuples(index=False):
+                self.sources.setdefault(tuple(None if _missing(v) else v for v in source), tuple(source))
+        rows = df["row_index"]
+        present = rows.notna().to_numpy(bool)
+        if present.any():
+            self._prompts.append(np.unique(rows[present].astype("int64").to_numpy("int64")))
+
+        # One entry per (task, sweep point): its first row in this batch.
+        first = df.drop_duplicates(["_task", "sweep_point"])
+        keys = np.empty(len(first), np.uint64)
+        foreign = np.zeros(len(first), bool)
+        for i, (task_id, row, label) in enumerate(zip(first["task_id"], first["row_index"], first["sweep_point"])):
+            text = _text(task_id)
+            if text and _TASK_ID.fullmatch(text):
+                keys[i] = int(text, 16)
+                continue
+            key = text or (None if _missing(row) else int(row), label)
+            keys[i] = self._foreign.setdefault(key, len(self._foreign))
+            foreign[i] = True
+        ok = (first["status"] == "ok").fillna(False).to_numpy(bool)
+        codes = np.array([-1 if good else self._codes.setdefault(_text(c) or "unknown", len(self._codes))
+                          for good, c in zip(ok, first["error_code"])], np.int32)
+        latency = np.array([np.nan if _missing(v) else float(v) for v in first["latency_s"]], np.float64)
+        point = np.array([self.labels[label] for label in first["sweep_point"]], np.int32)
+        self._entries.append((keys, foreign, point, codes, latency))
+
+    @property
+    def prompt_keys(self):
+        """The row indices of the rows counted, distinct and sorted (a numpy array)."""
+        import numpy as np
+        if self._prompt_keys is None:
+            self._prompt_keys = np.unique(np.concatenate(self._prompts)) if self._prompts else np.empty(0, np.int64)
+            self._prompts = [self._prompt_keys]
+        return self._prompt_keys
+
+    def point_stats(self, labels: list[str]) -> list[dict]:
+        """As point_stats() says, for the rows counted so far."""
+        import numpy as np
+        keys, foreign, point, codes, latency = (
+            np.concatenate([e[i] for e in self._entries]) if self._entries else np.empty(0, t)
+            for i, t in enumerate((np.uint64, bool, np.int32, np.int32, np.float64)))
+        self._entries = [(keys, foreign, point, codes, latency)] if len(keys) else []
+        names = list(self._codes)
+        # The first entry of each task at each point, and of each task over all points: a
+        # stable sort keeps the entries of one key in the table's order.
+        per_point = _first_of_each(foreign, keys, point)
+        per_task = _first_of_each(foreign, keys)
+        out = []
+        for label in labels:
+            number = self.labels.get(label)
+            picked = per_point[point[per_point] == number] if number is not None else per_point[:0]
+            rows = self._rows_of[number] if number is not None else _PointRows()
+            out.append(rows.stats(label, codes[picked], latency[picked], names))
+        out.append(self._total.stats(None, codes[per_task], latency[per_task], names))
+        return out
+
+    def provenance(self, columns) -> tuple:
+        """Where the images came from ("made by" line, warning): said at the top, above all when
+        a simulator made them. `columns`: those of the table."""
+        if not {"provider", "endpoint", "mode", "simulated"} <= set(columns):
+            return None, None
+        warning = None
+        if self.simulated:
+            share = "All" if self.simulated == self.rows else f"{self.simulated} of {self.rows}"
+            warning = (f"Simulated: {share} rows come from batchgen's built-in simulator (--simulate); "
+                       "their images are placeholders, not made by a model.")
+        made = "; ".join(f"{p} ({m}) at {u}" for p, m, u in self.sources.values() if not _missing(p))
+        return (f"made by: {made}" if made else None), warning
+
+
+def _first_of_each(*columns):
+    """Positions of the first entry of each distinct combination of `columns` (numpy arrays,
+    the first named sorts first), in no particular order."""
+    import numpy as np
+    if not len(columns[0]):
+        return np.empty(0, np.int64)
+    order = np.lexsort(columns[::-1])      # stable: equal keys stay in the table's order
+    new = np.ones(len(order), bool)
+    for column in columns:
+        ordered = column[order]
+        new[1:] &= ordered[1:] == ordered[:-1]
+    new[1:] = ~new[1:]
+    return order[new]
+
+
+class _PointRows:
+    """What a sweep point's ok rows (images) add up to, batch by batch: costs are summed in the
+    table's order, as one sum() over them all would."""
+
+    def __init__(self):
+        self.images = 0
+        self.cost = 0
+        self.cost_unknown = 0
+        self.revised_chars = 0
+        self.revised = 0
+
+    def add(self, ok_rows) -> None:
+        costs = [None if _missing(v) else float(v) for v in ok_rows["est_cost_usd"]]
+        known = [c for c in costs if c is not None]
+        self.images += len(costs)
+        self.cost = sum(known, self.cost)
+        self.cost_unknown += len(costs) - len(known)
+        revised = [len(t) for t in (_text(v) for v in ok_rows["revised_prompt"]) if t]
+        self.revised_chars += sum(revised)
+        self.revised += len(revised)
+
+    def stats(self, label, codes, latency, code_names: list) -> dict:
+        """The point's figures, from its rows and its tasks' entries (error code numbers, -1
+        for ok, and latencies)."""
+        import numpy as np
+        ok = codes < 0
+        errors = Counter(code_names[c] for c in codes[~ok].tolist())
+        latencies = latency[ok]
+        latencies = latencies[~np.isnan(latencies)].tolist()
+        return {
+            "label": label,
+            "tasks": len(codes),
+            "ok": int(ok.sum()),
+            "errors": int((~ok).sum()),
+            "images": self.images,
+            "error_codes": sorted(errors.items(), key=lambda kv: (-kv[1], kv[0])),
+            "p50_s": _percentile(latencies, 50),
+            "p95_s": _percentile(latencies, 95),
+            "cost_usd": (None if self.images and self.images == self.cost_unknown else self.cost),
+            "cost_unknown": self.cost_unknown,
+            "revised_len": (self.revised_chars / self.revised) if self.revised else None,
+        }
 
 
 def _percentile(values: list[float], q: float) -> Optional[float]:
@@ -513,10 +666,18 @@ def _stats_html(stats: list[dict]) -> str:
 def make_overview(df, layout: Layout, job: Optional[dict] = None, title: str = "batchgen report") -> Overview:
     """The lines above the grid and the per-point statistics, from the whole results table."""
     df = _normalised(df)
+    tally = Tally()
+    tally.add(df)
+    return tally_overview(tally, df.columns, layout, job, title)
+
+
+def tally_overview(tally: "Tally", columns, layout: Layout, job: Optional[dict] = None,
+                   title: str = "batchgen report") -> Overview:
+    """make_overview() from the figures of a Tally of the whole table (`columns`: its columns)."""
     labels = layout.labels
-    stats = point_stats(df, labels)
+    stats = tally.point_stats(labels)
     total = stats[-1]
-    prompts = sum(1 for k, _ in _prompt_order(df) if k is not None)
+    prompts = len(tally.prompt_keys)
     meta = []
     settings = (job or {}).get("job") or {}
     if settings.get("defaults"):
@@ -526,7 +687,7 @@ def make_overview(df, layout: Layout, job: Optional[dict] = None, title: str = "
     meta.append(f"{prompts} prompt{'s' if prompts != 1 else ''} × {len(labels)} sweep "
                 f"point{'s' if len(labels) != 1 else ''}: {total['tasks']} tasks, {total['ok']} ok, "
                 f"{total['errors']} with errors, {total['images']} images, estimated cost {_fmt_cost(total)}")
-    made_by, warning = _provenance(df)
+    made_by, warning = tally.provenance(columns)
     if made_by:
         meta.append(made_by)
     return Overview(title, meta, warning, stats)
@@ -692,22 +853,6 @@ def _nav_html(page: Page) -> str:
     if page.number < page.count:
         parts.append(f'<a href="{page_file(page.number + 1)}" rel="next">next →</a>')
     return '<nav class="pages">' + "".join(parts) + "</nav>\n"
-
-
-def _provenance(df) -> tuple:
-    """Where the images came from ("made by" line, warning): said at the top, above all when
-    a simulator made them."""
-    if not {"provider", "endpoint", "mode", "simulated"} <= set(df.columns):
-        return None, None
-    warning = None
-    simulated = df["simulated"].fillna(False).astype(bool)
-    if simulated.any():
-        share = "All" if simulated.all() else f"{int(simulated.sum())} of {len(df)}"
-        warning = (f"Simulated: {share} rows come from batchgen's built-in simulator (--simulate); "
-                   "their images are placeholders, not made by a model.")
-    sources = df[["provider", "mode", "endpoint"]].drop_duplicates().itertuples(index=False)
-    made = "; ".join(f"{p} ({m}) at {u}" for p, m, u in sources if not _missing(p))
-    return (f"made by: {made}" if made else None), warning
 
 
 # ---- thumbnails and the contact sheet ---------------------------------------------------
@@ -905,8 +1050,11 @@ def write_report(out, *, cols: Union[str, Sequence[str], None] = None,
 
     `cols` / `rows`: the sweep axes side by side and those splitting each prompt's row (see
     make_layout); `thumb`: the long side of a thumbnail, px.
+
+    The table is read twice, a batch of rows at a time, and never held whole: once for the
+    figures every page shows (a Tally), then for the pages, each written once all its rows
+    have been read (see _page_parts).
     """
-    import pandas as pd
     per_page = PER_PAGE if per_page is None else per_page
     thumb = THUMB_HTML if thumb is None else thumb
     if not isinstance(per_page, int) or per_page < 1:
@@ -915,38 +1063,29 @@ def write_report(out, *, cols: Union[str, Sequence[str], None] = None,
         raise UsageError(f"--thumb {thumb}: give the thumbnails' long side in pixels, "
                          f"{THUMB_MIN} to {THUMB_MAX} (default {THUMB_HTML})")
     out = Path(out)
-    results = out / "results.parquet"
-    if not results.is_file():
-        raise UsageError(f"{out} has no results.parquet: run `batchgen run ... --out {out}` first, "
-                         "then `batchgen report` on that folder")
-    try:
-        df = pd.read_parquet(results)
-    except Exception as exc:  # a damaged or foreign file
-        raise UsageError(f"{results} is not readable ({exc}); run `batchgen run` again to rebuild it") from None
-    if "in_input" in df.columns:
-        # Tasks of an earlier input stay listed in the results, but the report compares this job's.
-        df = df[df["in_input"].fillna(True).astype(bool)].reset_index(drop=True)
+    with ResultsBatches(out / "results.parquet", out) as results:
+        count = _write_pages(out, results, cols, rows, per_page, thumb)
+    for stale in out.iterdir():   # pages of an earlier report with more of them
+        match = _LATER_PAGE.fullmatch(stale.name)
+        if match and int(match.group(1)) > count:
+            stale.unlink(missing_ok=True)
+    return out / FIRST_PAGE
+
+
+def _write_pages(out: Path, results: "ResultsBatches", cols, rows, per_page: int, thumb: int) -> int:
+    """The pages and the contact sheet (see write_report); returns the number of pages."""
+    import pandas as pd
+    tally, lowest = first_reading(results)
     try:
         job = read_job(out)
     except UsageError:
         job = None
-    norm = _normalised(df)
-    layout = make_layout(sweep_points(job, norm), cols, rows)
-    overview = make_overview(norm, layout, job, f"batchgen report: {out.resolve().name}")
+    layout = make_layout(sweep_points(job, pd.DataFrame({"sweep_point": list(tally.labels)})), cols, rows)
+    overview = tally_overview(tally, results.columns, layout, job, f"batchgen report: {out.resolve().name}")
 
-    # Each page draws the rows of its prompts only: sorted once, then sliced.
-    keys = [k for k, _ in _prompt_order(norm) if k is not None]
-    drawn = norm[norm["row_index"].notna()]
-    drawn = drawn.assign(_row=drawn["row_index"].astype("int64")).sort_values("_row", kind="stable")
-    starts = drawn["_row"].to_numpy()
+    keys = tally.prompt_keys
     count = max(1, math.ceil(len(keys) / per_page))
-    for number in range(1, count + 1):
-        page_keys = keys[(number - 1) * per_page:number * per_page]
-        if page_keys:
-            lo, hi = starts.searchsorted(page_keys[0], "left"), starts.searchsorted(page_keys[-1], "right")
-            part = drawn.iloc[lo:hi]
-        else:
-            part = drawn.iloc[:0]
+    for number, part in _page_parts(results, keys, per_page, lowest):
         made = _page_thumbnails(out, part, thumb)
         page = build_html(part, layout, {p: (m[0] if m else None) for p, m in made.items()},
                           overview=overview, page=Page(number, count, (number - 1) * per_page, len(keys)),
@@ -959,11 +1098,138 @@ def write_report(out, *, cols: Union[str, Sequence[str], None] = None,
             buf = io.BytesIO()
             sheet.save(buf, "PNG")
             write_atomic(out / "contact_sheet.png", buf.getvalue())
-    for stale in out.iterdir():   # pages of an earlier report with more of them
-        match = _LATER_PAGE.fullmatch(stale.name)
-        if match and int(match.group(1)) > count:
-            stale.unlink(missing_ok=True)
-    return out / FIRST_PAGE
+    return count
+
+
+# Rows read at a time: a run writes results.parquet in row groups of 10,000 rows (results._CHUNK).
+BATCH_ROWS = 10_000
+# What each reading takes of the table: the figures, then the pages (the columns a page shows).
+_STATS_COLUMNS = ("task_id", "row_index", "status", "error_code", "latency_s", "est_cost_usd",
+                  "revised_prompt", "sweep_point", "in_input", "provider", "endpoint", "mode", "simulated")
+_PAGE_COLUMNS = ("task_id", "row_index", "prompt", "status", "revised_prompt", "image_path",
+                 "image_index", "error_code", "error_message", "latency_s", "est_cost_usd", "width",
+                 "height", "sweep_point", "in_input", "input_image", "simulated", "provider",
+                 "endpoint", "mode")
+
+
+class ResultsBatches:
+    """OUT/results.parquet read a record batch at a time; UsageError when there is none, or it
+    cannot be read."""
+
+    def __init__(self, path: Path, out: Path):
+        import pyarrow.parquet as pq
+        self.path = path
+        if not path.is_file():
+            raise UsageError(f"{out} has no results.parquet: run `batchgen run ... --out {out}` first, "
+                             "then `batchgen report` on that folder")
+        try:
+            self.file = pq.ParquetFile(path)
+            self.columns = list(self.file.schema_arrow.names)
+        except Exception as exc:  # a damaged or foreign file
+            raise self._unreadable(exc) from None
+
+    def __enter__(self) -> "ResultsBatches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def _unreadable(self, exc) -> UsageError:
+        return UsageError(f"{self.path} is not readable ({exc}); run `batchgen run` again to rebuild it")
+
+    def batches(self, wanted: Sequence[str]):
+        """(rows, read) per batch, in the table's order: the batch's rows of the current input
+        (_normalised, a DataFrame of the `wanted` columns the table has), and how many rows of
+        the table have been read with it."""
+        columns = [c for c in wanted if c in self.columns]
+        try:
+            batches = self.file.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        except Exception as exc:
+            raise self._unreadable(exc) from None
+        read = 0
+        while True:
+            try:
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                df = batch.to_pandas()
+            except Exception as exc:  # damaged further on
+                raise self._unreadable(exc) from None
+            read += batch.num_rows
+            if "in_input" in df.columns:
+                # Tasks of an earlier input stay listed in the results, but the report compares this job's.
+                df = df[df["in_input"].fillna(True).astype(bool)].reset_index(drop=True)
+            yield _normalised(df), read
+
+
+def first_reading(results: ResultsBatches) -> tuple:
+    """(Tally of the whole table, each batch's smallest row index with the rows of the table
+    read up to its end, for _page_parts)."""
+    tally = Tally()
+    lowest = []
+    for df, read in results.batches(_STATS_COLUMNS):
+        tally.add(df)
+        present = df["row_index"].dropna()
+        lowest.append((read, int(present.min()) if len(present) else math.inf))
+    return tally, lowest
+
+
+def _page_parts(results: ResultsBatches, keys, per_page: int, lowest: list):
+    """(page number, its rows sorted by row index) for each page, in order, read a batch at a
+    time: a page's rows are held until no row of it can be still to come, then handed on.
+
+    `keys` are the prompts' row indices, sorted; `lowest`, from the first reading, each batch's
+    smallest row index with the rows read up to its end. A page is complete once the rows not
+    yet read hold no row index up to its last: in a run's table, sorted by row index, that is
+    as soon as the next page's rows begin, so a batch and a page are held; a table in another
+    order holds more until its pages complete (all of it, shuffled), and comes out the same.
+    """
+    import bisect
+
+    import pandas as pd
+    ends = [read for read, _ in lowest]
+    below = [math.inf] * (len(lowest) + 1)     # the smallest row index from each batch on
+    for i in range(len(lowest) - 1, -1, -1):
+        below[i] = min(lowest[i][1], below[i + 1])
+    pages = [(keys[i], keys[min(i + per_page, len(keys)) - 1]) for i in range(0, len(keys), per_page)]
+    held: list = []                  # rows read and not yet on a page, in the table's order
+    number = 1
+
+    def complete(up_to):
+        nonlocal held, number
+        ready = []
+        while number <= len(pages) and pages[number - 1][1] < up_to:
+            ready.append(number)
+            number += 1
+        if not ready:
+            return
+        if not held:     # only if the table changed between the readings: the page is empty
+            held = [_no_rows()]
+        rows = pd.concat(held, ignore_index=True) if len(held) > 1 else held[0]
+        rows = rows.sort_values("_row", kind="stable")        # stable: the table's order within a row
+        starts = rows["_row"].to_numpy()
+        hi = 0
+        for n in ready:
+            first, last = pages[n - 1]
+            lo, hi = starts.searchsorted(first, "left"), starts.searchsorted(last, "right")
+            yield n, rows.iloc[lo:hi]
+        held = [rows.iloc[hi:]] if hi < len(rows) else []
+
+    for df, read in results.batches(_PAGE_COLUMNS):
+        drawn = df[df["row_index"].notna()]
+        if len(drawn):
+            held.append(drawn.assign(_row=drawn["row_index"].astype("int64")))
+        # Rows of a batch not wholly read yet may still come (the batches need not end where
+        # the first reading's did).
+        yield from complete(below[bisect.bisect_right(ends, read)])
+    yield from complete(math.inf)
+    if not pages:      # no prompts: one page, and its grid is empty
+        yield 1, _no_rows()
+
+
+def _no_rows():
+    import pandas as pd
+    return _normalised(pd.DataFrame({"row_index": pd.Series([], dtype="Int64")})).assign(_row=[])
 
 
 def _page_thumbnails(out: Path, part, thumb: int) -> dict:

@@ -840,3 +840,114 @@ def test_the_contact_sheet_says_itself_that_its_images_are_simulated():
                    if pixels[i] > 120 and pixels[i + 1] < 110 and pixels[i + 2] < 60)
     assert warm_pixels(True) > 20
     assert warm_pixels(False) == 0
+
+
+# ---- the table read a batch at a time --------------------------------------------------------
+
+def _report_files(out):
+    """Every file the report writes, by name, as bytes."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
+            if p.name == "contact_sheet.png" or p.name.startswith("report")}
+
+
+def _rewritten(src, dest, table, **write):
+    """A copy of the output folder `src` at `dest` whose results.parquet holds `table`."""
+    shutil.copytree(src, dest)
+    for p in dest.iterdir():
+        if p.name == "contact_sheet.png" or p.name.startswith("report"):
+            p.unlink()
+    pq.write_table(table, dest / "results.parquet", **write)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def paged_run(tmp_path_factory):
+    """A --simulate run of 13 prompts (two refused by the policy word) x 2 sweep points, 2 images
+    a task, and the table it wrote."""
+    from click.testing import CliRunner
+    from batchgen.cli import main
+    base = tmp_path_factory.mktemp("paged_run")
+    csv = base / "prompts.csv"
+    prompts = [f"prompt {i}: " + (POLICY_WORD if i in (3, 10) else "a harbour at dawn") for i in range(13)]
+    pd.DataFrame({"prompt": prompts}).to_csv(csv, index=False)
+    out = base / "one" / "out"
+    done = CliRunner().invoke(main, ["run", str(csv), "--out", str(out), "--simulate", "--model", "dall-e-2",
+                                     "--n", "2", "--response-format", "b64_json",
+                                     "--sweep", "size=256x256,512x512", "--no-progress"])
+    assert done.exit_code == 1, done.output          # the refused prompts' tasks are errors
+    return out, pq.read_table(out / "results.parquet")
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_the_report_is_the_same_whatever_the_row_groups_and_the_order(paged_run, tmp_path, monkeypatch, order):
+    out, table = paged_run
+    one = _rewritten(out, tmp_path / "one" / "out", table)                  # one row group
+    if order == "shuffled":         # as another tool might write it: the report sorts by row
+        table = table.take(np.random.default_rng(5).permutation(table.num_rows))
+    many = _rewritten(out, tmp_path / "many" / "out", table, row_group_size=3)
+    assert pq.ParquetFile(one / "results.parquet").metadata.num_row_groups == 1
+    assert pq.ParquetFile(many / "results.parquet").metadata.num_row_groups == -(-table.num_rows // 3)
+    report.write_report(one, per_page=4)
+    monkeypatch.setattr(report, "BATCH_ROWS", 5)     # batches that end inside pages and row groups
+    report.write_report(many, per_page=4)
+    expected = _report_files(one)
+    assert sorted(expected) == ["contact_sheet.png", "report-2.html", "report-3.html", "report-4.html",
+                                "report.html"]
+    assert _report_files(many) == expected
+
+
+def test_the_report_of_a_run_says_what_the_run_made(paged_run, tmp_path, monkeypatch):
+    """The golden figures of paged_run: 13 prompts x 2 points = 26 tasks; the two refused
+    prompts' 4 tasks are errors; 22 tasks ok of 2 images each; dall-e-2 at $0.016 (256x256)
+    and $0.018 (512x512) an image."""
+    out, table = paged_run
+    out = _rewritten(out, tmp_path / "out", table, row_group_size=7)
+    monkeypatch.setattr(report, "BATCH_ROWS", 6)
+    report.write_report(out, per_page=4)
+    first = parse((out / "report.html").read_text(encoding="utf-8"))
+    meta = [p.text() for p in first.find_all("p", "meta")]
+    assert "13 prompts × 2 sweep points: 26 tasks, 22 ok, 4 with errors, 44 images, estimated cost $0.748" in meta
+    stats = [[" ".join(td.text().split()) for td in tr.find_all("td")]
+             for tr in first.find_all("table", "stats")[0].find_all("tbody")[0].find_all("tr")]
+    assert [s[:6] for s in stats] == [
+        ["size=256x256", "13", "11", "2", "22", "content_policy_violation × 2"],
+        ["size=512x512", "13", "11", "2", "22", "content_policy_violation × 2"],
+        ["all points", "26", "22", "4", "44", "content_policy_violation × 4"]]
+    assert [s[8] for s in stats] == ["$0.352", "$0.396", "$0.748"]
+    # Prompts in row order, 4 a page; the refused ones are an error in both columns.
+    pages = {}
+    for number, name in enumerate(["report.html", "report-2.html", "report-3.html", "report-4.html"], 1):
+        dom = parse((out / name).read_text(encoding="utf-8"))
+        pages[number] = [int(tr.attrs["id"].split("-")[1]) for tr in grid_rows(dom)]
+        for tr in grid_rows(dom):
+            row = int(tr.attrs["id"].split("-")[1])
+            assert tr.find_all("th")[0].text().endswith(f"prompt {row}: " + (
+                POLICY_WORD if row in (3, 10) else "a harbour at dawn"))
+            errors = [c for c in tr.find_all("td") if c.find_all("div", "error")]
+            assert len(errors) == (2 if row in (3, 10) else 0)
+            assert len(tr.find_all("img")) == (0 if row in (3, 10) else 4)
+    assert pages == {1: [0, 1, 2, 3], 2: [4, 5, 6, 7], 3: [8, 9, 10, 11], 4: [12]}
+
+
+def test_a_page_is_handed_on_once_its_rows_are_read_not_at_the_end(tmp_path, monkeypatch):
+    """In a table sorted by row, as a run writes it, the pages come out as the reading goes:
+    what is held is a batch and a page, not the table."""
+    out, rows = big_run(tmp_path / "out")       # 60 prompts x 8 points, a row each, in row order
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), out / "results.parquet", row_group_size=50)
+    monkeypatch.setattr(report, "BATCH_ROWS", 16)
+    with report.ResultsBatches(out / "results.parquet", out) as results:
+        tally, lowest = report.first_reading(results)
+        read = []
+        reading = results.batches
+
+        def counted(columns):
+            for df, n in reading(columns):
+                read.append(n)
+                yield df, n
+        results.batches = counted
+        handed = [(number, list(dict.fromkeys(part["row_index"])), read[-1])
+                  for number, part in report._page_parts(results, tally.prompt_keys, 5, lowest)]
+    assert [(n, keys) for n, keys, _ in handed] == [(n, list(range(5 * n - 5, 5 * n))) for n in range(1, 13)]
+    for number, _keys, rows_read in handed[:-1]:
+        # A page's 40 rows end at row 40 * number; it is handed on within a batch of that.
+        assert 40 * number <= rows_read < 40 * number + 16
