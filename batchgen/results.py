@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import orjson
 import pyarrow as pa
 
 from . import models, pricing
@@ -105,6 +106,16 @@ _encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=F
 _encode_any = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False,
                                separators=(",", ":"), default=lambda v: _json_default(v)).encode
 _encode_str = json.encoder.encode_basestring
+
+
+def _fields(values: dict) -> str:
+    """A dict's members as JSON, without the braces: orjson (half the time of formatting them
+    one by one), or the standard library for what orjson cannot write (an integer past 64
+    bits, a lone surrogate: values an earlier version's journal may hold)."""
+    try:
+        return orjson.dumps(values).decode()[1:-1]
+    except orjson.JSONEncodeError:
+        return _encode(values)[1:-1]
 
 
 def _value(v) -> str:
@@ -204,19 +215,17 @@ class _Rows:
         """One row per image of an ok record. `base` holds the task's own fields."""
         self._flush_if_full()
         get = record.get
-        batch = ""
-        if "batch_id" in record:
-            batch = f',"batch_id":{_value(get("batch_id"))}'
+        batch = "batch_id" in record
         paid = pricing.billed(record)
         if paid is not None:     # what its answers cost, shared by its images
             price = paid / max(1, len(record.get("images") or ()))
         elif batch and price is not None:
             price = price * self.batch_discount
-        # Field by field, not a dict through the encoder: a third of the time per row.
-        shared = (f'"attempts":{_value(get("attempts"))},"latency_s":{_value(get("latency_s"))},'
-                  f'"created":{_value(get("created"))},"trace_id":{_value(get("trace_id"))},'
-                  f'{_usage_fragment(record)},'
-                  f'"est_cost_usd":{_value(price)}{batch}')
+        usage = get("usage") if isinstance(get("usage"), dict) else {}
+        shared = {"attempts": get("attempts"), "latency_s": get("latency_s"), "created": get("created"),
+                  "trace_id": get("trace_id"), **{k: usage.get(k) for k in _TOKEN_FIELDS}, "est_cost_usd": price}
+        if batch:
+            shared["batch_id"] = get("batch_id")
         status = f'"status":"ok","http_status":{_value(get("http_status"))}'
         extra = self.passthrough.fragment(row_index)
         status += f',"origin":{origin}'
@@ -224,10 +233,9 @@ class _Rows:
         for image in record.get("images") or ():
             path = _encode_str(image.get("image_path") or "")
             get = image.get
-            common = (f'{shared},"image_url":{_value(get("image_url"))},"sha256":{_value(get("sha256"))},'
-                      f'"width":{_value(get("width"))},"height":{_value(get("height"))},'
-                      f'"bytes":{_value(get("bytes"))},"revised_prompt":{_value(get("revised_prompt"))},'
-                      f'"image_index":{_value(get("image_index", 0))}')
+            common = _fields({**shared, "image_url": get("image_url"), "sha256": get("sha256"),
+                              "width": get("width"), "height": get("height"), "bytes": get("bytes"),
+                              "revised_prompt": get("revised_prompt"), "image_index": get("image_index", 0)})
             self.lines.append(f'{{{base},{status},"image_path":{path},{common}}}')
             self.metadata.append(f'{{"file_name":{path},{base},{common},{provenance}{extra}}}')
             self.row_indices.append(row_index)
@@ -450,13 +458,6 @@ def _usage(record: dict) -> dict:
     if not isinstance(usage, dict):
         return {}
     return {k: usage.get(k) for k in _TOKEN_FIELDS if isinstance(usage.get(k), int)}
-
-
-def _usage_fragment(record: dict) -> str:
-    usage = record.get("usage")
-    if not isinstance(usage, dict):
-        return '"input_tokens":null,"output_tokens":null,"total_tokens":null'
-    return ",".join(f'"{k}":{_value(usage.get(k))}' for k in _TOKEN_FIELDS)
 
 
 # Names a pass-through column may not take: the results' own, and metadata.jsonl's file_name.
