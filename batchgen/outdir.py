@@ -65,7 +65,21 @@ def temporary_name(path) -> str:
     """A sibling name for a file being written; our pid at the end tells a live writer's
     temporary from one a killed process left."""
     folder, sep, name = os.fspath(path).rpartition(os.sep)
-    return f"{folder}{sep}{TMP_PREFIX}{name}.{os.getpid()}"
+    return f"{folder}{sep}{TMP_PREFIX}{name}.{_pid}"
+
+
+# Read once (and again in a forked child): os.getpid() is a system call, and every image's
+# temporary name holds it.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def write_atomic(path, data: bytes, *, fsync: bool = True) -> None:

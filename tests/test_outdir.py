@@ -288,3 +288,14 @@ def test_an_atomic_write_that_fails_leaves_neither_file_nor_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_atomic(target, b"whole")
     assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_names_its_temporaries_with_its_own_pid():
+    from batchgen.outdir import temporary_name
+    assert temporary_name("/x/a.png") == f"/x/.tmp-a.png.{os.getpid()}"
+    pid = os.fork()
+    if pid == 0:       # the child: exit status says whether the name holds its own pid
+        os._exit(0 if temporary_name("/x/a.png") == f"/x/.tmp-a.png.{os.getpid()}" else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
