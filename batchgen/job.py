@@ -411,9 +411,16 @@ class TaskList:
                        variants[variant[k]].params, point, problems[problem[k]], edits[row] if edits else None)
 
     def keys(self):
-        """Every task's id as a 64-bit number (numpy uint64), in plan order."""
+        """Every task's id as a 64-bit number (numpy uint64, read-only), in plan order.
+
+        A view of `ids`, not a copy (8 bytes a task, made by every stage that joins the plan
+        with the journal): the plan is complete, so `ids` no longer grows."""
         import numpy as np
-        return np.frombuffer(self.ids, dtype=np.uint64).copy() if len(self.ids) else np.empty(0, np.uint64)
+        if not len(self.ids):
+            return np.empty(0, np.uint64)
+        keys = np.frombuffer(self.ids, dtype=np.uint64)
+        keys.flags.writeable = False
+        return keys
 
 
 class Pending:
@@ -587,6 +594,9 @@ def make_plan(table, config: JobConfig, edit_inputs: Optional[list] = None) -> P
         return _make_plan(table, config, edit_inputs)
 
 
+PLAN_ROWS = 65_536    # rows whose cells are Python values at once while planning
+
+
 def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     columns = list(table.column_names)
     if config.prompt_column not in columns:
@@ -600,105 +610,162 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     if config.limit is not None:
         table = table.slice(0, config.limit)
     edit = edit_inputs is not None
+    n_rows = table.num_rows
+    prompt_column = table.column(config.prompt_column)
+    param_values = [table.column(c) for c in param_columns]
 
-    # Only the prompt and parameter columns become Python values: nothing else is needed.
-    cells = table.column(config.prompt_column).to_pylist()
-    row_params = [table.column(c).to_pylist() for c in param_columns]
     row_models = None
     if "model" in param_columns:
-        row_models = {None if _cell(m) is None else str(m).strip()
-                      for m in set(row_params[param_columns.index("model")])}
+        model_column = table.column("model")
+        row_models = set()
+        for start in range(0, n_rows, PLAN_ROWS):
+            row_models.update(None if _cell(m) is None else str(m).strip()
+                              for m in set(model_column.slice(start, PLAN_ROWS).to_pylist()))
     problems = check_defaults(config, points, row_models, edit)
     if problems:
         raise UsageError("; ".join(problems))
 
-    # What identifies a prompt: its text as sent, or the cell's own text when that is blank
-    # (two blank rows are told apart by it, as refused tasks need ids too).
+    # Only the prompt and parameter columns become Python values, PLAN_ROWS rows at a time:
+    # the whole input as Python objects would be ~100 bytes a row more than its Arrow form.
     text_column = _is_text(table.schema.field(config.prompt_column).type)
-    texts = cells if text_column else [None if c is None else str(c) for c in cells]
-    # A prompt on one row only (the usual case) has occurrence 0 in every task of its row;
-    # only prompts on several rows need counting (see task identity, above).
-    repeated = len(set(texts)) != len(texts)
-    first_row: dict = {}           # prompt text -> its first row; -1 once its tasks are counted
-    counts: dict = {}              # (prompt text, variant index) -> tasks so far; repeated prompts only
     variants: dict = {}            # (row's own parameters, point index) -> variant index
     shared: dict = {}              # variant key -> the index of the one _Variant with those parameters
     listed: list = []              # variant index -> _Variant
     problem_index: dict = {None: 0}
     ids, variant_of, problem_of = array("Q"), array("I"), array("I")
+    # hash() of each row's prompt text: rows whose text no other row has (the usual case) have
+    # occurrence 0 in every task; the others are counted once every row is planned.
+    hashes = array("q")
     blake2b = hashlib.blake2b
     from_bytes = int.from_bytes
     point_range = range(len(points))
-    n_points = len(points)
-    prompts = _prompts(cells, text_column)
-    for i, text in enumerate(texts):
-        prompt = prompts[i]
-        prompt_part = b"\x1e" if text is None else b"\x1f" + text.encode("utf-8", "surrogatepass")
-        own: dict = {}
-        row_problem = None
-        for param, col_values in zip(param_columns, row_params):
-            value = _cell(col_values[i])
-            if value is not None:
-                own[param], problem = _row_param(param, value)
-                row_problem = row_problem or problem
-        own_key = tuple(own.items())
-        blank = prompt is None
-        inputs = edit_inputs[i] if edit else None
-        # An edit's id covers its inputs too: tasks alike but for their images are told apart.
-        input_key = inputs.key if edit else None
-        again = repeated and first_row.setdefault(text, i) != i
-        if again:
-            first = first_row[text]
-            if first >= 0:     # the prompt's second row: count its first row's tasks now
-                for index in variant_of[first * n_points:(first + 1) * n_points]:
-                    k = (text, index, edit_inputs[first].key if edit else None)
-                    counts[k] = counts.get(k, 0) + 1
-                first_row[text] = -1
-        for p_index in point_range:
-            index = variants.get((own_key, p_index))
-            if index is None:
-                variant = _variant({**config.defaults, **own, **points[p_index]}, config.params, edit)
-                index = shared.get(variant.key)
+    for start in range(0, n_rows, PLAN_ROWS):
+        cells = prompt_column.slice(start, PLAN_ROWS).to_pylist()
+        # What identifies a prompt: its text as sent, or the cell's own text when that is blank
+        # (two blank rows are told apart by it, as refused tasks need ids too).
+        texts = cells if text_column else [None if c is None else str(c) for c in cells]
+        hashes.extend(map(hash, texts))
+        prompts = _prompts(cells, text_column)
+        row_params = [c.slice(start, PLAN_ROWS).to_pylist() for c in param_values]
+        for j, text in enumerate(texts):
+            prompt = prompts[j]
+            prompt_part = b"\x1e" if text is None else b"\x1f" + text.encode("utf-8", "surrogatepass")
+            own: dict = {}
+            row_problem = None
+            for param, col_values in zip(param_columns, row_params):
+                value = _cell(col_values[j])
+                if value is not None:
+                    own[param], problem = _row_param(param, value)
+                    row_problem = row_problem or problem
+            own_key = tuple(own.items())
+            blank = prompt is None
+            inputs = edit_inputs[start + j] if edit else None
+            for p_index in point_range:
+                index = variants.get((own_key, p_index))
                 if index is None:
-                    index = shared[variant.key] = len(listed)
-                    listed.append(variant)
-                variants[(own_key, p_index)] = index
-            variant = listed[index]
-            head = variant.head
-            occurrence = 0
-            if again:
-                # Keyed by the variant: one per distinct set of parameters.
-                k = (text, index, input_key)
-                occurrence = counts.get(k, 0)
-                counts[k] = occurrence + 1
-                if occurrence:
-                    head = _id_head(variant.key, occurrence)
-            if edit:
-                head = _id_head(variant.key + b"\x1d" + input_key, occurrence)
-            ids.append(from_bytes(blake2b(head + prompt_part, digest_size=8).digest(), "big"))
-            variant_of.append(index)
-            problem = row_problem or (inputs.problem if edit else None)
-            if problem is None:
-                if blank:
-                    problem = "prompt is missing or blank"
-                elif variant.max_prompt is not None and len(prompt) > variant.max_prompt:
-                    problem = models.prompt_problem(prompt, variant.params.get("model"))
-                else:
-                    problem = variant.problem
-            p = problem_index.get(problem)
-            if p is None:
-                p = problem_index[problem] = len(problem_index)
-            problem_of.append(p)
+                    variant = _variant({**config.defaults, **own, **points[p_index]}, config.params, edit)
+                    index = shared.get(variant.key)
+                    if index is None:
+                        index = shared[variant.key] = len(listed)
+                        listed.append(variant)
+                    variants[(own_key, p_index)] = index
+                variant = listed[index]
+                # An edit's id covers its inputs too: tasks alike but for their images are told apart.
+                head = _id_head(variant.key + b"\x1d" + inputs.key, 0) if edit else variant.head
+                ids.append(from_bytes(blake2b(head + prompt_part, digest_size=8).digest(), "big"))
+                variant_of.append(index)
+                problem = row_problem or (inputs.problem if edit else None)
+                if problem is None:
+                    if blank:
+                        problem = "prompt is missing or blank"
+                    elif variant.max_prompt is not None and len(prompt) > variant.max_prompt:
+                        problem = models.prompt_problem(prompt, variant.params.get("model"))
+                    else:
+                        problem = variant.problem
+                p = problem_index.get(problem)
+                if p is None:
+                    p = problem_index[problem] = len(problem_index)
+                problem_of.append(p)
+        del cells, texts, prompts, row_params
+    _count_repeated_prompts(prompt_column, text_column, hashes, len(points), listed, ids, variant_of,
+                            edit_inputs)
+    del hashes
     unknown_models = sorted({v.params["model"] for v in listed
                              if models.rules_for(v.params.get("model")) is None})
     if config.mode == "batch":
         _check_batch_models(listed)
     if config.max_cost is not None:
         _check_prices(listed, config)
-    tasks = TaskList(table.column(config.prompt_column), text_column, n_points, listed, list(problem_index),
+    tasks = TaskList(prompt_column, text_column, len(points), listed, list(problem_index),
                      ids, variant_of, problem_of, edit_inputs)
     return Plan(config, points, tasks, passthrough, unknown_models, _content_digest(table, passthrough),
                 edit, _plan_warnings(config, columns))
+
+
+def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_points: int, listed: list,
+                            ids: array, variant_of: array, edit_inputs: Optional[list]) -> None:
+    """Give the tasks of prompts on several rows their occurrence (see task identity): the
+    k-th task (from 0) with the same prompt, parameters and edit inputs gets occurrence k,
+    and a new id when k > 0. Only the rows whose prompt's hash another row shares are read
+    again, and they are grouped as Arrow and numpy arrays, not a dict of their texts."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    if len(hashes) < 2:
+        return
+    h = np.frombuffer(hashes, np.int64)
+    ordered = np.sort(h)
+    again = ordered[1:][ordered[1:] == ordered[:-1]]
+    del ordered
+    if not len(again):
+        return
+    rows = np.flatnonzero(np.isin(h, again))
+    del h, again
+    # Each candidate row's prompt as the bytes its ids hash: equal bytes, equal text (equal
+    # hashes alone may be a collision).
+    parts = []
+    for start in range(0, len(rows), PLAN_ROWS):
+        cells = prompt_column.take(rows[start:start + PLAN_ROWS]).to_pylist()
+        texts = cells if text_column else [None if c is None else str(c) for c in cells]
+        parts.append(pa.array([_prompt_part(t) for t in texts], pa.large_binary()))
+    prompt_parts = pa.chunked_array(parts, pa.large_binary()).combine_chunks()
+    del parts
+    text_group = np.asarray(pc.dictionary_encode(prompt_parts).indices, np.int64)
+    if edit_inputs is not None:
+        keys = pa.array([edit_inputs[r].key for r in rows.tolist()], pa.large_binary())
+        input_group = np.asarray(pc.dictionary_encode(keys).indices, np.int64)
+        del keys
+    else:
+        input_group = np.zeros(len(rows), np.int64)
+    # Task by task, in plan order (row after row, each row's points in order).
+    task_rows = np.repeat(np.arange(len(rows)), n_points)
+    tasks = rows[task_rows] * n_points + np.tile(np.arange(n_points), len(rows))
+    variant = np.frombuffer(variant_of, np.uint32)[tasks].astype(np.int64)
+    groups = (text_group[task_rows], input_group[task_rows], variant)
+    del text_group, input_group
+    order = np.lexsort(groups[::-1])      # stable: within a group, in plan order
+    first = np.zeros(len(order), bool)    # the first task of its group, in that order
+    first[0] = True
+    for group in groups:
+        ordered = group[order]
+        first[1:] |= ordered[1:] != ordered[:-1]
+    del groups, group, ordered
+    positions = np.arange(len(order))
+    occurrence = np.empty(len(order), np.int64)
+    occurrence[order] = positions - np.maximum.accumulate(np.where(first, positions, 0))
+    del order, first, positions
+    counted = np.flatnonzero(occurrence)
+    blake2b = hashlib.blake2b
+    for start in range(0, len(counted), PLAN_ROWS):
+        block = counted[start:start + PLAN_ROWS]
+        texts = prompt_parts.take(task_rows[block]).to_pylist()
+        for at, prompt_part in zip(block.tolist(), texts):
+            task = int(tasks[at])
+            key = listed[variant_of[task]].key
+            if edit_inputs is not None:
+                key += b"\x1d" + edit_inputs[int(rows[task_rows[at]])].key
+            head = _id_head(key, int(occurrence[at]))
+            ids[task] = int.from_bytes(blake2b(head + prompt_part, digest_size=8).digest(), "big")
 
 
 def _check_prices(variants, config: JobConfig) -> None:

@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -48,10 +49,11 @@ _BATCH = b'{"batch":'
 # writing UTF-8, and the journal is for batchgen to read, not for people.
 # ---- the state the journal gives ----------------------------------------------------------
 #
-# One compact event per task line, in journal order (a 64-bit key, a kind byte, the origin and
-# the line's byte offset: ~21 bytes, where a dict of records cost ~1.5 KB a task), resolved
-# into a sorted array of keys, each with its last final event. A record is read back from the
-# journal (by offset) and parsed only when it is needed: the results read each once.
+# One compact event per task line, in journal order (a 64-bit key, a kind byte, the line's byte
+# offset and its cost: 25 bytes, where a dict of records cost ~1.5 KB a task; the origin is
+# kept once per run, as the event where its lines begin), resolved into a sorted array of keys,
+# each with its last final event (16 bytes a task). A record is read back from the journal (by
+# offset) and parsed only when it is needed: the results read each once.
 
 _OK, _ERROR, _NOT_DONE, _VOID, _FORGET = 1, 2, 3, 4, 5
 _SHORT = 8                    # on an ok event: the answer had fewer images than asked
@@ -113,6 +115,25 @@ def _numpy(values, dtype):
     return np.frombuffer(values, dtype=dtype).copy() if len(values) else np.empty(0, dtype)
 
 
+def _view(values, dtype):
+    """An array module's values seen as a numpy array, without a copy. While the view lives
+    the array cannot grow (BufferError), so it must not outlive the function that takes it:
+    index it (which copies), never return it."""
+    import numpy as np
+    return np.frombuffer(values, dtype=dtype) if len(values) else np.empty(0, dtype)
+
+
+def _by_event(values, dtype, events, missing):
+    """values[events] as a numpy array, `missing` where an event is -1."""
+    import numpy as np
+    view = _view(values, dtype)
+    if not len(view):
+        return np.full(len(events), missing, dtype)
+    taken = view[events]          # a copy; -1 takes the last value, replaced below
+    taken[events < 0] = missing
+    return taken
+
+
 class TaskState:
     """What the journal says of one task (a view of Replay's compact state)."""
 
@@ -129,7 +150,7 @@ class TaskState:
     def origin(self) -> int:
         """Index into Replay.origins of the last final record; -1: unknown (older than origins)."""
         event = self._replay.final_event(self._key)
-        return self._replay._origin[event] if event >= 0 else -1
+        return self._replay.origin_of(event) if event >= 0 else -1
 
     @property
     def carried_attempts(self) -> int:
@@ -209,7 +230,7 @@ class Replay:
         self.batches: dict = {}    # Batch API chunk key -> what the journal says of it
         self._key = array("Q")
         self._kind = array("B")
-        self._origin = array("i")
+        self._origin_starts: list = []    # origin -> its first event (see origin_of)
         self._pos = array("q")     # the line's byte offset in the journal; < 0: -1 - index into _held
         self._cost = array("d")    # what the line's answers were billed (USD), NaN when it says not
         self._attempts: dict = {}  # event -> attempts, of not-done events
@@ -238,13 +259,13 @@ class Replay:
     def begin_origin(self, origin: dict) -> None:
         """Outcomes applied from now on came from `origin`."""
         self.origins.append(origin)
+        self._origin_starts.append(len(self._key))
 
     def _event(self, key: int, kind: int, pos: int, cost: float = _NO_COST) -> int:
         event = len(self._key)
         self._key.append(key)
         self._kind.append(kind)
         self._cost.append(cost)
-        self._origin.append(len(self.origins) - 1)
         self._pos.append(pos)
         if kind & _KIND != _NOT_DONE:
             self._recent[key] = event
@@ -292,41 +313,51 @@ class Replay:
     # ---- reading it ----------------------------------------------------------------------
 
     def _resolve(self) -> _Resolved:
-        """Each key's last final event, from the events so far (numpy: sorted once)."""
+        """Each key's last final event, from the events so far (numpy: sorted once).
+
+        The state of a long journal is mostly these arrays, so the previous resolution is let
+        go first and the usual case (each key named once) keeps the sort's own arrays: ~17
+        bytes an event at the peak, not twice the state."""
         resolved = self._resolved
         if resolved is not None and resolved.events == len(self._key):
             return resolved
         import numpy as np
-        keys = _numpy(self._key, np.uint64)
-        order = np.argsort(keys, kind="stable")     # by key, then journal order
-        keys = keys[order]
-        if len(keys):
-            starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-            ends = np.concatenate((starts[1:], [len(keys)])) - 1
+        self._resolved = resolved = None
+        keys = _view(self._key, np.uint64)
+        order = np.argsort(keys, kind="stable").astype(np.int64, copy=False)   # by key, then journal order
+        keys = keys[order]                          # a copy: the view is let go
+        last = np.ones(len(keys), bool)             # the last event of each key
+        last[:-1] = keys[1:] != keys[:-1]
+        if last.all():
+            unique, final = keys, order             # a regular key's last event is its final one
         else:
-            starts = ends = order
-        unique = keys[starts]
-        final = order[ends].astype(np.int64)        # a regular key's last event is its final one
-        del keys
+            unique, final = keys[last], order[last]
+        del last
         extra: dict = {}
+        changed: dict = {}
         for key in self._irregular:
-            i = int(np.searchsorted(unique, np.uint64(key)))
-            if i == len(unique) or int(unique[i]) != key:
+            k = np.uint64(key)
+            lo, hi = int(np.searchsorted(keys, k)), int(np.searchsorted(keys, k, side="right"))
+            if lo == hi:
                 continue
-            last, carried, before = -1, 0, 0
-            for event in order[starts[i]:ends[i] + 1].tolist():
+            last_final, carried, before = -1, 0, 0
+            for event in order[lo:hi].tolist():
                 kind = self._kind[event] & _KIND
                 if kind == _NOT_DONE:
                     carried += self._attempts.get(event, 0)
                 elif kind in (_OK, _ERROR):
-                    last, before, carried = event, carried, 0
+                    last_final, before, carried = event, carried, 0
                 elif kind == _VOID:
-                    last = -1
+                    last_final = -1
                 else:        # forgotten: a legacy id whose outcome went to its new id
-                    last, before, carried = -1, 0, 0
-            final[i] = last
+                    last_final, before, carried = -1, 0, 0
+            changed[int(np.searchsorted(unique, k))] = last_final
             if carried or before:
                 extra[key] = (carried, before)
+        if changed:
+            final[np.fromiter(changed, np.int64, len(changed))] = np.fromiter(changed.values(), np.int64,
+                                                                                 len(changed))
+        del keys, order
         self._resolved = _Resolved(unique, final, extra, len(self._key))
         self._recent.clear()
         return self._resolved
@@ -374,7 +405,8 @@ class Replay:
         return _States(self)
 
     def origin_of(self, event: int) -> int:
-        return self._origin[event]
+        """Index into origins of the run that wrote the event; -1: older than origin lines."""
+        return bisect_right(self._origin_starts, event) - 1
 
     def is_ok(self, event: int) -> bool:
         return self._kind[event] & _KIND == _OK
@@ -432,9 +464,13 @@ class Replay:
         resolved = self._resolve()
         if not len(resolved.keys):
             return np.full(len(keys), -1, np.int64)
+        # In place where it can be: this runs over every task of the plan at once.
         i = np.searchsorted(resolved.keys, keys)
-        i[i == len(resolved.keys)] = 0
-        events = np.where(resolved.keys[i] == keys, resolved.final[i], -1)
+        np.minimum(i, len(resolved.keys) - 1, out=i)
+        found = resolved.keys[i] == keys
+        events = resolved.final[i]
+        del i
+        events[~found] = -1
         if self._damaged:
             damaged = np.fromiter(self._damaged, np.uint64, len(self._damaged))
             events[np.isin(keys, damaged)] = -1
@@ -443,14 +479,12 @@ class Replay:
     def costs(self, events):
         """What each event's answers were billed (USD; NaN: the line does not say, or no event)."""
         import numpy as np
-        costs = np.concatenate((_numpy(self._cost, np.float64), np.full(1, np.nan)))
-        return costs[events]      # -1 is the NaN appended
+        return _by_event(self._cost, np.float64, events, np.nan)
 
     def kinds(self, events):
         """The kind byte of each event (-1: 0)."""
         import numpy as np
-        kinds = np.concatenate((_numpy(self._kind, np.uint8), np.zeros(1, np.uint8)))
-        return kinds[events]      # -1 is the 0 appended
+        return _by_event(self._kind, np.uint8, events, 0)
 
     def _keys_in_journal_order(self):
         import numpy as np
@@ -464,12 +498,24 @@ class Replay:
         hold, in the order the journal first names them: an earlier input's tasks."""
         import numpy as np
         resolved = self._resolve()
-        keys = _numpy(self._key, np.uint64)
-        unique, first = np.unique(keys, return_index=True)   # the same keys as resolved.keys
-        mask = (resolved.final >= 0) & ~np.isin(unique, planned)
-        picked, first = unique[mask], first[mask]
-        return [k for k in picked[np.argsort(first, kind="stable")].tolist()
-                if self.final_event(k) >= 0]
+        if not len(resolved.keys):
+            return []
+        done = resolved.final >= 0
+        if len(planned):
+            # Membership by binary search: ~17 bytes a key, where np.isin sorts both arrays.
+            i = np.searchsorted(planned, resolved.keys)
+            np.minimum(i, len(planned) - 1, out=i)
+            done &= planned[i] != resolved.keys
+            del i
+        picked = resolved.keys[done]
+        if not len(picked):
+            return []
+        # Their first event: in journal order, the first event of each picked key.
+        events = np.flatnonzero(np.isin(_view(self._key, np.uint64), picked))
+        keys = _view(self._key, np.uint64)[events]
+        _, first = np.unique(keys, return_index=True)
+        in_order = keys[np.sort(first)]
+        return [k for k in in_order.tolist() if self.final_event(k) >= 0]
 
     def damaged_tasks(self) -> list:
         """Tasks whose final line turned out not to parse when it was read (see record)."""
@@ -494,7 +540,10 @@ def _replay(path, out_dir) -> Replay:
     except FileNotFoundError:
         return result
     pos = 0
-    event = result._event
+    # Our own lines go straight into the arrays, past _event's note of this run's outcomes:
+    # resolved once at the end, not every RECENT_MAX lines (each a sort of all so far).
+    add_key, add_kind, add_pos, add_cost = (result._key.append, result._kind.append, result._pos.append,
+                                            result._cost.append)
     with f:
         for raw in f:
             if not raw.endswith(b"\n"):
@@ -514,7 +563,10 @@ def _replay(path, out_dir) -> Replay:
                                 kind |= _SHORT
                             if out_dir is not None:
                                 unsynced.append(key)
-                        event(key, kind, at, _fast_cost(raw))
+                        add_key(key)
+                        add_kind(kind)
+                        add_pos(at)
+                        add_cost(_fast_cost(raw))
                         continue
             elif raw.startswith(_MARKER):
                 del unsynced[:]
@@ -541,6 +593,7 @@ def _replay(path, out_dir) -> Replay:
             if record["status"] == "ok" and out_dir is not None:
                 unsynced.append(result._key_of(record["task_id"]))
     result.unsynced = len(unsynced)
+    result._resolve()
     for key in dict.fromkeys(unsynced):
         if result._status_of_key(key) == "ok" and not _images_intact(out_dir, result._final_of_key(key) or {}):
             result._event(key, _VOID, -1)     # its image did not reach the disk: not done

@@ -79,6 +79,9 @@ def read_table(path, encoding: Optional[str] = None):
         raise UsageError(f"{path}: the file is empty; it needs a header and at least one row")
     if table.num_rows == 0:
         raise UsageError(f"{path}: no rows (only a header); add at least one prompt")
+    # Parsing takes about three times the table's size, which the Arrow allocator keeps for
+    # its own later use; given back, the rest of the run (Python and numpy) can have it.
+    pa.default_memory_pool().release_unused()
     return table.rename_columns(unique_names(table.column_names))
 
 
