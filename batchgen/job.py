@@ -709,8 +709,6 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
     and a new id when k > 0. Only the rows whose prompt's hash another row shares are read
     again, and they are grouped as Arrow and numpy arrays, not a dict of their texts."""
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
     if len(hashes) < 2:
         return
     h = np.frombuffer(hashes, np.int64)
@@ -719,6 +717,9 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
     del ordered
     if not len(again):
         return
+    # Only now: pyarrow.compute costs 40 ms to import, and most inputs repeat no prompt.
+    import pyarrow as pa
+    import pyarrow.compute as pc
     rows = np.flatnonzero(np.isin(h, again))
     del h, again
     # Each candidate row's prompt as the bytes its ids hash: equal bytes, equal text (equal

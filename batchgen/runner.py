@@ -131,7 +131,10 @@ def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
     outcome = _outcomes(plan, state, events)
     waiting = np.isin(outcome, [_OUTCOME_CODES[s] for s in statuses_to_send(retry_failed)])
     spent, _ = _spent(plan, state, events, outcome, plan.config.mode)
-    return Resume(Pending(plan.tasks, np.flatnonzero(waiting)), int((outcome == 1).sum()),
+    indices = np.flatnonzero(waiting)
+    if len(plan.tasks) < 2 ** 32:       # held the whole send: 4 bytes a pending task, not 8
+        indices = indices.astype(np.uint32)
+    return Resume(Pending(plan.tasks, indices), int((outcome == 1).sum()),
                   int((outcome == 2).sum()), spent, len(plan.tasks) - plan.refused)
 
 
