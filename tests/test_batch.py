@@ -224,3 +224,30 @@ def test_ctrl_c_while_waiting_leaves_the_batches_running_and_the_next_run_collec
         assert (results(out).error_code == "interrupted").all()
         summary = batch_run(sim, csv, out, batch_size=10)
         assert summary.ok == 7 and sim.stats["batches_created"] == 1 and set(executions(sim).values()) == {1}
+
+
+def test_pending_tasks_are_found_by_id_across_blocks_of_rows_without_being_held(tmp_path, monkeypatch):
+    import random
+
+    import numpy as np
+
+    from batchgen.api import prepare
+    from batchgen.backends import batch
+    from batchgen.job import Pending
+    monkeypatch.setattr(batch, "ROWS_AT_A_TIME", 3)       # many blocks of rows in a small plan
+    path = tmp_path / "p.csv"
+    pd.DataFrame({"prompt": [f"prompt {i}" for i in range(20)]}).to_csv(path, index=False)
+    _, _, plan = prepare(str(path), {"out": str(tmp_path / "out"), "defaults": GPT,
+                                     "sweep": [("quality", ["low", "high"])]})
+    pending = Pending(plan.tasks, np.array([k for k in range(len(plan.tasks)) if k % 3], np.uint32))
+    expected = {t.task_id: t for t in pending}
+    found = batch.TasksById(pending)
+    ids = list(expected)
+    random.Random(7).shuffle(ids)
+    assert all(found.get(i) == expected[i] and i in found for i in ids)
+    others = [t.task_id for k, t in enumerate(plan.tasks) if not k % 3]
+    assert others and not any(i in found or found.get(i) is not None for i in others)
+    assert found.get("not-a-task-id") is None and "ABCDEF0123456789" not in found
+    assert len(found._made) <= 3 * 2          # one block of rows at a time, not the job
+    listed = batch.TasksById(list(pending))
+    assert all(listed.get(i) == expected[i] for i in ids) and listed.get(others[0]) is None

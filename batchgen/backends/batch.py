@@ -24,6 +24,7 @@ from ..client import BATCH_TERMINAL, BatchClient, BatchInfo, build_body, generat
 from ..edits import IMAGE_KINDS, is_url, sniff
 from ..errors import Decision, classify, stop_advice
 from ..exceptions import ApiError, BadResponse, RequestError
+from ..job import ROWS_AT_A_TIME, Pending
 
 log = logging.getLogger("batchgen")
 
@@ -71,7 +72,7 @@ class BatchBackend:
         self._work: Optional[asyncio.Task] = None
         self._collecting = False
         self._cancelled_by_us = False
-        self._tasks: dict = {}          # task id -> Task, for the records of collected outcomes
+        self._tasks = TasksById(())     # task id -> Task, for the records of collected outcomes
         self._resubmitted: set = set()  # task ids sent again once in this run (expired, 5xx)
 
     async def __aenter__(self):
@@ -91,7 +92,7 @@ class BatchBackend:
             self._work.cancel()
 
     async def send(self, tasks) -> None:
-        self._work = asyncio.ensure_future(self._send(list(tasks)))
+        self._work = asyncio.ensure_future(self._send(tasks))
         try:
             await self._work
         except asyncio.CancelledError:
@@ -102,19 +103,14 @@ class BatchBackend:
 
     # ---- the run ------------------------------------------------------------------------
 
-    async def _send(self, tasks: list) -> None:
-        self._tasks = {t.task_id: t for t in tasks}
+    async def _send(self, tasks) -> None:
+        self._tasks = TasksById(tasks)
         open_chunks = await self._adopt_open_chunks()
         owned = {tid for chunk in open_chunks.values() for tid in chunk["task_ids"]}
-        fresh = []
-        for task in tasks:
-            if task.task_id in owned:
-                continue
-            if not self.budget.take(task.params, self.stop):
-                break
-            fresh.append(task)
-        for chunk_tasks in self.split(fresh):
-            key, chunk = await self._submit(chunk_tasks)
+        # A chunk at a time, as the tasks are read: only one chunk's tasks (of each model) are
+        # held, not the whole job's.
+        for chunk_tasks, lines in self._chunks(self._fresh(tasks, owned)):
+            key, chunk = await self._submit(chunk_tasks, lines=lines)
             open_chunks[key] = chunk
         if self.config.no_wait:
             if open_chunks:
@@ -125,25 +121,40 @@ class BatchBackend:
             return
         await self._wait(open_chunks)
 
-    def split(self, tasks: list) -> list:
+    def _fresh(self, tasks, owned: set):
+        """The tasks no open chunk holds, each counted by the budget before it is sent; none
+        past the budget."""
+        for task in tasks:
+            if task.task_id in owned:
+                continue
+            if not self.budget.take(task.params, self.stop):
+                return
+            yield task
+
+    def split(self, tasks) -> list:
         """Chunks of one model each (an input file may name one model), of at most
         --batch-size requests and the API's input size."""
-        by_model: dict = {}
+        return [chunk for chunk, _ in self._chunks(tasks)]
+
+    def _chunks(self, tasks):
+        """split() as the tasks come: (tasks, their input lines) of each chunk once it is
+        full, then what is left of each model's."""
+        current: dict = {}        # model -> (tasks, lines, bytes)
         for task in tasks:
-            by_model.setdefault(task.params.get("model"), []).append(task)
-        chunks = []
-        for same_model in by_model.values():
-            current, size = [], 0
-            for task in same_model:
-                line = len(self._line(task))
-                if current and (len(current) >= self.config.batch_size or size + line > MAX_BATCH_INPUT_BYTES):
-                    chunks.append(current)
-                    current, size = [], 0
-                current.append(task)
-                size += line
-            if current:
-                chunks.append(current)
-        return chunks
+            line = self._line(task)
+            model = task.params.get("model")
+            chunk = current.get(model)
+            if chunk is not None and (len(chunk[0]) >= self.config.batch_size
+                                      or chunk[2] + len(line) > MAX_BATCH_INPUT_BYTES):
+                yield chunk[0], chunk[1]
+                chunk = None
+            if chunk is None:
+                chunk = current[model] = ([], [], 0)
+            chunk[0].append(task)
+            chunk[1].append(line)
+            current[model] = (chunk[0], chunk[1], chunk[2] + len(line))
+        for chunk_tasks, lines, _ in current.values():
+            yield chunk_tasks, lines
 
     def _line(self, task) -> bytes:
         if task.edit is None:
@@ -153,13 +164,14 @@ class BatchBackend:
         return (b'{"custom_id":"' + task.task_id.encode() + b'","method":"POST","url":"' +
                 path.encode() + b'","body":' + body + b"}\n")
 
-    async def _submit(self, tasks: list, key: Optional[str] = None) -> tuple:
-        """planned -> upload -> create (metadata names the chunk) -> submitted."""
+    async def _submit(self, tasks: list, key: Optional[str] = None, lines: Optional[list] = None) -> tuple:
+        """planned -> upload -> create (metadata names the chunk) -> submitted. `lines`: the
+        tasks' input lines, when made already."""
         if key is None:
             key = uuid.uuid4().hex[:16]
             self.recorder.batch_event({"chunk": key, "event": "planned",
                                        "task_ids": [t.task_id for t in tasks]})
-        data = b"".join(self._line(t) for t in tasks)
+        data = b"".join(lines if lines is not None else map(self._line, tasks))
         file_id = await self.client.upload_batch_file(f"batchgen-{key}.jsonl", data)
         info = await self.client.create_batch(file_id, EDITS_PATH if tasks[0].edit else ENDPOINT_PATH,
                                               self._metadata(key))
@@ -184,7 +196,7 @@ class BatchBackend:
                 if found is not None:
                     self.recorder.batch_event({"chunk": key, "event": "submitted", "batch_id": found.id})
                 else:
-                    waiting = [self._tasks[t] for t in chunk.get("task_ids", ()) if t in self._tasks]
+                    waiting = [t for t in map(self._tasks.get, chunk.get("task_ids", ())) if t is not None]
                     if not waiting:
                         self.recorder.batch_event({"chunk": key, "event": "collected", "status": "abandoned"})
                         continue
@@ -369,3 +381,61 @@ async def cancel_batches(endpoint, timeout: float, chunks: dict) -> list:
                 done.append((chunk["batch_id"], f"not cancelled: {error.code}: {error.message}"))
     return done
 
+
+class TasksById:
+    """A run's pending tasks by id, for the outcomes a batch's files give back in any order.
+
+    Given the runner's Pending (a plan's task indices), no task is held as an object: the ids
+    are a sorted array (16 bytes a task), and a task is made when asked for, with those of its
+    block of rows (a batch's file lists its tasks in plan order, so the next is usually among
+    them). A million pending tasks held as objects cost ~400 MB. Any other iterable of tasks
+    is kept as a dict."""
+
+    def __init__(self, tasks):
+        if isinstance(tasks, Pending):
+            import numpy as np
+            self._pending = tasks
+            self._indices = np.asarray(tasks.indices, np.int64)
+            keys = tasks.tasks.keys()[self._indices]
+            self._order = np.argsort(keys, kind="stable")
+            self._keys = keys[self._order]
+            self._block, self._made = -1, {}
+        else:
+            self._pending = None
+            self._made = {t.task_id: t for t in tasks}
+
+    def _index(self, task_id: str) -> Optional[int]:
+        """The plan index of a pending task's id, else None. A plan's ids are 16 lowercase hex
+        digits (its 64-bit key); any other text is no task of it."""
+        import numpy as np
+        try:
+            key = int(task_id, 16) if len(task_id) == 16 else -1
+        except ValueError:
+            return None
+        if key < 0 or "%016x" % key != task_id:
+            return None
+        key = np.uint64(key)
+        at = int(np.searchsorted(self._keys, key))
+        if at < len(self._keys) and self._keys[at] == key:
+            return int(self._indices[self._order[at]])
+        return None
+
+    def get(self, task_id: str, default=None):
+        if self._pending is None:
+            return self._made.get(task_id, default)
+        k = self._index(task_id)
+        if k is None:
+            return default
+        import numpy as np
+        rows = ROWS_AT_A_TIME * self._pending.tasks.n_points
+        block = k // rows
+        if block != self._block:
+            lo, hi = np.searchsorted(self._indices, (block * rows, (block + 1) * rows))
+            self._made = {t.task_id: t for t in self._pending.tasks.at(self._indices[lo:hi])}
+            self._block = block
+        return self._made.get(task_id, default)
+
+    def __contains__(self, task_id: str) -> bool:
+        if self._pending is None:
+            return task_id in self._made
+        return self._index(task_id) is not None
