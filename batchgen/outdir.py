@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from ._version import __version__
 from .exceptions import EXIT_STOPPED, FolderBusy, JobMismatch, UsageError
@@ -354,20 +354,25 @@ class OutputFolder:
                     removed += 1
         return removed
 
-    def remove_unrecorded_images(self, finished: Callable[[str], bool]) -> int:
+    def remove_unrecorded_images(self, finished_among: Callable[[list], Sequence[bool]]) -> int:
         """Delete the images of tasks that are not finished: written by a request whose journal
         line never came (the process died, or was cancelled, between the two). The task is
         sent again, so nothing finished is lost, and every image left is one the results list.
-        Files batchgen did not name are left alone. Returns how many were removed."""
+        Files batchgen did not name are left alone. `finished_among(task_ids)` says which of a
+        folder's tasks are finished, all at once (a million lookups one by one took seconds).
+        Returns how many were removed."""
         removed = 0
         if not self.images_path.is_dir():
             return 0
         for sub in os.scandir(self.images_path):
             if not sub.is_dir(follow_symlinks=False):
                 continue
-            for entry in os.scandir(sub.path):
-                m = _IMAGE_NAME.fullmatch(entry.name)
-                if m and not finished(m[1]) and entry.is_file(follow_symlinks=False):
+            named = [(m[1], entry) for entry in os.scandir(sub.path)
+                     if (m := _IMAGE_NAME.fullmatch(entry.name))]
+            if not named:
+                continue
+            for (_, entry), finished in zip(named, finished_among([task_id for task_id, _ in named])):
+                if not finished and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
                     removed += 1
         return removed

@@ -21,7 +21,7 @@ from . import _gc, pricing
 from .backends import Budget, StopSwitch, backend_for
 from .exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
 from .job import JobConfig, Pending, Plan
-from .journal import NOT_DONE, VOID, Journal, replay
+from .journal import NOT_DONE, VOID, Journal, replay, task_key
 from .outdir import OutputFolder, Provenance
 from .planning import statuses_to_send
 from .progress import Progress
@@ -237,9 +237,7 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
     state = replay(folder.journal_path, out_dir=folder.path)
     if folder.legacy_ids:
         state = _carry_over_legacy_ids(folder, config, table, plan, state, earlier or provenance)
-    # Images of a legacy folder keep their old names: the id that replaced theirs decides.
-    folder.remove_unrecorded_images(
-        lambda task_id: state.status(state.replaced.get(task_id, task_id)) == "ok")
+    folder.remove_unrecorded_images(_finished_among(state))
     warnings = _plan_warnings(plan)
     if state.damaged:
         warnings.append(f"{state.damaged} damaged journal line(s) skipped; their tasks are sent again")
@@ -296,6 +294,18 @@ def _carry_over_legacy_ids(folder, config, table, plan, state, origin: Provenanc
         state = replay(folder.journal_path, out_dir=folder.path)
     folder.mark_current_ids()
     return state
+
+
+def _finished_among(state):
+    """Which of some task ids have an ok outcome in the journal, as a numpy bool array. Images
+    of a legacy folder keep their old names: the id that replaced theirs decides."""
+    import numpy as np
+    replaced = state.replaced
+
+    def among(task_ids: list):
+        keys = np.fromiter((task_key(replaced.get(t, t)) for t in task_ids), np.uint64, len(task_ids))
+        return (state.kinds(state.join(keys)) & 7) == _OUTCOME_CODES["ok"]
+    return among
 
 
 def _plan_warnings(plan: Plan) -> list:
