@@ -45,8 +45,10 @@ _STATUS = b'","status":"'
 _MARKER = b'{"synced":'
 _ORIGIN = b'{"origin":'
 _BATCH = b'{"batch":'
-# ASCII lines (other characters as \u escapes): the C encoder is ~40% faster that way than
-# writing UTF-8, and the journal is for batchgen to read, not for people.
+# Lines are compact UTF-8 JSON written by orjson (see fastjson): a record's line begins
+# {"task_id":"…","status":"…", so replay reads most of them without parsing them.
+
+
 # ---- the state the journal gives ----------------------------------------------------------
 #
 # One compact event per task line, in journal order (a 64-bit key, a kind byte, the line's byte
