@@ -98,6 +98,8 @@ def test_pass_through_columns_reach_the_results_with_their_types(cli, fresh_sim,
 @pytest.mark.parametrize("csv, expected", [
     # pandas costs about half a second to import; a run reads and writes with pyarrow alone.
     ("prompt,seed\nan otter,1\na fox,\n", ["2", "False"]),
+    # repeated prompts are counted with Arrow arrays made from buffers, not Python lists
+    ("prompt\nan otter\nan otter\na fox\n", ["3", "False"]),
     # pyarrow.compute (40 ms) only when the input's own columns are passed through.
     ("prompt\nan otter\na fox\n", ["2", "False", "False"]),
 ])
