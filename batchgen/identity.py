@@ -13,6 +13,7 @@ Pure (planning layer): no I/O; the runner appends what `alias_records` returns.
 from __future__ import annotations
 
 import hashlib
+from array import array
 import json
 import math
 from typing import Any, Optional
@@ -138,3 +139,45 @@ def alias_records(plan: Plan, legacy: list, replay, fallback_origin: dict) -> li
         lines.append({"origin": replay.origins[origin] if known else dict(fallback_origin)})
         lines.extend(records)
     return lines
+
+
+class ChunkIds:
+    """A Batch API chunk's task ids as the state keeps them: their 64-bit keys, 8 bytes an id
+    where a list of texts cost ~75 (a million tasks make twenty chunks of 50,000). Iterates
+    as the ids, in order."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: array):
+        self.keys = keys
+
+    @classmethod
+    def of(cls, ids):
+        """ChunkIds for a list of ids batchgen made (16 hex digits each); anything else (a
+        hand-made journal's) is kept as it is."""
+        if not isinstance(ids, list):
+            return ids
+        keys = array("Q")
+        for task_id in ids:
+            key = hex_key(task_id)
+            if key is None:
+                return ids
+            keys.append(key)
+        return cls(keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self):
+        return ("%016x" % key for key in self.keys)
+
+
+def hex_key(task_id) -> Optional[int]:
+    """The key of an id of 16 lowercase hex digits (every id batchgen makes), else None."""
+    if not isinstance(task_id, str) or len(task_id) != 16:
+        return None
+    try:
+        key = int(task_id, 16)
+    except ValueError:
+        return None
+    return key if "%016x" % key == task_id else None

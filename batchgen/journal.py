@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import _gc, fastjson
+from .identity import ChunkIds, hex_key
 from .pricing import billed
 
 FINAL_STATUSES = ("ok", "error")
@@ -70,13 +71,9 @@ RECENT_MAX = 65536            # status lookups of this run's outcomes kept in a 
 def task_key(task_id: str) -> int:
     """A task id as the 64-bit key the state is kept by: the id's own value when it is 16
     hex digits (every id batchgen makes), else a hash of it (ids of hand-made journals)."""
-    if len(task_id) == 16:
-        try:
-            key = int(task_id, 16)
-        except ValueError:
-            key = -1
-        if key >= 0 and "%016x" % key == task_id:
-            return key
+    key = hex_key(task_id)
+    if key is not None:
+        return key
     import hashlib
     return int.from_bytes(hashlib.blake2b(task_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
@@ -255,7 +252,7 @@ class Replay:
         """A Batch API chunk's progress: planned (its task ids), submitted (its batch id),
         collected (every outcome it will give is in the journal)."""
         chunk = self.batches.setdefault(event.get("chunk"), {})
-        chunk.update({k: v for k, v in event.items() if k != "event"})
+        chunk.update({k: ChunkIds.of(v) if k == "task_ids" else v for k, v in event.items() if k != "event"})
         chunk.setdefault("events", []).append(event.get("event"))
 
     def begin_origin(self, origin: dict) -> None:

@@ -251,3 +251,20 @@ def test_pending_tasks_are_found_by_id_across_blocks_of_rows_without_being_held(
     assert len(found._made) <= 3 * 2          # one block of rows at a time, not the job
     listed = batch.TasksById(list(pending))
     assert all(listed.get(i) == expected[i] for i in ids) and listed.get(others[0]) is None
+
+
+def test_a_chunks_task_ids_are_kept_as_keys_and_read_back_as_the_ids(tmp_path):
+    from batchgen.backends.batch import HeldIds
+    from batchgen.identity import ChunkIds
+    from batchgen.journal import Journal, replay
+    ids = ["%016x" % (7 * k + 3) for k in range(1000)]
+    with Journal(tmp_path / "journal.jsonl") as j:
+        j.append({"batch": {"chunk": "c1", "event": "planned", "task_ids": ids}})
+        j.append({"batch": {"chunk": "c2", "event": "planned", "task_ids": ["hand-made", ids[0]]}})
+    state = replay(tmp_path / "journal.jsonl")
+    kept = state.batches["c1"]["task_ids"]
+    assert isinstance(kept, ChunkIds) and list(kept) == ids and len(kept) == 1000
+    assert kept.keys.itemsize * len(kept) == 8000             # 8 bytes an id
+    assert state.batches["c2"]["task_ids"] == ["hand-made", ids[0]]      # not batchgen's: as it was
+    held = HeldIds(chunk["task_ids"] for chunk in state.batches.values())
+    assert all(i in held for i in ids) and "%016x" % 1 not in held and "hand-made" not in held

@@ -25,6 +25,7 @@ from ..edits import IMAGE_KINDS, is_url, sniff
 from ..errors import Decision, classify, stop_advice
 from ..exceptions import ApiError, BadResponse, RequestError
 from ..job import ROWS_AT_A_TIME, Pending
+from ..identity import ChunkIds, hex_key
 
 log = logging.getLogger("batchgen")
 
@@ -106,7 +107,7 @@ class BatchBackend:
     async def _send(self, tasks) -> None:
         self._tasks = TasksById(tasks)
         open_chunks = await self._adopt_open_chunks()
-        owned = {tid for chunk in open_chunks.values() for tid in chunk["task_ids"]}
+        owned = HeldIds(chunk["task_ids"] for chunk in open_chunks.values())
         # A chunk at a time, as the tasks are read: only one chunk's tasks (of each model) are
         # held, not the whole job's.
         for chunk_tasks, lines in self._chunks(self._fresh(tasks, owned)):
@@ -121,7 +122,7 @@ class BatchBackend:
             return
         await self._wait(open_chunks)
 
-    def _fresh(self, tasks, owned: set):
+    def _fresh(self, tasks, owned: "HeldIds"):
         """The tasks no open chunk holds, each counted by the budget before it is sent; none
         past the budget."""
         for task in tasks:
@@ -408,11 +409,8 @@ class TasksById:
         """The plan index of a pending task's id, else None. A plan's ids are 16 lowercase hex
         digits (its 64-bit key); any other text is no task of it."""
         import numpy as np
-        try:
-            key = int(task_id, 16) if len(task_id) == 16 else -1
-        except ValueError:
-            return None
-        if key < 0 or "%016x" % key != task_id:
+        key = hex_key(task_id)
+        if key is None:
             return None
         key = np.uint64(key)
         at = int(np.searchsorted(self._keys, key))
@@ -439,3 +437,24 @@ class TasksById:
         if self._pending is None:
             return task_id in self._made
         return self._index(task_id) is not None
+
+
+class HeldIds:
+    """The task ids some chunks hold, for `in`: their 64-bit keys sorted (8 bytes an id; a set
+    of a million texts cost ~100 MB). Only ids of 16 hex digits can be a plan's."""
+
+    def __init__(self, chunks_ids):
+        import numpy as np
+        parts = [np.frombuffer(ids.keys, np.uint64) if isinstance(ids, ChunkIds)
+                 else np.array([k for k in map(hex_key, ids) if k is not None], np.uint64)
+                 for ids in chunks_ids]
+        self._keys = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+
+    def __contains__(self, task_id: str) -> bool:
+        import numpy as np
+        key = hex_key(task_id)
+        if key is None or not len(self._keys):
+            return False
+        key = np.uint64(key)
+        at = int(np.searchsorted(self._keys, key))
+        return at < len(self._keys) and self._keys[at] == key
