@@ -13,9 +13,9 @@ Pure (planning layer): no I/O; the runner appends what `alias_records` returns.
 from __future__ import annotations
 
 import hashlib
-from array import array
 import json
 import math
+from array import array
 from typing import Any, Optional
 
 from .job import TASK_ID_VERSION, JobConfig, Plan
