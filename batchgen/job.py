@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import _gc, models, pricing, providers
+from . import _gc, arrowbuf, models, pricing, providers
 from .exceptions import UsageError
 
 PARAMETERS = models.PARAMETERS
@@ -726,15 +726,15 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
     # hashes alone may be a collision).
     parts = []
     for start in range(0, len(rows), PLAN_ROWS):
-        cells = prompt_column.take(_arrow_indices(rows[start:start + PLAN_ROWS])).to_pylist()
+        cells = prompt_column.take(arrowbuf.int64_array(rows[start:start + PLAN_ROWS])).to_pylist()
         texts = cells if text_column else [None if c is None else str(c) for c in cells]
-        parts.append(_binary([_prompt_part(t) for t in texts]))
+        parts.append(arrowbuf.binary_array([_prompt_part(t) for t in texts]))
     prompt_parts = pa.concat_arrays(parts)
     del parts
-    text_group = _codes(pc.dictionary_encode(prompt_parts))
+    text_group = arrowbuf.numpy_ints(pc.dictionary_encode(prompt_parts).indices)
     if edit_inputs is not None:
-        keys = _binary([edit_inputs[r].key for r in rows.tolist()])
-        input_group = _codes(pc.dictionary_encode(keys))
+        keys = arrowbuf.binary_array([edit_inputs[r].key for r in rows.tolist()])
+        input_group = arrowbuf.numpy_ints(pc.dictionary_encode(keys).indices)
         del keys
     else:
         input_group = np.zeros(len(rows), np.int64)
@@ -759,7 +759,7 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
     blake2b = hashlib.blake2b
     for start in range(0, len(counted), PLAN_ROWS):
         block = counted[start:start + PLAN_ROWS]
-        texts = prompt_parts.take(_arrow_indices(task_rows[block])).to_pylist()
+        texts = prompt_parts.take(arrowbuf.int64_array(task_rows[block])).to_pylist()
         for at, prompt_part in zip(block.tolist(), texts):
             task = int(tasks[at])
             key = listed[variant_of[task]].key
@@ -768,35 +768,6 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
             head = _id_head(key, int(occurrence[at]))
             ids[task] = int.from_bytes(blake2b(head + prompt_part, digest_size=8).digest(), "big")
 
-
-
-# Arrow arrays made from buffers: pa.array() on Python values, and numpy's view of an Arrow
-# array, import pandas (half a second) to ask whether they are pandas objects.
-
-def _binary(values: list):
-    """bytes values as an Arrow large_binary array."""
-    import numpy as np
-    import pyarrow as pa
-    offsets = np.zeros(len(values) + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
-    return pa.Array.from_buffers(pa.large_binary(), len(values),
-                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
-
-
-def _arrow_indices(indices):
-    """A numpy int64 array as an Arrow one (for take)."""
-    import numpy as np
-    import pyarrow as pa
-    indices = np.ascontiguousarray(indices, np.int64)
-    return pa.Array.from_buffers(pa.int64(), len(indices), [None, pa.py_buffer(indices)])
-
-
-def _codes(encoded):
-    """A dictionary-encoded array's indices (equal values, equal numbers) as numpy int64."""
-    import numpy as np
-    indices = encoded.indices
-    width = indices.type.bit_width // 8
-    return np.frombuffer(indices.buffers()[1], f"i{width}", len(indices), indices.offset * width).astype(np.int64)
 
 def _check_prices(variants, config: JobConfig) -> None:
     """--max-cost needs a price for every model it would send to: a budget it cannot count is

@@ -18,7 +18,7 @@ from typing import Optional
 import orjson
 import pyarrow as pa
 
-from . import models, pricing
+from . import arrowbuf, models, pricing
 from .edits import RECORD_FIELDS
 from ._version import __version__
 from .exceptions import UsageError
@@ -268,7 +268,7 @@ def _append_passthrough(result: pa.Table, table, source_names: list, names: list
     if None in row_indices:
         planned = row_indices[:row_indices.index(None)]
     missing = len(row_indices) - len(planned)
-    picked = table.select(source_names).take(_int64_array(planned))
+    picked = table.select(source_names).take(arrowbuf.int64_array(planned))
     for name, column in zip(names, picked.columns):
         if missing:
             column = pa.chunked_array(column.chunks + [pa.nulls(missing, column.type)], column.type)
@@ -290,12 +290,8 @@ def _with_provenance(rows: pa.Table, origins: dict) -> pa.Table:
     """The rows in SCHEMA's order, the provenance columns repeated from `origins` by each
     row's index. Built from buffers with numpy: Table.take would import pyarrow.compute,
     40 ms of every run."""
-    import numpy as np
     origin = rows.column("origin")
-    index = None
-    if origin.num_chunks:       # one after _parse_rows; read from its buffer (to_numpy imports pandas)
-        chunk = origin.chunk(0)
-        index = np.frombuffer(chunk.buffers()[1], np.int64, len(chunk), chunk.offset * 8)
+    index = arrowbuf.numpy_ints(origin.chunk(0)) if origin.num_chunks else None   # one after _parse_rows
     columns = [_repeated(origins[n], index, SCHEMA.field(n).type) if n in _PROVENANCE else rows.column(n)
                for n in COLUMNS]
     return pa.Table.from_arrays(columns, schema=SCHEMA)
@@ -306,21 +302,14 @@ def _repeated(values: list, index, kind: pa.DataType) -> pa.Array:
     import numpy as np
     if index is None or not len(index):
         return pa.nulls(0, kind)
-    n = len(index)
     present = np.array([v is not None for v in values])[index]
-    nulls = n - int(present.sum())
-    validity = pa.py_buffer(np.packbits(present, bitorder="little")) if nulls else None
     if kind == pa.bool_():
-        bits = np.packbits(np.array([bool(v) for v in values])[index], bitorder="little")
-        return pa.Array.from_buffers(kind, n, [validity, pa.py_buffer(bits)], null_count=nulls)
+        return arrowbuf.bool_array(np.array([bool(v) for v in values])[index], present)
     texts = [v.encode("utf-8", "replace") if v is not None else b"" for v in values]
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(np.array([len(t) for t in texts], np.int64)[index], out=offsets[1:])
-    if offsets[-1] >= 2 ** 31:      # past a string array's 32-bit offsets: a chunk of each
+    if int(np.array([len(t) for t in texts], np.int64)[index].sum()) >= 2 ** 31:
+        # past a string array's 32-bit offsets: a chunk of each half
         return pa.chunked_array([_repeated(values, part, kind) for part in np.array_split(index, 2)], kind)
-    data = b"".join([texts[i] for i in index.tolist()])
-    return pa.Array.from_buffers(kind, n, [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)],
-                                 null_count=nulls)
+    return arrowbuf.binary_array([texts[i] for i in index.tolist()], kind, present)
 
 
 def _origin_fragment(d: dict) -> str:
@@ -569,12 +558,6 @@ def _cpus() -> int:
 
 def _longest(lines: list) -> int:
     return max(map(len, lines)) * 4   # characters to UTF-8 bytes, at most
-
-
-def _int64_array(values: list) -> pa.Array:
-    """Python ints as an Arrow array, straight from their machine bytes (see _parse_rows)."""
-    from array import array
-    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(array("q", values))])
 
 
 def with_pandas_types(table):

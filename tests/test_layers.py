@@ -11,7 +11,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "batchgen"
 
 PURE = {"batchgen.exceptions", "batchgen.errors", "batchgen.providers", "batchgen.models", "batchgen._version",
-        "batchgen._gc", "batchgen.pricing", "batchgen.logs", "batchgen.fastjson"}
+        "batchgen._gc", "batchgen.pricing", "batchgen.logs", "batchgen.fastjson",
+        "batchgen.arrowbuf"}
 PLANNING = {"batchgen.identity", "batchgen.job", "batchgen.edits", "batchgen.pricing", "batchgen.models", "batchgen.reader", "batchgen.planning", "batchgen.providers"}
 SENDING = {"batchgen.client", "batchgen.limits", "batchgen.backends", "batchgen.backends.live",
            "batchgen.backends.batch"}
