@@ -406,17 +406,9 @@ class TasksById:
             self._made = {t.task_id: t for t in tasks}
 
     def _index(self, task_id: str) -> Optional[int]:
-        """The plan index of a pending task's id, else None. A plan's ids are 16 lowercase hex
-        digits (its 64-bit key); any other text is no task of it."""
-        import numpy as np
-        key = hex_key(task_id)
-        if key is None:
-            return None
-        key = np.uint64(key)
-        at = int(np.searchsorted(self._keys, key))
-        if at < len(self._keys) and self._keys[at] == key:
-            return int(self._indices[self._order[at]])
-        return None
+        """The plan index of a pending task's id, else None."""
+        at = _position(self._keys, task_id)
+        return None if at is None else int(self._indices[self._order[at]])
 
     def get(self, task_id: str, default=None):
         if self._pending is None:
@@ -451,10 +443,16 @@ class HeldIds:
         self._keys = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
 
     def __contains__(self, task_id: str) -> bool:
-        import numpy as np
-        key = hex_key(task_id)
-        if key is None or not len(self._keys):
-            return False
-        key = np.uint64(key)
-        at = int(np.searchsorted(self._keys, key))
-        return at < len(self._keys) and self._keys[at] == key
+        return _position(self._keys, task_id) is not None
+
+
+def _position(sorted_keys, task_id: str) -> Optional[int]:
+    """Where a task id's key is in a sorted numpy uint64 array, else None. A plan's ids are 16
+    lowercase hex digits (the 64-bit key); any other text is no task of it."""
+    import numpy as np
+    key = hex_key(task_id)
+    if key is None or not len(sorted_keys):
+        return None
+    key = np.uint64(key)
+    at = int(np.searchsorted(sorted_keys, key))
+    return at if at < len(sorted_keys) and sorted_keys[at] == key else None
