@@ -5,35 +5,34 @@
     >>> df = summary.results()
 
 `run`, `plan`, `export` and `Summary` load the pipeline when first used, so `import batchgen.simulator` or
-`import batchgen.client` stays light.
+`import batchgen.sending.client` stays light.
 """
 from typing import Mapping, Optional
 
-from ._version import __version__
-from .exceptions import (ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed, ExportFailed,
-                         FolderBusy, JobMismatch, RequestError, RequestTimeout, UsageError)
-from .python_api import plan, run
+from batchgen._version import __version__
+from batchgen.exceptions import ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed, ExportFailed, FolderBusy, JobMismatch, RequestError, RequestTimeout, UsageError
+from batchgen.api import plan, run
 
 
 def export(out, format: str, to, *, shard_size: Optional[int] = None, include_errors: bool = False,
            storage_options: Optional[Mapping] = None):
     """Export the run in OUT to `to` (a folder or an fsspec URL) as 'webdataset' or 'parquet';
     returns an ExportSummary. `shard_size`: samples per shard (default 2,000). See
-    batchgen.exports.export."""
-    from .exports import export as _export
+    batchgen.showing.exports.export."""
+    from batchgen.showing.exports import export as _export
     return _export(out, format, to, shard_size=shard_size, include_errors=include_errors,
                    storage_options=storage_options)
 
 
 def read_results(out):
     """OUT/results.parquet as a pandas DataFrame."""
-    from .results import read_results as _read
+    from batchgen.keeping.results import read_results as _read
     return _read(out)
 
 
 def __getattr__(name):
     if name == "Summary":
-        from .runner import Summary
+        from batchgen.runner import Summary
         return Summary
     raise AttributeError(f"module 'batchgen' has no attribute {name!r}")
 

@@ -1,3 +1,3 @@
-from .cli import entry
+from batchgen.cli.main import entry
 
 entry()

@@ -17,15 +17,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import _gc, pricing
-from .backends import Budget, StopSwitch, backend_for
-from .exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
-from .job import JobConfig, Pending, Plan
-from .journal import NOT_DONE, VOID, Journal, replay, task_key
-from .outdir import OutputFolder, Provenance
-from .planning import statuses_to_send
-from .progress import Progress
-from .providers import Endpoint
+from batchgen.util import gcpause
+from batchgen.rules import pricing
+from batchgen.sending.backends import Budget, StopSwitch, backend_for
+from batchgen.exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
+from batchgen.planning.settings import JobConfig
+from batchgen.planning.tasks import Pending, Plan
+from batchgen.keeping.journal import NOT_DONE, VOID, Journal, replay, task_key
+from batchgen.keeping.outdir import OutputFolder, Provenance
+from batchgen.planning.summary import statuses_to_send
+from batchgen.showing.progress import Progress
+from batchgen.rules.providers import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class Summary:
 
     def results(self):
         """OUT/results.parquet as a pandas DataFrame (one row per image; a failed task: one row)."""
-        from .results import read_results
+        from batchgen.keeping.results import read_results
         return read_results(self.out)
 
     @property
@@ -179,7 +181,7 @@ def _spent(plan: Plan, state, events, outcome, mode: str) -> tuple:
 
 # ---- the whole run ----------------------------------------------------------------------
 
-def run_job(config: JobConfig, table, plan: Plan, connect, *, progress: bool = False) -> Summary:
+def run_plan(config: JobConfig, table, plan: Plan, connect, *, progress: bool = False) -> Summary:
     """Run a planned job. `connect` is an Endpoint, or an async context manager yielding one."""
     coro = _run_async(config, table, plan, connect, progress)
     try:
@@ -231,7 +233,7 @@ async def _connected(connect):
 
 
 async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earlier, show_progress) -> Summary:
-    from .store import ImageStore
+    from batchgen.keeping.store import ImageStore
 
     store = ImageStore(folder.path)
     state = replay(folder.journal_path, out_dir=folder.path)
@@ -266,8 +268,8 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
 
 async def _send_then_write(config, table, plan, folder, state, todo, stop, bar, backend,
                            provenance, earlier) -> tuple:
-    from .results import import_writers
-    with _gc.sending(), Journal(folder.journal_path) as journal:
+    from batchgen.keeping.results import import_writers
+    with gcpause.sending(), Journal(folder.journal_path) as journal:
         backend.recorder = Recorder(journal, state, provenance, bar)
         async with backend:
             with _signals(stop, backend):
@@ -285,7 +287,7 @@ def _carry_over_legacy_ids(folder, config, table, plan, state, origin: Provenanc
     """A folder of the previous id scheme: its finished tasks are recorded again under their
     current ids (nothing is sent again), then job.json says the journal uses the current ids.
     Synced before the mark, so a crash between the two only repeats this (harmlessly)."""
-    from .identity import alias_records, legacy_ids
+    from batchgen.planning.identity import alias_records, legacy_ids
     lines = alias_records(plan, legacy_ids(table, config, plan), state, origin.as_dict())
     if lines:
         with Journal(folder.journal_path) as journal:
@@ -324,7 +326,7 @@ def _labels(stop: StopSwitch) -> tuple:
 async def _build_while_syncing(folder, journal, state, plan, table, stop, provenance, earlier):
     """Flushing the filesystem waits on the disk (seconds after a big run): the results are
     built meanwhile. Returns them, or None when nothing was appended (they may be current)."""
-    from .results import build_results
+    from batchgen.keeping.results import build_results
     syncing = None
     if journal.appended or state.unsynced:
         # Submitted now, so the thread starts at once.
@@ -341,7 +343,7 @@ async def _build_while_syncing(folder, journal, state, plan, table, stop, proven
 async def _write_results(folder, plan, table, state, stop, provenance, earlier, built, appended) -> tuple:
     """results.parquet and metadata.jsonl, unless those on disk were built from the same plan,
     journal and labels. Returns (images, tasks listed that the input no longer holds)."""
-    from .results import build_results, results_key, results_up_to_date, write_results
+    from batchgen.keeping.results import build_results, results_key, results_up_to_date, write_results
     # After the synced marker: the key includes the journal's length.
     key = results_key(plan, *_labels(stop), folder.journal_path, provenance)
     found = None if appended else results_up_to_date(folder.path, key)

@@ -47,10 +47,10 @@ def main(argv=None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from batchgen.api import prepare
-    from batchgen.backends.batch import TasksById
-    from batchgen.identity import ChunkIds
-    from batchgen.job import Pending
+    from batchgen.commands import prepare
+    from batchgen.sending.backends.batch import TasksById
+    from batchgen.planning.identity import ChunkIds
+    from batchgen.planning.tasks import Pending
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "prompts.parquet"

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from batchgen.cli import main
+from batchgen.cli.main import main
 from batchgen.simulator import SimulatorThread
 
 TOKEN = "sim-token"

@@ -98,7 +98,7 @@ class SimulateProcess:
 @contextlib.contextmanager
 def simulate_process(*args: str):
     """Run `batchgen simulate ARGS` for the block, then stop it with Ctrl-C (SIGINT)."""
-    code = "from batchgen.cli_simulate import simulate; simulate(prog_name='batchgen simulate')"
+    code = "from batchgen.cli.simulate import simulate; simulate(prog_name='batchgen simulate')"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=Path(__file__).resolve().parents[1],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     served = SimulateProcess(proc)

@@ -231,9 +231,9 @@ def test_pending_tasks_are_found_by_id_across_blocks_of_rows_without_being_held(
 
     import numpy as np
 
-    from batchgen.api import prepare
-    from batchgen.backends import batch
-    from batchgen.job import Pending
+    from batchgen.commands import prepare
+    from batchgen.sending.backends import batch
+    from batchgen.planning.tasks import Pending
     monkeypatch.setattr(batch, "ROWS_AT_A_TIME", 3)       # many blocks of rows in a small plan
     path = tmp_path / "p.csv"
     pd.DataFrame({"prompt": [f"prompt {i}" for i in range(20)]}).to_csv(path, index=False)
@@ -254,9 +254,9 @@ def test_pending_tasks_are_found_by_id_across_blocks_of_rows_without_being_held(
 
 
 def test_a_chunks_task_ids_are_kept_as_keys_and_read_back_as_the_ids(tmp_path):
-    from batchgen.backends.batch import HeldIds
-    from batchgen.identity import ChunkIds
-    from batchgen.journal import Journal, replay
+    from batchgen.sending.backends.batch import HeldIds
+    from batchgen.planning.identity import ChunkIds
+    from batchgen.keeping.journal import Journal, replay
     ids = ["%016x" % (7 * k + 3) for k in range(1000)]
     with Journal(tmp_path / "journal.jsonl") as j:
         j.append({"batch": {"chunk": "c1", "event": "planned", "task_ids": ids}})

@@ -4,9 +4,10 @@ import json
 import pyarrow as pa
 import pytest
 
-import batchgen.journal
-from batchgen.job import JobConfig, make_plan
-from batchgen.journal import Journal, Replay, replay
+import batchgen.keeping.journal
+from batchgen.planning.settings import JobConfig
+from batchgen.planning.tasks import make_plan
+from batchgen.keeping.journal import Journal, Replay, replay
 
 HEX = "0123456789abcdef"
 
@@ -27,7 +28,7 @@ def test_a_plans_tasks_read_alike_by_index_slice_and_iteration():
 
 
 def test_outcomes_of_this_run_are_found_before_and_after_the_state_is_resolved(tmp_path, monkeypatch):
-    monkeypatch.setattr(batchgen.journal, "RECENT_MAX", 5)      # resolved every few outcomes
+    monkeypatch.setattr(batchgen.keeping.journal, "RECENT_MAX", 5)      # resolved every few outcomes
     path = tmp_path / "journal.jsonl"
     state = replay(path)
     ids = [f"{i:016x}" for i in range(40)]

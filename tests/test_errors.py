@@ -7,10 +7,11 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from batchgen import errors, exceptions
-from batchgen.client import _TRANSLATIONS, BodyEncoder, _mapping_for, build_body, parse_generation, translate_exception
-from batchgen.providers import endpoint_url, resolve_endpoint
-from batchgen.errors import Decision, classify
+
+from batchgen import exceptions
+from batchgen.sending.client import _TRANSLATIONS, BodyEncoder, _mapping_for, build_body, parse_generation, translate_exception
+from batchgen.rules.providers import endpoint_url, resolve_endpoint
+from batchgen.sending.classify import Decision, classify, fallback_code
 from batchgen.exceptions import ApiError, BadResponse, RequestTimeout, UsageError
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n....").decode()
@@ -82,7 +83,7 @@ def test_the_token_is_redacted_from_error_text():
     (409, None, Decision.RETRY), (401, "whatever", Decision.STOP), (404, None, Decision.FAIL),
 ])
 def test_classification(status, code, decision):
-    assert classify(ApiError("m", code=code or errors.fallback_code(status), http_status=status)) is decision
+    assert classify(ApiError("m", code=code or fallback_code(status), http_status=status)) is decision
 
 
 def test_local_failures_are_retried():

@@ -136,14 +136,14 @@ def test_parquet_reads_back_with_pandas_datasets_and_duckdb(run_cli, sweep_out, 
 
 def test_parquet_row_groups_stay_small_for_streaming(sweep_out, tmp_path, monkeypatch):
     import batchgen
-    import batchgen.exports
-    monkeypatch.setattr(batchgen.exports, "ROW_GROUP_IMAGES", 10)
+    import batchgen.showing.exports
+    monkeypatch.setattr(batchgen.showing.exports, "ROW_GROUP_IMAGES", 10)
     summary = batchgen.export(sweep_out, format="parquet", to=tmp_path / "pq")
     meta = pq.ParquetFile(tmp_path / "pq" / summary.shards[0]).metadata
     assert summary.images == 48 and meta.num_rows == 48
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [10, 10, 10, 10, 8]
     # A group also ends at ROW_GROUP_BYTES of images (big images: fewer per group).
-    monkeypatch.setattr(batchgen.exports, "ROW_GROUP_BYTES", 1)
+    monkeypatch.setattr(batchgen.showing.exports, "ROW_GROUP_BYTES", 1)
     summary = batchgen.export(sweep_out, format="parquet", to=tmp_path / "pq")
     meta = pq.ParquetFile(tmp_path / "pq" / summary.shards[0]).metadata
     assert meta.num_row_groups == 48 and meta.num_rows == 48

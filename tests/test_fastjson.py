@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from batchgen import fastjson
-from batchgen.client import parse_generation
+from batchgen.util import fastjson
+from batchgen.sending.client import parse_generation
 
 
 @pytest.mark.parametrize("text", [

@@ -2,8 +2,8 @@
 import gc
 
 import batchgen
-import batchgen.backends.live
-from batchgen import _gc
+import batchgen.sending.backends.live
+from batchgen.util import gcpause
 
 from conftest import TOKEN
 
@@ -21,7 +21,7 @@ def frozen(obj) -> bool:
 
 
 def test_a_run_keeps_frozen_what_the_host_program_froze(fresh_sim, prompts_csv, tmp_path, monkeypatch):
-    monkeypatch.setattr(batchgen.backends.live, "FREEZE_EVERY", 1)   # the run would freeze after every task
+    monkeypatch.setattr(batchgen.sending.backends.live, "FREEZE_EVERY", 1)   # the run would freeze after every task
     thresholds = gc.get_threshold()
     host_frozen = Thing()
     # The host's whole heap is held, so none of what it freezes can die (and leave the
@@ -48,11 +48,11 @@ def test_sending_freezes_and_unfreezes_when_the_host_froze_nothing():
     gc.unfreeze()                              # the host (this test process) has frozen nothing
     thresholds = gc.get_threshold()
     before = Thing()
-    with _gc.sending():
+    with gcpause.sending():
         assert frozen(before)                  # the plan and the state are out of the collector's sight
-        assert gc.get_threshold()[0] >= _gc.SENDING_THRESHOLD
+        assert gc.get_threshold()[0] >= gcpause.SENDING_THRESHOLD
         during = Thing()
-        _gc.freeze_survivors()
+        gcpause.freeze_survivors()
         assert frozen(during)
     assert gc.get_freeze_count() == 0 and not frozen(before) and not frozen(during)
     assert gc.get_threshold() == thresholds

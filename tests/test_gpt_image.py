@@ -167,7 +167,7 @@ def test_a_price_file_prices_gpt_image_2_from_its_tokens(fresh_sim, prompts, tmp
 def test_the_budget_counts_a_paid_answer_whose_image_was_unusable(tmp_path, prompts):
     # Every answer's image is garbage, and each is billed: with a budget of two and a half
     # answers, the first task is asked twice and the third ask is never made.
-    from batchgen import pricing
+    from batchgen.rules import pricing
     with SimulatorThread(SimConfig(not_image=1.0)) as sim:
         each = pricing.load().estimate(GPT)
         summary = openai_run(sim, prompts, tmp_path / "out", defaults=GPT, max_cost=each * 2.5,
@@ -276,9 +276,9 @@ def test_edit_only_and_edit_refusing_settings_are_usage_errors(prompts, edits_ta
 # ---- the published schema ------------------------------------------------------------------
 
 def test_edit_bodies_conform_to_the_published_schema(edits_table, tmp_path):
-    from batchgen.api import prepare
-    from batchgen.backends.batch import edit_body
-    from batchgen.client import form_fields
+    from batchgen.commands import prepare
+    from batchgen.sending.backends.batch import edit_body
+    from batchgen.sending.client import form_fields
     schema = json.loads((SPEC / "openai-images-edits.schema.json").read_text())
     json_body = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/EditImageBodyJsonParam"})
     multipart = set(schema["$defs"]["CreateImageEditRequest"]["properties"])
@@ -293,7 +293,7 @@ def test_edit_bodies_conform_to_the_published_schema(edits_table, tmp_path):
 def test_the_report_shows_each_edits_input_beside_its_prompt(fresh_sim, edits_table, tmp_path):
     import re
 
-    from batchgen.report import write_report
+    from batchgen.showing.report import write_report
     out = tmp_path / "out"
     openai_run(fresh_sim, edits_table, out, defaults=GPT)
     page = write_report(out).read_text()
@@ -305,7 +305,7 @@ def test_the_report_shows_each_edits_input_beside_its_prompt(fresh_sim, edits_ta
 
 
 def test_a_job_file_sets_params_prices_and_the_image_column(tmp_path, prompts):
-    from batchgen.api import prepare
+    from batchgen.commands import prepare
     (tmp_path / "prices.json").write_text(json.dumps({"models": {"gpt-image-2": {
         "tokens_usd_per_million": {"image_output": 30}}}}))
     job = tmp_path / "job.toml"
@@ -334,7 +334,7 @@ def test_the_summary_counts_what_the_answers_were_billed_on_the_run_and_the_reru
 
 
 def test_the_journal_reads_a_lines_cost_without_parsing_it():
-    from batchgen.journal import _fast_cost
+    from batchgen.keeping.journal import _fast_cost
     line = (b'{"task_id":"0123456789abcdef","status":"ok","params":{"cost_usd":9},'
             b'"prompt":"say \\"cost_usd\\": 7","cost_usd":0.0125}\n')
     assert _fast_cost(line) == 0.0125

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 import batchgen
-from batchgen.journal import replay
+from batchgen.keeping.journal import replay
 
 from conftest import PROMPTS, TOKEN, batchgen_process, journal, results
 from hostile import Hostile, generation, json_response, png
@@ -101,8 +101,8 @@ def test_a_token_the_server_echoes_is_written_nowhere(tmp_path):
 # ---- what a server may not do to a worker -----------------------------------------------------
 
 def test_a_compressed_answer_is_capped_as_it_inflates(tmp_path, monkeypatch):
-    import batchgen.client
-    monkeypatch.setattr(batchgen.client, "MAX_RESPONSE_BYTES_PER_IMAGE", 1 << 20)
+    import batchgen.sending.client
+    monkeypatch.setattr(batchgen.sending.client, "MAX_RESPONSE_BYTES_PER_IMAGE", 1 << 20)
     bomb = gzip.compress(b'{"data": [{"b64_json": "' + b"A" * (8 << 20) + b'"}]}')
 
     def answer(request, body, count):
@@ -269,7 +269,7 @@ def test_a_short_journal_write_is_detected_and_undone(tmp_path):
     code = f"""
 import resource, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-from batchgen.journal import Journal
+from batchgen.keeping.journal import Journal
 j = Journal({str(tmp_path / 'journal.jsonl')!r})
 j.append({{"task_id": "0123456789abcdef", "status": "ok"}})
 resource.setrlimit(resource.RLIMIT_FSIZE, (120, resource.RLIM_INFINITY))
@@ -333,7 +333,7 @@ def test_a_closed_stderr_does_not_stop_the_run(tmp_path, fresh_sim):
 # ---- proxies ------------------------------------------------------------------------------------
 
 def test_proxies_come_from_the_environment_and_never_take_loopback(monkeypatch):
-    from batchgen.client import environment_proxies, proxy_for
+    from batchgen.sending.client import environment_proxies, proxy_for
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
     monkeypatch.setenv("http_proxy", "http://plain.corp:8080")
     monkeypatch.setenv("NO_PROXY", "internal.corp,.svc")

@@ -7,10 +7,11 @@ import os
 import pyarrow as pa
 import pytest
 
-from batchgen.identity import TASK_IDS_KEY, alias_records, is_legacy, legacy_ids
-from batchgen.job import JobConfig, make_plan, task_id
-from batchgen.journal import Replay
-from batchgen.reader import read_table
+from batchgen.planning.identity import TASK_IDS_KEY, alias_records, is_legacy, legacy_ids
+from batchgen.planning.settings import JobConfig
+from batchgen.planning.tasks import make_plan, task_id
+from batchgen.keeping.journal import Replay
+from batchgen.planning.reader import read_table
 
 from conftest import results
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from batchgen.journal import Journal, replay
+from batchgen.keeping.journal import Journal, replay
 
 
 def test_replay_keeps_the_last_final_outcome_and_carries_unfinished_attempts(tmp_path):
@@ -73,7 +73,7 @@ def test_syncing_flushes_the_output_filesystem_and_refuses_a_missing_folder(tmp_
     import ctypes
     import os
     import sys
-    from batchgen.journal import sync_filesystem
+    from batchgen.keeping.journal import sync_filesystem
     flushed = []                                 # what was flushed, in order
     real_cdll = ctypes.CDLL
 
@@ -120,10 +120,10 @@ def test_syncing_flushes_the_output_filesystem_and_refuses_a_missing_folder(tmp_
 
 def test_the_synced_marker_is_appended_after_the_flush_and_then_fsynced(tmp_path, monkeypatch):
     import os
-    import batchgen.journal
+    import batchgen.keeping.journal
     path = tmp_path / "journal.jsonl"
     events = []                                  # (what, the journal's bytes at that moment)
-    monkeypatch.setattr(batchgen.journal, "sync_filesystem",
+    monkeypatch.setattr(batchgen.keeping.journal, "sync_filesystem",
                         lambda folder: events.append(("flush " + str(folder), path.read_bytes())))
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", path.read_bytes())), real_fsync(fd)))

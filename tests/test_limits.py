@@ -5,7 +5,7 @@ from email.utils import formatdate
 
 import pytest
 
-from batchgen.limits import RetryPolicy, parse_ratelimit_headers, parse_retry_after
+from batchgen.sending.limits import RetryPolicy, parse_ratelimit_headers, parse_retry_after
 
 
 def test_retry_after_in_seconds_as_a_date_and_in_ms():
@@ -38,7 +38,7 @@ def test_full_jitter_backoff_is_capped_and_the_server_word_wins():
 
 def test_the_pacer_learns_a_rate_from_429s_and_one_burst_cuts_it_once():
     import time
-    from batchgen.limits import AdaptivePacer
+    from batchgen.sending.limits import AdaptivePacer
     pacer = AdaptivePacer()
     assert pacer.rate is None  # no limit known: no pacing at all
     for _ in range(12):
@@ -58,7 +58,7 @@ def test_the_pacer_learns_a_rate_from_429s_and_one_burst_cuts_it_once():
 
 
 def test_the_pacer_follows_the_servers_stated_limit_before_any_429():
-    from batchgen.limits import AdaptivePacer, RateLimitHeaders
+    from batchgen.sending.limits import AdaptivePacer, RateLimitHeaders
     pacer = AdaptivePacer()
     pacer.on_success(RateLimitHeaders(limit=1200, remaining=500))
     assert pacer.rate == 20.0
@@ -67,7 +67,7 @@ def test_the_pacer_follows_the_servers_stated_limit_before_any_429():
 
 
 def test_rpm_spacing_counts_n_images_as_n():
-    from batchgen.limits import Spacer
+    from batchgen.sending.limits import Spacer
     spacer = Spacer(per_minute=60)  # one unit a second
     assert spacer.reserve(1, now=100.0) == 0        # the first goes at once
     assert spacer.reserve(3, now=100.0) == 1.0      # the next waits for the first's slot...
@@ -89,7 +89,7 @@ def test_the_retry_policy_keeps_two_budgets_per_task():
 
 
 def test_retry_after_says_whether_it_is_coarse():
-    from batchgen.limits import ServerWait
+    from batchgen.sending.limits import ServerWait
     assert parse_retry_after({"retry-after": "1"}).coarse is True           # whole seconds
     assert parse_retry_after({"retry-after": "0.05"}).coarse is False       # fractional: exact
     assert parse_retry_after({"retry-after-ms": "50", "retry-after": "1"}).coarse is False
@@ -109,7 +109,7 @@ def test_retry_after_that_is_not_a_finite_number_is_ignored(headers):
 
 
 def test_retry_after_is_bounded():
-    from batchgen.limits import MAX_SERVER_WAIT_S
+    from batchgen.sending.limits import MAX_SERVER_WAIT_S
     assert parse_retry_after({"retry-after": "1e300"}) == MAX_SERVER_WAIT_S
     assert parse_retry_after({"retry-after-ms": "1e300"}) == MAX_SERVER_WAIT_S
     assert parse_retry_after({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}) == MAX_SERVER_WAIT_S
@@ -137,7 +137,7 @@ def test_ratelimit_remaining_is_a_bounded_count(value, expected):
 
 
 def test_the_pacer_survives_whatever_the_server_says():
-    from batchgen.limits import AdaptivePacer
+    from batchgen.sending.limits import AdaptivePacer
     pacer = AdaptivePacer()
     for value in ("inf", "nan", "0", "-60", "1e999"):
         pacer.on_success(parse_ratelimit_headers({"x-ratelimit-limit-requests": value,

@@ -1,7 +1,7 @@
 """Model rules and prices: what each model allows, without a server."""
 import pytest
 
-from batchgen import models
+from batchgen.rules import models
 
 
 def test_dall_e_3_allows_its_documented_parameters():

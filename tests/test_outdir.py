@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from batchgen.providers import public_url
+from batchgen.rules.providers import public_url
 from batchgen.simulator import SimConfig, SimulatorThread
 
 from conftest import PROMPTS, TOKEN, batchgen_process, results, wait_until
@@ -249,7 +249,7 @@ def test_images_whose_journal_line_never_came_are_removed(cli, fresh_sim, tmp_pa
 
 def test_one_lock_per_folder_and_it_names_its_holder(tmp_path):
     from batchgen.exceptions import FolderBusy
-    from batchgen.outdir import OutputFolder
+    from batchgen.keeping.outdir import OutputFolder
     first, second = OutputFolder(tmp_path), OutputFolder(tmp_path)
     first.lock()
     with pytest.raises(FolderBusy, match=f"process {os.getpid()}"):
@@ -261,7 +261,7 @@ def test_one_lock_per_folder_and_it_names_its_holder(tmp_path):
 
 def test_the_folder_check_refuses_another_job_and_the_other_kind_of_results(tmp_path):
     from batchgen.exceptions import JobMismatch
-    from batchgen.outdir import OutputFolder, Provenance
+    from batchgen.keeping.outdir import OutputFolder, Provenance
     folder = OutputFolder(tmp_path)
     job = {"defaults": {}, "sweep": [], "prompt_column": "prompt"}
     simulated = Provenance("acedata", "http://127.0.0.1:1/openai/images/generations", "live", True)
@@ -279,7 +279,7 @@ def test_the_folder_check_refuses_another_job_and_the_other_kind_of_results(tmp_
 
 
 def test_an_atomic_write_that_fails_leaves_neither_file_nor_temporary(tmp_path):
-    from batchgen.outdir import atomic_file, write_atomic
+    from batchgen.keeping.outdir import atomic_file, write_atomic
     target = tmp_path / "results.parquet"
     with pytest.raises(RuntimeError):
         with atomic_file(target) as f:
@@ -292,7 +292,7 @@ def test_an_atomic_write_that_fails_leaves_neither_file_nor_temporary(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_a_forked_child_names_its_temporaries_with_its_own_pid():
-    from batchgen.outdir import temporary_name
+    from batchgen.keeping.outdir import temporary_name
     assert temporary_name("/x/a.png") == f"/x/.tmp-a.png.{os.getpid()}"
     pid = os.fork()
     if pid == 0:       # the child: exit status says whether the name holds its own pid

@@ -1,6 +1,6 @@
 """The adaptive pacer's logic, on a virtual clock (no real sleeps, no wall-clock timing).
 
-`batchgen.limits` reads `time.monotonic()` and awaits `asyncio.sleep()`; both are replaced
+`batchgen.sending.limits` reads `time.monotonic()` and awaits `asyncio.sleep()`; both are replaced
 here by a virtual clock whose sleeps are handed to a tiny deterministic scheduler that steps
 the workers' coroutines itself, so each test sees exactly when each request would be sent.
 """
@@ -14,8 +14,8 @@ from email.utils import formatdate
 
 import pytest
 
-from batchgen import limits
-from batchgen.limits import AdaptivePacer, RateLimitHeaders, ServerWait, parse_retry_after
+from batchgen.sending import limits
+from batchgen.sending.limits import AdaptivePacer, RateLimitHeaders, ServerWait, parse_retry_after
 
 
 class _Sleep:

@@ -8,11 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import batchgen.job
-import batchgen.journal
-from batchgen.edits import EditInput
-from batchgen.job import JobConfig, make_plan, task_id
-from batchgen.journal import Journal, Replay, replay
+import batchgen.planning.tasks
+import batchgen.keeping.journal
+from batchgen.planning.edits import EditInput
+from batchgen.planning.settings import JobConfig
+from batchgen.planning.tasks import make_plan, task_id
+from batchgen.keeping.journal import Journal, Replay, replay
 
 
 def golden_table():
@@ -47,7 +48,7 @@ GOLDEN_DIGEST = "a8a523d4acc132d8a64f87ffa8bf6044"
 
 @pytest.mark.parametrize("rows", [1, 7, 1000, 65_536])
 def test_the_plan_of_any_block_size_is_the_plan_made_before_blocks(monkeypatch, rows):
-    monkeypatch.setattr(batchgen.job, "PLAN_ROWS", rows)
+    monkeypatch.setattr(batchgen.planning.tasks, "PLAN_ROWS", rows)
     plan = make_plan(golden_table(), JobConfig(**GOLDEN_CONFIG))
     assert (len(plan.tasks), plan.refused) == (6000, 3796)
     assert digest(plan) == GOLDEN_DIGEST
@@ -68,7 +69,7 @@ def occurrences_by_hand(prompts: list, params_of) -> list:
 
 @pytest.mark.parametrize("rows", [2, 5, 4096])
 def test_repeated_prompts_across_blocks_count_their_occurrences(monkeypatch, rows):
-    monkeypatch.setattr(batchgen.job, "PLAN_ROWS", rows)
+    monkeypatch.setattr(batchgen.planning.tasks, "PLAN_ROWS", rows)
     prompts = ["otter", "fox", "otter", None, "owl", "otter", None, "fox", "x", "otter", "owl"]
     quality = ["hd", None, None, None, "hd", "hd", None, None, None, "hd", "hd"]
     plan = make_plan(pa.table({"prompt": prompts, "quality": quality}),
@@ -84,7 +85,7 @@ def test_repeated_prompts_across_blocks_count_their_occurrences(monkeypatch, row
 
 def test_prompts_whose_hashes_collide_are_still_told_apart(monkeypatch):
     # Every row's hash the same: every row is a candidate, and only equal texts are counted.
-    monkeypatch.setattr(batchgen.job, "hash", lambda text: 7, raising=False)
+    monkeypatch.setattr(batchgen.planning.tasks, "hash", lambda text: 7, raising=False)
     prompts = ["a", "b", "a", "c", "b", "a"]
     plan = make_plan(pa.table({"prompt": prompts}), JobConfig(source="x.csv", defaults={"model": "dall-e-3"}))
     params = plan.tasks[0].params
@@ -93,7 +94,7 @@ def test_prompts_whose_hashes_collide_are_still_told_apart(monkeypatch):
 
 
 def test_a_number_prompt_column_counts_repeats_by_its_text(monkeypatch):
-    monkeypatch.setattr(batchgen.job, "PLAN_ROWS", 2)
+    monkeypatch.setattr(batchgen.planning.tasks, "PLAN_ROWS", 2)
     numbers = make_plan(pa.table({"prompt": [1, 2, 1, None, 1, None]}), JobConfig(source="x.csv"))
     texts = make_plan(pa.table({"prompt": ["1", "2", "1", None, "1", None]}), JobConfig(source="x.csv"))
     assert list(numbers.tasks.ids) == list(texts.tasks.ids)
@@ -101,7 +102,7 @@ def test_a_number_prompt_column_counts_repeats_by_its_text(monkeypatch):
 
 
 def test_edits_alike_but_for_their_images_are_counted_apart(monkeypatch):
-    monkeypatch.setattr(batchgen.job, "PLAN_ROWS", 3)
+    monkeypatch.setattr(batchgen.planning.tasks, "PLAN_ROWS", 3)
     images = ["1", "2", "1", "1", "2", "3", "1"]
     inputs = [EditInput(images=(f"/in/{d}.png",), digests=(d,)) for d in images]
     prompts = ["same"] * len(images)
@@ -111,7 +112,7 @@ def test_edits_alike_but_for_their_images_are_counted_apart(monkeypatch):
     variant = plan.tasks.variants[0]
     expected = []
     for inp, k in zip(inputs, [0, 0, 1, 2, 1, 0, 3]):
-        head = batchgen.job._id_head(variant.key + b"\x1d" + inp.key, k)
+        head = batchgen.planning.tasks._id_head(variant.key + b"\x1d" + inp.key, k)
         expected.append(hashlib.blake2b(head + b"\x1fsame", digest_size=8).hexdigest())
     assert [t.task_id for t in plan.tasks] == expected
 
@@ -151,7 +152,7 @@ def mixed_lines(count: int) -> list:
 
 
 def test_a_replay_is_the_state_of_its_lines_taken_one_by_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(batchgen.journal, "RECENT_MAX", 7)      # resolved every few outcomes
+    monkeypatch.setattr(batchgen.keeping.journal, "RECENT_MAX", 7)      # resolved every few outcomes
     path = tmp_path / "journal.jsonl"
     lines = mixed_lines(400)
     write_journal(path, lines)
@@ -181,7 +182,7 @@ def test_a_replay_is_the_state_of_its_lines_taken_one_by_one(tmp_path, monkeypat
     assert read.finished_elsewhere(half) == applied.finished_elsewhere(half)
     assert len(read.finished_elsewhere(half)) > 0
     assert read.finished_elsewhere(np.empty(0, np.uint64)) == [
-        k for k in (int(t, 16) if len(t) == 16 else batchgen.journal.task_key(t) for t in read.states)
+        k for k in (int(t, 16) if len(t) == 16 else batchgen.keeping.journal.task_key(t) for t in read.states)
         if read.final_event(k) >= 0]
 
 

@@ -3,8 +3,9 @@ import pyarrow as pa
 import pytest
 
 from batchgen.exceptions import UsageError
-from batchgen.job import JobConfig, make_plan, parse_sweep, resolve_config
-from batchgen.planning import format_plan, summarise_plan
+from batchgen.planning.settings import JobConfig, parse_sweep, resolve_config
+from batchgen.planning.tasks import make_plan
+from batchgen.planning.summary import format_plan, summarise_plan
 
 
 def config(**kw):
@@ -146,7 +147,7 @@ def test_python_api_defaults_are_parsed_like_the_command_line(tmp_path):
 # ---- what a task's id is made of ---------------------------------------------------------
 
 def test_a_task_id_is_the_prompt_the_parameters_and_the_occurrence():
-    from batchgen.job import task_id
+    from batchgen.planning.tasks import task_id
     df = pa.table({"prompt": ["otter", "fox", "otter"]})
     params = {"model": "dall-e-3"}
     assert ids(make_plan(df, config())) == [task_id("otter", params, 0), task_id("fox", params, 0),
@@ -158,7 +159,7 @@ def test_a_task_id_is_the_prompt_the_parameters_and_the_occurrence():
 
 
 def test_tasks_that_send_the_same_request_are_counted_among_identical_ones():
-    from batchgen.job import task_id
+    from batchgen.planning.tasks import task_id
     # Row 0 asks for hd itself; the sweep asks both rows for standard and hd: the same requests.
     df = pa.table({"prompt": ["otter", "otter"], "quality": ["hd", None]})
     plan = make_plan(df, config(sweep=parse_sweep(["quality=standard,hd"])))
@@ -185,7 +186,7 @@ def test_a_number_prompt_column_and_its_text_give_the_same_tasks():
 
 
 def test_many_repeated_prompts_keep_their_occurrences_in_input_order():
-    from batchgen.job import task_id
+    from batchgen.planning.tasks import task_id
     df = pa.table({"prompt": ["a", "b", "a", "a", "b"], "n": [None, None, 2, None, None]})
     plan = make_plan(df, config(defaults={"model": "dall-e-2"}))
     one, two = {"model": "dall-e-2"}, {"model": "dall-e-2", "n": 2}

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from batchgen import pricing
+from batchgen.rules import pricing
 from batchgen.exceptions import UsageError
 
 

@@ -2,8 +2,8 @@
 import pandas as pd
 
 import batchgen
-from batchgen import providers
-from batchgen.errors import Decision, classify, stop_advice
+from batchgen.rules import providers
+from batchgen.sending.classify import Decision, classify, stop_advice
 from batchgen.exceptions import ApiError
 
 from conftest import PROMPTS, TOKEN, results

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 import batchgen
-from batchgen.job import PARAMETERS, JobConfig
+from batchgen.planning.settings import PARAMETERS, JobConfig
 from conftest import PROMPTS, TOKEN
 
 ENV = {"ACEDATA_API_TOKEN": TOKEN}

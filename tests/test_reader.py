@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from batchgen.exceptions import UsageError
-from batchgen.reader import read_table
+from batchgen.planning.reader import read_table
 from conftest import PROMPTS, results
 
 
@@ -135,7 +135,7 @@ def test_input_columns_named_like_results_get_unique_names_pandas_and_imagefolde
 
 
 def test_pass_through_names_never_take_a_result_name():
-    from batchgen.results import COLUMNS, passthrough_names
+    from batchgen.keeping.results import COLUMNS, passthrough_names
     names = passthrough_names(["task_id", "input_task_id", "input_task_id.1", "file_name", "seed", "prompt_id"])
     assert names == ["input_task_id.2", "input_task_id", "input_task_id.1", "input_file_name", "seed", "prompt_id"]
     assert len(set(names)) == len(names) and not set(names) & (set(COLUMNS) | {"file_name"})

@@ -9,9 +9,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from batchgen.client import BodyEncoder
-from batchgen.job import JobConfig, make_plan, parse_sweep
-from batchgen.results import COLUMNS
+from batchgen.sending.client import BodyEncoder
+from batchgen.planning.settings import JobConfig, parse_sweep
+from batchgen.planning.tasks import make_plan
+from batchgen.keeping.results import COLUMNS
 
 from conftest import PROMPTS, TOKEN, journal, results
 
@@ -208,8 +209,8 @@ def test_metadata_jsonl_lists_every_image_for_imagefolder(cli, fresh_sim, prompt
 
 
 def test_results_built_in_pieces_keep_every_row_in_order(cli, fresh_sim, tmp_path, monkeypatch):
-    import batchgen.results
-    monkeypatch.setattr(batchgen.results, "_CHUNK", 2)   # 7 tasks x 2 points: many pieces
+    import batchgen.keeping.results
+    monkeypatch.setattr(batchgen.keeping.results, "_CHUNK", 2)   # 7 tasks x 2 points: many pieces
     csv = tmp_path / "p.csv"
     pd.DataFrame({"prompt": [f"a lantern, number {i}" for i in range(7)], "idx": range(7)}).to_csv(csv, index=False)
     out = tmp_path / "out"
@@ -241,8 +242,8 @@ def test_a_run_leaves_the_garbage_collector_as_it_found_it(fresh_sim, prompts_cs
     # the send loop must not outlive it.
     import gc
     import batchgen
-    import batchgen.backends.live
-    monkeypatch.setattr(batchgen.backends.live, "FREEZE_EVERY", 1)   # freeze after every task
+    import batchgen.sending.backends.live
+    monkeypatch.setattr(batchgen.sending.backends.live, "FREEZE_EVERY", 1)   # freeze after every task
     before = gc.get_threshold()
     frozen_before = gc.get_freeze_count()
     summary = batchgen.run(str(prompts_csv), out=str(tmp_path / "o"), base_url=fresh_sim.acedata_url,

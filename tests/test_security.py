@@ -4,7 +4,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from batchgen.client import Endpoint, ImagesClient
+from batchgen.sending.client import Endpoint, ImagesClient
 from batchgen.exceptions import DownloadFailed
 
 from conftest import TOKEN

@@ -612,7 +612,7 @@ def test_cli_batch_flags():
         assert b.status == "completed" and b.request_counts.failed == 2
     # the token to use, and nothing else
     assert served.returncode == 0 and served.err.startswith("token: ") and served.err.count("\n") == 1
-    code = "from batchgen.cli_simulate import simulate; simulate(prog_name='batchgen simulate')"
+    code = "from batchgen.cli.simulate import simulate; simulate(prog_name='batchgen simulate')"
     help_text = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True,
                                cwd=Path(__file__).resolve().parents[1]).stdout
     for flag in ("--batch-seconds", "--batch-expire", "--batch-fail-validation", "--batch-line-errors"):

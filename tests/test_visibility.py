@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 import batchgen
-from batchgen.cli import main
+from batchgen.cli.main import main
 from batchgen.exceptions import FolderBusy
-from batchgen.outdir import LOCK_FILE, OutputFolder
-from batchgen.progress import Progress
+from batchgen.keeping.outdir import LOCK_FILE, OutputFolder
+from batchgen.showing.progress import Progress
 from batchgen.simulator import SimulatorThread
 
 from conftest import batchgen_process, journal, make_prompts, wait_until
@@ -282,7 +282,7 @@ def test_the_command_list_shows_each_commands_whole_first_sentence(cli):
 
 
 def test_a_servers_words_cannot_forge_or_split_a_log_line():
-    from batchgen.logs import log_field, log_text
+    from batchgen.util.logs import log_field, log_text
     assert log_field("rate_limit\n2026-01-01T00:00:00.000Z INFO batchgen: stop") == \
         "rate_limit?2026-01-01T00:00:00.000Z?INFO?batchgen:?stop"
     assert log_field("") == "-" and len(log_field("x" * 500)) == 100

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .exceptions import BadResponse
-from .edits import sniff
-from .models import FORMAT_EXTENSIONS
-from .outdir import IMAGES_DIR, write_atomic
+from batchgen.exceptions import BadResponse
+from batchgen.planning.edits import sniff
+from batchgen.rules.models import FORMAT_EXTENSIONS
+from batchgen.keeping.outdir import IMAGES_DIR, write_atomic
 
 def image_format(data: bytes) -> Optional[str]:
     """The file extension for these bytes, from their magic number; None if not an image."""

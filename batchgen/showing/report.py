@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
-from .exceptions import UsageError
-from .outdir import read_job, safe_image_path, write_atomic
+from batchgen.exceptions import UsageError
+from batchgen.keeping.outdir import read_job, safe_image_path, write_atomic
 
 PER_PAGE = 50             # prompts per page (the contact sheet shows the first page's)
 THUMB_HTML = 256          # long side of a thumbnail on the page, px (--thumb)
@@ -67,7 +67,7 @@ def _text(value) -> Optional[str]:
 
 
 def _label(point: dict) -> str:
-    from .job import point_label
+    from batchgen.planning.settings import point_label
     return point_label(point)
 
 

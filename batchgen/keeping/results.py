@@ -18,13 +18,15 @@ from typing import Optional
 import orjson
 import pyarrow as pa
 
-from . import arrowbuf, models, pricing
-from .edits import RECORD_FIELDS
-from ._version import __version__
-from .exceptions import UsageError
-from .job import ROWS_AT_A_TIME, Plan, point_label
-from .outdir import METADATA_FILE, RESULTS_FILE, atomic_file
-from .reader import free_name
+from batchgen.util import arrowbuf
+from batchgen.rules import models, pricing
+from batchgen.planning.edits import RECORD_FIELDS
+from batchgen._version import __version__
+from batchgen.exceptions import UsageError
+from batchgen.planning.tasks import ROWS_AT_A_TIME, Plan
+from batchgen.planning.settings import point_label
+from batchgen.keeping.outdir import METADATA_FILE, RESULTS_FILE, atomic_file
+from batchgen.planning.reader import free_name
 
 SCHEMA = pa.schema([
     ("task_id", pa.string()),
@@ -339,7 +341,7 @@ def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
     this run's origin (for rows nothing was sent for); `earlier` what job.json recorded
     before, for outcomes of a version that wrote no origin lines.
     """
-    from .outdir import Provenance
+    from batchgen.keeping.outdir import Provenance
     labels = [point_label(p) for p in plan.points]
     here = provenance.as_dict() if provenance is not None else {}
     # Indexed by a record's origin: each run's origin line, then (-1) outcomes of a version

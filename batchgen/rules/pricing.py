@@ -17,8 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-from .exceptions import UsageError
-from .models import rules_for
+from batchgen.exceptions import UsageError
+from batchgen.rules.models import rules_for
 
 TOKEN_KINDS = ("text_input", "image_input", "image_output")
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")

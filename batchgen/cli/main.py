@@ -7,11 +7,11 @@ import sys
 
 import click
 
-from .exceptions import EXIT_STOPPED, EXIT_USAGE, UsageError
-from .exports import DEFAULT_SHARD_SIZE, FORMATS as EXPORT_FORMATS
-from .job import MODES
-from .models import BACKGROUNDS, INPUT_FIDELITIES, MODERATIONS, OUTPUT_FORMATS, PARAMETERS
-from .providers import DEFAULT_PROVIDER, NAMES as PROVIDER_NAMES, PROVIDERS
+from batchgen.exceptions import EXIT_STOPPED, EXIT_USAGE, UsageError
+from batchgen.showing.exports import DEFAULT_SHARD_SIZE, FORMATS as EXPORT_FORMATS
+from batchgen.planning.settings import MODES
+from batchgen.rules.models import BACKGROUNDS, INPUT_FIDELITIES, MODERATIONS, OUTPUT_FORMATS, PARAMETERS
+from batchgen.rules.providers import DEFAULT_PROVIDER, NAMES as PROVIDER_NAMES, PROVIDERS
 
 
 def _providers_help() -> str:
@@ -77,7 +77,7 @@ def job_options(f):
 
 
 def _overrides(kw: dict) -> dict:
-    from .job import parse_sweep
+    from batchgen.planning.settings import parse_sweep
     defaults = {k: kw.pop(k) for k in PARAMETERS}
     kw["defaults"] = {k: v for k, v in defaults.items() if v is not None}
     kw["sweep"] = parse_sweep(list(kw.pop("sweep") or ()))
@@ -109,7 +109,7 @@ def _print_json(doc: dict) -> None:
 @click.version_option(package_name="batchgen")
 def main():
     """Turn a table of prompts into an image dataset through an OpenAI-compatible Images API."""
-    from .logs import install_stderr
+    from batchgen.util.logs import install_stderr
     install_stderr()
 
 
@@ -170,9 +170,9 @@ def run(source, no_progress, as_json, verbose, log_file, **kw):
 
     Rerun the same command on the same --out to resume: finished tasks are not sent again.
     """
-    from .api import run as run_job
+    from batchgen import commands
     try:
-        summary = run_job(source, progress=not no_progress, verbose=verbose, log_file=log_file,
+        summary = commands.run(source, progress=not no_progress, verbose=verbose, log_file=log_file,
                           **_overrides(kw))
     except UsageError as e:
         _fail(str(e))
@@ -220,8 +220,8 @@ def plan(source, as_json, **kw):
     When --out (or the job file's `out`) holds a run of this job, also what it has done and
     what is left to send and to spend.
     """
-    from .api import plan as plan_job
-    from .planning import format_plan
+    from batchgen.commands import plan as plan_job
+    from batchgen.planning.summary import format_plan
     try:
         config, summary = plan_job(source, _overrides(kw))
     except UsageError as e:
@@ -241,7 +241,7 @@ def status(out, as_json):
     Says whether the run is going, finished, or stopped (and why); a rate and an ETA only
     while it is going.
     """
-    from .status import format_status, read_status
+    from batchgen.showing.status import format_status, read_status
     try:
         found = read_status(out)
     except UsageError as e:
@@ -257,7 +257,7 @@ def status(out, as_json):
 def cancel(out):
     """Cancel OUT's unfinished batches on OpenAI's Batch API (what they finished stays; a rerun
     collects it and submits the rest)."""
-    from .api import cancel as cancel_batches
+    from batchgen.commands import cancel as cancel_batches
     try:
         cancelled = cancel_batches(out)
     except UsageError as e:
@@ -279,7 +279,7 @@ def cancel(out):
 @click.option("--thumb", type=int, metavar="PX", help="Thumbnails' long side in pixels (default 256).")
 def report(out, **options):
     """Write OUT/report.html, the sweep comparison gallery."""
-    from .report import write_report
+    from batchgen.showing.report import write_report
     try:
         path = write_report(out, **options)
     except UsageError as e:
@@ -303,8 +303,8 @@ def export(out, format_, dest, shard_size, include_errors):
     """Export OUT's images and result rows to DEST as a dataset (with a README.md card).
 
     Exporting again to the same DEST replaces the earlier export."""
-    from .exceptions import ExportFailed
-    from .exports import export as export_run
+    from batchgen.exceptions import ExportFailed
+    from batchgen.showing.exports import export as export_run
     try:
         s = export_run(out, format_, dest, shard_size=shard_size, include_errors=include_errors)
     except UsageError as e:
@@ -321,7 +321,7 @@ def export(out, format_, dest, shard_size, include_errors):
 
 
 def _register_simulate():
-    from .cli_simulate import simulate
+    from batchgen.cli.simulate import simulate
     main.add_command(simulate)
 
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from .exceptions import UsageError
+from batchgen.exceptions import UsageError
 
 # The API's limits for the GPT image models' edits: PNG, JPEG or WebP, under 50 MB each, up to 16.
 MAX_IMAGE_BYTES = 50 * 1024 * 1024

@@ -13,12 +13,12 @@ import importlib
 import logging
 from typing import Iterable, Optional, Protocol
 
-from .. import pricing
-from ..exceptions import UsageError
-from ..logs import log_field, log_text
+from batchgen.rules import pricing
+from batchgen.exceptions import UsageError
+from batchgen.util.logs import log_field, log_text
 
 # mode -> "module:class", imported when chosen so a run loads only the backend it uses.
-BACKENDS = {"live": "batchgen.backends.live:LiveBackend", "batch": "batchgen.backends.batch:BatchBackend"}
+BACKENDS = {"live": "batchgen.sending.backends.live:LiveBackend", "batch": "batchgen.sending.backends.batch:BatchBackend"}
 MODES = tuple(BACKENDS)
 
 log = logging.getLogger(__name__)

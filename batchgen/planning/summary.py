@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from . import models, pricing
-from .job import Plan, point_label
+from batchgen.rules import models, pricing
+from batchgen.planning.tasks import Plan
+from batchgen.planning.settings import point_label
 
 EXAMPLES_PER_REASON = 3
 

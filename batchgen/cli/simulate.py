@@ -83,7 +83,7 @@ def simulate(port: int, **options) -> None:
     token they accept on stderr.
     """
     try:
-        from .simulator import SimConfig  # lazy: keeps `batchgen run` start-up short
+        from batchgen.simulator import SimConfig
         config = SimConfig(**options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -97,7 +97,7 @@ def simulate(port: int, **options) -> None:
 
 
 async def _serve(config, port: int) -> None:
-    from .simulator import start_simulator
+    from batchgen.simulator import start_simulator
     sim = await start_simulator(config, "127.0.0.1", port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

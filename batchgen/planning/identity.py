@@ -18,7 +18,9 @@ import math
 from array import array
 from typing import Any, Optional
 
-from .job import TASK_ID_VERSION, JobConfig, Plan
+from batchgen.planning.tasks import TASK_ID_VERSION, Plan
+
+from batchgen.planning.settings import JobConfig
 
 # job.json's field saying which scheme the folder's journal uses; a folder without it (or with
 # another value) that holds outcomes is a legacy one.

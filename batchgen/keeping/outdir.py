@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional, Sequence
 
-from ._version import __version__
-from .exceptions import EXIT_STOPPED, FolderBusy, JobMismatch, UsageError
-from .identity import is_legacy, job_json_fields
+from batchgen._version import __version__
+from batchgen.exceptions import EXIT_STOPPED, FolderBusy, JobMismatch, UsageError
+from batchgen.planning.identity import is_legacy, job_json_fields
 
 JOB_FILE = "job.json"
 JOURNAL_FILE = "journal.jsonl"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from .exceptions import UsageError
+from batchgen.exceptions import UsageError
 
 GENERATIONS_PATH = "/images/generations"
 EDITS_PATH = "/images/edits"

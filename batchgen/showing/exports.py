@@ -24,10 +24,10 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
-from ._version import __version__
-from .exceptions import BatchgenError, ExportFailed, UsageError
-from .outdir import IMAGES_DIR, TMP_PREFIX, OutputFolder, read_job, safe_image_path, write_atomic
-from .reader import free_name
+from batchgen._version import __version__
+from batchgen.exceptions import BatchgenError, ExportFailed, UsageError
+from batchgen.keeping.outdir import IMAGES_DIR, TMP_PREFIX, OutputFolder, read_job, safe_image_path, write_atomic
+from batchgen.planning.reader import free_name
 
 FORMATS = ("webdataset", "parquet")
 DEFAULT_SHARD_SIZE = 2000
@@ -69,7 +69,7 @@ def export(out, format: str, to, *, shard_size: Optional[int] = None,
     exported (nothing written; an image found changed stops the export, and the shards written
     before it stay, whole, until an export replaces them), and ExportFailed when DEST could not
     be written (run it again to finish)."""
-    from .results import read_results_table
+    from batchgen.keeping.results import read_results_table
     shard_size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
     if format not in FORMATS:
         raise UsageError(f"format {format!r} is unknown; export as one of {', '.join(FORMATS)}")
@@ -172,7 +172,7 @@ def _read_image(out: Path, row: dict) -> tuple[bytes, str]:
                          f"again on {out} (`batchgen run ... --out {out}` makes it again), then export")
     ext = path.suffix.lower().lstrip(".")
     if ext not in _EXTENSIONS:
-        from .store import image_format
+        from batchgen.keeping.store import image_format
         ext = image_format(data) or "bin"
     return data, ext
 
@@ -188,7 +188,7 @@ def _json_ready(value):
 
 def _write_webdataset(f, out: Path, chunk, first: int) -> tuple[int, int]:
     """One tar shard: `KEY.<ext>` (the image) and `KEY.json` (its results row) per sample."""
-    from .results import _json_default
+    from batchgen.keeping.results import _json_default
     images = 0
     with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for sample in samples(out, chunk, first):
@@ -217,7 +217,7 @@ def _write_parquet(f, out: Path, chunk, first: int) -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .results import with_pandas_types
+    from batchgen.keeping.results import with_pandas_types
     schema = with_pandas_types(_parquet_schema(chunk.schema).empty_table()).schema
     others = [n for n in schema.names if n != IMAGE_COLUMN]
     images = errors = 0
@@ -369,7 +369,7 @@ class FolderDestination:
 
     @contextlib.contextmanager
     def writer(self, name: str):
-        from .outdir import atomic_file
+        from batchgen.keeping.outdir import atomic_file
         with self._failing(), atomic_file(self.path / name) as f:
             yield f
 

@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .. import _gc
-from ..client import ImagesClient, redact
-from ..edits import IMAGE_KINDS, is_url, sniff
-from ..errors import Decision, classify, is_rate_limited, stop_advice
-from ..exceptions import ApiError, BadResponse, InvalidInput, NotJson, RequestError, Unreachable
-from ..limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
-from ..logs import log_field
-from ..models import FORMAT_EXTENSIONS
+from batchgen.util import gcpause
+from batchgen.sending.client import ImagesClient, redact
+from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
+from batchgen.sending.classify import Decision, classify, is_rate_limited, stop_advice
+from batchgen.exceptions import ApiError, BadResponse, InvalidInput, NotJson, RequestError, Unreachable
+from batchgen.sending.limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
+from batchgen.util.logs import log_field
+from batchgen.rules.models import FORMAT_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ class LiveBackend:
         if self.finished % FREEZE_EVERY == 0:
             # Finished records stay until the end: spare every later collection from rescanning
             # them (a full one cost ~60 ms at 20,000 tasks).
-            _gc.freeze_survivors()
+            gcpause.freeze_survivors()
 
     def _disk_failed(self, task, attempts: int, error: OSError) -> None:
         """The disk, not the API: full, read-only, gone. Nothing later can be saved either."""

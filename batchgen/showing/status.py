@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .exceptions import UsageError
-from .journal import replay
-from .outdir import FINISHED, JOB_FILE, JOURNAL_FILE, RUNNING, STOPPED, OutputFolder, read_job
+from batchgen.exceptions import UsageError
+from batchgen.keeping.journal import replay
+from batchgen.keeping.outdir import FINISHED, JOB_FILE, JOURNAL_FILE, RUNNING, STOPPED, OutputFolder, read_job
 
 # `stopped` for a run that ended without recording why (killed, or the machine went down).
 NO_LONGER_RUNNING = "no_longer_running"
@@ -121,7 +121,7 @@ def run_state(run, locked: bool, all_done: bool) -> tuple:
 
 
 def format_status(s: Status) -> str:
-    from .planning import format_duration
+    from batchgen.planning.summary import format_duration
     pct = 100.0 * s.done / s.total if s.total else 100.0
     lines = [f"{s.out}: {s.done:,}/{s.total:,} tasks done ({pct:.1f}%): {s.ok:,} ok, "
              f"{s.errors + s.refused:,} error(s)"]

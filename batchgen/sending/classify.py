@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import enum
 
-from .exceptions import ApiError, InvalidInput, RequestError
-from .providers import AUTH_CODES, QUOTA_CODES, get
+from batchgen.exceptions import ApiError, InvalidInput, RequestError
+from batchgen.rules.providers import AUTH_CODES, QUOTA_CODES, get
 
 
 def fallback_code(http_status: int) -> str:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .exceptions import UsageError
+from batchgen.exceptions import UsageError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
            ".jsonl": "jsonl", ".ndjson": "jsonl"}

@@ -5,7 +5,7 @@ call this module to show those lines. By default only warnings reach stderr, as
 "batchgen: <message>". Verbose (-v) shows every line from INFO up, and a log file receives
 them too, in the format the README documents ("Logs"):
 
-    2026-05-01T10:22:03.123Z INFO batchgen.backends.live: attempt task=0a1b2c3d4e5f6789 try=1 ...
+    2026-05-01T10:22:03.123Z INFO batchgen.sending.backends.live: attempt task=0a1b2c3d4e5f6789 try=1 ...
 
 Times are UTC. No line holds the token: what a server said is redacted by the client before
 anyone sees it, and an attempt's line carries codes and numbers, never a request or a body.
@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Optional
 
-from .exceptions import UsageError
+from batchgen.exceptions import UsageError
 
 LOGGER = "batchgen"
 LINE_FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s"

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import _gc, fastjson
-from .identity import ChunkIds, hex_key
-from .pricing import billed
+from batchgen.util import gcpause, fastjson
+from batchgen.planning.identity import ChunkIds, hex_key
+from batchgen.rules.pricing import billed
 
 FINAL_STATUSES = ("ok", "error")
 NOT_DONE = "not_done"   # sent, but stopped before an outcome (auth failure, interrupt): resend
@@ -527,7 +527,7 @@ def replay(path, out_dir=None) -> Replay:
     With `out_dir`, an ok record after the last synced marker whose images are missing or of
     the wrong size counts as not done. A torn last line (a crash mid-write) is skipped.
     """
-    with _gc.paused():
+    with gcpause.paused():
         return _replay(path, out_dir)
 
 

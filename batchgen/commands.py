@@ -1,0 +1,119 @@
+"""The Python API: what `batchgen run` and `batchgen plan` call, and what a notebook calls.
+
+It resolves the settings, reads and plans the input, chooses where to send (a provider's
+endpoint, or the built-in simulator it starts for `simulate=True`), and hands over to the runner.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from batchgen.planning.edits import edit_columns, read_edit_inputs
+from batchgen.planning.tasks import make_plan
+from batchgen.planning.settings import resolve_config
+from batchgen.rules.providers import Endpoint, endpoint_url, resolve_endpoint
+from batchgen.planning.reader import read_table
+
+log = logging.getLogger(__name__)
+
+
+def prepare(source, options: dict, table=None):
+    """Everything that can fail on bad input, before anything is sent or written:
+    (config, table, plan). `table`: the input already in memory (source then only names it)."""
+    config = resolve_config(source, options)
+    if table is None:
+        table = read_table(config.source, config.encoding)
+    image_column, mask_column = edit_columns(table.column_names, config.image_column, config.mask_column)
+    inputs = None
+    if image_column is not None:
+        if config.limit is not None:
+            table = table.slice(0, config.limit)
+        inputs = read_edit_inputs(table, config.source, image_column, mask_column)
+    plan = make_plan(table, config, inputs)
+    return config, table, plan
+
+
+def run(source, *, progress: bool = False, environ=None, verbose: bool = False,
+        log_file=None, table=None, **options):
+    """Run a job (a job file or a data file); the Python API behind `batchgen run`.
+
+    Options are those of the command line, by their Python names (`out`, `prompt_column`,
+    `defaults={...}`, `sweep=[('quality', ['standard', 'hd'])]`, `concurrency`, `rpm`, ...).
+    `verbose` writes a line per attempt, rate-limit pause and stop on stderr, `log_file`
+    appends them to that file (the loggers are "batchgen.*", at INFO, for your own handlers).
+    Returns a Summary; raises UsageError for bad usage or input (nothing sent).
+    """
+    from batchgen.util.logs import logging_to
+    from batchgen.runner import run_plan
+    config, table, plan = prepare(source, options, table)
+    if config.simulate:
+        connect = _simulated(config.provider)
+    else:
+        connect = resolve_endpoint(config.provider, config.base_url, environ)
+    with logging_to(verbose, log_file):
+        return run_plan(config, table, plan, connect, progress=progress)
+
+
+def plan(source, options: dict, table=None):
+    """`batchgen plan`: (config, PlanSummary). When the job's output folder holds a run of this
+    job, the summary says what it has done and what is left to send and spend; a folder that
+    holds another job's run is refused, as `run` would refuse it (UsageError)."""
+    from batchgen.planning.summary import summarise_plan
+    config, table, job_plan = prepare(source, options, table)
+    for warning in job_plan.warnings:
+        log.warning(warning)
+    return config, summarise_plan(job_plan, _done_in(config, table, job_plan))
+
+
+def _done_in(config, table, job_plan):
+    """task id -> its status in config.out's journal ("ok", "error", None), or None when the
+    folder holds no run. Read only: no lock, nothing written."""
+    from batchgen.planning.identity import is_legacy, legacy_ids
+    from batchgen.keeping.journal import replay
+    from batchgen.keeping.outdir import OutputFolder
+    folder = OutputFolder(config.out)
+    existing = folder.existing_job()
+    if existing is None:
+        return None
+    if existing.get("fingerprint") != config.fingerprint():
+        folder.check(config.fingerprint(), None, config.public_dict())   # raises, naming both jobs
+    state = replay(folder.journal_path, out_dir=folder.path)
+    if is_legacy(existing) and folder.holds_outcomes():
+        # Its journal names tasks by the previous ids; the first run will carry them over.
+        old = dict(zip((t.task_id for t in job_plan.tasks), legacy_ids(table, config, job_plan)))
+        return lambda task_id: state.status(task_id) or state.status(old[task_id])
+    return state.status
+
+
+@contextlib.asynccontextmanager
+async def _simulated(provider: str):
+    """The built-in simulator on a free loopback port, for as long as the run lasts."""
+    from batchgen.simulator import SimConfig, start_simulator
+    sim_config = SimConfig()
+    simulator = await start_simulator(sim_config)
+    try:
+        base = simulator.acedata_url if provider == "acedata" else simulator.openai_base_url
+        yield Endpoint(url=endpoint_url(base), token=sim_config.token, provider=provider)
+    finally:
+        await simulator.close()
+
+
+def cancel(out, environ=None) -> list:
+    """Cancel the batches OUT submitted to OpenAI's Batch API and has not collected; returns
+    [(batch id, status)]. The token comes from the environment, the endpoint from job.json."""
+    import asyncio
+
+    from batchgen.sending.backends.batch import cancel_batches
+    from batchgen.exceptions import UsageError
+    from batchgen.keeping.journal import replay
+    from batchgen.keeping.outdir import OutputFolder, provenance_of, read_job
+    job = read_job(out)
+    provenance = provenance_of(job)
+    if provenance is None or not provenance.endpoint:
+        raise UsageError(f"{out}'s job.json does not say where its batches were sent; nothing was cancelled")
+    open_chunks = {k: c for k, c in replay(OutputFolder(out).journal_path).batches.items()
+                   if "collected" not in c.get("events", ()) and c.get("batch_id")}
+    if not open_chunks:
+        return []
+    endpoint = resolve_endpoint(provenance.provider, provenance.endpoint, environ)
+    return asyncio.run(cancel_batches(endpoint, 60.0, open_chunks))
