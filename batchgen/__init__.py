@@ -10,8 +10,20 @@
 from typing import Mapping, Optional
 
 from batchgen._version import __version__
-from batchgen.exceptions import ApiError, BadResponse, BatchgenError, ConnectionFailed, DownloadFailed, ExportFailed, FolderBusy, JobMismatch, RequestError, RequestTimeout, UsageError
 from batchgen.api import plan, run
+from batchgen.exceptions import (
+    ApiError,
+    BadResponse,
+    BatchgenError,
+    ConnectionFailed,
+    DownloadFailed,
+    ExportFailed,
+    FolderBusy,
+    JobMismatch,
+    RequestError,
+    RequestTimeout,
+    UsageError,
+)
 
 
 def export(out, format: str, to, *, shard_size: Optional[int] = None, include_errors: bool = False,

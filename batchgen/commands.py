@@ -9,10 +9,10 @@ import contextlib
 import logging
 
 from batchgen.planning.edits import edit_columns, read_edit_inputs
-from batchgen.planning.tasks import make_plan
-from batchgen.planning.settings import resolve_config
-from batchgen.rules.providers import Endpoint, endpoint_url, resolve_endpoint
 from batchgen.planning.reader import read_table
+from batchgen.planning.settings import resolve_config
+from batchgen.planning.tasks import make_plan
+from batchgen.rules.providers import Endpoint, endpoint_url, resolve_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def run(source, *, progress: bool = False, environ=None, verbose: bool = False,
     appends them to that file (the loggers are "batchgen.*", at INFO, for your own handlers).
     Returns a Summary; raises UsageError for bad usage or input (nothing sent).
     """
-    from batchgen.util.logs import logging_to
     from batchgen.runner import run_plan
+    from batchgen.util.logs import logging_to
     config, table, plan = prepare(source, options, table)
     if config.simulate:
         connect = _simulated(config.provider)
@@ -68,9 +68,9 @@ def plan(source, options: dict, table=None):
 def _done_in(config, table, job_plan):
     """task id -> its status in config.out's journal ("ok", "error", None), or None when the
     folder holds no run. Read only: no lock, nothing written."""
-    from batchgen.planning.identity import is_legacy, legacy_ids
     from batchgen.keeping.journal import replay
     from batchgen.keeping.outdir import OutputFolder
+    from batchgen.planning.identity import is_legacy, legacy_ids
     folder = OutputFolder(config.out)
     existing = folder.existing_job()
     if existing is None:
@@ -103,10 +103,10 @@ def cancel(out, environ=None) -> list:
     [(batch id, status)]. The token comes from the environment, the endpoint from job.json."""
     import asyncio
 
-    from batchgen.sending.backends.batch import cancel_batches
     from batchgen.exceptions import UsageError
     from batchgen.keeping.journal import replay
     from batchgen.keeping.outdir import OutputFolder, provenance_of, read_job
+    from batchgen.sending.backends.batch import cancel_batches
     job = read_job(out)
     provenance = provenance_of(job)
     if provenance is None or not provenance.endpoint:

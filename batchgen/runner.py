@@ -17,17 +17,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from batchgen.util import gcpause
-from batchgen.rules import pricing
-from batchgen.sending.backends import Budget, StopSwitch, backend_for
 from batchgen.exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
-from batchgen.planning.settings import JobConfig
-from batchgen.planning.tasks import Pending, Plan
 from batchgen.keeping.journal import NOT_DONE, VOID, Journal, replay, task_key
 from batchgen.keeping.outdir import OutputFolder, Provenance
+from batchgen.planning.settings import JobConfig
 from batchgen.planning.summary import statuses_to_send
-from batchgen.showing.progress import Progress
+from batchgen.planning.tasks import Pending, Plan
+from batchgen.rules import pricing
 from batchgen.rules.providers import Endpoint
+from batchgen.sending.backends import Budget, StopSwitch, backend_for
+from batchgen.showing.progress import Progress
+from batchgen.util import gcpause
 
 log = logging.getLogger(__name__)
 

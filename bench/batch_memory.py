@@ -48,9 +48,9 @@ def main(argv=None) -> int:
     import pyarrow.parquet as pq
 
     from batchgen.commands import prepare
-    from batchgen.sending.backends.batch import TasksById
     from batchgen.planning.identity import ChunkIds
     from batchgen.planning.tasks import Pending
+    from batchgen.sending.backends.batch import TasksById
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "prompts.parquet"

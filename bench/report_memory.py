@@ -52,6 +52,7 @@ def make_results(out: Path, tasks: int, pool: list) -> None:
     """OUT/results.parquet of `tasks` tasks (see the module docstring) and OUT/job.json."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from batchgen.keeping.results import SCHEMA, with_pandas_types
     schema = with_pandas_types(SCHEMA)
     labels = [f"quality={p['quality']}" for p in POINTS]

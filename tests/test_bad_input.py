@@ -2,7 +2,6 @@
 import pandas as pd
 import pyarrow as pa
 import pytest
-
 from conftest import results
 
 

@@ -8,11 +8,10 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import TOKEN, journal, results, wait_until
 
 import batchgen
 from batchgen.simulator import SimConfig, SimulatorThread
-
-from conftest import TOKEN, journal, results, wait_until
 
 GPT = {"model": "gpt-image-1", "quality": "low", "size": "1024x1024"}
 PROMPTS = [f"a small watercolour of a harbour, number {i}" for i in range(7)]
@@ -45,7 +44,7 @@ def test_a_batch_run_gives_a_live_runs_results_at_half_the_price(tmp_path, csv):
         summary = batch_run(sim, csv, tmp_path / "batch")
         assert summary.exit_status == 0 and summary.ok == 7
         assert sim.stats["batches_created"] == 3                       # batches of at most 3
-        assert executions(sim) == {t: 1 for t in executions(sim)} and len(executions(sim)) == 7
+        assert executions(sim) == dict.fromkeys(executions(sim), 1) and len(executions(sim)) == 7
         batchgen.run(str(csv), out=str(tmp_path / "live"), provider="openai", base_url=sim.openai_base_url,
                      defaults=GPT, environ={"OPENAI_API_KEY": TOKEN})
     df, ref = results(tmp_path / "batch"), results(tmp_path / "live")
@@ -232,8 +231,8 @@ def test_pending_tasks_are_found_by_id_across_blocks_of_rows_without_being_held(
     import numpy as np
 
     from batchgen.commands import prepare
-    from batchgen.sending.backends import batch
     from batchgen.planning.tasks import Pending
+    from batchgen.sending.backends import batch
     monkeypatch.setattr(batch, "ROWS_AT_A_TIME", 3)       # many blocks of rows in a small plan
     path = tmp_path / "p.csv"
     pd.DataFrame({"prompt": [f"prompt {i}" for i in range(20)]}).to_csv(path, index=False)
@@ -254,9 +253,9 @@ def test_pending_tasks_are_found_by_id_across_blocks_of_rows_without_being_held(
 
 
 def test_a_chunks_task_ids_are_kept_as_keys_and_read_back_as_the_ids(tmp_path):
-    from batchgen.sending.backends.batch import HeldIds
-    from batchgen.planning.identity import ChunkIds
     from batchgen.keeping.journal import Journal, replay
+    from batchgen.planning.identity import ChunkIds
+    from batchgen.sending.backends.batch import HeldIds
     ids = ["%016x" % (7 * k + 3) for k in range(1000)]
     with Journal(tmp_path / "journal.jsonl") as j:
         j.append({"batch": {"chunk": "c1", "event": "planned", "task_ids": ids}})

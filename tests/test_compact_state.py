@@ -5,9 +5,9 @@ import pyarrow as pa
 import pytest
 
 import batchgen.keeping.journal
+from batchgen.keeping.journal import Journal, Replay, replay
 from batchgen.planning.settings import JobConfig
 from batchgen.planning.tasks import make_plan
-from batchgen.keeping.journal import Journal, Replay, replay
 
 HEX = "0123456789abcdef"
 

@@ -7,12 +7,18 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-
 from batchgen import exceptions
-from batchgen.sending.client import _TRANSLATIONS, BodyEncoder, _mapping_for, build_body, parse_generation, translate_exception
+from batchgen.exceptions import ApiError, BadResponse, RequestTimeout, UsageError
 from batchgen.rules.providers import endpoint_url, resolve_endpoint
 from batchgen.sending.classify import Decision, classify, fallback_code
-from batchgen.exceptions import ApiError, BadResponse, RequestTimeout, UsageError
+from batchgen.sending.client import (
+    _TRANSLATIONS,
+    BodyEncoder,
+    _mapping_for,
+    build_body,
+    parse_generation,
+    translate_exception,
+)
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n....").decode()
 

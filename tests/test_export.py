@@ -11,9 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import TOKEN, Cli, results
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_JOB = ROOT / "jobs" / "otter_sweep.toml"

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from batchgen.util import fastjson
 from batchgen.sending.client import parse_generation
+from batchgen.util import fastjson
 
 
 @pytest.mark.parametrize("text", [

@@ -1,11 +1,11 @@
 """The garbage collector around a run: what the host program froze itself stays frozen."""
 import gc
 
+from conftest import TOKEN
+
 import batchgen
 import batchgen.sending.backends.live
 from batchgen.util import gcpause
-
-from conftest import TOKEN
 
 
 class Thing:

@@ -8,12 +8,11 @@ from pathlib import Path
 import jsonschema
 import pandas as pd
 import pytest
+from conftest import TOKEN, results
 from PIL import Image
 
 import batchgen
 from batchgen.simulator import SimConfig, SimulatorThread
-
-from conftest import TOKEN, results
 
 SPEC = Path(__file__).resolve().parents[1] / "spec"
 GPT = {"model": "gpt-image-1", "quality": "low", "size": "1024x1024"}

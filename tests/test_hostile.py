@@ -13,12 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from aiohttp import web
+from conftest import PROMPTS, TOKEN, batchgen_process, journal, results
+from hostile import Hostile, generation, json_response, png
 
 import batchgen
 from batchgen.keeping.journal import replay
-
-from conftest import PROMPTS, TOKEN, batchgen_process, journal, results
-from hostile import Hostile, generation, json_response, png
 
 SECRET = "sk-hostile-Secret-1234567890"
 FAST = {"concurrency": 2, "backoff_base": 0.01, "max_retries": 1, "timeout": 10}

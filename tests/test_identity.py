@@ -6,14 +6,13 @@ import os
 
 import pyarrow as pa
 import pytest
+from conftest import results
 
+from batchgen.keeping.journal import Replay
 from batchgen.planning.identity import TASK_IDS_KEY, alias_records, is_legacy, legacy_ids
+from batchgen.planning.reader import read_table
 from batchgen.planning.settings import JobConfig
 from batchgen.planning.tasks import make_plan, task_id
-from batchgen.keeping.journal import Replay
-from batchgen.planning.reader import read_table
-
-from conftest import results
 
 MODEL = ("--model", "dall-e-2", "--size", "256x256")
 

@@ -73,6 +73,7 @@ def test_syncing_flushes_the_output_filesystem_and_refuses_a_missing_folder(tmp_
     import ctypes
     import os
     import sys
+
     from batchgen.keeping.journal import sync_filesystem
     flushed = []                                 # what was flushed, in order
     real_cdll = ctypes.CDLL
@@ -120,6 +121,7 @@ def test_syncing_flushes_the_output_filesystem_and_refuses_a_missing_folder(tmp_
 
 def test_the_synced_marker_is_appended_after_the_flush_and_then_fsynced(tmp_path, monkeypatch):
     import os
+
     import batchgen.keeping.journal
     path = tmp_path / "journal.jsonl"
     events = []                                  # (what, the journal's bytes at that moment)

@@ -38,6 +38,7 @@ def test_full_jitter_backoff_is_capped_and_the_server_word_wins():
 
 def test_the_pacer_learns_a_rate_from_429s_and_one_burst_cuts_it_once():
     import time
+
     from batchgen.sending.limits import AdaptivePacer
     pacer = AdaptivePacer()
     assert pacer.rate is None  # no limit known: no pacing at all

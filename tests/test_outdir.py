@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import PROMPTS, TOKEN, batchgen_process, results, wait_until
 
 from batchgen.rules.providers import public_url
 from batchgen.simulator import SimConfig, SimulatorThread
-
-from conftest import PROMPTS, TOKEN, batchgen_process, results, wait_until
 
 
 def snapshot(folder) -> dict:

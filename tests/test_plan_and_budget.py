@@ -1,6 +1,5 @@
 """`batchgen plan` (sends nothing) and `run --max-cost` (stops at the budget, resumes with more)."""
 import pandas as pd
-
 from conftest import make_prompts, results
 
 

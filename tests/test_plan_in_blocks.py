@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import batchgen.planning.tasks
 import batchgen.keeping.journal
+import batchgen.planning.tasks
+from batchgen.keeping.journal import Journal, Replay, replay
 from batchgen.planning.edits import EditInput
 from batchgen.planning.settings import JobConfig
 from batchgen.planning.tasks import make_plan, task_id
-from batchgen.keeping.journal import Journal, Replay, replay
 
 
 def golden_table():

@@ -4,8 +4,8 @@ import pytest
 
 from batchgen.exceptions import UsageError
 from batchgen.planning.settings import JobConfig, parse_sweep, resolve_config
-from batchgen.planning.tasks import make_plan
 from batchgen.planning.summary import format_plan, summarise_plan
+from batchgen.planning.tasks import make_plan
 
 
 def config(**kw):

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from batchgen.rules import pricing
 from batchgen.exceptions import UsageError
+from batchgen.rules import pricing
 
 
 @pytest.fixture

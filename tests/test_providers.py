@@ -1,12 +1,11 @@
 """Providers are one table: a new one is one entry, and everything reads it."""
 import pandas as pd
+from conftest import PROMPTS, TOKEN, results
 
 import batchgen
+from batchgen.exceptions import ApiError
 from batchgen.rules import providers
 from batchgen.sending.classify import Decision, classify, stop_advice
-from batchgen.exceptions import ApiError
-
-from conftest import PROMPTS, TOKEN, results
 
 
 def test_a_new_provider_is_one_entry(monkeypatch, fresh_sim, tmp_path):

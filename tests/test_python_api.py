@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
+from conftest import PROMPTS, TOKEN
 
 import batchgen
 from batchgen.planning.settings import PARAMETERS, JobConfig
-from conftest import PROMPTS, TOKEN
 
 ENV = {"ACEDATA_API_TOKEN": TOKEN}
 

@@ -6,10 +6,10 @@ import sys
 import pandas as pd
 import pyarrow as pa
 import pytest
+from conftest import PROMPTS, results
 
 from batchgen.exceptions import UsageError
 from batchgen.planning.reader import read_table
-from conftest import PROMPTS, results
 
 
 def test_csv_columns_get_the_types_their_cells_share(tmp_path):

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 import batchgen
-from batchgen.showing import report
 from batchgen.exceptions import UsageError
 from batchgen.keeping.results import SCHEMA
+from batchgen.showing import report
 
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 POLICY_WORD = "forbidden-fruit"
@@ -434,6 +434,7 @@ def test_write_report_without_results_says_to_run_first(tmp_path):
 
 def test_cli_report_without_results_exits_2(tmp_path):
     from click.testing import CliRunner
+
     from batchgen.cli.main import main
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2
@@ -865,6 +866,7 @@ def paged_run(tmp_path_factory):
     """A --simulate run of 13 prompts (two refused by the policy word) x 2 sweep points, 2 images
     a task, and the table it wrote."""
     from click.testing import CliRunner
+
     from batchgen.cli.main import main
     base = tmp_path_factory.mktemp("paged_run")
     csv = base / "prompts.csv"

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TOKEN, batchgen_process, journal, make_prompts, results, wait_until
 
 import batchgen
 from batchgen.simulator import SimulatorThread
-
-from conftest import TOKEN, batchgen_process, journal, make_prompts, results, wait_until
 
 FAST = dict(backoff_base=0.01, environ={"ACEDATA_API_TOKEN": TOKEN})
 DALLE3 = {"model": "dall-e-3", "response_format": "b64_json"}
@@ -306,9 +305,9 @@ def test_status_reports_progress_errors_and_rate(cli, tmp_path):
 
 
 def test_a_write_failure_stops_the_run_and_a_rerun_finishes(cli, tmp_path):
+    from batchgen.planning.reader import read_table
     from batchgen.planning.settings import JobConfig
     from batchgen.planning.tasks import make_plan
-    from batchgen.planning.reader import read_table
     csv = make_prompts(tmp_path / "p.csv", 6)
     out = tmp_path / "out"
     plan = make_plan(read_table(csv), JobConfig(defaults={"model": "dall-e-3"}))

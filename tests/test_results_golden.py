@@ -19,9 +19,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 import batchgen
+from batchgen.planning.reader import read_table
 from batchgen.planning.settings import resolve_config
 from batchgen.planning.tasks import make_plan
-from batchgen.planning.reader import read_table
 
 GOLDEN = Path(__file__).parent / "golden"
 DEAD = "http://127.0.0.1:9/openai/images/generations"     # the discard port: nothing answers

@@ -7,14 +7,13 @@ import jsonschema
 import pandas as pd
 import pyarrow as pa
 import pytest
+from conftest import PROMPTS, TOKEN, journal, results
 from PIL import Image
 
-from batchgen.sending.client import BodyEncoder
+from batchgen.keeping.results import COLUMNS
 from batchgen.planning.settings import JobConfig, parse_sweep
 from batchgen.planning.tasks import make_plan
-from batchgen.keeping.results import COLUMNS
-
-from conftest import PROMPTS, TOKEN, journal, results
+from batchgen.sending.client import BodyEncoder
 
 # A copy of OpenAI's published schema lives in the repo (CI may have no ../shared); where the
 # shared original is present, the copy must not have drifted from it.
@@ -241,6 +240,7 @@ def test_a_run_leaves_the_garbage_collector_as_it_found_it(fresh_sim, prompts_cs
     # A notebook runs many jobs in one process: the freezing and the rarer collections of
     # the send loop must not outlive it.
     import gc
+
     import batchgen
     import batchgen.sending.backends.live
     monkeypatch.setattr(batchgen.sending.backends.live, "FREEZE_EVERY", 1)   # freeze after every task
@@ -285,6 +285,7 @@ def test_every_request_body_conforms_to_the_published_schema():
 
 def test_the_python_api_works_inside_a_running_event_loop_like_a_notebook(fresh_sim, prompts_csv, tmp_path):
     import asyncio
+
     import batchgen
 
     async def notebook_cell():

@@ -3,11 +3,10 @@ import asyncio
 
 import pytest
 from aiohttp import web
-
-from batchgen.sending.client import Endpoint, ImagesClient
-from batchgen.exceptions import DownloadFailed
-
 from conftest import TOKEN
+
+from batchgen.exceptions import DownloadFailed
+from batchgen.sending.client import Endpoint, ImagesClient
 
 
 async def with_client(sim_url, fn):

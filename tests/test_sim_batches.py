@@ -15,13 +15,13 @@ from pathlib import Path
 
 import openai
 import pytest
+from conftest import wait_until
 from openai import OpenAI
+from simhttp import TOKEN, Answer, assert_openai_error, call, data_url, decode, multipart, png, simulate_process
 
 from batchgen.simulator import SimConfig, SimulatorThread
 from batchgen.simulator import batches as sim_batches
 from batchgen.simulator import uploads as sim_uploads
-from conftest import wait_until
-from simhttp import TOKEN, Answer, assert_openai_error, call, data_url, decode, multipart, png, simulate_process
 
 GEN = "/v1/images/generations"
 EDITS = "/v1/images/edits"
@@ -437,7 +437,7 @@ def test_expire_leaves_half_run_and_half_batch_expired():
             assert entry["response"] is None
             assert entry["error"]["code"] == "batch_expired" and entry["error"]["message"]
         assert sorted(ids(out) + ids(err)) == sorted(ids(lines))
-        assert sim.stats.batch_executions == {cid: 1 for cid in ids(out)}
+        assert sim.stats.batch_executions == dict.fromkeys(ids(out), 1)
         assert sim.stats.faults["batch_expire"] == 1
 
 
@@ -476,7 +476,7 @@ def test_line_errors_answer_500_instead_of_running():
             error = entry["response"]["body"]["error"]
             assert error["type"] == "server_error" and error["message"]
         assert (b.request_counts.completed, b.request_counts.failed) == (len(out), len(err))
-        assert sim.stats.batch_executions == {cid: 1 for cid in ids(out)}   # the 500s never ran
+        assert sim.stats.batch_executions == dict.fromkeys(ids(out), 1)   # the 500s never ran
         assert sim.stats.faults["batch_line_errors"] == len(err)
     with SimulatorThread(SimConfig(batch_seconds=0, batch_line_errors=1.0)) as sim:
         c, b = submit(sim, many(3))
@@ -502,7 +502,7 @@ def test_cancel_keeps_what_ran_and_cancels_the_rest():
         assert len(out) == ran and len(err) == 100 - ran
         assert all(e["error"]["code"] == "batch_cancelled" and e["response"] is None for e in err)
         assert sorted(ids(out) + ids(err)) == sorted(ids(lines))
-        assert sim.stats.batch_executions == {cid: 1 for cid in ids(out)}
+        assert sim.stats.batch_executions == dict.fromkeys(ids(out), 1)
         assert c.batches.cancel(b.id).status == "cancelled"    # cancelling again is harmless
 
 

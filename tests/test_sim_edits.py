@@ -13,9 +13,9 @@ import io
 import openai
 import pytest
 from PIL import Image
+from simhttp import TOKEN, assert_openai_error, call, data_url, decode, multipart, png
 
 from batchgen.simulator import SimulatorThread
-from simhttp import TOKEN, assert_openai_error, call, data_url, decode, multipart, png
 
 RED, BLUE = png(color=(200, 30, 30)), png(color=(30, 30, 200))
 HOLE = png(alpha=0)            # a mask: fully transparent where to edit

@@ -17,10 +17,9 @@ import sys
 import aiohttp
 import pytest
 from PIL import Image, UnidentifiedImageError
-
-from batchgen.simulator import SimConfig, SimulatorThread, go_duration, start_simulator
 from simhttp import TOKEN, Answer, assert_openai_error, call, decode, simulate_process
 
+from batchgen.simulator import SimConfig, SimulatorThread, go_duration, start_simulator
 
 
 def gen(sim, dialect: str, body=None, **kw) -> Answer:

@@ -10,6 +10,8 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import batchgen_process, journal, make_prompts, wait_until
+from hostile import Hostile, generation, json_response
 
 import batchgen
 from batchgen.cli.main import main
@@ -17,9 +19,6 @@ from batchgen.exceptions import FolderBusy
 from batchgen.keeping.outdir import LOCK_FILE, OutputFolder
 from batchgen.showing.progress import Progress
 from batchgen.simulator import SimulatorThread
-
-from conftest import batchgen_process, journal, make_prompts, wait_until
-from hostile import Hostile, generation, json_response
 
 SECRET = "sk-visible-Secret-0987654321"
 RUN_KEYS = {"ok", "errors", "not_done", "by_code", "images", "requests_sent", "est_cost_usd",

@@ -8,10 +8,12 @@ import sys
 import click
 
 from batchgen.exceptions import EXIT_STOPPED, EXIT_USAGE, UsageError
-from batchgen.showing.exports import DEFAULT_SHARD_SIZE, FORMATS as EXPORT_FORMATS
 from batchgen.planning.settings import MODES
 from batchgen.rules.models import BACKGROUNDS, INPUT_FIDELITIES, MODERATIONS, OUTPUT_FORMATS, PARAMETERS
-from batchgen.rules.providers import DEFAULT_PROVIDER, NAMES as PROVIDER_NAMES, PROVIDERS
+from batchgen.rules.providers import DEFAULT_PROVIDER, PROVIDERS
+from batchgen.rules.providers import NAMES as PROVIDER_NAMES
+from batchgen.showing.exports import DEFAULT_SHARD_SIZE
+from batchgen.showing.exports import FORMATS as EXPORT_FORMATS
 
 
 def _providers_help() -> str:

@@ -16,7 +16,6 @@ import sys
 
 import click
 
-
 _PROB = click.FloatRange(0.0, 1.0)
 
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from batchgen.util import gcpause, fastjson
 from batchgen.planning.identity import ChunkIds, hex_key
 from batchgen.rules.pricing import billed
+from batchgen.util import fastjson, gcpause
 
 FINAL_STATUSES = ("ok", "error")
 NOT_DONE = "not_done"   # sent, but stopped before an outcome (auth failure, interrupt): resend

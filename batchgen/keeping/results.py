@@ -18,15 +18,15 @@ from typing import Optional
 import orjson
 import pyarrow as pa
 
-from batchgen.util import arrowbuf
-from batchgen.rules import models, pricing
-from batchgen.planning.edits import RECORD_FIELDS
 from batchgen._version import __version__
 from batchgen.exceptions import UsageError
-from batchgen.planning.tasks import ROWS_AT_A_TIME, Plan
-from batchgen.planning.settings import point_label
 from batchgen.keeping.outdir import METADATA_FILE, RESULTS_FILE, atomic_file
+from batchgen.planning.edits import RECORD_FIELDS
 from batchgen.planning.reader import free_name
+from batchgen.planning.settings import point_label
+from batchgen.planning.tasks import ROWS_AT_A_TIME, Plan
+from batchgen.rules import models, pricing
+from batchgen.util import arrowbuf
 
 SCHEMA = pa.schema([
     ("task_id", pa.string()),

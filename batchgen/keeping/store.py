@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 from batchgen.exceptions import BadResponse
+from batchgen.keeping.outdir import IMAGES_DIR, write_atomic
 from batchgen.planning.edits import sniff
 from batchgen.rules.models import FORMAT_EXTENSIONS
-from batchgen.keeping.outdir import IMAGES_DIR, write_atomic
+
 
 def image_format(data: bytes) -> Optional[str]:
     """The file extension for these bytes, from their magic number; None if not an image."""

@@ -18,9 +18,8 @@ import math
 from array import array
 from typing import Any, Optional
 
-from batchgen.planning.tasks import TASK_ID_VERSION, Plan
-
 from batchgen.planning.settings import JobConfig
+from batchgen.planning.tasks import TASK_ID_VERSION, Plan
 
 # job.json's field saying which scheme the folder's journal uses; a folder without it (or with
 # another value) that holds outcomes is a legacy one.

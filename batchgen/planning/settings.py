@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from batchgen.rules import models, pricing, providers
 from batchgen.exceptions import UsageError
+from batchgen.rules import models, pricing, providers
 
 PARAMETERS = models.PARAMETERS
 INT_PARAMETERS = models.INT_PARAMETERS

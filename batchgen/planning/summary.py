@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from batchgen.rules import models, pricing
-from batchgen.planning.tasks import Plan
 from batchgen.planning.settings import point_label
+from batchgen.planning.tasks import Plan
+from batchgen.rules import models, pricing
 
 EXAMPLES_PER_REASON = 3
 

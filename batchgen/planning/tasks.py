@@ -11,10 +11,10 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from batchgen.util import gcpause, arrowbuf
-from batchgen.rules import models, pricing
 from batchgen.exceptions import UsageError
 from batchgen.planning.settings import JobConfig, _check_batch_models, sweep_points
+from batchgen.rules import models, pricing
+from batchgen.util import arrowbuf, gcpause
 
 PARAMETERS = models.PARAMETERS
 INT_PARAMETERS = models.INT_PARAMETERS

@@ -17,12 +17,21 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from batchgen.util import fastjson
 from batchgen._version import __version__
-from batchgen.sending.classify import fallback_code
-from batchgen.exceptions import ApiError, BadResponse, ConnectionFailed, DownloadFailed, NotJson, RequestError, RequestTimeout, Unreachable
-from batchgen.sending.limits import RateLimitHeaders, parse_ratelimit_headers, parse_retry_after
+from batchgen.exceptions import (
+    ApiError,
+    BadResponse,
+    ConnectionFailed,
+    DownloadFailed,
+    NotJson,
+    RequestError,
+    RequestTimeout,
+    Unreachable,
+)
 from batchgen.rules.providers import Endpoint, parse_error_body
+from batchgen.sending.classify import fallback_code
+from batchgen.sending.limits import RateLimitHeaders, parse_ratelimit_headers, parse_retry_after
+from batchgen.util import fastjson
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 # A generation's body holds its images as base64 (4/3 of their bytes) plus a little JSON.

@@ -221,7 +221,7 @@ def _write_parquet(f, out: Path, chunk, first: int) -> tuple[int, int]:
     schema = with_pandas_types(_parquet_schema(chunk.schema).empty_table()).schema
     others = [n for n in schema.names if n != IMAGE_COLUMN]
     images = errors = 0
-    with pq.ParquetWriter(f, schema, compression={n: "zstd" for n in others} | {IMAGE_COLUMN: "none"},
+    with pq.ParquetWriter(f, schema, compression=dict.fromkeys(others, "zstd") | {IMAGE_COLUMN: "none"},
                           write_statistics=others, use_dictionary=others) as writer:
         start, keys, data, size = 0, [], [], 0
 

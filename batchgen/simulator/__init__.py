@@ -37,8 +37,19 @@ from __future__ import annotations
 from .config import SimConfig, SimStats
 from .faults import FAULTS, POST_FAULTS, PRE_FAULTS
 from .rate import go_duration
-from .server import (ACEDATA_EDITS_PATH, ACEDATA_PATH, FILES_PATH, OPENAI_EDITS_PATH, OPENAI_PATH,
-                     RESET_PATH, STATS_PATH, Simulator, SimulatorThread, make_app, start_simulator)
+from .server import (
+                     ACEDATA_EDITS_PATH,
+                     ACEDATA_PATH,
+                     FILES_PATH,
+                     OPENAI_EDITS_PATH,
+                     OPENAI_PATH,
+                     RESET_PATH,
+                     STATS_PATH,
+                     Simulator,
+                     SimulatorThread,
+                     make_app,
+                     start_simulator,
+)
 from .validation import MODELS, parse_request
 
 __all__ = [

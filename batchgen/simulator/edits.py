@@ -25,10 +25,17 @@ from typing import Any, Optional
 
 from aiohttp import BodyPartReader, web
 
-from .inputs import (MAX_IMAGE_BYTES, MAX_IMAGES, MAX_MASK_BYTES, Fetch, InputImage, inspect,
-                     resolve_reference, too_big)
-from .validation import (EDITS_JSON, EDITS_MULTIPART, ApiError, ImageRequest, bad, check_fields,
-                         decode_json, parse_request)
+from .inputs import MAX_IMAGE_BYTES, MAX_IMAGES, MAX_MASK_BYTES, Fetch, InputImage, inspect, resolve_reference, too_big
+from .validation import (
+    EDITS_JSON,
+    EDITS_MULTIPART,
+    ApiError,
+    ImageRequest,
+    bad,
+    check_fields,
+    decode_json,
+    parse_request,
+)
 
 _IMAGE_PARTS = ("image", "image[]")
 _INT_FIELDS = ("n", "output_compression", "partial_images")

@@ -17,13 +17,20 @@ from .answers import ACEDATA, MARK, OPENAI, edit_note, error_answer, revised_pro
 from .batches import BatchApi
 from .config import SimConfig, SimStats, bump
 from .edits import EditForm, parse_edit, read_edit
-from .faults import (HTML_503, NOT_IMAGE, FaultDice, post_faults_shown, server_error,
-                     spoiled_b64, spoiled_body, timeout_error)
+from .faults import (
+    HTML_503,
+    NOT_IMAGE,
+    FaultDice,
+    post_faults_shown,
+    server_error,
+    spoiled_b64,
+    spoiled_body,
+    timeout_error,
+)
 from .files import FileStore
 from .images import Encoded, ImageMaker
 from .rate import RateBucket, rate_error
-from .validation import (ApiError, ImageRequest, auth_error, check_policy, check_quota,
-                         decode_json, parse_request)
+from .validation import ApiError, ImageRequest, auth_error, check_policy, check_quota, decode_json, parse_request
 
 ACEDATA_PATH = "/openai/images/generations"
 OPENAI_PATH = "/v1/images/generations"

@@ -13,8 +13,8 @@ import importlib
 import logging
 from typing import Iterable, Optional, Protocol
 
-from batchgen.rules import pricing
 from batchgen.exceptions import UsageError
+from batchgen.rules import pricing
 from batchgen.util.logs import log_field, log_text
 
 # mode -> "module:class", imported when chosen so a run loads only the backend it uses.

@@ -20,12 +20,12 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from batchgen.sending.client import BATCH_TERMINAL, BatchClient, BatchInfo, build_body, generation_from, redact
-from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
-from batchgen.sending.classify import Decision, classify, stop_advice
 from batchgen.exceptions import ApiError, BadResponse, RequestError
-from batchgen.planning.tasks import ROWS_AT_A_TIME, Pending
+from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
 from batchgen.planning.identity import ChunkIds, hex_key
+from batchgen.planning.tasks import ROWS_AT_A_TIME, Pending
+from batchgen.sending.classify import Decision, classify, stop_advice
+from batchgen.sending.client import BATCH_TERMINAL, BatchClient, BatchInfo, build_body, generation_from, redact
 
 log = logging.getLogger("batchgen")
 

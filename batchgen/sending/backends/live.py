@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from batchgen.util import gcpause
-from batchgen.sending.client import ImagesClient, redact
-from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
-from batchgen.sending.classify import Decision, classify, is_rate_limited, stop_advice
 from batchgen.exceptions import ApiError, BadResponse, InvalidInput, NotJson, RequestError, Unreachable
-from batchgen.sending.limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
-from batchgen.util.logs import log_field
+from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
 from batchgen.rules.models import FORMAT_EXTENSIONS
+from batchgen.sending.classify import Decision, classify, is_rate_limited, stop_advice
+from batchgen.sending.client import ImagesClient, redact
+from batchgen.sending.limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
+from batchgen.util import gcpause
+from batchgen.util.logs import log_field
 
 log = logging.getLogger(__name__)
 
