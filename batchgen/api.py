@@ -1,7 +1,7 @@
-"""`batchgen.run` and `batchgen.plan` as a notebook calls them: keyword arguments named as the
-command line's options (typed, documented, a typo answered with the name it resembles), a source
-that is a path or a table in memory, and errors worded for Python (`simulate=True`, not
-`--simulate`). Both hand over to `api`, which the command line calls too.
+"""The Python API: `batchgen.run` and `batchgen.plan` as a notebook calls them, keyword
+arguments named as the command line's options (typed, documented, a typo answered with the
+name it resembles), a source that is a path or a table in memory, and errors worded for Python
+(`simulate=True`, not `--simulate`). Both hand over to `commands`, which the command line calls too.
 
 A new option of `batchgen run` is one keyword here: one line in `run`'s signature (and its
 docstring). An image parameter (a name in `models.PARAMETERS`) becomes a default of the job by
@@ -155,7 +155,7 @@ def plan(source, **options) -> "PlanSummary":
 # ---- keywords to settings ---------------------------------------------------------------
 
 def _settings(options: dict, unknown: dict, function: str) -> dict:
-    """The keywords as api.run/prepare take them: parameters gathered into `defaults`, the sweep
+    """The keywords as commands.run/prepare take them: parameters gathered into `defaults`, the sweep
     checked and as [(axis, values)]; unset (None) keywords left out."""
     if unknown:
         known = sorted(set(inspect.signature(run).parameters) - {"source", "unknown"})

@@ -1,12 +1,15 @@
-"""The Python API: what `batchgen run` and `batchgen plan` call, and what a notebook calls.
+"""What each command does, as a function: `prepare` (settings -> table -> plan, where every
+bad input is caught before anything is sent), `run`, `plan` and `cancel`. The command line
+(`batchgen.cli`) and the Python API (`batchgen.api`) both call these.
 
-It resolves the settings, reads and plans the input, chooses where to send (a provider's
-endpoint, or the built-in simulator it starts for `simulate=True`), and hands over to the runner.
+`run` chooses where to send (a provider's endpoint, or the built-in simulator it starts for
+`simulate=True`) and hands over to the runner.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Mapping, Optional
 
 from batchgen.planning.edits import edit_columns, read_edit_inputs
 from batchgen.planning.reader import read_table
@@ -98,15 +101,17 @@ async def _simulated(provider: str):
         await simulator.close()
 
 
-def cancel(out, environ=None) -> list:
-    """Cancel the batches OUT submitted to OpenAI's Batch API and has not collected; returns
-    [(batch id, status)]. The token comes from the environment, the endpoint from job.json."""
+def cancel(out, environ: Optional[Mapping[str, str]] = None) -> list:
+    """Cancel what OUT's runs left running on the server (the batches it submitted to OpenAI's
+    Batch API and has not collected); returns [(remote id, status)]. The token comes from the
+    environment, the endpoint from job.json. Each mode's backend cancels its own."""
     import asyncio
 
     from batchgen.exceptions import UsageError
     from batchgen.keeping.journal import replay
     from batchgen.keeping.outdir import OutputFolder, provenance_of, read_job
-    from batchgen.sending.backends.batch import cancel_batches
+    from batchgen.rules import modes
+    from batchgen.sending.backends import backend_for
     job = read_job(out)
     provenance = provenance_of(job)
     if provenance is None or not provenance.endpoint:
@@ -116,4 +121,10 @@ def cancel(out, environ=None) -> list:
     if not open_chunks:
         return []
     endpoint = resolve_endpoint(provenance.provider, provenance.endpoint, environ)
-    return asyncio.run(cancel_batches(endpoint, 60.0, open_chunks))
+
+    async def cancel_all() -> list:
+        done: list = []
+        for mode in modes.NAMES:
+            done += await backend_for(mode).cancel_remote(endpoint, 60.0, open_chunks)
+        return done
+    return asyncio.run(cancel_all())

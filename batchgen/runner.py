@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 from batchgen.exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
 from batchgen.keeping.journal import NOT_DONE, VOID, Journal, replay, task_key
@@ -25,7 +25,7 @@ from batchgen.planning.summary import statuses_to_send
 from batchgen.planning.tasks import Pending, Plan
 from batchgen.rules import pricing
 from batchgen.rules.providers import Endpoint
-from batchgen.sending.backends import Budget, StopSwitch, backend_for
+from batchgen.sending.backends import Budget, SendBackend, StopSwitch, backend_for
 from batchgen.showing.progress import Progress
 from batchgen.util import gcpause
 
@@ -103,10 +103,13 @@ class Recorder:
     def is_final(self, task_id: str) -> bool:
         return self.state.status(task_id) is not None
 
-    def batch_event(self, event: dict) -> None:
-        """A Batch API chunk's step, written before the step's effect is relied on."""
+    def chunk_event(self, event: dict) -> None:
+        """A chunk's step (Batch API mode), written before the step's effect is relied on."""
         self.journal.append({"batch": event})
         self.state.batch_event(event)
+
+    def chunks(self) -> Mapping[str, dict]:
+        return self.state.batches
 
     def note(self, text: str) -> None:
         self.progress.note(text)
@@ -248,39 +251,41 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
     stop = StopSwitch()
     bar = Progress(todo.sendable, todo.sendable - len(todo.pending), todo.done_ok, todo.done_err,
                    show_progress and bool(todo.pending))
-    # Made here so its request count survives a failure below; its recorder is given once the
-    # journal is open.
-    backend = backend_for(config.mode)(config, endpoint, store, None, Budget(config.max_cost, todo.spent_usd, config.mode, pricing.load(config.prices)), stop)
+    budget = Budget(config.max_cost, todo.spent_usd, config.mode, pricing.load(config.prices))
+    backend: Optional[SendBackend] = None
     images = orphans = 0
     try:
-        images, orphans = await _send_then_write(config, table, plan, folder, state, todo, stop,
-                                                 bar, backend, provenance, earlier)
+        with gcpause.sending(), Journal(folder.journal_path) as journal:
+            recorder = Recorder(journal, state, provenance, bar)
+            backend = backend_for(config.mode)(config, endpoint, store, recorder, budget, stop)
+            built = await _send_then_build(folder, journal, state, plan, table, todo, stop, backend,
+                                           provenance, earlier)
+        images, orphans = await _write_results(folder, plan, table, state, stop, provenance, earlier,
+                                               built, appended=journal.appended)
     except OSError as e:
         # The disk, after the sending: full, read-only, gone. What finished is in the journal.
         stop("write_failed", f"cannot write under {folder.path}: {e.strerror or e}; free some space "
                              "or fix the folder, then run the same command again (nothing finished is lost)")
     finally:
         bar.close()
-    summary = summarise(config, plan, state, images, stop, backend.requests_sent, warnings)
+    requests_sent = backend.requests_sent if backend is not None else 0
+    summary = summarise(config, plan, state, images, stop, requests_sent, warnings)
     summary.not_in_input = orphans
     return summary
 
 
-async def _send_then_write(config, table, plan, folder, state, todo, stop, bar, backend,
-                           provenance, earlier) -> tuple:
+async def _send_then_build(folder, journal, state, plan, table, todo, stop, backend, provenance,
+                           earlier):
+    """Send the pending tasks, then build the results while the filesystem is flushed."""
     from batchgen.keeping.results import import_writers
-    with gcpause.sending(), Journal(folder.journal_path) as journal:
-        backend.recorder = Recorder(journal, state, provenance, bar)
-        async with backend:
-            with _signals(stop, backend):
-                early = asyncio.get_running_loop().call_later(IMPORT_WRITERS_AFTER_S, import_writers)
-                try:
-                    await backend.send(todo.pending)
-                finally:
-                    early.cancel()
-        built = await _build_while_syncing(folder, journal, state, plan, table, stop, provenance, earlier)
-    return await _write_results(folder, plan, table, state, stop, provenance, earlier,
-                                built, appended=journal.appended)
+    async with backend:
+        with _signals(stop, backend):
+            early = asyncio.get_running_loop().call_later(IMPORT_WRITERS_AFTER_S, import_writers)
+            try:
+                await backend.send(todo.pending)
+            finally:
+                early.cancel()
+    return await _build_while_syncing(folder, journal, state, plan, table, stop, provenance, earlier)
 
 
 def _carry_over_legacy_ids(folder, config, table, plan, state, origin: Provenance):

@@ -8,7 +8,7 @@ import sys
 import click
 
 from batchgen.exceptions import EXIT_STOPPED, EXIT_USAGE, UsageError
-from batchgen.planning.settings import MODES
+from batchgen.rules import modes
 from batchgen.rules.models import BACKGROUNDS, INPUT_FIDELITIES, MODERATIONS, OUTPUT_FORMATS, PARAMETERS
 from batchgen.rules.providers import DEFAULT_PROVIDER, PROVIDERS
 from batchgen.rules.providers import NAMES as PROVIDER_NAMES
@@ -63,7 +63,7 @@ def job_options(f):
                           "E.g. --sweep quality=standard,hd --sweep style=vivid,natural"),
         click.option("--provider", type=click.Choice(PROVIDER_NAMES),
                      help="API dialect and token variable: " + _providers_help() + "."),
-        click.option("--mode", type=click.Choice(MODES),
+        click.option("--mode", type=click.Choice(modes.NAMES),
                      help="How to send: live (one request per task, as fast as the API allows; default) or "
                           "batch (OpenAI's Batch API: half the price, results within 24 h; --provider openai)."),
         click.option("--base-url", help="Endpoint (…/images/generations) or SDK-style base URL (…/v1)."),

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from batchgen.exceptions import UsageError
-from batchgen.rules import models, pricing, providers
+from batchgen.rules import models, modes, pricing, providers
+from batchgen.rules.modes import MAX_BATCH_REQUESTS
 
 PARAMETERS = models.PARAMETERS
 INT_PARAMETERS = models.INT_PARAMETERS
-MODES = ("live", "batch")      # each has a backend in batchgen.sending.backends
-MAX_BATCH_REQUESTS = 50_000
 
 
 @dataclass
@@ -286,8 +285,7 @@ def check_settings(config: JobConfig, job_file: Optional[str] = None) -> None:
         raise UsageError(f"{name('prompt_column')} is empty; name the column that holds the prompts")
     try:
         providers.get(config.provider)
-        if config.mode not in MODES:
-            raise UsageError(f"mode {config.mode!r} is unknown; use one of {', '.join(MODES)}")
+        modes.get(config.mode)
         if config.base_url is not None:
             providers.endpoint_url(config.base_url, "base_url" if job_file else "--base-url")
         if config.encoding is not None:
@@ -308,29 +306,16 @@ def check_settings(config: JobConfig, job_file: Optional[str] = None) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):
             raise UsageError(f"{name(key)} must be a finite number > 0 (e.g. {example(key, good)}), not {value!r}")
-    check_batch_settings(config, name)
+    check_mode_settings(config, name)
 
 
-def _check_batch_models(variants) -> None:
-    refused = sorted({v.params.get("model") or f"{models.API_DEFAULT_MODEL} (no model set)"
-                      for v in variants if not models.batch_allowed(v.params.get("model"))})
-    if refused:
-        raise UsageError(f"the Batch API makes images with the GPT image models only, not {', '.join(refused)}; "
-                         "set --model gpt-image-1 (or another GPT image model), or use --mode live")
-
-
-def check_batch_settings(config: JobConfig, name=lambda key: "--" + key.replace("_", "-")) -> None:
-    """OpenAI's Batch API: its provider, its size limits, and options that need it."""
+def check_mode_settings(config: JobConfig, name=lambda key: "--" + key.replace("_", "-")) -> None:
+    """The Batch API's options have values of their kind; the mode's own checks (its provider,
+    options that need it)."""
     if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) \
             or not 1 <= config.batch_size <= MAX_BATCH_REQUESTS:
         raise UsageError(f"{name('batch_size')} must be a whole number from 1 to {MAX_BATCH_REQUESTS:,} "
                          f"(the Batch API's limit), not {config.batch_size!r}")
     if not isinstance(config.no_wait, bool):
         raise UsageError(f"{name('no_wait')} must be true or false, not {config.no_wait!r}")
-    if config.mode != "batch":
-        if config.no_wait:
-            raise UsageError("--no-wait needs --mode batch (a live run sends and waits for each request)")
-        return
-    if config.provider != "openai":
-        raise UsageError(f"--mode batch is OpenAI's Batch API: use --provider openai (with OPENAI_API_KEY), "
-                         f"not {config.provider!r}")
+    modes.get(config.mode).check_settings(config, name)

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 from batchgen.planning.settings import point_label
 from batchgen.planning.tasks import Plan
-from batchgen.rules import models, pricing
+from batchgen.rules import models, modes, pricing
 
 EXAMPLES_PER_REASON = 3
 
@@ -169,8 +169,9 @@ def format_plan(summary: PlanSummary, rpm: Optional[float] = None, mode: str = "
     if ran:
         lines.append(f"the output folder holds a run of this job: {summary.done:,} task(s) done, "
                      f"{summary.to_send:,} to send, {_money(summary.cost_to_send_usd)} still to spend")
-    if mode == "batch":
-        lines.append("costs at the Batch API's price: half the live one")
+    note = modes.get(mode).plan_note
+    if note:
+        lines.append(note)
     if summary.edits:
         lines.append("edits: the costs leave out the input images' tokens, which the answers' usage counts "
                      "(with input_fidelity=high, often more than the output)")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from batchgen.exceptions import UsageError
-from batchgen.planning.settings import JobConfig, _check_batch_models, sweep_points
-from batchgen.rules import models, pricing
+from batchgen.planning.settings import JobConfig, sweep_points
+from batchgen.rules import models, modes, pricing
 from batchgen.util import arrowbuf, gcpause
 
 PARAMETERS = models.PARAMETERS
@@ -255,11 +255,21 @@ def _prompt_part(text: Optional[str]) -> bytes:
     return b"\x1e" if text is None else b"\x1f" + text.encode("utf-8", "surrogatepass")
 
 
+def _edit_key(variant_key: bytes, inputs) -> bytes:
+    """An edit's id covers its inputs too: tasks alike but for their images are told apart."""
+    return variant_key + b"\x1d" + inputs.key
+
+
+def _id_key(head: bytes, prompt_part: bytes) -> int:
+    """A task's id as the 64-bit number it is kept as (16 hex digits when written)."""
+    return int.from_bytes(hashlib.blake2b(head + prompt_part, digest_size=8).digest(), "big")
+
+
 def task_id(prompt: Optional[str], params: dict, occurrence: int = 0) -> str:
     """The id of the `occurrence`-th task (from 0) asking for `prompt` with `params` (the
     parameters that are set, as sent). make_plan computes the same, faster."""
     key = _variant(params).key
-    return hashlib.blake2b(_id_head(key, occurrence) + _prompt_part(prompt), digest_size=8).hexdigest()
+    return f"{_id_key(_id_head(key, occurrence), _prompt_part(prompt)):016x}"
 
 
 # ---- the plan ---------------------------------------------------------------------------------
@@ -315,6 +325,8 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     # hash() of each row's prompt text: rows whose text no other row has (the usual case) have
     # occurrence 0 in every task; the others are counted once every row is planned.
     hashes = array("q")
+    # _prompt_part and _id_key written out in the loop below: two calls a task slow planning (bench/plan.py).
+    # task_id() is the rule; tests hold the two to the same ids.
     blake2b = hashlib.blake2b
     from_bytes = int.from_bytes
     point_range = range(len(points))
@@ -349,8 +361,7 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
                         listed.append(variant)
                     variants[(own_key, p_index)] = index
                 variant = listed[index]
-                # An edit's id covers its inputs too: tasks alike but for their images are told apart.
-                head = _id_head(variant.key + b"\x1d" + inputs.key, 0) if edit else variant.head
+                head = _id_head(_edit_key(variant.key, inputs), 0) if edit else variant.head
                 ids.append(from_bytes(blake2b(head + prompt_part, digest_size=8).digest(), "big"))
                 variant_of.append(index)
                 problem = row_problem or (inputs.problem if edit else None)
@@ -371,8 +382,7 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     del hashes
     unknown_models = sorted({v.params["model"] for v in listed
                              if models.rules_for(v.params.get("model")) is None})
-    if config.mode == "batch":
-        _check_batch_models(listed)
+    modes.get(config.mode).check_models(listed)
     if config.max_cost is not None:
         _check_prices(listed, config)
     tasks = TaskList(prompt_column, text_column, len(points), listed, list(problem_index),
@@ -435,7 +445,6 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
     occurrence[order] = positions - np.maximum.accumulate(np.where(first, positions, 0))
     del order, first, positions
     counted = np.flatnonzero(occurrence)
-    blake2b = hashlib.blake2b
     for start in range(0, len(counted), PLAN_ROWS):
         block = counted[start:start + PLAN_ROWS]
         texts = prompt_parts.take(arrowbuf.int64_array(task_rows[block])).to_pylist()
@@ -443,9 +452,8 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
             task = int(tasks[at])
             key = listed[variant_of[task]].key
             if edit_inputs is not None:
-                key += b"\x1d" + edit_inputs[int(rows[task_rows[at]])].key
-            head = _id_head(key, int(occurrence[at]))
-            ids[task] = int.from_bytes(blake2b(head + prompt_part, digest_size=8).digest(), "big")
+                key = _edit_key(key, edit_inputs[int(rows[task_rows[at]])])
+            ids[task] = _id_key(_id_head(key, int(occurrence[at])), prompt_part)
 
 
 def _check_prices(variants, config: JobConfig) -> None:

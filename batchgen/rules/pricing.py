@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from batchgen.exceptions import UsageError
+from batchgen.rules import modes
 from batchgen.rules.models import rules_for
 
 TOKEN_KINDS = ("text_input", "image_input", "image_output")
@@ -47,7 +48,7 @@ class PriceTable:
         return self.for_model(model) is not None
 
     def _factor(self, mode: str) -> float:
-        return self.batch_discount if mode == "batch" else 1.0
+        return modes.get(mode).price_factor(self.batch_discount)
 
     def per_image(self, params: dict) -> Optional[float]:
         """Estimated USD for one image of a request with these parameters (live price), or None."""

@@ -1,34 +1,59 @@
 """Ways to send a job's pending tasks. A backend takes the pending tasks, sends them, and hands
-each outcome to a recorder; it honours the run's stop switch and budget. The runner picks one
-by the job's `mode`; a new way to send (OpenAI's Batch API) is a new module here and one entry
-in BACKENDS.
+each outcome to a recorder; it honours the run's stop switch and budget. The runner picks one by
+the job's mode (`rules.modes`, which names each mode's backend); a new way to send is a module
+here and one `Mode` there.
 
-The sending layer: a backend knows the client and the limits, and reaches the journal and the
-image store only through the objects it is given.
+The seam is declared whole below: a backend is made with everything it uses
+(`Backend(config, endpoint, images, recorder, budget, stop)`) and calls nothing on them but
+what `Recorder`, `ImageSaver`, `Budget` and `StopSwitch` declare; the runner calls nothing on
+it but what `SendBackend` declares. A backend knows the client and the limits, and reaches
+the journal and the image store only through those objects.
 """
 from __future__ import annotations
 
 import asyncio
 import importlib
 import logging
-from typing import Iterable, Optional, Protocol
+from typing import Any, Iterable, Mapping, Optional, Protocol
 
-from batchgen.exceptions import UsageError
-from batchgen.rules import pricing
+from batchgen.rules import modes, pricing
 from batchgen.util.logs import log_field, log_text
-
-# mode -> "module:class", imported when chosen so a run loads only the backend it uses.
-BACKENDS = {"live": "batchgen.sending.backends.live:LiveBackend", "batch": "batchgen.sending.backends.batch:BatchBackend"}
-MODES = tuple(BACKENDS)
 
 log = logging.getLogger(__name__)
 
 
 class Recorder(Protocol):
-    """Where a backend's outcomes go (the runner's journal, state and progress bar)."""
+    """Where a backend's outcomes go (the runner's journal, state and progress bar): all a
+    backend may call on them."""
 
-    def finished(self, record: dict) -> None: ...          # a final outcome: "ok" or "error"
-    def not_done(self, task_id: str, attempts: int) -> None: ...   # sent, but the run stopped
+    def finished(self, record: dict) -> None:
+        """A final outcome ("ok" or "error"), as the live backend writes it."""
+
+    def not_done(self, task_id: str, attempts: int) -> None:
+        """A task sent, but the run stopped before it finished."""
+
+    def is_final(self, task_id: str) -> bool:
+        """Whether the task has a final outcome in the journal (this run's or an earlier one's)."""
+
+    def retry(self, rate_limited: bool, pause_s: float = 0.0) -> None:
+        """A task is sent again; `pause_s`: a rate-limit pause that holds every worker began."""
+
+    def note(self, text: str) -> None:
+        """A line of state for the progress bar."""
+
+    def chunk_event(self, event: dict) -> None:
+        """A step of a chunk of requests sent together ({"chunk": key, "event": ...}), written
+        before the step's effect is relied on."""
+
+    def chunks(self) -> Mapping[str, dict]:
+        """Every chunk the journal knows, by key: its task ids, batch id and events so far."""
+
+
+class ImageSaver(Protocol):
+    """The image store, as a backend sees it."""
+
+    def save(self, task_id: str, index: int, n: int, data: bytes) -> Any:
+        """Check, hash and write one image; returns what the record says of it."""
 
 
 class StopSwitch:
@@ -60,7 +85,8 @@ class Budget:
     """--max-cost: the estimated spend, finished images of earlier runs included. Every
     billable answer counts, a 200 whose image could not be used (and is asked again) too."""
 
-    def __init__(self, max_cost: Optional[float], spent_usd: float = 0.0, mode: str = "live", prices=None):
+    def __init__(self, max_cost: Optional[float], spent_usd: float = 0.0, mode: str = "live",
+                 prices: Optional[pricing.PriceTable] = None):
         self.max_cost = max_cost
         self.spent_usd = spent_usd
         self.mode = mode            # the Batch API costs less
@@ -97,23 +123,29 @@ class Budget:
 
 
 class SendBackend(Protocol):
-    """What the runner needs of a backend. Made as
-    `Backend(config, endpoint, images, recorder, budget, stop)`; `images.save(task_id, index,
-    n, data)` checks, hashes and writes one image."""
-    mode: str
+    """What the runner needs of a backend, made as
+    `Backend(config, endpoint, images, recorder, budget, stop)`."""
     requests_sent: int
 
-    async def __aenter__(self): ...
-    async def __aexit__(self, *exc): ...
-    async def send(self, tasks: Iterable) -> None: ...
-    def cancel_in_flight(self) -> None: ...
-    def busy(self) -> bool: ...                  # a request is on the wire
+    async def __aenter__(self) -> "SendBackend": ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def send(self, tasks: Iterable) -> None:
+        """Send the pending tasks; every outcome goes to the recorder."""
+
+    def cancel_in_flight(self) -> None:
+        """Stop now: what is on the wire is abandoned (and sent again by the next run)."""
+
+    def busy(self) -> bool:
+        """Whether a request is on the wire (Ctrl-C then waits for it)."""
+
+    @classmethod
+    async def cancel_remote(cls, endpoint: Any, timeout: float, chunks: Mapping[str, dict]) -> list:
+        """`batchgen cancel`: stop what this mode left running on the server for the journal's
+        `chunks`; returns [(remote id, its status after the request)]."""
 
 
 def backend_for(mode: str) -> type[SendBackend]:
-    """The backend class for a mode."""
-    try:
-        module, _, name = BACKENDS[mode].partition(":")
-    except KeyError:
-        raise UsageError(f"mode {mode!r} is unknown; use one of {', '.join(MODES)}") from None
+    """The backend class for a mode, imported when chosen so a run loads only the backend it uses."""
+    module, _, name = modes.get(mode).backend.partition(":")
     return getattr(importlib.import_module(module), name)

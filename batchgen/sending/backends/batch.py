@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from batchgen.exceptions import ApiError, BadResponse, RequestError
 from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
@@ -31,7 +31,6 @@ log = logging.getLogger("batchgen")
 
 ENDPOINT_PATH = "/v1/images/generations"
 EDITS_PATH = "/v1/images/edits"
-MAX_BATCH_REQUESTS = 50_000
 MAX_BATCH_INPUT_BYTES = 190 * 1024 * 1024      # the API allows 200 MB; room for its count
 METADATA_CHUNK = "batchgen_chunk"
 METADATA_JOB = "batchgen_job"
@@ -58,8 +57,6 @@ def _image_url(ref: str) -> str:
 
 
 class BatchBackend:
-    mode = "batch"
-
     def __init__(self, config, endpoint, images, recorder, budget, stop):
         self.config = config
         self.endpoint = endpoint
@@ -101,6 +98,23 @@ class BatchBackend:
                 raise
         except RequestError as error:
             self._stop_for(error)
+
+    @classmethod
+    async def cancel_remote(cls, endpoint, timeout: float, chunks: Mapping[str, dict]) -> list:
+        """Cancel the batches of the chunks a folder has submitted and not collected; returns
+        [(batch id, its status after the request)]."""
+        done = []
+        async with BatchClient(endpoint, timeout) as client:
+            for chunk in chunks.values():
+                if "collected" in chunk.get("events", ()) or not chunk.get("batch_id"):
+                    continue
+                try:
+                    info = await client.cancel_batch(chunk["batch_id"])
+                    done.append((info.id, info.status))
+                except RequestError as error:
+                    done.append((chunk["batch_id"], f"not cancelled: {error.code}: {error.message}"))
+        return done
+
 
     # ---- the run ------------------------------------------------------------------------
 
@@ -170,17 +184,17 @@ class BatchBackend:
         tasks' input lines, when made already."""
         if key is None:
             key = uuid.uuid4().hex[:16]
-            self.recorder.batch_event({"chunk": key, "event": "planned",
+            self.recorder.chunk_event({"chunk": key, "event": "planned",
                                        "task_ids": [t.task_id for t in tasks]})
         data = b"".join(lines if lines is not None else map(self._line, tasks))
         file_id = await self.client.upload_batch_file(f"batchgen-{key}.jsonl", data)
         info = await self.client.create_batch(file_id, EDITS_PATH if tasks[0].edit else ENDPOINT_PATH,
                                               self._metadata(key))
-        self.recorder.batch_event({"chunk": key, "event": "submitted", "batch_id": info.id,
+        self.recorder.chunk_event({"chunk": key, "event": "submitted", "batch_id": info.id,
                                    "input_file_id": file_id})
         self.requests_sent += len(tasks)
         log.info("submitted batch %s: %d request(s)", info.id, len(tasks))
-        return key, self.recorder.state.batches[key]
+        return key, self.recorder.chunks()[key]
 
     def _metadata(self, key: str) -> dict:
         return {METADATA_CHUNK: key, METADATA_JOB: self.config.fingerprint()}
@@ -189,20 +203,20 @@ class BatchBackend:
         """Chunks of earlier runs that are not collected: submitted ones are polled; one planned
         but never recorded as submitted is looked up by its metadata, else submitted now."""
         open_chunks = {}
-        for key, chunk in list(self.recorder.state.batches.items()):
+        for key, chunk in list(self.recorder.chunks().items()):
             if "collected" in chunk.get("events", ()):
                 continue
             if not chunk.get("batch_id"):
                 found = await self.client.find_batch(METADATA_CHUNK, key)
                 if found is not None:
-                    self.recorder.batch_event({"chunk": key, "event": "submitted", "batch_id": found.id})
+                    self.recorder.chunk_event({"chunk": key, "event": "submitted", "batch_id": found.id})
                 else:
                     waiting = [t for t in map(self._tasks.get, chunk.get("task_ids", ())) if t is not None]
                     if not waiting:
-                        self.recorder.batch_event({"chunk": key, "event": "collected", "status": "abandoned"})
+                        self.recorder.chunk_event({"chunk": key, "event": "collected", "status": "abandoned"})
                         continue
                     await self._submit(waiting, key)
-            open_chunks[key] = self.recorder.state.batches[key]
+            open_chunks[key] = self.recorder.chunks()[key]
         return open_chunks
 
     async def _wait(self, open_chunks: dict) -> None:
@@ -253,7 +267,7 @@ class BatchBackend:
             left = [t for t in chunk.get("task_ids", ()) if not self.recorder.is_final(t)]
             again_ids = {t.task_id for t in again}
             self._settle(info, [t for t in left if t not in again_ids])
-            self.recorder.batch_event({"chunk": key, "event": "collected", "status": info.status})
+            self.recorder.chunk_event({"chunk": key, "event": "collected", "status": info.status})
         finally:
             self._collecting = False
         fresh = [t for t in again if t.task_id not in self._resubmitted]
@@ -365,22 +379,6 @@ class BatchBackend:
         else:
             self.stop("batch_api_error", f"the Batch API failed: {error.code} (HTTP {error.http_status}): "
                                          f"{error.message}; run the same command again (nothing is sent twice)")
-
-
-async def cancel_batches(endpoint, timeout: float, chunks: dict) -> list:
-    """Cancel the batches of the chunks a folder has submitted and not collected; returns
-    [(batch id, its status after the request)]."""
-    done = []
-    async with BatchClient(endpoint, timeout) as client:
-        for key, chunk in chunks.items():
-            if "collected" in chunk.get("events", ()) or not chunk.get("batch_id"):
-                continue
-            try:
-                info = await client.cancel_batch(chunk["batch_id"])
-                done.append((info.id, info.status))
-            except RequestError as error:
-                done.append((chunk["batch_id"], f"not cancelled: {error.code}: {error.message}"))
-    return done
 
 
 class TasksById:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from batchgen.exceptions import ApiError, BadResponse, InvalidInput, NotJson, RequestError, Unreachable
 from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
@@ -61,8 +61,6 @@ def fit_concurrency(concurrency: int) -> int:
 
 
 class LiveBackend:
-    mode = "live"
-
     def __init__(self, config, endpoint, images, recorder, budget, stop):
         self.config = config
         self.endpoint = endpoint
@@ -105,6 +103,11 @@ class LiveBackend:
                 log.error("a worker failed", exc_info=outcome)
                 self.stop("internal_error", f"internal error ({outcome!r}); what finished is saved; "
                                             "please report it, then run the same command again")
+
+    @classmethod
+    async def cancel_remote(cls, endpoint, timeout: float, chunks: Mapping[str, dict]) -> list:
+        """A live request leaves nothing running on the server once its connection is gone."""
+        return []
 
     def cancel_in_flight(self) -> None:
         for w in self._workers:

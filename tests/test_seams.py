@@ -1,0 +1,69 @@
+"""Each seam is declared whole: a backend calls nothing on its recorder but what the Recorder
+protocol declares, the runner nothing on a backend but what SendBackend declares, and nothing
+outside rules/modes.py asks which mode a job is in. Read from the source, as the layer test is."""
+import ast
+from pathlib import Path
+
+from batchgen.rules import modes
+from batchgen.sending import backends
+from batchgen.sending.backends import Recorder, SendBackend, backend_for
+
+PACKAGE = Path(__file__).resolve().parent.parent / "batchgen"
+
+
+def declared(protocol) -> set:
+    return {name for name in vars(protocol) if not name.startswith("_")} | set(protocol.__annotations__)
+
+
+def attributes_used_on(path: Path, holder: str) -> set:
+    """Names read on `<holder>` or `self.<holder>` anywhere in the file."""
+    used = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute):
+            value = node.value
+            if (isinstance(value, ast.Name) and value.id == holder) or \
+                    (isinstance(value, ast.Attribute) and value.attr == holder
+                     and isinstance(value.value, ast.Name) and value.value.id == "self"):
+                used.add(node.attr)
+    return used
+
+
+def test_backends_call_only_what_the_recorder_protocol_declares():
+    folder = PACKAGE / "sending" / "backends"
+    used = set().union(*(attributes_used_on(p, "recorder") for p in folder.glob("*.py")))
+    assert used, "the backends' calls on the recorder were not found"
+    assert used <= declared(Recorder), used - declared(Recorder)
+
+
+def test_the_runner_calls_only_what_the_backend_protocol_declares():
+    used = attributes_used_on(PACKAGE / "runner.py", "backend")
+    assert {"send", "requests_sent"} <= used
+    assert used <= declared(SendBackend), used - declared(SendBackend)
+
+
+def test_the_runners_recorder_has_everything_the_protocol_declares():
+    from batchgen.runner import Recorder as RunnersRecorder
+    assert declared(Recorder) <= set(dir(RunnersRecorder))
+
+
+def test_every_mode_has_a_backend_with_the_whole_protocol():
+    for name in modes.NAMES:
+        backend = backend_for(name)
+        missing = {m for m in declared(SendBackend) - {"requests_sent"} if not hasattr(backend, m)}
+        assert not missing, (name, missing)
+    assert backends.backend_for("live").__name__ == "LiveBackend"
+
+
+def test_nothing_outside_the_modes_asks_which_mode_a_job_is_in():
+    """`mode == "batch"` and its kin belong in rules/modes.py (a Mode's attributes and methods)."""
+    asked = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "modes.py" or "simulator" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = [n for n in (node.left, *node.comparators)
+                         if isinstance(n, ast.Constant) and n.value in modes.NAMES]
+                if names:
+                    asked.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert asked == []
