@@ -14,6 +14,8 @@ import pytest
 from conftest import TOKEN, Cli, results
 from PIL import Image
 
+from batchgen.showing import exports
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_JOB = ROOT / "jobs" / "otter_sweep.toml"
 
@@ -86,7 +88,8 @@ def test_webdataset_reads_back_sample_by_sample_with_the_webdataset_package(run_
     assert sorted(p.name for p in (dest / "data").iterdir()) == [f"shard-0000{i}.tar" for i in range(3)]
     by_key = expected_by_key(sweep_out)
     seen = []
-    for sample in wds.WebDataset(str(dest / "data" / "shard-{00000..00002}.tar"), shardshuffle=False, empty_check=False):
+    shards = str(dest / "data" / "shard-{00000..00002}.tar")
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
         row = json.loads(sample["json"])
         (ext,) = [k for k in sample if not k.startswith("__") and k != "json"]
         check_sample(sample["__key__"], sample[ext], ext, row, by_key)
@@ -193,6 +196,65 @@ def test_error_rows_go_to_parquet_only_when_asked(run_cli, sim, tmp_path):
     assert len(failed) == 1 and failed.image.isna().all() and failed.error_code.tolist() == ["content_policy_violation"]
     r = run_cli("export", out, "--format", "webdataset", "--to", tmp_path / "c", "--include-errors")
     assert r.exit_code == 2 and "only the parquet format" in r.output and not (tmp_path / "c").exists()
+
+
+
+class JsonLinesWriter(exports.ShardWriter):
+    """A format the package does not have: a JSON line per row, the image's size in place of it."""
+    name, stem, extension = "jsonl", "rows", "jsonl"
+    includes_errors = True
+
+    @classmethod
+    def write(cls, f, out, chunk, first):
+        images = errors = 0
+        for sample in exports.samples(out, chunk, first):
+            line = {"key": sample.key, "image_bytes": None if sample.image is None else len(sample.image),
+                    "sha256": sample.row["sha256"]}
+            f.write(json.dumps(line).encode() + b"\n")
+            images, errors = (images + 1, errors) if sample.image is not None else (images, errors + 1)
+        return images, errors
+
+    @classmethod
+    def card_files(cls, summary):
+        return "A JSON line per image."
+
+    @classmethod
+    def card_code(cls, summary):
+        return ["import pandas as pd", f"df = pd.read_json(\"{summary.dest}/data/rows-00000.jsonl\", lines=True)"]
+
+
+def test_a_new_format_is_one_writer_class_in_the_registry(sweep_out, tmp_path, monkeypatch):
+    import batchgen
+    dest = tmp_path / "jsonl"
+    with monkeypatch.context() as m:
+        m.setitem(exports.WRITERS, "jsonl", JsonLinesWriter)
+        summary = batchgen.export(sweep_out, format="jsonl", to=dest, shard_size=20, include_errors=True)
+        assert summary.format == "jsonl" and summary.images == 48 and summary.error_rows == 0
+        assert summary.shards == [f"data/rows-0000{i}.jsonl" for i in range(3)]
+        lines = [json.loads(line) for path in sorted((dest / "data").iterdir())
+                 for line in path.read_text().splitlines()]
+        by_key = expected_by_key(sweep_out)
+        assert sorted(row["key"] for row in lines) == sorted(by_key)
+        assert all(row["sha256"] == by_key[row["key"]]["sha256"] for row in lines)
+        manifest = json.loads((dest / "batchgen-export.json").read_text())
+        assert manifest["format"] == "jsonl" and manifest["shards"] == summary.shards
+        card = (dest / "README.md").read_text()
+        assert 'path: "data/*.jsonl"' in card and "3 jsonl shard(s)" in card and "A JSON line per image." in card
+        assert "```python\nimport pandas as pd\ndf = pd.read_json(" in card
+        # Its shards are the export's own: exporting again replaces them, in this format or another.
+        again = batchgen.export(sweep_out, format="jsonl", to=dest, shard_size=30)
+        assert again.removed == ["data/rows-00002.jsonl"]
+        assert sorted(p.name for p in (dest / "data").iterdir()) == ["rows-00000.jsonl", "rows-00001.jsonl"]
+        (dest / "data" / "rows-00005.jsonl").write_text("")        # left by an export of more shards
+        again = batchgen.export(sweep_out, format="parquet", to=dest)
+        assert again.removed == ["data/rows-00000.jsonl", "data/rows-00001.jsonl", "data/rows-00005.jsonl"]
+        again = batchgen.export(sweep_out, format="jsonl", to=dest)
+        assert again.removed == ["data/part-00000.parquet"]
+    # Out of the registry, the format is unknown, and its shards are no export's.
+    with pytest.raises(batchgen.UsageError, match="format 'jsonl' is unknown; export as one of webdataset, parquet"):
+        batchgen.export(sweep_out, format="jsonl", to=tmp_path / "other")
+    with pytest.raises(batchgen.UsageError, match="not a batchgen export \\(data/rows-00000.jsonl\\)"):
+        batchgen.export(sweep_out, format="parquet", to=dest)
 
 
 # ---- refusals ---------------------------------------------------------------------------
