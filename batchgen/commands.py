@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from batchgen.planning.edits import edit_columns, read_edit_inputs
 from batchgen.planning.reader import read_table
@@ -31,7 +31,7 @@ def prepare(source, options: dict, table=None):
     if image_column is not None:
         if config.limit is not None:
             table = table.slice(0, config.limit)
-        inputs = read_edit_inputs(table, config.source, image_column, mask_column)
+        inputs = read_edit_inputs(table, config.source or source, image_column, mask_column)
     plan = make_plan(table, config, inputs)
     return config, table, plan
 
@@ -49,6 +49,7 @@ def run(source, *, progress: bool = False, environ=None, verbose: bool = False,
     from batchgen.runner import run_plan
     from batchgen.util.logs import logging_to
     config, table, plan = prepare(source, options, table)
+    connect: Any
     if config.simulate:
         connect = _simulated(config.provider)
     else:

@@ -122,7 +122,7 @@ class Recorder:
 @dataclass
 class Resume:
     """What the journal says is left to do."""
-    pending: list
+    pending: Pending
     done_ok: int
     done_err: int
     spent_usd: float
@@ -324,7 +324,7 @@ def _plan_warnings(plan: Plan) -> list:
     return warnings
 
 
-def _labels(stop: StopSwitch) -> tuple:
+def _labels(stop: StopSwitch) -> tuple[str, str]:
     return stop.code or "interrupted", stop.message or UNFINISHED_MESSAGE
 
 
@@ -405,7 +405,7 @@ class _signals:
     def __init__(self, stop: StopSwitch, backend):
         self.stop = stop
         self.backend = backend
-        self.installed = []
+        self.installed: list[signal.Signals] = []
         self.count = 0
 
     def __enter__(self):

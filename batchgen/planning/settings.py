@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -177,9 +178,9 @@ _JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency"
 
 def load_job_file(path) -> dict:
     """Settings from a job file, as keyword arguments of JobConfig (paths resolved)."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:
         import tomli as tomllib
     path = Path(path)
     if not path.exists():
@@ -256,7 +257,7 @@ def resolve_config(source: str, overrides: dict) -> JobConfig:
     settings.update(overrides)
     config = JobConfig(**settings)
     if config.out is None:
-        config.out = str(Path("runs") / Path(config.job_file or config.source).stem)
+        config.out = str(Path("runs") / Path(config.job_file or config.source or "").stem)
     check_settings(config)
     return config
 

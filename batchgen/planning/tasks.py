@@ -191,7 +191,8 @@ def check_defaults(config: JobConfig, points: list[dict], row_models: Optional[s
             used = {params.get("model") if m is None else m for m in row_models}
         found = {}
         for model in used:
-            asked = {**params, "model": model} if model is not None else {k: v for k, v in params.items() if k != "model"}
+            asked = ({**params, "model": model} if model is not None
+                     else {k: v for k, v in params.items() if k != "model"})
             found[model] = {p.split(" ", 1)[0]: p for p in models.parameter_problems(asked, edit)}
         for param in params:
             refusals = [found[m][param] for m in sorted(used, key=str) if param in found[m]]
@@ -303,7 +304,7 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     prompt_column = table.column(config.prompt_column)
     param_values = [table.column(c) for c in param_columns]
 
-    row_models = None
+    row_models: Optional[set] = None
     if "model" in param_columns:
         model_column = table.column("model")
         row_models = set()
@@ -350,7 +351,7 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
                     row_problem = row_problem or problem
             own_key = tuple(own.items())
             blank = prompt is None
-            inputs = edit_inputs[start + j] if edit else None
+            inputs = edit_inputs[start + j] if edit_inputs is not None else None
             for p_index in point_range:
                 index = variants.get((own_key, p_index))
                 if index is None:
@@ -361,10 +362,10 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
                         listed.append(variant)
                     variants[(own_key, p_index)] = index
                 variant = listed[index]
-                head = _id_head(_edit_key(variant.key, inputs), 0) if edit else variant.head
+                head = _id_head(_edit_key(variant.key, inputs), 0) if inputs is not None else variant.head
                 ids.append(from_bytes(blake2b(head + prompt_part, digest_size=8).digest(), "big"))
                 variant_of.append(index)
-                problem = row_problem or (inputs.problem if edit else None)
+                problem = row_problem or (inputs.problem if inputs is not None else None)
                 if problem is None:
                     if blank:
                         problem = "prompt is missing or blank"
@@ -542,9 +543,11 @@ def _check_column_types(table, prompt_column: str, param_columns: list) -> None:
     kind = table.schema.field(prompt_column).type
     if not (_is_text(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
         if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
-            how = f"decode the bytes first (in pandas: df[{prompt_column!r}] = df[{prompt_column!r}].str.decode('utf-8'))"
+            how = (f"decode the bytes first (in pandas: df[{prompt_column!r}] = "
+                   f"df[{prompt_column!r}].str.decode('utf-8'))")
         elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-            how = f"join each list into one text first (in pandas: df[{prompt_column!r}] = df[{prompt_column!r}].str.join(' '))"
+            how = (f"join each list into one text first (in pandas: df[{prompt_column!r}] = "
+                   f"df[{prompt_column!r}].str.join(' '))")
         else:
             how = "write each prompt as a string first"
         raise UsageError(

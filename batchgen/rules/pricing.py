@@ -90,9 +90,8 @@ class PriceTable:
         output = usage.get("output_tokens")
         if not isinstance(output, int):
             return None
-        entered = usage.get("input_tokens") if isinstance(usage.get("input_tokens"), int) else 0
-        image_in = usage.get("image_input_tokens") if isinstance(usage.get("image_input_tokens"), int) else 0
-        image_in = min(image_in, entered)
+        entered = _count(usage.get("input_tokens"))
+        image_in = min(_count(usage.get("image_input_tokens")), entered)
         cost = ((entered - image_in) * price.tokens.get("text_input", 0.0)
                 + image_in * price.tokens.get("image_input", 0.0)
                 + output * price.tokens.get("image_output", 0.0)) / 1e6
@@ -165,6 +164,11 @@ def _model_price(entry, where: str, shared_tokens: dict) -> ModelPrice:
         per_image=_grid(entry.get("per_image", {}), f"{where}.per_image"),
         tokens={k: _number(v, f"{where}.tokens_usd_per_million.{k}") for k, v in tokens.items()},
         output_tokens=_grid(entry.get("image_output_tokens", shared_tokens), f"{where}.image_output_tokens"))
+
+
+def _count(value: object) -> int:
+    """A usage field's token count; 0 when it is not a whole number."""
+    return value if isinstance(value, int) else 0
 
 
 def parse_table(data, source: str, base: Optional[PriceTable] = None) -> PriceTable:

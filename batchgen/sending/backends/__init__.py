@@ -127,6 +127,9 @@ class SendBackend(Protocol):
     `Backend(config, endpoint, images, recorder, budget, stop)`."""
     requests_sent: int
 
+    def __init__(self, config: Any, endpoint: Any, images: ImageSaver, recorder: Recorder, budget: Budget,
+                 stop: StopSwitch) -> None: ...
+
     async def __aenter__(self) -> "SendBackend": ...
     async def __aexit__(self, *exc: object) -> None: ...
 

@@ -66,7 +66,7 @@ class BatchBackend:
         self._costs: dict = {}        # task id -> USD its answer cost, until its record is written
         self.stop = stop
         self.requests_sent = 0
-        self.client: Optional[BatchClient] = None
+        self._client: Optional[BatchClient] = None
         self._work: Optional[asyncio.Task] = None
         self._collecting = False
         self._cancelled_by_us = False
@@ -74,11 +74,19 @@ class BatchBackend:
         self._resubmitted: set = set()  # task ids sent again once in this run (expired, 5xx)
 
     async def __aenter__(self):
-        self.client = await BatchClient(self.endpoint, self.config.timeout).__aenter__()
+        self._client = await BatchClient(self.endpoint, self.config.timeout).__aenter__()
         return self
 
     async def __aexit__(self, *exc):
-        await self.client.__aexit__(*exc)
+        if self._client is not None:
+            await self._client.__aexit__(*exc)
+
+    @property
+    def client(self) -> BatchClient:
+        """The HTTP client, opened by `async with` the backend."""
+        if self._client is None:
+            raise RuntimeError("the backend is used outside `async with`")
+        return self._client
 
     def busy(self) -> bool:
         """Saving a batch's outcomes is worth finishing; waiting for a batch is not."""
@@ -129,8 +137,9 @@ class BatchBackend:
             open_chunks[key] = chunk
         if self.config.no_wait:
             if open_chunks:
+                requests = sum(len(c["task_ids"]) for c in open_chunks.values())
                 self.stop("batch_in_progress",
-                          f"submitted {len(open_chunks)} batch(es) of {sum(len(c['task_ids']) for c in open_chunks.values())} "
+                          f"submitted {len(open_chunks)} batch(es) of {requests} "
                           "request(s) to the Batch API; run the same command again to collect them "
                           "(batchgen cancel OUT cancels them)")
             return
@@ -154,7 +163,7 @@ class BatchBackend:
     def _chunks(self, tasks):
         """split() as the tasks come: (tasks, their input lines) of each chunk once it is
         full, then what is left of each model's."""
-        current: dict = {}        # model -> (tasks, lines, bytes)
+        current: dict[Optional[str], tuple[list, list[bytes], int]] = {}    # model -> (tasks, lines, bytes)
         for task in tasks:
             line = self._line(task)
             model = task.params.get("model")
@@ -393,7 +402,7 @@ class TasksById:
     def __init__(self, tasks):
         if isinstance(tasks, Pending):
             import numpy as np
-            self._pending = tasks
+            self._pending: Optional[Pending] = tasks
             self._indices = np.asarray(tasks.indices, np.int64)
             keys = tasks.tasks.keys()[self._indices]
             self._order = np.argsort(keys, kind="stable")

@@ -78,7 +78,7 @@ class LiveBackend:
         self.succeeded = 0
         self.wrong_endpoint = 0
         self.concurrency = config.concurrency
-        self.client: Optional[ImagesClient] = None
+        self._client: Optional[ImagesClient] = None
         self._workers: list = []
         self._said_wait_until = 0.0
         self._bills: dict = {}        # task id -> USD of each billable answer it has had
@@ -87,11 +87,19 @@ class LiveBackend:
 
     async def __aenter__(self):
         self.concurrency = fit_concurrency(self.config.concurrency)
-        self.client = await ImagesClient(self.endpoint, self.concurrency, self.config.timeout).__aenter__()
+        self._client = await ImagesClient(self.endpoint, self.concurrency, self.config.timeout).__aenter__()
         return self
 
     async def __aexit__(self, *exc):
-        await self.client.__aexit__(*exc)
+        if self._client is not None:
+            await self._client.__aexit__(*exc)
+
+    @property
+    def client(self) -> ImagesClient:
+        """The HTTP client, opened by `async with` the backend."""
+        if self._client is None:
+            raise RuntimeError("the backend is used outside `async with`")
+        return self._client
 
     async def send(self, tasks) -> None:
         queue = iter(tasks)
@@ -164,7 +172,7 @@ class LiveBackend:
             self._not_done(task, attempts)
             raise
 
-    async def _try(self, task, body: bytes) -> tuple:
+    async def _try(self, task, body: Optional[bytes]) -> tuple:
         """One attempt: (its record, None), or (None, the RequestError it amounts to)."""
         try:
             return await self._attempt(task, body), None
@@ -263,7 +271,7 @@ class LiveBackend:
             log.warning("the server asks to wait %.0f s (HTTP %s %s); waiting", wait,
                         error.http_status, error.code)
 
-    async def _attempt(self, task, body: bytes) -> dict:
+    async def _attempt(self, task, body: Optional[bytes]) -> dict:
         self.in_flight += 1
         try:
             return await self._request(task, body)
@@ -285,7 +293,7 @@ class LiveBackend:
         count = max(task.images_expected, len(generation.images))
         images = []
         for index, image in enumerate(generation.images):
-            data = image.data if image.data is not None else await self.client.download(image.url)
+            data = image.data if image.data is not None else await self.client.download(image.url or "")
             if len(data) < INLINE_SAVE_BYTES:
                 # Handing a small image to a thread costs more (GIL hand-offs) than saving it.
                 saved = self.images.save(task.task_id, index, count, data)
