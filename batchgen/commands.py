@@ -15,7 +15,8 @@ from batchgen.planning.edits import edit_columns, read_edit_inputs
 from batchgen.planning.reader import read_table
 from batchgen.planning.settings import resolve_config
 from batchgen.planning.tasks import make_plan
-from batchgen.rules.providers import Endpoint, endpoint_url, resolve_endpoint
+from batchgen.rules import providers
+from batchgen.rules.providers import Endpoint, resolve_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ async def _simulated(provider: str):
     sim_config = SimConfig()
     simulator = await start_simulator(sim_config)
     try:
-        base = simulator.acedata_url if provider == "acedata" else simulator.openai_base_url
-        yield Endpoint(url=endpoint_url(base), token=sim_config.token, provider=provider)
+        url = providers.get(provider).endpoint_on(simulator.base_url)
+        yield Endpoint(url=url, token=sim_config.token, provider=provider)
     finally:
         await simulator.close()
 

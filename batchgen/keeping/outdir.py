@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 from batchgen._version import __version__
 from batchgen.exceptions import EXIT_STOPPED, FolderBusy, JobMismatch, UsageError
 from batchgen.planning.identity import is_legacy, job_json_fields
+from batchgen.rules.providers import DEFAULT_PROVIDER
 
 JOB_FILE = "job.json"
 JOURNAL_FILE = "journal.jsonl"
@@ -170,7 +171,7 @@ def provenance_of(doc: dict) -> Optional[Provenance]:
     job = doc.get("job") if isinstance(doc.get("job"), dict) else {}
     if not job:
         return None
-    return Provenance(str(job.get("provider") or "acedata"), None, "live", bool(job.get("simulate")))
+    return Provenance(str(job.get("provider") or DEFAULT_PROVIDER), None, "live", bool(job.get("simulate")))
 
 
 class OutputFolder:

@@ -50,6 +50,11 @@ class Provider:
     auth_codes: frozenset = frozenset()
     quota_codes: frozenset = frozenset()
 
+    def endpoint_on(self, base_url: str) -> str:
+        """This provider's generations path on another host: the built-in simulator serves each
+        provider's dialect at the path of its real endpoint."""
+        return base_url.rstrip("/") + urlsplit(self.default_endpoint).path
+
     def stop_advice(self, code: str) -> str:
         if code in QUOTA_CODES:
             return "the account's quota or balance is used up: top it up, then run the same command again"
