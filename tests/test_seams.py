@@ -67,3 +67,51 @@ def test_nothing_outside_the_modes_asks_which_mode_a_job_is_in():
                 if names:
                     asked.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert asked == []
+
+
+class _Dry(modes.Mode):
+    """A way to send made in a test: every task is recorded as refused, nothing goes out."""
+    name = "dry"
+    backend = f"{__name__}:DryBackend"
+    plan_note = "a dry run: nothing is sent"
+
+
+class DryBackend:
+    def __init__(self, config, endpoint, images, recorder, budget, stop):
+        self.recorder, self.requests_sent = recorder, 0
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return None
+
+    async def send(self, tasks):
+        for task in tasks:
+            self.recorder.finished({"task_id": task.task_id, "status": "error", "error_code": "dry_run",
+                                    "error_message": "not sent", "attempts": 0, "prompt": task.prompt,
+                                    "params": task.params})
+
+    def cancel_in_flight(self):
+        pass
+
+    def busy(self):
+        return False
+
+    @classmethod
+    async def cancel_remote(cls, endpoint, timeout, chunks):
+        return []
+
+
+def test_a_new_way_to_send_is_one_mode_and_one_backend(monkeypatch, tmp_path):
+    """ARCHITECTURE.md's "Where new things go": a Mode in rules/modes.py and its backend class,
+    and the run, the plan's note and the results take it with nothing else changed."""
+    import batchgen
+    monkeypatch.setitem(modes.MODES, "dry", _Dry())
+    source = tmp_path / "p.csv"
+    source.write_text("prompt\nan otter\na heron\n")
+    summary = batchgen.run(source, out=tmp_path / "out", mode="dry", simulate=True, progress=False)
+    assert (summary.total, summary.errors, summary.by_code) == (2, 2, {"dry_run": 2})
+    assert set(summary.results()["error_code"]) == {"dry_run"}
+    plan = batchgen.plan(source, out=tmp_path / "other", mode="dry")
+    assert plan.tasks == 2 and "a dry run: nothing is sent" in str(plan)
