@@ -123,6 +123,7 @@ def entry() -> None:
     every command — protects nothing: flush the standard streams and leave. An unexpected
     exception still takes the normal way out, with its traceback."""
     import os
+    code: str | int | None
     try:
         main()
         code = 0

@@ -30,11 +30,14 @@ from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from batchgen.planning.identity import ChunkIds, hex_key
 from batchgen.rules.pricing import billed
 from batchgen.util import fastjson, gcpause
+
+if TYPE_CHECKING:
+    import numpy as np      # imported where it is used: its import time is paid only then
 
 FINAL_STATUSES = ("ok", "error")
 NOT_DONE = "not_done"   # sent, but stopped before an outcome (auth failure, interrupt): resend
@@ -206,8 +209,8 @@ class _States:
 
 @dataclass
 class _Resolved:
-    keys: object          # numpy uint64, sorted: every key the events name
-    final: object         # numpy int64: the event of each key's last final outcome, -1: none
+    keys: np.ndarray      # numpy uint64, sorted: every key the events name
+    final: np.ndarray     # numpy int64: the event of each key's last final outcome, -1: none
     extra: dict           # key -> (carried attempts, attempts before its final): keys with not-done lines
     events: int           # how many events this covers
 
@@ -423,12 +426,13 @@ class Replay:
             record = dict(self._held[-1 - pos])
         else:
             try:
-                record = fastjson.loads(self._line_at(pos))
+                parsed = fastjson.loads(self._line_at(pos))
             except ValueError:
-                record = None
-            if not isinstance(record, dict):
+                parsed = None
+            if not isinstance(parsed, dict):
                 self._damaged.add(key)
                 return None
+            record = parsed
         before = self._resolve().extra.get(key, (0, 0))[1] if key in self._irregular else 0
         if before:
             record["attempts"] = int(record.get("attempts") or 0) + before
@@ -556,7 +560,7 @@ def _replay(path, out_dir) -> Replay:
                 if end > 0 and raw.endswith(b"}\n") and raw.count(_HEAD) == 1:
                     kind = _FAST_KINDS.get(raw[40:end])
                     key = _fast_key(raw) if kind is not None else None
-                    if key is not None:
+                    if kind is not None and key is not None:
                         if kind == _OK:
                             if b'"images_expected":' in raw:
                                 kind |= _SHORT

@@ -276,7 +276,9 @@ class OutputFolder:
             stopped = "interrupted"     # as the results label its unfinished tasks
         try:
             doc = read_job(self.path)
-            run = doc.get("run") if isinstance(doc.get("run"), dict) else {}
+            run = doc.get("run")
+            if not isinstance(run, dict):
+                run = {}
             run.update({"state": STOPPED if stopped else FINISHED, "stopped": stopped,
                         "stop_message": message, "exit_status": exit_status,
                         "ended_at": round(time.time(), 3)})

@@ -223,7 +223,9 @@ class _Rows:
             price = paid / max(1, len(record.get("images") or ()))
         elif batch and price is not None:
             price = price * self.batch_discount
-        usage = get("usage") if isinstance(get("usage"), dict) else {}
+        usage = get("usage")
+        if not isinstance(usage, dict):
+            usage = {}
         shared = {"attempts": get("attempts"), "latency_s": get("latency_s"), "created": get("created"),
                   "trace_id": get("trace_id"), **{k: usage.get(k) for k in _TOKEN_FIELDS}, "est_cost_usd": price}
         if batch:

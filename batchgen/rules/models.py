@@ -159,8 +159,8 @@ def parameter_problems(params: dict, edit: bool = False) -> list[str]:
     problems += _gpt_image_problems(params, rules)
     n = params.get("n")
     if n is not None and not (isinstance(n, int) and 1 <= n <= rules.max_n):
-        allowed = "1" if rules.max_n == 1 else f"1 to {rules.max_n}"
-        problems.append(f"n {n!r} is not allowed for {model} (allowed: {allowed})")
+        allowed_n = "1" if rules.max_n == 1 else f"1 to {rules.max_n}"
+        problems.append(f"n {n!r} is not allowed for {model} (allowed: {allowed_n})")
     return problems
 
 

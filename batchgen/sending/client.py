@@ -284,7 +284,8 @@ def proxy_for(url: str, proxies: dict) -> Optional[str]:
     host = parts.hostname or ""
     if not proxies.get(parts.scheme) or host == "localhost" or host == "::1" or host.startswith("127."):
         return None
-    if urllib.request.proxy_bypass_environment(host):
+    # proxy_bypass_environment: in urllib.request since Python 3.x but undocumented, so not in typeshed
+    if urllib.request.proxy_bypass_environment(host):  # type: ignore[attr-defined]
         return None
     return proxies[parts.scheme]
 
@@ -327,15 +328,20 @@ class ImagesClient:
         self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         return self
 
-    async def __aexit__(self, *exc):
-        await self._session.close()
+    async def __aexit__(self, *exc: object) -> None:
+        await self._open_session().close()
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        """The session __aenter__ opened: the client is used as `async with`."""
+        assert self._session is not None, "use the client as `async with client:`"
+        return self._session
 
     async def generate(self, body, images_expected: int = 1, headers: Optional[dict] = None) -> Generation:
         """POST one generation (a body from BodyEncoder; or an edit's form, with its headers);
         returns images or raises a RequestError."""
         limit = MAX_RESPONSE_BYTES_PER_IMAGE * max(1, images_expected)
         try:
-            async with self._session.post(self.endpoint.url, data=body, headers=headers or self._headers,
+            async with self._open_session().post(self.endpoint.url, data=body, headers=headers or self._headers,
                                           allow_redirects=False, proxy=self._proxy) as resp:
                 raw = await _read_capped(resp, limit)
                 status = resp.status
@@ -364,7 +370,7 @@ class ImagesClient:
             for _ in range(MAX_REDIRECTS + 1):
                 if urlsplit(url).scheme not in ("http", "https"):
                     raise DownloadFailed(f"refusing to download from a non-http(s) URL ({urlsplit(url).scheme}:)")
-                async with self._session.get(url, allow_redirects=False,
+                async with self._open_session().get(url, allow_redirects=False,
                                              proxy=proxy_for(url, self._proxies)) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         url = urljoin(url, resp.headers["Location"])
@@ -415,11 +421,16 @@ def parse_batch(payload, secret: str = "") -> BatchInfo:
     status = payload.get("status")
     if status not in BATCH_STATUSES:
         raise BadResponse(f"the Batch API answered an unknown batch status {server_text(status, secret, 40)!r}")
-    counts = payload.get("request_counts") if isinstance(payload.get("request_counts"), dict) else {}
-    metadata = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+    counts = payload.get("request_counts")
+    if not isinstance(counts, dict):
+        counts = {}
+    metadata = payload.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
     errors = []
     listed = payload.get("errors")
-    for item in (listed.get("data") if isinstance(listed, dict) and isinstance(listed.get("data"), list) else []):
+    listed_data = listed.get("data") if isinstance(listed, dict) else None
+    for item in (listed_data if isinstance(listed_data, list) else []):
         if isinstance(item, dict):
             errors.append((server_text(item.get("code"), secret, 100) or "batch_failed",
                            server_text(item.get("message"), secret, 2000) or "the batch failed validation"))
@@ -444,7 +455,7 @@ class BatchClient(ImagesClient):
 
     async def _json(self, method: str, path: str, **kwargs) -> dict:
         try:
-            async with self._session.request(method, self.root + path, headers=self._auth,
+            async with self._open_session().request(method, self.root + path, headers=self._auth,
                                              allow_redirects=False, proxy=self._proxy, **kwargs) as resp:
                 raw = await _read_capped(resp, 16 << 20)
                 status, headers = resp.status, resp.headers
@@ -486,7 +497,9 @@ class BatchClient(ImagesClient):
         for _ in range(max_pages):
             params = {"limit": "100", **({"after": after} if after else {})}
             page = await self._json("GET", "/batches", params=params)
-            items = page.get("data") if isinstance(page.get("data"), list) else []
+            items = page.get("data")
+            if not isinstance(items, list):
+                items = []
             for item in items:
                 if isinstance(item, dict) and isinstance(item.get("metadata"), dict) \
                         and item["metadata"].get(metadata_key) == value:
@@ -501,7 +514,7 @@ class BatchClient(ImagesClient):
     async def file_lines(self, file_id: str):
         """The lines of a (large) file, as they arrive: never the whole file in memory."""
         try:
-            async with self._session.get(f"{self.root}/files/{file_id}/content", headers=self._auth,
+            async with self._open_session().get(f"{self.root}/files/{file_id}/content", headers=self._auth,
                                          allow_redirects=False, proxy=self._proxy,
                                          timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as resp:
                 if resp.status >= 400:

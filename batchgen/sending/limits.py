@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Optional
+from typing import Optional, Protocol
 
 # ---- headers ----------------------------------------------------------------------------
 
@@ -118,6 +118,12 @@ def parse_ratelimit_headers(headers) -> Optional[RateLimitHeaders]:
 # ---- retry policy -----------------------------------------------------------------------
 
 
+class Jitter(Protocol):
+    """Where a backoff's jitter comes from: the `random` module, or a seeded `random.Random`."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """When to send a failed request again and how long to wait first: one object for a run.
@@ -131,17 +137,17 @@ class RetryPolicy:
     base_s: float = 1.0
     cap_s: float = 60.0
 
-    def backoff(self, retry_number: int, rng: random.Random = random) -> float:
+    def backoff(self, retry_number: int, rng: Jitter = random) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**k)]."""
         return rng.uniform(0, min(self.cap_s, self.base_s * (2 ** max(0, retry_number - 1))))
 
-    def delay(self, retry_number: int, retry_after: Optional[float], rng: random.Random = random) -> float:
+    def delay(self, retry_number: int, retry_after: Optional[float], rng: Jitter = random) -> float:
         """What to wait before retry `retry_number` (1-based): the server's word when it gives one."""
         if retry_after is not None:
             return min(retry_after, MAX_SERVER_WAIT_S)
         return self.backoff(retry_number, rng)
 
-    def for_task(self, rng: random.Random = random) -> "TaskRetries":
+    def for_task(self, rng: Jitter = random) -> "TaskRetries":
         return TaskRetries(self, rng)
 
 
@@ -150,7 +156,7 @@ class TaskRetries:
 
     __slots__ = ("policy", "rng", "failures", "rate_limited")
 
-    def __init__(self, policy: RetryPolicy, rng: random.Random):
+    def __init__(self, policy: RetryPolicy, rng: Jitter):
         self.policy, self.rng = policy, rng
         self.failures = self.rate_limited = 0
 

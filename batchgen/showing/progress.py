@@ -103,6 +103,8 @@ class Progress:
 
     def _give_up(self):
         bar, self._bar = self._bar, None
+        if bar is None:
+            return
         try:
             bar.disable = True
         except AttributeError:

@@ -28,7 +28,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union, cast
 from urllib.parse import quote
 
 from batchgen.exceptions import UsageError
@@ -139,9 +139,10 @@ def make_layout(points: Mapping[str, Optional[dict]],
     --rows is given, otherwise to the rows. A bad name is a UsageError."""
     shapes = {None if p is None else frozenset(p) for p in points.values()}
     if len(shapes) == 1 and None not in shapes:
-        names = list(next(iter(points.values())))
-        axes = [Axis(n, tuple(dict.fromkeys(p[n] for p in points.values()))) for n in names]
-        keys = {label: tuple(p[n] for n in names) for label, p in points.items()}
+        full = cast("Mapping[str, dict]", points)    # one shape, not None: every point is a dict
+        names = list(next(iter(full.values())))
+        axes = [Axis(n, tuple(dict.fromkeys(p[n] for p in full.values()))) for n in names]
+        keys = {label: tuple(p[n] for n in names) for label, p in full.items()}
     else:   # points of different axes (an edited sweep, a foreign table): one column each
         names = [None]
         axes = [Axis(None, tuple(points))]
@@ -366,7 +367,7 @@ class _PointRows:
 
     def __init__(self):
         self.images = 0
-        self.cost = 0
+        self.cost: float = 0
         self.cost_unknown = 0
         self.revised_chars = 0
         self.revised = 0
@@ -534,7 +535,7 @@ def page_file(number: int) -> str:
     return FIRST_PAGE if number == 1 else f"report-{number}.html"
 
 
-def fit_box(width, height, box: int) -> tuple:
+def fit_box(width: Any, height: Any, box: int) -> tuple[int, int]:
     """(w, h) scaled so the long side is `box`, keeping the shape; (box, box) when unknown."""
     try:
         width, height = int(width), int(height)
@@ -548,7 +549,7 @@ def fit_box(width, height, box: int) -> tuple:
 
 def _prompt_order(df) -> list:
     """Row indices in order, each with its prompt text."""
-    seen = {}
+    seen: dict[Optional[int], Optional[str]] = {}
     for idx, prompt in zip(df["row_index"], df["prompt"]):
         key = None if _missing(idx) else int(idx)
         if key not in seen or seen[key] is None:
@@ -579,13 +580,13 @@ def _word_key(word: str) -> str:
     return _EDGE_PUNCT.sub("", word).casefold()
 
 
-def differing_words(texts: Sequence[str]) -> set:
+def differing_words(texts: Sequence[str]) -> set[str]:
     """The words (case and edge punctuation aside) that some of `texts` hold and others lack;
     none when there are fewer than two texts."""
     sets = [{_word_key(w) for w in text.split()} - {""} for text in texts]
     if len(sets) < 2:
         return set()
-    return set().union(*sets) - set.intersection(*sets)
+    return set().union(*sets) - sets[0].intersection(*sets[1:])
 
 
 def _marked(text: str, differ: set) -> str:
@@ -875,7 +876,7 @@ def make_thumbnails(path: Path, thumb: int = THUMB_HTML):
     from PIL import Image
     try:
         with Image.open(path) as im:
-            size = im.size
+            size: tuple[int, int] = im.size
             im.draft("RGB", (thumb * 2, thumb * 2))
             im = _flatten(im)
         im.thumbnail((thumb, thumb), Image.Resampling.LANCZOS)
@@ -951,7 +952,7 @@ def build_contact_sheet(df, labels: list[str], thumbs: Mapping[str, object], *,
         font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     box = probe.textbbox((0, 0), "Ag|", font=font)
-    line_h = (box[3] - box[1]) + 3
+    line_h = int(box[3] - box[1]) + 3      # Pillow types the box as floats; its fonts give whole pixels
     pad, label_w = 6, 200
 
     cols = len(labels)
@@ -1234,7 +1235,7 @@ def _no_rows():
 
 def _page_thumbnails(out: Path, part, thumb: int) -> dict:
     """image_path (as the table holds it, and cleaned) -> make_thumbnails() for a page's ok rows."""
-    paths = {}
+    paths: dict[str, set] = {}
     for status, path in zip(part["status"], part["image_path"]):
         rel = _safe_relpath(path) if status == "ok" else None
         if rel is not None:

@@ -277,7 +277,7 @@ def _result_line(custom_id: str, status: int, body: bytes, request_id: str) -> b
                      b'}, "error": null}\n'))
 
 
-def _unrun_line(custom_id: str, error: dict) -> bytes:
+def _unrun_line(custom_id: str, error: Optional[dict]) -> bytes:
     return (json.dumps({"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
                         "response": None, "error": error}) + "\n").encode()
 

@@ -102,6 +102,7 @@ async def read_upload(request: web.Request) -> tuple[str, str, bytes]:
         raise bad(f"Could not parse the multipart/form-data body: {exc}", code=None)
     if data is None:
         raise bad("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+    assert filename is not None     # read with the file's data
     if purpose is None:
         raise bad("Missing required parameter: 'purpose'.", param="purpose",
                   code="missing_required_parameter")
@@ -115,7 +116,8 @@ async def read_upload(request: web.Request) -> tuple[str, str, bytes]:
 
 
 async def _read_capped(part: BodyPartReader, limit: int, name: str) -> bytes:
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         chunk = await part.read_chunk(2**16)
         if not chunk:
