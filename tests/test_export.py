@@ -86,7 +86,8 @@ def test_webdataset_reads_back_sample_by_sample_with_the_webdataset_package(run_
     assert sorted(p.name for p in (dest / "data").iterdir()) == [f"shard-0000{i}.tar" for i in range(3)]
     by_key = expected_by_key(sweep_out)
     seen = []
-    for sample in wds.WebDataset(str(dest / "data" / "shard-{00000..00002}.tar"), shardshuffle=False, empty_check=False):
+    shards = str(dest / "data" / "shard-{00000..00002}.tar")
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
         row = json.loads(sample["json"])
         (ext,) = [k for k in sample if not k.startswith("__") and k != "json"]
         check_sample(sample["__key__"], sample[ext], ext, row, by_key)

@@ -37,7 +37,7 @@ from batchgen.rules.pricing import billed
 from batchgen.util import fastjson, gcpause
 
 if TYPE_CHECKING:
-    import numpy as np      # imported where it is used: its import time is paid only then
+    import numpy as np  # imported where it is used: its import time is paid only then
 
 FINAL_STATUSES = ("ok", "error")
 NOT_DONE = "not_done"   # sent, but stopped before an outcome (auth failure, interrupt): resend

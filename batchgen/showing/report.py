@@ -721,7 +721,8 @@ def build_html(df, layout: Layout, thumbnails: Optional[Mapping[str, Optional[Th
              f'<meta http-equiv="Content-Security-Policy" content="{e(CSP)}">\n',
              '<meta name="referrer" content="no-referrer">\n',
              '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
-             f"<title>{e(overview.title)}{'' if page.count == 1 else f' (page {page.number} of {page.count})'}</title>\n",
+             f"<title>{e(overview.title)}"
+             f"{'' if page.count == 1 else f' (page {page.number} of {page.count})'}</title>\n",
              f"<style>:root {{ --thumb: {int(thumb)}px; }}{_CSS}</style>\n</head>\n<body>\n",
              f"<h1>{e(overview.title)}</h1>\n",
              "".join(f'<p class="meta">{e(m)}</p>\n' for m in overview.meta), notes, nav]

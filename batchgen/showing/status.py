@@ -126,7 +126,8 @@ def format_status(s: Status) -> str:
     lines = [f"{s.out}: {s.done:,}/{s.total:,} tasks done ({pct:.1f}%): {s.ok:,} ok, "
              f"{s.errors + s.refused:,} error(s)"]
     if s.by_code:
-        lines.append("errors by code: " + ", ".join(f"{c} {n:,}" for c, n in sorted(s.by_code.items(), key=lambda kv: -kv[1])))
+        by_count = sorted(s.by_code.items(), key=lambda kv: -kv[1])
+        lines.append("errors by code: " + ", ".join(f"{c} {n:,}" for c, n in by_count))
     if s.running:
         lines.append("running" + (f"; rate {s.rate_per_min:,.1f} tasks/min over the last 10 min, ETA "
                                   f"{format_duration(s.eta_s) if s.eta_s else 'any moment'}"

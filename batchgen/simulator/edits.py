@@ -109,7 +109,7 @@ async def _read_multipart(request: web.Request) -> EditForm:
     except ApiError:
         raise
     except (ValueError, RuntimeError, AssertionError, UnicodeError) as exc:  # a malformed body
-        raise bad(f"Could not parse the multipart/form-data body: {exc}", code=None)
+        raise bad(f"Could not parse the multipart/form-data body: {exc}", code=None) from exc
     return EditForm(fields, images, mask, False)
 
 

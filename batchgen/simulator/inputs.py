@@ -114,7 +114,7 @@ def _data_url(url: str, field: str, limit: int) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise bad(f"Invalid '{field}.image_url': the base64 data cannot be decoded.",
-                  param=f"{field}.image_url", code="invalid_image_url")
+                  param=f"{field}.image_url", code="invalid_image_url") from None
 
 
 def _download(url: str, field: str, fetch: Fetch) -> bytes:

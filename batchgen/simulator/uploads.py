@@ -99,7 +99,7 @@ async def read_upload(request: web.Request) -> tuple[str, str, bytes]:
     except ApiError:
         raise
     except (ValueError, RuntimeError, AssertionError, UnicodeError) as exc:  # a malformed body
-        raise bad(f"Could not parse the multipart/form-data body: {exc}", code=None)
+        raise bad(f"Could not parse the multipart/form-data body: {exc}", code=None) from exc
     if data is None:
         raise bad("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
     assert filename is not None     # read with the file's data
