@@ -183,7 +183,7 @@ def _gpt_image_problems(params: dict, rules: ModelRules) -> list[str]:
     return problems
 
 
-def prompt_problem(prompt, model: Optional[str]) -> Optional[str]:
+def prompt_problem(prompt: object, model: Optional[str]) -> Optional[str]:
     if prompt is None or not isinstance(prompt, str) or not prompt.strip():
         return "prompt is missing or blank"
     rules = rules_for(model)

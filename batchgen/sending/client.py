@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, AsyncIterator, Mapping, Optional, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -75,10 +75,10 @@ class BodyEncoder:
     """build_body as the JSON bytes that are sent. Tasks of one sweep point share one params
     dict, so the parameters are encoded once per dict and only the prompt once per task."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._tails: dict = {}     # id(params) -> (params, encoded tail); holding params keeps the id unique
 
-    def __call__(self, prompt, params: dict) -> bytes:
+    def __call__(self, prompt: str, params: dict) -> bytes:
         cached = self._tails.get(id(params))
         if cached is None or cached[0] is not params:
             rest = json.dumps(build_body("", params))[len('{"prompt": ""'):]
@@ -109,7 +109,7 @@ def redact(text: str, secret: str) -> str:
 
 # ---- server values, typed and bounded before anything else sees them ---------------------
 
-def server_text(value, secret: str = "", limit: int = MAX_TEXT_CHARS) -> Optional[str]:
+def server_text(value: object, secret: str = "", limit: int = MAX_TEXT_CHARS) -> Optional[str]:
     """A text from a server as one we may keep: a str, at most `limit` characters, encodable
     as UTF-8 (a lone surrogate becomes U+FFFD), without the token. Anything else: None."""
     if not isinstance(value, str):
@@ -121,14 +121,14 @@ def server_text(value, secret: str = "", limit: int = MAX_TEXT_CHARS) -> Optiona
     return redact(value, secret)
 
 
-def server_id(value, secret: str = "") -> Optional[str]:
+def server_id(value: object, secret: str = "") -> Optional[str]:
     """An identifier (a trace id): a text, or a whole number written as one."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)[:MAX_ID_CHARS]
     return server_text(value, secret, MAX_ID_CHARS) or None
 
 
-def server_int(value, low: int, high: int) -> Optional[int]:
+def server_int(value: object, low: int, high: int) -> Optional[int]:
     """A whole number in [low, high]: an int, a float with no fraction, or digits as text."""
     if isinstance(value, bool):
         return None
@@ -141,7 +141,7 @@ def server_int(value, low: int, high: int) -> Optional[int]:
     return None
 
 
-def server_usage(value) -> Optional[dict]:
+def server_usage(value: object) -> Optional[dict]:
     """The token counts of a response's `usage`, the ones that are whole numbers."""
     if not isinstance(value, dict):
         return None
@@ -200,7 +200,7 @@ else:  # pragma: no cover - Python 3.10
         return base64.b64decode(text, validate=True)
 
 
-def parse_generation(status: int, headers, raw: bytes, secret: str = "",
+def parse_generation(status: int, headers: Mapping[str, str], raw: bytes, secret: str = "",
                      provider: Optional[str] = None) -> Generation:
     """A response of either dialect as images, or the RequestError it amounts to."""
     try:
@@ -210,7 +210,7 @@ def parse_generation(status: int, headers, raw: bytes, secret: str = "",
     return generation_from(status, headers, payload, raw, secret, provider)
 
 
-def generation_from(status: int, headers, payload, raw: bytes, secret: str = "",
+def generation_from(status: int, headers: Mapping[str, str], payload: Any, raw: bytes, secret: str = "",
                     provider: Optional[str] = None) -> Generation:
     """An answer already parsed as JSON (`payload`; None: it was not JSON) as images, or the
     RequestError it amounts to. `raw` is only read to describe an answer that is not JSON."""
@@ -308,6 +308,9 @@ async def _read_capped(resp, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+C = TypeVar("C", bound="ImagesClient")
+
+
 class ImagesClient:
     """An aiohttp session to one endpoint, with at most `concurrency` connections."""
 
@@ -323,7 +326,7 @@ class ImagesClient:
         self._proxies = environment_proxies()
         self._proxy = proxy_for(endpoint.url, self._proxies)
 
-    async def __aenter__(self):
+    async def __aenter__(self: C) -> C:
         connector = aiohttp.TCPConnector(limit=self._concurrency)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         return self
@@ -336,7 +339,7 @@ class ImagesClient:
         assert self._session is not None, "use the client as `async with client:`"
         return self._session
 
-    async def generate(self, body, images_expected: int = 1, headers: Optional[dict] = None) -> Generation:
+    async def generate(self, body: Any, images_expected: int = 1, headers: Optional[dict] = None) -> Generation:
         """POST one generation (a body from BodyEncoder; or an edit's form, with its headers);
         returns images or raises a RequestError."""
         limit = MAX_RESPONSE_BYTES_PER_IMAGE * max(1, images_expected)
@@ -415,7 +418,7 @@ class BatchInfo:
     errors: list            # [(code, message)] of a batch that failed validation
 
 
-def parse_batch(payload, secret: str = "") -> BatchInfo:
+def parse_batch(payload: object, secret: str = "") -> BatchInfo:
     if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
         raise BadResponse("the Batch API answered without a batch object")
     status = payload.get("status")
@@ -511,7 +514,7 @@ class BatchClient(ImagesClient):
                 return None
         return None
 
-    async def file_lines(self, file_id: str):
+    async def file_lines(self, file_id: str) -> AsyncIterator[bytes]:
         """The lines of a (large) file, as they arrive: never the whole file in memory."""
         try:
             async with self._open_session().get(f"{self.root}/files/{file_id}/content", headers=self._auth,

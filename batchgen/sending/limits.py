@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Optional, Protocol
+from typing import Mapping, Optional, Protocol
 
 # ---- headers ----------------------------------------------------------------------------
 
@@ -58,7 +58,7 @@ def _bounded_wait(seconds: float, coarse: bool) -> ServerWait:
     return ServerWait(min(max(0.0, seconds), float(MAX_SERVER_WAIT_S)), coarse)
 
 
-def parse_retry_after(headers, now: Optional[float] = None) -> Optional[ServerWait]:
+def parse_retry_after(headers: Mapping[str, str], now: Optional[float] = None) -> Optional[ServerWait]:
     """Seconds to wait from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date.
 
     Always finite and within [0, MAX_SERVER_WAIT_S], or None when no header says anything
@@ -95,7 +95,7 @@ class RateLimitHeaders:
     remaining: Optional[int]       # >= 0, or None
 
 
-def parse_ratelimit_headers(headers) -> Optional[RateLimitHeaders]:
+def parse_ratelimit_headers(headers: Mapping[str, str]) -> Optional[RateLimitHeaders]:
     """The x-ratelimit-*-requests counts, each a whole number within [0, MAX_LIMIT_PER_MINUTE]
     (a limit of at least 1), or None where the server's value cannot be paced by: not a number,
     infinite, NaN, a limit of 0 or below, a count beyond the bound."""
@@ -104,7 +104,7 @@ def parse_ratelimit_headers(headers) -> Optional[RateLimitHeaders]:
     if remaining is None and limit is None:
         return None
 
-    def as_count(v, least: int) -> Optional[int]:
+    def as_count(v: Optional[str], least: int) -> Optional[int]:
         value = _finite(v)
         if value is None or value > MAX_LIMIT_PER_MINUTE:
             return None
@@ -233,7 +233,7 @@ class AdaptivePacer:
     MEASURED_MIN = 10        # successes in the last second worth trusting as the server's rate
     MAX_HOLD_S = 60.0        # the longest round trip the additive increase waits out
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rate: Optional[float] = None      # requests per second; None: no limit known
         self._told = False                      # the rate comes from the server's headers
         self._next = 0.0                        # the next free slot

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Optional, Sequence, Union, cast
 from urllib.parse import quote
 
 from batchgen.exceptions import UsageError
-from batchgen.keeping.outdir import read_job, safe_image_path, write_atomic
+from batchgen.keeping.outdir import StrPath, read_job, safe_image_path, write_atomic
 
 PER_PAGE = 50             # prompts per page (the contact sheet shows the first page's)
 THUMB_HTML = 256          # long side of a thumbnail on the page, px (--thumb)
@@ -870,7 +870,7 @@ def _flatten(im):
     return im.convert("RGB")
 
 
-def make_thumbnails(path: Path, thumb: int = THUMB_HTML):
+def make_thumbnails(path: Path, thumb: int = THUMB_HTML) -> Optional[tuple[Thumb, Any]]:
     """(Thumb: a JPEG of `thumb` px on the long side at most, shown at `thumb` px keeping the
     image's shape; a ~160 px Pillow image for the contact sheet) for an image file (PNG, JPEG,
     WebP, ...), or None when it cannot be read."""
@@ -1044,7 +1044,7 @@ def _draw_cell(sheet, draw, font, recs, thumbs, x, y, size, line_h, muted, grey)
 
 # ---- writing ----------------------------------------------------------------------------
 
-def write_report(out, *, cols: Union[str, Sequence[str], None] = None,
+def write_report(out: StrPath, *, cols: Union[str, Sequence[str], None] = None,
                  rows: Union[str, Sequence[str], None] = None, per_page: Optional[int] = None,
                  thumb: Optional[int] = None) -> Path:
     """Write OUT/report.html (then report-2.html, ... for `per_page` prompts each) and

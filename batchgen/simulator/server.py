@@ -358,7 +358,7 @@ class Simulator:
     async def __aenter__(self) -> "Simulator":
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
@@ -486,5 +486,5 @@ class SimulatorThread:
     def __enter__(self) -> "SimulatorThread":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
