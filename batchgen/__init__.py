@@ -7,7 +7,7 @@
 `run`, `plan`, `export` and `Summary` load the pipeline when first used, so `import batchgen.simulator` or
 `import batchgen.sending.client` stays light.
 """
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from batchgen._version import __version__
 from batchgen.api import plan, run
@@ -25,9 +25,17 @@ from batchgen.exceptions import (
     UsageError,
 )
 
+if TYPE_CHECKING:
+    import os
 
-def export(out, format: str, to, *, shard_size: Optional[int] = None, include_errors: bool = False,
-           storage_options: Optional[Mapping] = None):
+    import pandas
+
+    from batchgen.showing.exports import ExportSummary
+
+
+def export(out: "Union[str, os.PathLike[str]]", format: str, to: "Union[str, os.PathLike[str]]", *,
+           shard_size: Optional[int] = None, include_errors: bool = False,
+           storage_options: Optional[Mapping] = None) -> "ExportSummary":
     """Export the run in OUT to `to` (a folder or an fsspec URL) as 'webdataset' or 'parquet';
     returns an ExportSummary. `shard_size`: samples per shard (default 2,000). See
     batchgen.showing.exports.export."""
@@ -36,13 +44,13 @@ def export(out, format: str, to, *, shard_size: Optional[int] = None, include_er
                    storage_options=storage_options)
 
 
-def read_results(out):
+def read_results(out: "Union[str, os.PathLike[str]]") -> "pandas.DataFrame":
     """OUT/results.parquet as a pandas DataFrame."""
     from batchgen.keeping.results import read_results as _read
     return _read(out)
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name == "Summary":
         from batchgen.runner import Summary
         return Summary

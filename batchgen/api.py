@@ -13,7 +13,7 @@ import difflib
 import inspect
 import os
 import re
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, ParamSpec, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Optional, ParamSpec, Sequence, TypeVar, Union
 
 from batchgen.exceptions import UsageError
 
@@ -129,12 +129,12 @@ def _same_keywords(of: Callable[P, Any]) -> Callable[[Callable[..., R]], Callabl
     def decorate(f: Callable[..., R]) -> Callable[P, R]:
         f.__signature__ = inspect.signature(of).replace(  # type: ignore[attr-defined]
             return_annotation=inspect.signature(f).return_annotation)
-        return f  # type: ignore[return-value]
+        return f
     return decorate
 
 
 @_same_keywords(run)
-def plan(source, **options) -> "PlanSummary":
+def plan(source: Source, **options: Any) -> "PlanSummary":
     """Validate `source` and count its tasks, images and estimated cost per sweep point, as
     `batchgen plan` does; sends nothing and writes nothing. Takes `run`'s keywords (those that
     only matter when sending are accepted and ignored, so one dict of options serves both).
@@ -187,7 +187,7 @@ def _settings(options: dict, unknown: dict, function: str) -> dict:
     return {**options, **settings}
 
 
-def _sweep(sweep) -> list:
+def _sweep(sweep: Any) -> list:
     # `import batchgen` stays light: the planning modules load when a function is called.
     from batchgen.planning.settings import PARAMETERS, _merge_axes, parse_param_value, parse_sweep
     if isinstance(sweep, Mapping):
@@ -210,7 +210,7 @@ def _sweep(sweep) -> list:
     return _merge_axes(axes)
 
 
-def _source(source, out) -> tuple:
+def _source(source: Source, out: object) -> tuple[str, Optional["pyarrow.Table"]]:
     """(what api takes as the source, the table when it is in memory)."""
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source), None
@@ -236,10 +236,10 @@ _FLAGS = ("simulate", "retry_failed", "no_wait")
 class _python_wording:
     """Re-raise a UsageError (same class) with the command line's option names as keywords."""
 
-    def __enter__(self):
+    def __enter__(self) -> "_python_wording":
         return self
 
-    def __exit__(self, kind, error, tb):
+    def __exit__(self, kind: object, error: Optional[BaseException], tb: object) -> Literal[False]:
         if isinstance(error, UsageError):
             raise type(error)(python_wording(str(error))) from None
         return False

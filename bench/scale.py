@@ -78,7 +78,8 @@ def part_plan(args, tmp: Path) -> None:
             f"peak RSS {m.maxrss_mb:.0f} MB")
     wall, peak = common.median(walls), common.median(peaks)
     log(f"RESULT scale plan: {args.rows * 4:,} tasks: wall {wall:.2f} s, peak RSS {peak:.0f} MB "
-        f"(target <= {PLAN_MAX_S:.0f} s, <= {PLAN_MAX_MB:.0f} MB) {verdict(wall <= PLAN_MAX_S and peak <= PLAN_MAX_MB)}")
+        f"(target <= {PLAN_MAX_S:.0f} s, <= {PLAN_MAX_MB:.0f} MB) "
+        f"{verdict(wall <= PLAN_MAX_S and peak <= PLAN_MAX_MB)}")
 
 
 def part_rerun(args, tmp: Path, sim, n: int) -> None:

@@ -71,7 +71,8 @@ def test_a_csv_that_is_not_utf8_names_the_encoding_option(run, cli, fresh_sim, t
 
 
 @pytest.mark.parametrize("args, words", [
-    (("--model", "dall-e-3", "--size", "512x512"), "size '512x512' is not allowed for dall-e-3 (allowed: 1024x1024, 1792x1024, 1024x1792)"),
+    (("--model", "dall-e-3", "--size", "512x512"),
+     "size '512x512' is not allowed for dall-e-3 (allowed: 1024x1024, 1792x1024, 1024x1792)"),
     (("--model", "dall-e-3", "--quality", "ultra"), "quality 'ultra'"),
     (("--model", "gpt-image-1", "--style", "vivid"), "style 'vivid' is not allowed for gpt-image-1"),
     (("--model", "dall-e-3", "--sweep", "quality=standard,high"), "quality 'high'"),

@@ -123,7 +123,8 @@ def test_kill_9_while_waiting_then_the_rerun_collects_without_a_second_batch(tmp
     out = tmp_path / "out"
     with SimulatorThread(SimConfig(batch_seconds=4)) as sim:
         proc = _batch_process(sim, csv, out)
-        wait_until(lambda: (out / "journal.jsonl").exists() and '"event":"submitted"' in (out / "journal.jsonl").read_text(),
+        wait_until(lambda: (out / "journal.jsonl").exists()
+                   and '"event":"submitted"' in (out / "journal.jsonl").read_text(),
                    what="the batch to be recorded")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -215,7 +216,8 @@ def test_ctrl_c_while_waiting_leaves_the_batches_running_and_the_next_run_collec
     out = tmp_path / "out"
     with SimulatorThread(SimConfig(batch_seconds=3)) as sim:
         proc = _batch_process(sim, csv, out, stderr=subprocess.PIPE)
-        wait_until(lambda: (out / "journal.jsonl").exists() and '"event":"submitted"' in (out / "journal.jsonl").read_text(),
+        wait_until(lambda: (out / "journal.jsonl").exists()
+                   and '"event":"submitted"' in (out / "journal.jsonl").read_text(),
                    what="the batch to be recorded")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

@@ -46,7 +46,8 @@ def test_parses_an_acedata_error_whichever_provider_is_set():
 
 def test_an_html_503_is_a_retryable_api_error():
     with pytest.raises(ApiError) as e:
-        parse_generation(503, CIMultiDict({"Retry-After": "7"}), b"<html><body>Service Temporarily Unavailable</body></html>")
+        parse_generation(503, CIMultiDict({"Retry-After": "7"}),
+                         b"<html><body>Service Temporarily Unavailable</body></html>")
     assert e.value.code == "api_error" and e.value.retry_after == 7
     assert "HTML page" in e.value.message
     assert classify(e.value) is Decision.RETRY
@@ -106,7 +107,8 @@ def _all_subclasses(cls):
 
 def test_every_aiohttp_exception_is_translated_at_the_client_boundary():
     unmapped = [c.__name__ for c in _all_subclasses(aiohttp.ClientError)
-                if c is not aiohttp.ClientError and c.__module__.startswith("aiohttp") and _mapping_for(c.__new__(c)) is None]
+                if c is not aiohttp.ClientError and c.__module__.startswith("aiohttp")
+                and _mapping_for(c.__new__(c)) is None]
     assert unmapped == []
     assert isinstance(translate_exception(aiohttp.ServerTimeoutError("x")), RequestTimeout)
     assert isinstance(translate_exception(asyncio.TimeoutError()), RequestTimeout)

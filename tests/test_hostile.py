@@ -146,7 +146,8 @@ def test_a_nonsense_rate_limit_header_crashes_nothing(tmp_path, value):
     (301, b"", "text/html"),
     (200, b"<!doctype html><html><body>Welcome to nginx!</body></html>", "text/html"),
 ])
-def test_the_same_wrong_answer_from_the_start_stops_the_run_and_leaves_tasks_pending(tmp_path, status, body, content_type):
+def test_the_same_wrong_answer_from_the_start_stops_the_run_and_leaves_tasks_pending(tmp_path, status, body,
+                                                                                     content_type):
     def answer(request, body_, count):
         headers = {"Location": "https://elsewhere.example/v1/images/generations"} if status == 301 else None
         return web.Response(status=status, body=body, content_type=content_type, headers=headers)
@@ -205,9 +206,9 @@ def test_ctrl_c_with_nothing_in_flight_ends_without_waiting_for_the_grace_period
 
     with Hostile(answer) as server:
         env = {**os.environ, "OPENAI_API_KEY": TOKEN, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", prompts(tmp_path, 4), "--out", tmp_path / "out",
-                                 "--provider", "openai", "--base-url", server.base_url, "--no-progress",
-                                 "--concurrency", "1"],
+        proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", prompts(tmp_path, 4),
+                                 "--out", tmp_path / "out", "--provider", "openai", "--base-url", server.base_url,
+                                 "--no-progress", "--concurrency", "1"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for line in proc.stderr:             # the 429 was taken in: the run now only waits
             if "asks to wait" in line:
@@ -305,8 +306,8 @@ def test_a_disk_too_small_for_the_results_stops_with_the_message_and_loses_nothi
     assert proc.returncode == 3, err
     assert "cannot write under" in stdout and "Traceback" not in err
     fresh_sim.reset_stats()
-    again = batchgen.run(str(csv), out=str(out), base_url=fresh_sim.acedata_url, defaults={"model": "dall-e-2", "size": "256x256"},
-                         environ={"ACEDATA_API_TOKEN": TOKEN})
+    again = batchgen.run(str(csv), out=str(out), base_url=fresh_sim.acedata_url,
+                         defaults={"model": "dall-e-2", "size": "256x256"}, environ={"ACEDATA_API_TOKEN": TOKEN})
     assert again.exit_status == 0 and fresh_sim.stats["requests"] == 0   # paid once
 
 
@@ -369,7 +370,8 @@ def test_an_answer_with_fewer_images_than_asked_is_recorded_as_such(tmp_path):
 
     with Hostile(answer) as server:
         summary = run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-2", "n": 3})
-        assert summary.exit_status == 1 and summary.short == 2 and summary.by_code == {}  # ok tasks: their missing images are counted apart
+        # ok tasks: their missing images are counted apart
+        assert summary.exit_status == 1 and summary.short == 2 and summary.by_code == {}
         df = results(tmp_path / "out")
         assert len(df) == 6 and (df.status == "ok").sum() == 2
         missing = df[df.error_code == "missing_image"]

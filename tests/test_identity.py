@@ -153,7 +153,8 @@ def test_alias_records_carry_finished_outcomes_to_the_new_ids():
     replay = Replay()
     replay.begin_origin({"provider": "acedata", "endpoint": "https://x/images/generations", "mode": "live",
                          "simulated": False})
-    replay.apply({"task_id": old[0], "status": "ok", "attempts": 1, "images": [{"image_path": f"images/{old[0][:2]}/{old[0]}.png"}]})
+    replay.apply({"task_id": old[0], "status": "ok", "attempts": 1,
+                  "images": [{"image_path": f"images/{old[0][:2]}/{old[0]}.png"}]})
     replay.apply({"task_id": old[1], "status": "error", "error_code": "content_policy_violation", "attempts": 1})
     replay.apply({"task_id": plan.tasks[1].task_id, "status": "ok", "attempts": 1})   # already under its new id
     lines = alias_records(plan, old, replay, {"provider": "acedata"})

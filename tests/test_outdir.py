@@ -111,7 +111,8 @@ def test_tasks_of_an_earlier_input_stay_listed_after_the_current_inputs(cli, fre
     out = tmp_path / "out"
     first, second = tmp_path / "first.csv", tmp_path / "second.csv"
     pd.DataFrame({"prompt": PROMPTS, "tag": ["a", "b", "c"]}).to_csv(first, index=False)
-    pd.DataFrame({"prompt": [PROMPTS[2], "A new prompt: a kite over dunes"], "tag": ["c", "d"]}).to_csv(second, index=False)
+    pd.DataFrame({"prompt": [PROMPTS[2], "A new prompt: a kite over dunes"],
+                  "tag": ["c", "d"]}).to_csv(second, index=False)
     args = ("--out", out, "--base-url", fresh_sim.acedata_url, "--no-progress")
     assert cli("run", first, *args).exit_code == 0
     r = cli("run", second, *args)

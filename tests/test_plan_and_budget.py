@@ -11,9 +11,9 @@ def test_plan_counts_refusals_and_costs_per_sweep_point(cli, fresh_sim, tmp_path
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     # 3 good rows per point: standard square $0.04, standard wide $0.08, hd square $0.08, hd wide $0.12
-    assert any(l.split() == ["quality=standard,size=1024x1024", "3", "2", "3", "$0.12"] for l in lines)
-    assert any(l.split() == ["quality=hd,size=1792x1024", "3", "2", "3", "$0.36"] for l in lines)
-    assert any(l.split()[:2] == ["total", "12"] and l.split()[-1] == "$0.96" for l in lines)
+    assert any(line.split() == ["quality=standard,size=1024x1024", "3", "2", "3", "$0.12"] for line in lines)
+    assert any(line.split() == ["quality=hd,size=1792x1024", "3", "2", "3", "$0.36"] for line in lines)
+    assert any(line.split()[:2] == ["total", "12"] and line.split()[-1] == "$0.96" for line in lines)
     assert "4 × prompt is missing or blank" in r.output
     assert "4 × prompt is 4001 characters" in r.output
     assert "row 2: ''" in r.output

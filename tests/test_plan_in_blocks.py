@@ -40,7 +40,7 @@ def digest(plan) -> str:
     return h.hexdigest()
 
 
-GOLDEN_CONFIG = dict(source="x.csv", defaults={"model": "dall-e-3"}, sweep=[("style", ["vivid", "natural"])])
+GOLDEN_CONFIG = {"source": "x.csv", "defaults": {"model": "dall-e-3"}, "sweep": [("style", ["vivid", "natural"])]}
 # The digest of golden_table's plan as the planner before blocks made it (the whole prompt
 # column and parameter columns as Python lists): ids, parameters and refusals unchanged.
 GOLDEN_DIGEST = "a8a523d4acc132d8a64f87ffa8bf6044"
@@ -204,4 +204,4 @@ def test_the_state_still_grows_after_it_is_read_as_arrays(tmp_path):
             state.apply(record, journal.append(record))
             events = state.join(np.array([i], np.uint64))
             assert state.costs(events).tolist() == [0.5] and state.kinds(events).tolist() == [1]
-            assert state.finished_elsewhere(np.array([i], np.uint64)) == [j for j in range(i)]
+            assert state.finished_elsewhere(np.array([i], np.uint64)) == list(range(i))

@@ -69,7 +69,8 @@ def test_bad_rows_are_refused_with_a_reason_not_sent():
 
 def test_a_default_the_model_refuses_is_a_usage_error_listing_allowed_values():
     df = pa.table({"prompt": ["otter"]})
-    with pytest.raises(UsageError, match=r"size '512x512' is not allowed for dall-e-3 \(allowed: 1024x1024, 1792x1024, 1024x1792\)"):
+    with pytest.raises(UsageError, match=r"size '512x512' is not allowed for dall-e-3 "
+                                         r"\(allowed: 1024x1024, 1792x1024, 1024x1792\)"):
         make_plan(df, config(defaults={"model": "dall-e-3", "size": "512x512"}))
     with pytest.raises(UsageError, match="quality 'ultra'"):
         make_plan(df, config(sweep=parse_sweep(["quality=standard,ultra"])))
@@ -227,7 +228,8 @@ def test_a_row_whose_model_refuses_a_default_others_use_is_refused_alone():
 
 def test_a_default_no_model_of_the_rows_allows_is_a_usage_error_naming_each():
     df = pa.table({"prompt": ["otter", "fox"], "model": ["gpt-image-1", "dall-e-3"]})
-    with pytest.raises(UsageError, match=r"default quality 'ultra' is not allowed for dall-e-3 \(allowed: standard, hd\), "
+    with pytest.raises(UsageError, match=r"default quality 'ultra' is not allowed for dall-e-3 "
+                                         r"\(allowed: standard, hd\), "
                                          r"nor for gpt-image-1 \(allowed: low, medium, high, auto\)"):
         make_plan(df, config(defaults={"quality": "ultra"}))
     # A swept model is the model of every row at its point.

@@ -336,7 +336,7 @@ def sweep(**axes):
     return report.sweep_points({"sweep_points": points}, pd.DataFrame())
 
 
-OTTER = dict(quality=["standard", "hd"], style=["vivid", "natural"], size=["1024x1024", "1792x1024"])
+OTTER = {"quality": ["standard", "hd"], "style": ["vivid", "natural"], "size": ["1024x1024", "1792x1024"]}
 
 
 def test_by_default_the_axis_with_the_fewest_values_changes_fastest():
@@ -506,7 +506,8 @@ def test_cli_report_options(cli, tmp_path):
     assert sorted(p.name for p in out.glob("report*.html")) == ["report-2.html", "report-3.html", "report.html"]
     dom = parse((out / "report.html").read_text(encoding="utf-8"))
     assert len(grid_rows(dom)) == 2 and {img.attrs["width"] for img in dom.find_all("img")} == {"128"}
-    for args, message in [(("--cols", "colour"), "'colour' is not a sweep axis of this run; its axes are quality, style"),
+    for args, message in [(("--cols", "colour"),
+                           "'colour' is not a sweep axis of this run; its axes are quality, style"),
                           (("--per-page", "0"), "--per-page 0: give a whole number of prompts, 1 or more"),
                           (("--thumb", "10"), "--thumb 10: give the thumbnails' long side in pixels, 64 to 2048")]:
         done = cli("report", out, *args)
@@ -785,8 +786,9 @@ def test_the_three_axis_sample_sweep_has_one_header_row_per_axis(cli, chromium, 
     # Each header cell spans exactly the columns below it: the leaves sit over the cells.
     leaves = heads[-1]
     for th, cell in zip(leaves, first):
-        assert th["box"][0] == pytest.approx(cell["box"][0], abs=1) and th["box"][2] == pytest.approx(cell["box"][2], abs=1)
-    for level, row in enumerate(heads[:-1]):
+        assert th["box"][0] == pytest.approx(cell["box"][0], abs=1)
+        assert th["box"][2] == pytest.approx(cell["box"][2], abs=1)
+    for row in heads[:-1]:
         span = len(leaves) // len(row)
         for i, th in enumerate(row):
             assert th["box"][0] == pytest.approx(leaves[i * span]["box"][0], abs=1)

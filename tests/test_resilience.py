@@ -12,7 +12,7 @@ from conftest import TOKEN, batchgen_process, journal, make_prompts, results, wa
 import batchgen
 from batchgen.simulator import SimulatorThread
 
-FAST = dict(backoff_base=0.01, environ={"ACEDATA_API_TOKEN": TOKEN})
+FAST = {"backoff_base": 0.01, "environ": {"ACEDATA_API_TOKEN": TOKEN}}
 DALLE3 = {"model": "dall-e-3", "response_format": "b64_json"}
 
 
@@ -222,10 +222,10 @@ def test_kill_9_mid_run_several_times_loses_nothing_and_pays_once(tmp_path):
     with SimulatorThread(latency=0.05) as sim:
         args = ("run", csv, "--out", out, "--base-url", sim.acedata_url, "--model", "dall-e-3",
                 "--concurrency", concurrency, "--no-progress")
-        for k in range(kills):
+        for _ in range(kills):
             proc = batchgen_process(*args)
             seen = sim.stats.requests
-            wait_until(lambda: sim.stats.requests >= seen + 6, what="requests from the run")
+            wait_until(lambda seen=seen: sim.stats.requests >= seen + 6, what="requests from the run")
             proc.kill()
             proc.wait(timeout=30)
             assert proc.returncode == -signal.SIGKILL

@@ -39,8 +39,8 @@ a moth,f,5,u,f5,dall-e-2,2,,true
 a whale,g,6,t,f6,,,,false
 a heron,h,7,s,f7,,,,true
 """
-OPTIONS = dict(defaults={"model": "dall-e-3", "response_format": "b64_json"},
-               sweep=[("size", ["1024x1024", "1792x1024"])])
+OPTIONS = {"defaults": {"model": "dall-e-3", "response_format": "b64_json"},
+           "sweep": [("size", ["1024x1024", "1792x1024"])]}
 
 
 def _image(task_id, index=0, size=1000, **extra):

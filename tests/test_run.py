@@ -265,7 +265,8 @@ def test_every_request_body_conforms_to_the_published_schema():
         JobConfig(defaults={"model": "dall-e-3", "response_format": "url"},
                   sweep=parse_sweep(["quality=standard,hd", "style=vivid,natural", "size=1024x1024,1792x1024"])),
         JobConfig(defaults={"model": "dall-e-2", "n": 4}, sweep=parse_sweep(["size=256x256,512x512"])),
-        JobConfig(defaults={"model": "gpt-image-1"}, sweep=parse_sweep(["quality=low,high,auto", "size=auto,1536x1024"])),
+        JobConfig(defaults={"model": "gpt-image-1"},
+                  sweep=parse_sweep(["quality=low,high,auto", "size=auto,1536x1024"])),
         JobConfig(defaults={"model": "gpt-image-2", "size": "1536x864"}),
         JobConfig(defaults={}),
         JobConfig(defaults={"model": "gpt-image-1", "background": "opaque", "output_compression": 60,
@@ -294,7 +295,8 @@ def test_the_python_api_works_inside_a_running_event_loop_like_a_notebook(fresh_
     assert asyncio.run(notebook_cell()).ok == 3
 
 
-def test_a_rerun_with_nothing_to_do_keeps_results_but_a_reordered_input_rebuilds_them(cli, fresh_sim, prompts_csv, tmp_path):
+def test_a_rerun_with_nothing_to_do_keeps_results_but_a_reordered_input_rebuilds_them(cli, fresh_sim, prompts_csv,
+                                                                                      tmp_path):
     out = tmp_path / "out"
     args = ("--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3")
     cli("run", prompts_csv, *args)
@@ -310,7 +312,8 @@ def test_a_rerun_with_nothing_to_do_keeps_results_but_a_reordered_input_rebuilds
 
 def test_n_images_per_request_give_one_row_and_one_file_each(cli, fresh_sim, tmp_path):
     path = tmp_path / "p.csv"
-    pd.DataFrame({"prompt": ["three cats \U0001F408 in a row", "\u4e00\u53ea\u732b"], "n": [3, None]}).to_csv(path, index=False)
+    pd.DataFrame({"prompt": ["three cats \U0001F408 in a row", "\u4e00\u53ea\u732b"],
+                  "n": [3, None]}).to_csv(path, index=False)
     out = tmp_path / "out"
     r = cli("run", path, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-2",
             "--size", "256x256", "--n", "2", "--rpm", "6000")

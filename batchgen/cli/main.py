@@ -49,7 +49,8 @@ def job_options(f):
         click.option("--moderation", type=click.Choice(MODERATIONS),
                      help="GPT image models: low filters less than the default, auto."),
         click.option("--input-fidelity", type=click.Choice(INPUT_FIDELITIES),
-                     help="Edits: how closely to keep the input's features (gpt-image-1-mini: low only; gpt-image-2: not at all)."),
+                     help="Edits: how closely to keep the input's features "
+                          "(gpt-image-1-mini: low only; gpt-image-2: not at all)."),
         click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Send a parameter batchgen does not know, as is (repeatable; VALUE as JSON when "
                           "it reads as JSON). Recorded in results' extra_params."),
@@ -123,6 +124,7 @@ def entry() -> None:
     every command — protects nothing: flush the standard streams and leave. An unexpected
     exception still takes the normal way out, with its traceback."""
     import os
+    code: str | int | None
     try:
         main()
         code = 0
@@ -146,12 +148,18 @@ def entry() -> None:
 @click.argument("source")
 @job_options
 @click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at once (default 8).")
-@click.option("--max-retries", type=click.IntRange(min=0), help="Retries per task after 5xx, timeouts, dropped connections and bad responses (default 8). 429s wait as the server asks, on a budget of their own.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request (default 300).")
-@click.option("--retry-failed", is_flag=True, default=None, help="Send again the tasks whose last outcome was an error.")
-@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), help="Stop launching once the estimated spend would pass USD.")
+@click.option("--max-retries", type=click.IntRange(min=0),
+              help="Retries per task after 5xx, timeouts, dropped connections and bad responses (default 8). "
+                   "429s wait as the server asks, on a budget of their own.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds per request (default 300).")
+@click.option("--retry-failed", is_flag=True, default=None,
+              help="Send again the tasks whose last outcome was an error.")
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True),
+              help="Stop launching once the estimated spend would pass USD.")
 @click.option("--max-wait", type=click.FloatRange(min=0, min_open=True),
-              help="Longest pause a server may ask for (Retry-After) before the run stops to be rerun later (default 600 s).")
+              help="Longest pause a server may ask for (Retry-After) before the run stops to be rerun later "
+                   "(default 600 s).")
 @click.option("--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no token needed).")
 @click.option("--batch-size", type=int, default=None,
               help="Batch mode: requests per batch, 1 to 50,000 (default 1,000). GPT images come back as "
@@ -277,7 +285,8 @@ def cancel(out):
                    "the one with the fewest values changes fastest).")
 @click.option("--rows", metavar="AXIS[,AXIS]",
               help="Sweep axes that split each prompt's row (default: none; with --cols, the axes it leaves out).")
-@click.option("--per-page", type=int, metavar="N", help="Prompts per page (default 50): report.html, report-2.html, ...")
+@click.option("--per-page", type=int, metavar="N",
+              help="Prompts per page (default 50): report.html, report-2.html, ...")
 @click.option("--thumb", type=int, metavar="PX", help="Thumbnails' long side in pixels (default 256).")
 def report(out, **options):
     """Write OUT/report.html, the sweep comparison gallery."""

@@ -30,11 +30,16 @@ from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from batchgen.planning.identity import ChunkIds, hex_key
 from batchgen.rules.pricing import billed
 from batchgen.util import fastjson, gcpause
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where it is used: its import time is paid only then
+
+    from batchgen.keeping.outdir import StrPath
 
 FINAL_STATUSES = ("ok", "error")
 NOT_DONE = "not_done"   # sent, but stopped before an outcome (auth failure, interrupt): resend
@@ -176,7 +181,7 @@ class _States:
     def __init__(self, replay: "Replay"):
         self._replay = replay
 
-    def get(self, task_id: str, default=None):
+    def get(self, task_id: str, default: Optional[TaskState] = None) -> Optional[TaskState]:
         key = task_key(task_id)
         return TaskState(self._replay, key) if self._replay._knows(key) else default
 
@@ -192,22 +197,22 @@ class _States:
     def __len__(self) -> int:
         return len(self._replay._resolve().keys)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return (task_id for task_id, _ in self.items())
 
-    def items(self):
+    def items(self) -> Iterator[tuple[str, TaskState]]:
         replay = self._replay
         for key in replay._keys_in_journal_order():
             yield replay.task_id_of(key), TaskState(replay, key)
 
-    def values(self):
+    def values(self) -> Iterator[TaskState]:
         return (state for _, state in self.items())
 
 
 @dataclass
 class _Resolved:
-    keys: object          # numpy uint64, sorted: every key the events name
-    final: object         # numpy int64: the event of each key's last final outcome, -1: none
+    keys: np.ndarray      # numpy uint64, sorted: every key the events name
+    final: np.ndarray     # numpy int64: the event of each key's last final outcome, -1: none
     extra: dict           # key -> (carried attempts, attempts before its final): keys with not-done lines
     events: int           # how many events this covers
 
@@ -219,7 +224,7 @@ class Replay:
     Kept as compact events (see above); `status`, `final` and `states` read them, and
     `join` gives the outcome of many tasks at once (the plan's, in the runner and results)."""
 
-    def __init__(self, path=None):
+    def __init__(self, path: Optional[StrPath] = None) -> None:
         self.path = path
         self.lines = 0
         self.unsynced = 0     # ok lines after the last synced marker (checked against the disk)
@@ -423,12 +428,13 @@ class Replay:
             record = dict(self._held[-1 - pos])
         else:
             try:
-                record = fastjson.loads(self._line_at(pos))
+                parsed = fastjson.loads(self._line_at(pos))
             except ValueError:
-                record = None
-            if not isinstance(record, dict):
+                parsed = None
+            if not isinstance(parsed, dict):
                 self._damaged.add(key)
                 return None
+            record = parsed
         before = self._resolve().extra.get(key, (0, 0))[1] if key in self._irregular else 0
         if before:
             record["attempts"] = int(record.get("attempts") or 0) + before
@@ -444,6 +450,7 @@ class Replay:
             if end >= 0:
                 return window[offset:end + 1]
         if self._fd < 0:
+            assert self.path is not None    # a line with a place was read from the journal there
             self._fd = os.open(self.path, os.O_RDONLY)
         line = os.pread(self._fd, READ_WINDOW, pos)
         self._window = (pos, line)
@@ -457,7 +464,7 @@ class Replay:
             line += more
         return line[:end + 1]
 
-    def join(self, keys):
+    def join(self, keys: np.ndarray) -> np.ndarray:
         """For each key (a numpy uint64 array): the event of its last final outcome, -1 for none."""
         import numpy as np
         resolved = self._resolve()
@@ -475,12 +482,12 @@ class Replay:
             events[np.isin(keys, damaged)] = -1
         return events
 
-    def costs(self, events):
+    def costs(self, events: np.ndarray) -> np.ndarray:
         """What each event's answers were billed (USD; NaN: the line does not say, or no event)."""
         import numpy as np
         return _by_event(self._cost, np.float64, events, np.nan)
 
-    def kinds(self, events):
+    def kinds(self, events: np.ndarray) -> np.ndarray:
         """The kind byte of each event (-1: 0)."""
         import numpy as np
         return _by_event(self._kind, np.uint8, events, 0)
@@ -492,7 +499,7 @@ class Replay:
         for key in unique[np.argsort(first, kind="stable")]:
             yield int(key)
 
-    def finished_elsewhere(self, planned) -> list:
+    def finished_elsewhere(self, planned: np.ndarray) -> list:
         """The keys with a final outcome that `planned` (a sorted numpy uint64 array) does not
         hold, in the order the journal first names them: an earlier input's tasks."""
         import numpy as np
@@ -521,7 +528,7 @@ class Replay:
         return [self.task_id_of(key) for key in self._damaged]
 
 
-def replay(path, out_dir=None) -> Replay:
+def replay(path: StrPath, out_dir: Optional[StrPath] = None) -> Replay:
     """The state of every task the journal knows.
 
     With `out_dir`, an ok record after the last synced marker whose images are missing or of
@@ -556,7 +563,7 @@ def _replay(path, out_dir) -> Replay:
                 if end > 0 and raw.endswith(b"}\n") and raw.count(_HEAD) == 1:
                     kind = _FAST_KINDS.get(raw[40:end])
                     key = _fast_key(raw) if kind is not None else None
-                    if key is not None:
+                    if kind is not None and key is not None:
                         if kind == _OK:
                             if b'"images_expected":' in raw:
                                 kind |= _SHORT
@@ -619,7 +626,7 @@ def _images_intact(out_dir, record) -> bool:
     return True
 
 
-def sync_filesystem(path) -> None:
+def sync_filesystem(path: StrPath) -> None:
     """Flush the filesystem that holds `path` to disk: syncfs(2) on Linux, so a run does not
     also wait for every other disk of the machine; os.sync() where there is no syncfs."""
     try:
@@ -639,7 +646,7 @@ def sync_filesystem(path) -> None:
 class Journal:
     """Appends records; one write per record, fsync grouped in the background."""
 
-    def __init__(self, path):
+    def __init__(self, path: StrPath) -> None:
         self.path = Path(path)
         self._trim_torn_tail()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -723,8 +730,8 @@ class Journal:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self):
+    def __enter__(self) -> "Journal":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Optional, Sequence
+from typing import IO, Callable, Iterator, Optional, Sequence, Union
 
 from batchgen._version import __version__
 from batchgen.exceptions import EXIT_STOPPED, FolderBusy, JobMismatch, UsageError
@@ -36,6 +36,8 @@ LOCK_TRIES, LOCK_RETRY_S = 20, 0.005
 
 log = logging.getLogger(__name__)
 
+StrPath = Union[str, "os.PathLike[str]"]     # a path as the functions here take it
+
 # store.relative_image_path: the task id, `_k` for the k-th of several images, the format.
 _IMAGE_NAME = re.compile(r"([0-9a-f]{16})(?:_\d+)?\.[a-z]+")
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
@@ -53,7 +55,7 @@ class Provenance:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d) -> Optional["Provenance"]:
+    def from_dict(cls, d: object) -> Optional["Provenance"]:
         if not isinstance(d, dict):
             return None
         return cls(str(d.get("provider") or ""), d.get("endpoint") if isinstance(d.get("endpoint"), str) else None,
@@ -62,7 +64,7 @@ class Provenance:
 
 # ---- atomic writes ------------------------------------------------------------------------
 
-def temporary_name(path) -> str:
+def temporary_name(path: StrPath) -> str:
     """A sibling name for a file being written; our pid at the end tells a live writer's
     temporary from one a killed process left."""
     folder, sep, name = os.fspath(path).rpartition(os.sep)
@@ -83,7 +85,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
 
-def write_atomic(path, data: bytes, *, fsync: bool = True) -> None:
+def write_atomic(path: StrPath, data: bytes, *, fsync: bool = True) -> None:
     """`data` appears at `path` whole, or not at all (temporary name, then rename).
 
     Images pass fsync=False: one fsync per image would cost more than the request; a run
@@ -107,7 +109,7 @@ def write_atomic(path, data: bytes, *, fsync: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path):
+def atomic_file(path: StrPath) -> Iterator[IO[bytes]]:
     """A file object whose contents appear at `path` whole when the block ends, or not at all."""
     tmp = temporary_name(path)
     try:
@@ -137,7 +139,7 @@ def _writer_alive(tmp_name: str) -> bool:
 
 # ---- the folder ----------------------------------------------------------------------------
 
-def safe_image_path(path) -> Optional[str]:
+def safe_image_path(path: object) -> Optional[str]:
     """A results row's image_path as a relative POSIX path inside OUT, or None when it is
     absent or would point outside OUT (absolute, `..`, a drive): results are read back as data."""
     if not isinstance(path, str) or not path:
@@ -148,7 +150,7 @@ def safe_image_path(path) -> Optional[str]:
     return p.as_posix()
 
 
-def read_job(out) -> dict:
+def read_job(out: StrPath) -> dict:
     """OUT/job.json, for the commands that read a run (status, report)."""
     out = Path(out)
     path = out / JOB_FILE
@@ -177,7 +179,7 @@ def provenance_of(doc: dict) -> Optional[Provenance]:
 class OutputFolder:
     """OUT and everything batchgen keeps in it."""
 
-    def __init__(self, path):
+    def __init__(self, path: StrPath) -> None:
         self.path = Path(path)
         self.job_path = self.path / JOB_FILE
         self.journal_path = self.path / JOURNAL_FILE
@@ -277,7 +279,9 @@ class OutputFolder:
             stopped = "interrupted"     # as the results label its unfinished tasks
         try:
             doc = read_job(self.path)
-            run = doc.get("run") if isinstance(doc.get("run"), dict) else {}
+            run = doc.get("run")
+            if not isinstance(run, dict):
+                run = {}
             run.update({"state": STOPPED if stopped else FINISHED, "stopped": stopped,
                         "stop_message": message, "exit_status": exit_status,
                         "ended_at": round(time.time(), 3)})

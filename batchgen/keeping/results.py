@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import orjson
 import pyarrow as pa
@@ -27,6 +27,12 @@ from batchgen.planning.settings import point_label
 from batchgen.planning.tasks import ROWS_AT_A_TIME, Plan
 from batchgen.rules import models, pricing
 from batchgen.util import arrowbuf
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from batchgen.keeping.journal import Replay
+    from batchgen.keeping.outdir import Provenance, StrPath
 
 SCHEMA = pa.schema([
     ("task_id", pa.string()),
@@ -223,7 +229,9 @@ class _Rows:
             price = paid / max(1, len(record.get("images") or ()))
         elif batch and price is not None:
             price = price * self.batch_discount
-        usage = get("usage") if isinstance(get("usage"), dict) else {}
+        usage = get("usage")
+        if not isinstance(usage, dict):
+            usage = {}
         shared = {"attempts": get("attempts"), "latency_s": get("latency_s"), "created": get("created"),
                   "trace_id": get("trace_id"), **{k: usage.get(k) for k in _TOKEN_FIELDS}, "est_cost_usd": price}
         if batch:
@@ -319,7 +327,7 @@ def _origin_fragment(d: dict) -> str:
             f'"mode":{_value(d.get("mode"))},"simulated":{_value(d.get("simulated"))}')
 
 
-def results_schema(plan: Plan, table) -> pa.Schema:
+def results_schema(plan: Plan, table: Optional[pa.Table]) -> pa.Schema:
     """SCHEMA, then the input's own columns (named as passthrough_names says) with their types."""
     if table is None or not plan.passthrough:
         return SCHEMA
@@ -328,9 +336,10 @@ def results_schema(plan: Plan, table) -> pa.Schema:
                                      for n, s in zip(names, plan.passthrough)])
 
 
-def build_results(plan: Plan, replay, unfinished_code: str = "interrupted",
+def build_results(plan: Plan, replay: Replay, unfinished_code: str = "interrupted",
                   unfinished_message: str = "not finished yet; run the same command again to finish it",
-                  table=None, provenance=None, earlier=None, out_dir=None) -> Results:
+                  table: Optional[pa.Table] = None, provenance: Optional[Provenance] = None,
+                  earlier: Optional[Provenance] = None, out_dir: Optional[StrPath] = None) -> Results:
     """The results for every task of the plan: one row per image, one per task without images;
     then the tasks an earlier input of this folder held (`in_input` false), so every image
     on disk is listed. Written to OUT (`out_dir`) as they are made, a chunk at a time, under
@@ -619,8 +628,8 @@ _IMAGES = b"batchgen.images"
 _NOT_IN_INPUT = b"batchgen.not_in_input"
 
 
-def results_key(plan: Plan, unfinished_code: str, unfinished_message: str, journal_path,
-                provenance=None) -> str:
+def results_key(plan: Plan, unfinished_code: str, unfinished_message: str, journal_path: StrPath,
+                provenance: Optional[Provenance] = None) -> str:
     """What results.parquet was built from: the plan's tasks in order, the journal's length,
     how unfinished tasks are labelled and where they would be sent. The same key means the
     same table, so a rerun that finds nothing to do need not rebuild it."""
@@ -638,7 +647,7 @@ def results_key(plan: Plan, unfinished_code: str, unfinished_message: str, journ
     return h.hexdigest()
 
 
-def results_up_to_date(out_dir, key: str) -> Optional[tuple]:
+def results_up_to_date(out_dir: StrPath, key: str) -> Optional[tuple[int, int]]:
     """(images, tasks not in the input) of results.parquet if it was built with `key`, else None."""
     import pyarrow.parquet as pq
     try:
@@ -657,7 +666,7 @@ def import_writers() -> None:
     import pyarrow.parquet  # noqa: F401
 
 
-def write_results(out_dir, results: Results, key: str = "") -> int:
+def write_results(out_dir: StrPath, results: Results, key: str = "") -> int:
     """Put results.parquet and metadata.jsonl in place; returns the number of images."""
     results.files.commit({_KEY: key.encode(), _IMAGES: str(results.images).encode(),
                           _NOT_IN_INPUT: str(results.not_in_input).encode()})
@@ -677,12 +686,12 @@ def _json_default(value):
     return str(value)
 
 
-def read_results(out_dir):
+def read_results(out_dir: StrPath) -> pd.DataFrame:
     import pandas as pd
     return pd.read_parquet(Path(out_dir) / RESULTS_FILE)
 
 
-def read_results_table(out_dir) -> pa.Table:
+def read_results_table(out_dir: StrPath) -> pa.Table:
     """OUT/results.parquet as a pyarrow Table (its own types); UsageError when OUT has none
     or it cannot be read."""
     import pyarrow.parquet as pq

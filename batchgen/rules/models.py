@@ -159,8 +159,8 @@ def parameter_problems(params: dict, edit: bool = False) -> list[str]:
     problems += _gpt_image_problems(params, rules)
     n = params.get("n")
     if n is not None and not (isinstance(n, int) and 1 <= n <= rules.max_n):
-        allowed = "1" if rules.max_n == 1 else f"1 to {rules.max_n}"
-        problems.append(f"n {n!r} is not allowed for {model} (allowed: {allowed})")
+        allowed_n = "1" if rules.max_n == 1 else f"1 to {rules.max_n}"
+        problems.append(f"n {n!r} is not allowed for {model} (allowed: {allowed_n})")
     return problems
 
 
@@ -183,7 +183,7 @@ def _gpt_image_problems(params: dict, rules: ModelRules) -> list[str]:
     return problems
 
 
-def prompt_problem(prompt, model: Optional[str]) -> Optional[str]:
+def prompt_problem(prompt: object, model: Optional[str]) -> Optional[str]:
     if prompt is None or not isinstance(prompt, str) or not prompt.strip():
         return "prompt is missing or blank"
     rules = rules_for(model)

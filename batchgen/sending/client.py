@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, AsyncIterator, Mapping, Optional, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -75,10 +75,10 @@ class BodyEncoder:
     """build_body as the JSON bytes that are sent. Tasks of one sweep point share one params
     dict, so the parameters are encoded once per dict and only the prompt once per task."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._tails: dict = {}     # id(params) -> (params, encoded tail); holding params keeps the id unique
 
-    def __call__(self, prompt, params: dict) -> bytes:
+    def __call__(self, prompt: str, params: dict) -> bytes:
         cached = self._tails.get(id(params))
         if cached is None or cached[0] is not params:
             rest = json.dumps(build_body("", params))[len('{"prompt": ""'):]
@@ -109,7 +109,7 @@ def redact(text: str, secret: str) -> str:
 
 # ---- server values, typed and bounded before anything else sees them ---------------------
 
-def server_text(value, secret: str = "", limit: int = MAX_TEXT_CHARS) -> Optional[str]:
+def server_text(value: object, secret: str = "", limit: int = MAX_TEXT_CHARS) -> Optional[str]:
     """A text from a server as one we may keep: a str, at most `limit` characters, encodable
     as UTF-8 (a lone surrogate becomes U+FFFD), without the token. Anything else: None."""
     if not isinstance(value, str):
@@ -121,14 +121,14 @@ def server_text(value, secret: str = "", limit: int = MAX_TEXT_CHARS) -> Optiona
     return redact(value, secret)
 
 
-def server_id(value, secret: str = "") -> Optional[str]:
+def server_id(value: object, secret: str = "") -> Optional[str]:
     """An identifier (a trace id): a text, or a whole number written as one."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)[:MAX_ID_CHARS]
     return server_text(value, secret, MAX_ID_CHARS) or None
 
 
-def server_int(value, low: int, high: int) -> Optional[int]:
+def server_int(value: object, low: int, high: int) -> Optional[int]:
     """A whole number in [low, high]: an int, a float with no fraction, or digits as text."""
     if isinstance(value, bool):
         return None
@@ -141,7 +141,7 @@ def server_int(value, low: int, high: int) -> Optional[int]:
     return None
 
 
-def server_usage(value) -> Optional[dict]:
+def server_usage(value: object) -> Optional[dict]:
     """The token counts of a response's `usage`, the ones that are whole numbers."""
     if not isinstance(value, dict):
         return None
@@ -200,7 +200,7 @@ else:  # pragma: no cover - Python 3.10
         return base64.b64decode(text, validate=True)
 
 
-def parse_generation(status: int, headers, raw: bytes, secret: str = "",
+def parse_generation(status: int, headers: Mapping[str, str], raw: bytes, secret: str = "",
                      provider: Optional[str] = None) -> Generation:
     """A response of either dialect as images, or the RequestError it amounts to."""
     try:
@@ -210,7 +210,7 @@ def parse_generation(status: int, headers, raw: bytes, secret: str = "",
     return generation_from(status, headers, payload, raw, secret, provider)
 
 
-def generation_from(status: int, headers, payload, raw: bytes, secret: str = "",
+def generation_from(status: int, headers: Mapping[str, str], payload: Any, raw: bytes, secret: str = "",
                     provider: Optional[str] = None) -> Generation:
     """An answer already parsed as JSON (`payload`; None: it was not JSON) as images, or the
     RequestError it amounts to. `raw` is only read to describe an answer that is not JSON."""
@@ -284,7 +284,8 @@ def proxy_for(url: str, proxies: dict) -> Optional[str]:
     host = parts.hostname or ""
     if not proxies.get(parts.scheme) or host == "localhost" or host == "::1" or host.startswith("127."):
         return None
-    if urllib.request.proxy_bypass_environment(host):
+    # proxy_bypass_environment: in urllib.request since Python 3.x but undocumented, so not in typeshed
+    if urllib.request.proxy_bypass_environment(host):  # type: ignore[attr-defined]
         return None
     return proxies[parts.scheme]
 
@@ -307,6 +308,9 @@ async def _read_capped(resp, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+C = TypeVar("C", bound="ImagesClient")
+
+
 class ImagesClient:
     """An aiohttp session to one endpoint, with at most `concurrency` connections."""
 
@@ -322,20 +326,25 @@ class ImagesClient:
         self._proxies = environment_proxies()
         self._proxy = proxy_for(endpoint.url, self._proxies)
 
-    async def __aenter__(self):
+    async def __aenter__(self: C) -> C:
         connector = aiohttp.TCPConnector(limit=self._concurrency)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         return self
 
-    async def __aexit__(self, *exc):
-        await self._session.close()
+    async def __aexit__(self, *exc: object) -> None:
+        await self._open_session().close()
 
-    async def generate(self, body, images_expected: int = 1, headers: Optional[dict] = None) -> Generation:
+    def _open_session(self) -> aiohttp.ClientSession:
+        """The session __aenter__ opened: the client is used as `async with`."""
+        assert self._session is not None, "use the client as `async with client:`"
+        return self._session
+
+    async def generate(self, body: Any, images_expected: int = 1, headers: Optional[dict] = None) -> Generation:
         """POST one generation (a body from BodyEncoder; or an edit's form, with its headers);
         returns images or raises a RequestError."""
         limit = MAX_RESPONSE_BYTES_PER_IMAGE * max(1, images_expected)
         try:
-            async with self._session.post(self.endpoint.url, data=body, headers=headers or self._headers,
+            async with self._open_session().post(self.endpoint.url, data=body, headers=headers or self._headers,
                                           allow_redirects=False, proxy=self._proxy) as resp:
                 raw = await _read_capped(resp, limit)
                 status = resp.status
@@ -364,7 +373,7 @@ class ImagesClient:
             for _ in range(MAX_REDIRECTS + 1):
                 if urlsplit(url).scheme not in ("http", "https"):
                     raise DownloadFailed(f"refusing to download from a non-http(s) URL ({urlsplit(url).scheme}:)")
-                async with self._session.get(url, allow_redirects=False,
+                async with self._open_session().get(url, allow_redirects=False,
                                              proxy=proxy_for(url, self._proxies)) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         url = urljoin(url, resp.headers["Location"])
@@ -409,17 +418,22 @@ class BatchInfo:
     errors: list            # [(code, message)] of a batch that failed validation
 
 
-def parse_batch(payload, secret: str = "") -> BatchInfo:
+def parse_batch(payload: object, secret: str = "") -> BatchInfo:
     if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
         raise BadResponse("the Batch API answered without a batch object")
     status = payload.get("status")
     if status not in BATCH_STATUSES:
         raise BadResponse(f"the Batch API answered an unknown batch status {server_text(status, secret, 40)!r}")
-    counts = payload.get("request_counts") if isinstance(payload.get("request_counts"), dict) else {}
-    metadata = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+    counts = payload.get("request_counts")
+    if not isinstance(counts, dict):
+        counts = {}
+    metadata = payload.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
     errors = []
     listed = payload.get("errors")
-    for item in (listed.get("data") if isinstance(listed, dict) and isinstance(listed.get("data"), list) else []):
+    listed_data = listed.get("data") if isinstance(listed, dict) else None
+    for item in (listed_data if isinstance(listed_data, list) else []):
         if isinstance(item, dict):
             errors.append((server_text(item.get("code"), secret, 100) or "batch_failed",
                            server_text(item.get("message"), secret, 2000) or "the batch failed validation"))
@@ -444,7 +458,7 @@ class BatchClient(ImagesClient):
 
     async def _json(self, method: str, path: str, **kwargs) -> dict:
         try:
-            async with self._session.request(method, self.root + path, headers=self._auth,
+            async with self._open_session().request(method, self.root + path, headers=self._auth,
                                              allow_redirects=False, proxy=self._proxy, **kwargs) as resp:
                 raw = await _read_capped(resp, 16 << 20)
                 status, headers = resp.status, resp.headers
@@ -486,7 +500,9 @@ class BatchClient(ImagesClient):
         for _ in range(max_pages):
             params = {"limit": "100", **({"after": after} if after else {})}
             page = await self._json("GET", "/batches", params=params)
-            items = page.get("data") if isinstance(page.get("data"), list) else []
+            items = page.get("data")
+            if not isinstance(items, list):
+                items = []
             for item in items:
                 if isinstance(item, dict) and isinstance(item.get("metadata"), dict) \
                         and item["metadata"].get(metadata_key) == value:
@@ -498,10 +514,10 @@ class BatchClient(ImagesClient):
                 return None
         return None
 
-    async def file_lines(self, file_id: str):
+    async def file_lines(self, file_id: str) -> AsyncIterator[bytes]:
         """The lines of a (large) file, as they arrive: never the whole file in memory."""
         try:
-            async with self._session.get(f"{self.root}/files/{file_id}/content", headers=self._auth,
+            async with self._open_session().get(f"{self.root}/files/{file_id}/content", headers=self._auth,
                                          allow_redirects=False, proxy=self._proxy,
                                          timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as resp:
                 if resp.status >= 400:

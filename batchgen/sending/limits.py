@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Optional
+from typing import Mapping, Optional, Protocol
 
 # ---- headers ----------------------------------------------------------------------------
 
@@ -58,7 +58,7 @@ def _bounded_wait(seconds: float, coarse: bool) -> ServerWait:
     return ServerWait(min(max(0.0, seconds), float(MAX_SERVER_WAIT_S)), coarse)
 
 
-def parse_retry_after(headers, now: Optional[float] = None) -> Optional[ServerWait]:
+def parse_retry_after(headers: Mapping[str, str], now: Optional[float] = None) -> Optional[ServerWait]:
     """Seconds to wait from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date.
 
     Always finite and within [0, MAX_SERVER_WAIT_S], or None when no header says anything
@@ -95,7 +95,7 @@ class RateLimitHeaders:
     remaining: Optional[int]       # >= 0, or None
 
 
-def parse_ratelimit_headers(headers) -> Optional[RateLimitHeaders]:
+def parse_ratelimit_headers(headers: Mapping[str, str]) -> Optional[RateLimitHeaders]:
     """The x-ratelimit-*-requests counts, each a whole number within [0, MAX_LIMIT_PER_MINUTE]
     (a limit of at least 1), or None where the server's value cannot be paced by: not a number,
     infinite, NaN, a limit of 0 or below, a count beyond the bound."""
@@ -104,7 +104,7 @@ def parse_ratelimit_headers(headers) -> Optional[RateLimitHeaders]:
     if remaining is None and limit is None:
         return None
 
-    def as_count(v, least: int) -> Optional[int]:
+    def as_count(v: Optional[str], least: int) -> Optional[int]:
         value = _finite(v)
         if value is None or value > MAX_LIMIT_PER_MINUTE:
             return None
@@ -116,6 +116,12 @@ def parse_ratelimit_headers(headers) -> Optional[RateLimitHeaders]:
 
 
 # ---- retry policy -----------------------------------------------------------------------
+
+
+class Jitter(Protocol):
+    """Where a backoff's jitter comes from: the `random` module, or a seeded `random.Random`."""
+
+    def uniform(self, a: float, b: float) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -131,17 +137,17 @@ class RetryPolicy:
     base_s: float = 1.0
     cap_s: float = 60.0
 
-    def backoff(self, retry_number: int, rng: random.Random = random) -> float:
+    def backoff(self, retry_number: int, rng: Jitter = random) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**k)]."""
         return rng.uniform(0, min(self.cap_s, self.base_s * (2 ** max(0, retry_number - 1))))
 
-    def delay(self, retry_number: int, retry_after: Optional[float], rng: random.Random = random) -> float:
+    def delay(self, retry_number: int, retry_after: Optional[float], rng: Jitter = random) -> float:
         """What to wait before retry `retry_number` (1-based): the server's word when it gives one."""
         if retry_after is not None:
             return min(retry_after, MAX_SERVER_WAIT_S)
         return self.backoff(retry_number, rng)
 
-    def for_task(self, rng: random.Random = random) -> "TaskRetries":
+    def for_task(self, rng: Jitter = random) -> "TaskRetries":
         return TaskRetries(self, rng)
 
 
@@ -150,7 +156,7 @@ class TaskRetries:
 
     __slots__ = ("policy", "rng", "failures", "rate_limited")
 
-    def __init__(self, policy: RetryPolicy, rng: random.Random):
+    def __init__(self, policy: RetryPolicy, rng: Jitter):
         self.policy, self.rng = policy, rng
         self.failures = self.rate_limited = 0
 
@@ -227,7 +233,7 @@ class AdaptivePacer:
     MEASURED_MIN = 10        # successes in the last second worth trusting as the server's rate
     MAX_HOLD_S = 60.0        # the longest round trip the additive increase waits out
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rate: Optional[float] = None      # requests per second; None: no limit known
         self._told = False                      # the rate comes from the server's headers
         self._next = 0.0                        # the next free slot

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any, MutableMapping
 
 REDRAW_S = 0.2      # a retry redraws the bar at most this often (a storm of them would cost)
 
@@ -16,7 +17,7 @@ def _bar_class():
         counts = None       # a callable giving the text beside the bar
 
         @property
-        def format_dict(self):
+        def format_dict(self) -> MutableMapping[str, Any]:
             d = super().format_dict
             if self.counts is not None:
                 d["postfix"] = self.counts()
@@ -94,7 +95,7 @@ class Progress:
             except (OSError, ValueError):     # ValueError: a closed file
                 self._give_up()
 
-    def close(self):
+    def close(self) -> None:
         if self._bar is not None:
             try:
                 self._bar.close()
@@ -103,6 +104,8 @@ class Progress:
 
     def _give_up(self):
         bar, self._bar = self._bar, None
+        if bar is None:
+            return
         try:
             bar.disable = True
         except AttributeError:

@@ -28,11 +28,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union, cast
 from urllib.parse import quote
 
 from batchgen.exceptions import UsageError
-from batchgen.keeping.outdir import read_job, safe_image_path, write_atomic
+from batchgen.keeping.outdir import StrPath, read_job, safe_image_path, write_atomic
 
 PER_PAGE = 50             # prompts per page (the contact sheet shows the first page's)
 THUMB_HTML = 256          # long side of a thumbnail on the page, px (--thumb)
@@ -139,9 +139,10 @@ def make_layout(points: Mapping[str, Optional[dict]],
     --rows is given, otherwise to the rows. A bad name is a UsageError."""
     shapes = {None if p is None else frozenset(p) for p in points.values()}
     if len(shapes) == 1 and None not in shapes:
-        names = list(next(iter(points.values())))
-        axes = [Axis(n, tuple(dict.fromkeys(p[n] for p in points.values()))) for n in names]
-        keys = {label: tuple(p[n] for n in names) for label, p in points.items()}
+        full = cast("Mapping[str, dict]", points)    # one shape, not None: every point is a dict
+        names = list(next(iter(full.values())))
+        axes = [Axis(n, tuple(dict.fromkeys(p[n] for p in full.values()))) for n in names]
+        keys = {label: tuple(p[n] for n in names) for label, p in full.items()}
     else:   # points of different axes (an edited sweep, a foreign table): one column each
         names = [None]
         axes = [Axis(None, tuple(points))]
@@ -366,7 +367,7 @@ class _PointRows:
 
     def __init__(self):
         self.images = 0
-        self.cost = 0
+        self.cost: float = 0
         self.cost_unknown = 0
         self.revised_chars = 0
         self.revised = 0
@@ -534,7 +535,7 @@ def page_file(number: int) -> str:
     return FIRST_PAGE if number == 1 else f"report-{number}.html"
 
 
-def fit_box(width, height, box: int) -> tuple:
+def fit_box(width: Any, height: Any, box: int) -> tuple[int, int]:
     """(w, h) scaled so the long side is `box`, keeping the shape; (box, box) when unknown."""
     try:
         width, height = int(width), int(height)
@@ -548,7 +549,7 @@ def fit_box(width, height, box: int) -> tuple:
 
 def _prompt_order(df) -> list:
     """Row indices in order, each with its prompt text."""
-    seen = {}
+    seen: dict[Optional[int], Optional[str]] = {}
     for idx, prompt in zip(df["row_index"], df["prompt"]):
         key = None if _missing(idx) else int(idx)
         if key not in seen or seen[key] is None:
@@ -579,13 +580,13 @@ def _word_key(word: str) -> str:
     return _EDGE_PUNCT.sub("", word).casefold()
 
 
-def differing_words(texts: Sequence[str]) -> set:
+def differing_words(texts: Sequence[str]) -> set[str]:
     """The words (case and edge punctuation aside) that some of `texts` hold and others lack;
     none when there are fewer than two texts."""
     sets = [{_word_key(w) for w in text.split()} - {""} for text in texts]
     if len(sets) < 2:
         return set()
-    return set().union(*sets) - set.intersection(*sets)
+    return set().union(*sets) - sets[0].intersection(*sets[1:])
 
 
 def _marked(text: str, differ: set) -> str:
@@ -720,7 +721,8 @@ def build_html(df, layout: Layout, thumbnails: Optional[Mapping[str, Optional[Th
              f'<meta http-equiv="Content-Security-Policy" content="{e(CSP)}">\n',
              '<meta name="referrer" content="no-referrer">\n',
              '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
-             f"<title>{e(overview.title)}{'' if page.count == 1 else f' (page {page.number} of {page.count})'}</title>\n",
+             f"<title>{e(overview.title)}"
+             f"{'' if page.count == 1 else f' (page {page.number} of {page.count})'}</title>\n",
              f"<style>:root {{ --thumb: {int(thumb)}px; }}{_CSS}</style>\n</head>\n<body>\n",
              f"<h1>{e(overview.title)}</h1>\n",
              "".join(f'<p class="meta">{e(m)}</p>\n' for m in overview.meta), notes, nav]
@@ -868,14 +870,14 @@ def _flatten(im):
     return im.convert("RGB")
 
 
-def make_thumbnails(path: Path, thumb: int = THUMB_HTML):
+def make_thumbnails(path: Path, thumb: int = THUMB_HTML) -> Optional[tuple[Thumb, Any]]:
     """(Thumb: a JPEG of `thumb` px on the long side at most, shown at `thumb` px keeping the
     image's shape; a ~160 px Pillow image for the contact sheet) for an image file (PNG, JPEG,
     WebP, ...), or None when it cannot be read."""
     from PIL import Image
     try:
         with Image.open(path) as im:
-            size = im.size
+            size: tuple[int, int] = im.size
             im.draft("RGB", (thumb * 2, thumb * 2))
             im = _flatten(im)
         im.thumbnail((thumb, thumb), Image.Resampling.LANCZOS)
@@ -951,7 +953,7 @@ def build_contact_sheet(df, labels: list[str], thumbs: Mapping[str, object], *,
         font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     box = probe.textbbox((0, 0), "Ag|", font=font)
-    line_h = (box[3] - box[1]) + 3
+    line_h = int(box[3] - box[1]) + 3      # Pillow types the box as floats; its fonts give whole pixels
     pad, label_w = 6, 200
 
     cols = len(labels)
@@ -1042,7 +1044,7 @@ def _draw_cell(sheet, draw, font, recs, thumbs, x, y, size, line_h, muted, grey)
 
 # ---- writing ----------------------------------------------------------------------------
 
-def write_report(out, *, cols: Union[str, Sequence[str], None] = None,
+def write_report(out: StrPath, *, cols: Union[str, Sequence[str], None] = None,
                  rows: Union[str, Sequence[str], None] = None, per_page: Optional[int] = None,
                  thumb: Optional[int] = None) -> Path:
     """Write OUT/report.html (then report-2.html, ... for `per_page` prompts each) and
@@ -1234,7 +1236,7 @@ def _no_rows():
 
 def _page_thumbnails(out: Path, part, thumb: int) -> dict:
     """image_path (as the table holds it, and cleaned) -> make_thumbnails() for a page's ok rows."""
-    paths = {}
+    paths: dict[str, set] = {}
     for status, path in zip(part["status"], part["image_path"]):
         rel = _safe_relpath(path) if status == "ok" else None
         if rel is not None:

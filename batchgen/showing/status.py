@@ -13,7 +13,16 @@ from typing import Optional
 
 from batchgen.exceptions import UsageError
 from batchgen.keeping.journal import replay
-from batchgen.keeping.outdir import FINISHED, JOB_FILE, JOURNAL_FILE, RUNNING, STOPPED, OutputFolder, read_job
+from batchgen.keeping.outdir import (
+    FINISHED,
+    JOB_FILE,
+    JOURNAL_FILE,
+    RUNNING,
+    STOPPED,
+    OutputFolder,
+    StrPath,
+    read_job,
+)
 
 # `stopped` for a run that ended without recording why (killed, or the machine went down).
 NO_LONGER_RUNNING = "no_longer_running"
@@ -64,7 +73,7 @@ def _count(out: Path, job: dict, key: str) -> int:
     return value
 
 
-def read_status(out, now: Optional[float] = None) -> Status:
+def read_status(out: StrPath, now: Optional[float] = None) -> Status:
     out = Path(out)
     job = read_job(out)
     total, refused = _count(out, job, "tasks"), _count(out, job, "refused")
@@ -101,7 +110,7 @@ def read_status(out, now: Optional[float] = None) -> Status:
     return status
 
 
-def run_state(run, locked: bool, all_done: bool) -> tuple:
+def run_state(run: object, locked: bool, all_done: bool) -> tuple[str, Optional[str], Optional[str]]:
     """(state, why it stopped, what to do) from job.json's "run" and whether the lock is held."""
     if locked:
         return RUNNING, None, None
@@ -126,7 +135,8 @@ def format_status(s: Status) -> str:
     lines = [f"{s.out}: {s.done:,}/{s.total:,} tasks done ({pct:.1f}%): {s.ok:,} ok, "
              f"{s.errors + s.refused:,} error(s)"]
     if s.by_code:
-        lines.append("errors by code: " + ", ".join(f"{c} {n:,}" for c, n in sorted(s.by_code.items(), key=lambda kv: -kv[1])))
+        by_count = sorted(s.by_code.items(), key=lambda kv: -kv[1])
+        lines.append("errors by code: " + ", ".join(f"{c} {n:,}" for c, n in by_count))
     if s.running:
         lines.append("running" + (f"; rate {s.rate_per_min:,.1f} tasks/min over the last 10 min, ETA "
                                   f"{format_duration(s.eta_s) if s.eta_s else 'any moment'}"

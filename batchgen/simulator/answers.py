@@ -74,7 +74,7 @@ def image_input_tokens(width: int, height: int, fidelity: Optional[str]) -> int:
     return 65 + 129 * tiles + extra
 
 
-def success_body(dialect: str, req: "ImageRequest", data: list, blobs: list) -> bytes:
+def success_body(dialect: str, req: "ImageRequest", data: list, blobs: list[bytes]) -> bytes:
     """The 200 body; ``data`` holds MARK placeholders where ``blobs`` (base64 texts) go."""
     doc: dict = {}
     if dialect == ACEDATA:
@@ -93,10 +93,11 @@ def success_body(dialect: str, req: "ImageRequest", data: list, blobs: list) -> 
     return _splice(body, blobs) if blobs else body
 
 
-def _splice(body: bytes, blobs: list) -> bytes:
+def _splice(body: bytes, blobs: list[bytes]) -> bytes:
     # Big base64 texts skip json.dumps: only the small skeleton is serialised, and the final
     # body is joined once.
-    parts, pos = [], 0
+    parts: list[bytes] = []
+    pos = 0
     for i, blob in enumerate(blobs):
         marker = f"{MARK}{i}\"".encode()
         at = body.index(marker, pos)
@@ -108,6 +109,7 @@ def _splice(body: bytes, blobs: list) -> bytes:
 
 def error_answer(dialect: str, err: "ApiError") -> tuple[int, bytes]:
     """(status, body) of an error in the dialect."""
+    doc: dict[str, object]
     if dialect == OPENAI:
         status = err.status
         doc = {"error": {"message": err.message, "type": err.type, "param": err.param,

@@ -21,8 +21,9 @@ Lines run in a shuffled order (seeded by the config's seed, the file and the end
 count grows, and only then: each runs once, through the code of the live endpoint
 (``_SimState._accept``, or ``_accept_edit`` for an edits batch, whose lines hold the JSON edit body
 with ``images`` as ``image_url`` references; and ``_success_body``), so a line gets the very
-answer a request with its body would get — quota and the policy word included, the live endpoint's injected faults and rate
-limit not.  Their answers are revealed only in the output and error files of a finished batch.
+answer a request with its body would get — quota and the policy word included, the live endpoint's
+injected faults and rate limit not.  Their answers are revealed only in the output and error files
+of a finished batch.
 ``stats.batch_executions`` counts runs per custom_id (across batches), ``stats.batches_created``
 and ``stats.files_uploaded`` the creations.
 
@@ -277,7 +278,7 @@ def _result_line(custom_id: str, status: int, body: bytes, request_id: str) -> b
                      b'}, "error": null}\n'))
 
 
-def _unrun_line(custom_id: str, error: dict) -> bytes:
+def _unrun_line(custom_id: str, error: Optional[dict]) -> bytes:
     return (json.dumps({"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
                         "response": None, "error": error}) + "\n").encode()
 

@@ -109,7 +109,7 @@ async def _read_multipart(request: web.Request) -> EditForm:
     except ApiError:
         raise
     except (ValueError, RuntimeError, AssertionError, UnicodeError) as exc:  # a malformed body
-        raise bad(f"Could not parse the multipart/form-data body: {exc}", code=None)
+        raise bad(f"Could not parse the multipart/form-data body: {exc}", code=None) from exc
     return EditForm(fields, images, mask, False)
 
 
@@ -124,7 +124,8 @@ def _typed_text(name: Optional[str], text: str) -> Any:
 
 async def _read_capped(stream, limit: int, field: Optional[str]) -> bytes:
     """Read a part (or the body) in chunks, refusing it once it passes ``limit``."""
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         chunk = await (stream.read_chunk(2**16) if isinstance(stream, BodyPartReader)
                        else stream.read(2**16))

@@ -60,7 +60,7 @@ def _png(width: int, height: int, color_type: int, raw: bytes, channels: int,
     """Return (IHDR chunk, IDAT chunk) for raw rows of 8-bit samples (filter type 0)."""
     stride = width * channels
     view = memoryview(raw)
-    rows = []
+    rows: list[bytes | memoryview] = []
     for y in range(height):
         rows.append(b"\x00")
         rows.append(view[y * stride:(y + 1) * stride])
@@ -75,7 +75,7 @@ def _stored_zlib(data) -> bytes:
     """A zlib stream of stored (uncompressed) deflate blocks: no compression work at all."""
     view = memoryview(data)
     size = len(view)
-    parts = [b"\x78\x01"]
+    parts: list[bytes | memoryview] = [b"\x78\x01"]
     for pos in range(0, max(size, 1), 65535):
         block = view[pos:pos + 65535]
         last = 1 if pos + 65535 >= size else 0
@@ -140,7 +140,7 @@ class ImageMaker:
         """The index-th image for the request (cached by everything that changes its bytes)."""
         # An edit's picture depends on the image it edits too.
         seed = f"{index}\x00{prompt}" + (f"\x00{req.inputs[0].sha256}" if req.inputs else "")
-        key = (seed, req.width, req.height, req.output_format, req.background,
+        key: tuple[object, ...] = (seed, req.width, req.height, req.output_format, req.background,
                req.compression if req.output_format != "png" else 100, req.style, req.quality)
         hit = self.cache.get(key)
         if hit is not None:

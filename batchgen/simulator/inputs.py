@@ -74,7 +74,7 @@ def too_big(field: str, limit: int) -> ApiError:
                f"{limit // 2**20} MB.", param=field, code="file_too_large")
 
 
-def resolve_reference(ref, field: str, fetch: Fetch, limit: int) -> InputImage:
+def resolve_reference(ref: object, field: str, fetch: Fetch, limit: int) -> InputImage:
     """An image reference of the JSON body ({"image_url": ...} or {"file_id": ...}) → its image."""
     if not isinstance(ref, dict):
         raise bad(f"Invalid type for '{field}': expected an object with 'image_url' or "
@@ -114,7 +114,7 @@ def _data_url(url: str, field: str, limit: int) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise bad(f"Invalid '{field}.image_url': the base64 data cannot be decoded.",
-                  param=f"{field}.image_url", code="invalid_image_url")
+                  param=f"{field}.image_url", code="invalid_image_url") from None
 
 
 def _download(url: str, field: str, fetch: Fetch) -> bytes:

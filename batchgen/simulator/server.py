@@ -9,7 +9,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from aiohttp import web
 
@@ -257,13 +257,13 @@ class _SimState:
             bump(self.stats.faults, name)
         return spoiled_body(success_body(dialect, req, data, blobs), fault)
 
-    def _items(self, request: web.Request, req: ImageRequest, fault: dict) -> tuple[list, list]:
+    def _items(self, request: web.Request, req: ImageRequest, fault: dict) -> tuple[list, list[bytes]]:
         """The ``data`` entries and, for b64_json, the base64 texts their placeholders stand for."""
         revised = (edit_note(req) if req.inputs else
                    revised_prompt(req.prompt, req.style) if req.model.name == "dall-e-3" else None)
         host = request.host or f"127.0.0.1:{self.port}"
         data: list = []
-        blobs: list = []
+        blobs: list[bytes] = []
         for i in range(req.n):
             enc = self.images.get(req.prompt, i, req)
             item: dict = {}
@@ -358,7 +358,7 @@ class Simulator:
     async def __aenter__(self) -> "Simulator":
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
@@ -376,6 +376,9 @@ async def start_simulator(config: Optional[SimConfig] = None, host: str = "127.0
         raise
     bound = runner.addresses[0][1]
     return Simulator(app, runner, host, bound)
+
+
+T = TypeVar("T")
 
 
 class SimulatorThread:
@@ -399,7 +402,10 @@ class SimulatorThread:
         self._ready = threading.Event()
         self._error: Optional[BaseException] = None
         self.port: Optional[int] = None
-        self.base_url = self.acedata_url = self.openai_base_url = self.openai_url = None
+        self.base_url: Optional[str] = None
+        self.acedata_url: Optional[str] = None
+        self.openai_base_url: Optional[str] = None
+        self.openai_url: Optional[str] = None
 
     def start(self) -> "SimulatorThread":
         if self._thread is not None:
@@ -413,6 +419,7 @@ class SimulatorThread:
             self._thread = None
             raise self._error
         sim = self._sim
+        assert sim is not None      # _run set it before _ready, having no error
         self.port = sim.port
         self.base_url = sim.base_url
         self.acedata_url = sim.acedata_url
@@ -426,7 +433,7 @@ class SimulatorThread:
         self._loop = loop
         try:
             try:
-                self._sim = loop.run_until_complete(
+                self._sim = sim = loop.run_until_complete(
                     start_simulator(self.config, self.host, self._want_port))
             except BaseException as exc:  # reported to start()
                 self._error = exc
@@ -434,14 +441,14 @@ class SimulatorThread:
             finally:
                 self._ready.set()
             loop.run_forever()
-            loop.run_until_complete(self._sim.close())
+            loop.run_until_complete(sim.close())
         finally:
             try:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
 
-    def _call(self, fn):
+    def _call(self, fn: Callable[[], T]) -> T:
         """Run fn() on the simulator's loop and return its result."""
         loop = self._loop
         if (loop is None or self._thread is None or not loop.is_running()
@@ -460,15 +467,18 @@ class SimulatorThread:
         return self._call(self._sim.stats.copy)
 
     def reset_stats(self, everything: bool = False) -> None:
-        if self._sim is not None:
-            self._call(lambda: self._sim.reset_stats(everything))
+        sim = self._sim
+        if sim is not None:
+            self._call(lambda: sim.reset_stats(everything))
 
     def stop(self) -> None:
         thread, loop = self._thread, self._loop
         if thread is None or loop is None:
             return
         if loop.is_running():
-            asyncio.run_coroutine_threadsafe(self._sim.close(), loop).result(timeout=30)
+            sim = self._sim
+            assert sim is not None      # the loop runs on once start_simulator gave it
+            asyncio.run_coroutine_threadsafe(sim.close(), loop).result(timeout=30)
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
         self._thread = None
@@ -476,5 +486,5 @@ class SimulatorThread:
     def __enter__(self) -> "SimulatorThread":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

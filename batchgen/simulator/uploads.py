@@ -99,9 +99,10 @@ async def read_upload(request: web.Request) -> tuple[str, str, bytes]:
     except ApiError:
         raise
     except (ValueError, RuntimeError, AssertionError, UnicodeError) as exc:  # a malformed body
-        raise bad(f"Could not parse the multipart/form-data body: {exc}", code=None)
+        raise bad(f"Could not parse the multipart/form-data body: {exc}", code=None) from exc
     if data is None:
         raise bad("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+    assert filename is not None     # read with the file's data
     if purpose is None:
         raise bad("Missing required parameter: 'purpose'.", param="purpose",
                   code="missing_required_parameter")
@@ -115,7 +116,8 @@ async def read_upload(request: web.Request) -> tuple[str, str, bytes]:
 
 
 async def _read_capped(part: BodyPartReader, limit: int, name: str) -> bytes:
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         chunk = await part.read_chunk(2**16)
         if not chunk:

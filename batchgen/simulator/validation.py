@@ -142,7 +142,7 @@ def decode_json(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         raise bad("We could not parse the JSON body of your request. The API expects a "
-                  "JSON object (Content-Type: application/json).", code=None)
+                  "JSON object (Content-Type: application/json).", code=None) from None
 
 
 def check_policy(prompt: str, word: str, ace_403: bool) -> None:

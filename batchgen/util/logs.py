@@ -16,7 +16,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 from batchgen.exceptions import UsageError
 
@@ -26,14 +26,14 @@ DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 FIELD_MAX = 100
 
 
-def log_field(text) -> str:
+def log_field(text: object) -> str:
     """A server's word (an error code) as one field of a line: printable, no spaces, bounded,
     so it can neither forge a line nor split a field."""
     text = str(text)[:FIELD_MAX]
     return "".join(c if c.isprintable() and not c.isspace() else "?" for c in text) or "-"
 
 
-def log_text(text) -> str:
+def log_text(text: object) -> str:
     """A message that may hold a server's words, kept on its one line."""
     return "".join(c if c.isprintable() else " " for c in str(text))
 
@@ -48,12 +48,12 @@ class StderrHandler(logging.Handler):
     """batchgen's lines on stderr, written around a progress bar when one is drawn. Quiet: a
     warning as "batchgen: <message>"; verbose: every line, with its time and module."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.verbose = False
         self.setFormatter(_formatter())
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             if self.verbose:
                 text = self.format(record)
@@ -71,7 +71,7 @@ class StderrHandler(logging.Handler):
             pass
 
 
-def _stderr_of(logger) -> Optional[StderrHandler]:
+def _stderr_of(logger: logging.Logger) -> Optional[StderrHandler]:
     return next((h for h in logger.handlers if isinstance(h, StderrHandler)), None)
 
 
@@ -87,14 +87,14 @@ def install_stderr() -> StderrHandler:
 
 
 @contextlib.contextmanager
-def logging_to(verbose: bool = False, log_file: Optional[str] = None):
+def logging_to(verbose: bool = False, log_file: Optional[str] = None) -> Iterator[None]:
     """For the block: verbose lines on stderr, and/or every line from INFO up appended to
     `log_file`. Without either, nothing changes (and per-attempt lines cost nothing)."""
     if not verbose and not log_file:
         yield
         return
     logger = logging.getLogger(LOGGER)
-    added = []
+    added: list[logging.Handler] = []
     if log_file:
         try:
             file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
@@ -110,13 +110,14 @@ def logging_to(verbose: bool = False, log_file: Optional[str] = None):
         # warnings that Python's last-resort handler prints when nobody handles them.
         stderr = StderrHandler()
         added.append(stderr)
-    was = (logger.level, logger.propagate, stderr.level if stderr else None,
-           stderr.verbose if stderr else None)
+    was = (logger.level, logger.propagate)
+    stderr_was = (stderr.level, stderr.verbose) if stderr is not None else None
     for handler in added:
         logger.addHandler(handler)
     if stderr in added:
         logger.propagate = False
     if verbose:
+        assert stderr is not None       # found or made above when verbose
         stderr.verbose = True
         stderr.setLevel(logging.INFO)
     logger.setLevel(logging.INFO)
@@ -125,9 +126,9 @@ def logging_to(verbose: bool = False, log_file: Optional[str] = None):
     finally:
         logger.setLevel(was[0])
         logger.propagate = was[1]
-        if stderr is not None:
-            stderr.setLevel(was[2])
-            stderr.verbose = was[3]
+        if stderr is not None and stderr_was is not None:
+            stderr.setLevel(stderr_was[0])
+            stderr.verbose = stderr_was[1]
         for handler in added:
             logger.removeHandler(handler)
             handler.close()
