@@ -17,8 +17,8 @@ from (provider, endpoint, mode, simulated); every outcome after it belongs to th
 Replay is the resume path of a 100,000-task job, so it does not parse every line: our own
 lines start with `{"task_id":"<id>","status":"<status>"`, which is read by slicing; the JSON
 is parsed only when a record's details are needed, from the line read back at its offset: the
-state keeps a few dozen bytes a task (see Replay; figures in bench/README.md), never the records, so a run's memory does not
-grow with its journal.
+state keeps a few dozen bytes a task (see Replay; figures in bench/README.md), never the
+records, so a run's memory does not grow with its journal.
 """
 from __future__ import annotations
 

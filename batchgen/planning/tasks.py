@@ -43,8 +43,9 @@ class TaskList:
     sweep points in order (so task k is row k // points, point k % points).
 
     Kept as columns (its id as a 64-bit number, the index of its parameters, the index of
-    its refusal), not as objects, so memory stays a few bytes a task (bench/README.md); a Task is made when it is read, with its prompt
-    taken from the input's column a block of rows at a time."""
+    its refusal), not as objects, so memory stays a few bytes a task (bench/README.md); a Task
+    is made when it is read, with its prompt taken from the input's column a block of rows at
+    a time."""
 
     def __init__(self, prompts, text_column: bool, n_points: int, variants: list, problems: list,
                  ids: array, variant: array, problem: array, edits: Optional[list] = None):
