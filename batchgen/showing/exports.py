@@ -304,8 +304,7 @@ class ParquetWriter(ShardWriter):
         """One Parquet file in row groups of ROW_GROUP_IMAGES rows or ROW_GROUP_BYTES of images.
         The images are stored as they are: no compression (they are compressed already), no
         statistics (min/max of images is noise) and no dictionary (every image differs; trying one
-        held each row group's images several times over in memory: 1.9 GB of peak RSS for groups of
-        100 3-MB images)."""
+        held each row group's images several times over in memory; see bench/README.md)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
