@@ -59,7 +59,8 @@ def run(source: Source, *,
         limit: Optional[int] = None,
         encoding: Optional[str] = None,
         rpm: Optional[float] = None,
-        concurrency: Optional[int] = None,
+        concurrency: Union[int, Literal["auto"], None] = None,
+        max_concurrency: Optional[int] = None,
         max_retries: Optional[int] = None,
         backoff_base: Optional[float] = None,
         timeout: Optional[float] = None,
@@ -99,7 +100,8 @@ def run(source: Source, *,
     base_url: the endpoint (…/images/generations) or an SDK-style base (…/v1).
     limit: only the first N input rows. encoding: a CSV/JSONL's text encoding if not UTF-8.
     rpm: requests per minute never to exceed (a request for n images counts n).
-    concurrency: requests in flight (default 8). max_retries: retries per task (default 8).
+    concurrency: requests in flight: "auto" (the default: what the rate the server allows needs at
+        its latency, up to max_concurrency, 1000) or a fixed number. max_retries: retries per task (default 8).
     backoff_base: seconds the first retry waits at most (1; each retry doubles it, capped at 60).
     timeout: seconds per request (300). retry_failed: send again the tasks that failed.
     max_cost: stop launching once the estimated spend would pass this many USD.

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from batchgen.exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS, UsageError
 from batchgen.keeping.journal import NOT_DONE, VOID, Journal, replay, task_key
@@ -54,6 +54,7 @@ class Summary:
     not_in_input: int = 0               # tasks finished earlier that this input no longer holds
     short: int = 0                      # ok tasks whose answer had fewer images than asked
     simulated: bool = False             # made by the built-in simulator: nothing was charged
+    pace: Optional[dict] = None         # the pace and what was in flight as the run ended (live mode)
 
     def results(self):
         """OUT/results.parquet as a pandas DataFrame (one row per image; a failed task: one row)."""
@@ -75,15 +76,16 @@ class Summary:
                 "est_cost_usd": self.est_cost_usd, "simulated": self.simulated,
                 "not_in_input": self.not_in_input, "stopped": self.stopped,
                 "stop_message": self.stop_message, "exit_status": self.exit_status,
-                "elapsed_s": self.elapsed_s}
+                "elapsed_s": self.elapsed_s, "pace": self.pace}
 
 
 class Recorder:
     """Keeps a backend's outcomes: the journal line, the in-memory state, the progress bar.
     The first outcome of a run is preceded by the run's origin line."""
 
-    def __init__(self, journal: Journal, state, provenance: Provenance, progress: Progress):
-        self.journal, self.state, self.progress = journal, state, progress
+    def __init__(self, journal: Journal, state, provenance: Provenance, progress: Progress,
+                 folder: OutputFolder):
+        self.journal, self.state, self.progress, self.folder = journal, state, progress, folder
         self._origin: Optional[dict] = provenance.as_dict()
 
     def _append(self, record: dict) -> None:
@@ -110,6 +112,9 @@ class Recorder:
 
     def chunks(self) -> Mapping[str, dict]:
         return self.state.batches
+
+    def pace(self, pace: Mapping[str, Any]) -> None:
+        self.folder.record_pace(dict(pace))
 
     def note(self, text: str) -> None:
         self.progress.note(text)
@@ -258,7 +263,7 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
     images = orphans = 0
     try:
         with gcpause.sending(), Journal(folder.journal_path) as journal:
-            recorder = Recorder(journal, state, provenance, bar)
+            recorder = Recorder(journal, state, provenance, bar, folder)
             backend = backend_for(config.mode)(config, endpoint, store, recorder, budget, stop)
             built = await _send_then_build(folder, journal, state, plan, table, todo, stop, backend,
                                            provenance, earlier)
@@ -272,6 +277,7 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
         bar.close()
     requests_sent = backend.requests_sent if backend is not None else 0
     summary = summarise(config, plan, state, images, stop, requests_sent, warnings)
+    summary.pace = backend.pace() if backend is not None else None
     summary.not_in_input = orphans
     return summary
 

@@ -36,37 +36,6 @@ def test_full_jitter_backoff_is_capped_and_the_server_word_wins():
     assert max(policy.backoff(10, rng) for _ in range(200)) > 4  # jitter spreads up to the cap
 
 
-def test_the_pacer_learns_a_rate_from_429s_and_one_burst_cuts_it_once():
-    import time
-
-    from batchgen.sending.limits import AdaptivePacer
-    pacer = AdaptivePacer()
-    assert pacer.rate is None  # no limit known: no pacing at all
-    for _ in range(12):
-        pacer.on_success()
-    sent = time.monotonic()
-    pacer.on_rate_limited(retry_after=2.0, sent_at=sent)
-    assert pacer.rate == 12.0  # what was succeeding in the last second
-    assert pacer._cooldown_until >= sent + 2.0  # one cool-down, shared by every worker
-    pacer.on_rate_limited(retry_after=2.0, sent_at=sent)  # same burst: no second cut
-    assert pacer.rate == 12.0
-    pacer.on_rate_limited(retry_after=None, sent_at=time.monotonic() + 1)
-    assert pacer.rate == 12.0 * AdaptivePacer.DECREASE
-    before = pacer.rate
-    for _ in range(20):
-        pacer.on_success()
-    assert pacer.rate > before  # additive increase while requests succeed
-
-
-def test_the_pacer_follows_the_servers_stated_limit_before_any_429():
-    from batchgen.sending.limits import AdaptivePacer, RateLimitHeaders
-    pacer = AdaptivePacer()
-    pacer.on_success(RateLimitHeaders(limit=1200, remaining=500))
-    assert pacer.rate == 20.0
-    pacer.on_success(RateLimitHeaders(limit=1200, remaining=0))
-    assert pacer._cooldown_until > 0  # nothing left: wait for the next slot
-
-
 def test_rpm_spacing_counts_n_images_as_n():
     from batchgen.sending.limits import Spacer
     spacer = Spacer(per_minute=60)  # one unit a second
@@ -138,14 +107,17 @@ def test_ratelimit_remaining_is_a_bounded_count(value, expected):
 
 
 def test_the_pacer_survives_whatever_the_server_says():
-    from batchgen.sending.limits import AdaptivePacer
-    pacer = AdaptivePacer()
+    from batchgen.sending.limits import Attempt, RateFinder
+    pacer = RateFinder(8)
     for value in ("inf", "nan", "0", "-60", "1e999"):
-        pacer.on_success(parse_ratelimit_headers({"x-ratelimit-limit-requests": value,
-                                                  "x-ratelimit-remaining-requests": value}))
+        pacer.on_success(None, parse_ratelimit_headers({"x-ratelimit-limit-requests": value,
+                                                        "x-ratelimit-remaining-requests": value}))
     assert pacer.rate is None                     # nothing usable was said: no pace
+    for _ in range(12):                           # a burst, so the refusals below set a pace
+        pacer.sent()
     for value in ("inf", "nan", "1e999", "-1"):
-        pacer.on_rate_limited(parse_retry_after({"retry-after": value}), sent_at=0.0)
-        pacer.on_rate_limited(float(value), sent_at=0.0)   # even a raw float from elsewhere
+        for wait in (parse_retry_after({"retry-after": value}), float(value)):  # a raw float from elsewhere too
+            held, own = pacer.on_rate_limited(Attempt(0.0), wait)
+            assert math.isfinite(held) and math.isfinite(own) and held >= 0 and own >= 0
     assert math.isfinite(pacer.rate) and pacer.rate > 0
     assert math.isfinite(pacer._cooldown_until) and math.isfinite(pacer._next)

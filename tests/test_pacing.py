@@ -1,4 +1,4 @@
-"""The adaptive pacer's logic, on a virtual clock (no real sleeps, no wall-clock timing).
+"""The rate finder's logic, on a virtual clock (no real sleeps, no wall-clock timing).
 
 `batchgen.sending.limits` reads `time.monotonic()` and awaits `asyncio.sleep()`; both are replaced
 here by a virtual clock whose sleeps are handed to a tiny deterministic scheduler that steps
@@ -15,7 +15,7 @@ from email.utils import formatdate
 import pytest
 
 from batchgen.sending import limits
-from batchgen.sending.limits import AdaptivePacer, RateLimitHeaders, ServerWait, parse_retry_after
+from batchgen.sending.limits import Attempt, RateFinder, RateLimitHeaders, ServerWait, parse_retry_after
 
 
 class _Sleep:
@@ -73,7 +73,7 @@ def vt(monkeypatch):
     return clock
 
 
-def paced(pacer: AdaptivePacer, clock: VirtualTime, sends: list, name):
+def paced(pacer: RateFinder, clock: VirtualTime, sends: list, name):
     async def one():
         await pacer.acquire()
         sends.append((clock.now, name))
@@ -85,32 +85,11 @@ def gaps(times):
     return [b - a for a, b in zip(times, times[1:])]
 
 
-def test_after_a_cool_down_the_workers_holding_slots_are_spaced_again(vt):
-    pacer = AdaptivePacer()
-    pacer.rate = 10.0                       # a pace learned earlier: a slot every 0.1 s
-    t0 = vt.now
-    sends: list = []
-    for w in range(8):                       # eight workers book slots t0, t0+0.1, ..., t0+0.7
-        vt.spawn(paced(pacer, vt, sends, w))
-    assert sends == [(t0, 0)]
-    vt.run_until(t0 + 0.05)
-    # The request sent at t0 draws a 429 that asks for an exact 0.5 s: a cool-down to t0+0.55
-    # that covers five booked slots (t0+0.1 ... t0+0.5).
-    pacer.on_rate_limited(ServerWait(0.5), sent_at=t0)
-    cut = pacer.rate
-    assert cut == pytest.approx(10.0 * AdaptivePacer.DECREASE)
-    vt.run()
-    after = [t for t, _ in sends[1:]]
-    assert len(after) == 7 and min(after) >= t0 + 0.55 - 1e-9
-    # No two fire together as the cool-down ends: each waits a whole interval of the cut pace.
-    assert min(gaps(after)) >= 1.0 / cut - 1e-9
-
-
 def test_the_slots_booked_at_the_servers_stated_limit_are_kept(vt):
     # With x-ratelimit-* headers the pace is the server's from the first answer, and its
     # "nothing remaining" is a short wait that keeps the booked slots (no re-spacing needed).
-    pacer = AdaptivePacer()
-    pacer.on_success(RateLimitHeaders(limit=1200, remaining=5))
+    pacer = RateFinder(8)
+    pacer.on_success(None, RateLimitHeaders(limit=1200, remaining=5))
     assert pacer.rate == 20.0
     t0 = vt.now
     sends: list = []
@@ -118,7 +97,7 @@ def test_the_slots_booked_at_the_servers_stated_limit_are_kept(vt):
         vt.spawn(paced(pacer, vt, sends, w))
     vt.run()
     assert [t - t0 for t, _ in sends] == pytest.approx([0.0, 0.05, 0.10, 0.15, 0.20])
-    pacer.on_success(RateLimitHeaders(limit=1200, remaining=0))
+    pacer.on_success(None, RateLimitHeaders(limit=1200, remaining=0))
     assert vt.now < pacer._cooldown_until <= vt.now + 0.05 + 1e-9
 
 
@@ -126,109 +105,248 @@ def test_the_slots_booked_at_the_servers_stated_limit_are_kept(vt):
     ServerWait(1.0, coarse=True),                                                   # "Retry-After: 1"
     "date",                                                                         # an HTTP date
     None,                                                                           # nothing said
+    ServerWait(0.05),                                                               # retry-after-ms: 50
 ])
-def test_a_rounded_retry_after_does_not_stall_everyone_for_a_second_when_a_pace_is_known(vt, retry_after):
-    pacer = AdaptivePacer()
+def test_a_token_buckets_429_holds_nobody_once_a_pace_is_known(vt, retry_after):
+    pacer = RateFinder(8)
     pacer.rate = 20.0
     now = vt.now
     if retry_after == "date":               # the next whole second, as a server rounds it
         retry_after = parse_retry_after({"retry-after": formatdate(int(now) + 1, usegmt=True)}, now=now)
         assert retry_after.coarse and retry_after == pytest.approx(1.0)
-    pacer.on_rate_limited(retry_after, sent_at=now)
-    cut = pacer.rate
-    assert cut == pytest.approx(20.0 * AdaptivePacer.DECREASE)
-    pause = pacer._cooldown_until - now
-    assert 0 < pause == pytest.approx(AdaptivePacer.RESUME_INTERVALS / cut)   # ~0.11 s, not 1 s
+    assert pacer.on_rate_limited(Attempt(now), retry_after) == (0.0, 0.0)   # sent again at the pace
     sends: list = []
     for w in range(4):
         vt.spawn(paced(pacer, vt, sends, w))
     vt.run()
     first = [t - now for t, _ in sends]
-    assert first[0] == pytest.approx(pause) and max(first) < 0.5            # resumed at the cut pace
-    assert min(gaps(first)) >= 1.0 / cut - 1e-9
+    assert first[0] == 0.0 and min(gaps(first)) >= 1.0 / 20.0 - 1e-9
 
 
-def test_a_server_wait_is_honoured_in_full_when_it_is_exact_long_or_no_pace_is_known(vt):
-    now = vt.now
-    exact = AdaptivePacer()
-    exact.rate = 20.0
-    exact.on_rate_limited(ServerWait(1.0, coarse=False), sent_at=now)       # retry-after-ms: 1000
-    assert exact._cooldown_until == pytest.approx(now + 1.0)
-    long = AdaptivePacer()
-    long.rate = 20.0
-    long.on_rate_limited(ServerWait(2.0, coarse=True), sent_at=now)         # "Retry-After: 2": over a second
-    assert long._cooldown_until == pytest.approx(now + 2.0)
-    plain = AdaptivePacer()
-    plain.rate = 20.0
-    plain.on_rate_limited(1.0, sent_at=now)                                  # a plain float counts as exact
-    assert plain._cooldown_until == pytest.approx(now + 1.0)
-    fresh = AdaptivePacer()                                                  # no success yet: no pace to trust
-    fresh.on_rate_limited(ServerWait(1.0, coarse=True), sent_at=now)
-    assert fresh.rate == AdaptivePacer.MIN_RATE
-    assert fresh._cooldown_until == pytest.approx(now + 1.0)
-
-
-def test_429s_of_the_same_burst_neither_cut_again_nor_stretch_a_rounded_cool_down(vt):
-    pacer = AdaptivePacer()
-    pacer.rate = 20.0
+def test_a_long_server_wait_holds_every_worker_and_voids_their_slots(vt):
+    pacer = RateFinder(8)
+    pacer.rate = 10.0
     t0 = vt.now
-    pacer.on_rate_limited(ServerWait(1.0, coarse=True), sent_at=t0 - 0.01)
-    until, cut = pacer._cooldown_until, pacer.rate
-    vt.run_until(t0 + 0.08)                       # the rest of the burst's 429s come in
-    for k in range(5):
-        pacer.on_rate_limited(ServerWait(1.0, coarse=True), sent_at=t0 - 0.005 + k * 0.001)
-    assert pacer._cooldown_until == until and pacer.rate == cut
-    # ...but one that asks for more than a rounded sub-second wait still holds everyone.
-    pacer.on_rate_limited(ServerWait(5.0, coarse=True), sent_at=t0 - 0.001)
-    assert pacer._cooldown_until == pytest.approx(vt.now + 5.0) and pacer.rate == cut
+    sends: list = []
+    for w in range(8):                       # eight workers book slots t0, t0+0.1, ..., t0+0.7
+        vt.spawn(paced(pacer, vt, sends, w))
+    vt.run_until(t0 + 0.05)
+    # An exact wait of 5 s (a quota window, not a bucket's next slot): everyone waits it out.
+    held, own = pacer.on_rate_limited(Attempt(t0), ServerWait(5.0))
+    assert (held, own) == (pytest.approx(5.0), 0.0)
+    vt.run()
+    after = [t for t, _ in sends[1:]]
+    assert len(after) == 7 and min(after) >= t0 + 5.05 - 1e-9
+    assert min(gaps(after)) >= 0.1 - 1e-9      # spaced again at the pace, not all at once
+    coarse = RateFinder(8)
+    assert coarse.on_rate_limited(Attempt(vt.now), ServerWait(3.0, coarse=True))[0] == pytest.approx(3.0)
 
 
-class Bucket:
-    """A server's token bucket on the virtual clock: `rate`/s, one second of burst."""
+def test_before_any_pace_a_lone_429_waits_for_itself_only(vt):
+    pacer = RateFinder(1)
+    held, own = pacer.on_rate_limited(Attempt(vt.now), ServerWait(0.05))    # retry-after-ms: 50
+    assert (held, own) == (0.0, pytest.approx(0.05)) and pacer.rate is None
+    held, own = pacer.on_rate_limited(Attempt(vt.now), ServerWait(1.0, coarse=True))
+    assert held == 0.0 and 0.5 <= own <= 1.0 and pacer.rate is None
 
-    def __init__(self, clock: VirtualTime, rate: float):
-        self.clock, self.rate = clock, rate
+
+class Server:
+    """An image API on the virtual clock: a token bucket of `rate`/s with one second of burst
+    (shared by every client given the same Server), successes answered `latency` ± `spread`
+    after the request, 429s at once, stating their wait in `style`."""
+
+    def __init__(self, clock: VirtualTime, rate: float, latency: float, spread: float = 0.2,
+                 style: str = "seconds", seed: int = 1):
+        self.clock, self.rate, self.latency, self.spread, self.style = clock, rate, latency, spread, style
         self.tokens, self.stamp = rate, clock.now
+        self.rng = __import__("random").Random(seed)
+        self.ok = self.refused = 0
 
-    def take(self) -> float:
+    def set_rate(self, rate: float) -> None:
+        self._refill()
+        self.rate = rate
+
+    def _refill(self) -> None:
         now = self.clock.now
         self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def take(self) -> float:
+        self._refill()
         if self.tokens >= 1:
             self.tokens -= 1
             return 0.0
         return (1 - self.tokens) / self.rate
 
+    def retry_after(self, wait: float):
+        if self.style == "exact":
+            return ServerWait(wait)
+        if self.style == "none":
+            return None
+        return ServerWait(float(max(1, math.ceil(wait))), coarse=True)     # "seconds" or a date
 
-@pytest.mark.parametrize("style", ["seconds", "exact"])
-def test_against_a_bucket_that_says_retry_after_1_nobody_idles_a_second(vt, style):
-    # 8 workers, 200 requests, a server of 20/s that answers 10 ms after a request arrives.
-    # With "Retry-After: 1" taken at its word every 429 would stop all sending for a second;
-    # as an upper bound, once a pace is known, it stops it for a couple of intervals.
-    pacer, bucket = AdaptivePacer(), Bucket(vt, 20.0)
-    todo, sends, answers = [200], [], {"200": 0, "429": 0}
+    def answer_time(self) -> float:
+        return self.latency * self.rng.uniform(1 - self.spread, 1 + self.spread)
+
+
+def client(server: Server, finder: RateFinder, tasks: int, finished: list):
+    """Workers as the live backend runs them: as many as the finder's window (more are started
+    as it grows, one leaves when it shrinks); each acquires, sends, learns, releases, and sends a
+    refused task again at the pace. Returns the first workers; start them with `vt.spawn`."""
+    todo = [tasks]
+    alive = [0]
+    clock = server.clock
+
+    def staff():
+        while todo[0] > 0 and alive[0] < finder.window:
+            alive[0] += 1
+            clock.spawn(worker())
 
     async def worker():
-        while todo[0] > 0:
+        while todo[0] > 0 and alive[0] <= finder.window:
             todo[0] -= 1
-            while True:                      # one task: send until it succeeds
-                await pacer.acquire()
-                sent_at = vt.now
-                sends.append(sent_at)
-                wait = bucket.take()
-                await vt.sleep(0.01)
+            while True:
+                await finder.acquire()
+                attempt = finder.sent()
+                wait = server.take()
                 if wait == 0:
-                    answers["200"] += 1
-                    pacer.on_success(None)
+                    server.ok += 1
+                    await clock.sleep(server.answer_time())
+                    finder.on_success(attempt)
+                    finder.release(attempt)
+                    finished.append(clock.now)
+                    staff()
                     break
-                answers["429"] += 1
-                stated = ServerWait(float(math.ceil(wait)), coarse=True) if style == "seconds" else ServerWait(wait)
-                pacer.on_rate_limited(stated, sent_at)
+                server.refused += 1
+                await clock.sleep(0.005)          # a 429 comes back at once
+                _, own = finder.on_rate_limited(attempt, server.retry_after(wait))
+                finder.release(attempt)
+                staff()
+                if own:
+                    await clock.sleep(own)
+        alive[0] -= 1
 
-    for _ in range(8):
-        vt.spawn(worker())
+    async def ticker():                           # the backend's timer: the window grows meanwhile
+        while todo[0] > 0 or alive[0]:
+            finder.tick()
+            staff()
+            await clock.sleep(0.25)
+
+    return [ticker()]
+
+
+@pytest.mark.parametrize("latency", [0.2, 8.0, 30.0])
+@pytest.mark.parametrize("style", ["exact", "seconds", "none"])
+def test_the_allowed_rate_is_found_and_held_at_any_latency(vt, latency, style):
+    """A scaled-down matrix of bench/ratelimit.py: 10 requests/s allowed, 429s at once."""
+    server = Server(vt, rate=10.0, latency=latency, style=style)
+    tasks, workers = 400, math.ceil(10 * latency * 1.5) + 20
+    finished: list = []
+    start = vt.now
+    for w in client(server, RateFinder(workers), tasks, finished):
+        vt.spawn(w)
     vt.run()
-    assert answers["200"] == 200
-    assert answers["429"] <= 0.25 * len(sends)
-    first_429_pace_known = sends[20]          # after the first second's burst, a pace is known
-    assert max(gaps([t for t in sends if t >= first_429_pace_known])) < 0.5
+    ideal = tasks / 10.0 + latency
+    assert len(finished) == tasks
+    assert ideal / (max(finished) - start) >= 0.85
+    assert server.refused <= 0.25 * (server.ok + server.refused)
+
+
+def test_the_issues_case_800_prompts_at_concurrency_200_against_10_per_second_and_8_s(vt):
+    server = Server(vt, rate=10.0, latency=8.0, spread=0.2, style="seconds")
+    finished: list = []
+    for w in client(server, RateFinder(200), 800, finished):
+        vt.spawn(w)
+    vt.run()
+    assert len(finished) == 800
+    assert (800 / 10.0 + 8.0) / (max(finished) - 1000.0) >= 0.85     # was 5% of the allowed rate
+    assert server.refused <= 0.25 * (server.ok + server.refused)
+
+
+def test_a_limit_halved_then_restored_mid_run_is_followed_both_ways(vt):
+    server = Server(vt, rate=20.0, latency=2.0, style="seconds")
+    finished: list = []
+    for w in client(server, RateFinder(100), 1200, finished):
+        vt.spawn(w)
+    vt.run_until(1020.0)
+    server.set_rate(10.0)
+    vt.run_until(1040.0)
+    server.set_rate(20.0)
+    vt.run()
+    assert len(finished) == 1200
+    halved = sum(1020.0 + 8 <= t < 1040.0 for t in finished) / 12.0          # settled at the half
+    restored = sum(1040.0 + 15 <= t < 1040.0 + 25 for t in finished) / 10.0  # found the full rate again
+    assert 0.8 * 10.0 <= halved <= 10.5
+    assert restored >= 0.8 * 20.0
+    assert server.refused <= 0.25 * (server.ok + server.refused)
+
+
+def test_two_runs_sharing_one_key_hold_the_limit_together_and_neither_starves(vt):
+    server = Server(vt, rate=20.0, latency=3.0, style="none")
+    a: list = []
+    b: list = []
+    for w in client(server, RateFinder(80), 600, a) + client(server, RateFinder(80), 600, b):
+        vt.spawn(w)
+    vt.run()
+    assert len(a) == len(b) == 600
+    both = min(max(a), max(b))                   # until the first run is done
+    span = both - 1000.0
+    for mine in (a, b):                          # neither starves: each gets a tenth of the limit at least
+        assert sum(t < both for t in mine) / span >= 0.1 * 20.0
+    assert (1200 / 20.0 + 3.0) / (max(a + b) - 1000.0) >= 0.85     # together they hold the limit
+    assert server.refused <= 0.25 * (server.ok + server.refused)
+
+
+def test_the_servers_stated_limit_caps_the_pace_found(vt):
+    pacer = RateFinder(8)
+    pacer.on_success(None, RateLimitHeaders(limit=600, remaining=100))       # 10 a second
+    pacer.rate = 30.0                                                          # a probe run ahead
+    pacer._take_window(60, 60, 0, 3.0)                                          # a clean window
+    assert pacer.rate == 10.0
+
+
+# ---- in flight: automatic concurrency ------------------------------------------------------
+
+def test_the_window_grows_while_requests_go_unrefused_and_holds_after_a_refusal(vt):
+    pacer = RateFinder(None, max_concurrency=1000)
+    assert pacer.window == RateFinder.START_WINDOW
+    held = []
+    for _ in range(pacer.window):               # a full window, all accepted (no 429 within the horizon)
+        pacer.in_flight += 1
+        held.append(pacer.sent())
+    vt.run_until(vt.now + RateFinder.FIRST_HORIZON_S + 0.01)
+    pacer.tick()
+    assert pacer.window == 2 * RateFinder.START_WINDOW     # one more for each: slow start
+    fixed = RateFinder(24)
+    for _ in range(16):
+        fixed.in_flight += 1
+        fixed.sent()
+    vt.run_until(vt.now + RateFinder.FIRST_HORIZON_S + 0.01)
+    fixed.tick()
+    assert fixed.window == 24                              # a fixed concurrency is the ceiling
+    for _ in range(pacer.window - pacer.in_flight):
+        pacer.in_flight += 1
+        held.append(pacer.sent())
+    for attempt in held[-12:]:                              # a burst of refusals
+        pacer.on_rate_limited(attempt, ServerWait(1.0, coarse=True))
+    vt.run_until(vt.now + RateFinder.WINDOW_S + 1.5)
+    pacer.tick()                                            # their window is settled: a refusal in it
+    grown = pacer.window
+    for _ in range(10):
+        pacer.in_flight += 1
+        pacer.sent()
+    vt.run_until(vt.now + 1.0)
+    pacer.tick()
+    assert pacer.window == grown                            # held while the refusal is recent
+
+
+def test_automatic_concurrency_covers_the_rate_times_the_latency(vt):
+    pacer = RateFinder(None, max_concurrency=1000)
+    pacer.latency = 8.0
+    pacer._take_window(100, 30, 70, 3.0)           # saturated: 10 a second got through
+    assert pacer.limit == pytest.approx(10.0)
+    assert pacer.window >= pacer.rate * 8.0 * RateFinder.HEADROOM
+    capped = RateFinder(None, max_concurrency=50)
+    capped.latency = 8.0
+    capped._take_window(100, 30, 70, 3.0)
+    assert capped.window == 50                      # never past --max-concurrency

@@ -250,7 +250,7 @@ def test_bad_default_values_are_usage_errors(tmp_path, where, value, message):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"concurrency": True}, "--concurrency must be a whole number"),
+    ({"concurrency": True}, "--concurrency must be auto or a whole number"),
     ({"timeout": float("inf")}, "--timeout must be a finite number > 0"),
     ({"rpm": float("nan")}, "--rpm must be a finite number > 0"),
     ({"encoding": "no-such-codec"}, "not a text encoding"),

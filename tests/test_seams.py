@@ -98,6 +98,9 @@ class DryBackend:
     def busy(self):
         return False
 
+    def pace(self):
+        return None
+
     @classmethod
     async def cancel_remote(cls, endpoint, timeout, chunks):
         return []

@@ -79,6 +79,21 @@ def job_options(f):
     return f
 
 
+class _Concurrency(click.ParamType):
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is neither 'auto' nor a whole number ≥ 1 (e.g. --concurrency 64)", param, ctx)
+        return number
+
+
 def _overrides(kw: dict) -> dict:
     from batchgen.planning.settings import parse_sweep
     defaults = {k: kw.pop(k) for k in PARAMETERS}
@@ -147,7 +162,12 @@ def entry() -> None:
 @main.command()
 @click.argument("source")
 @job_options
-@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at once (default 8).")
+@click.option("--concurrency", type=_Concurrency(),
+              help="Requests in flight at once: 'auto' (the default: as many as the rate the server allows "
+                   "needs at the latency it answers with) or a fixed number.")
+@click.option("--max-concurrency", type=click.IntRange(min=1),
+              help="The most requests in flight that --concurrency auto may reach (default 1000; less where "
+                   "the open-file limit is lower).")
 @click.option("--max-retries", type=click.IntRange(min=0),
               help="Retries per task after 5xx, timeouts, dropped connections and bad responses (default 8). "
                    "429s wait as the server asks, on a budget of their own.")

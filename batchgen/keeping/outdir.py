@@ -295,6 +295,19 @@ class OutputFolder:
             log.warning("could not record the run's end in %s (%s); `batchgen status` will say "
                         "it stopped without saying why", self.job_path, e)
 
+    def record_pace(self, pace: dict) -> None:
+        """Say in job.json how fast this run sends and what it has in flight (for `status`).
+        Called while the lock is held, every few seconds at most; a disk that refuses it loses
+        only this note."""
+        try:
+            doc = read_job(self.path)
+            run = doc.get("run")
+            if isinstance(run, dict):
+                run["pace"] = pace
+                self._write_job_doc(doc)
+        except (OSError, UsageError) as e:
+            log.debug("could not record the pace in %s (%s)", self.job_path, e)
+
     # -- one run at a time --
 
     def lock(self) -> None:

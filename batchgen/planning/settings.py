@@ -12,7 +12,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from batchgen.exceptions import UsageError
 from batchgen.rules import models, modes, pricing, providers
@@ -21,6 +21,7 @@ from batchgen.rules.modes import MAX_BATCH_REQUESTS
 PARAMETERS = models.PARAMETERS
 INT_PARAMETERS = models.INT_PARAMETERS
 
+AUTO = "auto"     # --concurrency auto: in flight follows the learned rate × latency
 
 @dataclass
 class JobConfig:
@@ -29,7 +30,8 @@ class JobConfig:
     prompt_column: str = "prompt"
     defaults: dict = field(default_factory=dict)     # parameter -> value for rows that lack it
     sweep: list = field(default_factory=list)        # [(axis, [values...]), ...]
-    concurrency: int = 8
+    concurrency: Union[int, str] = AUTO   # requests in flight; AUTO: the learned rate × latency
+    max_concurrency: int = 1000           # the most in flight that AUTO may reach
     rpm: Optional[float] = None
     max_retries: int = 8
     backoff_base: float = 1.0             # seconds; the first retry waits up to this (full jitter)
@@ -218,8 +220,8 @@ def load_job_file(path) -> dict:
     if not isinstance(extra, dict):
         raise UsageError(f"{path}: [params] must be a table of name = value (sent as is)")
     settings["params"] = dict(parse_extra_param((k, v), f"{path} [params]") for k, v in extra.items())
-    for key in ("prompt_column", "concurrency", "rpm", "max_retries", "backoff_base", "timeout", "provider",
-                "mode", "base_url", "limit", "max_cost", "max_wait", "encoding", "batch_size", "no_wait",
+    for key in ("prompt_column", "concurrency", "max_concurrency", "rpm", "max_retries", "backoff_base", "timeout",
+                "provider", "mode", "base_url", "limit", "max_cost", "max_wait", "encoding", "batch_size", "no_wait",
                 "poll_interval", "image_column", "mask_column"):
         if key in data:
             settings[key] = data[key]
@@ -296,7 +298,13 @@ def check_settings(config: JobConfig, job_file: Optional[str] = None) -> None:
             pricing.load(config.prices)
     except UsageError as e:
         raise UsageError(f"{job_file}: {e}" if job_file else str(e)) from None
-    for key, low in (("concurrency", 1), ("max_retries", 0), ("limit", 0)):
+    if config.concurrency != AUTO:
+        value = config.concurrency
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{name('concurrency')} must be {AUTO} or a whole number ≥ 1 "
+                             f"(e.g. {example('concurrency', AUTO, True)} or {example('concurrency', '64')}), "
+                             f"not {value!r}")
+    for key, low in (("max_concurrency", 1), ("max_retries", 0), ("limit", 0)):
         value = getattr(config, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise UsageError(f"{name(key)} must be a whole number ≥ {low} (e.g. {example(key, str(max(low, 8)))}), "

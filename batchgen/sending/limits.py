@@ -197,53 +197,107 @@ class Spacer:
             await asyncio.sleep(wait)
 
 
-class AdaptivePacer:
-    """Finds the server's rate limit without being told, and holds all workers to it.
+class Attempt:
+    """One request as the pacer sees it: when it left, and what became of it."""
 
-    - A 429 opens one shared cool-down: every worker waits it out together instead of each
-      sleeping on its own.  Its length is the server's Retry-After (else a second), except
-      that a coarse one — whole seconds (`Retry-After: 1`) or an HTTP date, at most
-      ROUNDED_MAX_S — is only an upper bound: a token bucket that frees a slot in 50 ms says
-      "1".  When a pace is known, such a 429 pauses RESUME_INTERVALS of the (cut) pace's
-      intervals instead (never more than the server said, never less than a second below it).
-    - A cool-down voids every slot booked before it: the workers that held one book again,
-      spaced at the pace from the cool-down's end, instead of all firing as it ends.
-    - The first 429 sets a pace equal to the rate that was succeeding just before it. After
-      that, AIMD: each success raises the pace by about INCREASE requests/s per second, and a
-      429 cuts it by DECREASE, or down to the rate that was succeeding in the last second when
-      that is lower (answers that take seconds let the pace overshoot by more than one cut).
-      Once per burst: 429s to requests sent before the last cut are the same event, and tell
-      nothing new about when the server frees a slot, so they extend the cool-down only when
-      they ask for more than a rounded sub-second wait; for one round trip after a cut the
-      successes, sent at the old pace, raise nothing.  The pace settles in a narrow band just
-      under the server's limit.
-    - Where the server states its limit (x-ratelimit-limit-requests, per minute, as OpenAI
-      sends) the pace is that, before any 429 happens.
+    __slots__ = ("sent_at", "state", "grown")
+    PENDING, ACCEPTED, REFUSED = 0, 1, 2
 
-    `on_rate_limited` takes the Retry-After as `parse_retry_after` gives it (a `ServerWait`,
-    which says whether it is coarse); a plain float counts as exact.
+    def __init__(self, sent_at: float):
+        self.sent_at = sent_at
+        self.state = Attempt.PENDING
+        self.grown = False          # counted once towards the in-flight window's growth
+
+
+class RateFinder:
+    """Finds the rate the server lets through, holds every worker just under it, and (with
+    automatic concurrency) keeps as many requests in flight as that rate needs at the
+    latency the server answers with.
+
+    The rate is measured, not probed down. Requests are grouped by the time they were sent, in
+    windows of WINDOW_S (and WINDOW_SENDS sends at least). A window is settled once each of its
+    requests has either been refused (a 429) or gone unrefused for the horizon: the time 429s
+    take to come back, learned from them (a second until one has come). When a settled window
+    holds refusals, the requests it let through per second *are* the server's limit, whatever
+    the latency of a success, and the pace is set just under it (PACE_SHARE). A burst of 429s is
+    one window's count, not one cut each. A settled window without refusals, in which the
+    workers used the pace, raises the pace a little, more with each such window in a row
+    (PROBE_GAINS): a limit restored mid-run is found again within seconds.
+
+    A 429 holds every worker (a shared cool-down) only when the server asks for a long wait —
+    an exact wait of LONG_WAIT_S or more, or a whole-second one beyond ROUNDED_MAX_S. The usual
+    token-bucket answer (`Retry-After: 1`, an HTTP date a second ahead, retry-after-ms of a few
+    ms, or nothing) is the next slot of a bucket the pace already keeps to, and delays nobody;
+    the refused task is sent again at the pace. Where the server states its limit
+    (x-ratelimit-limit-requests, per minute), the pace never exceeds it.
+
+    In flight (`window`: how many workers the backend keeps sending): START_WINDOW at first,
+    fixed concurrency or not, so a run does not open with a burst the server refuses; one more
+    for each request that goes unrefused past the horizon while the window is full, no 429 came
+    in the last settled window and the latency is not rising (slow start, at the pace of
+    acceptance rather than of answers), up to the fixed concurrency, or else `max_concurrency`.
+    With automatic concurrency, once a limit is measured, at least pace × latency × HEADROOM
+    (Little's law); a latency that rises past LATENCY_RISE of its least shrinks it.
     """
 
-    INCREASE = 1.0       # requests/s gained per second without a 429
-    DECREASE = 0.9
-    MIN_RATE = 0.5
-    NO_RETRY_AFTER_S = 1.0
-    ROUNDED_MAX_S = 1.25     # a coarse wait up to this may be a rounded-up sub-second wait
-    RESUME_INTERVALS = 2.0   # pause after such a 429, in intervals of the pace
-    MEASURED_MIN = 10        # successes in the last second worth trusting as the server's rate
-    MAX_HOLD_S = 60.0        # the longest round trip the additive increase waits out
+    PACE_SHARE = 0.95
+    MIN_RATE = 0.2
+    WINDOW_S = 3.0
+    WINDOW_SENDS = 10
+    SATURATED = 0.05            # a window with this share of refusals or more shows the limit
+    PROBE_GAINS = (0.1, 0.2, 0.4, 0.8)
+    FIRST_HORIZON_S = 1.0
+    MIN_HORIZON_S = 0.25
+    MAX_HORIZON_S = 120.0
+    LONG_WAIT_S = 2.0
+    ROUNDED_MAX_S = 1.25
+    START_WINDOW = 16
+    DEMAND_SHARE = 0.7         # a window whose sends fell below this share of the pace was not paced
+    MILD_CUT = 0.9
+    HEAVY = 0.3                 # a window with this share of refusals shows the limit outright
+    SOFT_FALL = 0.85
+    BURST_SENDS = 10            # sends within a second that make a burst worth learning from
+    HEADROOM = 1.3
+    LATENCY_RISE = 2.0
+    REPORT_EVERY_S = 10.0
 
-    def __init__(self) -> None:
-        self.rate: Optional[float] = None      # requests per second; None: no limit known
-        self._told = False                      # the rate comes from the server's headers
-        self._next = 0.0                        # the next free slot
+    def __init__(self, concurrency: Optional[int] = None, max_concurrency: int = 1000):
+        self.auto = concurrency is None
+        self.max_concurrency = max(1, max_concurrency if self.auto else int(concurrency or 1))
+        self.window = min(self.START_WINDOW, self.max_concurrency)
+        self.rate: Optional[float] = None       # the pace, requests per second; None: none known
+        self.limit: Optional[float] = None      # the server's limit as last measured
+        self.told: Optional[float] = None       # the limit its headers state
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.refusals = 0
+        self.latency: Optional[float] = None    # of successes, smoothed
+        self.least_latency: Optional[float] = None
+        self._horizon = self.FIRST_HORIZON_S
+        self._sent: deque[Attempt] = deque()    # in send order, not yet in a settled window
+        self._unconfirmed: deque[Attempt] = deque()   # for the window's growth
+        self._window_start: Optional[float] = None
+        self._clean = 0                         # settled windows without refusals, in a row
+        self._last_refusal = -math.inf          # when a settled window last held a refusal
+        self._next = 0.0
         self._cooldown_until = 0.0
-        self._epoch = 0                         # counts 429 cool-downs: slots booked before one are void
-        self._last_cut = 0.0
-        self._hold_until = 0.0                  # no additive increase before this (see on_rate_limited)
-        self._recent: deque[float] = deque()   # success times within the last second
+        self._epoch = 0
+        self._reported = -math.inf
+
+    # -- the workers' side --
 
     async def acquire(self) -> None:
+        """The next slot at the pace. The caller then sends (`sent`) or gives its place back
+        (`release(None)`)."""
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await self._slot()
+        except BaseException:       # cancelled while waiting: the place was never used
+            self.in_flight -= 1
+            raise
+
+    async def _slot(self) -> None:
         # No lock: the event loop runs this between awaits, so each reservation is atomic.
         while True:
             now = time.monotonic()
@@ -259,66 +313,175 @@ class AdaptivePacer:
             epoch = self._epoch
             await asyncio.sleep(start - now)
             if self._epoch != epoch:
-                continue    # a 429 cool-down voided our slot: book again, spaced after it
+                continue    # a cool-down voided our slot: book again, spaced after it
             wait = self._cooldown_until - time.monotonic()
             if wait > 0:    # the headers said nothing is left: wait for it, keep the slot
                 await asyncio.sleep(wait)
             return
 
-    def on_success(self, headers: Optional[RateLimitHeaders] = None) -> None:
-        now = time.monotonic()
-        if headers and headers.limit:
-            told = headers.limit / 60.0
-            self.rate, self._told = told, True
-            if headers.remaining is not None and headers.remaining <= 0:
-                self._cooldown_until = max(self._cooldown_until, now + 1.0 / told)
-            return
-        self._recent.append(now)
-        while self._recent[0] < now - 1.0:
-            self._recent.popleft()
-        if self.rate and not self._told and now >= self._hold_until:
-            self.rate += self.INCREASE / self.rate
+    def sent(self) -> Attempt:
+        """The request leaves now."""
+        attempt = Attempt(time.monotonic())
+        self._sent.append(attempt)
+        self._unconfirmed.append(attempt)
+        return attempt
 
-    def on_rate_limited(self, retry_after: Optional[float], sent_at: float) -> float:
-        """Take in a 429. Returns the seconds from now that the cool-down it opened or extended
-        holds every worker (0: it changed nothing, an earlier one of its burst answered it)."""
+    def release(self, attempt: Optional[Attempt]) -> None:
+        """The request is over (answered, failed, abandoned), or was never sent (None)."""
+        self.in_flight -= 1
+        if attempt is not None and attempt.state == Attempt.PENDING:
+            attempt.state = Attempt.ACCEPTED
+        self.tick()
+
+    def tick(self) -> None:
+        """Take in what time has settled (the backend also calls this while every worker waits
+        for a slow answer, so the window can grow meanwhile)."""
+        self._settle(time.monotonic())
+
+    def on_success(self, attempt: Optional[Attempt], headers: Optional[RateLimitHeaders] = None) -> None:
+        """A generation answered: its latency, and the limit the headers state."""
         now = time.monotonic()
-        same_burst = sent_at < self._last_cut
-        if not same_burst:
-            self._last_cut = now
-            # The successes that arrive for one round trip after a cut were sent at the old
-            # pace: they say nothing about the new one, so they raise nothing.
-            self._hold_until = now + min(max(0.0, now - sent_at), self.MAX_HOLD_S)
-            recent = float(sum(1 for t in self._recent if t >= now - 1.0))
-            if self.rate is None:
-                self.rate = max(self.MIN_RATE, recent)
-            else:
-                cut = self.rate * self.DECREASE
-                if recent >= self.MEASURED_MIN:
-                    # What the server let through in the last second is its limit, seen from
-                    # here; with answers that take a while the pace can overshoot it by more
-                    # than one cut.  Never more than halve at once on that evidence.
-                    cut = min(cut, max(recent, self.rate / 2))
-                self.rate = max(self.MIN_RATE, cut)
-        pause, bound = self._pause(retry_after)
-        if same_burst and bound:
-            return 0.0  # sent at the old pace: this burst's cool-down has answered it already
-        until = now + pause
-        if until > self._cooldown_until:
-            self._cooldown_until = until
-            self._next = until
-            self._epoch += 1
-            return pause
+        if attempt is not None:
+            attempt.state = Attempt.ACCEPTED
+            took = now - attempt.sent_at
+            self.latency = took if self.latency is None else 0.8 * self.latency + 0.2 * took
+            self.least_latency = took if self.least_latency is None else min(self.least_latency, took)
+        if headers and headers.limit:
+            self.told = headers.limit / 60.0
+            self.rate = min(self.rate, self.told) if self.rate else self.told
+            if headers.remaining is not None and headers.remaining <= 0:
+                self._cooldown_until = max(self._cooldown_until, now + 1.0 / self.told)
+
+    def on_rate_limited(self, attempt: Optional[Attempt], retry_after: Optional[float],
+                        rng: Jitter = random) -> tuple[float, float]:
+        """Take in a 429. Returns (seconds from now that every worker is held, seconds this
+        request waits before it is sent again); either may be 0."""
+        now = time.monotonic()
+        self.refusals += 1
+        if attempt is not None:
+            attempt.state = Attempt.REFUSED
+            took = now - attempt.sent_at
+            self._horizon = min(self.MAX_HORIZON_S, max(self._horizon if self.limit else 0.0,
+                                                        self.MIN_HORIZON_S, 2.0 * took + 0.05))
+        if self.limit is None:
+            # Until a window is settled, a burst tells the most: no more than what got through
+            # in its last second.
+            recent = [a for a in self._sent if a.sent_at > now - 1.0]
+            if len(recent) >= self.BURST_SENDS:
+                through = max(self.MIN_RATE, float(sum(a.state != Attempt.REFUSED for a in recent)))
+                if self.rate is None or through < self.rate:
+                    self.rate = through
+                    # The rest of the burst's 429s are on their way: let them in before sending
+                    # again, and space the slots booked at the old pace anew.
+                    took = now - attempt.sent_at if attempt is not None else 0.0
+                    self._next = max(self._next, now + min(0.25, 2.0 * took + 0.01))
+                    self._epoch += 1
+        pause = self._pause(retry_after)
+        if pause:
+            until = now + pause
+            if until > self._cooldown_until:
+                self._cooldown_until = self._next = until
+                self._epoch += 1
+                return pause, 0.0
+            return 0.0, 0.0
+        if self.rate is not None:
+            return 0.0, 0.0         # sent again at the pace
+        # No pace yet: the server's exact word for this request, else a short jittered wait.
+        if retry_after is not None and not getattr(retry_after, "coarse", False):
+            return 0.0, min(float(retry_after), self.LONG_WAIT_S)
+        return 0.0, rng.uniform(0.5, 1.0) * min(float(retry_after or 1.0), 1.0)
+
+    def _pause(self, retry_after: Optional[float]) -> float:
+        if retry_after is None:
+            return 0.0
+        stated = min(max(0.0, float(retry_after)), float(MAX_SERVER_WAIT_S))   # NaN: 0
+        coarse = bool(getattr(retry_after, "coarse", False))
+        if (coarse and stated > self.ROUNDED_MAX_S) or (not coarse and stated >= self.LONG_WAIT_S):
+            return stated
         return 0.0
 
-    def _pause(self, retry_after: Optional[float]) -> tuple:
-        """(seconds to pause, whether the server's value was taken as an upper bound only)."""
-        if retry_after is None:
-            stated, coarse = self.NO_RETRY_AFTER_S, True       # our own guess, no better
-        else:
-            stated = min(max(0.0, float(retry_after)), float(MAX_SERVER_WAIT_S))   # NaN: 0
-            coarse = bool(getattr(retry_after, "coarse", False))
-        if coarse and self.rate and stated <= self.ROUNDED_MAX_S:
-            # The real wait lies in (stated - 1, stated]: a few of our own intervals is enough.
-            return max(stated - 1.0, min(stated, self.RESUME_INTERVALS / self.rate)), True
-        return stated, False
+    def snapshot(self) -> dict:
+        """The pace and what is in flight, for `status`, `--json` and the log."""
+        def rounded(value: Optional[float]) -> Optional[float]:
+            return None if value is None else round(value, 3)
+        return {"rate_per_s": rounded(self.rate), "limit_per_s": rounded(self.limit),
+                "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
+                "window": self.window, "concurrency": "auto" if self.auto else self.max_concurrency,
+                "latency_s": rounded(self.latency), "rate_limited": self.refusals}
+
+    def report(self) -> Optional[dict]:
+        """The snapshot, every REPORT_EVERY_S at most."""
+        now = time.monotonic()
+        if now - self._reported < self.REPORT_EVERY_S:
+            return None
+        self._reported = now
+        return self.snapshot()
+
+    # -- what it learns --
+
+    def _settle(self, now: float) -> None:
+        """Take in every window of sends that is settled by now, and grow the in-flight window."""
+        self._grow(now)
+        sent = self._sent
+        while sent:
+            if self._window_start is None or sent[0].sent_at >= self._window_start + self.WINDOW_S * 10:
+                self._window_start = sent[0].sent_at      # after a quiet spell: measure from here
+            width = self.WINDOW_S if not self.rate else max(self.WINDOW_S, self.WINDOW_SENDS / self.rate)
+            end = self._window_start + width
+            if now - self._horizon < end:
+                return
+            count = refused = 0
+            while sent and sent[0].sent_at < end:
+                count += 1
+                refused += sent.popleft().state == Attempt.REFUSED
+            self._window_start = end
+            if count:
+                self._take_window(count, count - refused, refused, width)
+
+    def _take_window(self, count: int, accepted: int, refused: int, width: float) -> None:
+        through = accepted / width
+        if refused:
+            self._last_refusal = time.monotonic()
+        if self.rate is not None and count / width < self.DEMAND_SHARE * self.rate:
+            # The workers did not use the pace (all waiting for answers): what got through says
+            # how much was asked, not what the server allows. A refusal still cuts, a little.
+            if refused:
+                self.rate = max(self.MIN_RATE, self.rate * self.MILD_CUT)
+                self._clean = 0
+        elif refused >= max(1, self.SATURATED * count):
+            # Few refusals may come from a bucket drained by a probe: the limit falls at most
+            # a little on them; many (a limit halved) show it outright.
+            last = self.limit
+            limit = through if last is None or refused >= self.HEAVY * count else max(through, self.SOFT_FALL * last)
+            self.limit = limit
+            self.rate = max(self.MIN_RATE, self.PACE_SHARE * limit)
+            self._clean = 0
+        elif refused:
+            self.rate = max(self.MIN_RATE, min(self.rate or through, through))
+            self._clean = 0
+        elif self.rate is not None:
+            gain = self.PROBE_GAINS[min(self._clean, len(self.PROBE_GAINS) - 1)]
+            self.rate *= 1.0 + gain
+            self._clean += 1
+        if self.told is not None and self.rate is not None:
+            self.rate = min(self.rate, self.told)
+        if self.auto and self.rate is not None and self.latency is not None:
+            needed = math.ceil(self.rate * self.latency * self.HEADROOM) + 4
+            self.window = min(self.max_concurrency, max(self.window, needed))
+
+    def _grow(self, now: float) -> None:
+        """Slow start: one more in flight for each request that went unrefused past the horizon
+        while the window was full; a latency risen past LATENCY_RISE of its least shrinks it."""
+        rising = False
+        if self.latency is not None and self.least_latency is not None:
+            rising = self.latency > self.LATENCY_RISE * max(self.least_latency, 0.05)
+            if rising and self.window > self.START_WINDOW:
+                self.window = max(self.START_WINDOW, int(self.window * 0.9))
+                self.least_latency = self.latency / self.LATENCY_RISE   # shrink once per doubling
+        if rising or now - self._last_refusal < self.WINDOW_S:
+            return          # held until then: the requests accepted meanwhile still count
+        queue = self._unconfirmed
+        full = self.in_flight >= self.window - 1
+        while queue and (queue[0].state != Attempt.PENDING or queue[0].sent_at < now - self._horizon):
+            if queue.popleft().state != Attempt.REFUSED and full:
+                self.window = min(self.max_concurrency, self.window + 1)

@@ -41,6 +41,7 @@ class Status:
     stop_message: Optional[str] = None
     rate_per_min: Optional[float] = None    # only while running
     eta_s: Optional[float] = None
+    pace: Optional[dict] = None             # while running: the run's pace and what it has in flight
 
     @property
     def done(self) -> int:
@@ -56,7 +57,7 @@ class Status:
                 "errors": self.errors + self.refused, "by_code": self.by_code,
                 "running": self.running, "state": self.state, "stopped": self.stopped,
                 "stop_message": self.stop_message, "rate_per_min": self.rate_per_min,
-                "eta_s": self.eta_s}
+                "eta_s": self.eta_s, "pace": self.pace}
 
 
 RATE_WINDOW_S = 600
@@ -102,6 +103,9 @@ def read_status(out: StrPath, now: Optional[float] = None) -> Status:
     status = Status(str(out), total, refused, ok, errors, by_code)
     status.state, status.stopped, status.stop_message = run_state(
         job.get("run"), OutputFolder(out).is_locked(), status.done >= total)
+    run = job.get("run")
+    if status.running and isinstance(run, dict) and isinstance(run.get("pace"), dict):
+        status.pace = checked_pace(run["pace"])
     if status.running and len(recent) >= 2:
         span = max(now - min(recent), 1.0)
         status.rate_per_min = len(recent) / span * 60
@@ -141,6 +145,8 @@ def format_status(s: Status) -> str:
         lines.append("running" + (f"; rate {s.rate_per_min:,.1f} tasks/min over the last 10 min, ETA "
                                   f"{format_duration(s.eta_s) if s.eta_s else 'any moment'}"
                                   if s.rate_per_min else ""))
+        if s.pace:
+            lines.append(format_pace(s.pace))
     elif s.stopped == NO_LONGER_RUNNING:
         lines.append(f"stopped (no longer running): {s.stop_message}")
     elif s.stopped:
@@ -148,3 +154,27 @@ def format_status(s: Status) -> str:
     else:
         lines.append("finished")
     return "\n".join(lines)
+
+
+PACE_KEYS = ("rate_per_s", "limit_per_s", "in_flight", "peak_in_flight", "window", "latency_s", "rate_limited")
+
+
+def checked_pace(pace: dict) -> dict:
+    """The pace a run wrote in job.json, each value a finite number ≥ 0 or None (job.json is a
+    file anyone can edit)."""
+    def number(value: object) -> Optional[float]:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            return value
+        return None
+    return {key: number(pace.get(key)) for key in PACE_KEYS}
+
+
+def format_pace(pace: dict) -> str:
+    """`status`'s line for a run's pace (see checked_pace)."""
+    rate, limit, in_flight, window = (pace.get(k) for k in ("rate_per_s", "limit_per_s", "in_flight", "window"))
+    words = ["pace " + ("not limited yet" if rate is None else f"{rate:,.2f} requests/s")]
+    if limit is not None:
+        words.append(f"the server lets {limit:,.2f}/s through")
+    if in_flight is not None:
+        words.append(f"{in_flight:,.0f} in flight" + (f" (up to {window:,.0f})" if window is not None else ""))
+    return "; ".join(words)

@@ -48,6 +48,9 @@ class Recorder(Protocol):
     def chunks(self) -> Mapping[str, dict]:
         """Every chunk the journal knows, by key: its task ids, batch id and events so far."""
 
+    def pace(self, pace: Mapping[str, Any]) -> None:
+        """How fast the backend sends now and how much is in flight (for `status`)."""
+
 
 class ImageSaver(Protocol):
     """The image store, as a backend sees it."""
@@ -141,6 +144,9 @@ class SendBackend(Protocol):
 
     def busy(self) -> bool:
         """Whether a request is on the wire (Ctrl-C then waits for it)."""
+
+    def pace(self) -> Optional[dict]:
+        """The pace it sends at and what is in flight, as the run ends (None: not paced here)."""
 
     @classmethod
     async def cancel_remote(cls, endpoint: Any, timeout: float, chunks: Mapping[str, dict]) -> list:

@@ -88,6 +88,9 @@ class BatchBackend:
             raise RuntimeError("the backend is used outside `async with`")
         return self._client
 
+    def pace(self) -> Optional[dict]:
+        return None         # a batch is paced by the server
+
     def busy(self) -> bool:
         """Saving a batch's outcomes is worth finishing; waiting for a batch is not."""
         return self._collecting

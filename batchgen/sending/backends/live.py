@@ -11,14 +11,15 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 from batchgen.exceptions import ApiError, BadResponse, InvalidInput, NotJson, RequestError, Unreachable
 from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
+from batchgen.planning.settings import AUTO
 from batchgen.rules.models import FORMAT_EXTENSIONS
 from batchgen.sending.classify import Decision, classify, is_rate_limited, stop_advice
 from batchgen.sending.client import ImagesClient, redact
-from batchgen.sending.limits import AdaptivePacer, RetryPolicy, Spacer, TaskRetries
+from batchgen.sending.limits import Attempt, RateFinder, RetryPolicy, Spacer, TaskRetries
 from batchgen.util import gcpause
 from batchgen.util.logs import log_field
 
@@ -31,13 +32,15 @@ WRONG_ENDPOINT_STATUSES = frozenset({301, 302, 303, 307, 308, 404, 405})
 WRONG_ENDPOINT_LIMIT = 4
 WRONG_ENDPOINT_RETRY_S = 0.5
 SAY_WAITS_FROM_S = 5.0
+TICK_S = 0.25
 FILES_PER_CONNECTION = 2      # its socket, and the image file being written
 FILES_RESERVED = 64           # the journal, pyarrow, threads, the interpreter
 
 
-def fit_concurrency(concurrency: int) -> int:
+def fit_concurrency(concurrency: int, auto: bool = False) -> int:
     """Raise the open-file limit to what the system allows, and keep concurrency within it:
-    past it, answered (and paid) requests would fail to save their images."""
+    past it, answered (and paid) requests would fail to save their images. `auto`: the number
+    is --max-concurrency's, lowered without a warning."""
     try:
         import resource
     except ImportError:        # not Unix
@@ -54,10 +57,19 @@ def fit_concurrency(concurrency: int) -> int:
         return concurrency
     fits = max(1, (soft - FILES_RESERVED) // FILES_PER_CONNECTION)
     if concurrency > fits:
-        log.warning("--concurrency %d needs more open files than this process may have (%d): "
-                    "using %d", concurrency, soft, fits)
+        if auto:
+            log.info("at most %d requests in flight: the open-file limit is %d", fits, soft)
+        else:
+            log.warning("--concurrency %d needs more open files than this process may have (%d): "
+                        "using %d", concurrency, soft, fits)
         return fits
     return concurrency
+
+
+def pace_note(pace: dict) -> str:
+    """The progress bar's words for the pace."""
+    rate = pace.get("rate_per_s")
+    return (f"{'unpaced' if rate is None else f'{rate:.1f}/s'}, {pace.get('in_flight', 0)} in flight")
 
 
 class LiveBackend:
@@ -69,7 +81,7 @@ class LiveBackend:
         self.budget = budget
         self.stop = stop
         self.policy = RetryPolicy(max_retries=config.max_retries, base_s=config.backoff_base)
-        self.pacer = AdaptivePacer()
+        self.pacer = RateFinder(None)      # made again on entry, once the open-file limit is known
         self.spacer = Spacer(config.rpm) if config.rpm else None
         self.max_wait = config.max_wait
         self.requests_sent = 0
@@ -77,16 +89,20 @@ class LiveBackend:
         self.in_flight = 0
         self.succeeded = 0
         self.wrong_endpoint = 0
-        self.concurrency = config.concurrency
+        self.concurrency = 1
         self._client: Optional[ImagesClient] = None
         self._workers: list = []
+        self._alive = 0                # workers running
+        self._queue: Optional[Iterator] = None    # the tasks not yet taken; None once all are
         self._said_wait_until = 0.0
         self._bills: dict = {}        # task id -> USD of each billable answer it has had
         # Read once: a run that logs nothing spends nothing on its per-attempt lines.
         self._log_attempts = log.isEnabledFor(logging.INFO)
 
     async def __aenter__(self):
-        self.concurrency = fit_concurrency(self.config.concurrency)
+        auto = self.config.concurrency == AUTO
+        self.concurrency = fit_concurrency(self.config.max_concurrency if auto else self.config.concurrency, auto)
+        self.pacer = RateFinder(None if auto else self.concurrency, max_concurrency=self.concurrency)
         self._client = await ImagesClient(self.endpoint, self.concurrency, self.config.timeout).__aenter__()
         return self
 
@@ -102,15 +118,49 @@ class LiveBackend:
         return self._client
 
     async def send(self, tasks) -> None:
-        queue = iter(tasks)
-        self._workers = [asyncio.ensure_future(self._worker(queue)) for _ in range(self.concurrency)]
-        outcomes = await asyncio.gather(*self._workers, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, Exception):
+        """As many workers as the pacer's window (it grows and shrinks as the run learns the
+        server's rate and latency), each sending one task at a time."""
+        self._queue = iter(tasks)
+        self._staff()
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            while True:
+                running = [w for w in self._workers if not w.done()]
+                if not running:
+                    break
+                await asyncio.wait(running)
+        finally:
+            ticker.cancel()
+        for worker in self._workers:
+            failure = None if worker.cancelled() else worker.exception()
+            if isinstance(failure, Exception):
                 # A bug, not a task outcome: say so loudly, but still write what was done.
-                log.error("a worker failed", exc_info=outcome)
-                self.stop("internal_error", f"internal error ({outcome!r}); what finished is saved; "
+                log.error("a worker failed", exc_info=failure)
+                self.stop("internal_error", f"internal error ({failure!r}); what finished is saved; "
                                             "please report it, then run the same command again")
+
+    def _staff(self) -> None:
+        """Start workers up to the pacer's window, while there are tasks to send."""
+        while self._queue is not None and not self.stop and self._alive < self.pacer.window:
+            self._alive += 1
+            self._workers.append(asyncio.ensure_future(self._worker(self._queue)))
+
+    async def _tick(self) -> None:
+        """While every worker waits for a slow answer, time still settles what the pacer learns
+        (the window may grow) and says how the run goes."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.pacer.tick()
+            self._staff()
+            pace = self.pacer.report()
+            if pace:
+                self.recorder.pace(pace)
+                self.recorder.note(pace_note(pace))
+                if self._log_attempts:
+                    log.info("pace %s", " ".join(f"{k}={'-' if v is None else v}" for k, v in pace.items()))
+
+    def pace(self) -> Optional[dict]:
+        return self.pacer.snapshot()
 
     @classmethod
     async def cancel_remote(cls, endpoint, timeout: float, chunks: Mapping[str, dict]) -> list:
@@ -126,10 +176,18 @@ class LiveBackend:
         return self.in_flight > 0
 
     async def _worker(self, queue) -> None:
-        for task in queue:
-            if self.stop or not self.budget.take(task.params, self.stop):
-                return
-            await self._run_task(task)
+        try:
+            while self._alive <= self.pacer.window:
+                task = next(queue, None)
+                if task is None:
+                    self._queue = None      # every task is taken: no more workers
+                    return
+                if self.stop or not self.budget.take(task.params, self.stop):
+                    return
+                await self._run_task(task)
+                self._staff()
+        finally:
+            self._alive -= 1
 
     async def _run_task(self, task) -> None:
         body = self.client.encode_body(task.prompt, task.params) if task.edit is None else None
@@ -139,27 +197,36 @@ class LiveBackend:
         charged = 1           # answers the budget has counted for this task (the worker took one)
         try:
             while True:
-                await self._pace(task)
-                if self.stop:
-                    return self._not_done(task, attempts)
-                if len(self._bills.get(task.task_id, ())) >= charged:
-                    # The last answer was paid for but unusable: asking again is paid again.
-                    if not self.budget.take(task.params, self.stop):
+                await self._pace(task)      # a place in flight, and a slot at the pace
+                attempt: Optional[Attempt] = None
+                pause = own_wait = 0.0
+                try:
+                    if self.stop:
                         return self._not_done(task, attempts)
-                    charged += 1
-                attempts += 1
-                self.requests_sent += 1
-                sent_at = time.monotonic()
-                record, error = await self._try(task, body)
+                    if len(self._bills.get(task.task_id, ())) >= charged:
+                        # The last answer was paid for but unusable: asking again is paid again.
+                        if not self.budget.take(task.params, self.stop):
+                            return self._not_done(task, attempts)
+                        charged += 1
+                    attempts += 1
+                    self.requests_sent += 1
+                    attempt = self.pacer.sent()
+                    sent_at = attempt.sent_at
+                    record, error = await self._try(task, body, attempt)
+                    if error is not None and is_rate_limited(error):
+                        pause, own_wait = self._rate_limited(error, attempt)
+                finally:
+                    self.pacer.release(attempt)
                 if error is None:
                     record["attempts"] = attempts
                     record["latency_s"] = round(time.monotonic() - sent_at, 4)
                     if self._log_attempts:
                         self._log_attempt(task, attempts, sent_at, record["http_status"], "ok", "done")
                     return self._finish(task, record)
-                wait = self._ask_policy(error, retries, sent_at)
+                wait = self._ask_policy(error, retries, pause, own_wait)
                 if self._log_attempts:
-                    self._log_attempt(task, attempts, sent_at, error.http_status, error.code, self._next_step(wait))
+                    self._log_attempt(task, attempts, sent_at, error.http_status, error.code,
+                                      self._next_step(wait, is_rate_limited(error)))
                 if wait is None:
                     return self._finish(task, self._error_record(task, error, attempts, started))
                 if self.stop:
@@ -172,10 +239,10 @@ class LiveBackend:
             self._not_done(task, attempts)
             raise
 
-    async def _try(self, task, body: Optional[bytes]) -> tuple:
+    async def _try(self, task, body: Optional[bytes], attempt: Attempt) -> tuple:
         """One attempt: (its record, None), or (None, the RequestError it amounts to)."""
         try:
-            return await self._attempt(task, body), None
+            return await self._attempt(task, body, attempt), None
         except RequestError as error:
             return None, error
         except OSError:
@@ -190,7 +257,20 @@ class LiveBackend:
         if self.spacer:
             await self.spacer.acquire(task.images_expected)
 
-    def _ask_policy(self, error: RequestError, retries: TaskRetries, sent_at: float) -> Optional[float]:
+    def _rate_limited(self, error: RequestError, attempt: Attempt) -> tuple[float, float]:
+        """A 429: what it teaches the pacer (before the attempt is released); returns (the pause
+        it holds every worker for, the wait of this task alone). A wait past --max-wait holds
+        nobody: the run stops."""
+        too_long = error.retry_after is not None and error.retry_after > self.max_wait
+        pause, own = self.pacer.on_rate_limited(attempt, None if too_long else error.retry_after)
+        if not too_long:
+            self._say_wait(error)
+        if (pause or own) and self._log_attempts:
+            self._log_pause(error, pause or own)
+        return pause, own
+
+    def _ask_policy(self, error: RequestError, retries: TaskRetries, pause: float = 0.0,
+                    own_wait: float = 0.0) -> Optional[float]:
         """Seconds to wait before trying again, or None: this error is the task's outcome.
         An error that means nothing can succeed (auth, quota) stops the run."""
         decision = classify(error)
@@ -209,25 +289,22 @@ class LiveBackend:
                       f"again later, or allow a longer wait with --max-wait")
             return 0.0
         rate_limited = is_rate_limited(error)
-        pause = 0.0
-        if rate_limited:
-            pause = self.pacer.on_rate_limited(error.retry_after, sent_at)
-            self._say_wait(error)
-            if pause and self._log_attempts:
-                self._log_pause(error, pause)
         wait = retries.next_wait(rate_limited, error.retry_after)
+        if wait is not None and rate_limited:
+            wait = own_wait
         if wait is not None:
             self.recorder.retry(rate_limited, pause)
         return wait
 
     # -- the log's lines (README, "Logs"); called only when they are enabled --
 
-    def _next_step(self, wait: Optional[float]) -> str:
+    def _next_step(self, wait: Optional[float], rate_limited: bool = False) -> str:
         if self.stop:
             return "stop"
         if wait is None:
             return "recorded"       # the task's outcome: a refusal, or its retries are spent
-        return f"retry_in_s={wait:.3f}" if wait else "retry_after_pause"
+        # A 429's wait is the pacer's (its own line says how long): "retry_after_pause".
+        return "retry_after_pause" if rate_limited or not wait else f"retry_in_s={wait:.3f}"
 
     def _log_attempt(self, task, attempt: int, sent_at: float, http_status, result: str, then: str) -> None:
         log.info("attempt task=%s try=%d http=%s result=%s latency_s=%.3f next=%s", task.task_id,
@@ -271,10 +348,10 @@ class LiveBackend:
             log.warning("the server asks to wait %.0f s (HTTP %s %s); waiting", wait,
                         error.http_status, error.code)
 
-    async def _attempt(self, task, body: Optional[bytes]) -> dict:
+    async def _attempt(self, task, body: Optional[bytes], attempt: Attempt) -> dict:
         self.in_flight += 1
         try:
-            return await self._request(task, body)
+            return await self._request(task, body, attempt)
         finally:
             self.in_flight -= 1
             if self.stop and not self.in_flight:
@@ -282,14 +359,14 @@ class LiveBackend:
                 # not be waited for.
                 asyncio.get_running_loop().call_soon(self.cancel_in_flight)
 
-    async def _request(self, task, body: Optional[bytes]) -> dict:
+    async def _request(self, task, body: Optional[bytes], attempt: Attempt) -> dict:
         if body is None:
             generation = await self.client.edit(task.prompt, task.params, await self._edit_files(task.edit),
                                                 task.images_expected)
         else:
             generation = await self.client.generate(body, task.images_expected)
         self._bills.setdefault(task.task_id, []).append(self.budget.answered(task.params, generation.usage))
-        self.pacer.on_success(generation.ratelimit)
+        self.pacer.on_success(attempt, generation.ratelimit)
         count = max(task.images_expected, len(generation.images))
         images = []
         for index, image in enumerate(generation.images):
