@@ -200,13 +200,12 @@ class Spacer:
 class Attempt:
     """One request as the pacer sees it: when it left, and what became of it."""
 
-    __slots__ = ("sent_at", "state", "grown")
+    __slots__ = ("sent_at", "state")
     PENDING, ACCEPTED, REFUSED = 0, 1, 2
 
     def __init__(self, sent_at: float):
         self.sent_at = sent_at
         self.state = Attempt.PENDING
-        self.grown = False          # counted once towards the in-flight window's growth
 
 
 class RateFinder:
@@ -260,6 +259,7 @@ class RateFinder:
     HEADROOM = 1.3
     LATENCY_RISE = 2.0
     REPORT_EVERY_S = 10.0
+    MAX_UNCONFIRMED = 65_536
 
     def __init__(self, concurrency: Optional[int] = None, max_concurrency: int = 1000):
         self.auto = concurrency is None
@@ -274,6 +274,7 @@ class RateFinder:
         self.latency: Optional[float] = None    # of successes, smoothed
         self.least_latency: Optional[float] = None
         self._horizon = self.FIRST_HORIZON_S
+        self._seen_refusal = False
         self._sent: deque[Attempt] = deque()    # in send order, not yet in a settled window
         self._unconfirmed: deque[Attempt] = deque()   # for the window's growth
         self._window_start: Optional[float] = None
@@ -361,8 +362,11 @@ class RateFinder:
         if attempt is not None:
             attempt.state = Attempt.REFUSED
             took = now - attempt.sent_at
-            self._horizon = min(self.MAX_HORIZON_S, max(self._horizon if self.limit else 0.0,
-                                                        self.MIN_HORIZON_S, 2.0 * took + 0.05))
+            # How long a refusal may take to come back: twice the slowest lately (it decays, so
+            # one slow 429 does not slow the measuring for good).
+            earlier = self._horizon * 0.95 if self._seen_refusal else 0.0
+            self._horizon = min(self.MAX_HORIZON_S, max(earlier, self.MIN_HORIZON_S, 2.0 * took + 0.05))
+            self._seen_refusal = True
         if self.limit is None:
             # Until a window is settled, a burst tells the most: no more than what got through
             # in its last second.
@@ -480,7 +484,10 @@ class RateFinder:
                 self.least_latency = self.latency / self.LATENCY_RISE   # shrink once per doubling
         if rising or now - self._last_refusal < self.WINDOW_S:
             return          # held until then: the requests accepted meanwhile still count
+
         queue = self._unconfirmed
+        while len(queue) > self.MAX_UNCONFIRMED:       # held a long while: the oldest no longer matter
+            queue.popleft()
         full = self.in_flight >= self.window - 1
         while queue and (queue[0].state != Attempt.PENDING or queue[0].sent_at < now - self._horizon):
             if queue.popleft().state != Attempt.REFUSED and full:
