@@ -80,8 +80,7 @@ def _done_in(config, table, job_plan):
     existing = folder.existing_job()
     if existing is None:
         return None
-    if existing.get("fingerprint") != config.fingerprint():
-        folder.check(config.fingerprint(), None, config.public_dict())   # raises, naming both jobs
+    folder.check_same_job(existing, config.fingerprint(), config.public_dict())
     state = replay(folder.journal_path, out_dir=folder.path)
     if is_legacy(existing) and folder.holds_outcomes():
         # Its journal names tasks by the previous ids; the first run will carry them over.

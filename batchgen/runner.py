@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from batchgen.exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS
+from batchgen.exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS, UsageError
 from batchgen.keeping.journal import NOT_DONE, VOID, Journal, replay, task_key
 from batchgen.keeping.outdir import OutputFolder, Provenance
 from batchgen.planning.settings import JobConfig
@@ -213,6 +213,8 @@ async def _run_async(config: JobConfig, table, plan: Plan, connect, show_progres
         if plan.edit:
             endpoint = endpoint.for_edits()
         provenance = Provenance(endpoint.provider, endpoint.public_url, config.mode, config.simulate)
+        if config.out is None:
+            raise UsageError("the job names no output folder; give one with --out")
         folder = OutputFolder(config.out)
         earlier = folder.claim(config.fingerprint(), config.public_dict(), provenance,
                                {"tasks": len(plan.tasks), "refused": plan.refused, "sweep_points": plan.points})

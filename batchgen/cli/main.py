@@ -120,8 +120,8 @@ def entry() -> None:
     """The `batchgen` command and `python -m batchgen`: main(), then a quick exit.
 
     Everything a command writes is closed (and fsynced where it matters) before main()
-    returns, so the interpreter's teardown — unloading pyarrow and aiohttp, about 0.15 s of
-    every command — protects nothing: flush the standard streams and leave. An unexpected
+    returns, so the interpreter's teardown — unloading pyarrow and aiohttp, a noticeable part
+    of every short command — protects nothing: flush the standard streams and leave. An unexpected
     exception still takes the normal way out, with its traceback."""
     import os
     code: str | int | None

@@ -17,8 +17,8 @@ from (provider, endpoint, mode, simulated); every outcome after it belongs to th
 Replay is the resume path of a 100,000-task job, so it does not parse every line: our own
 lines start with `{"task_id":"<id>","status":"<status>"`, which is read by slicing; the JSON
 is parsed only when a record's details are needed, from the line read back at its offset: the
-state keeps about 40 bytes a task (see Replay), never the records, so a run's memory does not
-grow with its journal.
+state keeps a few dozen bytes a task (see Replay; figures in bench/README.md), never the
+records, so a run's memory does not grow with its journal.
 """
 from __future__ import annotations
 
@@ -58,9 +58,9 @@ _BATCH = b'{"batch":'
 # ---- the state the journal gives ----------------------------------------------------------
 #
 # One compact event per task line, in journal order (a 64-bit key, a kind byte, the line's byte
-# offset and its cost: 25 bytes, where a dict of records cost ~1.5 KB a task; the origin is
+# offset and its cost: a few dozen bytes, where a dict of records cost far more; the origin is
 # kept once per run, as the event where its lines begin), resolved into a sorted array of keys,
-# each with its last final event (16 bytes a task). A record is read back from the journal (by
+# each with its last final event (bench/README.md has the figures). A record is read back from the journal (by
 # offset) and parsed only when it is needed: the results read each once.
 
 _OK, _ERROR, _NOT_DONE, _VOID, _FORGET = 1, 2, 3, 4, 5
@@ -320,8 +320,8 @@ class Replay:
         """Each key's last final event, from the events so far (numpy: sorted once).
 
         The state of a long journal is mostly these arrays, so the previous resolution is let
-        go first and the usual case (each key named once) keeps the sort's own arrays: ~17
-        bytes an event at the peak, not twice the state."""
+        go first and the usual case (each key named once) keeps the sort's own arrays: the
+        peak is the state and one sort, not twice the state."""
         resolved = self._resolved
         if resolved is not None and resolved.events == len(self._key):
             return resolved
@@ -508,7 +508,7 @@ class Replay:
             return []
         done = resolved.final >= 0
         if len(planned):
-            # Membership by binary search: ~17 bytes a key, where np.isin sorts both arrays.
+            # Membership by binary search: less memory than np.isin, which sorts both arrays.
             i = np.searchsorted(planned, resolved.keys)
             np.minimum(i, len(planned) - 1, out=i)
             done &= planned[i] != resolved.keys

@@ -203,6 +203,14 @@ class OutputFolder:
         existing = self.existing_job()
         if existing is None:
             return None
+        self.check_same_job(existing, fingerprint, describe_job)
+        before = provenance_of(existing)
+        if before is not None and before.simulated != provenance.simulated and self.holds_outcomes():
+            raise JobMismatch(self._simulated_mismatch(before, provenance))
+        return existing
+
+    def check_same_job(self, existing: dict, fingerprint: str, describe_job: dict) -> None:
+        """Raises JobMismatch, naming both jobs, when job.json (`existing`) holds another job."""
         if existing.get("fingerprint") != fingerprint:
             old = existing.get("job") or {}
             raise JobMismatch(
@@ -210,10 +218,6 @@ class OutputFolder:
                 f"{old.get('sweep')}, prompt column {old.get('prompt_column')!r}; this job: defaults "
                 f"{describe_job['defaults']}, sweep {describe_job['sweep']}, prompt column "
                 f"{describe_job['prompt_column']!r}). Nothing was changed. Use another --out for this job.")
-        before = provenance_of(existing)
-        if before is not None and before.simulated != provenance.simulated and self.holds_outcomes():
-            raise JobMismatch(self._simulated_mismatch(before, provenance))
-        return existing
 
     def _simulated_mismatch(self, before: Provenance, now: Provenance) -> str:
         if before.simulated:

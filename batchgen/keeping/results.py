@@ -299,7 +299,7 @@ def _origin_table(origins: list) -> dict:
 def _with_provenance(rows: pa.Table, origins: dict) -> pa.Table:
     """The rows in SCHEMA's order, the provenance columns repeated from `origins` by each
     row's index. Built from buffers with numpy: Table.take would import pyarrow.compute,
-    40 ms of every run."""
+    a cost on every run."""
     origin = rows.column("origin")
     index = arrowbuf.numpy_ints(origin.chunk(0)) if origin.num_chunks else None   # one after _parse_rows
     columns = [_repeated(origins[n], index, SCHEMA.field(n).type) if n in _PROVENANCE else rows.column(n)
@@ -515,14 +515,14 @@ def _parse_rows(lines: list) -> pa.Table:
     """Rows, as JSON texts, into a table of SCHEMA (a missing key is null).
 
     pyarrow's JSON reader, not pa.Table.from_pydict: converting Python lists makes pyarrow
-    import pandas (to ask whether they are pandas objects), half a second of every run. The
+    import pandas (to ask whether they are pandas objects), a cost on every run. The
     text goes in as an Arrow buffer: through a Python file object (io.BytesIO) the reader
-    takes up to 3 times as long, most of all on its first call."""
+    is slower, most of all on its first call."""
     import pyarrow.json as pjson
     if not lines:
         return _ROW_SCHEMA.empty_table()
     # Blocks of 1 MiB, parsed in parallel when this process may use more than one CPU
-    # (on one, the thread hand-offs cost ~40%); a line must fit in a block.
+    # (on one, the thread hand-offs only cost time); a line must fit in a block.
     read = pjson.ReadOptions(use_threads=_cpus() > 1, block_size=max(1 << 20, _longest(lines) + 1))
     parse = pjson.ParseOptions(explicit_schema=_ROW_SCHEMA, unexpected_field_behavior="ignore")
     try:
@@ -576,7 +576,7 @@ def with_pandas_types(table):
     columns as nullable Int64 (ints stay ints, a missing value is <NA>, not a float NaN).
 
     Written by hand, as pyarrow would write it for such a DataFrame: building the DataFrame
-    to let pyarrow describe it would import pandas, half a second of every run."""
+    to let pyarrow describe it would import pandas, a cost on every run."""
     schema = table if isinstance(table, pa.Schema) else table.schema
     columns = [{"name": f.name, "field_name": f.name, "pandas_type": _pandas_type(f.type),
                 "numpy_type": _numpy_type(f.type), "metadata": None} for f in schema]
@@ -660,7 +660,7 @@ def results_up_to_date(out_dir: StrPath, key: str) -> Optional[tuple[int, int]]:
 
 
 def import_writers() -> None:
-    """Import what building and writing results needs (~25 ms, mostly pyarrow.parquet). The
+    """Import what building and writing results needs (mostly pyarrow.parquet). The
     runner calls it while its first requests are in flight, so the end of a run need not."""
     import pyarrow.json  # noqa: F401
     import pyarrow.parquet  # noqa: F401

@@ -31,7 +31,7 @@ def image_format(data: bytes) -> Optional[str]:
 def image_size(data: bytes) -> tuple[int, int]:
     """Width and height from the header; raises BadResponse if it is not a readable image."""
     if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
-        # The common case, read straight from the IHDR chunk (Pillow's open costs ~0.2 ms).
+        # The common case, read straight from the IHDR chunk (cheaper than Pillow's open).
         width, height = struct.unpack(">II", data[16:24])
         if width and height:
             return width, height

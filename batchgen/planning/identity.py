@@ -143,8 +143,8 @@ def alias_records(plan: Plan, legacy: list, replay, fallback_origin: dict) -> li
 
 
 class ChunkIds:
-    """A Batch API chunk's task ids as the state keeps them: their 64-bit keys, 8 bytes an id
-    where a list of texts cost ~75 (a million tasks make twenty chunks of 50,000). Iterates
+    """A Batch API chunk's task ids as the state keeps them: their 64-bit keys, a fraction of a
+    list of texts (bench/batch_memory.py; a million tasks make twenty chunks of 50,000). Iterates
     as the ids, in order."""
 
     __slots__ = ("keys",)

@@ -1,7 +1,7 @@
 """Reading the prompt table (CSV, TSV, Parquet, JSON Lines) into an Arrow table, with clear errors.
 
-pyarrow reads, not pandas: importing pandas costs about half a second, which a run pays before
-its first request. What a column holds (the same for every format, so results look alike):
+pyarrow reads, not pandas: importing pandas is slow (see bench/README.md), and a run would pay
+it before its first request. What a column holds (the same for every format, so results look alike):
 - CSV/TSV: a column whose cells are all whole numbers is int64, all numbers float64, all
   true/false bool, anything else text (dates too); an empty cell is missing (null), while
   "NA" or "null" stay text. Duplicate or empty header names become `a.1`, `Unnamed: 2`, as pandas

@@ -42,9 +42,10 @@ class TaskList:
     """Every task of a plan, refused ones included, in input order: row by row, each row's
     sweep points in order (so task k is row k // points, point k % points).
 
-    Kept as columns, 16 bytes a task (its id as a 64-bit number, the index of its parameters,
-    the index of its refusal), not as objects; a Task is made when it is read, with its prompt
-    taken from the input's column a block of rows at a time."""
+    Kept as columns (its id as a 64-bit number, the index of its parameters, the index of
+    its refusal), not as objects, so memory stays a few bytes a task (bench/README.md); a Task
+    is made when it is read, with its prompt taken from the input's column a block of rows at
+    a time."""
 
     def __init__(self, prompts, text_column: bool, n_points: int, variants: list, problems: list,
                  ids: array, variant: array, problem: array, edits: Optional[list] = None):
@@ -92,7 +93,7 @@ class TaskList:
     def keys(self):
         """Every task's id as a 64-bit number (numpy uint64, read-only), in plan order.
 
-        A view of `ids`, not a copy (8 bytes a task, made by every stage that joins the plan
+        A view of `ids`, not a copy (a copy would be made by every stage that joins the plan
         with the journal): the plan is complete, so `ids` no longer grows."""
         import numpy as np
         if not len(self.ids):
@@ -316,7 +317,7 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
         raise UsageError("; ".join(problems))
 
     # Only the prompt and parameter columns become Python values, PLAN_ROWS rows at a time:
-    # the whole input as Python objects would be ~100 bytes a row more than its Arrow form.
+    # the whole input as Python objects would take far more memory than its Arrow form.
     text_column = _is_text(table.schema.field(config.prompt_column).type)
     variants: dict = {}            # (row's own parameters, point index) -> variant index
     shared: dict = {}              # variant key -> the index of the one _Variant with those parameters
@@ -407,7 +408,7 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
     del ordered
     if not len(again):
         return
-    # Only now: pyarrow.compute costs 40 ms to import, and most inputs repeat no prompt.
+    # Only now: pyarrow.compute is slow to import, and most inputs repeat no prompt.
     import pyarrow as pa
     import pyarrow.compute as pc
     rows = np.flatnonzero(np.isin(h, again))

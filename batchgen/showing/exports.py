@@ -33,7 +33,7 @@ from batchgen.keeping.outdir import IMAGES_DIR, TMP_PREFIX, OutputFolder, read_j
 from batchgen.planning.reader import free_name
 
 if TYPE_CHECKING:
-    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow as pa
 
 # The formats are the writers' registry, WRITERS, below (FORMATS: their names).
 DEFAULT_SHARD_SIZE = 2000
@@ -117,7 +117,7 @@ def exported_rows(table: pa.Table, include_errors: bool) -> pa.Table:
     """The results rows to export, in the results' order: rows with an image (status ok), and
     with `include_errors` the rest too. Input columns named `key` or `image` are renamed
     `input_key`, `input_image` (as results.parquet renames its own), so the export's stay fixed."""
-    import pyarrow.compute as pc  # type: ignore[import-untyped]
+    import pyarrow.compute as pc
     if not include_errors:
         table = table.filter(pc.fill_null(pc.and_(pc.equal(table["status"], "ok"),
                                                   pc.is_valid(table["image_path"])), False))
@@ -304,10 +304,9 @@ class ParquetWriter(ShardWriter):
         """One Parquet file in row groups of ROW_GROUP_IMAGES rows or ROW_GROUP_BYTES of images.
         The images are stored as they are: no compression (they are compressed already), no
         statistics (min/max of images is noise) and no dictionary (every image differs; trying one
-        held each row group's images several times over in memory: 1.9 GB of peak RSS for groups of
-        100 3-MB images)."""
+        held each row group's images several times over in memory; see bench/README.md)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+        import pyarrow.parquet as pq
 
         from batchgen.keeping.results import with_pandas_types
         schema = with_pandas_types(cls.schema(chunk.schema).empty_table()).schema
@@ -493,7 +492,7 @@ class RemoteDestination:
     def __init__(self, url: str, storage_options: Mapping[str, Any]) -> None:
         self.where = url
         try:
-            import fsspec  # type: ignore[import-untyped]
+            import fsspec
         except ImportError:
             raise UsageError(f"{url}: exporting to a URL needs fsspec and the filesystem's package: pip install "
                              "'batchgen[s3]' for s3:// (gcsfs for gs://, huggingface_hub for hf://)") from None

@@ -238,8 +238,8 @@ class Tally:
 
     Counts, sums and the sweep points seen are a few numbers each. Two things need every task:
     a task's rows count once (its first row decides ok or error), and the p50 / p95 latencies
-    are exact. For those it keeps one entry per task and sweep point, as numpy arrays of about
-    25 bytes (the task key, the point, the outcome and the latency); a batchgen table holds a
+    are exact. For those it keeps one entry per task and sweep point, as numpy arrays of a few
+    dozen bytes (the task key, the point, the outcome and the latency); a batchgen table holds a
     task's rows together, so a batch makes one entry per task, and the tasks seen twice (a task
     split between two batches, or a foreign table's) are counted once at the end.
     """

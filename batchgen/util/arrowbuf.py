@@ -1,8 +1,8 @@
 """Arrow arrays to and from numpy through their buffers.
 
 pa.array() on Python values or numpy arrays, and numpy's view of an Arrow array
-(np.asarray, to_numpy), import pandas to ask whether they are pandas objects: half a second
-of every run that has no other use for it. Planning and the results make and read their
+(np.asarray, to_numpy), import pandas to ask whether they are pandas objects: a start-up cost
+every run would pay with no other use for it (see bench/README.md). Planning and the results make and read their
 arrays here instead.
 """
 from __future__ import annotations

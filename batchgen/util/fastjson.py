@@ -1,8 +1,8 @@
 """JSON for the paths every task takes: each answer parsed, each journal line written, each
 record read back for the results.
 
-orjson does these 2 to 6 times faster than the standard library (a 13 KB answer: 7 µs
-against 13; a journal line: 1 µs against 6). Where orjson refuses what the standard library
+orjson does these several times faster than the standard library (figures: bench/README.md,
+"Internals"). Where orjson refuses what the standard library
 accepts (NaN and Infinity, lone surrogates, nesting past 1,024), the standard library reads
 it, so an answer is judged as before. One difference: orjson reads an integer past 64 bits as
 a float; every bound the client checks (client.server_int and the rest) refuses both.

@@ -1,16 +1,16 @@
 """The cyclic garbage collector, kept out of the way of work that creates no cycles.
 
 Planning a million rows or replaying a long journal creates objects that never form cycles;
-the collector would rescan the growing heap again and again (half the planning time).
+the collector would rescan the growing heap again and again (a large share of planning).
 The send loop creates no cyclic garbage either in the normal course (its collections free
-nothing), yet the collector would rescan the requests in flight ~10 times a second and every
-finished record at each full collection.
+nothing), yet the collector would rescan the requests in flight many times a second and every
+finished record at each full collection (figures: bench/README.md).
 """
 import gc
 from contextlib import contextmanager
 
-# Young-generation threshold while sending (CPython's default is 700): ~15x fewer collections
-# of the same ~3,000 in-flight objects; the rare cycles (an exception's traceback) still go.
+# Young-generation threshold while sending (CPython's default is 700): far fewer collections
+# of the same in-flight objects; the rare cycles (an exception's traceback) still go.
 SENDING_THRESHOLD = 10_000
 
 # True inside a sending() that froze the heap itself, so that freeze_survivors() may add to

@@ -394,9 +394,10 @@ class TasksById:
     """A run's pending tasks by id, for the outcomes a batch's files give back in any order.
 
     Given the runner's Pending (a plan's task indices), no task is held as an object: the ids
-    are a sorted array (16 bytes a task), and a task is made when asked for, with those of its
+    are a sorted array of 64-bit keys, and a task is made when asked for, with those of its
     block of rows (a batch's file lists its tasks in plan order, so the next is usually among
-    them). A million pending tasks held as objects cost ~400 MB. Any other iterable of tasks
+    them); tasks held as objects cost over ten times more (bench/batch_memory.py). Any other
+    iterable of tasks
     is kept as a dict."""
 
     def __init__(self, tasks):
@@ -439,8 +440,8 @@ class TasksById:
 
 
 class HeldIds:
-    """The task ids some chunks hold, for `in`: their 64-bit keys sorted (8 bytes an id; a set
-    of a million texts cost ~100 MB). Only ids of 16 hex digits can be a plan's."""
+    """The task ids some chunks hold, for `in`: their 64-bit keys sorted (a set of texts
+    costs several times more; bench/batch_memory.py). Only ids of 16 hex digits can be a plan's."""
 
     def __init__(self, chunks_ids):
         import numpy as np

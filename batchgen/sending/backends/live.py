@@ -363,7 +363,7 @@ class LiveBackend:
         self.finished += 1
         if self.finished % FREEZE_EVERY == 0:
             # Finished records stay until the end: spare every later collection from rescanning
-            # them (a full one cost ~60 ms at 20,000 tasks).
+            # them (a full collection grows with the records kept; see bench/README.md).
             gcpause.freeze_survivors()
 
     def _disk_failed(self, task, attempts: int, error: OSError) -> None:
