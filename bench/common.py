@@ -9,7 +9,9 @@
   ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` afterwards: that helper's only child is the
   measured command, so the RSS is the command's own (never the simulator's, which is a child of
   the benchmark script, not of the helper).
-- ``median``, ``bench_dir``, ``runner_cmd``, argument helpers.
+  ``measure(..., timeout=S)`` stops a command that runs longer (SIGTERM, then SIGKILL after
+  5 s) and says so (``Measured.timed_out``).
+- ``median``, ``bench_dir``, ``runner_cmd``, ``run_help``, argument helpers.
 
 Everything listens and connects on 127.0.0.1 only.
 """
@@ -188,9 +190,23 @@ class Simulator:
         with urllib.request.urlopen(req, timeout=30) as r:
             r.read()
 
+    def set_limits(self, **limits: Optional[float]) -> dict:
+        """POST /_sim/limit: ``set_limits(rpm=300)`` (None removes a limit); the limits now."""
+        req = urllib.request.Request(self.root + "/_sim/limit", data=json.dumps(limits).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)["limits"]
+
 
 def simulate_help() -> str:
     out = subprocess.run([PYTHON, "-m", "batchgen", "simulate", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    return out.stdout
+
+
+def run_help() -> str:
+    """`batchgen run --help`, to see which options this client offers."""
+    out = subprocess.run([PYTHON, "-m", "batchgen", "run", "--help"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     return out.stdout
 
@@ -205,14 +221,25 @@ import json, os, resource, subprocess, sys, time
 spec = json.loads(sys.stdin.read())
 if spec.get("cpus"):
     os.sched_setaffinity(0, spec["cpus"])   # the measured command inherits it
+timed_out = False
 with open(spec["stdout"], "wb") as out, open(spec["stderr"], "wb") as err:
     t0 = time.perf_counter()
-    rc = subprocess.run(spec["cmd"], stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                        cwd=spec["cwd"], env=spec["env"]).returncode
+    proc = subprocess.Popen(spec["cmd"], stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                            cwd=spec["cwd"], env=spec["env"])
+    try:
+        rc = proc.wait(timeout=spec.get("timeout"))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.terminate()
+        try:
+            rc = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
     wall = time.perf_counter() - t0
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": rc, "wall": wall, "maxrss_kb": ru.ru_maxrss,
-                  "user": ru.ru_utime, "sys": ru.ru_stime}))
+                  "user": ru.ru_utime, "sys": ru.ru_stime, "timed_out": timed_out}))
 """
 
 
@@ -224,6 +251,7 @@ class Measured:
     cpu: float           # user + sys seconds of the command
     stdout: str
     stderr: str
+    timed_out: bool = False   # stopped after measure's timeout
 
     def tail(self, n: int = 20) -> str:
         lines = (self.stdout + "\n" + self.stderr).strip().splitlines()
@@ -249,8 +277,10 @@ def compile_package() -> None:
 
 def measure(cmd: Sequence[str], *, log_dir: Path, name: str = "cmd",
             env: Optional[dict] = None, cwd: Optional[Path] = None,
-            check: bool = True) -> Measured:
-    """Run cmd as a whole process; wall time and peak RSS (see the module docstring)."""
+            check: bool = True, timeout: Optional[float] = None) -> Measured:
+    """Run cmd as a whole process; wall time and peak RSS (see the module docstring).  With
+    ``timeout``, a command still running after that many seconds is stopped (SIGTERM, then
+    SIGKILL) and ``timed_out`` is set; ``check`` then does not raise."""
     compile_package()
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -259,7 +289,8 @@ def measure(cmd: Sequence[str], *, log_dir: Path, name: str = "cmd",
     out_path = log_dir / f"{name}.stdout"
     err_path = log_dir / f"{name}.stderr"
     spec = {"cmd": [str(c) for c in cmd], "cwd": str(cwd or REPO), "env": full_env,
-            "stdout": str(out_path), "stderr": str(err_path), "cpus": client_cpus()}
+            "stdout": str(out_path), "stderr": str(err_path), "cpus": client_cpus(),
+            "timeout": timeout}
     # The spec (with the environment) goes in on stdin, not argv: `ps` shows argv to everyone.
     res = subprocess.run([PYTHON, "-c", _HELPER], input=json.dumps(spec), capture_output=True,
                          text=True)
@@ -269,18 +300,21 @@ def measure(cmd: Sequence[str], *, log_dir: Path, name: str = "cmd",
     m = Measured(rc=doc["rc"], wall=doc["wall"], maxrss_mb=doc["maxrss_kb"] * 1024 / 1e6,
                  cpu=doc["user"] + doc["sys"],
                  stdout=out_path.read_text(errors="replace"),
-                 stderr=err_path.read_text(errors="replace"))
-    if check and m.rc != 0:
+                 stderr=err_path.read_text(errors="replace"),
+                 timed_out=bool(doc.get("timed_out")))
+    if check and m.rc != 0 and not m.timed_out:
         raise RuntimeError(f"{name} exited {m.rc}: {' '.join(spec['cmd'])}\n{m.tail()}")
     return m
 
 
-def runner_cmd(data: Path, out: Path, url: str, *, concurrency: int, model: str = "dall-e-2",
-               size: str = "256x256", extra: Sequence[str] = ()) -> list:
-    """`python -m batchgen run ...` against the simulator's AceData endpoint."""
+def runner_cmd(data: Path, out: Path, url: str, *, concurrency: Optional[object],
+               model: str = "dall-e-2", size: str = "256x256", extra: Sequence[str] = ()) -> list:
+    """`python -m batchgen run ...` against the simulator's AceData endpoint; ``concurrency``
+    None gives no --concurrency (the client's default), else its value (a number or "auto")."""
+    conc = [] if concurrency is None else ["--concurrency", str(concurrency)]
     return [PYTHON, "-m", "batchgen", "run", str(data), "--out", str(out), "--base-url", url,
             "--model", model, "--size", size, "--response-format", "b64_json",
-            "--concurrency", str(concurrency), "--no-progress", *extra]
+            *conc, "--no-progress", *extra]
 
 
 RUNNER_ENV = {"ACEDATA_API_TOKEN": TOKEN}

@@ -30,9 +30,16 @@ def _prob(flag: str, what: str):
 @click.option("--token", default="sim-token", show_default=True,
               help="The only bearer token accepted.")
 @click.option("--latency", type=click.FloatRange(0.0), default=0.0, show_default=True,
-              help="Seconds from a generation request's arrival to its answer (the work is done within them).")
+              help="Seconds from a generation request's arrival to its answer (the work is done "
+                   "within them), for answers that stand for upstream work: a 200, a content-policy "
+                   "refusal, a 500. A 401, a rate limit's 429, an invalid request's 400 come at once.")
+@click.option("--latency-spread", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Relative spread of the latency: times a uniform random 1-F..1+F (0.2: +-20%).")
 @click.option("--latency-jitter", type=click.FloatRange(0.0), default=0.0, show_default=True,
               help="Plus a uniform random 0..S seconds.")
+@click.option("--latency-on-refusals", is_flag=True,
+              help="Give every answer the latency, 429s and 401s included (the old, unrealistic "
+                   "model).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the fault decisions (same seed and requests: same faults).")
 @_prob("--fail-429", "a 429 rate-limit answer")
@@ -56,14 +63,30 @@ def _prob(flag: str, what: str):
 @click.option("--acedata-moderation-403", is_flag=True,
               help="AceData dialect: refuse such prompts with 403 forbidden instead of 400.")
 @click.option("--rpm-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="Server-side limit in requests per minute (429 beyond it; 1 s of burst).")
+              help="The key's limit in requests per minute (a token bucket, 1 s of burst; 429 "
+                   "beyond it, at once). One key: runs sharing this process share the limit.")
+@click.option("--ipm-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="The key's limit in images per minute (a request for n images takes n; "
+                   "x-ratelimit-*-images headers).")
+@click.option("--tpm-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="The key's limit in output tokens per minute (a request for n images takes n x "
+                   "--tokens-per-image; x-ratelimit-*-tokens headers).")
+@click.option("--tokens-per-image", type=click.FloatRange(min=0.0, min_open=True), default=1056.0,
+              show_default=True,
+              help="What one image costs under --tpm-limit, whatever the model, size and quality "
+                   "(1056: gpt-image-1 1024x1024 medium).")
+@click.option("--rpm-schedule", default="", metavar="S:RPM,...",
+              help="Change the rpm limit during the run: at S seconds after the first generation "
+                   "request, RPM (e.g. '10:300,20:600' halves 600 at 10 s, restores it at 20 s). "
+                   "POST /_sim/limit {\"rpm\": N, \"ipm\": N, \"tpm\": N} changes limits at any "
+                   "time (null removes one).")
 @click.option("--no-ratelimit-headers", "ratelimit_headers", is_flag=True, flag_value=False, default=True,
-              help="With --rpm-limit, send no x-ratelimit-* headers: clients must learn the limit from 429s.")
-@click.option("--rate-limit-retry-after", type=click.Choice(["exact", "seconds", "date"]),
+              help="Send no x-ratelimit-* headers: clients must learn the limits from 429s.")
+@click.option("--rate-limit-retry-after", type=click.Choice(["exact", "seconds", "date", "none"]),
               default="exact", show_default=True,
-              help="How --rpm-limit's 429s state their wait: exact (fractional Retry-After and "
-                   "retry-after-ms), seconds (whole seconds rounded up, 'Retry-After: 1'), or date "
-                   "(an HTTP date); the last two send no retry-after-ms.")
+              help="How the limits' 429s state their wait: exact (fractional Retry-After and "
+                   "retry-after-ms), seconds (whole seconds rounded up, 'Retry-After: 1'), date "
+                   "(an HTTP date) or none (no Retry-After at all); only exact sends retry-after-ms.")
 @click.option("--quota-images", type=click.IntRange(0), default=None,
               help="After this many images, answer insufficient_quota / used_up.")
 @click.option("--url-ttl", type=click.FloatRange(0.0), default=3600.0, show_default=True,
@@ -75,15 +98,19 @@ def _prob(flag: str, what: str):
 @_prob("--batch-expire", "a batch expiring with half its lines run")
 @_prob("--batch-fail-validation", "a valid batch failing validation")
 @_prob("--batch-line-errors", "a batch line answering 500 instead of running")
-def simulate(port: int, **options) -> None:
+def simulate(port: int, rpm_schedule: str, **options) -> None:
     """Serve the built-in fake Images API on 127.0.0.1 until Ctrl-C.
 
     Prints the AceData endpoint and the OpenAI base URL, one per line, on stdout, and the
     token they accept on stderr.
+
+    For benchmarks: GET /_sim/stats (counters; the peak of generation requests in flight,
+    429s by limit, a per-second timeline of successes), POST /_sim/reset (?all=1: the limits
+    as configured, too), GET/POST /_sim/limit (the limits now; change them mid-run).
     """
     try:
         from batchgen.simulator import SimConfig
-        config = SimConfig(**options)
+        config = SimConfig(rpm_schedule=_schedule(rpm_schedule), **options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
@@ -93,6 +120,20 @@ def simulate(port: int, **options) -> None:
     except OSError as exc:
         click.echo(f"batchgen simulate: cannot listen on 127.0.0.1:{port}: {exc}", err=True)
         sys.exit(2)
+
+
+def _schedule(text: str) -> tuple:
+    """'10:300,20:600' -> ((10.0, 300.0), (20.0, 600.0))."""
+    steps = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        seconds, sep, rpm = part.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            steps.append((float(seconds), float(rpm)))
+        except ValueError:
+            raise ValueError(f"--rpm-schedule: each step is SECONDS:RPM, not {part!r}") from None
+    return tuple(steps)
 
 
 async def _serve(config, port: int) -> None:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .faults import FAULTS
-from .rate import RETRY_AFTER_STYLES
+from .rate import RETRY_AFTER_STYLES, TOKENS_PER_IMAGE
 
 
 @dataclass
@@ -13,8 +13,16 @@ class SimConfig:
     """Every knob of the simulator.  Probabilities are in [0, 1]; all default to 0."""
 
     token: str = "sim-token"
-    latency: float = 0.0            # seconds from a generation request's arrival to its answer
+    # The latency: seconds from a generation request's arrival to its answer, for the answers
+    # that stand for work upstream (a 200, a content-policy refusal, a 500, the spoiled 200s).
+    # Refusals at the door are answered at once, as a real gateway does: the 401, the rate
+    # limits' 429s (and fail_429's), the 400s of an invalid request, insufficient_quota, the
+    # proxy's 503 (a drop closes at once, a hang waits hang_seconds).  latency_on_refusals=True
+    # gives every answer the latency (the simulator's behaviour before issue #27).
+    latency: float = 0.0
+    latency_spread: float = 0.0     # times uniform(1 - s, 1 + s): 0.2 is +-20% (s in [0, 1])
     latency_jitter: float = 0.0     # plus uniform(0, latency_jitter)
+    latency_on_refusals: bool = False
     seed: int = 0
     fail_429: float = 0.0
     retry_after: float = 1.0        # Retry-After (seconds) sent with fail_429
@@ -31,11 +39,23 @@ class SimConfig:
     expired_link: float = 0.0
     policy_word: str = "forbidden-fruit"
     acedata_moderation_403: bool = False
+    # The key's limits (see rate.py): requests, images (a request for n takes n) and tokens (a
+    # request for n takes n * tokens_per_image) per minute, each a token bucket with one second
+    # of burst; None: no such limit.  The simulator has one key, so these are that key's: runs
+    # sharing one `batchgen simulate` process share them.
     rpm_limit: Optional[float] = None
-    ratelimit_headers: bool = True  # send x-ratelimit-* with the limit (OpenAI does; some proxies do not)
-    # How rpm_limit's 429s state their wait: "exact" (fractional Retry-After + retry-after-ms),
-    # "seconds" (whole seconds, rounded up: "Retry-After: 1") or "date" (an HTTP date); the
-    # coarse two send no retry-after-ms.  fail_429 answers follow retry_after/retry_after_date.
+    ipm_limit: Optional[float] = None
+    tpm_limit: Optional[float] = None
+    tokens_per_image: float = TOKENS_PER_IMAGE   # 1056: gpt-image-1 1024x1024 medium
+    # rpm steps: (seconds after the first generation request, rpm), e.g. ((10, 300), (20, 600))
+    # halves a 600 rpm limit at 10 s and restores it at 20 s.  POST /_sim/limit changes the
+    # limits at any time too.
+    rpm_schedule: tuple = ()
+    ratelimit_headers: bool = True  # send x-ratelimit-* with the limits (OpenAI does; some proxies do not)
+    # How the limits' 429s state their wait: "exact" (fractional Retry-After + retry-after-ms),
+    # "seconds" (whole seconds, rounded up: "Retry-After: 1"), "date" (an HTTP date) or "none"
+    # (no Retry-After at all); only "exact" sends retry-after-ms.  fail_429 answers follow
+    # retry_after/retry_after_date.
     rate_limit_retry_after: str = "exact"
     quota_images: Optional[int] = None
     url_ttl: float = 3600.0
@@ -58,10 +78,26 @@ class SimConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1], not {p!r}")
         if self.latency < 0 or self.latency_jitter < 0:
             raise ValueError("latency and latency_jitter must be >= 0")
+        if not 0.0 <= self.latency_spread <= 1.0:
+            raise ValueError(f"latency_spread must be in [0, 1], not {self.latency_spread!r}")
         if not self.batch_seconds >= 0:
             raise ValueError(f"batch_seconds must be >= 0, not {self.batch_seconds!r}")
-        if self.rpm_limit is not None and self.rpm_limit <= 0:
-            raise ValueError("rpm_limit must be > 0 (or None for no limit)")
+        for name in ("rpm_limit", "ipm_limit", "tpm_limit"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 (or None for no limit)")
+        if not self.tokens_per_image > 0:
+            raise ValueError(f"tokens_per_image must be > 0, not {self.tokens_per_image!r}")
+        steps = []
+        for step in self.rpm_schedule:
+            try:
+                seconds, rpm = (float(v) for v in step)
+            except (TypeError, ValueError):
+                raise ValueError(f"rpm_schedule: each step is (seconds, rpm), not {step!r}") from None
+            if not (seconds >= 0 and rpm > 0):
+                raise ValueError(f"rpm_schedule: a step needs seconds >= 0 and rpm > 0, not {step!r}")
+            steps.append((seconds, rpm))
+        self.rpm_schedule = tuple(sorted(steps))
         if self.rate_limit_retry_after not in RETRY_AFTER_STYLES:
             raise ValueError(f"rate_limit_retry_after must be one of {', '.join(RETRY_AFTER_STYLES)}, "
                              f"not {self.rate_limit_retry_after!r}")
@@ -69,9 +105,22 @@ class SimConfig:
             raise ValueError("quota_images must be >= 0 (or None for no quota)")
 
 
+TIMELINE_SERIES = ("requests", "admitted", "ok", "limited")
+
+
 @dataclass
 class SimStats:
-    """Counters.  Dict keys are strings (HTTP statuses as "200", plus "drop" and "hang")."""
+    """Counters.  Dict keys are strings (HTTP statuses as "200", plus "drop" and "hang").
+
+    For benchmarks: ``in_flight``/``peak_in_flight`` are the generation requests (both dialects,
+    generations and edits) the server holds now / held at most; ``generating``/
+    ``peak_generating`` those of them admitted and in their latency (the upstream work);
+    ``rate_limited`` the limits' 429s by limit ("rpm", "ipm", "tpm"); ``timeline`` per second
+    since the first generation request (index i: [i, i+1) s), lists of the generation requests
+    that arrived ("requests"), that the limits admitted ("admitted"), the 200s answered ("ok";
+    the accepted rate over time) and the limits' 429s ("limited").  A reset zeroes the counters,
+    sets the peaks to the gauges' current values and starts the timeline afresh at the next
+    request."""
 
     requests: int = 0                                   # generation requests received
     by_path: dict = field(default_factory=dict)         # path -> requests
@@ -86,6 +135,13 @@ class SimStats:
     files_uploaded: int = 0                             # POST /v1/files answered 200
     batches_created: int = 0                            # POST /v1/batches answered 200
     batch_executions: dict = field(default_factory=dict)  # custom_id -> times a batch line ran
+    in_flight: int = 0                                  # generation requests held now
+    peak_in_flight: int = 0
+    generating: int = 0                                 # of them, admitted and in their latency
+    peak_generating: int = 0
+    rate_limited: dict = field(default_factory=dict)    # "rpm"/"ipm"/"tpm" -> the limit's 429s
+    timeline: dict = field(default_factory=lambda: {k: [] for k in TIMELINE_SERIES})
+    timeline_start: Optional[float] = None              # monotonic time of the timeline's 0
 
     def as_dict(self) -> dict:
         return {
@@ -102,10 +158,17 @@ class SimStats:
             "files_uploaded": self.files_uploaded,
             "batches_created": self.batches_created,
             "batch_executions": dict(self.batch_executions),
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "generating": self.generating,
+            "peak_generating": self.peak_generating,
+            "rate_limited": dict(self.rate_limited),
+            "timeline": {k: list(v) for k, v in self.timeline.items()},
         }
 
     def copy(self) -> "SimStats":
-        return SimStats(**self.as_dict())
+        doc = self.as_dict()
+        return SimStats(**doc, timeline_start=self.timeline_start)
 
     def reset(self) -> None:
         self.requests = self.images = self.downloads = self.download_misses = self.input_images = 0
@@ -116,6 +179,36 @@ class SimStats:
         self.faults.clear()
         self.files_uploaded = self.batches_created = 0
         self.batch_executions.clear()
+        self.peak_in_flight = self.in_flight          # the gauges go on: requests still held
+        self.peak_generating = self.generating
+        self.rate_limited.clear()
+        self.timeline = {k: [] for k in TIMELINE_SERIES}
+        self.timeline_start = None
+
+    def mark(self, series: str, now: float) -> None:
+        """Count one event of a timeline series at monotonic time ``now``."""
+        if self.timeline_start is None:
+            self.timeline_start = now
+        second = max(0, int(now - self.timeline_start))
+        for values in self.timeline.values():
+            if len(values) <= second:
+                values.extend([0] * (second + 1 - len(values)))
+        self.timeline[series][second] += 1
+
+    def enter(self, generating: bool = False) -> None:
+        """A request is held (in flight; with generating, in its latency too)."""
+        if generating:
+            self.generating += 1
+            self.peak_generating = max(self.peak_generating, self.generating)
+        else:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def leave(self, generating: bool = False) -> None:
+        if generating:
+            self.generating = max(0, self.generating - 1)
+        else:
+            self.in_flight = max(0, self.in_flight - 1)
 
     def __getitem__(self, key: str) -> Any:  # stats["requests"] works too
         return getattr(self, key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import threading
 import time
@@ -29,7 +30,7 @@ from .faults import (
 )
 from .files import FileStore
 from .images import Encoded, ImageMaker
-from .rate import RateBucket, rate_error
+from .rate import LIMIT_KEYS, Limiter, rate_error
 from .validation import ApiError, ImageRequest, auth_error, check_policy, check_quota, decode_json, parse_request
 
 ACEDATA_PATH = "/openai/images/generations"
@@ -39,6 +40,9 @@ OPENAI_EDITS_PATH = "/v1/images/edits"
 FILES_PATH = "/files/"
 STATS_PATH = "/_sim/stats"
 RESET_PATH = "/_sim/reset"
+LIMIT_PATH = "/_sim/limit"
+
+_KEY_OF = {kind: key for key, kind in LIMIT_KEYS.items()}   # "requests" -> "rpm", ...
 
 
 class _SimState:
@@ -51,7 +55,7 @@ class _SimState:
         self.files = FileStore(config)
         self.quota_used = 0
         self.dice = FaultDice(config)
-        self.bucket = RateBucket(config.rpm_limit) if config.rpm_limit else None
+        self.limiter = self._limiter()
         self.jitter_rng = random.Random(f"jitter:{config.seed}")
         self.closing = asyncio.Event()
         self.port: Optional[int] = None
@@ -63,8 +67,23 @@ class _SimState:
             self.quota_used = 0
             self.dice.forget()
             self.batch_api.forget()
-            if self.config.rpm_limit:
-                self.bucket = RateBucket(self.config.rpm_limit)
+            self.limiter = self._limiter()   # the configured limits, full, the schedule anew
+
+    def _limiter(self) -> Limiter:
+        cfg = self.config
+        return Limiter(cfg.rpm_limit, cfg.ipm_limit, cfg.tpm_limit,
+                       tokens_per_image=cfg.tokens_per_image, schedule=cfg.rpm_schedule)
+
+    def _delay(self) -> float:
+        """One answer's latency: latency times uniform(1 - spread, 1 + spread), plus
+        uniform(0, latency_jitter)."""
+        cfg = self.config
+        delay = cfg.latency
+        if cfg.latency_spread:
+            delay *= self.jitter_rng.uniform(1.0 - cfg.latency_spread, 1.0 + cfg.latency_spread)
+        if cfg.latency_jitter:
+            delay += self.jitter_rng.uniform(0.0, cfg.latency_jitter)
+        return delay
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep; True if the server began closing meanwhile."""
@@ -117,23 +136,38 @@ class _SimState:
         # The latency is the server's whole time to answer, counted from the request's arrival
         # as a client sees a real API's: the work (parsing, drawing the image) happens within
         # it, so fifty requests that arrive together are answered together, latency later.
-        cfg = self.config
-        delay = cfg.latency
-        if cfg.latency_jitter:
-            delay += self.jitter_rng.uniform(0.0, cfg.latency_jitter)
-        answer_at = time.monotonic() + delay
-        response = await self._answer(request, dialect, read, accept)
-        wait = answer_at - time.monotonic()
-        transport = request.transport
-        if wait > 0 and transport is not None and not transport.is_closing():
-            if await self._pause(wait):
-                return self._hang_up(request, "closed")
-        return response
+        # Only answers that stand for upstream work take it (see SimConfig.latency); a 429 of
+        # the limits, like every refusal at the door, is answered at once.
+        arrived = time.monotonic()
+        stats = self.stats
+        stats.enter()
+        try:
+            stats.mark("requests", arrived)
+            self.limiter.start(arrived)   # the rpm schedule's clock, and its steps now due
+            response, slow = await self._answer(request, dialect, read, accept, arrived)
+            if slow or self.config.latency_on_refusals:
+                wait = arrived + self._delay() - time.monotonic()
+                transport = request.transport
+                if wait > 0 and transport is not None and not transport.is_closing():
+                    stats.enter(generating=True)
+                    try:
+                        closing = await self._pause(wait)
+                    finally:
+                        self.stats.leave(generating=True)
+                    if closing:
+                        return self._hang_up(request, "closed")
+            if response.status == 200:
+                self.stats.mark("ok", time.monotonic())
+            return response
+        finally:
+            self.stats.leave()
 
     async def _answer(self, request: web.Request, dialect: str, read: "_Read",
-                      accept: Callable[[Any], ImageRequest]) -> web.StreamResponse:
-        """Refusals in the order a real gateway makes them: key, rate, upstream faults, then
-        the request itself (a body that cannot be read is refused with the request)."""
+                      accept: Callable[[Any], ImageRequest],
+                      arrived: float) -> tuple[web.StreamResponse, bool]:
+        """The answer, and whether it takes the latency.  Refusals in the order a real gateway
+        makes them: key, rate, upstream faults, then the request itself (a body that cannot be
+        read is refused with the request)."""
         stats = self.stats
         stats.requests += 1
         bump(stats.by_path, request.path)
@@ -143,15 +177,15 @@ class _SimState:
             key, payload = f"{err.status} {err}".encode(), err
         refused = auth_error(request.headers.get("Authorization", ""), self.config.token)
         if refused is not None:
-            return self._error(dialect, refused, None)
+            return self._error(dialect, refused, None), False
         headers = None
-        if self.bucket is not None:
-            wait = self.bucket.take()
-            headers = self.bucket.headers() if self.config.ratelimit_headers else None
-            if wait > 0:
-                bump(stats.faults, "rpm_limit")
-                return self._error(dialect, rate_error(wait, style=self.config.rate_limit_retry_after),
-                                   headers)
+        limiter = self.limiter
+        if limiter.buckets:
+            outcome = limiter.admit(_images_asked(payload))
+            headers = limiter.headers() if self.config.ratelimit_headers else None
+            if outcome is not None:
+                return self._limited(dialect, outcome, headers, arrived), False
+        stats.mark("admitted", arrived)
         fault = self.dice.decide(key) if self.dice.active else None
         if fault:
             early = await self._early_fault(request, dialect, fault, headers)
@@ -162,28 +196,45 @@ class _SimState:
                 raise payload
             req = accept(payload)
         except ApiError as err:
-            return self._error(dialect, err, headers)
-        return self._success(request, dialect, req, fault, headers)
+            # a content-policy refusal comes from the upstream's look at the prompt: it takes
+            # the latency; an invalid request or an exhausted quota is refused at the door
+            return self._error(dialect, err, headers), err.code == "content_policy_violation"
+        return self._success(request, dialect, req, fault, headers), True
+
+    def _limited(self, dialect: str, outcome: tuple, headers: Optional[dict],
+                 arrived: float) -> web.Response:
+        """The 429 of the limit that refused a request ((kind, wait, cost) from Limiter.admit)."""
+        kind, wait, cost = outcome
+        name = _KEY_OF[kind]
+        bump(self.stats.faults, f"{name}_limit")
+        bump(self.stats.rate_limited, name)
+        self.stats.mark("limited", arrived)
+        err = rate_error(wait, style=self.config.rate_limit_retry_after, kind=kind,
+                         limit=self.limiter.buckets[kind].per_minute,
+                         used=self.limiter.used(kind), requested=cost)
+        return self._error(dialect, err, headers)
 
     async def _early_fault(self, request: web.Request, dialect: str, fault: dict,
-                           headers: Optional[dict]) -> Optional[web.StreamResponse]:
-        """The answer of a fault that answers instead of the API, or None."""
+                           headers: Optional[dict]) -> Optional[tuple[web.StreamResponse, bool]]:
+        """The answer of a fault that answers instead of the API and whether it takes the
+        latency (only fail_500, an upstream error after its work), or None."""
         cfg = self.config
         if fault["hang"]:
-            return await self._hang(request, dialect, headers)
+            return await self._hang(request, dialect, headers), False
         if fault["drop"]:
             bump(self.stats.faults, "drop")
-            return self._hang_up(request, "drop")
+            return self._hang_up(request, "drop"), False
         if fault["fail_503_html"]:
             bump(self.stats.faults, "fail_503_html")
-            return self._respond(dialect, 503, HTML_503, content_type="text/html", headers=headers)
+            return self._respond(dialect, 503, HTML_503, content_type="text/html",
+                                 headers=headers), False
         if fault["fail_500"]:
             bump(self.stats.faults, "fail_500")
-            return self._error(dialect, server_error(), headers)
+            return self._error(dialect, server_error(), headers), True
         if fault["fail_429"]:
             bump(self.stats.faults, "fail_429")
             return self._error(dialect, rate_error(cfg.retry_after, date=cfg.retry_after_date),
-                               headers)
+                               headers), False
         return None
 
     async def _hang(self, request: web.Request, dialect: str,
@@ -294,7 +345,23 @@ class _SimState:
     async def get_stats(self, request: web.Request) -> web.Response:
         doc = self.stats.as_dict()
         doc["quota_used"] = self.quota_used
+        doc["limits"] = self.limiter.limits()
         return web.json_response(doc)
+
+    async def get_limit(self, request: web.Request) -> web.Response:
+        return web.json_response({"limits": self.limiter.limits()})
+
+    async def post_limit(self, request: web.Request) -> web.Response:
+        """Change the key's limits now: a JSON object of "rpm", "ipm", "tpm" (per minute; null
+        removes the limit), each optional.  Answers the limits as they now are."""
+        try:
+            doc = json.loads(await request.read() or b"{}")
+            if not isinstance(doc, dict):
+                raise ValueError('send a JSON object such as {"rpm": 300}')
+            limits = _set_limits(self.limiter, doc)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"ok": True, "limits": limits})
 
     async def post_reset(self, request: web.Request) -> web.Response:
         everything = request.query.get("all", "").lower() in ("1", "true", "yes")
@@ -302,8 +369,42 @@ class _SimState:
         return web.json_response({"ok": True, "all": everything})
 
 
+def _set_limits(limiter: Limiter, doc: dict) -> dict:
+    """Apply {"rpm": .., "ipm": .., "tpm": ..} (each optional; None removes the limit) after
+    checking all of them; the limits as they now are.  ValueError for a wrong key or value."""
+    unknown = sorted(set(doc) - set(LIMIT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown limit(s) {', '.join(unknown)} (of {', '.join(LIMIT_KEYS)})")
+    for key, value in doc.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not value > 0):
+            raise ValueError(f"{key} must be a number > 0 or null, not {value!r}")
+    for key, value in doc.items():
+        limiter.set(LIMIT_KEYS[key], value)
+    return limiter.limits()
+
+
 # Reads a request's body: (what the fault dice hash, what accept takes), or ApiError.
 _Read = Callable[[web.Request], Awaitable[tuple]]
+
+
+def _images_asked(payload: Any) -> int:
+    """The images a request asks for (its "n", 1 to 10; 1 when absent or not understood), read
+    before the request is validated: the limits come first, as at a real gateway."""
+    n: Any = None
+    if isinstance(payload, (bytes, bytearray)):
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return 1
+        n = doc.get("n") if isinstance(doc, dict) else None
+    elif isinstance(payload, EditForm):
+        n = payload.fields.get("n")
+    try:
+        n = int(n) if n is not None and not isinstance(n, bool) else 1
+    except (TypeError, ValueError):
+        return 1
+    return min(10, max(1, n))
 
 _STATE = web.AppKey("batchgen_simulator_state", _SimState)
 
@@ -320,6 +421,8 @@ def make_app(config: SimConfig) -> web.Application:
     app.router.add_get(FILES_PATH + "{name}", state.download)
     app.router.add_get(STATS_PATH, state.get_stats)
     app.router.add_post(RESET_PATH, state.post_reset)
+    app.router.add_get(LIMIT_PATH, state.get_limit)
+    app.router.add_post(LIMIT_PATH, state.post_limit)
     state.batch_api.add_routes(app.router)
     return app
 
@@ -347,6 +450,10 @@ class Simulator:
 
     def reset_stats(self, everything: bool = False) -> None:
         self._state.reset(everything)
+
+    def set_limits(self, **limits: Optional[float]) -> dict:
+        """As POST /_sim/limit: ``set_limits(rpm=300)``, ``tpm=None`` removes that limit."""
+        return _set_limits(self._state.limiter, limits)
 
     async def close(self) -> None:
         if self._closed:
@@ -470,6 +577,13 @@ class SimulatorThread:
         sim = self._sim
         if sim is not None:
             self._call(lambda: sim.reset_stats(everything))
+
+    def set_limits(self, **limits: Optional[float]) -> dict:
+        """As POST /_sim/limit (on the simulator's thread): ``set_limits(rpm=300)``."""
+        sim = self._sim
+        if sim is None:
+            raise RuntimeError("the simulator is not running")
+        return self._call(lambda: sim.set_limits(**limits))
 
     def stop(self) -> None:
         thread, loop = self._thread, self._loop
