@@ -191,8 +191,10 @@ def test_the_log_file_has_a_line_per_attempt_and_per_rate_limit_pause(tmp_path):
     assert all(attempts) and len(attempts) == server.requests
     assert [(a[1], a[2], a[3]) for a in attempts] == [("429", "rate_limit_exceeded", "retry_after_pause"),
                                                     ("200", "ok", "done")] * 3
+    # Until a pace is known a 429's own wait is a pause with its line; after, the task goes
+    # again at the pace, which holds nobody.
     pauses = [fields for event, fields in lines if event == "rate_limit"]
-    assert len(pauses) == 3
+    assert 1 <= len(pauses) <= 3
     assert all(re.fullmatch(r"pause_s=0\.0[0-9]{2} retry_after_s=0\.05 coarse=no http=429 code=rate_limit_exceeded", p)
                for p in pauses), pauses
 

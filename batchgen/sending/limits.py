@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Mapping, Optional, Protocol
+from typing import Any, Coroutine, Mapping, Optional, Protocol
 
 # ---- headers ----------------------------------------------------------------------------
 
@@ -239,23 +239,23 @@ class RateFinder:
     (Little's law); a latency that rises past LATENCY_RISE of its least shrinks it.
     """
 
-    PACE_SHARE = 0.95
-    MIN_RATE = 0.2
+    TARGET_REFUSED = 0.05      # at the limit, the share of requests the pace lets be refused
+    SMALL_LIMIT = 2.0           # requests/s: below it the pace keeps under the limit instead
+    UNDER_SMALL = 0.95
+    MIN_RATE = 0.01             # requests/s: under a request a minute and a half is no pace to hold
     WINDOW_S = 3.0
     WINDOW_SENDS = 10
-    SATURATED = 0.05            # a window with this share of refusals or more shows the limit
-    PROBE_GAINS = (0.1, 0.2, 0.4, 0.8)
+    PROBE_GAINS = (0.5, 1.0)
     FIRST_HORIZON_S = 1.0
     MIN_HORIZON_S = 0.25
     MAX_HORIZON_S = 120.0
     LONG_WAIT_S = 2.0
     ROUNDED_MAX_S = 1.25
-    START_WINDOW = 16
+    START_WINDOW = 4
     DEMAND_SHARE = 0.7         # a window whose sends fell below this share of the pace was not paced
     MILD_CUT = 0.9
-    HEAVY = 0.3                 # a window with this share of refusals shows the limit outright
-    SOFT_FALL = 0.85
-    BURST_SENDS = 10            # sends within a second that make a burst worth learning from
+    HEAVY = 0.3                 # a share of refusals that cuts even a window the workers did not fill
+    BURST_SENDS = 3             # sends within a second that make a burst worth learning from
     HEADROOM = 1.3
     LATENCY_RISE = 2.0
     REPORT_EVERY_S = 10.0
@@ -275,6 +275,7 @@ class RateFinder:
         self.least_latency: Optional[float] = None
         self._horizon = self.FIRST_HORIZON_S
         self._seen_refusal = False
+        self._first_sent: Optional[float] = None
         self._sent: deque[Attempt] = deque()    # in send order, not yet in a settled window
         self._unconfirmed: deque[Attempt] = deque()   # for the window's growth
         self._window_start: Optional[float] = None
@@ -282,7 +283,9 @@ class RateFinder:
         self._last_refusal = -math.inf          # when a settled window last held a refusal
         self._next = 0.0
         self._cooldown_until = 0.0
-        self._epoch = 0
+        self._waiters: deque = deque()          # workers waiting for a slot, in order
+        self._dispatching = False
+        self._dispatcher: Any = None            # held: a task nobody refers to may be collected
         self._reported = -math.inf
 
     # -- the workers' side --
@@ -299,32 +302,46 @@ class RateFinder:
             raise
 
     async def _slot(self) -> None:
-        # No lock: the event loop runs this between awaits, so each reservation is atomic.
-        while True:
-            now = time.monotonic()
-            if now < self._cooldown_until:
-                await asyncio.sleep(self._cooldown_until - now)
-                continue
-            if not self.rate:
-                return
-            start = max(now, self._next)
-            self._next = start + 1.0 / self.rate
-            if start <= now:
-                return
-            epoch = self._epoch
-            await asyncio.sleep(start - now)
-            if self._epoch != epoch:
-                continue    # a cool-down voided our slot: book again, spaced after it
-            wait = self._cooldown_until - time.monotonic()
-            if wait > 0:    # the headers said nothing is left: wait for it, keep the slot
-                await asyncio.sleep(wait)
+        """The next slot at the pace. Waiting workers queue in order and one dispatcher hands
+        the slots out, reading the pace at each: a pace raised or cut applies at once to every
+        worker waiting (none holds a slot booked at an old pace), and a cool-down holds them all."""
+        now = time.monotonic()
+        if not self.rate and now >= self._cooldown_until:
             return
+        if not self._waiters and now >= max(self._next, self._cooldown_until):
+            self._next = now + 1.0 / self.rate if self.rate else now
+            return
+        waiter = _new_future()
+        self._waiters.append(waiter)
+        if not self._dispatching:
+            self._dispatching = True
+            self._dispatcher = _spawn(self._dispatch())
+        await waiter
+
+    async def _dispatch(self) -> None:
+        try:
+            while self._waiters:
+                now = time.monotonic()
+                wait = max(self._next, self._cooldown_until) - now
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue            # the pace or a cool-down may have changed meanwhile
+                waiter = self._waiters.popleft()
+                if waiter.done():       # its worker was cancelled
+                    continue
+                self._next = now + 1.0 / self.rate if self.rate else now
+                waiter.set_result(None)
+        finally:
+            self._dispatching = False
 
     def sent(self) -> Attempt:
         """The request leaves now."""
         attempt = Attempt(time.monotonic())
+        if self._first_sent is None:
+            self._first_sent = attempt.sent_at
         self._sent.append(attempt)
-        self._unconfirmed.append(attempt)
+        if self.rate is None:
+            self._unconfirmed.append(attempt)
         return attempt
 
     def release(self, attempt: Optional[Attempt]) -> None:
@@ -378,14 +395,12 @@ class RateFinder:
                     # The rest of the burst's 429s are on their way: let them in before sending
                     # again, and space the slots booked at the old pace anew.
                     took = now - attempt.sent_at if attempt is not None else 0.0
-                    self._next = max(self._next, now + min(0.25, 2.0 * took + 0.01))
-                    self._epoch += 1
+                    self._next = now + min(0.25, 2.0 * took + 0.01)
         pause = self._pause(retry_after)
         if pause:
             until = now + pause
             if until > self._cooldown_until:
-                self._cooldown_until = self._next = until
-                self._epoch += 1
+                self._cooldown_until = until
                 return pause, 0.0
             return 0.0, 0.0
         if self.rate is not None:
@@ -446,36 +461,56 @@ class RateFinder:
         through = accepted / width
         if refused:
             self._last_refusal = time.monotonic()
-        if self.rate is not None and count / width < self.DEMAND_SHARE * self.rate:
+        demand_limited = self.rate is not None and count / width < self.DEMAND_SHARE * self.rate
+        if not refused:
+            if self.rate is not None and not demand_limited:
+                gain = self.PROBE_GAINS[min(self._clean, len(self.PROBE_GAINS) - 1)]
+                self.rate *= 1.0 + gain
+                self._clean += 1
+        elif demand_limited:
             # The workers did not use the pace (all waiting for answers): what got through says
-            # how much was asked, not what the server allows. A refusal still cuts, a little.
-            if refused:
-                self.rate = max(self.MIN_RATE, self.rate * self.MILD_CUT)
+            # how much was asked, not what the server allows. Many refusals still cut, a little.
+            if refused >= self.HEAVY * count:
+                self.rate = max(self.MIN_RATE, (self.rate or through) * self.MILD_CUT)
                 self._clean = 0
-        elif refused >= max(1, self.SATURATED * count):
-            # Few refusals may come from a bucket drained by a probe: the limit falls at most
-            # a little on them; many (a limit halved) show it outright.
-            last = self.limit
-            limit = through if last is None or refused >= self.HEAVY * count else max(through, self.SOFT_FALL * last)
-            self.limit = limit
-            self.rate = max(self.MIN_RATE, self.PACE_SHARE * limit)
+        else:
+            # What got through is the limit (or this run's share of a limit other runs use too);
+            # the pace asks a little more, so that TARGET_REFUSED of the requests are refused:
+            # runs that share a key then hold the whole limit between them, and a run finds out
+            # at once when the others leave.
+            # Under SMALL_LIMIT a second of burst holds a request or two, too few to absorb the
+            # pace's jitter: asking more would only waste slots, so the pace stays just under.
+            self.limit = through
+            share = 1.0 / (1.0 - self.TARGET_REFUSED) if through >= self.SMALL_LIMIT else self.UNDER_SMALL
+            self.rate = max(self.MIN_RATE, through * share)
             self._clean = 0
-        elif refused:
-            self.rate = max(self.MIN_RATE, min(self.rate or through, through))
-            self._clean = 0
-        elif self.rate is not None:
-            gain = self.PROBE_GAINS[min(self._clean, len(self.PROBE_GAINS) - 1)]
-            self.rate *= 1.0 + gain
-            self._clean += 1
         if self.told is not None and self.rate is not None:
             self.rate = min(self.rate, self.told)
-        if self.auto and self.rate is not None and self.latency is not None:
-            needed = math.ceil(self.rate * self.latency * self.HEADROOM) + 4
-            self.window = min(self.max_concurrency, max(self.window, needed))
+
+    def _fit_window(self, now: float) -> None:
+        """Once a pace is known it bounds the sending, and the window need only hold what the
+        pace puts in flight: all of a fixed concurrency; with the automatic one, pace × latency
+        × HEADROOM (Little's law), the latency being at least how long the first request has
+        waited while no answer has come."""
+        if self.rate is None:
+            return
+        if not self.auto:
+            self.window = self.max_concurrency
+            return
+        latency = self.latency
+        if latency is None:
+            latency = now - self._first_sent if self._first_sent is not None else 0.0
+        needed = math.ceil(self.rate * latency * self.HEADROOM) + 4
+        self.window = min(self.max_concurrency, max(self.START_WINDOW, needed))
 
     def _grow(self, now: float) -> None:
-        """Slow start: one more in flight for each request that went unrefused past the horizon
-        while the window was full; a latency risen past LATENCY_RISE of its least shrinks it."""
+        """Slow start, until a pace is known: one more in flight for each request that went
+        unrefused past the horizon while the window was full; a latency risen past LATENCY_RISE
+        of its least shrinks it."""
+        if self.rate is not None:
+            self._unconfirmed.clear()
+            self._fit_window(now)
+            return
         rising = False
         if self.latency is not None and self.least_latency is not None:
             rising = self.latency > self.LATENCY_RISE * max(self.least_latency, 0.05)
@@ -491,4 +526,15 @@ class RateFinder:
         full = self.in_flight >= self.window - 1
         while queue and (queue[0].state != Attempt.PENDING or queue[0].sent_at < now - self._horizon):
             if queue.popleft().state != Attempt.REFUSED and full:
-                self.window = min(self.max_concurrency, self.window + 1)
+                # Two more for each: a request accepted is still in flight (its answer may take a
+                # minute), so one more would only replace nothing; two doubles the window's growth
+                # every horizon, as a slow start doubles every round trip.
+                self.window = min(self.max_concurrency, self.window + 2)
+
+
+def _new_future() -> "asyncio.Future[None]":
+    return asyncio.get_running_loop().create_future()
+
+
+def _spawn(coroutine: Coroutine[Any, Any, None]) -> Any:
+    return asyncio.ensure_future(coroutine)

@@ -197,10 +197,12 @@ class LiveBackend:
         charged = 1           # answers the budget has counted for this task (the worker took one)
         try:
             while True:
-                await self._pace(task)      # a place in flight, and a slot at the pace
+                await self.pacer.acquire()      # a place in flight, and a slot at the pace
                 attempt: Optional[Attempt] = None
                 pause = own_wait = 0.0
                 try:
+                    if self.spacer:
+                        await self.spacer.acquire(task.images_expected)
                     if self.stop:
                         return self._not_done(task, attempts)
                     if len(self._bills.get(task.task_id, ())) >= charged:
@@ -251,11 +253,6 @@ class LiveBackend:
             log.debug("unexpected answer", exc_info=True)
             return None, BadResponse(f"the answer could not be used ({type(e).__name__}: "
                                      f"{redact(str(e), self.endpoint.token)[:200]})")
-
-    async def _pace(self, task) -> None:
-        await self.pacer.acquire()
-        if self.spacer:
-            await self.spacer.acquire(task.images_expected)
 
     def _rate_limited(self, error: RequestError, attempt: Attempt) -> tuple[float, float]:
         """A 429: what it teaches the pacer (before the attempt is released); returns (the pause
