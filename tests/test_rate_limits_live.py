@@ -3,6 +3,7 @@ with a rate limit and a latency, the user giving no --concurrency. Counts, not t
 requests were in flight, how many drew a 429, what `status` says while the run goes."""
 import threading
 
+import pytest
 from conftest import make_prompts, wait_until
 
 import batchgen
@@ -65,3 +66,18 @@ def test_status_shows_the_pace_and_what_is_in_flight_while_a_run_goes(tmp_path):
     assert status.as_json()["pace"]["in_flight"] >= 1
     assert "in flight" in format_status(status)
     assert box["summary"].exit_status == 0
+
+
+@pytest.mark.parametrize("style", ["exact", "seconds", "date", "none"])
+@pytest.mark.parametrize("headers", [True, False])
+def test_every_way_a_server_states_its_limit_is_held(tmp_path, style, headers):
+    # A scaled-down cell of bench/ratelimit.py: 40/s allowed, answers after 0.3 s ±20%, 429s at once.
+    csv = make_prompts(tmp_path / "p.csv", 120)
+    with SimulatorThread(rpm_limit=2400, latency=0.3, latency_spread=0.2, ratelimit_headers=headers,
+                         rate_limit_retry_after=style) as sim:
+        summary = batchgen.run(str(csv), out=str(tmp_path / "out"), base_url=sim.acedata_url,
+                               environ={"ACEDATA_API_TOKEN": "sim-token"}, model="dall-e-2",
+                               size="256x256", progress=False)
+        stats = sim.stats.copy()
+    assert summary.exit_status == 0 and summary.ok == 120
+    assert stats.by_status.get("429", 0) <= 0.25 * stats.requests

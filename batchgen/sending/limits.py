@@ -209,34 +209,39 @@ class Attempt:
 
 
 class RateFinder:
-    """Finds the rate the server lets through, holds every worker just under it, and (with
-    automatic concurrency) keeps as many requests in flight as that rate needs at the
-    latency the server answers with.
+    """Finds the rate the server lets through, holds every worker to it, and says how many
+    requests should be in flight (`window`: the backend keeps that many workers).
 
-    The rate is measured, not probed down. Requests are grouped by the time they were sent, in
+    The rate is measured, not probed down. Requests are grouped by when they were sent, in
     windows of WINDOW_S (and WINDOW_SENDS sends at least). A window is settled once each of its
-    requests has either been refused (a 429) or gone unrefused for the horizon: the time 429s
-    take to come back, learned from them (a second until one has come). When a settled window
-    holds refusals, the requests it let through per second *are* the server's limit, whatever
-    the latency of a success, and the pace is set just under it (PACE_SHARE). A burst of 429s is
-    one window's count, not one cut each. A settled window without refusals, in which the
-    workers used the pace, raises the pace a little, more with each such window in a row
-    (PROBE_GAINS): a limit restored mid-run is found again within seconds.
+    requests has been refused (a 429) or gone unrefused for the horizon: twice the time 429s
+    take to come back, learned from them (a second until one has come). A settled window that
+    held refusals shows what the server lets through per second, whatever the latency of a
+    success; the pace then asks TARGET_REFUSED more than that, so runs that share a limit hold
+    all of it between them and one notices at once when the others leave (under SMALL_LIMIT it
+    keeps just under instead: a second of burst absorbs no jitter there). A burst of 429s is one
+    window's count, not one cut each. A settled window without refusals in which the workers
+    used the pace raises it by PROBE_GAINS, more with each such window in a row. Until a window
+    is settled, a burst of BURST_SENDS or more within a second sets a first pace: what got
+    through in that second.
 
-    A 429 holds every worker (a shared cool-down) only when the server asks for a long wait —
-    an exact wait of LONG_WAIT_S or more, or a whole-second one beyond ROUNDED_MAX_S. The usual
-    token-bucket answer (`Retry-After: 1`, an HTTP date a second ahead, retry-after-ms of a few
-    ms, or nothing) is the next slot of a bucket the pace already keeps to, and delays nobody;
-    the refused task is sent again at the pace. Where the server states its limit
+    Waiting workers queue in order, and one dispatcher hands the slots out at the pace it reads
+    each time, so a pace raised or cut applies to everyone waiting at once. A 429 holds every
+    worker (a shared cool-down) only when the server asks for a long wait — an exact wait of
+    LONG_WAIT_S or more, or a whole-second one beyond ROUNDED_MAX_S. The usual token-bucket
+    answer (`Retry-After: 1`, an HTTP date a second ahead, retry-after-ms of a few ms, or
+    nothing) delays nobody: the refused task is sent again at the pace (before any pace is
+    known, after its own short wait). Where the server states its limit
     (x-ratelimit-limit-requests, per minute), the pace never exceeds it.
 
-    In flight (`window`: how many workers the backend keeps sending): START_WINDOW at first,
-    fixed concurrency or not, so a run does not open with a burst the server refuses; one more
-    for each request that goes unrefused past the horizon while the window is full, no 429 came
-    in the last settled window and the latency is not rising (slow start, at the pace of
-    acceptance rather than of answers), up to the fixed concurrency, or else `max_concurrency`.
-    With automatic concurrency, once a limit is measured, at least pace × latency × HEADROOM
-    (Little's law); a latency that rises past LATENCY_RISE of its least shrinks it.
+    In flight: START_WINDOW at first, fixed concurrency or not, so a run does not open with a
+    burst the server refuses; until a pace is known, two more for each request that goes
+    unrefused past the horizon while the window is full, no 429 came lately and the latency is
+    not rising (a slow start at the pace of acceptance rather than of answers: a request
+    accepted is still in flight, so two more doubles the growth each horizon). Once a pace is
+    known it bounds the sending, and the window is what it puts in flight: all of a fixed
+    concurrency; with the automatic one, pace × latency × HEADROOM (Little's law), never more
+    than `max_concurrency`.
     """
 
     TARGET_REFUSED = 0.05      # at the limit, the share of requests the pace lets be refused
