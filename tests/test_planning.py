@@ -110,6 +110,15 @@ def test_job_file_settings_and_command_line_overrides(tmp_path):
     assert c.sweep == [("style", ["vivid", "natural"])]
 
 
+def test_a_job_file_sets_automatic_concurrency_and_its_ceiling(tmp_path):
+    (tmp_path / "p.csv").write_text("prompt\notter\n")
+    job = tmp_path / "job.toml"
+    job.write_text('input = "p.csv"\nconcurrency = "auto"\nmax_concurrency = 40\n')
+    c = resolve_config(str(job), {})
+    assert (c.concurrency, c.max_concurrency) == ("auto", 40)
+    assert resolve_config(str(tmp_path / "p.csv"), {}).concurrency == "auto"      # the default
+
+
 def test_job_file_with_an_unknown_setting_is_refused(tmp_path):
     job = tmp_path / "job.toml"
     job.write_text('input = "p.csv"\nconcurency = 3\n')

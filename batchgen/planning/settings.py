@@ -172,7 +172,7 @@ def point_label(point: dict) -> str:
 
 # ---- job files --------------------------------------------------------------------------
 
-_JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "rpm",
+_JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "max_concurrency", "rpm",
              "max_retries", "backoff_base", "timeout", "provider", "mode", "base_url", "limit", "max_cost",
              "max_wait", "encoding", "batch_size", "no_wait", "poll_interval", "params", "image_column",
              "mask_column", "prices"}
