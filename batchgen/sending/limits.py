@@ -163,7 +163,8 @@ class TaskRetries:
     def next_wait(self, rate_limited: bool, retry_after: Optional[float]) -> Optional[float]:
         """Seconds to wait before sending again, or None when this kind's budget is spent.
 
-        A 429 waits 0 here: the pacer's shared cool-down holds every worker, this one too."""
+        A 429 waits 0 here: the pacer says how long (a cool-down that holds every worker, or
+        before any pace is known, a wait of the request's own)."""
         if rate_limited:
             self.rate_limited += 1
             return 0.0 if self.rate_limited <= self.policy.max_rate_limited else None
@@ -397,8 +398,8 @@ class RateFinder:
                 through = max(self.MIN_RATE, float(sum(a.state != Attempt.REFUSED for a in recent)))
                 if self.rate is None or through < self.rate:
                     self.rate = through
-                    # The rest of the burst's 429s are on their way: let them in before sending
-                    # again, and space the slots booked at the old pace anew.
+                    # The rest of the burst's 429s are on their way: let them in before the
+                    # dispatcher hands out the next slot.
                     took = now - attempt.sent_at if attempt is not None else 0.0
                     self._next = now + min(0.25, 2.0 * took + 0.01)
         pause = self._pause(retry_after)
@@ -444,8 +445,12 @@ class RateFinder:
     # -- what it learns --
 
     def _settle(self, now: float) -> None:
-        """Take in every window of sends that is settled by now, and grow the in-flight window."""
-        self._grow(now)
+        """Take in every window of sends that is settled by now, and size the in-flight window."""
+        if self.rate is None:
+            self._grow(now)
+        else:
+            self._unconfirmed.clear()       # slow start is over: what it held no longer counts
+            self._fit_window(now)
         sent = self._sent
         while sent:
             if self._window_start is None or sent[0].sent_at >= self._window_start + self.WINDOW_S * 10:
@@ -497,8 +502,7 @@ class RateFinder:
         pace puts in flight: all of a fixed concurrency; with the automatic one, pace × latency
         × HEADROOM (Little's law), the latency being at least how long the first request has
         waited while no answer has come."""
-        if self.rate is None:
-            return
+        assert self.rate is not None
         if not self.auto:
             self.window = self.max_concurrency
             return
@@ -509,13 +513,9 @@ class RateFinder:
         self.window = min(self.max_concurrency, max(self.START_WINDOW, needed))
 
     def _grow(self, now: float) -> None:
-        """Slow start, until a pace is known: one more in flight for each request that went
+        """Slow start, until a pace is known: two more in flight for each request that went
         unrefused past the horizon while the window was full; a latency risen past LATENCY_RISE
         of its least shrinks it."""
-        if self.rate is not None:
-            self._unconfirmed.clear()
-            self._fit_window(now)
-            return
         rising = False
         if self.latency is not None and self.least_latency is not None:
             rising = self.latency > self.LATENCY_RISE * max(self.least_latency, 0.05)
@@ -524,7 +524,6 @@ class RateFinder:
                 self.least_latency = self.latency / self.LATENCY_RISE   # shrink once per doubling
         if rising or now - self._last_refusal < self.WINDOW_S:
             return          # held until then: the requests accepted meanwhile still count
-
         queue = self._unconfirmed
         while len(queue) > self.MAX_UNCONFIRMED:       # held a long while: the oldest no longer matter
             queue.popleft()
