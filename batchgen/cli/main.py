@@ -57,6 +57,8 @@ def job_options(f):
         click.option("--image-column", help="Edits: the column of input images (default: image, when present); "
                                             "paths relative to the input file, or URLs; several: a|b."),
         click.option("--mask-column", help="Edits: the column of PNG masks (default: mask, when present)."),
+        click.option("--markup-column", help="Edits: the column of markup images, the picture drawn over with "
+                                             "what to change (gpt-image-2.6; default: markup, when present)."),
         click.option("--prices", type=click.Path(dir_okay=False),
                      help="A JSON price table over the built-in one (for a model batchgen has no price for)."),
         click.option("--sweep", multiple=True, metavar="AXIS=V1,V2",

@@ -41,6 +41,8 @@ def edit_note(req: "ImageRequest") -> str:
         extra.append(f"+{more_images} more image{'s' if more_images > 1 else ''}")
     if req.mask is not None:
         extra.append(f"mask {req.mask.short}")
+    if req.markup is not None:
+        extra.append(f"markup {req.markup.short}")
     more = f" ({', '.join(extra)})" if extra else ""
     return f"edit of {req.inputs[0].short}{more}: {req.prompt}"
 
