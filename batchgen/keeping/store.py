@@ -93,7 +93,8 @@ class ImageStore:
         width: Optional[int]
         height: Optional[int]
         if ext == "gif":
-            width, height, frames = gif_info(data)
+            _, _, frames = gif_info(data)
+            width, height = image_size(data)     # Pillow's header read refuses a decompression bomb
         elif ext == "svg":
             width, height = svg_size(data)
         else:
