@@ -287,6 +287,18 @@ def test_a_markup_column_is_sent_with_each_edit_as_multipart(fresh_sim, markup_t
     assert fresh_sim.stats["by_path"] == {"/v1/images/edits": 2}
 
 
+def test_the_report_shows_an_edits_markup_beside_its_input(fresh_sim, markup_table, tmp_path):
+    from batchgen.showing.report import write_report
+    out = tmp_path / "out"
+    openai_run(fresh_sim.openai_base_url, markup_table, out, defaults=FLARE)
+    page = write_report(out).read_text()
+    heads = dict(re.findall(r'<span class="text">([^<]*)</span>(.*?)</th>', page, re.S))
+    circled = tmp_path / "pictures/circled.png"
+    assert heads["paint the circled wall blue"].count("<img") == 2
+    assert f'alt="markup image {circled}"' in heads["paint the circled wall blue"]
+    assert heads["add a window"].count("<img") == 1 and "markup" not in heads["add a window"]
+
+
 def test_a_markup_column_goes_through_the_batch_api_as_json(markup_table, tmp_path):
     out = tmp_path / "out"
     with SimulatorThread(SimConfig(batch_seconds=0.2)) as sim:
@@ -347,3 +359,6 @@ def test_the_simulator_takes_markup_from_2_6_models_only(fresh_sim):
     answer = call(fresh_sim.base_url + "/v1/images/edits", body)
     assert answer.status == 200
     assert f"markup {hashlib.sha256(circled).hexdigest()[:16]}" in answer.json()["data"][0]["revised_prompt"]
+    without = call(fresh_sim.base_url + "/v1/images/edits", {k: v for k, v in body.items() if k != "markup"})
+    usage, usage_without = answer.json()["usage"], without.json()["usage"]
+    assert usage["input_tokens_details"]["image_tokens"] == 2 * usage_without["input_tokens_details"]["image_tokens"]

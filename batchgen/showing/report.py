@@ -820,35 +820,40 @@ def _prompt_rows_html(key: int, prompt: Optional[str], layout: Layout, cells: di
 
 
 def _inputs_html(inputs: Optional[list]) -> str:
-    """An edit's input images, under its prompt."""
+    """An edit's input images (and its markup image), under its prompt."""
     if not inputs:
         return ""
     shown = []
-    for ref, made in inputs:
+    for ref, made, *kind in inputs:
+        what = kind[0] if kind else "input"
         if made is None:
-            shown.append(f'<span class="missing" title="{e(ref)}">input: {e(ref)}</span>')
+            shown.append(f'<span class="missing" title="{e(ref)}">{what}: {e(ref)}</span>')
         else:
             shown.append(f'<img src="{e(made.uri)}" width="{made.width}" height="{made.height}" '
-                         f'alt="input image {e(ref)}" title="input: {e(ref)}">')
+                         f'alt="{what} image {e(ref)}" title="{what}: {e(ref)}">')
     return '<div class="inputs"><span class="idx">edit of</span>' + "".join(shown) + "</div>"
 
 
 def input_thumbnails(part, thumb: int) -> dict:
-    """row_index -> [(input image as sent, Thumb or None)] for the rows of an edits job (a URL
-    is named, not fetched: the page makes no request)."""
+    """row_index -> [(input image as sent, Thumb or None, "input" or "markup")] for the rows of
+    an edits job (a URL is named, not fetched: the page makes no request)."""
     if "input_image" not in part.columns:
         return {}
     made: dict = {}
     out: dict = {}
-    for row, refs in zip(part["row_index"], part["input_image"]):
+    markups = part["markup_image"] if "markup_image" in part.columns else [None] * len(part)
+    for row, refs, markup in zip(part["row_index"], part["input_image"], markups):
         if _missing(row) or not isinstance(refs, str) or int(row) in out:
             continue
         shown = []
-        for ref in filter(None, refs.split("|")):
+        named = [(ref, "input") for ref in filter(None, refs.split("|"))]
+        if isinstance(markup, str) and markup:
+            named.append((markup, "markup"))
+        for ref, what in named:
             if ref not in made:
                 local = not ref.startswith(("http://", "https://"))
                 made[ref] = (make_thumbnails(Path(ref), thumb) or (None,))[0] if local else None
-            shown.append((ref, made[ref]))
+            shown.append((ref, made[ref], what))
         out[int(row)] = shown
     return out
 
@@ -1160,7 +1165,7 @@ _STATS_COLUMNS = ("task_id", "row_index", "status", "error_code", "latency_s", "
 _PAGE_COLUMNS = ("task_id", "row_index", "prompt", "status", "revised_prompt", "image_path",
                  "image_index", "error_code", "error_message", "latency_s", "est_cost_usd", "width",
                  "height", "sweep_point", "in_input", "input_image", "simulated", "provider",
-                 "endpoint", "mode", "frames")
+                 "endpoint", "mode", "frames", "markup_image")
 
 
 class ResultsBatches:
