@@ -150,7 +150,7 @@ BILLION_LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY a "aaaaaaaaaa">
     ("not svg", b'<?xml version="1.0"?><html><body>hi</body></html>', "root element is <html>, not <svg>"),
     ("oversized", b'<svg xmlns="http://www.w3.org/2000/svg">' + b" " * MAX_SVG_BYTES + b"</svg>",
      "over batchgen's limit"),
-    ("billion laughs", BILLION_LAUGHS, "DOCTYPE"),
+    ("billion laughs", BILLION_LAUGHS, "internal subset"),
     ("nested without end", b"<svg>" + b"<g>" * 2000 + b"</g>" * 2000 + b"</svg>", "nest more than"),
     ("truncated gif", gif()[:-40], "cut short"),
     ("gif without trailer", gif()[:-1], "no trailer"),
@@ -167,19 +167,35 @@ def test_a_bad_svg_or_gif_is_a_bad_response_and_nothing_is_kept(tmp_path, name, 
     assert not [p for p in (out / "images").rglob("*") if p.is_file()]
 
 
-def test_an_external_entity_is_never_read(tmp_path, prompts):
+@pytest.mark.parametrize("doctype, kept", [
+    ('<!DOCTYPE svg [<!ENTITY x SYSTEM "file://{secret}">]>', False),       # refused: it declares one
+    ('<!DOCTYPE svg SYSTEM "file://{secret}">', True),                      # kept: the DTD is never read
+])
+def test_an_external_entity_or_dtd_is_never_read(tmp_path, prompts, doctype, kept):
     secret = tmp_path / "secret.txt"
-    secret.write_text("TOP-SECRET-VALUE")
-    xxe = (f'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY x SYSTEM "file://{secret}">]>'
-           f'<svg xmlns="http://www.w3.org/2000/svg"><text>&x;</text></svg>').encode()
+    secret.write_text('<!ENTITY x "TOP-SECRET-VALUE">')
+    xxe = (f'<?xml version="1.0"?>{doctype.format(secret=secret)}'
+           f'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><text>&x;</text></svg>').encode()
     out = tmp_path / "out"
     with serving(xxe) as server:
         summary = openai_run(server.base_url, prompts, out, defaults=FLARE, max_retries=0)
     df = results(out)
-    assert summary.exit_status == 1 and set(df.error_code) == {"bad_response"}
-    assert all("DOCTYPE" in m for m in df.error_message)
+    if kept:
+        assert summary.exit_status == 0 and (out / df.image_path[0]).read_bytes() == xxe
+    else:
+        assert summary.exit_status == 1 and set(df.error_code) == {"bad_response"}
+        assert all("internal subset" in m for m in df.error_message)
+    from batchgen.showing.report import write_report
+    write_report(out)
     written = "".join(p.read_bytes().decode("latin-1") for p in out.rglob("*") if p.is_file())
     assert "TOP-SECRET-VALUE" not in written
+
+
+def test_the_svg_1_1_doctype_that_many_tools_write_is_accepted():
+    svg = (b'<?xml version="1.0" standalone="no"?>\n<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" '
+           b'"http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n'
+           b'<svg xmlns="http://www.w3.org/2000/svg" width="20" height="10"><rect width="20" height="10"/></svg>')
+    assert svg_size(svg) == (20, 10)
 
 
 # ---- a GIF is walked, its frames counted ----------------------------------------------------------
