@@ -79,6 +79,17 @@ def test_svg_and_gif_outputs_are_saved_as_svg_and_gif_with_their_size_and_frames
     assert fresh_sim.stats["params"]["output_format"] == 6
 
 
+def test_svg_and_gif_come_back_from_the_batch_api_checked_and_typed_alike(prompts, tmp_path):
+    out = tmp_path / "out"
+    with SimulatorThread(SimConfig(batch_seconds=0.2)) as sim:
+        summary = openai_run(sim.openai_base_url, prompts, out, defaults=FLARE, mode="batch", poll_interval=0.1,
+                             sweep=[("output_format", ["svg", "gif"])])
+    assert summary.ok == 4
+    df = results(out)
+    assert sorted(Path(p).suffix for p in df.image_path) == [".gif", ".gif", ".svg", ".svg"]
+    assert len(df.frames.dropna()) == 2 and df.frames.dropna().gt(1).all() and set(df["mode"]) == {"batch"}
+
+
 def test_svg_or_gif_for_a_model_that_does_not_make_them_is_refused_before_sending(prompts, cli):
     r = cli("plan", prompts, "--provider", "openai", "--model", "gpt-image-2", "--output-format", "svg")
     assert r.exit_code == 2 and "output_format 'svg' is not allowed for gpt-image-2" in r.output
