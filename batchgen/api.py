@@ -50,6 +50,7 @@ def run(source: Source, *,
         params: Optional[Mapping[str, Any]] = None,
         image_column: Optional[str] = None,
         mask_column: Optional[str] = None,
+        markup_column: Optional[str] = None,
         prices: Union[str, "os.PathLike[str]", None] = None,
         defaults: Optional[Mapping[str, Any]] = None,
         sweep: Optional[Sweep] = None,
@@ -92,6 +93,8 @@ def run(source: Source, *,
     params: parameters batchgen does not know, sent as given ({"user": "dataset-42"}).
     image_column, mask_column: an edits table's input images and masks (default: the columns
         "image" and "mask" when present); paths relative to the input file, or URLs.
+    markup_column: an edits table's markup images (gpt-image-2.6's markup-guided edits; default:
+        the column "markup" when present), one per row, sent beside the images.
     prices: a JSON price file over the built-in prices (for a model batchgen has no price for).
     sweep: parameters to sweep, every combination: {"quality": ["standard", "hd"]} (also
         [("quality", [...])] or ["quality=standard,hd"], the command line's spelling).

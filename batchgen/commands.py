@@ -27,12 +27,13 @@ def prepare(source, options: dict, table=None):
     config = resolve_config(source, options)
     if table is None:
         table = read_table(config.source, config.encoding)
-    image_column, mask_column = edit_columns(table.column_names, config.image_column, config.mask_column)
+    image_column, mask_column, markup_column = edit_columns(table.column_names, config.image_column,
+                                                            config.mask_column, config.markup_column)
     inputs = None
     if image_column is not None:
         if config.limit is not None:
             table = table.slice(0, config.limit)
-        inputs = read_edit_inputs(table, config.source or source, image_column, mask_column)
+        inputs = read_edit_inputs(table, config.source or source, image_column, mask_column, markup_column)
     plan = make_plan(table, config, inputs)
     return config, table, plan
 

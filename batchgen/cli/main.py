@@ -9,7 +9,7 @@ import click
 
 from batchgen.exceptions import EXIT_STOPPED, EXIT_USAGE, UsageError
 from batchgen.rules import modes
-from batchgen.rules.models import BACKGROUNDS, INPUT_FIDELITIES, MODERATIONS, OUTPUT_FORMATS, PARAMETERS
+from batchgen.rules.models import BACKGROUNDS, INPUT_FIDELITIES, MODELS, MODERATIONS, OUTPUT_FORMATS, PARAMETERS
 from batchgen.rules.providers import DEFAULT_PROVIDER, PROVIDERS
 from batchgen.rules.providers import NAMES as PROVIDER_NAMES
 from batchgen.showing.exports import DEFAULT_SHARD_SIZE
@@ -40,8 +40,10 @@ def job_options(f):
         click.option("--response-format", type=click.Choice(["url", "b64_json"]),
                      help="dall-e only; GPT image models always return base64."),
         click.option("--n", "n", type=click.IntRange(1, 10), help="Images per request (dall-e-3: 1)."),
-        click.option("--output-format", type=click.Choice(OUTPUT_FORMATS),
-                     help="GPT image models: the images' file format (default png; webp and jpeg are far smaller)."),
+        click.option("--output-format", type=click.Choice(
+                         tuple(dict.fromkeys(f for m in MODELS.values() for f in OUTPUT_FORMATS + m.output_formats))),
+                     help="GPT image models: the images' file format (default png; webp and jpeg are far smaller; "
+                          "gpt-image-2.6: also svg and animated gif)."),
         click.option("--output-compression", type=click.IntRange(0, 100),
                      help="GPT image models, jpeg/webp: compression level 0-100 (default 100)."),
         click.option("--background", type=click.Choice(BACKGROUNDS),
@@ -57,6 +59,8 @@ def job_options(f):
         click.option("--image-column", help="Edits: the column of input images (default: image, when present); "
                                             "paths relative to the input file, or URLs; several: a|b."),
         click.option("--mask-column", help="Edits: the column of PNG masks (default: mask, when present)."),
+        click.option("--markup-column", help="Edits: the column of markup images, the picture drawn over with "
+                                             "what to change (gpt-image-2.6; default: markup, when present)."),
         click.option("--prices", type=click.Path(dir_okay=False),
                      help="A JSON price table over the built-in one (for a model batchgen has no price for)."),
         click.option("--sweep", multiple=True, metavar="AXIS=V1,V2",

@@ -59,6 +59,7 @@ SCHEMA = pa.schema([
     ("width", pa.int64()),
     ("height", pa.int64()),
     ("bytes", pa.int64()),
+    ("frames", pa.int64()),             # a GIF's frame count; null for every other format
     ("error_code", pa.string()),
     ("error_message", pa.string()),
     ("http_status", pa.int64()),
@@ -81,6 +82,8 @@ SCHEMA = pa.schema([
     ("input_sha256", pa.string()),
     ("mask_image", pa.string()),
     ("mask_sha256", pa.string()),
+    ("markup_image", pa.string()),      # markup-guided edits (gpt-image-2.6): the markup sent
+    ("markup_sha256", pa.string()),
     # False: a task an earlier input of this folder held, kept so every image stays listed.
     ("in_input", pa.bool_()),
 ])
@@ -245,6 +248,7 @@ class _Rows:
             get = image.get
             common = _fields({**shared, "image_url": get("image_url"), "sha256": get("sha256"),
                               "width": get("width"), "height": get("height"), "bytes": get("bytes"),
+                              "frames": get("frames"),
                               "revised_prompt": get("revised_prompt"), "image_index": get("image_index", 0)})
             self.lines.append(f'{{{base},{status},"image_path":{path},{common}}}')
             self.metadata.append(f'{{"file_name":{path},{base},{common},{provenance}{extra}}}')

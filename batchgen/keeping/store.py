@@ -1,5 +1,9 @@
 """Images on disk: check the bytes are an image, hash them, and write them atomically.
 
+The one place a server's image bytes are checked: PNG, JPEG and WebP by their header, a GIF
+walked to its trailer (its frames counted), an SVG parsed safely (imagecheck). The bytes choose
+only which of those known extensions the file gets, never any other part of its path.
+
 Names come from the task id only (never from prompt text). Images are spread over
 `images/<first two hex digits of the task id>/` so no folder holds more than a few thousand
 files even for a million images.
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from batchgen.exceptions import BadResponse
+from batchgen.keeping.imagecheck import gif_info, is_gif, looks_like_svg, svg_size
 from batchgen.keeping.outdir import IMAGES_DIR, write_atomic
 from batchgen.planning.edits import sniff
 from batchgen.rules.models import FORMAT_EXTENSIONS
@@ -25,7 +30,9 @@ def image_format(data: bytes) -> Optional[str]:
     kind = sniff(data)
     if kind is not None:
         return FORMAT_EXTENSIONS[kind]
-    return "gif" if data.startswith((b"GIF87a", b"GIF89a")) else None
+    if is_gif(data):
+        return "gif"
+    return "svg" if looks_like_svg(data) else None
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -47,9 +54,18 @@ def image_size(data: bytes) -> tuple[int, int]:
 class SavedImage:
     image_path: str   # relative to OUT
     sha256: str
-    width: int
-    height: int
+    width: Optional[int]     # None: an SVG that states no size in pixels
+    height: Optional[int]
     bytes: int
+    frames: Optional[int] = None     # a GIF's frames; None for every other format
+
+    def record(self) -> dict:
+        """What a journal record keeps of the saved file (frames only for a GIF)."""
+        fields = {"image_path": self.image_path, "sha256": self.sha256, "width": self.width,
+                  "height": self.height, "bytes": self.bytes}
+        if self.frames is not None:
+            fields["frames"] = self.frames
+        return fields
 
 
 def relative_image_path(task_id: str, image_index: int, n: int, ext: str) -> str:
@@ -71,9 +87,18 @@ class ImageStore:
         """
         ext = image_format(data)
         if ext is None:
-            raise BadResponse(f"the response's image is not PNG, JPEG, WebP or GIF "
+            raise BadResponse(f"the response's image is not PNG, JPEG, WebP, GIF or SVG "
                               f"(starts with {data[:8]!r})")
-        width, height = image_size(data)
+        frames = None
+        width: Optional[int]
+        height: Optional[int]
+        if ext == "gif":
+            _, _, frames = gif_info(data)
+            width, height = image_size(data)     # Pillow's header read refuses a decompression bomb
+        elif ext == "svg":
+            width, height = svg_size(data)
+        else:
+            width, height = image_size(data)
         rel = relative_image_path(task_id, image_index, n, ext)
         final = os.path.join(self._root, rel)
         folder = os.path.dirname(final)
@@ -81,4 +106,4 @@ class ImageStore:
             os.makedirs(folder, exist_ok=True)
             self._made_dirs.add(folder)
         write_atomic(final, data, fsync=False)
-        return SavedImage(rel, hashlib.sha256(data).hexdigest(), width, height, len(data))
+        return SavedImage(rel, hashlib.sha256(data).hexdigest(), width, height, len(data), frames)

@@ -5,6 +5,10 @@ several (a list in Parquet/JSON Lines, `a.png|b.png` in CSV): a path relative to
 file, or an http(s) URL. Files are read here, before planning, because a task's id covers
 their bytes (replacing a file makes a new task; moving it does not); a URL's bytes are only
 known once it is downloaded at sending time, so its id covers the URL's text.
+
+A markup image (a `markup` column, gpt-image-2.6's markup-guided edits: the picture drawn over
+with what to change) goes with the images as the mask does, one per row, and its bytes are part
+of the task id in the same way.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_IMAGES = 16
 IMAGE_KINDS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 # What the journal and the results keep of an edit's inputs ("|" between several images).
-RECORD_FIELDS = ("input_image", "input_sha256", "mask_image", "mask_sha256")
+RECORD_FIELDS = ("input_image", "input_sha256", "mask_image", "mask_sha256", "markup_image", "markup_sha256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,16 +35,23 @@ class EditInput:
     mask: Optional[str] = None
     mask_digest: Optional[str] = None
     problem: Optional[str] = None
+    markup: Optional[str] = None
+    markup_digest: Optional[str] = None
 
     @property
     def key(self) -> bytes:
-        """What a task id adds for these inputs."""
-        return ("|".join(self.digests) + ("\x1c" + self.mask_digest if self.mask_digest else "")).encode()
+        """What a task id adds for these inputs (an edit without markup keeps the id it had
+        before markup existed)."""
+        return ("|".join(self.digests) + ("\x1c" + self.mask_digest if self.mask_digest else "")
+                + ("\x1b" + self.markup_digest if self.markup_digest else "")).encode()
 
     def as_record(self) -> dict:
-        """The inputs as the journal and the results keep them (RECORD_FIELDS)."""
-        return dict(zip(RECORD_FIELDS, ("|".join(self.images), "|".join(self.digests), self.mask,
-                                        self.mask_digest)))
+        """The inputs as the journal and the results keep them (RECORD_FIELDS; the markup's
+        only when there is one)."""
+        values: tuple = ("|".join(self.images), "|".join(self.digests), self.mask, self.mask_digest)
+        if self.markup is not None:
+            values += (self.markup, self.markup_digest)
+        return dict(zip(RECORD_FIELDS, values))
 
 
 _NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WebP"}
@@ -66,19 +77,23 @@ def sniff(data: bytes) -> Optional[str]:
     return None
 
 
-def edit_columns(columns: list, image_column: Optional[str], mask_column: Optional[str]) -> tuple:
-    """(image column, mask column) of an edits table, (None, None) for generations; raises
-    UsageError for a named column the table lacks."""
-    for option, name in (("--image-column", image_column), ("--mask-column", mask_column)):
+def edit_columns(columns: list, image_column: Optional[str], mask_column: Optional[str],
+                 markup_column: Optional[str] = None) -> tuple:
+    """(image column, mask column, markup column) of an edits table, (None, None, None) for
+    generations; raises UsageError for a named column the table lacks."""
+    for option, name in (("--image-column", image_column), ("--mask-column", mask_column),
+                         ("--markup-column", markup_column)):
         if name is not None and name not in columns:
             raise UsageError(f"{option} {name!r}: the input has no such column; its columns are "
                              f"{', '.join(map(repr, columns))}")
     image = image_column or ("image" if "image" in columns else None)
     mask = mask_column or ("mask" if "mask" in columns else None)
-    if mask is not None and image is None:
-        raise UsageError(f"the column {mask!r} holds masks, but no column holds the images to edit; "
-                         "add an 'image' column or name it with --image-column NAME")
-    return image, mask
+    markup = markup_column or ("markup" if "markup" in columns else None)
+    for column, what in ((mask, "masks"), (markup, "markup images")):
+        if column is not None and image is None:
+            raise UsageError(f"the column {column!r} holds {what}, but no column holds the images to edit; "
+                             "add an 'image' column or name it with --image-column NAME")
+    return image, mask, markup
 
 
 def _refs(cell) -> list:
@@ -127,13 +142,15 @@ class _Files:
         return hashlib.sha256(data).hexdigest(), None
 
 
-def read_edit_inputs(table, source: str, image_column: str, mask_column: Optional[str]) -> list:
+def read_edit_inputs(table, source: str, image_column: str, mask_column: Optional[str],
+                     markup_column: Optional[str] = None) -> list:
     """Each row's EditInput (the whole table, in order)."""
     files = _Files(os.path.dirname(os.path.abspath(source)))
     images = table.column(image_column).to_pylist()
     masks = table.column(mask_column).to_pylist() if mask_column else [None] * len(images)
+    markups = table.column(markup_column).to_pylist() if markup_column else [None] * len(images)
     inputs = []
-    for cell, mask_cell in zip(images, masks):
+    for cell, mask_cell, markup_cell in zip(images, masks, markups):
         refs = _refs(cell)
         problem = None
         if not refs:
@@ -149,6 +166,13 @@ def read_edit_inputs(table, source: str, image_column: str, mask_column: Optiona
         elif mask_refs:
             mask, mask_digest, mask_problem = files.check(mask_refs[0], "mask", ("png",))
             problem = problem or mask_problem
+        markup = markup_digest = None
+        markup_refs = _refs(markup_cell)
+        if len(markup_refs) > 1:
+            problem = problem or f"the {markup_column!r} cell names {len(markup_refs)} markup images; an edit takes one"
+        elif markup_refs:
+            markup, markup_digest, markup_problem = files.check(markup_refs[0], "markup image")
+            problem = problem or markup_problem
         inputs.append(EditInput(tuple(c[0] for c in checked), tuple(c[1] or "" for c in checked),
-                                mask, mask_digest, problem))
+                                mask, mask_digest, problem, markup, markup_digest))
     return inputs

@@ -52,6 +52,7 @@ class JobConfig:
     params: dict = field(default_factory=dict)       # --param: sent as is, batchgen does not know them
     image_column: Optional[str] = None    # edits: the input images (None: "image" when present)
     mask_column: Optional[str] = None     # edits: the masks (None: "mask" when present)
+    markup_column: Optional[str] = None   # edits: markup images, gpt-image-2.6 (None: "markup" when present)
     prices: Optional[str] = None          # a price file over the built-in one
 
     def fingerprint(self) -> str:
@@ -63,7 +64,7 @@ class JobConfig:
         """
         defining = {"prompt_column": self.prompt_column, "defaults": self.defaults,
                     "sweep": [[axis, values] for axis, values in self.sweep]}
-        for key in ("params", "image_column", "mask_column"):
+        for key in ("params", "image_column", "mask_column", "markup_column"):
             if getattr(self, key):     # only when set, so folders made before them keep their job
                 defining[key] = getattr(self, key)
         return _digest(json.dumps(defining, sort_keys=True, default=str))[:16]
@@ -175,7 +176,7 @@ def point_label(point: dict) -> str:
 _JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "max_concurrency", "rpm",
              "max_retries", "backoff_base", "timeout", "provider", "mode", "base_url", "limit", "max_cost",
              "max_wait", "encoding", "batch_size", "no_wait", "poll_interval", "params", "image_column",
-             "mask_column", "prices"}
+             "mask_column", "markup_column", "prices"}
 
 
 def load_job_file(path) -> dict:
@@ -222,7 +223,7 @@ def load_job_file(path) -> dict:
     settings["params"] = dict(parse_extra_param((k, v), f"{path} [params]") for k, v in extra.items())
     for key in ("prompt_column", "concurrency", "max_concurrency", "rpm", "max_retries", "backoff_base", "timeout",
                 "provider", "mode", "base_url", "limit", "max_cost", "max_wait", "encoding", "batch_size", "no_wait",
-                "poll_interval", "image_column", "mask_column"):
+                "poll_interval", "image_column", "mask_column", "markup_column"):
         if key in data:
             settings[key] = data[key]
     if "prices" in data:
@@ -266,7 +267,7 @@ def resolve_config(source: str, overrides: dict) -> JobConfig:
 
 _TEXT_SETTINGS = (("prompt_column", "prompt"), ("provider", providers.DEFAULT_PROVIDER), ("mode", "live"),
                   ("base_url", "https://api.openai.com/v1"), ("encoding", "cp1252"), ("image_column", "image"),
-                  ("mask_column", "mask"), ("prices", "prices.json"))
+                  ("mask_column", "mask"), ("markup_column", "markup"), ("prices", "prices.json"))
 
 
 def check_settings(config: JobConfig, job_file: Optional[str] = None) -> None:

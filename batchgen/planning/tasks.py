@@ -367,6 +367,8 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
                 ids.append(from_bytes(blake2b(head + prompt_part, digest_size=8).digest(), "big"))
                 variant_of.append(index)
                 problem = row_problem or (inputs.problem if inputs is not None else None)
+                if problem is None and inputs is not None and inputs.markup is not None:
+                    problem = variant.problem or models.markup_problem(variant.params.get("model"))
                 if problem is None:
                     if blank:
                         problem = "prompt is missing or blank"

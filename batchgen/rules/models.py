@@ -5,7 +5,7 @@ Everything here is pure: planning, validation and cost estimates call it without
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 PARAMETERS = ("model", "quality", "style", "size", "response_format", "n",
@@ -191,3 +191,24 @@ def prompt_problem(prompt: object, model: Optional[str]) -> Optional[str]:
         return (f"prompt is {len(prompt)} characters; {rules.name} allows at most "
                 f"{rules.max_prompt_chars}")
     return None
+
+
+# ---- gpt-image-2.6 (issue 24, branch outputs): to be ported into the catalog ------------------
+# The minimal rules the outputs branch needs until the catalog (batchgen/data/models.json) lands:
+# gpt-image-2.6-flare/-sunburst take output_format svg and gif, and a markup image on edits.
+VECTOR_ANIMATED_FORMATS = ("svg", "gif")
+FORMAT_EXTENSIONS.update(svg="svg", gif="gif")
+MARKUP_MODELS = ("gpt-image-2.6-flare", "gpt-image-2.6-sunburst")
+for _name in MARKUP_MODELS:
+    MODELS[_name] = replace(_gpt_image(_name, _gpt_image_2_size_ok, input_fidelities=()),
+                            output_formats=OUTPUT_FORMATS + VECTOR_ANIMATED_FORMATS)
+
+
+def markup_problem(model: Optional[str]) -> Optional[str]:
+    """Why an edit with a markup image cannot go to this model (None: it can, or the model is
+    unknown and sent unchecked)."""
+    rules = rules_for(model)
+    if rules is None or rules.name in MARKUP_MODELS:
+        return None
+    return (f"markup: model {rules.name!r} takes no markup image "
+            f"(markup-guided edits: {', '.join(MARKUP_MODELS)})")

@@ -48,8 +48,12 @@ CARD_FILE = "README.md"
 # (pandas, pyarrow, DuckDB) finds shards only, not the card.
 DATA_DIR = "data"
 KEY_COLUMN, IMAGE_COLUMN = "key", "image"
+# Each image's media type, beside it in every format (a GIF or an SVG is not decoded as a PNG is).
+CONTENT_TYPE_COLUMN = "content_type"
+CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+                 "gif": "image/gif", "svg": "image/svg+xml"}
 _SAFE_KEY = re.compile(r"[0-9A-Za-z_-]+")       # WebDataset splits a name at its first dot
-_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif")
+_EXTENSIONS = tuple(CONTENT_TYPES)
 
 PathLike = Union[str, os.PathLike[str]]
 
@@ -116,15 +120,23 @@ def export(out: PathLike, format: str, to: PathLike, *, shard_size: Optional[int
 def exported_rows(table: pa.Table, include_errors: bool) -> pa.Table:
     """The results rows to export, in the results' order: rows with an image (status ok), and
     with `include_errors` the rest too. Input columns named `key` or `image` are renamed
-    `input_key`, `input_image` (as results.parquet renames its own), so the export's stay fixed."""
+    `input_key`, `input_image` (as results.parquet renames its own), so the export's stay fixed.
+    A last column, `content_type`, is each image's media type from its file's extension (null
+    on an error row); an input column of that name is renamed likewise."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     if not include_errors:
         table = table.filter(pc.fill_null(pc.and_(pc.equal(table["status"], "ok"),
                                                   pc.is_valid(table["image_path"])), False))
-    taken = set(table.column_names) | {KEY_COLUMN, IMAGE_COLUMN}
-    names = [free_name(f"input_{n}", taken) if n in (KEY_COLUMN, IMAGE_COLUMN) else n
-             for n in table.column_names]
-    return table.rename_columns(names).replace_schema_metadata(None)
+    fixed = (KEY_COLUMN, IMAGE_COLUMN, CONTENT_TYPE_COLUMN)
+    taken = set(table.column_names) | set(fixed)
+    names = [free_name(f"input_{n}", taken) if n in fixed else n for n in table.column_names]
+    table = table.rename_columns(names).replace_schema_metadata(None)
+    paths = table["image_path"] if "image_path" in table.column_names else pa.nulls(table.num_rows, pa.string())
+    ext = pc.utf8_lower(pc.struct_field(pc.extract_regex(paths, r"\.(?P<ext>[A-Za-z0-9]+)$"), [0]))
+    types = pa.array(list(CONTENT_TYPES.values()), pa.string()).take(
+        pc.index_in(ext, value_set=pa.array(list(CONTENT_TYPES), pa.string())))
+    return table.append_column(CONTENT_TYPE_COLUMN, types)
 
 
 @dataclass
@@ -265,9 +277,10 @@ class WebDatasetWriter(ShardWriter):
 
     @classmethod
     def card_files(cls, summary: ExportSummary) -> str:
-        return ("Each sample is `KEY.<png|jpg|webp>` (the image as the API made it) and `KEY.json` (its "
-                "row of results.parquet: prompt, revised prompt, parameters, sweep point, input "
-                "columns); KEY is the task id and the image's index, `<task_id>_<k>`.")
+        return ("Each sample is `KEY.<png|jpg|webp|gif|svg>` (the image as the API made it) and `KEY.json` "
+                "(its row of results.parquet: prompt, revised prompt, parameters, sweep point, input "
+                "columns, and the image's `content_type`); KEY is the task id and the image's index, "
+                "`<task_id>_<k>`.")
 
     @classmethod
     def card_code(cls, summary: ExportSummary) -> list[str]:
@@ -339,7 +352,8 @@ class ParquetWriter(ShardWriter):
     def card_files(cls, summary: ExportSummary) -> str:
         return (f"`key` (`<task_id>_<k>`) and `image` (the image's bytes as the API made it; row groups "
                 f"of at most {ROW_GROUP_IMAGES} rows or {ROW_GROUP_BYTES >> 20} MB of images) beside the "
-                "columns of results.parquet.")
+                "columns of results.parquet, then `content_type` (image/png, image/gif, image/svg+xml, "
+                "...: an SVG is text, which `datasets`' Image() does not decode).")
 
     @classmethod
     def card_code(cls, summary: ExportSummary) -> list[str]:

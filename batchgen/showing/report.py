@@ -14,6 +14,11 @@ full-size image next to it (OUT/images/...); no network, no script (a revised pr
 <details>). Every piece of text that comes from the data (prompts, revised prompts, error
 messages, labels, paths) goes through html.escape, and a Content-Security-Policy meta tag
 forbids scripts as a second line of defence.
+
+An SVG is shown only through `<img>` (a browser runs no script of an image so loaded), never
+inline, through <object>/<embed>/<iframe>, nor as a link: opened as a page of its own, its
+scripts would run. The contact sheet draws it as a labelled placeholder (no SVG rasteriser is
+installed); a GIF is shown by its first frame, its frame count under it.
 """
 from __future__ import annotations
 
@@ -503,15 +508,19 @@ mark { background: #ffe38a; color: inherit; padding: 0 1px; border-radius: 2px; 
 .missing { background: #f1f1f1; border: 1px dashed #aaa; color: #555; border-radius: 4px;
        padding: 6px 8px; font-size: 12px; max-width: var(--thumb); word-break: break-all; }
 .empty { color: #98a1ab; font-style: italic; }
+.fmt { font-size: 11px; color: #56606b; margin-top: 2px; }
 """
 
 
 @dataclass(frozen=True)
 class Thumb:
     """An embedded thumbnail: its data: URI and the size it is shown at (CSS px)."""
-    uri: str
+    uri: str          # "" for an SVG too big to embed: the page points at the file (still an <img>)
     width: int
     height: int
+
+
+SVG_EMBED_BYTES = 256 * 1024    # an SVG up to this size is embedded in the page as it is
 
 
 @dataclass(frozen=True)
@@ -626,6 +635,7 @@ def _figure_html(rec: dict, thumbnails, differ: set, thumb: int) -> str:
                f"{_marked(revised, differ)}</summary></details>" if revised else "")
     if rel is None:
         return f'<figure><div class="missing">no image file{": " + e(path) if path else ""}</div>{caption}</figure>'
+    svg = rel.lower().endswith(".svg")
     if thumbnails is None:
         # No thumbnails made: the image itself, next to the page, at the size the table records.
         src = quote(rel, safe="/")
@@ -637,11 +647,17 @@ def _figure_html(rec: dict, thumbnails, differ: set, thumb: int) -> str:
         if not made:
             return (f'<figure><div class="missing">image file missing or unreadable: '
                     f'{e(rel)}</div>{caption}</figure>')
-        src, size = made.uri, f' width="{made.width}" height="{made.height}"'
+        src, size = made.uri or quote(rel, safe="/"), f' width="{made.width}" height="{made.height}"'
+    img = f'<img src="{e(src)}"{size} alt="{e(revised or rel)}" loading="lazy">'
+    frames = 0 if _missing(rec.get("frames")) else int(rec["frames"])
+    if svg:
+        # Not a link: an SVG opened as a page runs its scripts; as an <img> it never does.
+        return (f'<figure title="{e(revised or rel)}">{img}<div class="fmt">SVG: {e(rel)}</div>'
+                f'{caption}</figure>')
+    note = f'<div class="fmt">animated GIF, {frames} frames</div>' if frames > 1 else ""
     href = quote(rel, safe="/")
     hover = revised or "open the full-size image"
-    return (f'<figure><a href="{e(href)}" title="{e(hover)}"><img src="{e(src)}"{size} '
-            f'alt="{e(revised or rel)}" loading="lazy"></a>{caption}</figure>')
+    return f'<figure><a href="{e(href)}" title="{e(hover)}">{img}</a>{note}{caption}</figure>'
 
 
 def _stats_html(stats: list[dict]) -> str:
@@ -804,35 +820,40 @@ def _prompt_rows_html(key: int, prompt: Optional[str], layout: Layout, cells: di
 
 
 def _inputs_html(inputs: Optional[list]) -> str:
-    """An edit's input images, under its prompt."""
+    """An edit's input images (and its markup image), under its prompt."""
     if not inputs:
         return ""
     shown = []
-    for ref, made in inputs:
+    for ref, made, *kind in inputs:
+        what = kind[0] if kind else "input"
         if made is None:
-            shown.append(f'<span class="missing" title="{e(ref)}">input: {e(ref)}</span>')
+            shown.append(f'<span class="missing" title="{e(ref)}">{what}: {e(ref)}</span>')
         else:
             shown.append(f'<img src="{e(made.uri)}" width="{made.width}" height="{made.height}" '
-                         f'alt="input image {e(ref)}" title="input: {e(ref)}">')
+                         f'alt="{what} image {e(ref)}" title="{what}: {e(ref)}">')
     return '<div class="inputs"><span class="idx">edit of</span>' + "".join(shown) + "</div>"
 
 
 def input_thumbnails(part, thumb: int) -> dict:
-    """row_index -> [(input image as sent, Thumb or None)] for the rows of an edits job (a URL
-    is named, not fetched: the page makes no request)."""
+    """row_index -> [(input image as sent, Thumb or None, "input" or "markup")] for the rows of
+    an edits job (a URL is named, not fetched: the page makes no request)."""
     if "input_image" not in part.columns:
         return {}
     made: dict = {}
     out: dict = {}
-    for row, refs in zip(part["row_index"], part["input_image"]):
+    markups = part["markup_image"] if "markup_image" in part.columns else [None] * len(part)
+    for row, refs, markup in zip(part["row_index"], part["input_image"], markups):
         if _missing(row) or not isinstance(refs, str) or int(row) in out:
             continue
         shown = []
-        for ref in filter(None, refs.split("|")):
+        named = [(ref, "input") for ref in filter(None, refs.split("|"))]
+        if isinstance(markup, str) and markup:
+            named.append((markup, "markup"))
+        for ref, what in named:
             if ref not in made:
                 local = not ref.startswith(("http://", "https://"))
                 made[ref] = (make_thumbnails(Path(ref), thumb) or (None,))[0] if local else None
-            shown.append((ref, made[ref]))
+            shown.append((ref, made[ref], what))
         out[int(row)] = shown
     return out
 
@@ -873,8 +894,11 @@ def _flatten(im):
 def make_thumbnails(path: Path, thumb: int = THUMB_HTML) -> Optional[tuple[Thumb, Any]]:
     """(Thumb: a JPEG of `thumb` px on the long side at most, shown at `thumb` px keeping the
     image's shape; a ~160 px Pillow image for the contact sheet) for an image file (PNG, JPEG,
-    WebP, ...), or None when it cannot be read."""
+    WebP, a GIF's first frame; an SVG embedded as it is, with a placeholder for the sheet), or
+    None when it cannot be read."""
     from PIL import Image
+    if path.suffix.lower() == ".svg":
+        return _svg_thumbnails(path, thumb)
     try:
         with Image.open(path) as im:
             size: tuple[int, int] = im.size
@@ -889,6 +913,36 @@ def make_thumbnails(path: Path, thumb: int = THUMB_HTML) -> Optional[tuple[Thumb
         return Thumb(uri, *fit_box(*size, thumb)), small
     except Exception:  # missing, truncated, not an image, a decompression bomb: shown as missing
         return None
+
+
+def _svg_thumbnails(path: Path, thumb: int) -> Optional[tuple[Thumb, Any]]:
+    """An SVG checked again as it is kept (the file may have changed since): embedded when
+    small, else pointed at; a labelled placeholder for the contact sheet."""
+    from batchgen.exceptions import BadResponse
+    from batchgen.keeping.imagecheck import MAX_SVG_BYTES, svg_size
+    try:
+        if path.stat().st_size > MAX_SVG_BYTES:
+            return None
+        data = path.read_bytes()
+        width, height = svg_size(data)
+    except (OSError, BadResponse):
+        return None
+    uri = ("data:image/svg+xml;base64," + base64.b64encode(data).decode("ascii")
+           if len(data) <= SVG_EMBED_BYTES else "")
+    return Thumb(uri, *fit_box(width, height, thumb)), placeholder("SVG", *fit_box(width, height, THUMB_SHEET))
+
+
+def placeholder(label: str, width: int = THUMB_SHEET, height: int = THUMB_SHEET):
+    """A grey tile with a label in the middle, for an image the sheet cannot draw."""
+    from PIL import Image, ImageDraw, ImageFont
+    im = Image.new("RGB", (max(8, width), max(8, height)), (226, 230, 235))
+    draw = ImageDraw.Draw(im)
+    draw.rectangle([0, 0, im.width - 1, im.height - 1], outline=(150, 158, 168))
+    font = ImageFont.load_default()
+    box = draw.textbbox((0, 0), label, font=font)
+    draw.text(((im.width - (box[2] - box[0])) // 2, (im.height - (box[3] - box[1])) // 2), label,
+              font=font, fill=(70, 78, 88))
+    return im
 
 
 def _wrap(draw, text: str, font, width: int, max_lines: int) -> list[str]:
@@ -1111,7 +1165,7 @@ _STATS_COLUMNS = ("task_id", "row_index", "status", "error_code", "latency_s", "
 _PAGE_COLUMNS = ("task_id", "row_index", "prompt", "status", "revised_prompt", "image_path",
                  "image_index", "error_code", "error_message", "latency_s", "est_cost_usd", "width",
                  "height", "sweep_point", "in_input", "input_image", "simulated", "provider",
-                 "endpoint", "mode")
+                 "endpoint", "mode", "frames", "markup_image")
 
 
 class ResultsBatches:

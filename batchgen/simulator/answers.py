@@ -41,6 +41,8 @@ def edit_note(req: "ImageRequest") -> str:
         extra.append(f"+{more_images} more image{'s' if more_images > 1 else ''}")
     if req.mask is not None:
         extra.append(f"mask {req.mask.short}")
+    if req.markup is not None:
+        extra.append(f"markup {req.markup.short}")
     more = f" ({', '.join(extra)})" if extra else ""
     return f"edit of {req.inputs[0].short}{more}: {req.prompt}"
 
@@ -48,11 +50,13 @@ def edit_note(req: "ImageRequest") -> str:
 def usage(req: "ImageRequest") -> dict:
     """Deterministic token counts: output from OpenAI's published per-image counts for
     gpt-image-1 (1024x1024 low/medium/high = 272/1056/4160, scaled by area: 1536x1024 =
-    408/1584/6240), text input a token per 4 characters, image input per input image."""
+    408/1584/6240), text input a token per 4 characters, image input per input image (a markup
+    image counts as one)."""
     per_image = {"low": 272, "medium": 1056, "high": 4160}[req.quality]
     output = int(per_image * (req.width * req.height) / (1024 * 1024)) * req.n
     text = max(1, math.ceil(len(req.prompt) / 4))
-    image = sum(image_input_tokens(im.width, im.height, req.input_fidelity) for im in req.inputs)
+    seen = (*req.inputs, req.markup) if req.markup is not None else req.inputs
+    image = sum(image_input_tokens(im.width, im.height, req.input_fidelity) for im in seen)
     return {
         "input_tokens": text + image,
         "input_tokens_details": {"text_tokens": text, "image_tokens": image},

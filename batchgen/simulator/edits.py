@@ -7,6 +7,9 @@
                           "data:image/png;base64,..."}, ...]``, ``"mask": {"image_url": ...}``;
                           GPT image models only, gpt-image-1.5 when no model is named
 
+gpt-image-2.6 also takes a ``markup`` image (the file ``markup``; in JSON ``"markup": {"image_url":
+...}``): the picture drawn over with what to change; any other model refuses it.
+
 Images are recognised by their bytes (magic), never by file name or declared type.  An http(s)
 ``image_url`` is fetched only from this simulator's own ``/files/`` (it has no network); any other
 is answered as the API answers a link it cannot download.
@@ -50,11 +53,13 @@ class EditForm:
     images: list            # InputImage, in the order sent
     mask: Optional[InputImage]
     json: bool              # the JSON body (EDITS_JSON rules) rather than multipart
+    markup: Optional[InputImage] = None
 
     def key(self) -> bytes:
         """What identifies the request whatever its multipart boundary (for the fault dice)."""
         return json.dumps([self.fields, [i.sha256 for i in self.images],
-                           self.mask.sha256 if self.mask else None, self.json],
+                           self.mask.sha256 if self.mask else None, self.json]
+                          + ([self.markup.sha256] if self.markup else []),
                           sort_keys=True).encode()
 
 
@@ -84,14 +89,16 @@ def json_form(doc: Any, fetch: Fetch) -> EditForm:
     images = [resolve_reference(r, f"images[{i}]", fetch, MAX_IMAGE_BYTES) for i, r in enumerate(refs)]
     mask = doc.get("mask")
     mask = None if mask is None else resolve_reference(mask, "mask", fetch, MAX_MASK_BYTES)
-    fields = {k: v for k, v in doc.items() if k not in ("images", "mask")}
-    return EditForm(fields, images, mask, True)
+    markup = doc.get("markup")
+    markup = None if markup is None else resolve_reference(markup, "markup", fetch, MAX_IMAGE_BYTES)
+    fields = {k: v for k, v in doc.items() if k not in ("images", "mask", "markup")}
+    return EditForm(fields, images, mask, True, markup)
 
 
 async def _read_multipart(request: web.Request) -> EditForm:
     fields: dict = {}
     images: list = []
-    mask = None
+    mask = markup = None
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
@@ -103,6 +110,8 @@ async def _read_multipart(request: web.Request) -> EditForm:
                 images.append(inspect(await _read_capped(part, MAX_IMAGE_BYTES, field), field))
             elif part.name == "mask":
                 mask = inspect(await _read_capped(part, MAX_MASK_BYTES, "mask"), "mask")
+            elif part.name == "markup":
+                markup = inspect(await _read_capped(part, MAX_IMAGE_BYTES, "markup"), "markup")
             else:
                 text = await _read_capped(part, _TEXT_FIELD_BYTES, part.name or "field")
                 fields[part.name] = _typed_text(part.name, text.decode("utf-8", "replace"))
@@ -110,7 +119,7 @@ async def _read_multipart(request: web.Request) -> EditForm:
         raise
     except (ValueError, RuntimeError, AssertionError, UnicodeError) as exc:  # a malformed body
         raise bad(f"Could not parse the multipart/form-data body: {exc}", code=None) from exc
-    return EditForm(fields, images, mask, False)
+    return EditForm(fields, images, mask, False, markup)
 
 
 def _typed_text(name: Optional[str], text: str) -> Any:
@@ -162,7 +171,19 @@ def parse_edit(form: EditForm) -> ImageRequest:
     elif req.model.family != "gpt-image" and not form.images[0].alpha:
         raise bad("Invalid 'image': without a mask, the image must have transparency (an alpha "
                   "channel), which marks where to edit.", param="image")
-    return dataclasses.replace(req, inputs=tuple(form.images), mask=form.mask)
+    if form.markup is not None:
+        _check_markup(form.markup, req)
+    return dataclasses.replace(req, inputs=tuple(form.images), mask=form.mask, markup=form.markup)
+
+
+def _check_markup(markup: InputImage, req: ImageRequest) -> None:
+    if not req.model.markup:
+        raise bad(f"Unsupported parameter: 'markup' is not supported with model '{req.model.name}'; "
+                  f"markup-guided edits need gpt-image-2.6.", param="markup",
+                  code="unsupported_parameter")
+    if markup.format is None:
+        raise bad("Invalid 'markup': unsupported image format. The markup must be a PNG, WebP or "
+                  "JPEG file.", param="markup", code="invalid_image_format")
 
 
 def _check_image(image: InputImage, req: ImageRequest) -> None:

@@ -1,4 +1,5 @@
-"""Prompt-dependent PNG, JPEG and WebP images, made cheaply and cached.
+"""Prompt-dependent PNG, JPEG and WebP images (and gpt-image-2.6's SVG and animated GIF),
+made cheaply and cached.
 
 A per-size, per-layout index pattern is built once with Pillow, and each prompt only picks a
 layout and a palette (a PNG's PLTE chunk), so a cache miss costs a hash, a 768-byte palette and
@@ -6,7 +7,8 @@ a CRC.  JPEG/WebP and transparent output go through Pillow, ~25 ms for a 1024x10
 prompt picks one of ENCODED_VARIANTS pictures per (size, format, settings), so a long run pays
 for a few hundred encodings and is then answered from a bounded LRU (PNG stays one picture per
 prompt).  ``photo=True`` serves noise that does not compress (a 1024x1024
-PNG is about 3 MB), cut per prompt from one noise pool per size.
+PNG is about 3 MB), cut per prompt from one noise pool per size.  An SVG is a few shapes in
+the prompt's colours; a GIF is GIF_FRAMES frames of the drawing, its shape's colour cycling.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ if TYPE_CHECKING:
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "svg": "image/svg+xml",
+                 "gif": "image/gif"}
+GIF_FRAMES = 4
 _LAYOUTS = 16      # per size: 4 gradients x 4 shapes, one picked per prompt
 _GRADIENT_TOP = 191  # gradient uses palette entries 0..191, shapes 192..255
 _NOISE_ROWS = 512  # spare rows in a photo noise pool: where a prompt's image starts
@@ -153,7 +157,7 @@ class ImageMaker:
             hit = self.cache.get(key)
             if hit is not None:
                 return hit
-        if self.photo:
+        if self.photo and fmt not in ("svg", "gif"):
             data = self._photo(digest, req.width, req.height, fmt, req.compression)
         else:
             data = self._drawing(digest, req.width, req.height, fmt, req.compression,
@@ -219,8 +223,12 @@ class ImageMaker:
 
     def _drawing(self, digest: bytes, w: int, h: int, fmt: str, compression: int,
                  transparent: bool, style: Optional[str] = None, quality: Optional[str] = None) -> bytes:
+        if fmt == "svg":
+            return self._svg(digest, w, h, transparent)
         index, ihdr, idat = self._layout(w, h, digest[0] % _LAYOUTS)
         palette = self._styled(self._palette(digest), style, quality)
+        if fmt == "gif":
+            return self._gif(index, palette, w, h)
         if fmt == "png":
             trns = _chunk(b"tRNS", bytes(_GRADIENT_TOP + 1)) if transparent else b""
             return b"".join((_PNG_SIG, ihdr, _chunk(b"PLTE", palette), trns, idat, _IEND))
@@ -232,6 +240,33 @@ class ImageMaker:
         else:
             im = im.convert("RGB")
         return self._pillow(im, fmt, compression)
+
+    @staticmethod
+    def _svg(digest: bytes, w: int, h: int, transparent: bool) -> bytes:
+        back, shape = digest[1:4].hex(), digest[4:7].hex()
+        r = min(w, h) * (0.2 + digest[7] / 1275)
+        cx, cy = w * (0.3 + digest[8] / 637), h * (0.3 + digest[9] / 637)
+        fill = "" if transparent else f'<rect width="{w}" height="{h}" fill="#{back}"/>'
+        return (f'<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg" '
+                f'width="{w}" height="{h}" viewBox="0 0 {w} {h}">{fill}'
+                f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.1f}" fill="#{shape}"/>'
+                f'<rect x="{w * 0.1:.1f}" y="{h * 0.75:.1f}" width="{w * 0.8:.1f}" height="{h * 0.1:.1f}" '
+                f'fill="#{digest[10:13].hex()}"/></svg>\n').encode()
+
+    @staticmethod
+    def _gif(index: bytes, palette: bytes, w: int, h: int) -> bytes:
+        """GIF_FRAMES frames: the same drawing, the shapes' colours (entries 192..255) rotating."""
+        frames = []
+        shapes = palette[3 * (_GRADIENT_TOP + 1):]
+        for k in range(GIF_FRAMES):
+            turn = 3 * (k * len(shapes) // (3 * GIF_FRAMES))
+            im = Image.frombytes("P", (w, h), index)
+            im.putpalette(palette[:3 * (_GRADIENT_TOP + 1)] + shapes[turn:] + shapes[:turn])
+            frames.append(im)
+        buf = io.BytesIO()
+        frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=200, loop=0,
+                       optimize=False)
+        return buf.getvalue()
 
     @staticmethod
     def _styled(palette: bytes, style: Optional[str], quality: Optional[str]) -> bytes:

@@ -6,6 +6,7 @@ misunderstanding in the client shows up as a refusal here.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ class Model:
     default_size: str
     custom_sizes: bool = False  # gpt-image-2: any WxH within limits
     fidelities: tuple = ()      # input_fidelity values its edits take (none: refused)
+    output_formats: tuple = ("png", "jpeg", "webp")
+    markup: bool = False        # its edits take a markup image (gpt-image-2.6)
 
 
 _GPT_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
@@ -49,6 +52,10 @@ MODELS = {
     "gpt-image-2": _gpt("gpt-image-2", custom=True, fidelities=()),
     "gpt-image-2-2026-04-21": _gpt("gpt-image-2-2026-04-21", custom=True, fidelities=()),
 }
+# gpt-image-2.6 (2026-11-04): SVG and animated GIF output, markup-guided edits.
+for _name in ("gpt-image-2.6-flare", "gpt-image-2.6-sunburst"):
+    MODELS[_name] = dataclasses.replace(_gpt(_name, custom=True, fidelities=()), markup=True,
+                                        output_formats=("png", "jpeg", "webp", "svg", "gif"))
 
 _GPT_ONLY_FIELDS = ("output_format", "output_compression", "background", "moderation",
                     "stream", "partial_images", "input_fidelity")
@@ -72,9 +79,9 @@ GENERATIONS = Endpoint("/v1/images/generations", _COMMON_FIELDS | {"style"}, ("d
 # Edits as the official SDK sends them (multipart/form-data; the files are `image`, `image[]`,
 # `mask`) and as the API's JSON body (EditImageBodyJsonParam: `images`, `mask` as references;
 # GPT image models only, gpt-image-1.5 when no model is named).
-EDITS_MULTIPART = Endpoint("/v1/images/edits", _COMMON_FIELDS | {"input_fidelity", "image", "mask"},
+EDITS_MULTIPART = Endpoint("/v1/images/edits", _COMMON_FIELDS | {"input_fidelity", "image", "mask", "markup"},
                            ("dall-e-2",))
-EDITS_JSON = Endpoint("/v1/images/edits", _COMMON_FIELDS | {"input_fidelity", "images", "mask"},
+EDITS_JSON = Endpoint("/v1/images/edits", _COMMON_FIELDS | {"input_fidelity", "images", "mask", "markup"},
                       (), "gpt-image-1.5")
 _SIZE_RE = re.compile(r"^([1-9][0-9]{0,5})x([1-9][0-9]{0,5})$")
 _MAX_EDGE = 3840
@@ -114,11 +121,12 @@ class ImageRequest:
     quality: str
     style: Optional[str]
     response_format: str  # "url" or "b64_json"
-    output_format: str    # "png" / "jpeg" / "webp"
+    output_format: str    # "png" / "jpeg" / "webp" (gpt-image-2.6: also "svg" / "gif")
     compression: int
     background: str       # "transparent" or "opaque"
     inputs: tuple = ()    # edits: the input images (edits.InputImage), the first one edited
     mask: Any = None      # edits: the mask (an InputImage) or None
+    markup: Any = None    # edits (gpt-image-2.6): the markup image (an InputImage) or None
     input_fidelity: Optional[str] = None
 
 
@@ -347,14 +355,14 @@ def _response_format(body: dict, model: Model) -> str:
 def _output(body: dict, model: Model) -> tuple[str, int, str]:
     """(output_format, compression, background: "transparent" or "opaque")."""
     output_format = _typed(body, "output_format", str, "a string") or "png"
-    _choice(output_format, "output_format", ("png", "jpeg", "webp"), model)
+    _choice(output_format, "output_format", model.output_formats, model)
     compression = _typed(body, "output_compression", int, "an integer")
     if compression is not None and not 0 <= compression <= 100:
         raise bad(f"Invalid 'output_compression': expected a value between 0 and 100, but got "
                   f"{compression} instead.", param="output_compression")
-    if compression is not None and output_format == "png":
+    if compression is not None and output_format not in ("jpeg", "webp"):
         raise bad("'output_compression' is only supported with output_format 'jpeg' or 'webp', "
-                  "not 'png'.", param="output_compression")
+                  f"not '{output_format}'.", param="output_compression")
     compression = 100 if compression is None else compression
     background = _typed(body, "background", str, "a string")
     _choice(background, "background", ("transparent", "opaque", "auto"), model)

@@ -45,6 +45,8 @@ def edit_body(prompt: str, params: dict, inputs) -> dict:
     body["images"] = [{"image_url": _image_url(ref)} for ref in inputs.images]
     if inputs.mask:
         body["mask"] = {"image_url": _image_url(inputs.mask)}
+    if inputs.markup:
+        body["markup"] = {"image_url": _image_url(inputs.markup)}
     return body
 
 
@@ -351,9 +353,8 @@ class BatchBackend:
                     saved = self.images.save(task_id, index, count, image.data)
                 else:
                     saved = await asyncio.to_thread(self.images.save, task_id, index, count, image.data)
-                images.append({"image_index": index, "image_path": saved.image_path, "image_url": None,
-                               "sha256": saved.sha256, "width": saved.width, "height": saved.height,
-                               "bytes": saved.bytes, "revised_prompt": image.revised_prompt})
+                images.append({"image_index": index, **saved.record(), "image_url": None,
+                               "revised_prompt": image.revised_prompt})
         except BadResponse as error:
             return self._record_error(task_id, error, batch_id)
         record = {"task_id": task_id, "status": "ok", "images": images, "created": generation.created,

@@ -374,9 +374,8 @@ class LiveBackend:
             else:
                 saved = await asyncio.to_thread(self.images.save, task.task_id, index, count, data)
             url = redact(image.url, self.endpoint.token) if image.url else None
-            images.append({"image_index": index, "image_path": saved.image_path, "image_url": url,
-                           "sha256": saved.sha256, "width": saved.width, "height": saved.height,
-                           "bytes": saved.bytes, "revised_prompt": image.revised_prompt})
+            images.append({"image_index": index, **saved.record(), "image_url": url,
+                           "revised_prompt": image.revised_prompt})
         self.succeeded += 1
         record = {"task_id": task.task_id, "status": "ok", "images": images,
                 "created": generation.created, "trace_id": generation.trace_id,
@@ -408,10 +407,12 @@ class LiveBackend:
         return sum(bills) if bills else None
 
     async def _edit_files(self, inputs) -> list:
-        """The edit's images and mask as (field, file name, bytes, content type): files read
-        in a thread, URLs downloaded (a failure is download_failed)."""
+        """The edit's images, mask and markup as (field, file name, bytes, content type): files
+        read in a thread, URLs downloaded (a failure is download_failed)."""
         parts = []
         named = [("image", ref) for ref in inputs.images] + ([("mask", inputs.mask)] if inputs.mask else [])
+        if inputs.markup:
+            named.append(("markup", inputs.markup))
         for index, (field, ref) in enumerate(named):
             if is_url(ref):
                 data = await self.client.download(ref)
