@@ -237,3 +237,63 @@ def test_a_run_shows_results_with_pandas_nullable_costs(tmp_path):
         through(sim, csv, tmp_path / "out")
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert str(df.gateway_cost_usd.dtype) == "float64" and df.gateway_cost_usd[0] == 0.04
+
+
+# ---- the Batch API reads the same answer the same way ------------------------------------------
+
+class Outcomes:
+    """The recorder a backend writes to: the final records, in order."""
+
+    def __init__(self):
+        self.records = []
+
+    def finished(self, record):
+        self.records.append(record)
+
+    def is_final(self, task_id):
+        return any(r["task_id"] == task_id for r in self.records)
+
+
+def batch_outcomes(tmp_path, image: dict, resubmitted: bool) -> tuple:
+    """What the Batch backend makes of one output line whose answer holds `image`: (the tasks
+    it sends again, the records it writes)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from batchgen.keeping.store import ImageStore
+    from batchgen.rules.providers import Endpoint
+    from batchgen.sending.backends import Budget, StopSwitch
+    from batchgen.sending.backends.batch import BatchBackend, TasksById
+
+    task = SimpleNamespace(task_id="0123456789abcdef", prompt="a kite", params={"model": "gpt-image-2"},
+                           images_expected=1, edit=None)
+    line = json.dumps({"custom_id": task.task_id, "response": {
+        "status_code": 200, "body": generation(image={"b64_json": None, **image})}}).encode()
+    outcomes, again = Outcomes(), []
+
+    async def collect():
+        endpoint = Endpoint("http://127.0.0.1:9/v1/images/generations", TOKEN, "openai")
+        backend = BatchBackend(SimpleNamespace(timeout=10), endpoint, ImageStore(tmp_path), outcomes,
+                               Budget(None, mode="batch"), StopSwitch())
+        async with backend:
+            backend._tasks = TasksById([task])
+            if resubmitted:
+                backend._resubmitted.add(task.task_id)
+            await backend._take_line(line, "batch_1", again)
+
+    asyncio.run(collect())
+    return again, outcomes.records
+
+
+def test_a_batch_answer_with_a_data_url_is_an_image(tmp_path):
+    url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    again, records = batch_outcomes(tmp_path, {"url": url}, resubmitted=False)
+    assert again == [] and [r["status"] for r in records] == ["ok"]
+    assert records[0]["images"][0]["image_url"] is None and records[0]["images"][0]["width"] == 8
+
+
+def test_a_batch_answer_whose_link_can_never_be_fetched_is_asked_once_more_then_is_download_failed(tmp_path):
+    again, records = batch_outcomes(tmp_path, {"url": "ftp://example.invalid/a.png"}, resubmitted=False)
+    assert [t.task_id for t in again] == ["0123456789abcdef"] and records == []
+    again, records = batch_outcomes(tmp_path, {"url": "ftp://example.invalid/a.png"}, resubmitted=True)
+    assert again == [] and [r["error_code"] for r in records] == ["download_failed"]   # as in live mode
