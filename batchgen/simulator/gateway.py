@@ -4,12 +4,15 @@ litellm/proxy/_types.py's ProxyException and the proxy's exception handler, its 
 endpoint and custom headers, litellm_core_utils/llm_response_utils/get_headers.py):
 
 - An error is {"error": {"message", "type", "param", "code"}} with the HTTP status, as text,
-  for `code`; the message is "litellm.<Exception>: <Exception>: OpenAIException - " and the
-  upstream's words. A 429 is a RateLimitError whatever it meant upstream, type
+  for `code`; the message is "litellm.<Exception>: <Exception>: OpenAIException - ", the
+  upstream's words and the router's note of the model group. A 429 is a RateLimitError whatever it meant upstream, type
   "throttling_error": a spent account reads like a rate limit except for its words.
 - Headers: Retry-After, retry-after-ms, x-ratelimit-* and x-request-id of the upstream are not
-  handed on (the image endpoint sets only its own); every answer has x-litellm-call-id, a 200
-  x-litellm-response-cost as well.
+  handed on (the image endpoint sets only its own); every answer has x-litellm-call-id (1.82.6
+  sends it with 200s only; later releases with errors too), a 200 x-litellm-response-cost as
+  well (1.82.6 only for a model it has a price for).
+
+Checked against the real proxy (1.82.6, tests/test_litellm_proxy.py) in front of the simulator.
 - A 200's body is the OpenAI SDK's ImagesResponse as dumped: every field there, null where the
   upstream sent none, and a usage of zeros for a model that reports none (DALL·E).
 """
@@ -38,7 +41,7 @@ _EXCEPTIONS = {
 }
 _ZERO_USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
                "output_tokens": 0, "total_tokens": 0}
-_RESPONSE_FIELDS = ("background", "output_format", "quality", "size")
+_RESPONSE_FIELDS = ("background", "output_format", "quality", "safety_identifier", "size", "svg_usage")
 _ITEM_FIELDS = ("b64_json", "revised_prompt", "url")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -83,7 +86,8 @@ def rewrite(response: web.Response, cost_per_image: float) -> web.Response:
     if response.status == 400 and upstream.get("code") == "content_policy_violation":
         exception = "ContentPolicyViolationError"
     return _error(response.status, exception, kind,
-                  f"OpenAIException - {upstream.get('message') or ''}".rstrip(), headers)
+                  f"OpenAIException - {upstream.get('message') or ''}. Received Model Group=sim\n"
+                  "Available Model Group Fallbacks=None", headers)
 
 
 def _images_response(doc: dict) -> dict:
