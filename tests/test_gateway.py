@@ -201,7 +201,7 @@ def test_the_gateways_cost_is_a_bounded_number(header, expected):
     assert parse_generation(200, {"x-litellm-response-cost": header}, raw).gateway_cost_usd == expected
 
 
-def test_a_cost_batchgen_cannot_estimate_is_unknown_not_zero(tmp_path):
+def test_a_cost_batchgen_cannot_estimate_is_unknown_not_zero(tmp_path, cli):
     csv = make_prompts(tmp_path / "p.csv", 2)
     answer = generation(usage={"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
     with Hostile(lambda request, body, count: json_response(answer)) as server:
@@ -213,6 +213,9 @@ def test_a_cost_batchgen_cannot_estimate_is_unknown_not_zero(tmp_path):
     assert [line["cost_usd"] for line in lines if line.get("status") == "ok"] == [None, None]
     from batchgen.cli.main import format_summary
     assert "estimated cost of the images: unknown" in format_summary(summary)
+    assert cli("report", tmp_path / "out").exit_code == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "estimated cost unknown" in page and "$0.00" not in page
 
 
 def test_an_error_billed_at_an_unknown_price_has_a_null_cost(tmp_path):
