@@ -66,6 +66,12 @@ def against(server, csv, out, **options):
     (429, "rate_limit_exceeded", "requests", RATE_MESSAGE, "rate_limit_exceeded", Decision.RETRY),
     (400, None, "invalid_request_error", "Invalid size", "invalid_request_error", Decision.FAIL),
     (418, "teapot", None, "short and stout", "teapot", Decision.FAIL),      # unknown: the status decides
+    # a code of the server's own is kept; its words still decide what it means
+    (403, "forbidden", None, "Your request was rejected as a result of our safety system.", "forbidden",
+     Decision.FAIL),
+    (429, "insufficient_user_quota", "new_api_error", "Insufficient balance, please top up",
+     "insufficient_user_quota", Decision.STOP),
+    (500, "server_error", None, "Your request was rejected by the safety system", "server_error", Decision.FAIL),
     (503, "503", None, "upstream down", "api_error", Decision.RETRY),
 ])
 def test_an_error_is_read_by_its_code_type_and_words(status, code, kind, message, expected, decision):

