@@ -308,3 +308,11 @@ def test_a_batch_answer_whose_link_can_never_be_fetched_is_asked_once_more_then_
     assert [t.task_id for t in again] == ["0123456789abcdef"] and records == []
     again, records = batch_outcomes(tmp_path, {"url": "ftp://example.invalid/a.png"}, resubmitted=True)
     assert again == [] and [r["error_code"] for r in records] == ["download_failed"]   # as in live mode
+
+
+def test_a_photo_sized_data_url_is_an_image_too(tmp_path):
+    csv = make_prompts(tmp_path / "p.csv", 1)
+    with SimulatorThread(data_urls=True, photo=True) as sim:
+        summary = through(sim, csv, tmp_path / "out", defaults={**DALLE3, "response_format": "url"})
+    df = results(tmp_path / "out")
+    assert summary.exit_status == 0 and df.bytes[0] > 1 << 20 and df.image_url.isna().all()

@@ -35,6 +35,7 @@ from batchgen.sending.limits import RateLimitHeaders, parse_ratelimit_headers, p
 from batchgen.util import fastjson
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+INLINE_DECODE_CHARS = 1 << 20      # a data: URL longer than this is decoded in a thread
 # A generation's body holds its images as base64 (4/3 of their bytes) plus a little JSON.
 MAX_RESPONSE_BYTES_PER_IMAGE = MAX_DOWNLOAD_BYTES * 3 // 2
 MAX_REDIRECTS = 5
@@ -438,7 +439,10 @@ class ImagesClient:
         """Fetch an image link at once (they expire): http(s) only, no auth, size-capped; a
         data: URL's image is decoded. DownloadGone: no retry of the download can fetch it."""
         if _is_data_url(url):
-            return decode_data_url(url, max_bytes)
+            if len(url) < INLINE_DECODE_CHARS:
+                return decode_data_url(url, max_bytes)
+            # A photo's worth of base64 holds the loop for milliseconds: decoded in a thread.
+            return await asyncio.to_thread(decode_data_url, url, max_bytes)
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 if urlsplit(url).scheme not in ("http", "https"):
