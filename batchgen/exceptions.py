@@ -12,6 +12,7 @@
         ├── BadResponse              code "bad_response"
         │   └── NotJson              a 200 that is not JSON (an HTML page where the API should be)
         ├── DownloadFailed           code "download_failed"
+        │   └── DownloadGone         a link that can never be fetched (a refused scheme, a 4xx)
         ├── InvalidInput             code "invalid_params": an edit's input turned out unusable
         └── ApiError                 the API answered with an error; code is the API's own
 
@@ -86,6 +87,11 @@ class NotJson(BadResponse):
 
 class DownloadFailed(RequestError):
     code = "download_failed"
+
+
+class DownloadGone(DownloadFailed):
+    """An image link of an answer that no retry of the download can fetch: a scheme batchgen
+    refuses, a data: URL that is no image, a 4xx on a link the server just gave."""
 
 
 class InvalidInput(RequestError):

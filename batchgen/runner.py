@@ -178,8 +178,10 @@ def _spent(plan: Plan, state, events, outcome, mode: str) -> tuple:
     costs = state.costs(events)
     known = ~np.isnan(costs)
     ok = outcome == 1
-    spent = float(costs[(ok | (outcome == 2)) & known].sum())
-    every_price = True
+    finished = ok | (outcome == 2)
+    priced = known & (costs >= 0)
+    spent = float(costs[finished & priced].sum())
+    every_price = not bool((finished & known & ~priced).any())     # billed at no known price
     for v, count in _per_variant(plan, ok & ~known):
         price = prices.estimate(plan.tasks.variants[v].params, mode)
         every_price = every_price and price is not None

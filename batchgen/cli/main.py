@@ -232,6 +232,10 @@ def format_summary(s) -> str:
     if s.est_cost_usd is not None:
         lines.append(f"estimated cost of the images: ${s.est_cost_usd:.2f}"
                      + (" (simulated: nothing was charged)" if s.simulated else ""))
+    elif s.ok or s.errors:
+        # Unknown is not free: a model batchgen has no price for (--prices FILE gives one).
+        lines.append("estimated cost of the images: unknown (no price for a model used; "
+                     "--prices FILE gives one)")
     if s.short:
         lines.append(f"{s.short} answer(s) had fewer images than asked (n); the missing ones are rows "
                      f"with error_code missing_image, and are not requested again")

@@ -89,6 +89,11 @@ def _prob(flag: str, what: str):
                    "(an HTTP date) or none (no Retry-After at all); only exact sends retry-after-ms.")
 @click.option("--quota-images", type=click.IntRange(0), default=None,
               help="After this many images, answer insufficient_quota / used_up.")
+@click.option("--gateway", type=click.Choice(["litellm"]), default=None,
+              help="Answer as through LiteLLM's proxy: its error shapes, x-litellm-call-id and "
+                   "x-litellm-response-cost instead of the upstream's headers, null-filled bodies.")
+@click.option("--data-urls", is_flag=True,
+              help="Answer response_format=url with data:image/...;base64, URLs, as some gateways do.")
 @click.option("--url-ttl", type=click.FloatRange(0.0), default=3600.0, show_default=True,
               help="Seconds an image url stays downloadable.")
 @click.option("--photo", is_flag=True,
@@ -110,6 +115,7 @@ def simulate(port: int, rpm_schedule: str, **options) -> None:
     """
     try:
         from batchgen.simulator import SimConfig
+        options["gateway"] = options["gateway"] or ""
         config = SimConfig(rpm_schedule=_schedule(rpm_schedule), **options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -94,15 +94,20 @@ def _fast_key(raw: bytes) -> Optional[int]:
 
 _COST = b'"cost_usd":'
 _NO_COST = float("nan")
+# cost_usd null: answers were billed at a price batchgen does not know (not 0, not "none").
+UNKNOWN_COST = -1.0
 
 
 def _fast_cost(raw: bytes) -> float:
-    """A record line's top-level cost_usd (what its answers were billed), NaN for none. The
-    last occurrence: a record writes it after its params (where --param could name one)."""
+    """A record line's top-level cost_usd (what its answers were billed), NaN for none,
+    UNKNOWN_COST for null. The last occurrence: a record writes it after its params (where
+    --param could name one)."""
     at = raw.rfind(_COST)
     if at < 0:
         return _NO_COST
     start = at + len(_COST)
+    if raw.startswith(b"null", start):
+        return UNKNOWN_COST
     end = start
     while end < len(raw) and raw[end] in b"0123456789.eE+-":
         end += 1
@@ -483,7 +488,8 @@ class Replay:
         return events
 
     def costs(self, events: np.ndarray) -> np.ndarray:
-        """What each event's answers were billed (USD; NaN: the line does not say, or no event)."""
+        """What each event's answers were billed (USD; NaN: the line does not say, or no event;
+        UNKNOWN_COST: billed at a price not known)."""
         import numpy as np
         return _by_event(self._cost, np.float64, events, np.nan)
 

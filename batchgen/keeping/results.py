@@ -74,7 +74,8 @@ SCHEMA = pa.schema([
     ("simulated", pa.bool_()),
     ("batch_id", pa.string()),          # the Batch API's batch that made the row
     ("sweep_point", pa.string()),
-    ("est_cost_usd", pa.float64()),
+    ("est_cost_usd", pa.float64()),     # per image; null: batchgen has no price for it (not 0)
+    ("gateway_cost_usd", pa.float64()), # per image, as a gateway reported it (x-litellm-response-cost)
     ("input_tokens", pa.int64()),       # the response's usage, for the whole request (all n images)
     ("output_tokens", pa.int64()),
     ("total_tokens", pa.int64()),
@@ -237,6 +238,9 @@ class _Rows:
             usage = {}
         shared = {"attempts": get("attempts"), "latency_s": get("latency_s"), "created": get("created"),
                   "trace_id": get("trace_id"), **{k: usage.get(k) for k in _TOKEN_FIELDS}, "est_cost_usd": price}
+        gateway = pricing.usd(get("gateway_cost_usd"))
+        if gateway is not None:
+            shared["gateway_cost_usd"] = gateway / max(1, len(record.get("images") or ()))
         if batch:
             shared["batch_id"] = get("batch_id")
         status = f'"status":"ok","http_status":{_value(get("http_status"))}'
@@ -256,16 +260,24 @@ class _Rows:
         expected = record.get("images_expected")
         if isinstance(expected, int):
             got = len(record.get("images") or ())
+            # The answer's cost is on its images' rows: none here, unless that cost is unknown.
+            missing_cost = "null" if price is None else "0.0"
             for index in range(got, expected):
                 self.lines.append(f'{{{base},"status":"error","error_code":"missing_image",'
                                   f'"error_message":"asked for {expected} images, the answer had {got}",'
-                                  f'"image_index":{index},"est_cost_usd":0.0,"origin":{origin}}}')
+                                  f'"image_index":{index},"est_cost_usd":{missing_cost},"origin":{origin}}}')
                 self.row_indices.append(row_index)
 
     def error(self, base: str, error: dict, origin: int, row_index, record=None) -> None:
         self._flush_if_full()
+        # An error costs what its answers were billed (images that could not be used): 0 when
+        # none was, null when one was at a price batchgen does not know.
         cost = pricing.billed(record) if record is not None else None
-        self.lines.append(f'{{{base},"status":"error","est_cost_usd":{_value(cost or 0.0)},"origin":{origin},'
+        if cost is None and record is not None and "cost_usd" in record and record["cost_usd"] is None:
+            shown = "null"
+        else:
+            shown = _value(cost or 0.0)
+        self.lines.append(f'{{{base},"status":"error","est_cost_usd":{shown},"origin":{origin},'
                           f'{_encode(error)[1:-1]}}}')
         self.row_indices.append(row_index)
 

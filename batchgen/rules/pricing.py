@@ -101,7 +101,11 @@ class PriceTable:
 def billed(record: dict) -> Optional[float]:
     """What a journal record says its answers were billed (USD), or None when it says nothing
     usable: a record from before batchgen priced answers, or a value that is no cost."""
-    cost = record.get("cost_usd")
+    return usd(record.get("cost_usd"))
+
+
+def usd(cost: object) -> Optional[float]:
+    """A kept cost in USD (a finite number ≥ 0), or None."""
     if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
         return float(cost)
     return None

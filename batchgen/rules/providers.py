@@ -22,19 +22,20 @@ def _acedata_error(payload: dict):
     """AceData: {"success": false, "error": {"code", "message"}, "trace_id"}."""
     err = payload.get("error")
     if isinstance(err, dict):
-        return err.get("code"), err.get("message")
+        return err.get("code"), err.get("type"), err.get("message")
     if isinstance(err, str):
-        return None, err
+        return None, None, err
     if payload.get("success") is False:
-        return None, payload.get("message")
+        return None, None, payload.get("message")
     return None
 
 
 def _openai_error(payload: dict):
-    """OpenAI: {"error": {"message", "type", "param", "code"}}; `code` may be null, then `type`."""
+    """OpenAI: {"error": {"message", "type", "param", "code"}}; `code` may be null. LiteLLM's
+    proxy answers in this shape with the HTTP status as `code` ("429") and its own `type`."""
     err = payload.get("error")
     if isinstance(err, dict):
-        return err.get("code") or err.get("type"), err.get("message")
+        return err.get("code"), err.get("type"), err.get("message")
     return None
 
 
@@ -45,7 +46,7 @@ class Provider:
     default_endpoint: str
     # An environment variable holding an SDK-style base URL (…/v1), as the official SDK reads it.
     base_url_variable: Optional[str]
-    # (code, message) from a parsed error body of this dialect, or None when it is not one.
+    # (code, type, message) from a parsed error body of this dialect, or None when it is not one.
     parse_error: Callable[[dict], Optional[tuple]] = field(repr=False)
     auth_codes: frozenset = frozenset()
     quota_codes: frozenset = frozenset()
@@ -55,8 +56,9 @@ class Provider:
         provider's dialect at the path of its real endpoint."""
         return base_url.rstrip("/") + urlsplit(self.default_endpoint).path
 
-    def stop_advice(self, code: str) -> str:
-        if code in QUOTA_CODES:
+    def stop_advice(self, quota: bool) -> str:
+        """What to fix after a stop: the balance (`quota`: the answer said it is spent) or the token."""
+        if quota:
             return "the account's quota or balance is used up: top it up, then run the same command again"
         return (f"the API refused the token: check {self.token_variable} (and --provider), "
                 "then run the same command again")
@@ -86,6 +88,32 @@ DEFAULT_PROVIDER = "acedata"
 NAMES = tuple(PROVIDERS)
 AUTH_CODES = _AUTH.union(*(p.auth_codes for p in PROVIDERS.values()))
 QUOTA_CODES = _QUOTA.union(*(p.quota_codes for p in PROVIDERS.values()))
+POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
+
+# What an error means, read from its words when its code does not say it: a gateway rewrites
+# codes (LiteLLM's proxy answers a spent OpenAI account as a 429 with type "throttling_error"
+# and code "429") but keeps the upstream's message. Lowercase; matched against the error's
+# code, type and message together. Each phrase is one only that meaning uses: OpenAI's rate
+# limit text mentions billing ("add a payment method ... /account/billing"), so "billing"
+# alone is not one.
+QUOTA_PHRASES = (
+    "insufficient_quota", "exceeded your current quota", "check your plan and billing details",
+    "billing_hard_limit", "billing hard limit", "insufficient balance", "insufficient_balance",
+    "balance is insufficient", "balance is not enough", "used_up", "credit balance is too low",
+    "budget_exceeded", "budget has been exceeded",        # a LiteLLM key's or team's budget
+)
+AUTH_PHRASES = (
+    "invalid_api_key", "incorrect api key provided", "you didn't provide an api key",
+    "invalid authentication", "invalid_authentication", "authenticationerror", "authentication_error",
+    "invalid_token", "token_expired", "invalid proxy server token",
+)
+POLICY_PHRASES = (
+    "content_policy_violation", "moderation_blocked", "contentpolicyviolationerror",
+    "rejected as a result of our safety system", "rejected by the safety system",
+)
+# The code an error is recorded under when it gave none of its own (or a number) and its type
+# or words said what it is.
+QUOTA_CODE, AUTH_CODE, POLICY_CODE = "insufficient_quota", "invalid_api_key", "content_policy_violation"
 
 
 def get(name: str) -> Provider:
@@ -96,14 +124,14 @@ def get(name: str) -> Provider:
 
 
 def parse_error_body(payload: dict, provider: Optional[str] = None) -> tuple:
-    """(code, message) of an error body in any provider's shape, the named provider's first."""
+    """(code, type, message) of an error body in any provider's shape, the named provider's first."""
     order = [PROVIDERS[provider]] if provider in PROVIDERS else []
     order += [p for p in PROVIDERS.values() if p.name != provider]
     for p in order:
         found = p.parse_error(payload)
-        if found and (found[0] or found[1]):
+        if found and any(found):
             return found
-    return None, payload.get("message")
+    return None, None, payload.get("message")
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,26 @@
 """What an error means for a run: the one place that decides retry, fail or stop.
 
-Which codes stop a run (auth, quota) and what to advise is each provider's word, in providers.
+Which codes stop a run (auth, quota) and what to advise is each provider's word, in providers;
+so are the words that say it when a gateway rewrote the code.
 """
 from __future__ import annotations
 
 import enum
+from typing import Optional
 
-from batchgen.exceptions import ApiError, InvalidInput, RequestError
-from batchgen.rules.providers import AUTH_CODES, QUOTA_CODES, get
+from batchgen.exceptions import ApiError, DownloadGone, InvalidInput, RequestError
+from batchgen.rules.providers import (
+    AUTH_CODE,
+    AUTH_CODES,
+    AUTH_PHRASES,
+    POLICY_CODE,
+    POLICY_CODES,
+    POLICY_PHRASES,
+    QUOTA_CODE,
+    QUOTA_CODES,
+    QUOTA_PHRASES,
+    get,
+)
 
 
 def fallback_code(http_status: int) -> str:
@@ -25,17 +38,62 @@ def fallback_code(http_status: int) -> str:
     return f"http_{http_status}"
 
 
+# What an answer means beyond its status, by the codes and words of rules.providers.
+QUOTA, AUTH, POLICY = "quota", "auth", "policy"
+_MEANINGS = ((QUOTA, QUOTA_CODES, QUOTA_PHRASES, QUOTA_CODE), (AUTH, AUTH_CODES, AUTH_PHRASES, AUTH_CODE),
+             (POLICY, POLICY_CODES, POLICY_PHRASES, POLICY_CODE))
+
+
+def meaning(*said: Optional[str]) -> Optional[str]:
+    """QUOTA, AUTH or POLICY when an answer's code, type or message says so (a known code, or
+    the words the APIs and gateways use: a gateway may rewrite the code, not the upstream's
+    words), else None."""
+    for name, codes, _, _ in _MEANINGS:
+        if any(text in codes for text in said if text):
+            return name
+    words = " ".join(text for text in said if text).lower()
+    for name, _, phrases, _ in _MEANINGS:
+        if any(phrase in words for phrase in phrases):
+            return name
+    return None
+
+
+def error_code(http_status: int, code: Optional[str], kind: Optional[str], message: Optional[str]) -> str:
+    """The result code of an error answer: the API's own code when it gives one; else (none, or
+    a number: LiteLLM's proxy puts the HTTP status there) the name of what its type or words
+    say (insufficient_quota, invalid_api_key, content_policy_violation), else its type where it
+    has no code at all, else the HTTP status's."""
+    code = code.strip() if isinstance(code, str) else None
+    kind = kind.strip() if isinstance(kind, str) else None
+    if code and not code.isdigit():
+        return code
+    said = meaning(kind, message)
+    if said is not None:
+        return next(named for name, _, _, named in _MEANINGS if name == said)
+    if kind and not code:
+        return kind
+    return fallback_code(http_status if http_status != 200 else 500)
+
+
 class Decision(enum.Enum):
     RETRY = "retry"  # may succeed later: back off and send again
+    # A paid answer whose image can never be fetched (a refused link, a 404 on a link just
+    # given): one new generation may come back usable; more would pay again for the same failure.
+    RETRY_ONCE = "retry_once"
     FAIL = "fail"    # a refusal of this task: record the error, go on with the others
     STOP = "stop"    # nothing can succeed: stop the run, leave tasks for a rerun
 
 
 def classify(error: RequestError) -> Decision:
+    if isinstance(error, DownloadGone):
+        return Decision.RETRY_ONCE
     if isinstance(error, ApiError):
         status = error.http_status or 0
-        if status == 401 or error.code in AUTH_CODES or error.code in QUOTA_CODES:
+        said = meaning(error.code, error.message)
+        if status == 401 or said in (AUTH, QUOTA):
             return Decision.STOP
+        if said == POLICY:
+            return Decision.FAIL
         if status in (408, 409, 429) or status >= 500:
             return Decision.RETRY
         return Decision.FAIL
@@ -47,9 +105,9 @@ def classify(error: RequestError) -> Decision:
 
 def is_rate_limited(error: RequestError) -> bool:
     return (isinstance(error, ApiError) and error.http_status == 429
-            and error.code not in QUOTA_CODES)
+            and meaning(error.code, error.message) != QUOTA)
 
 
 def stop_advice(error: RequestError, provider: str) -> str:
     """What the user should fix after a STOP error."""
-    return get(provider).stop_advice(error.code)
+    return get(provider).stop_advice(meaning(error.code, error.message) == QUOTA)

@@ -23,17 +23,19 @@ from batchgen.exceptions import (
     BadResponse,
     ConnectionFailed,
     DownloadFailed,
+    DownloadGone,
     NotJson,
     RequestError,
     RequestTimeout,
     Unreachable,
 )
 from batchgen.rules.providers import Endpoint, parse_error_body
-from batchgen.sending.classify import fallback_code
+from batchgen.sending.classify import error_code
 from batchgen.sending.limits import RateLimitHeaders, parse_ratelimit_headers, parse_retry_after
 from batchgen.util import fastjson
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+INLINE_DECODE_CHARS = 1 << 20      # a data: URL longer than this is decoded in a thread
 # A generation's body holds its images as base64 (4/3 of their bytes) plus a little JSON.
 MAX_RESPONSE_BYTES_PER_IMAGE = MAX_DOWNLOAD_BYTES * 3 // 2
 MAX_REDIRECTS = 5
@@ -43,6 +45,14 @@ MAX_ID_CHARS = 256
 MAX_URL_CHARS = 16_384
 MAX_CREATED = 2 ** 40          # seconds since 1970: year 36,812
 MAX_TOKENS = 10 ** 12
+MAX_COST_USD = 10 ** 6         # a gateway's cost for one answer
+# Where an answer names its request, the upstream's id first (what its support asks for), then
+# a gateway's own: LiteLLM's proxy drops x-request-id, forwards it as llm_provider-x-request-id
+# (or request-id) in some versions, and always sends its x-litellm-call-id.
+TRACE_HEADERS = ("x-request-id", "request-id", "llm_provider-x-request-id", "llm_provider-request-id",
+                 "x-litellm-call-id", "x-trace-id")
+# What a gateway says the answer cost (USD), beside batchgen's estimate.
+GATEWAY_COST_HEADER = "x-litellm-response-cost"
 USAGE_FIELDS = ("input_tokens", "output_tokens", "total_tokens")
 # Flattened from usage.input_tokens_details: image input tokens cost more than text ones.
 USAGE_DETAILS = {"image_input_tokens": ("input_tokens_details", "image_tokens")}
@@ -89,8 +99,17 @@ class BodyEncoder:
 @dataclass
 class GeneratedImage:
     data: Optional[bytes]          # decoded bytes (b64_json), or None in url mode
-    url: Optional[str]
+    url: Optional[str]             # a link to download, or a data: URL holding the image
     revised_prompt: Optional[str]
+
+    @property
+    def public_url(self) -> Optional[str]:
+        """The link as results may keep it: not a data: URL, which is the image itself."""
+        return None if self.url is None or _is_data_url(self.url) else self.url
+
+
+def _is_data_url(url: str) -> bool:
+    return url[:5].lower() == "data:"
 
 
 @dataclass
@@ -101,6 +120,7 @@ class Generation:
     http_status: int
     usage: Optional[dict]
     ratelimit: Optional[RateLimitHeaders]
+    gateway_cost_usd: Optional[float] = None
 
 
 def redact(text: str, secret: str) -> str:
@@ -141,6 +161,27 @@ def server_int(value: object, low: int, high: int) -> Optional[int]:
     return None
 
 
+def server_cost(value: object) -> Optional[float]:
+    """A cost in USD a server states (a number, or one as text): finite, in [0, MAX_COST_USD]."""
+    if isinstance(value, str) and len(value) < 40:
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_COST_USD:
+        return float(value)
+    return None        # NaN fails both comparisons
+
+
+def header_trace(headers: Mapping[str, str], secret: str = "") -> Optional[str]:
+    """The request id an answer's headers carry, the first of TRACE_HEADERS that has one."""
+    for name in TRACE_HEADERS:
+        found = server_id(headers.get(name), secret)
+        if found:
+            return found
+    return None
+
+
 def server_usage(value: object) -> Optional[dict]:
     """The token counts of a response's `usage`, the ones that are whole numbers."""
     if not isinstance(value, dict):
@@ -150,7 +191,11 @@ def server_usage(value: object) -> Optional[dict]:
         details = value.get(group)
         usage[name] = server_int(details.get(key), 0, MAX_TOKENS) if isinstance(details, dict) else None
     usage = {k: v for k, v in usage.items() if v is not None}
-    return usage or None
+    # A generation always has output tokens: counts that are all 0 report nothing (LiteLLM's
+    # proxy adds such a usage to answers of models that report none, DALL·E's).
+    if not any(usage.values()):
+        return None
+    return usage
 
 
 # aiohttp's exceptions, most specific first. A test walks aiohttp's hierarchy and fails if
@@ -200,6 +245,24 @@ else:  # pragma: no cover - Python 3.10
         return base64.b64decode(text, validate=True)
 
 
+_DATA_URL = re.compile(r"data:image/[a-z0-9.+-]+(?:;[a-z0-9-]+=[^;,]*)*;base64,", re.IGNORECASE)
+
+
+def decode_data_url(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
+    """The image of a `data:image/...;base64,` URL (some gateways answer images so), at most
+    `max_bytes`; whether it is an image is checked where every image is (keeping.store)."""
+    head = _DATA_URL.match(url[:200])
+    if head is None:
+        raise DownloadGone(f"a data: URL that is not a base64 image ({server_text(url[:40])!r}...)")
+    text = url[head.end():]
+    if len(text) // 4 * 3 > max_bytes + 2:
+        raise DownloadGone(f"image larger than {max_bytes} bytes")
+    try:
+        return _b64decode(text)
+    except (binascii.Error, ValueError):
+        raise DownloadGone("the image's data: URL is not valid base64") from None
+
+
 def parse_generation(status: int, headers: Mapping[str, str], raw: bytes, secret: str = "",
                      provider: Optional[str] = None) -> Generation:
     """A response of either dialect as images, or the RequestError it amounts to."""
@@ -214,14 +277,15 @@ def generation_from(status: int, headers: Mapping[str, str], payload: Any, raw: 
                     provider: Optional[str] = None) -> Generation:
     """An answer already parsed as JSON (`payload`; None: it was not JSON) as images, or the
     RequestError it amounts to. `raw` is only read to describe an answer that is not JSON."""
-    header_trace = server_id(headers.get("x-request-id") or headers.get("x-trace-id"), secret)
+    in_headers = header_trace(headers, secret)
     if status != 200 or (isinstance(payload, dict) and ("error" in payload and payload.get("error")
                                                           or payload.get("success") is False)):
-        raise _api_error(status, headers, payload, raw, header_trace, secret, provider)
+        raise _api_error(status, headers, payload, raw, in_headers, secret, provider)
     if not isinstance(payload, dict):
         raise NotJson(f"HTTP 200 but the body is not a JSON object ({len(raw)} bytes)",
-                          http_status=status, trace_id=header_trace)
-    trace_id = server_id(payload.get("trace_id"), secret) or header_trace
+                          http_status=status, trace_id=in_headers)
+    # The body's own id last: an OpenAI-compatible server's answer may have one (OpenAI's has none).
+    trace_id = server_id(payload.get("trace_id"), secret) or in_headers or server_id(payload.get("id"), secret)
     data = payload.get("data")
     if not isinstance(data, list) or not data:
         raise BadResponse("HTTP 200 but the response has no images (no 'data' list)",
@@ -229,7 +293,8 @@ def generation_from(status: int, headers: Mapping[str, str], payload: Any, raw: 
     images = [_image(item, status, trace_id, secret) for item in data]
     return Generation(images=images, created=server_int(payload.get("created"), 0, MAX_CREATED),
                       trace_id=trace_id, http_status=status, usage=server_usage(payload.get("usage")),
-                      ratelimit=parse_ratelimit_headers(headers))
+                      ratelimit=parse_ratelimit_headers(headers),
+                      gateway_cost_usd=server_cost(headers.get(GATEWAY_COST_HEADER)))
 
 
 def _image(item, status: int, trace_id, secret: str) -> GeneratedImage:
@@ -242,29 +307,32 @@ def _image(item, status: int, trace_id, secret: str) -> GeneratedImage:
         except (binascii.Error, ValueError):
             raise BadResponse("b64_json is not valid base64", http_status=status, trace_id=trace_id) from None
     url = item.get("url")
-    if isinstance(url, str) and 0 < len(url) <= MAX_URL_CHARS:
+    # A data: URL is the image itself: as long as its bytes (the response's cap bounds it).
+    if isinstance(url, str) and 0 < len(url) and (len(url) <= MAX_URL_CHARS or _is_data_url(url)):
         return GeneratedImage(None, url, revised)
     raise BadResponse("an image has neither b64_json nor url", http_status=status, trace_id=trace_id)
 
 
-def _api_error(status, headers, payload, raw: bytes, header_trace, secret: str,
+def _api_error(status, headers, payload, raw: bytes, in_headers, secret: str,
                provider: Optional[str]) -> ApiError:
     """An error answer in any provider's dialect, or none (an HTML page from a proxy)."""
-    code = message = None
-    trace_id = header_trace
+    code = err_type = message = None
+    trace_id = in_headers
     if isinstance(payload, dict):
-        trace_id = server_id(payload.get("trace_id"), secret) or trace_id
-        code, message = parse_error_body(payload, provider)
-        code = server_text(code if isinstance(code, str) else None, secret, 100)
-        message = server_text(message if isinstance(message, str) else None, secret, 2000)
+        err = payload.get("error")
+        call_id = err.get("litellm_call_id") if isinstance(err, dict) else None   # LiteLLM, when set to
+        trace_id = server_id(payload.get("trace_id"), secret) or trace_id or server_id(call_id, secret)
+        code, err_type, message = parse_error_body(payload, provider)
+        code = server_id(code, secret)      # a number too: LiteLLM's proxy sends the status
+        err_type = server_text(err_type, secret, 100)
+        message = server_text(message, secret, 2000)
     if not message:
         text = raw[:200].decode("utf-8", "replace").strip()
         kind = "HTML page" if text.lower().startswith(("<!doctype", "<html")) else "body"
         message = f"HTTP {status} with a {kind} that is not an API error" + (
             f": {' '.join(text.split())[:120]}" if kind == "body" and text else "")
     # A 200 that says it failed but gives no code is the server's fault, like a 500.
-    return ApiError(redact(str(message), secret),
-                    code=str(code) if code else fallback_code(status if status != 200 else 500),
+    return ApiError(redact(str(message), secret), code=error_code(status, code and code[:100], err_type, message),
                     http_status=status, trace_id=trace_id,
                     retry_after=parse_retry_after(headers))
 
@@ -368,28 +436,37 @@ class ImagesClient:
         return await self.generate(form, images_expected, headers)
 
     async def download(self, url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
-        """Fetch an image link at once (they expire): http(s) only, no auth, size-capped."""
+        """Fetch an image link at once (they expire): http(s) only, no auth, size-capped; a
+        data: URL's image is decoded. DownloadGone: no retry of the download can fetch it."""
+        if _is_data_url(url):
+            if len(url) < INLINE_DECODE_CHARS:
+                return decode_data_url(url, max_bytes)
+            # A photo's worth of base64 holds the loop for milliseconds: decoded in a thread.
+            return await asyncio.to_thread(decode_data_url, url, max_bytes)
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 if urlsplit(url).scheme not in ("http", "https"):
-                    raise DownloadFailed(f"refusing to download from a non-http(s) URL ({urlsplit(url).scheme}:)")
+                    raise DownloadGone(f"refusing to download from a non-http(s) URL ({urlsplit(url).scheme}:)")
                 async with self._open_session().get(url, allow_redirects=False,
                                              proxy=proxy_for(url, self._proxies)) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         url = urljoin(url, resp.headers["Location"])
                         continue
                     if resp.status != 200:
-                        raise DownloadFailed(f"image download answered HTTP {resp.status}", http_status=resp.status)
+                        # A 4xx on a link just given will not change (a 408 or 429 may).
+                        gone = 400 <= resp.status < 500 and resp.status not in (408, 429)
+                        raise (DownloadGone if gone else DownloadFailed)(
+                            f"image download answered HTTP {resp.status}", http_status=resp.status)
                     if (resp.content_length or 0) > max_bytes:
-                        raise DownloadFailed(f"image larger than {max_bytes} bytes")
+                        raise DownloadGone(f"image larger than {max_bytes} bytes")
                     chunks, size = [], 0
                     async for chunk in resp.content.iter_chunked(1 << 16):
                         size += len(chunk)
                         if size > max_bytes:
-                            raise DownloadFailed(f"image larger than {max_bytes} bytes")
+                            raise DownloadGone(f"image larger than {max_bytes} bytes")
                         chunks.append(chunk)
                     return b"".join(chunks)
-            raise DownloadFailed("too many redirects")
+            raise DownloadGone("too many redirects")
         except DownloadFailed:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:

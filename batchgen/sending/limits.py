@@ -154,20 +154,25 @@ class RetryPolicy:
 class TaskRetries:
     """One task's use of the policy's budgets."""
 
-    __slots__ = ("policy", "rng", "failures", "rate_limited")
+    __slots__ = ("policy", "rng", "failures", "rate_limited", "once")
 
     def __init__(self, policy: RetryPolicy, rng: Jitter):
         self.policy, self.rng = policy, rng
-        self.failures = self.rate_limited = 0
+        self.failures = self.rate_limited = self.once = 0
 
-    def next_wait(self, rate_limited: bool, retry_after: Optional[float]) -> Optional[float]:
+    def next_wait(self, rate_limited: bool, retry_after: Optional[float], once: bool = False) -> Optional[float]:
         """Seconds to wait before sending again, or None when this kind's budget is spent.
 
         A 429 waits 0 here: the pacer says how long (a cool-down that holds every worker, or
-        before any pace is known, a wait of the request's own)."""
+        before any pace is known, a wait of the request's own). `once`: a failure worth one
+        more try at most (classify's RETRY_ONCE), within the failures' budget too."""
         if rate_limited:
             self.rate_limited += 1
             return 0.0 if self.rate_limited <= self.policy.max_rate_limited else None
+        if once:
+            self.once += 1
+            if self.once > 1:
+                return None
         self.failures += 1
         if self.failures > self.policy.max_retries:
             return None

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .faults import FAULTS
+from .gateway import GATEWAYS
 from .rate import RETRY_AFTER_STYLES, TOKENS_PER_IMAGE
 
 
@@ -58,6 +59,11 @@ class SimConfig:
     # retry_after/retry_after_date.
     rate_limit_retry_after: str = "exact"
     quota_images: Optional[int] = None
+    # "litellm": answer as through LiteLLM's proxy (gateway.py: its error shapes, its headers
+    # instead of the upstream's, null-filled bodies, zero usage); "": as the API itself.
+    gateway: str = ""
+    gateway_cost_per_image: float = 0.04     # the x-litellm-response-cost of each image
+    data_urls: bool = False   # answer response_format=url with data:image/...;base64, URLs (some gateways do)
     url_ttl: float = 3600.0
     photo: bool = False
     # The Batch API (/v1/files, /v1/batches; see batches.py): a batch completes batch_seconds
@@ -101,6 +107,8 @@ class SimConfig:
         if self.rate_limit_retry_after not in RETRY_AFTER_STYLES:
             raise ValueError(f"rate_limit_retry_after must be one of {', '.join(RETRY_AFTER_STYLES)}, "
                              f"not {self.rate_limit_retry_after!r}")
+        if self.gateway not in GATEWAYS:
+            raise ValueError(f"gateway must be one of {', '.join(map(repr, GATEWAYS))}, not {self.gateway!r}")
         if self.quota_images is not None and self.quota_images < 0:
             raise ValueError("quota_images must be >= 0 (or None for no quota)")
 

@@ -29,6 +29,7 @@ from .faults import (
     timeout_error,
 )
 from .files import FileStore
+from .gateway import litellm_middleware
 from .images import Encoded, ImageMaker
 from .rate import LIMIT_KEYS, Limiter, rate_error
 from .validation import ApiError, ImageRequest, auth_error, check_policy, check_quota, decode_json, parse_request
@@ -37,6 +38,7 @@ ACEDATA_PATH = "/openai/images/generations"
 OPENAI_PATH = "/v1/images/generations"
 ACEDATA_EDITS_PATH = "/openai/images/edits"
 OPENAI_EDITS_PATH = "/v1/images/edits"
+GENERATION_PATHS = (ACEDATA_PATH, OPENAI_PATH, ACEDATA_EDITS_PATH, OPENAI_EDITS_PATH)
 FILES_PATH = "/files/"
 STATS_PATH = "/_sim/stats"
 RESET_PATH = "/_sim/reset"
@@ -318,7 +320,10 @@ class _SimState:
         for i in range(req.n):
             enc = self.images.get(req.prompt, i, req)
             item: dict = {}
-            if req.response_format == "url":
+            if req.response_format == "url" and self.config.data_urls:
+                blobs.append(spoiled_b64(enc, fault))
+                item["url"] = f"data:image/{req.output_format};base64,{MARK}{i}"
+            elif req.response_format == "url":
                 item["url"] = f"http://{host}{FILES_PATH}{self._file_name(enc, req, fault)}"
             else:
                 blobs.append(spoiled_b64(enc, fault))
@@ -412,7 +417,9 @@ _STATE = web.AppKey("batchgen_simulator_state", _SimState)
 def make_app(config: SimConfig) -> web.Application:
     """The simulator as an aiohttp application (run it with access logs off for speed)."""
     state = _SimState(config)
-    app = web.Application(client_max_size=4 * 2**20)
+    middlewares = [litellm_middleware(GENERATION_PATHS, config.gateway_cost_per_image)] \
+        if config.gateway == "litellm" else []
+    app = web.Application(client_max_size=4 * 2**20, middlewares=middlewares)
     app[_STATE] = state
     app.router.add_post(ACEDATA_PATH, state.acedata)
     app.router.add_post(OPENAI_PATH, state.openai)

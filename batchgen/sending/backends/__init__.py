@@ -97,11 +97,17 @@ class Budget:
         # Tasks of one sweep point share one params dict: priced once (holding it keeps the id unique).
         self._estimates: dict = {}
 
-    def estimate(self, params: dict) -> float:
+    def priced(self, params: dict) -> Optional[float]:
+        """The estimated cost of a request, or None when batchgen has no price for it."""
         cached = self._estimates.get(id(params))
         if cached is None or cached[0] is not params:
-            cached = self._estimates[id(params)] = (params, self.prices.estimate(params, self.mode) or 0.0)
+            cached = self._estimates[id(params)] = (params, self.prices.estimate(params, self.mode))
         return cached[1]
+
+    def estimate(self, params: dict) -> float:
+        """What the budget counts for a request: a model without a price counts nothing (a
+        --max-cost run with one is refused before anything is sent)."""
+        return self.priced(params) or 0.0
 
     def take(self, params: dict, stop: StopSwitch) -> bool:
         """Count an answer's estimated cost before asking; False (and the run stops) when it
@@ -115,12 +121,13 @@ class Budget:
         self.spent_usd += cost
         return True
 
-    def answered(self, params: dict, usage) -> float:
+    def answered(self, params: dict, usage) -> Optional[float]:
         """A billable answer came: its cost from its usage when it has one (the estimate taken
-        for it is replaced), else the estimate. Returns the cost."""
+        for it is replaced), else the estimate. Returns the cost; None: unknown (no price),
+        which is not 0."""
         actual = None if usage is None else self.prices.from_usage(params.get("model"), usage, self.mode)
         if actual is None:
-            return self.estimate(params)
+            return self.priced(params)
         self.spent_usd += actual - self.estimate(params)
         return actual
 

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Mapping, Optional
 
-from batchgen.exceptions import ApiError, BadResponse, RequestError
+from batchgen.exceptions import ApiError, RequestError
 from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
 from batchgen.planning.identity import ChunkIds, hex_key
 from batchgen.planning.tasks import ROWS_AT_A_TIME, Pending
@@ -328,35 +328,37 @@ class BatchBackend:
         body = response.get("body")
         try:
             generation = generation_from(status, {}, body, b"", self.endpoint.token, self.endpoint.provider)
+            # Billed, whether or not its images can be used (an answer asked again adds up).
+            if task is not None:
+                cost = self.budget.answered(task.params, generation.usage)
+                self._costs[task_id] = _add_cost(self._costs.get(task_id, 0.0), cost)
+            await self._save(task_id, task, generation, batch_id)
         except RequestError as error:
-            # As in live mode: a refusal is the task's outcome; a server error is tried again
-            # (once, in a new batch), then it is the outcome.
-            if classify(error) is Decision.RETRY and task is not None and task_id not in self._resubmitted:
+            # As in live mode: a refusal is the task's outcome; a server error, or an image
+            # that can never be fetched, is asked again (once, in a new batch), then it is.
+            if classify(error) in (Decision.RETRY, Decision.RETRY_ONCE) and task is not None \
+                    and task_id not in self._resubmitted:
                 again.append(task)
             else:
                 self._record_error(task_id, error, batch_id)
-            return task_id
-        await self._save(task_id, task, generation, batch_id)
         return task_id
 
     async def _save(self, task_id: str, task, generation, batch_id: str) -> None:
-        # Billed, whether or not its images can be used.
-        self._costs[task_id] = self.budget.answered(task.params, generation.usage) if task is not None else None
+        """The answer's images kept, and its record; a RequestError when one cannot be had."""
         expected = task.images_expected if task is not None else 1
         count = max(expected, len(generation.images))
         images = []
-        try:
-            for index, image in enumerate(generation.images):
-                if image.data is None:
-                    raise BadResponse("a batch answer gave an image link instead of its bytes")
-                if len(image.data) < LINE_SAVE_INLINE_BYTES:
-                    saved = self.images.save(task_id, index, count, image.data)
-                else:
-                    saved = await asyncio.to_thread(self.images.save, task_id, index, count, image.data)
-                images.append({"image_index": index, **saved.record(), "image_url": None,
-                               "revised_prompt": image.revised_prompt})
-        except BadResponse as error:
-            return self._record_error(task_id, error, batch_id)
+        for index, image in enumerate(generation.images):
+            # A link is fetched as in live mode (a data: URL is decoded), so the same answer
+            # means the same in both.
+            data = image.data if image.data is not None else await self.client.download(image.url or "")
+            if len(data) < LINE_SAVE_INLINE_BYTES:
+                saved = self.images.save(task_id, index, count, data)
+            else:
+                saved = await asyncio.to_thread(self.images.save, task_id, index, count, data)
+            url = redact(image.public_url, self.endpoint.token) if image.public_url else None
+            images.append({"image_index": index, **saved.record(), "image_url": url,
+                           "revised_prompt": image.revised_prompt})
         record = {"task_id": task_id, "status": "ok", "images": images, "created": generation.created,
                   "trace_id": generation.trace_id, "http_status": generation.http_status,
                   "usage": generation.usage, "finished_at": round(time.time(), 3), "attempts": 1,
@@ -378,9 +380,8 @@ class BatchBackend:
         if task is None:
             return {}
         request = {"prompt": task.prompt, "params": task.params}
-        cost = self._costs.pop(task.task_id, None)
-        if cost is not None:
-            request["cost_usd"] = cost
+        if task.task_id in self._costs:
+            request["cost_usd"] = self._costs.pop(task.task_id)
         if task.edit is not None:
             request["inputs"] = task.edit.as_record()
         return request
@@ -392,6 +393,11 @@ class BatchBackend:
         else:
             self.stop("batch_api_error", f"the Batch API failed: {error.code} (HTTP {error.http_status}): "
                                          f"{error.message}; run the same command again (nothing is sent twice)")
+
+
+def _add_cost(so_far: Optional[float], cost: Optional[float]) -> Optional[float]:
+    """Costs of a task's answers added up; None (unknown) once one has no price."""
+    return None if so_far is None or cost is None else so_far + cost
 
 
 class TasksById:

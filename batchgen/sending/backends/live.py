@@ -286,7 +286,7 @@ class LiveBackend:
                       f"again later, or allow a longer wait with --max-wait")
             return 0.0
         rate_limited = is_rate_limited(error)
-        wait = retries.next_wait(rate_limited, error.retry_after)
+        wait = retries.next_wait(rate_limited, error.retry_after, decision is Decision.RETRY_ONCE)
         if wait is not None and rate_limited:
             wait = own_wait
         if wait is not None:
@@ -373,7 +373,7 @@ class LiveBackend:
                 saved = self.images.save(task.task_id, index, count, data)
             else:
                 saved = await asyncio.to_thread(self.images.save, task.task_id, index, count, data)
-            url = redact(image.url, self.endpoint.token) if image.url else None
+            url = redact(image.public_url, self.endpoint.token) if image.public_url else None
             images.append({"image_index": index, **saved.record(), "image_url": url,
                            "revised_prompt": image.revised_prompt})
         self.succeeded += 1
@@ -382,6 +382,8 @@ class LiveBackend:
                 "http_status": generation.http_status, "usage": generation.usage,
                 "finished_at": round(time.time(), 3), "prompt": task.prompt, "params": task.params,
                 "cost_usd": self._billed(task)}
+        if generation.gateway_cost_usd is not None:
+            record["gateway_cost_usd"] = generation.gateway_cost_usd
         if task.edit is not None:
             record["inputs"] = task.edit.as_record()
         if len(images) < task.images_expected:
@@ -395,16 +397,17 @@ class LiveBackend:
                   "trace_id": error.trace_id, "attempts": attempts,
                   "latency_s": round(time.monotonic() - started, 4), "finished_at": round(time.time(), 3),
                   "prompt": task.prompt, "params": task.params}
-        billed = self._billed(task)
-        if billed:
-            record["cost_usd"] = billed      # answers paid for whose images could not be used
+        if self._bills.get(task.task_id):
+            # answers paid for whose images could not be used (None: at a price not known)
+            record["cost_usd"] = self._billed(task)
         if task.edit is not None:
             record["inputs"] = task.edit.as_record()
         return record
 
     def _billed(self, task) -> Optional[float]:
+        """What the task's answers cost; None when nothing was billed, or one had no price."""
         bills = self._bills.get(task.task_id)
-        return sum(bills) if bills else None
+        return None if not bills or None in bills else sum(bills)
 
     async def _edit_files(self, inputs) -> list:
         """The edit's images, mask and markup as (field, file name, bytes, content type): files
