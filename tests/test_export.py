@@ -153,22 +153,107 @@ def test_parquet_row_groups_stay_small_for_streaming(sweep_out, tmp_path, monkey
     assert meta.num_row_groups == 48 and meta.num_rows == 48
 
 
-def test_each_image_keeps_its_own_file_type(run_cli, sim, tmp_path):
-    # A real run over the three output formats of the GPT image models.
-    prompts = tmp_path / "p.csv"
-    pd.DataFrame({"prompt": ["a fox", "a lighthouse"]}).to_csv(prompts, index=False)
-    out = tmp_path / "formats"
+def card_code(dest) -> str:
+    """The dataset card's Python block, as a user would copy it."""
+    card = (Path(dest) / "README.md").read_text()
+    return card.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture
+def hf_offline(tmp_path, monkeypatch):
+    """`datasets` on this machine only: no Hub, its caches in the test's folder."""
+    datasets = pytest.importorskip("datasets", reason="the `datasets` package (the test extra) is not installed")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
+    return datasets
+
+
+@pytest.fixture(scope="module")
+def formats_out(sim, run_cli, tmp_path_factory):
+    """A real run over the three output formats of the GPT image models: 3 prompts × 3 formats."""
+    tmp = tmp_path_factory.mktemp("formats")
+    prompts = tmp / "p.csv"
+    pd.DataFrame({"prompt": ["a fox", "a lighthouse", "a kite"]}).to_csv(prompts, index=False)
+    out = tmp / "formats"
     r = run_cli("run", prompts, "--out", out, "--provider", "openai", "--base-url", sim.openai_base_url,
-                "--model", "gpt-image-1", "--quality", "low", "--sweep", "output_format=png,jpeg,webp",
+                "--model", "gpt-image-2", "--quality", "low", "--sweep", "output_format=png,jpeg,webp",
                 "--no-progress", env={"OPENAI_API_KEY": TOKEN})
     assert r.exit_code == 0, r.output
+    return out
+
+
+def test_a_sweep_over_image_formats_gives_every_sample_the_same_names(run_cli, formats_out, tmp_path):
     dest = tmp_path / "wds"
-    assert run_cli("export", out, "--format", "webdataset", "--to", dest).exit_code == 0
-    with open(dest / "data" / "shard-00000.tar", "rb") as f:
-        samples = read_tar_samples(f)
-    extensions = sorted(ext for files in samples.values() for ext in files if ext != "json")
-    assert extensions == ["jpg", "jpg", "png", "png", "webp", "webp"]
-    check_tar_samples(samples, expected_by_key(out))
+    assert run_cli("export", formats_out, "--format", "webdataset", "--to", dest, "--shard-size", 4).exit_code == 0
+    samples: dict = {}
+    for shard in sorted((dest / "data" / "export-1").iterdir()):
+        with open(shard, "rb") as f:
+            samples.update(read_tar_samples(f))
+    assert len(samples) == 9 and {tuple(sorted(files)) for files in samples.values()} == {("json", "png")}
+    by_key = expected_by_key(formats_out)
+    kinds = set()
+    for key, files in samples.items():
+        row = json.loads(files["json"])
+        assert hashlib.sha256(files["png"]).hexdigest() == row["sha256"] == by_key[key]["sha256"]  # bytes as made
+        kinds.add((row["output_format"], Image.open(io.BytesIO(files["png"])).format))
+    assert kinds == {("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")}
+    assert "whichever format its row's `image_path` says" in (dest / "README.md").read_text()
+    # One format: the image keeps its own extension.
+    single = tmp_path / "single"
+    assert run_cli("export", sweep_single_format(formats_out, tmp_path), "--format", "webdataset",
+                   "--to", single).exit_code == 0
+    with open(single / "data" / "export-1" / "shard-00000.tar", "rb") as f:
+        assert {tuple(sorted(files)) for files in read_tar_samples(f).values()} == {("jpg", "json")}
+
+
+def sweep_single_format(out, tmp_path) -> Path:
+    """A copy of the run whose results hold only its jpeg images."""
+    copy = Path(shutil.copytree(out, tmp_path / "jpeg-only"))
+    table = pq.read_table(copy / "results.parquet")
+    df = table.to_pandas()
+    pq.write_table(table.filter(pd.Series(df.output_format == "jpeg").to_numpy()), copy / "results.parquet")
+    return copy
+
+
+def test_a_webdataset_export_of_mixed_formats_loads_in_datasets_as_its_card_says(
+        run_cli, formats_out, tmp_path, hf_offline):
+    datasets = hf_offline
+    dest = tmp_path / "wds"
+    assert run_cli("export", formats_out, "--format", "webdataset", "--to", dest, "--shard-size", 4).exit_code == 0
+    by_key = expected_by_key(formats_out)
+
+    def check(ds) -> None:
+        assert len(ds) == 9
+        for record in ds:
+            row, image = record["json"], record["png"]
+            assert (image.width, image.height) == (row["width"], row["height"])
+            assert by_key[record["__key__"]]["prompt"] == row["prompt"]
+        assert {r["json"]["output_format"] for r in ds} == {"png", "jpeg", "webp"}
+
+    scope: dict = {}
+    exec(card_code(dest), scope)            # the card's own lines: datasets' webdataset builder, webdataset
+    check(scope["ds"])
+    assert sorted(s["__key__"] for s in scope["samples"]) == sorted(by_key)
+    # The Hub's way: the folder, read through the card's YAML header.
+    check(datasets.load_dataset(str(dest), split="train"))
+
+
+def test_a_parquet_export_loads_in_pandas_and_datasets_as_its_card_says(run_cli, formats_out, tmp_path, hf_offline):
+    datasets = hf_offline
+    dest = tmp_path / "pq"
+    assert run_cli("export", formats_out, "--format", "parquet", "--to", dest, "--shard-size", 4).exit_code == 0
+    scope: dict = {}
+    exec(card_code(dest), scope)
+    by_key = expected_by_key(formats_out)
+    assert sorted(scope["df"].key) == sorted(by_key)
+    ds = scope["ds"]
+    assert len(ds) == 9
+    for record in ds:
+        assert (record["image"].width, record["image"].height) == (record["width"], record["height"])
+        assert by_key[record["key"]]["sha256"] == record["sha256"]
+    assert len(datasets.load_dataset(str(dest), split="train")) == 9
 
 
 def test_an_export_again_replaces_the_earlier_one_and_removes_its_extra_shards(run_cli, sweep_out, tmp_path):

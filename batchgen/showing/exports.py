@@ -329,7 +329,7 @@ class WebDatasetWriter(ShardWriter):
         return ["from datasets import load_dataset",
                 f"ds = load_dataset(\"webdataset\", data_files=\"{where}/{self.data_files(folder)}\", split=\"train\")",
                 "import webdataset as wds",
-                f"ds = wds.WebDataset(\"{where}/{self.brace(summary.shards, folder)}\", shardshuffle=False)"
+                f"samples = wds.WebDataset(\"{where}/{self.brace(summary.shards, folder)}\", shardshuffle=False)"
                 ".decode(\"pil\")"]
 
     @classmethod
