@@ -325,7 +325,8 @@ def test_a_new_format_is_one_writer_class_in_the_registry(sweep_out, tmp_path, m
         manifest = json.loads((dest / "batchgen-export.json").read_text())
         assert manifest["format"] == "jsonl" and [s["name"] for s in manifest["shards"]] == summary.shards
         card = (dest / "README.md").read_text()
-        assert 'path: "data/export-1/*.jsonl"' in card and "3 jsonl shard(s)" in card and "A JSON line per image." in card
+        assert 'path: "data/export-1/*.jsonl"' in card and "3 jsonl shard(s)" in card
+        assert "A JSON line per image." in card
         assert "```python\nimport pandas as pd\ndf = pd.read_json(" in card
         # Its shards are the export's own: exporting again replaces them, in this format or another.
         again = batchgen.export(sweep_out, format="jsonl", to=dest, shard_size=30)

@@ -129,7 +129,7 @@ def export(out: PathLike, format: str, to: PathLike, *, shard_size: Optional[int
         done = {**base, "complete": True, "images": summary.images, "error_rows": summary.error_rows,
                 "shards": entries}
         dest.put(MANIFEST_FILE, _manifest({**done, "earlier": earlier}), faults, "manifest:complete")
-        summary.removed = dest.remove(earlier, faults)
+        summary.removed = dest.remove(earlier, [d for d in before.owned_folders() if d != folder], faults)
         dest.put(MANIFEST_FILE, _manifest({**done, "earlier": []}), faults, "manifest:clean")
     return summary
 
@@ -558,6 +558,7 @@ class Survey:
     manifest: Optional[Manifest]
     files: list[str]                    # every file under DEST, relative, "/"-separated
     foreign: list[str]
+    folders: list[str] = field(default_factory=list)     # every folder under DEST (local)
     unreadable: Optional[str] = None    # why the manifest could not be read
 
     @property
@@ -569,6 +570,13 @@ class Survey:
         present = set(self.files)
         listed = (self.manifest.names() + self.manifest.earlier) if self.manifest else []
         return sorted(n for n in dict.fromkeys(listed) if n in present)
+
+    def owned_folders(self) -> list[str]:
+        """The export folders an export replacing this one removes: those of the shards the
+        manifest lists (some perhaps never written) and empty ones a killed export left."""
+        listed = (self.manifest.names() + self.manifest.earlier) if self.manifest else []
+        return sorted({n.rsplit("/", 1)[0] for n in listed} - {DATA_DIR}
+                      | {d for d in self.folders if _EXPORT_FOLDER.fullmatch(d)})
 
     def refuse_foreign(self) -> None:
         if self.unreadable:
@@ -600,7 +608,7 @@ def survey(dest: Destination) -> Survey:
     foreign += [f"{d}/" for d in folders if d not in own_folders and not _EXPORT_FOLDER.fullmatch(d)]
     foreign += [f"{d}/" for d in folders if _EXPORT_FOLDER.fullmatch(d) and d not in own_folders
                 and any(n.startswith(d + "/") for n in files)]
-    return Survey(dest.where, manifest, files, sorted(set(foreign)), unreadable)
+    return Survey(dest.where, manifest, files, sorted(set(foreign)), folders, unreadable)
 
 
 # ---- verify ---------------------------------------------------------------------------------
@@ -860,15 +868,15 @@ class FolderDestination:
         with self.writer(name, faults, step) as f:
             f.write(data)
 
-    def remove(self, names: list[str], faults: Faults) -> list[str]:
-        """Remove these shards (and their export folders once empty); returns those removed."""
+    def remove(self, names: list[str], folders: list[str], faults: Faults) -> list[str]:
+        """Remove these shards, then these export folders (once empty); returns the shards removed."""
         removed = []
         with self._failing():
             for number, name in enumerate(names):
                 (self.path / name).unlink(missing_ok=True)
                 removed.append(name)
                 faults.at(f"remove:{number}")
-            for folder in sorted({n.rsplit("/", 1)[0] for n in names} - {DATA_DIR}):
+            for folder in folders:
                 with contextlib.suppress(OSError):      # not empty: a temporary of a live writer
                     (self.path / folder).rmdir()
         return removed
@@ -954,7 +962,7 @@ class RemoteDestination:
         with self.writer(name, faults, step) as f:
             f.write(data)
 
-    def remove(self, names: list[str], faults: Faults) -> list[str]:
+    def remove(self, names: list[str], folders: list[str], faults: Faults) -> list[str]:
         removed = []
         with self._failing("cleaning"):
             for number, name in enumerate(names):
