@@ -6,8 +6,15 @@ The run is read through the output folder's readers (job.json, results.parquet),
 image is checked against the size and sha256 its row records before it goes out. A shard
 appears whole or not at all: a local one is written under a temporary name and renamed, a
 remote one is uploaded from a local temporary file in one put (S3 shows a multipart upload only
-once it is complete). Exporting again over the same DEST replaces it: the new shards first, then
-the dataset card and the manifest, then the shards the new export no longer has are removed.
+once it is complete).
+
+An export touches only its own: what DEST's manifest lists, the card, the manifest, the lock.
+Anything else there makes it refuse DEST untouched. Exporting again replaces the earlier export
+so that a reader following the card never sees two exports' rows, whenever the process dies or
+the disk fills: the manifest says "incomplete" (and owns old and new shards), the new shards go
+into a folder of their own (data/export-N/), the card switches to them, the manifest says
+"complete", and only then are the earlier shards removed. `verify` checks a DEST against its
+manifest.
 
 Each format is one ShardWriter class, registered in WRITERS: its name, its shards' names, whether
 it can hold error rows, how it writes a shard, and what the dataset card says of it.
