@@ -427,6 +427,19 @@ def test_exports_to_s3_read_back_shard_by_shard_and_replace_the_earlier_one(run_
     assert len(df) == 48
     for row in df.to_dict("records"):
         check_sample(row["key"], row["image"], Path(row["image_path"]).suffix[1:], row, by_key)
+    assert run_cli("export", "--verify", "s3://exports/otter").exit_code == 0
+    s3.pipe_file("exports/otter/data/export-2/part-00001.parquet", b"torn")
+    r = run_cli("export", "--verify", "s3://exports/otter")
+    assert r.exit_code == 1 and "part-00001.parquet holds 4 bytes" in r.output
+
+
+def test_an_s3_prefix_holding_the_users_objects_is_refused_untouched(run_cli, sweep_out, s3):
+    s3.pipe_file("exports/mine/data/shard-000000.tar", b"the user's")
+    r = run_cli("export", sweep_out, "--format", "webdataset", "--to", "s3://exports/mine")
+    assert r.exit_code == 2 and "data/shard-000000.tar" in r.output and "Nothing was changed" in r.output
+    s3.invalidate_cache()
+    assert s3.find("exports/mine") == ["exports/mine/data/shard-000000.tar"]
+    assert s3.cat_file("exports/mine/data/shard-000000.tar") == b"the user's"
 
 
 def test_an_s3_bucket_that_does_not_exist_fails_with_a_message_and_exit_3(run_cli, sweep_out, s3):

@@ -922,7 +922,8 @@ class RemoteDestination:
 
     def listing(self) -> tuple[list[str], list[str]]:
         with self._failing("listing"):
-            self.fs.invalidate_cache(self.root)
+            # All of it: fsspec keeps a filesystem (and what it listed, sizes and etags) across calls.
+            self.fs.invalidate_cache()
             try:
                 found = self.fs.find(self.root)
             except FileNotFoundError:
