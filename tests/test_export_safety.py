@@ -283,3 +283,19 @@ def test_the_dest_lock_is_released_when_an_export_is_killed(run_cli, sweep_out, 
     assert run_cli("export", sweep_out, "--format", "parquet", "--to", dest).exit_code == 0
     only_the_export(dest, 2)
     shutil.rmtree(dest)
+
+
+def test_an_export_written_before_export_folders_is_replaced_as_its_own(run_cli, sweep_out, tmp_path):
+    # Its manifest listed names only, and its shards sat straight in data/.
+    dest = tmp_path / "ds"
+    (dest / "data").mkdir(parents=True)
+    for i in range(2):
+        (dest / "data" / f"shard-0000{i}.tar").write_bytes(b"an earlier export's shard")
+    (dest / "README.md").write_text("the earlier card")
+    (dest / "batchgen-export.json").write_text(json.dumps(
+        {"batchgen": "0.1.0", "format": "webdataset", "images": 48, "shards": ["data/shard-00000.tar",
+                                                                               "data/shard-00001.tar"]}))
+    assert verify(run_cli, dest).exit_code == 0           # whole, as far as its manifest says
+    r = run_cli("export", sweep_out, "--format", "webdataset", "--to", dest)
+    assert r.exit_code == 0 and "removed 2 shard(s) of the earlier export" in r.output
+    only_the_export(dest, 1)

@@ -493,8 +493,9 @@ def _md(value: Any) -> str:
 # it makes the export refuse DEST.
 
 EXPORT_PREFIX = "export-"       # DATA_DIR/export-N/: the shards of DEST's N-th export
-# A shard's name as a manifest may give it: in an export's folder, or (batchgen before 0.10)
-# straight in DATA_DIR. A manifest is read back as data: other names make it no export's.
+# A shard's name as a manifest may give it: in an export's folder, or straight in DATA_DIR (an
+# export written before export folders). A manifest is read back as data: other names make it
+# no export's.
 _SHARD_NAME = re.compile(rf"{DATA_DIR}/(?:{EXPORT_PREFIX}\d{{1,9}}/)?[0-9A-Za-z_]+-\d{{5,}}\.[0-9a-z]{{1,16}}")
 _EXPORT_FOLDER = re.compile(rf"{DATA_DIR}/{EXPORT_PREFIX}(\d{{1,9}})")
 _TEMPORARY = re.compile(rf"(?:.*/)?{re.escape(TMP_PREFIX)}[^/]+\.\d+")
@@ -528,7 +529,7 @@ class Manifest:
             raise ValueError("it is not a batchgen manifest")
         shards = []
         for item in doc["shards"]:
-            if isinstance(item, str):                        # batchgen before 0.10: names only
+            if isinstance(item, str):                        # before export folders: names only
                 item = {"name": item}
             if not isinstance(item, dict):
                 raise ValueError(f"it lists a shard as {item!r}")
@@ -660,7 +661,8 @@ def verify(to: PathLike, storage_options: Optional[Mapping[str, Any]] = None) ->
             problems.append(f"{entry.name} {problem}")
     if manifest.complete:
         rows = sum(e.rows or 0 for e in manifest.shards)
-        if manifest.images is not None and rows != manifest.images + (manifest.error_rows or 0):
+        counted = all(e.rows is not None for e in manifest.shards)     # not by exports before export folders
+        if counted and manifest.images is not None and rows != manifest.images + (manifest.error_rows or 0):
             problems.append(f"its shards hold {rows:,} rows where the manifest counts "
                             f"{manifest.images + (manifest.error_rows or 0):,}")
         left = [n for n in manifest.earlier if n in present]
