@@ -80,9 +80,9 @@ def export(out: PathLike, format: str, to: PathLike, *, shard_size: Optional[int
 
     Raises UsageError for bad arguments, a DEST that holds anything its manifest does not list
     (nothing there is touched), another export writing DEST (FolderBusy), or a run that cannot
-    be exported; ExportFailed when DEST could not be written. Either way DEST's card still names
-    a whole export (the earlier one) and its manifest says the new one is incomplete; running
-    the export again finishes it."""
+    be exported; ExportFailed when DEST could not be written. Either way DEST's card names one
+    whole export (the earlier one, or this one once all its shards are in place) and its manifest
+    says whether the last export finished; running the export again finishes it."""
     from batchgen.keeping.results import read_results_table
     shard_size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
     writer_cls = WRITERS.get(format) if isinstance(format, str) else None
@@ -128,6 +128,7 @@ def export(out: PathLike, format: str, to: PathLike, *, shard_size: Optional[int
             summary.error_rows += errors
             summary.shards.append(name)
             entries.append({"name": name, "rows": images + errors, "bytes": f.size, "sha256": f.hexdigest()})
+        dest.settle(folder)
         # The card is the switch for readers: its data files are this export's folder, whose
         # shards are all in place; until now it named the earlier export's, still all there.
         card = dataset_card(job, out.resolve().name, summary, rows, shard_size,
@@ -877,6 +878,18 @@ class FolderDestination:
         with self.writer(name, faults, step) as f:
             f.write(data)
 
+    def settle(self, folder: str) -> None:
+        """The shards' names in `folder` on disk before the card names them (each file's bytes
+        were synced as it was written), so that a power cut cannot keep the card and lose them."""
+        if not (self.path / folder).is_dir():      # no shards: nothing to export
+            return
+        with self._failing():
+            fd = os.open(self.path / folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def remove(self, names: list[str], folders: list[str], faults: Faults) -> list[str]:
         """Remove these shards, then these export folders (once empty); returns the shards removed."""
         removed = []
@@ -953,6 +966,9 @@ class RemoteDestination:
 
     def remove_temporaries(self) -> None:
         """None: each object is put whole."""
+
+    def settle(self, folder: str) -> None:
+        """Nothing: an object is visible once its put returns."""
 
     @contextlib.contextmanager
     def writer(self, name: str, faults: Faults, step: str) -> Iterator[_Counted]:
