@@ -143,11 +143,12 @@ def export(out: PathLike, format: str, to: PathLike, *, shard_size: Optional[int
 
 
 def _manifest(doc: dict) -> bytes:
-    return json.dumps(doc, indent=1).encode("utf-8")
+    return json.dumps(doc, indent=1).encode("utf-8") + b"\n"
 
 
-INCOMPLETE_NOTE = ("an export into this folder has not finished (interrupted, or running now): the card still "
-                   "names the earlier export's files, all whole; run the same export again to finish it")
+INCOMPLETE_NOTE = ("an export into this folder has not finished (interrupted, or running now): the card names "
+                   "one whole export's files (the earlier export's, or this one's once all are written); run "
+                   "the same export again to finish it")
 
 
 # ---- what goes out ----------------------------------------------------------------------
@@ -650,12 +651,19 @@ def verify(to: PathLike, storage_options: Optional[Mapping[str, Any]] = None) ->
         return Verdict(dest.where, None, 0, 0, [f"{MANIFEST_FILE} is unreadable ({found.unreadable}); "
                                                 "export to it again to replace it"])
     problems: list[str] = []
+    present = set(found.files)
+    card = dest.read(CARD_FILE) if CARD_FILE in present else None
     if not manifest.complete:
         running = " (an export is writing it now)" if dest.is_locked() else ""
-        problems.append(f"the last export did not finish{running}: its manifest says so; the card still "
-                        "names the earlier export's files. Run the same export again to finish it")
+        if card is None:
+            readers = "there is no card yet, so nothing to read"
+        elif manifest.data_files and f'path: "{manifest.data_files}"'.encode() in card:
+            readers = "the card already names its files, all written"
+        else:
+            readers = "the card still names the earlier export's files, all there"
+        problems.append(f"the last export did not finish{running}: its manifest says so, and {readers}. "
+                        "Run the same export again to finish it")
     writer_cls = WRITERS.get(manifest.format or "")
-    present = set(found.files)
     for entry in manifest.shards:
         problem = _check_shard(dest, entry, writer_cls, present) if manifest.complete else None
         if problem:
@@ -668,9 +676,9 @@ def verify(to: PathLike, storage_options: Optional[Mapping[str, Any]] = None) ->
                             f"{manifest.images + (manifest.error_rows or 0):,}")
         left = [n for n in manifest.earlier if n in present]
         if left:
-            problems.append(f"{len(left)} shard(s) of an earlier export are still there ({left[0]}, …): "
+            problems.append(f"{len(left)} shard(s) of an earlier export are still there ({left[0]}"
+                            f"{', …' if len(left) > 1 else ''}): "
                             "the export that replaced it was stopped before removing them")
-        card = dest.read(CARD_FILE) if CARD_FILE in present else None
         if card is None:
             problems.append(f"{CARD_FILE} (the dataset card) is missing")
         elif manifest.data_files and f'path: "{manifest.data_files}"'.encode() not in card:
