@@ -555,6 +555,10 @@ class Manifest:
     def names(self) -> list[str]:
         return [e.name for e in self.shards]
 
+    def owned(self) -> list[str]:
+        """Every shard name DEST's exports own: this one's and the earlier ones' not removed yet."""
+        return list(dict.fromkeys(self.names() + self.earlier))
+
 
 def _count(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
@@ -578,13 +582,12 @@ class Survey:
     def owned_shards(self) -> list[str]:
         """Every shard the manifest lists that is there (an export replacing it removes them)."""
         present = set(self.files)
-        listed = (self.manifest.names() + self.manifest.earlier) if self.manifest else []
-        return sorted(n for n in dict.fromkeys(listed) if n in present)
+        return sorted(n for n in (self.manifest.owned() if self.manifest else []) if n in present)
 
     def owned_folders(self) -> list[str]:
         """The export folders an export replacing this one removes: those of the shards the
         manifest lists (some perhaps never written) and empty ones a killed export left."""
-        listed = (self.manifest.names() + self.manifest.earlier) if self.manifest else []
+        listed = self.manifest.owned() if self.manifest else []
         return sorted({n.rsplit("/", 1)[0] for n in listed} - {DATA_DIR}
                       | {d for d in self.folders if _EXPORT_FOLDER.fullmatch(d)})
 
@@ -610,14 +613,14 @@ def survey(dest: Destination) -> Survey:
             manifest = Manifest.parse(dest.read(MANIFEST_FILE))
         except (ValueError, UnicodeDecodeError) as e:
             unreadable = str(e)
-    listed = set(manifest.names() + manifest.earlier) if manifest else set()
+    listed = set(manifest.owned()) if manifest else set()
     own_folders = {DATA_DIR} | {n.rsplit("/", 1)[0] for n in listed}
     ours = {MANIFEST_FILE, LOCK_FILE} | listed | ({CARD_FILE} if manifest else set())
     foreign = [n for n in files if n not in ours and not _TEMPORARY.fullmatch(n)]
-    # An empty export folder (its shards removed, the folder not yet) is left by a killed export.
-    foreign += [f"{d}/" for d in folders if d not in own_folders and not _EXPORT_FOLDER.fullmatch(d)]
-    foreign += [f"{d}/" for d in folders if _EXPORT_FOLDER.fullmatch(d) and d not in own_folders
-                and any(n.startswith(d + "/") for n in files)]
+    # An export folder the manifest no longer names is ours while empty: a killed export
+    # removed its shards but not yet the folder.
+    foreign += [f"{d}/" for d in folders if d not in own_folders
+                and (not _EXPORT_FOLDER.fullmatch(d) or any(n.startswith(d + "/") for n in files))]
     return Survey(dest.where, manifest, files, sorted(set(foreign)), folders, unreadable)
 
 
