@@ -857,7 +857,10 @@ class FolderDestination:
             self.path.mkdir(parents=True, exist_ok=True)
             folder.lock()
         except FolderBusy:
-            holder = (self.path / LOCK_FILE).read_text(errors="replace").strip()
+            try:
+                holder = (self.path / LOCK_FILE).read_text(errors="replace").strip()
+            except OSError:
+                holder = ""
             raise FolderBusy(f"{self.where} is being written by another batchgen export"
                              + (f" (process {holder})" if holder.isdigit() else "")
                              + "; one export writes a folder at a time. Wait for it to finish, then run "
