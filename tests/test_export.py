@@ -85,10 +85,10 @@ def test_webdataset_reads_back_sample_by_sample_with_the_webdataset_package(run_
     r = run_cli("export", sweep_out, "--format", "webdataset", "--to", dest, "--shard-size", 20)
     assert r.exit_code == 0, r.output
     assert "exported 48 image(s) in 3 webdataset shard(s)" in r.output
-    assert sorted(p.name for p in (dest / "data").iterdir()) == [f"shard-0000{i}.tar" for i in range(3)]
+    assert sorted(p.name for p in (dest / "data" / "export-1").iterdir()) == [f"shard-0000{i}.tar" for i in range(3)]
     by_key = expected_by_key(sweep_out)
     seen = []
-    shards = str(dest / "data" / "shard-{00000..00002}.tar")
+    shards = str(dest / "data" / "export-1" / "shard-{00000..00002}.tar")
     for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
         row = json.loads(sample["json"])
         (ext,) = [k for k in sample if not k.startswith("__") and k != "json"]
@@ -96,10 +96,12 @@ def test_webdataset_reads_back_sample_by_sample_with_the_webdataset_package(run_
         seen.append(sample["__key__"])
     assert sorted(seen) == sorted(by_key) and len(seen) == 48
     manifest = json.loads((dest / "batchgen-export.json").read_text())
-    assert manifest["format"] == "webdataset" and manifest["images"] == 48
-    assert manifest["shards"] == [f"data/shard-0000{i}.tar" for i in range(3)]
+    assert manifest["format"] == "webdataset" and manifest["images"] == 48 and manifest["complete"] is True
+    assert [s["name"] for s in manifest["shards"]] == [f"data/export-1/shard-0000{i}.tar" for i in range(3)]
+    assert [s["rows"] for s in manifest["shards"]] == [20, 20, 8]
     card = (dest / "README.md").read_text()
-    assert "48 image(s)" in card and "quality = standard, hd" in card and "data/shard-{00000..00002}.tar" in card
+    assert "48 image(s)" in card and "quality = standard, hd" in card
+    assert "data/export-1/shard-{00000..00002}.tar" in card
     for path in dest.rglob("*"):
         assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
 
@@ -108,11 +110,11 @@ def test_parquet_reads_back_with_pandas_datasets_and_duckdb(run_cli, sweep_out, 
     dest = tmp_path / "pq"
     r = run_cli("export", sweep_out, "--format", "parquet", "--to", dest, "--shard-size", 30)
     assert r.exit_code == 0, r.output
-    files = sorted((dest / "data").iterdir())
+    files = sorted((dest / "data" / "export-1").iterdir())
     assert [p.name for p in files] == ["part-00000.parquet", "part-00001.parquet"]
     by_key = expected_by_key(sweep_out)
 
-    df = pd.read_parquet(dest / "data")                       # pandas, given the folder
+    df = pd.read_parquet(dest / "data" / "export-1")          # pandas, given the folder (as the card says)
     assert len(df) == 48 and df.key.is_unique
     assert str(df.row_index.dtype) == "Int64"                 # the results' nullable integers survive
     for row in df.to_dict("records"):
@@ -122,7 +124,7 @@ def test_parquet_reads_back_with_pandas_datasets_and_duckdb(run_cli, sweep_out, 
     datasets = pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    ds = datasets.load_dataset("parquet", data_files=str(dest / "data" / "*.parquet"), split="train",
+    ds = datasets.load_dataset("parquet", data_files=str(dest / "data" / "export-1" / "*.parquet"), split="train",
                                cache_dir=str(tmp_path / "hf_cache"))
     ds = ds.cast_column("image", datasets.Image())
     assert len(ds) == 48
@@ -131,7 +133,7 @@ def test_parquet_reads_back_with_pandas_datasets_and_duckdb(run_cli, sweep_out, 
         assert by_key[record["key"]]["prompt"] == record["prompt"]
 
     duckdb = pytest.importorskip("duckdb")
-    rows = duckdb.sql(f"SELECT key, image, sha256 FROM read_parquet('{dest}/data/*.parquet')").fetchall()
+    rows = duckdb.sql(f"SELECT key, image, sha256 FROM read_parquet('{dest}/data/export-1/*.parquet')").fetchall()
     assert len(rows) == 48
     assert all(hashlib.sha256(image).hexdigest() == digest == by_key[key]["sha256"] for key, image, digest in rows)
 
@@ -151,34 +153,121 @@ def test_parquet_row_groups_stay_small_for_streaming(sweep_out, tmp_path, monkey
     assert meta.num_row_groups == 48 and meta.num_rows == 48
 
 
-def test_each_image_keeps_its_own_file_type(run_cli, sim, tmp_path):
-    # A real run over the three output formats of the GPT image models.
-    prompts = tmp_path / "p.csv"
-    pd.DataFrame({"prompt": ["a fox", "a lighthouse"]}).to_csv(prompts, index=False)
-    out = tmp_path / "formats"
+def card_code(dest) -> str:
+    """The dataset card's Python block, as a user would copy it."""
+    card = (Path(dest) / "README.md").read_text()
+    return card.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture
+def hf_offline(tmp_path, monkeypatch):
+    """`datasets` on this machine only: no Hub, its caches in the test's folder."""
+    datasets = pytest.importorskip("datasets", reason="the `datasets` package (the test extra) is not installed")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
+    return datasets
+
+
+@pytest.fixture(scope="module")
+def formats_out(sim, run_cli, tmp_path_factory):
+    """A real run over the three output formats of the GPT image models: 3 prompts × 3 formats."""
+    tmp = tmp_path_factory.mktemp("formats")
+    prompts = tmp / "p.csv"
+    pd.DataFrame({"prompt": ["a fox", "a lighthouse", "a kite"]}).to_csv(prompts, index=False)
+    out = tmp / "formats"
     r = run_cli("run", prompts, "--out", out, "--provider", "openai", "--base-url", sim.openai_base_url,
-                "--model", "gpt-image-1", "--quality", "low", "--sweep", "output_format=png,jpeg,webp",
+                "--model", "gpt-image-2", "--quality", "low", "--sweep", "output_format=png,jpeg,webp",
                 "--no-progress", env={"OPENAI_API_KEY": TOKEN})
     assert r.exit_code == 0, r.output
+    return out
+
+
+def test_a_sweep_over_image_formats_gives_every_sample_the_same_names(run_cli, formats_out, tmp_path):
     dest = tmp_path / "wds"
-    assert run_cli("export", out, "--format", "webdataset", "--to", dest).exit_code == 0
-    with open(dest / "data" / "shard-00000.tar", "rb") as f:
-        samples = read_tar_samples(f)
-    extensions = sorted(ext for files in samples.values() for ext in files if ext != "json")
-    assert extensions == ["jpg", "jpg", "png", "png", "webp", "webp"]
-    check_tar_samples(samples, expected_by_key(out))
+    assert run_cli("export", formats_out, "--format", "webdataset", "--to", dest, "--shard-size", 4).exit_code == 0
+    samples: dict = {}
+    for shard in sorted((dest / "data" / "export-1").iterdir()):
+        with open(shard, "rb") as f:
+            samples.update(read_tar_samples(f))
+    assert len(samples) == 9 and {tuple(sorted(files)) for files in samples.values()} == {("json", "png")}
+    by_key = expected_by_key(formats_out)
+    kinds = set()
+    for key, files in samples.items():
+        row = json.loads(files["json"])
+        assert hashlib.sha256(files["png"]).hexdigest() == row["sha256"] == by_key[key]["sha256"]  # bytes as made
+        kinds.add((row["output_format"], Image.open(io.BytesIO(files["png"])).format))
+    assert kinds == {("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")}
+    assert "whichever format its row's `image_path` says" in (dest / "README.md").read_text()
+    # One format: the image keeps its own extension.
+    single = tmp_path / "single"
+    assert run_cli("export", sweep_single_format(formats_out, tmp_path), "--format", "webdataset",
+                   "--to", single).exit_code == 0
+    with open(single / "data" / "export-1" / "shard-00000.tar", "rb") as f:
+        assert {tuple(sorted(files)) for files in read_tar_samples(f).values()} == {("jpg", "json")}
+
+
+def sweep_single_format(out, tmp_path) -> Path:
+    """A copy of the run whose results hold only its jpeg images."""
+    copy = Path(shutil.copytree(out, tmp_path / "jpeg-only"))
+    table = pq.read_table(copy / "results.parquet")
+    df = table.to_pandas()
+    pq.write_table(table.filter(pd.Series(df.output_format == "jpeg").to_numpy()), copy / "results.parquet")
+    return copy
+
+
+def test_a_webdataset_export_of_mixed_formats_loads_in_datasets_as_its_card_says(
+        run_cli, formats_out, tmp_path, hf_offline):
+    datasets = hf_offline
+    dest = tmp_path / "wds"
+    assert run_cli("export", formats_out, "--format", "webdataset", "--to", dest, "--shard-size", 4).exit_code == 0
+    by_key = expected_by_key(formats_out)
+
+    def check(ds) -> None:
+        assert len(ds) == 9
+        for record in ds:
+            row, image = record["json"], record["png"]
+            assert (image.width, image.height) == (row["width"], row["height"])
+            assert by_key[record["__key__"]]["prompt"] == row["prompt"]
+        assert {r["json"]["output_format"] for r in ds} == {"png", "jpeg", "webp"}
+
+    scope: dict = {}
+    exec(card_code(dest), scope)            # the card's own lines: datasets' webdataset builder, webdataset
+    check(scope["ds"])
+    assert sorted(s["__key__"] for s in scope["samples"]) == sorted(by_key)
+    # The Hub's way: the folder, read through the card's YAML header.
+    check(datasets.load_dataset(str(dest), split="train"))
+
+
+def test_a_parquet_export_loads_in_pandas_and_datasets_as_its_card_says(run_cli, formats_out, tmp_path, hf_offline):
+    datasets = hf_offline
+    dest = tmp_path / "pq"
+    assert run_cli("export", formats_out, "--format", "parquet", "--to", dest, "--shard-size", 4).exit_code == 0
+    scope: dict = {}
+    exec(card_code(dest), scope)
+    by_key = expected_by_key(formats_out)
+    assert sorted(scope["df"].key) == sorted(by_key)
+    ds = scope["ds"]
+    assert len(ds) == 9
+    for record in ds:
+        assert (record["image"].width, record["image"].height) == (record["width"], record["height"])
+        assert by_key[record["key"]]["sha256"] == record["sha256"]
+    assert len(datasets.load_dataset(str(dest), split="train")) == 9
 
 
 def test_an_export_again_replaces_the_earlier_one_and_removes_its_extra_shards(run_cli, sweep_out, tmp_path):
     dest = tmp_path / "ds"
     assert run_cli("export", sweep_out, "--format", "webdataset", "--to", dest, "--shard-size", 10).exit_code == 0
-    assert len(list((dest / "data").iterdir())) == 5
+    assert len(list((dest / "data" / "export-1").iterdir())) == 5
     r = run_cli("export", sweep_out, "--format", "parquet", "--to", dest, "--shard-size", 20)
     assert r.exit_code == 0 and "removed 5 shard(s) of the earlier export" in r.output
-    assert sorted(p.name for p in (dest / "data").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
-    assert json.loads((dest / "batchgen-export.json").read_text())["format"] == "parquet"
-    assert len(pd.read_parquet(dest / "data")) == 48
-    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "batchgen-export.json", "data"]
+    assert [p.name for p in (dest / "data").iterdir()] == ["export-2"]
+    assert sorted(p.name for p in (dest / "data" / "export-2").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+    manifest = json.loads((dest / "batchgen-export.json").read_text())
+    assert manifest["format"] == "parquet" and manifest["generation"] == 2 and manifest["earlier"] == []
+    assert len(pd.read_parquet(dest / "data" / "export-2")) == 48
+    assert sorted(p.name for p in dest.iterdir()) == [".lock", "README.md", "batchgen-export.json", "data"]
 
 
 def test_error_rows_go_to_parquet_only_when_asked(run_cli, sim, tmp_path):
@@ -204,8 +293,7 @@ class JsonLinesWriter(exports.ShardWriter):
     name, stem, extension = "jsonl", "rows", "jsonl"
     includes_errors = True
 
-    @classmethod
-    def write(cls, f, out, chunk, first):
+    def write(self, f, out, chunk, first):
         images = errors = 0
         for sample in exports.samples(out, chunk, first):
             line = {"key": sample.key, "image_bytes": None if sample.image is None else len(sample.image),
@@ -214,13 +302,11 @@ class JsonLinesWriter(exports.ShardWriter):
             images, errors = (images + 1, errors) if sample.image is not None else (images, errors + 1)
         return images, errors
 
-    @classmethod
-    def card_files(cls, summary):
+    def card_files(self, summary):
         return "A JSON line per image."
 
-    @classmethod
-    def card_code(cls, summary):
-        return ["import pandas as pd", f"df = pd.read_json(\"{summary.dest}/data/rows-00000.jsonl\", lines=True)"]
+    def card_code(self, summary, folder):
+        return ["import pandas as pd", f"df = pd.read_json(\"{summary.dest}/{folder}/rows-00000.jsonl\", lines=True)"]
 
 
 def test_a_new_format_is_one_writer_class_in_the_registry(sweep_out, tmp_path, monkeypatch):
@@ -230,31 +316,30 @@ def test_a_new_format_is_one_writer_class_in_the_registry(sweep_out, tmp_path, m
         m.setitem(exports.WRITERS, "jsonl", JsonLinesWriter)
         summary = batchgen.export(sweep_out, format="jsonl", to=dest, shard_size=20, include_errors=True)
         assert summary.format == "jsonl" and summary.images == 48 and summary.error_rows == 0
-        assert summary.shards == [f"data/rows-0000{i}.jsonl" for i in range(3)]
-        lines = [json.loads(line) for path in sorted((dest / "data").iterdir())
+        assert summary.shards == [f"data/export-1/rows-0000{i}.jsonl" for i in range(3)]
+        lines = [json.loads(line) for path in sorted((dest / "data" / "export-1").iterdir())
                  for line in path.read_text().splitlines()]
         by_key = expected_by_key(sweep_out)
         assert sorted(row["key"] for row in lines) == sorted(by_key)
         assert all(row["sha256"] == by_key[row["key"]]["sha256"] for row in lines)
         manifest = json.loads((dest / "batchgen-export.json").read_text())
-        assert manifest["format"] == "jsonl" and manifest["shards"] == summary.shards
+        assert manifest["format"] == "jsonl" and [s["name"] for s in manifest["shards"]] == summary.shards
         card = (dest / "README.md").read_text()
-        assert 'path: "data/*.jsonl"' in card and "3 jsonl shard(s)" in card and "A JSON line per image." in card
+        assert 'path: "data/export-1/*.jsonl"' in card and "3 jsonl shard(s)" in card
+        assert "A JSON line per image." in card
         assert "```python\nimport pandas as pd\ndf = pd.read_json(" in card
         # Its shards are the export's own: exporting again replaces them, in this format or another.
         again = batchgen.export(sweep_out, format="jsonl", to=dest, shard_size=30)
-        assert again.removed == ["data/rows-00002.jsonl"]
-        assert sorted(p.name for p in (dest / "data").iterdir()) == ["rows-00000.jsonl", "rows-00001.jsonl"]
-        (dest / "data" / "rows-00005.jsonl").write_text("")        # left by an export of more shards
+        assert again.removed == summary.shards
+        assert again.shards == ["data/export-2/rows-00000.jsonl", "data/export-2/rows-00001.jsonl"]
         again = batchgen.export(sweep_out, format="parquet", to=dest)
-        assert again.removed == ["data/rows-00000.jsonl", "data/rows-00001.jsonl", "data/rows-00005.jsonl"]
+        assert again.removed == ["data/export-2/rows-00000.jsonl", "data/export-2/rows-00001.jsonl"]
         again = batchgen.export(sweep_out, format="jsonl", to=dest)
-        assert again.removed == ["data/part-00000.parquet"]
-    # Out of the registry, the format is unknown, and its shards are no export's.
+        assert again.removed == ["data/export-3/part-00000.parquet"]
+    # Out of the registry, the format is unknown; its shards stay the export's (its manifest lists them).
     with pytest.raises(batchgen.UsageError, match="format 'jsonl' is unknown; export as one of webdataset, parquet"):
         batchgen.export(sweep_out, format="jsonl", to=tmp_path / "other")
-    with pytest.raises(batchgen.UsageError, match="not a batchgen export \\(data/rows-00000.jsonl\\)"):
-        batchgen.export(sweep_out, format="parquet", to=dest)
+    assert batchgen.export(sweep_out, format="parquet", to=dest).removed == ["data/export-4/rows-00000.jsonl"]
 
 
 # ---- refusals ---------------------------------------------------------------------------
@@ -279,9 +364,10 @@ def test_an_image_changed_since_the_run_stops_the_export(run_cli, run_copy, tmp_
     r = run_cli("export", run_copy, "--format", "webdataset", "--to", dest, "--shard-size", 20)
     assert r.exit_code == 2 and str(victim) in r.output and "sha256" in r.output
     assert "Traceback" not in r.output
-    # The shard being written when it was found never appears, nor does the manifest.
-    assert sorted(p.name for p in (dest / "data").iterdir()) == ["shard-00000.tar"]
-    assert not (dest / "batchgen-export.json").exists()
+    # The shard being written when it was found never appears; the manifest says the export is incomplete.
+    assert sorted(p.name for p in (dest / "data" / "export-1").iterdir()) == ["shard-00000.tar"]
+    assert json.loads((dest / "batchgen-export.json").read_text())["complete"] is False
+    assert not (dest / "README.md").exists()
 
 
 def test_a_folder_that_is_no_run_or_a_bad_url_is_a_usage_error(run_cli, sweep_out, tmp_path):
@@ -320,8 +406,8 @@ def test_exports_to_s3_read_back_shard_by_shard_and_replace_the_earlier_one(run_
     r = run_cli("export", sweep_out, "--format", "webdataset", "--to", "s3://exports/otter", "--shard-size", 10)
     assert r.exit_code == 0, r.output
     s3.invalidate_cache()
-    shards = sorted(s3.ls("exports/otter/data"))
-    assert shards == [f"exports/otter/data/shard-0000{i}.tar" for i in range(5)]
+    shards = sorted(s3.ls("exports/otter/data/export-1"))
+    assert shards == [f"exports/otter/data/export-1/shard-0000{i}.tar" for i in range(5)]
     samples: dict = {}
     for shard in shards:
         with s3.open(shard, "rb") as f:
@@ -335,12 +421,25 @@ def test_exports_to_s3_read_back_shard_by_shard_and_replace_the_earlier_one(run_
     r = run_cli("export", sweep_out, "--format", "parquet", "--to", "s3://exports/otter", "--shard-size", 40)
     assert r.exit_code == 0 and "removed 5 shard(s)" in r.output, r.output
     s3.invalidate_cache()
-    assert sorted(s3.ls("exports/otter/data")) == ["exports/otter/data/part-00000.parquet",
-                                                   "exports/otter/data/part-00001.parquet"]
-    df = pd.concat(pd.read_parquet(io.BytesIO(s3.cat_file(p))) for p in s3.ls("exports/otter/data"))
+    assert sorted(s3.find("exports/otter/data")) == ["exports/otter/data/export-2/part-00000.parquet",
+                                                     "exports/otter/data/export-2/part-00001.parquet"]
+    df = pd.concat(pd.read_parquet(io.BytesIO(s3.cat_file(p))) for p in s3.find("exports/otter/data"))
     assert len(df) == 48
     for row in df.to_dict("records"):
         check_sample(row["key"], row["image"], Path(row["image_path"]).suffix[1:], row, by_key)
+    assert run_cli("export", "--verify", "s3://exports/otter").exit_code == 0
+    s3.pipe_file("exports/otter/data/export-2/part-00001.parquet", b"torn")
+    r = run_cli("export", "--verify", "s3://exports/otter")
+    assert r.exit_code == 1 and "part-00001.parquet holds 4 bytes" in r.output
+
+
+def test_an_s3_prefix_holding_the_users_objects_is_refused_untouched(run_cli, sweep_out, s3):
+    s3.pipe_file("exports/mine/data/shard-000000.tar", b"the user's")
+    r = run_cli("export", sweep_out, "--format", "webdataset", "--to", "s3://exports/mine")
+    assert r.exit_code == 2 and "data/shard-000000.tar" in r.output and "Nothing was changed" in r.output
+    s3.invalidate_cache()
+    assert s3.find("exports/mine") == ["exports/mine/data/shard-000000.tar"]
+    assert s3.cat_file("exports/mine/data/shard-000000.tar") == b"the user's"
 
 
 def test_an_s3_bucket_that_does_not_exist_fails_with_a_message_and_exit_3(run_cli, sweep_out, s3):

@@ -249,7 +249,12 @@ def test_the_contact_sheet_draws_a_gifs_first_frame_and_an_svg_placeholder(tmp_p
     assert make_thumbnails(svg) is None                          # shown as unreadable, never parsed open
 
 
-def test_exports_carry_svg_and_gif_with_their_extensions_and_content_types(fresh_sim, prompts, tmp_path):
+def _tar_members(dest: Path) -> dict:
+    with tarfile.open(next((dest / "data").glob("*/*.tar"))) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_exports_carry_svg_and_gif_with_their_content_types(fresh_sim, prompts, tmp_path):
     import pyarrow.parquet as pq
 
     from batchgen.showing.exports import export
@@ -257,21 +262,31 @@ def test_exports_carry_svg_and_gif_with_their_extensions_and_content_types(fresh
     openai_run(fresh_sim.openai_base_url, prompts, out, defaults=FLARE,
                sweep=[("output_format", ["svg", "gif", "jpeg"])])
     export(out, "webdataset", tmp_path / "wds")
-    with tarfile.open(next((tmp_path / "wds/data").glob("*.tar"))) as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    images = {n.rsplit(".", 1)[1] for n in members if not n.endswith(".json")}
-    assert images == {"svg", "gif", "jpg"}
+    members = _tar_members(tmp_path / "wds")
+    # Several formats in one export: every sample's image has one name (datasets reads samples
+    # alike), holding the bytes as made; each row's content_type says what they are.
+    assert {n.rsplit(".", 1)[1] for n in members if not n.endswith(".json")} == {"png"}
     for name, data in members.items():
         if name.endswith(".json"):
             row = json.loads(data)
             ext = Path(row["image_path"]).suffix
             assert row["content_type"] == {".svg": "image/svg+xml", ".gif": "image/gif", ".jpg": "image/jpeg"}[ext]
-            assert members[name[:-len(".json")] + ext] == (out / row["image_path"]).read_bytes()
+            assert members[name[:-len(".json")] + ".png"] == (out / row["image_path"]).read_bytes()
     export(out, "parquet", tmp_path / "pq")
-    table = pq.read_table(tmp_path / "pq/data").to_pandas()
+    table = pq.read_table(next((tmp_path / "pq/data").glob("*"))).to_pandas()
     by_type = dict(zip(table.content_type, table.image))
     assert by_type["image/svg+xml"].lstrip().startswith(b"<?xml") and by_type["image/gif"].startswith(b"GIF8")
     assert set(table.content_type) == {"image/svg+xml", "image/gif", "image/jpeg"}
+
+
+@pytest.mark.parametrize("output_format", ["svg", "gif"])
+def test_an_export_of_one_format_keeps_its_extension(fresh_sim, prompts, tmp_path, output_format):
+    from batchgen.showing.exports import export
+    out = tmp_path / "out"
+    openai_run(fresh_sim.openai_base_url, prompts, out, defaults={**FLARE, "output_format": output_format})
+    export(out, "webdataset", tmp_path / "wds")
+    members = _tar_members(tmp_path / "wds")
+    assert {n.rsplit(".", 1)[1] for n in members} == {output_format, "json"}
 
 
 # ---- markup-guided edits ------------------------------------------------------------------------

@@ -328,21 +328,49 @@ def report(out, **options):
 
 
 @main.command()
-@click.argument("out")
-@click.option("--format", "format_", type=click.Choice(EXPORT_FORMATS), required=True,
+@click.argument("out", required=False)
+@click.option("--format", "format_", type=click.Choice(EXPORT_FORMATS),
               help="webdataset: tar shards of KEY.png|jpg|webp + KEY.json; parquet: the image bytes in "
                    "column `image` beside the result columns.")
-@click.option("--to", "dest", required=True, metavar="DEST",
+@click.option("--to", "dest", metavar="DEST",
               help="A folder, or an fsspec URL (s3://bucket/prefix, gs://…, hf://datasets/…; "
                    "pip install 'batchgen[s3]' for s3://).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Samples per shard (tar or Parquet file).")
 @click.option("--include-errors", is_flag=True, help="Parquet: the rows of failed tasks too (no image).")
-def export(out, format_, dest, shard_size, include_errors):
+@click.option("--verify", "verify_dest", metavar="DEST",
+              help="Check that DEST is one whole export (its manifest against its shards: names, sizes, row "
+                   "counts, sha256); writes nothing. Exit 0 whole, 1 not whole (run the export again), "
+                   "2 not an export.")
+def export(out, format_, dest, shard_size, include_errors, verify_dest):
     """Export OUT's images and result rows to DEST as a dataset (with a README.md card).
 
-    Exporting again to the same DEST replaces the earlier export."""
-    from batchgen.exceptions import ExportFailed
+    Exporting again to the same DEST replaces the earlier export; a DEST holding anything else
+    is refused. `batchgen export --verify DEST` checks an export."""
+    from batchgen.exceptions import EXIT_TASK_ERRORS, ExportFailed
+    if verify_dest is not None:
+        if out is not None or format_ is not None or dest is not None:
+            _fail("--verify DEST checks an export and takes nothing else: batchgen export --verify DEST")
+        from batchgen.showing.exports import verify
+        try:
+            verdict = verify(verify_dest)
+        except UsageError as e:
+            _fail(str(e))
+        except ExportFailed as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_STOPPED)
+        if verdict.whole:
+            click.echo(f"{verdict.dest} is one whole {verdict.format} export: {verdict.images} image(s) in "
+                       f"{verdict.shards} shard(s), each as its manifest records")
+            return
+        click.echo(f"{verdict.dest} is not one whole export:", err=True)
+        for problem in verdict.problems:
+            click.echo(f"- {problem}", err=True)
+        sys.exit(EXIT_TASK_ERRORS)
+    missing = [name for name, value in (("OUT", out), ("--format", format_), ("--to", dest)) if value is None]
+    if missing:
+        _fail(f"export needs {', '.join(missing)}: batchgen export OUT --format webdataset|parquet --to DEST "
+              "(or batchgen export --verify DEST)")
     from batchgen.showing.exports import export as export_run
     try:
         s = export_run(out, format_, dest, shard_size=shard_size, include_errors=include_errors)

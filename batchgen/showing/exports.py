@@ -6,8 +6,15 @@ The run is read through the output folder's readers (job.json, results.parquet),
 image is checked against the size and sha256 its row records before it goes out. A shard
 appears whole or not at all: a local one is written under a temporary name and renamed, a
 remote one is uploaded from a local temporary file in one put (S3 shows a multipart upload only
-once it is complete). Exporting again over the same DEST replaces it: the new shards first, then
-the dataset card and the manifest, then the shards the new export no longer has are removed.
+once it is complete).
+
+An export touches only its own: what DEST's manifest lists, the card, the manifest, the lock.
+Anything else there makes it refuse DEST untouched. Exporting again replaces the earlier export
+so that a reader following the card never sees two exports' rows, whenever the process dies or
+the disk fills: the manifest says "incomplete" (and owns old and new shards), the new shards go
+into a folder of their own (data/export-N/), the card switches to them, the manifest says
+"complete", and only then are the earlier shards removed. `verify` checks a DEST against its
+manifest.
 
 Each format is one ShardWriter class, registered in WRITERS: its name, its shards' names, whether
 it can hold error rows, how it writes a shard, and what the dataset card says of it.
@@ -25,11 +32,11 @@ import tempfile
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Optional, Union
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Optional, Union, cast
 
 from batchgen._version import __version__
-from batchgen.exceptions import BatchgenError, ExportFailed, UsageError
-from batchgen.keeping.outdir import IMAGES_DIR, TMP_PREFIX, OutputFolder, read_job, safe_image_path, write_atomic
+from batchgen.exceptions import BatchgenError, ExportFailed, FolderBusy, UsageError
+from batchgen.keeping.outdir import IMAGES_DIR, LOCK_FILE, TMP_PREFIX, OutputFolder, read_job, safe_image_path
 from batchgen.planning.reader import free_name
 
 if TYPE_CHECKING:
@@ -75,44 +82,77 @@ def export(out: PathLike, format: str, to: PathLike, *, shard_size: Optional[int
     `shard_size` samples, with a dataset card (README.md) and a manifest. `storage_options` go to
     fsspec (credentials and endpoints otherwise come from the environment, e.g. AWS_ENDPOINT_URL).
 
-    Raises UsageError for bad arguments, a DEST that is not an export, or a run that cannot be
-    exported (nothing written; an image found changed stops the export, and the shards written
-    before it stay, whole, until an export replaces them), and ExportFailed when DEST could not
-    be written (run it again to finish)."""
+    Raises UsageError for bad arguments, a DEST that holds anything its manifest does not list
+    (nothing there is touched), another export writing DEST (FolderBusy), or a run that cannot
+    be exported; ExportFailed when DEST could not be written. Either way DEST's card names one
+    whole export (the earlier one, or this one once all its shards are in place) and its manifest
+    says whether the last export finished; running the export again finishes it."""
     from batchgen.keeping.results import read_results_table
     shard_size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
-    writer = WRITERS.get(format) if isinstance(format, str) else None
-    if writer is None:
+    writer_cls = WRITERS.get(format) if isinstance(format, str) else None
+    if writer_cls is None:
         raise UsageError(f"format {format!r} is unknown; export as one of {', '.join(WRITERS)}")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise UsageError(f"the shard size must be a whole number ≥ 1 (e.g. {DEFAULT_SHARD_SIZE}), not {shard_size!r}")
-    if include_errors and not writer.includes_errors:
+    if include_errors and not writer_cls.includes_errors:
         able = " or ".join(name for name, w in WRITERS.items() if w.includes_errors)
         raise UsageError(f"error rows have no image, so only the {able} format can include them; "
                          f"leave out the error rows, or export as {able}")
     out = Path(out)
     job = read_job(out)
     rows = exported_rows(read_results_table(out), include_errors)
+    writer = writer_cls.for_rows(rows)
     dest = destination(to, out, storage_options or {})
-    dest.check_ours()
-    summary = ExportSummary(dest.where, writer.name, 0, 0)
-    for number, start in enumerate(range(0, rows.num_rows, shard_size)):
-        name = f"{DATA_DIR}/{writer.shard_name(number)}"
-        chunk = rows.slice(start, shard_size)
-        with dest.writer(name) as f:
-            images, errors = writer.write(f, out, chunk, start)
-        summary.images += images
-        summary.error_rows += errors
-        summary.shards.append(name)
-    card = dataset_card(job, out.resolve().name, summary, rows, shard_size, writer.columns(rows.schema), writer)
-    dest.put(CARD_FILE, card.encode("utf-8"))
-    # Written last of what this export adds: a reader that trusts it sees only whole shards.
-    dest.put(MANIFEST_FILE, json.dumps(
-        {"batchgen": __version__, "format": writer.name, "source": out.resolve().name,
-         "images": summary.images, "error_rows": summary.error_rows, "shard_size": shard_size,
-         "shards": summary.shards}, indent=1).encode("utf-8"))
-    summary.removed = dest.remove_stale(set(summary.shards))
+    faults = Faults.from_environment()
+    survey(dest).refuse_foreign()           # before the lock, which would add a file to a foreign DEST
+    with dest.held():
+        before = survey(dest)               # again under the lock: another export may have ended meanwhile
+        before.refuse_foreign()
+        dest.remove_temporaries()
+        faults.at("begin")
+        generation = before.generation + 1
+        folder = f"{DATA_DIR}/{EXPORT_PREFIX}{generation}"
+        names = [f"{folder}/{writer.shard_name(i)}" for i in range(math.ceil(rows.num_rows / shard_size))]
+        earlier = before.owned_shards()
+        base = {"batchgen": __version__, "generation": generation, "format": writer.name,
+                "source": out.resolve().name, "shard_size": shard_size,
+                "data_files": writer.data_files(folder)}
+        # First, the manifest says an export is under way and owns both its new shards and the
+        # earlier ones: a kill from here on leaves a DEST the next export recognises as its own.
+        dest.put(MANIFEST_FILE, _manifest({**base, "complete": False, "note": INCOMPLETE_NOTE,
+                                           "shards": [{"name": n} for n in names], "earlier": earlier}),
+                 faults, "manifest:incomplete")
+        summary = ExportSummary(dest.where, writer.name, 0, 0)
+        entries = []
+        for number, name in enumerate(names):
+            chunk = rows.slice(number * shard_size, shard_size)
+            with dest.writer(name, faults, f"shard:{number}") as f:
+                images, errors = writer.write(cast(IO[bytes], f), out, chunk, number * shard_size)
+            summary.images += images
+            summary.error_rows += errors
+            summary.shards.append(name)
+            entries.append({"name": name, "rows": images + errors, "bytes": f.size, "sha256": f.hexdigest()})
+        dest.settle(folder)
+        # The card is the switch for readers: its data files are this export's folder, whose
+        # shards are all in place; until now it named the earlier export's, still all there.
+        card = dataset_card(job, out.resolve().name, summary, rows, shard_size,
+                            writer.columns(rows.schema), writer, folder)
+        dest.put(CARD_FILE, card.encode("utf-8"), faults, "card")
+        done = {**base, "complete": True, "images": summary.images, "error_rows": summary.error_rows,
+                "shards": entries}
+        dest.put(MANIFEST_FILE, _manifest({**done, "earlier": earlier}), faults, "manifest:complete")
+        summary.removed = dest.remove(earlier, [d for d in before.owned_folders() if d != folder], faults)
+        dest.put(MANIFEST_FILE, _manifest({**done, "earlier": []}), faults, "manifest:clean")
     return summary
+
+
+def _manifest(doc: dict) -> bytes:
+    return json.dumps(doc, indent=1).encode("utf-8") + b"\n"
+
+
+INCOMPLETE_NOTE = ("an export into this folder has not finished (interrupted, or running now): the card names "
+                   "one whole export's files (the earlier export's, or this one's once all are written); run "
+                   "the same export again to finish it")
 
 
 # ---- what goes out ----------------------------------------------------------------------
@@ -210,54 +250,70 @@ def _json_ready(value: Any) -> Any:
 # --format choices, the manifest's columns and the dataset card all come from there.
 
 class ShardWriter:
-    """An export format. Its shards are `<stem>-<5+ digits>.<extension>` in DATA_DIR."""
+    """An export format. Its shards are `<stem>-<5 digits>.<extension>` in the export's folder
+    (DATA_DIR/export-N). An export makes one instance (for_rows), which may look at all the
+    rows first, so that every shard is laid out alike."""
     name: ClassVar[str]             # what --format calls it
     stem: ClassVar[str]             # of its shards' names
     extension: ClassVar[str]        # of its shards' names, without the dot
     includes_errors: ClassVar[bool] = False     # can it hold error rows (no image)?
 
     @classmethod
+    def for_rows(cls, rows: pa.Table) -> ShardWriter:
+        return cls()
+
+    @classmethod
     def shard_name(cls, number: int) -> str:
         return f"{cls.stem}-{number:05d}.{cls.extension}"
 
     @classmethod
-    def shard_pattern(cls) -> str:
-        """A regular expression its shards' names (and no other) match in full."""
-        return rf"{re.escape(cls.stem)}-\d{{5,}}\.{re.escape(cls.extension)}"
+    def data_files(cls, folder: str) -> str:
+        """Its shards in `folder` as a glob under DEST."""
+        return f"{folder}/*.{cls.extension}"
 
-    @classmethod
-    def data_files(cls) -> str:
-        """Its shards as a glob under DEST."""
-        return f"{DATA_DIR}/*.{cls.extension}"
-
-    @classmethod
-    def write(cls, f: IO[bytes], out: Path, chunk: pa.Table, first: int) -> tuple[int, int]:
+    def write(self, f: IO[bytes], out: Path, chunk: pa.Table, first: int) -> tuple[int, int]:
         """One shard to `f`, of the rows of `chunk` (row `first` of the export onwards; see
         samples): returns the images and the error rows it holds."""
         raise NotImplementedError
+
+    @classmethod
+    def count_rows(cls, f: IO[bytes]) -> Optional[int]:
+        """The rows (samples) a shard holds, for `export --verify`; None: this format cannot say."""
+        return None
 
     @classmethod
     def columns(cls, rows_schema: pa.Schema) -> list[tuple[str, str]]:
         """The columns (name, type) the dataset card lists, given the exported rows' schema."""
         return [(f.name, str(f.type)) for f in rows_schema]
 
-    @classmethod
-    def card_files(cls, summary: ExportSummary) -> str:
+    def card_files(self, summary: ExportSummary) -> str:
         """The dataset card's paragraph on the files."""
         raise NotImplementedError
 
-    @classmethod
-    def card_code(cls, summary: ExportSummary) -> list[str]:
-        """The dataset card's lines of Python that load the export."""
+    def card_code(self, summary: ExportSummary, folder: str) -> list[str]:
+        """The dataset card's lines of Python that load the export, whose shards are in `folder`."""
         raise NotImplementedError
 
 
 class WebDatasetWriter(ShardWriter):
-    """Tar shards: `KEY.<ext>` (the image) and `KEY.json` (its results row) per sample."""
+    """Tar shards: `KEY.<ext>` (the image) and `KEY.json` (its results row) per sample. Every
+    sample of an export has the same two names: `datasets` (and the Hub) infer the columns from
+    the first samples and refuse an archive whose samples differ ("don't share the same prefix
+    or the same types"), so an export that mixes image formats stores every image as `KEY.png`
+    (the bytes as the API made them; readers decode by content)."""
     name, stem, extension = "webdataset", "shard", "tar"
 
+    def __init__(self, image_ext: str = "png", mixed: bool = False) -> None:
+        self.image_ext, self.mixed = image_ext, mixed
+
     @classmethod
-    def write(cls, f: IO[bytes], out: Path, chunk: pa.Table, first: int) -> tuple[int, int]:
+    def for_rows(cls, rows: pa.Table) -> WebDatasetWriter:
+        found = {_extension_of(p) for p in rows.column("image_path").to_pylist()}
+        if len(found) == 1 and None not in found:
+            return cls(found.pop() or MIXED_IMAGE_EXT)
+        return cls(MIXED_IMAGE_EXT, mixed=bool(found))
+
+    def write(self, f: IO[bytes], out: Path, chunk: pa.Table, first: int) -> tuple[int, int]:
         from batchgen.keeping.results import _json_default
         images = 0
         with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -268,7 +324,7 @@ class WebDatasetWriter(ShardWriter):
                 mtime = created if isinstance(created, int) else 0
                 meta = json.dumps(sample.row, ensure_ascii=False, allow_nan=False,
                                   default=_json_default).encode("utf-8")
-                for name, data in ((f"{sample.key}.{sample.ext}", sample.image), (f"{sample.key}.json", meta)):
+                for name, data in ((f"{sample.key}.{self.image_ext}", sample.image), (f"{sample.key}.json", meta)):
                     info = tarfile.TarInfo(name)
                     info.size, info.mtime, info.mode = len(data), max(0, mtime), 0o644
                     tar.addfile(info, io.BytesIO(data))
@@ -276,26 +332,48 @@ class WebDatasetWriter(ShardWriter):
         return images, 0
 
     @classmethod
-    def card_files(cls, summary: ExportSummary) -> str:
-        return ("Each sample is `KEY.<png|jpg|webp|gif|svg>` (the image as the API made it) and `KEY.json` "
-                "(its row of results.parquet: prompt, revised prompt, parameters, sweep point, input "
-                "columns, and the image's `content_type`); KEY is the task id and the image's index, "
-                "`<task_id>_<k>`.")
+    def count_rows(cls, f: IO[bytes]) -> Optional[int]:
+        with tarfile.open(fileobj=f, mode="r|") as tar:
+            return len({m.name.split(".", 1)[0] for m in tar if m.isfile()})
+
+    def card_files(self, summary: ExportSummary) -> str:
+        what = (f"`KEY.{self.image_ext}` (the image as the API made it)" if not self.mixed
+                else f"`KEY.{self.image_ext}` (the image as the API made it, of whichever format its row's "
+                     "`image_path` says: every sample's image has the one name, so that `datasets` and the Hub "
+                     "read every sample alike; PIL and the readers below decode by content)")
+        return (f"Each sample is {what} and `KEY.json` (its row of results.parquet: prompt, revised "
+                "prompt, parameters, sweep point, input columns, and the image's `content_type`); KEY is "
+                "the task id and the image's index, `<task_id>_<k>`.")
+
+    def card_code(self, summary: ExportSummary, folder: str) -> list[str]:
+        where = _md(summary.dest)
+        return ["from datasets import load_dataset",
+                f"ds = load_dataset(\"webdataset\", data_files=\"{where}/{self.data_files(folder)}\", split=\"train\")",
+                "import webdataset as wds",
+                f"samples = wds.WebDataset(\"{where}/{self.brace(summary.shards, folder)}\", shardshuffle=False)"
+                ".decode(\"pil\")"]
 
     @classmethod
-    def card_code(cls, summary: ExportSummary) -> list[str]:
-        return ["import webdataset as wds",
-                f"ds = wds.WebDataset(\"{_md(summary.dest)}/{cls.brace(summary.shards)}\").decode(\"pil\")"]
-
-    @classmethod
-    def brace(cls, shards: list[str]) -> str:
-        """The shards as one WebDataset brace pattern: data/shard-{00000..00003}.tar"""
+    def brace(cls, shards: list[str], folder: str) -> str:
+        """The shards as one WebDataset brace pattern: data/export-1/shard-{00000..00003}.tar"""
         names = [s.rsplit("/", 1)[-1] for s in shards] or [cls.shard_name(0)]
         if len(names) == 1:
-            return f"{DATA_DIR}/{names[0]}"
+            return f"{folder}/{names[0]}"
         prefix, suffix = f"{cls.stem}-", f".{cls.extension}"
         first, last = names[0][len(prefix):-len(suffix)], names[-1][len(prefix):-len(suffix)]
-        return f"{DATA_DIR}/{prefix}{{{first}..{last}}}{suffix}"
+        return f"{folder}/{prefix}{{{first}..{last}}}{suffix}"
+
+
+# The one image name of a WebDataset export whose images are of several formats.
+MIXED_IMAGE_EXT = "png"
+
+
+def _extension_of(image_path: Any) -> Optional[str]:
+    """The image's extension as a sample names it (jpeg as jpg), or None when its file name does
+    not say (the export then reads it from the bytes, and names images alike by MIXED_IMAGE_EXT)."""
+    ext = Path(image_path).suffix.lower().lstrip(".") if isinstance(image_path, str) else ""
+    ext = "jpg" if ext == "jpeg" else ext
+    return ext if ext in _EXTENSIONS else None
 
 
 class ParquetWriter(ShardWriter):
@@ -312,8 +390,7 @@ class ParquetWriter(ShardWriter):
     def columns(cls, rows_schema: pa.Schema) -> list[tuple[str, str]]:
         return super().columns(cls.schema(rows_schema))
 
-    @classmethod
-    def write(cls, f: IO[bytes], out: Path, chunk: pa.Table, first: int) -> tuple[int, int]:
+    def write(self, f: IO[bytes], out: Path, chunk: pa.Table, first: int) -> tuple[int, int]:
         """One Parquet file in row groups of ROW_GROUP_IMAGES rows or ROW_GROUP_BYTES of images.
         The images are stored as they are: no compression (they are compressed already), no
         statistics (min/max of images is noise) and no dictionary (every image differs; trying one
@@ -322,7 +399,7 @@ class ParquetWriter(ShardWriter):
         import pyarrow.parquet as pq
 
         from batchgen.keeping.results import with_pandas_types
-        schema = with_pandas_types(cls.schema(chunk.schema).empty_table()).schema
+        schema = with_pandas_types(self.schema(chunk.schema).empty_table()).schema
         others = [n for n in schema.names if n != IMAGE_COLUMN]
         images = errors = 0
         with pq.ParquetWriter(f, schema, compression=dict.fromkeys(others, "zstd") | {IMAGE_COLUMN: "none"},
@@ -349,18 +426,21 @@ class ParquetWriter(ShardWriter):
         return images, errors
 
     @classmethod
-    def card_files(cls, summary: ExportSummary) -> str:
+    def count_rows(cls, f: IO[bytes]) -> Optional[int]:
+        import pyarrow.parquet as pq
+        return int(pq.ParquetFile(f).metadata.num_rows)
+
+    def card_files(self, summary: ExportSummary) -> str:
         return (f"`key` (`<task_id>_<k>`) and `image` (the image's bytes as the API made it; row groups "
                 f"of at most {ROW_GROUP_IMAGES} rows or {ROW_GROUP_BYTES >> 20} MB of images) beside the "
                 "columns of results.parquet, then `content_type` (image/png, image/gif, image/svg+xml, "
                 "...: an SVG is text, which `datasets`' Image() does not decode).")
 
-    @classmethod
-    def card_code(cls, summary: ExportSummary) -> list[str]:
+    def card_code(self, summary: ExportSummary, folder: str) -> list[str]:
         where = _md(summary.dest)
-        return ["import pandas as pd", f"df = pd.read_parquet(\"{where}/{DATA_DIR}\")",
+        return ["import pandas as pd", f"df = pd.read_parquet(\"{where}/{folder}\")",
                 "from datasets import load_dataset, Image",
-                f"ds = load_dataset(\"parquet\", data_files=\"{where}/{cls.data_files()}\", split=\"train\")"
+                f"ds = load_dataset(\"parquet\", data_files=\"{where}/{self.data_files(folder)}\", split=\"train\")"
                 ".cast_column(\"image\", Image())"]
 
 
@@ -368,20 +448,16 @@ WRITERS: dict[str, type[ShardWriter]] = {cls.name: cls for cls in (WebDatasetWri
 FORMATS = tuple(WRITERS)
 
 
-def _is_shard(name: str) -> bool:
-    """Is `name` (in DATA_DIR) a shard of some format's, one an export wrote and may replace?"""
-    return re.fullmatch("|".join(w.shard_pattern() for w in WRITERS.values()), name) is not None
-
-
 # ---- the dataset card -------------------------------------------------------------------
 
 def dataset_card(job: Mapping[str, Any], name: str, summary: ExportSummary, rows: pa.Table, shard_size: int,
-                 columns: list[tuple[str, str]], writer: type[ShardWriter]) -> str:
+                 columns: list[tuple[str, str]], writer: ShardWriter, folder: str) -> str:
     """README.md for the export: what made it (the job), what is in it (counts, files,
     columns) and how to load it. Hugging Face reads the YAML header when DEST is a dataset repo."""
     settings, provenance = _mapping(job.get("job")), _mapping(job.get("provenance"))
     lines = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train",
-             f"    path: \"{writer.data_files()}\"", "tags:", "- batchgen", "- text-to-image", "- synthetic", "---", "",
+             f"    path: \"{writer.data_files(folder)}\"", "tags:", "- batchgen", "- text-to-image", "- synthetic",
+             "---", "",
              f"# {_md(name)}", "",
              f"Images made with batchgen {__version__} through an "
              f"OpenAI-compatible Images API, exported from its output folder `{_md(name)}`.", ""]
@@ -409,7 +485,8 @@ def dataset_card(job: Mapping[str, Any], name: str, summary: ExportSummary, rows
                  ("provider", provenance.get("provider") or settings.get("provider")),
                  ("endpoint", provenance.get("endpoint")), ("mode", provenance.get("mode"))]
     lines += [f"- {label}: `{_md(value)}`" for label, value in described if value]
-    lines += ["", "## Files", "", writer.card_files(summary), "", "```python", *writer.card_code(summary), "```"]
+    lines += ["", "## Files", "", writer.card_files(summary), "",
+              "```python", *writer.card_code(summary, folder), "```"]
     lines += ["", "## Columns", "", "| column | type |", "|---|---|"]
     lines += [f"| {_md(n)} | {_md(t)} |" for n, t in columns]
     return "\n".join(lines) + "\n"
@@ -424,9 +501,303 @@ def _md(value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|").replace("`", "'")
 
 
+# ---- what DEST holds ----------------------------------------------------------------------
+# An export owns exactly what its manifest lists (the shards of the export it describes, and of
+# earlier ones it has yet to remove), the card and the manifest, the lock, and the temporaries
+# of its own writers. Anything else in DEST is the user's: it is never written or removed, and
+# it makes the export refuse DEST.
+
+EXPORT_PREFIX = "export-"       # DATA_DIR/export-N/: the shards of DEST's N-th export
+# A shard's name as a manifest may give it: in an export's folder, or straight in DATA_DIR (an
+# export written before export folders). A manifest is read back as data: other names make it
+# no export's.
+_SHARD_NAME = re.compile(rf"{DATA_DIR}/(?:{EXPORT_PREFIX}\d{{1,9}}/)?[0-9A-Za-z_]+-\d{{5,}}\.[0-9a-z]{{1,16}}")
+_EXPORT_FOLDER = re.compile(rf"{DATA_DIR}/{EXPORT_PREFIX}(\d{{1,9}})")
+_TEMPORARY = re.compile(rf"(?:.*/)?{re.escape(TMP_PREFIX)}[^/]+\.\d+")
+
+
+@dataclass
+class ShardEntry:
+    name: str
+    rows: Optional[int] = None
+    bytes: Optional[int] = None
+    sha256: Optional[str] = None
+
+
+@dataclass
+class Manifest:
+    """DEST's batchgen-export.json, checked: what an export there wrote, and whether it finished."""
+    complete: bool
+    generation: int
+    format: Optional[str]
+    shards: list[ShardEntry]
+    earlier: list[str]          # shards of earlier exports not removed yet
+    images: Optional[int] = None
+    error_rows: Optional[int] = None
+    data_files: Optional[str] = None
+
+    @classmethod
+    def parse(cls, data: bytes) -> Manifest:
+        """Raises ValueError, saying why, for a manifest batchgen did not write."""
+        doc = json.loads(data.decode("utf-8"))
+        if not isinstance(doc, dict) or not isinstance(doc.get("shards"), list):
+            raise ValueError("it is not a batchgen manifest")
+        shards = []
+        for item in doc["shards"]:
+            if isinstance(item, str):                        # before export folders: names only
+                item = {"name": item}
+            if not isinstance(item, dict):
+                raise ValueError(f"it lists a shard as {item!r}")
+            shards.append(ShardEntry(str(item.get("name")), _count(item.get("rows")), _count(item.get("bytes")),
+                                     item.get("sha256") if isinstance(item.get("sha256"), str) else None))
+        earlier = doc.get("earlier", [])
+        if not isinstance(earlier, list):
+            raise ValueError("its earlier shards are not a list")
+        for name in [e.name for e in shards] + earlier:
+            if not (isinstance(name, str) and _SHARD_NAME.fullmatch(name)):
+                raise ValueError(f"it names {name!r}, which is not a batchgen shard")
+        generation = doc.get("generation", 0)
+        if isinstance(generation, bool) or not isinstance(generation, int) or not 0 <= generation < 10**9 - 1:
+            raise ValueError(f"its generation is {generation!r}")
+        data_files = doc.get("data_files")
+        return cls(doc.get("complete", True) is not False, generation,
+                   doc.get("format") if isinstance(doc.get("format"), str) else None, shards, earlier,
+                   _count(doc.get("images")), _count(doc.get("error_rows")),
+                   data_files if isinstance(data_files, str) else None)
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.shards]
+
+    def owned(self) -> list[str]:
+        """Every shard name DEST's exports own: this one's and the earlier ones' not removed yet."""
+        return list(dict.fromkeys(self.names() + self.earlier))
+
+
+def _count(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+@dataclass
+class Survey:
+    """What DEST holds, read only: its manifest (None when it has none) and the files no
+    export owns."""
+    where: str
+    manifest: Optional[Manifest]
+    files: list[str]                    # every file under DEST, relative, "/"-separated
+    foreign: list[str]
+    folders: list[str] = field(default_factory=list)     # every folder under DEST (local)
+    unreadable: Optional[str] = None    # why the manifest could not be read
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation if self.manifest else 0
+
+    def owned_shards(self) -> list[str]:
+        """Every shard the manifest lists that is there (an export replacing it removes them)."""
+        present = set(self.files)
+        return sorted(n for n in (self.manifest.owned() if self.manifest else []) if n in present)
+
+    def owned_folders(self) -> list[str]:
+        """The export folders an export replacing this one removes: those of the shards the
+        manifest lists (some perhaps never written) and empty ones a killed export left."""
+        listed = self.manifest.owned() if self.manifest else []
+        return sorted({n.rsplit("/", 1)[0] for n in listed} - {DATA_DIR}
+                      | {d for d in self.folders if _EXPORT_FOLDER.fullmatch(d)})
+
+    def refuse_foreign(self) -> None:
+        if self.unreadable:
+            raise UsageError(f"{self.where}'s {MANIFEST_FILE} is unreadable ({self.unreadable}), so batchgen "
+                             f"cannot tell its files from yours; nothing was changed. Export to an empty or new "
+                             f"folder (or prefix), or remove {self.where} if it is an export you no longer want")
+        if self.foreign:
+            shown = ", ".join(self.foreign[:5]) + (f", … ({len(self.foreign)} in all)" if len(self.foreign) > 5 else "")
+            whose = ("no batchgen export's manifest lists them" if self.manifest
+                     else f"it is not a batchgen export (no {MANIFEST_FILE})")
+            raise UsageError(f"{self.where} holds files batchgen did not write ({shown}): {whose}. Nothing was "
+                             f"changed. Export to an empty or new folder (or prefix), or move those files out "
+                             f"of {self.where} and export again")
+
+
+def survey(dest: Destination) -> Survey:
+    files, folders = dest.listing()
+    manifest, unreadable = None, None
+    if MANIFEST_FILE in files:
+        try:
+            manifest = Manifest.parse(dest.read(MANIFEST_FILE))
+        except (ValueError, UnicodeDecodeError) as e:
+            unreadable = str(e)
+    listed = set(manifest.owned()) if manifest else set()
+    own_folders = {DATA_DIR} | {n.rsplit("/", 1)[0] for n in listed}
+    ours = {MANIFEST_FILE, LOCK_FILE} | listed | ({CARD_FILE} if manifest else set())
+    foreign = [n for n in files if n not in ours and not _TEMPORARY.fullmatch(n)]
+    # An export folder the manifest no longer names is ours while empty: a killed export
+    # removed its shards but not yet the folder.
+    foreign += [f"{d}/" for d in folders if d not in own_folders
+                and (not _EXPORT_FOLDER.fullmatch(d) or any(n.startswith(d + "/") for n in files))]
+    return Survey(dest.where, manifest, files, sorted(set(foreign)), folders, unreadable)
+
+
+# ---- verify ---------------------------------------------------------------------------------
+
+@dataclass
+class Verdict:
+    """`batchgen export --verify DEST`: whether DEST is one whole export, and if not, why."""
+    dest: str
+    format: Optional[str]
+    images: int
+    shards: int
+    problems: list[str]
+
+    @property
+    def whole(self) -> bool:
+        return not self.problems
+
+
+def verify(to: PathLike, storage_options: Optional[Mapping[str, Any]] = None) -> Verdict:
+    """Check DEST against its manifest: it finished; every shard it lists is there with its size,
+    row count and sha256; the card names its files; nothing else is there. Read only. Raises
+    UsageError when DEST is no export at all (missing, empty, or without a manifest)."""
+    dest = destination(to, None, storage_options or {})
+    found = survey(dest)
+    if found.manifest is None and found.unreadable is None:
+        what = "holds no batchgen export" if found.files else "is empty or does not exist"
+        raise UsageError(f"{dest.where} {what} (no {MANIFEST_FILE}); give the --to folder of an export")
+    manifest = found.manifest
+    if manifest is None:
+        return Verdict(dest.where, None, 0, 0, [f"{MANIFEST_FILE} is unreadable ({found.unreadable}); "
+                                                "export to it again to replace it"])
+    problems: list[str] = []
+    present = set(found.files)
+    card = dest.read(CARD_FILE) if CARD_FILE in present else None
+    if not manifest.complete:
+        running = " (an export is writing it now)" if dest.is_locked() else ""
+        if card is None:
+            readers = "there is no card yet, so nothing to read"
+        elif manifest.data_files and f'path: "{manifest.data_files}"'.encode() in card:
+            readers = "the card already names its files, all written"
+        else:
+            readers = "the card still names the earlier export's files, all there"
+        problems.append(f"the last export did not finish{running}: its manifest says so, and {readers}. "
+                        "Run the same export again to finish it")
+    writer_cls = WRITERS.get(manifest.format or "")
+    for entry in manifest.shards:
+        problem = _check_shard(dest, entry, writer_cls, present) if manifest.complete else None
+        if problem:
+            problems.append(f"{entry.name} {problem}")
+    if manifest.complete:
+        rows = sum(e.rows or 0 for e in manifest.shards)
+        counted = all(e.rows is not None for e in manifest.shards)     # not by exports before export folders
+        if counted and manifest.images is not None and rows != manifest.images + (manifest.error_rows or 0):
+            problems.append(f"its shards hold {rows:,} rows where the manifest counts "
+                            f"{manifest.images + (manifest.error_rows or 0):,}")
+        left = [n for n in manifest.earlier if n in present]
+        if left:
+            problems.append(f"{len(left)} shard(s) of an earlier export are still there ({left[0]}"
+                            f"{', …' if len(left) > 1 else ''}): "
+                            "the export that replaced it was stopped before removing them")
+        if card is None:
+            problems.append(f"{CARD_FILE} (the dataset card) is missing")
+        elif manifest.data_files and f'path: "{manifest.data_files}"'.encode() not in card:
+            problems.append(f"{CARD_FILE} does not name this export's files ({manifest.data_files})")
+    if found.foreign:
+        problems.append(f"it holds files no export wrote: {', '.join(found.foreign[:5])}"
+                        + (", …" if len(found.foreign) > 5 else ""))
+    images = manifest.images or 0
+    return Verdict(dest.where, manifest.format, images, len(manifest.shards), problems)
+
+
+def _check_shard(dest: Destination, entry: ShardEntry, writer_cls: Optional[type[ShardWriter]],
+                 present: set[str]) -> Optional[str]:
+    if entry.name not in present:
+        return "is missing"
+    size = dest.size(entry.name)
+    if entry.bytes is not None and size != entry.bytes:
+        return f"holds {size:,} bytes where the manifest records {entry.bytes:,}"
+    if entry.sha256 is not None:
+        digest = sha256()
+        with dest.open(entry.name) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != entry.sha256:
+            return "does not match the sha256 the manifest records"
+    if entry.rows is not None and writer_cls is not None:
+        try:
+            with dest.open(entry.name) as f:
+                rows = writer_cls.count_rows(f)
+        except Exception as e:      # a shard that does not parse: tarfile's and pyarrow's own errors
+            return f"cannot be read as {writer_cls.name} ({type(e).__name__}: {e})"
+        if rows is not None and rows != entry.rows:
+            return f"holds {rows:,} rows where the manifest records {entry.rows:,}"
+    return None
+
+
+# ---- test hooks: a step where the process dies, pauses or finds the disk full ---------------
+
+FAULT_VARIABLE = "BATCHGEN_TEST_EXPORT_FAULT"
+
+
+@dataclass
+class Faults:
+    """`BATCHGEN_TEST_EXPORT_FAULT=STEP=ACTION` (tests only): at STEP (`begin`, `shard:0:writing`,
+    `card:written`, `remove:0`, ...) kill this process (`kill`, as kill -9 would), wait for a line
+    on stdin (`pause`, after saying so on stderr), or fail the write as a full disk (`enospc`)."""
+    step: Optional[str] = None
+    action: Optional[str] = None
+
+    @classmethod
+    def from_environment(cls) -> Faults:
+        step, _, action = os.environ.get(FAULT_VARIABLE, "").rpartition("=")
+        return cls(step, action) if step else cls()
+
+    def at(self, step: str) -> None:
+        if step != self.step:
+            return
+        if self.action == "kill":
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif self.action == "pause":
+            import sys
+            print(f"batchgen export paused at {step}", file=sys.stderr, flush=True)
+            sys.stdin.readline()
+        elif self.action == "enospc":
+            import errno
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _Counted:
+    """A shard's file as its writer sees it, counting and hashing what goes through it (for
+    the manifest) and calling the fault hook when the first bytes are written."""
+
+    def __init__(self, f: IO[bytes], faults: Faults, step: str) -> None:
+        self._f, self._faults, self._step = f, faults, step
+        self._hash, self.size = sha256(), 0
+
+    def write(self, data: Any) -> int:
+        if not self.size:
+            self._faults.at(self._step + ":writing")
+        n = self._f.write(data)
+        view = memoryview(data)[:n] if n is not None else memoryview(data)
+        self._hash.update(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
 # ---- where it goes ----------------------------------------------------------------------
 
-def destination(to: PathLike, out: Path, storage_options: Mapping[str, Any]) -> Destination:
+def destination(to: PathLike, out: Optional[Path], storage_options: Mapping[str, Any]) -> Destination:
     """A local folder (a path, or a file:// URL) or an fsspec URL."""
     text = os.fspath(to)
     if not isinstance(text, str) or not text.strip():
@@ -436,22 +807,12 @@ def destination(to: PathLike, out: Path, storage_options: Mapping[str, Any]) -> 
     if "://" in text:
         return RemoteDestination(text, storage_options)
     path = Path(text)
-    if path.resolve() == out.resolve() or path.resolve().is_relative_to(out.resolve() / IMAGES_DIR):
+    if out is not None and (path.resolve() == out.resolve()
+                            or path.resolve().is_relative_to(out.resolve() / IMAGES_DIR)):
         raise UsageError(f"{text} is the run's own folder; export to another folder (e.g. {out}-export)")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{text} is a file; export to a folder")
     return FolderDestination(path)
-
-
-def _ours(names: list[str], shards: list[str], where: str) -> None:
-    """Refuse a DEST that holds anything an export did not write (nothing there is removed):
-    `names` are DEST's, `shards` those of its data folder."""
-    has_manifest = MANIFEST_FILE in names
-    foreign = sorted([n for n in names if not (n in (MANIFEST_FILE, DATA_DIR) or n.startswith(TMP_PREFIX)
-                                               or (has_manifest and n == CARD_FILE))]
-                     + [f"{DATA_DIR}/{n}" for n in shards if not (_is_shard(n) or n.startswith(TMP_PREFIX))])
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
-        raise UsageError(f"{where} holds files that are not a batchgen export ({shown}); export to an "
-                         "empty or new folder (or prefix), or to an earlier export of batchgen, which it replaces")
 
 
 class FolderDestination:
@@ -463,45 +824,116 @@ class FolderDestination:
         try:
             yield
         except OSError as e:
-            raise ExportFailed(f"cannot write {self.where}: {e.strerror or e}; what was written is whole: "
-                               "free the space (or fix the folder), then run the same export again") from None
+            raise ExportFailed(f"cannot write {self.where}: {e.strerror or e}; nothing of the earlier export "
+                               "was lost (its card still names its files, all whole) and the manifest says "
+                               "this one is incomplete: free the space (or fix the folder), then run the same "
+                               "export again") from None
 
-    def check_ours(self) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise UsageError(f"{self.where} is a file; export to a folder")
-        data = self.path / DATA_DIR
-        if data.exists() and not data.is_dir():
-            raise UsageError(f"{data} is a file; export to an empty or new folder")
-        _ours(_listing(self.path), _listing(data), self.where)
-        with self._failing():
-            data.mkdir(parents=True, exist_ok=True)
+    def listing(self) -> tuple[list[str], list[str]]:
+        """Every file and every folder under DEST, relative ("/"-separated); symlinks are files."""
+        files: list[str] = []
+        folders: list[str] = []
+        if not self.path.is_dir():
+            return files, folders
+        for root, dirs, names in os.walk(self.path):
+            rel = os.path.relpath(root, self.path)
+            prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            files += [prefix + n for n in names]
+            for d in list(dirs):
+                if os.path.islink(os.path.join(root, d)):
+                    dirs.remove(d)
+                    files.append(prefix + d)
+            folders += [prefix + d for d in dirs]
+        return sorted(files), sorted(folders)
+
+    def read(self, name: str) -> bytes:
+        return (self.path / name).read_bytes()
+
+    def size(self, name: str) -> int:
+        return (self.path / name).stat().st_size
+
+    def open(self, name: str) -> IO[bytes]:
+        return open(self.path / name, "rb")
+
+    def _folder(self) -> OutputFolder:
+        return OutputFolder(self.path)
+
+    def is_locked(self) -> bool:
+        return self._folder().is_locked()
 
     @contextlib.contextmanager
-    def writer(self, name: str) -> Iterator[IO[bytes]]:
+    def held(self) -> Iterator[None]:
+        """DEST for this export alone: the output folder's lock (released by the kernel if the
+        process dies), so a second export into DEST at once is refused as a second run is."""
+        folder = self._folder()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            folder.lock()
+        except FolderBusy:
+            try:
+                holder = (self.path / LOCK_FILE).read_text(errors="replace").strip()
+            except OSError:
+                holder = ""
+            raise FolderBusy(f"{self.where} is being written by another batchgen export"
+                             + (f" (process {holder})" if holder.isdigit() else "")
+                             + "; one export writes a folder at a time. Wait for it to finish, then run "
+                               "this export again") from None
+        except OSError as e:
+            raise UsageError(f"cannot write {self.where}: {e.strerror or e}; export to another folder") from None
+        try:
+            yield
+        finally:
+            folder.unlock()
+
+    def remove_temporaries(self) -> None:
+        """What killed exports left half-written (their writers gone)."""
+        _, folders = self.listing()
+        for folder in ["", *folders]:
+            OutputFolder(self.path / folder).remove_temporaries()
+
+    @contextlib.contextmanager
+    def writer(self, name: str, faults: Faults, step: str) -> Iterator[_Counted]:
         from batchgen.keeping.outdir import atomic_file
-        with self._failing(), atomic_file(self.path / name) as f:
-            yield f
-
-    def put(self, name: str, data: bytes) -> None:
         with self._failing():
-            write_atomic(self.path / name, data)
+            (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(self.path / name) as f:
+                counted = _Counted(f, faults, step)
+                yield counted
+        faults.at(step + ":written")
 
-    def remove_stale(self, keep: set[str]) -> list[str]:
+    def put(self, name: str, data: bytes, faults: Faults, step: str) -> None:
+        with self.writer(name, faults, step) as f:
+            f.write(data)
+
+    def settle(self, folder: str) -> None:
+        """The shards' names in `folder` on disk before the card names them (each file's bytes
+        were synced as it was written), so that a power cut cannot keep the card and lose them."""
+        if not (self.path / folder).is_dir():      # no shards: nothing to export
+            return
         with self._failing():
-            # What a killed export left half-written (its writer gone) goes too.
-            OutputFolder(self.path / DATA_DIR).remove_temporaries()
-            stale = sorted(f"{DATA_DIR}/{n}" for n in _listing(self.path / DATA_DIR) if _is_shard(n))
-            for name in set(stale) - keep:
+            fd = os.open(self.path / folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def remove(self, names: list[str], folders: list[str], faults: Faults) -> list[str]:
+        """Remove these shards, then these export folders (once empty); returns the shards removed."""
+        removed = []
+        with self._failing():
+            for number, name in enumerate(names):
                 (self.path / name).unlink(missing_ok=True)
-        return sorted(set(stale) - keep)
-
-
-def _listing(folder: Path) -> list[str]:
-    return [e.name for e in os.scandir(folder)] if folder.is_dir() else []
+                removed.append(name)
+                faults.at(f"remove:{number}")
+            for folder in folders:
+                with contextlib.suppress(OSError):      # not empty: a temporary of a live writer
+                    (self.path / folder).rmdir()
+        return removed
 
 
 class RemoteDestination:
-    """An fsspec filesystem. Each object is put once, whole (from a local temporary file)."""
+    """An fsspec filesystem. Each object is put once, whole (from a local temporary file). No
+    lock: two exports into one URL at once are not prevented (see the README)."""
 
     def __init__(self, url: str, storage_options: Mapping[str, Any]) -> None:
         self.where = url
@@ -530,42 +962,67 @@ class RemoteDestination:
                                "credentials and the endpoint in the environment (AWS_ENDPOINT_URL, ...), "
                                "then run the same export again") from None
 
-    def _names(self, folder: str) -> list[str]:
-        self.fs.invalidate_cache(folder)
-        try:
-            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
-        except FileNotFoundError:
-            return []
-
-    def check_ours(self) -> None:
+    def listing(self) -> tuple[list[str], list[str]]:
         with self._failing("listing"):
-            names = self._names(self.root)
-            shards = self._names(self._path(DATA_DIR)) if DATA_DIR in names else []
-        _ours(names, shards, self.where)
+            # All of it: fsspec keeps a filesystem (and what it listed, sizes and etags) across calls.
+            self.fs.invalidate_cache()
+            try:
+                found = self.fs.find(self.root)
+            except FileNotFoundError:
+                found = []
+        prefix = self.root.lstrip("/") + "/"
+        return sorted(p.lstrip("/")[len(prefix):] for p in found if p.lstrip("/").startswith(prefix)), []
+
+    def read(self, name: str) -> bytes:
+        with self._failing(f"reading {name} from"):
+            return bytes(self.fs.cat_file(self._path(name)))
+
+    def size(self, name: str) -> int:
+        with self._failing(f"reading {name} from"):
+            return int(self.fs.size(self._path(name)))
+
+    def open(self, name: str) -> IO[bytes]:
+        return self.fs.open(self._path(name), "rb")
+
+    def is_locked(self) -> bool:
+        return False
 
     @contextlib.contextmanager
-    def writer(self, name: str) -> Iterator[IO[bytes]]:
+    def held(self) -> Iterator[None]:
+        yield
+
+    def remove_temporaries(self) -> None:
+        """None: each object is put whole."""
+
+    def settle(self, folder: str) -> None:
+        """Nothing: an object is visible once its put returns."""
+
+    @contextlib.contextmanager
+    def writer(self, name: str, faults: Faults, step: str) -> Iterator[_Counted]:
         fd, tmp = tempfile.mkstemp(prefix="batchgen-export-", suffix="-" + name.rsplit("/", 1)[-1])
         try:
             with os.fdopen(fd, "wb") as f:
-                yield f
+                counted = _Counted(f, faults, step)
+                yield counted
             with self._failing(f"uploading {name} to"):
                 self.fs.put_file(tmp, self._path(name))
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        faults.at(step + ":written")
 
-    def put(self, name: str, data: bytes) -> None:
-        with self._failing(f"uploading {name} to"):
-            self.fs.pipe_file(self._path(name), data)
+    def put(self, name: str, data: bytes, faults: Faults, step: str) -> None:
+        with self.writer(name, faults, step) as f:
+            f.write(data)
 
-    def remove_stale(self, keep: set[str]) -> list[str]:
+    def remove(self, names: list[str], folders: list[str], faults: Faults) -> list[str]:
+        removed = []
         with self._failing("cleaning"):
-            stale = sorted(f"{DATA_DIR}/{n}" for n in self._names(self._path(DATA_DIR))
-                           if _is_shard(n) and f"{DATA_DIR}/{n}" not in keep)
-            for name in stale:
+            for number, name in enumerate(names):
                 self.fs.rm_file(self._path(name))
-        return stale
+                removed.append(name)
+                faults.at(f"remove:{number}")
+        return removed
 
 
 Destination = Union[FolderDestination, RemoteDestination]
