@@ -402,6 +402,10 @@ class ImagesClient:
 BATCH_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 BATCH_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"}) | BATCH_TERMINAL
 MAX_BATCH_LINE_BYTES = MAX_RESPONSE_BYTES_PER_IMAGE * 10
+MAX_BATCH_ERRORS = 100
+MAX_METADATA = 16
+UPLOAD_BYTES_PER_S = 512 * 1024     # the slowest upload link a --timeout is stretched for
+LIST_CLOCK_SKEW_S = 3600            # a batch listed this much older than its chunk may still be it
 
 
 @dataclass
@@ -416,14 +420,18 @@ class BatchInfo:
     failed: int
     metadata: dict
     errors: list            # [(code, message)] of a batch that failed validation
+    created_at: Optional[int] = None    # unix seconds, as the server says
+    expires_at: Optional[int] = None
 
 
 def parse_batch(payload: object, secret: str = "") -> BatchInfo:
+    """A batch object, typed and bounded. A status batchgen does not know is kept (as short
+    text) for the backend to refuse: it is no reason to wait."""
     if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
         raise BadResponse("the Batch API answered without a batch object")
     status = payload.get("status")
     if status not in BATCH_STATUSES:
-        raise BadResponse(f"the Batch API answered an unknown batch status {server_text(status, secret, 40)!r}")
+        status = f"unknown ({server_text(status, secret, 40)!r})"
     counts = payload.get("request_counts")
     if not isinstance(counts, dict):
         counts = {}
@@ -433,7 +441,7 @@ def parse_batch(payload: object, secret: str = "") -> BatchInfo:
     errors = []
     listed = payload.get("errors")
     listed_data = listed.get("data") if isinstance(listed, dict) else None
-    for item in (listed_data if isinstance(listed_data, list) else []):
+    for item in (listed_data if isinstance(listed_data, list) else [])[:MAX_BATCH_ERRORS]:
         if isinstance(item, dict):
             errors.append((server_text(item.get("code"), secret, 100) or "batch_failed",
                            server_text(item.get("message"), secret, 2000) or "the batch failed validation"))
@@ -444,8 +452,11 @@ def parse_batch(payload: object, secret: str = "") -> BatchInfo:
         total=server_int(counts.get("total"), 0, 10 ** 9) or 0,
         completed=server_int(counts.get("completed"), 0, 10 ** 9) or 0,
         failed=server_int(counts.get("failed"), 0, 10 ** 9) or 0,
-        metadata={k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)},
-        errors=errors)
+        metadata={k: v for k, v in list(metadata.items())[:MAX_METADATA]
+                  if isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512},
+        errors=errors,
+        created_at=server_int(payload.get("created_at"), 0, MAX_CREATED),
+        expires_at=server_int(payload.get("expires_at"), 0, MAX_CREATED))
 
 
 class BatchClient(ImagesClient):
@@ -477,7 +488,10 @@ class BatchClient(ImagesClient):
         form = aiohttp.FormData()
         form.add_field("purpose", "batch")
         form.add_field("file", data, filename=name, content_type="application/jsonl")
-        payload = await self._json("POST", "/files", data=form)
+        # Up to 200 MB: --timeout is for one image, the upload gets as long as a slow link needs.
+        total = (self.timeout.total or 0) + len(data) / UPLOAD_BYTES_PER_S
+        payload = await self._json("POST", "/files", data=form,
+                                   timeout=aiohttp.ClientTimeout(total=total, sock_connect=self.timeout.sock_connect))
         file_id = server_id(payload.get("id"), self.endpoint.token)
         if not file_id:
             raise BadResponse("the Files API answered without a file id")
@@ -494,25 +508,35 @@ class BatchClient(ImagesClient):
     async def cancel_batch(self, batch_id: str) -> BatchInfo:
         return parse_batch(await self._json("POST", f"/batches/{batch_id}/cancel"), self.endpoint.token)
 
-    async def find_batch(self, metadata_key: str, value: str, max_pages: int = 20) -> Optional[BatchInfo]:
-        """The newest batch of the account whose metadata[key] is `value`, if any."""
+    async def find_batch(self, metadata_key: str, value: str,
+                         created_after: Optional[float] = None) -> Optional[BatchInfo]:
+        """The newest batch of the account whose metadata[key] is `value`, if any. The list is
+        newest first: it is read page by page until a batch older than `created_after` (less
+        the clock skew) shows one could not be it, or to its end when that time is unknown."""
         after = None
-        for _ in range(max_pages):
+        seen: set = set()
+        while True:
             params = {"limit": "100", **({"after": after} if after else {})}
             page = await self._json("GET", "/batches", params=params)
             items = page.get("data")
             if not isinstance(items, list):
                 items = []
+            older = False
             for item in items:
-                if isinstance(item, dict) and isinstance(item.get("metadata"), dict) \
-                        and item["metadata"].get(metadata_key) == value:
+                if not isinstance(item, dict):
+                    continue
+                if isinstance(item.get("metadata"), dict) and item["metadata"].get(metadata_key) == value:
                     return parse_batch(item, self.endpoint.token)
-            if not page.get("has_more") or not items:
+                created = server_int(item.get("created_at"), 0, MAX_CREATED)
+                if created_after is not None and created is not None \
+                        and created < created_after - LIST_CLOCK_SKEW_S:
+                    older = True
+            if older or page.get("has_more") is not True or not items:
                 return None
             after = server_id(items[-1].get("id") if isinstance(items[-1], dict) else None)
-            if not after:
+            if not after or after in seen:     # a server that pages in a circle
                 return None
-        return None
+            seen.add(after)
 
     async def file_lines(self, file_id: str) -> AsyncIterator[bytes]:
         """The lines of a (large) file, as they arrive: never the whole file in memory."""
