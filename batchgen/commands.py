@@ -71,11 +71,12 @@ def plan(source, options: dict, table=None):
 
 
 def _done_in(config, table, job_plan):
-    """task id -> its status in config.out's journal ("ok", "error", None), or None when the
-    folder holds no run. Read only: no lock, nothing written."""
-    from batchgen.keeping.journal import replay
+    """task id -> its status in config.out's journal ("ok", "error", IN_BATCH, None), or None
+    when the folder holds no run. Read only: no lock, nothing written."""
+    from batchgen.keeping.journal import replay, task_key
     from batchgen.keeping.outdir import OutputFolder
     from batchgen.planning.identity import is_legacy, legacy_ids
+    from batchgen.planning.summary import IN_BATCH
     folder = OutputFolder(config.out)
     existing = folder.existing_job()
     if existing is None:
@@ -86,7 +87,19 @@ def _done_in(config, table, job_plan):
         # Its journal names tasks by the previous ids; the first run will carry them over.
         old = dict(zip((t.task_id for t in job_plan.tasks), legacy_ids(table, config, job_plan)))
         return lambda task_id: state.status(task_id) or state.status(old[task_id])
-    return state.status
+    held = state.open_batch_keys()
+    if not len(held):
+        return state.status
+    import numpy as np
+
+    def status(task_id: str):
+        found = state.status(task_id)
+        if found is None:
+            at = int(np.searchsorted(held, np.uint64(task_key(task_id))))
+            if at < len(held) and int(held[at]) == task_key(task_id):
+                return IN_BATCH
+        return found
+    return status
 
 
 @contextlib.asynccontextmanager

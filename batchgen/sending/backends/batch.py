@@ -179,6 +179,17 @@ class BatchBackend:
                        "running on the server: run the same command again to collect them "
                        "(batchgen cancel OUT cancels them)")
 
+    def _halted(self) -> bool:
+        """Whether to submit and wait no more: the run stopped for any reason but the budget,
+        which only stops taking new tasks (those taken are sent, the batches collected)."""
+        return bool(self.stop) and self.stop.code != "budget_exceeded"
+
+    async def _pause(self, seconds: float) -> None:
+        if self.stop:
+            await asyncio.sleep(seconds)     # the switch is set: its sleep would not wait
+        else:
+            await self.stop.sleep(seconds)
+
     @staticmethod
     def _still_open(open_chunks: dict) -> str:
         requests = sum(len(c.get("task_ids") or ()) for c in open_chunks.values())
@@ -235,7 +246,7 @@ class BatchBackend:
         a chunk planned already (adopted); `lines`: the tasks' input lines, when made."""
         todo = [(tasks, lines, key)]
         done = []
-        while todo and not self.stop:
+        while todo and not self._halted():
             part, part_lines, part_key = todo.pop()
             if part_key is None:
                 part_key = self._plan(part)
@@ -296,8 +307,8 @@ class BatchBackend:
                 if classify(error) is not Decision.RETRY or attempt == SUBMIT_TRIES - 1:
                     raise
                 log.warning("%s failed (%s: %s); trying again", what, error.code, error.message)
-                await self.stop.sleep(SUBMIT_BACKOFF_S * 2 ** attempt)
-                if self.stop:
+                await self._pause(SUBMIT_BACKOFF_S * 2 ** attempt)
+                if self._halted():
                     raise
                 if found_already is not None:
                     found = await found_already()
@@ -325,7 +336,7 @@ class BatchBackend:
                     self.recorder.chunk_event({"chunk": key, "event": "submitted", "batch_id": found.id})
                 else:
                     waiting = self._waiting_in(chunk)
-                    if not waiting or self.stop:
+                    if not waiting or self._halted():
                         if not waiting:
                             self.recorder.chunk_event({"chunk": key, "event": "collected", "status": "abandoned"})
                         continue
@@ -346,10 +357,10 @@ class BatchBackend:
         interval = FIRST_POLL_S
         failing: dict = {}          # chunk key -> when its reads began to fail
         trouble: list = []          # (stop code, what happened and what to do)
-        while open_chunks and not self.stop:
+        while open_chunks and not self._halted():
             progress = []
             for key in list(open_chunks):
-                if self.stop:
+                if self._halted():
                     break
                 chunk = open_chunks[key]
                 try:
@@ -357,7 +368,7 @@ class BatchBackend:
                     if info.status in BATCH_TERMINAL:
                         again = await self._collect(key, chunk, info)
                         open_chunks.pop(key)
-                        if again and not self.stop:
+                        if again and not self._halted():
                             for chunk_tasks in self.split(again):
                                 open_chunks.update(await self._send_chunk(chunk_tasks))
                 except RequestError as error:
@@ -395,7 +406,7 @@ class BatchBackend:
             if once:
                 break
             if open_chunks:
-                await self.stop.sleep(interval)
+                await self._pause(interval)
                 interval = min(interval * 2, self.config.poll_interval)
         trouble += self._ended
         self._ended = []
@@ -436,7 +447,7 @@ class BatchBackend:
                             info.completed, info.failed, info.metadata, info.errors)
         again = await self._collect(key, chunk, expired, expire_left=True)
         resent = []
-        if again and not self.stop:
+        if again and not self._halted():
             for chunk_tasks in self.split(again):
                 resent += await self._send_chunk(chunk_tasks)
         return resent
