@@ -35,7 +35,8 @@ class BatchServer:
     (batch ids answering 404), `lose_output` (batch ids whose output file answers 404),
     `lines` (a function (batch, [(custom_id, prompt)]) -> output lines, for invented ids),
     `fail` (route -> statuses to answer before working: "upload", "create", "create_after"
-    makes the batch then fails), `max_upload` (bytes; larger: 413), `expires_in` (seconds)."""
+    makes the batch then fails), `max_upload` (bytes; larger: 413), `expires_in` (seconds),
+    `on_content` (called once, in a thread, before an output file is served)."""
 
     def __init__(self):
         self.files: dict = {}
@@ -51,6 +52,7 @@ class BatchServer:
         self.expires_in = 24 * 3600
         self.cancels: list = []
         self.uploads = 0
+        self.on_content = None       # called (in a thread: it may wait) before an output file is served, once
         self._ready = threading.Event()
 
     # ---- the routes ----
@@ -166,6 +168,9 @@ class BatchServer:
         owner = next((b for b in self.batches.values() if b["output_file_id"] == file_id), None)
         if file_id not in self.files or (owner is not None and owner["id"] in self.lose_output):
             return error(404, "not_found", "No such file.")
+        if self.on_content is not None:
+            call, self.on_content = self.on_content, None
+            await asyncio.get_running_loop().run_in_executor(None, call)     # it may block
         return web.Response(body=self.files[file_id], content_type="application/octet-stream")
 
     async def generate(self, request):

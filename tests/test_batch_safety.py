@@ -2,9 +2,11 @@
 trusted, no wait without end, no ending that says what is not so. Against a small Batch API
 server that misbehaves as each test asks (batchserver.py), and the built-in simulator."""
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
 
 import pandas as pd
 import pytest
@@ -283,6 +285,42 @@ def test_a_rerun_names_every_cancelled_batch(tmp_path, csv, server):
     summary = run(server, csv, out)
     assert summary.stopped == "batch_cancelled"
     assert all(batch_id in summary.stop_message for batch_id in server.batches)
+
+
+def test_ctrl_c_during_collection_submits_nothing_new_and_says_the_batches_run_on(tmp_path, csv, server):
+    import signal
+
+    def lines(batch, asked):             # the first asks to be sent again (a 500)
+        first, *rest = asked
+        return [output_line(first[0], 500, {"error": {"message": "boom", "type": "server_error",
+                                                       "code": "server_error"}})] + [output_line(c) for c, _ in rest]
+    server.lines = lines
+    server.hold = True
+    run(server, csv, tmp_path / "out", no_wait=True, batch_size=4)
+    first, second = server.batches
+    server.status[second] = "in_progress"            # still running when Ctrl-C comes
+    server.hold = False
+    stopping = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "stopping: no new requests" in record.getMessage():
+                stopping.set()
+
+    def ctrl_c():         # the file is served once the run has taken the Ctrl-C mid-collection
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stopping.wait(30)
+    server.on_content = ctrl_c
+    watch = Watch()
+    logging.getLogger("batchgen").addHandler(watch)
+    try:
+        summary = run(server, csv, tmp_path / "out", batch_size=4)
+    finally:
+        logging.getLogger("batchgen").removeHandler(watch)
+    assert summary.stopped == "interrupted" and summary.exit_status == 3
+    assert summary.ok == 3 and len(server.batches) == 2 and server.uploads == 2     # nothing new
+    assert "keep running on the server (and are billed)" in summary.stop_message
+    assert "batchgen cancel" in summary.stop_message
 
 
 def test_the_cli_says_exit_4_for_no_wait(tmp_path, csv, server):
