@@ -332,3 +332,19 @@ def test_the_cli_says_exit_4_for_no_wait(tmp_path, csv, server):
     assert done.returncode == 4, done.stderr
     assert "run the same command again to collect" in done.stdout
 
+
+
+def test_resubmit_lost_is_an_option_of_the_cli_the_job_file_and_python(tmp_path, csv):
+    from batchgen.exceptions import UsageError
+    from batchgen.planning.settings import load_job_file
+    job = tmp_path / "job.toml"
+    job.write_text(f'input = "{csv.name}"\nmode = "batch"\nprovider = "openai"\nresubmit_lost = true\n'
+                   '[defaults]\nmodel = "gpt-image-2"\n')
+    assert load_job_file(job)["resubmit_lost"] is True
+    job.write_text(job.read_text().replace("resubmit_lost = true", 'resubmit_lost = "yes"'))
+    with pytest.raises(UsageError, match="resubmit_lost must be true or false"):
+        load_job_file(job)
+    assert "--resubmit-lost" in cli("run", "--help").output
+    with pytest.raises(UsageError, match="resubmit_lost.* must be true or false, not 'yes'"):
+        batchgen.run(str(csv), out=str(tmp_path / "out"), mode="batch", provider="openai", simulate=True,
+                     defaults=GPT, resubmit_lost="yes")

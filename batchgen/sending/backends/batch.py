@@ -363,14 +363,11 @@ class BatchBackend:
                 if self._halted():
                     break
                 chunk = open_chunks[key]
+                again: list = []
                 try:
                     info = await self.client.get_batch(chunk["batch_id"])
                     if info.status in BATCH_TERMINAL:
                         again = await self._collect(key, chunk, info)
-                        open_chunks.pop(key)
-                        if again and not self._halted():
-                            for chunk_tasks in self.split(again):
-                                open_chunks.update(await self._send_chunk(chunk_tasks))
                 except RequestError as error:
                     if classify(error) is Decision.STOP:
                         raise
@@ -394,6 +391,10 @@ class BatchBackend:
                 failing.pop(key, None)
                 progress.append(info)
                 if info.status in BATCH_TERMINAL:
+                    open_chunks.pop(key)
+                    if again and not self._halted():
+                        for chunk_tasks in self.split(again):
+                            open_chunks.update(await self._send_chunk(chunk_tasks))
                     continue
                 if info.status not in BATCH_STATUSES:
                     trouble += await self._lost(key, open_chunks, f"the server says its status is "
