@@ -215,6 +215,13 @@ def test_a_5xx_on_upload_and_on_create_is_tried_again_and_pays_once(tmp_path, cs
     assert len(server.batches) == 1 and ran_twice(server) == {}
 
 
+def test_a_chunk_the_server_refuses_stops_submitting_but_the_batches_submitted_are_collected(tmp_path, csv, server):
+    server.fail = {"create": [0, 400]}          # the first create works, the second is refused
+    summary = run(server, csv, tmp_path / "out")
+    assert summary.exit_status == 3 and summary.stopped == "batch_api_error" and "HTTP 400" in summary.stop_message
+    assert summary.ok == 3 and len(server.batches) == 1 and len(server.executions) == 3
+
+
 def test_adoption_finds_an_unrecorded_batch_behind_thousands_of_newer_ones(tmp_path, csv, server):
     out = tmp_path / "out"
     server.hold = True

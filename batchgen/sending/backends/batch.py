@@ -162,12 +162,20 @@ class BatchBackend:
         # A chunk at a time, as the tasks are read: only one chunk's tasks (of each model) are
         # held, not the whole job's.
         submitted = 0
-        for chunk_tasks, lines in self._chunks(self._fresh(tasks, owned)):
-            for key, chunk in await self._send_chunk(chunk_tasks, lines):
-                open_chunks[key] = chunk
-                submitted += 1
+        refused: Optional[RequestError] = None
+        try:
+            for chunk_tasks, lines in self._chunks(self._fresh(tasks, owned)):
+                for key, chunk in await self._send_chunk(chunk_tasks, lines):
+                    open_chunks[key] = chunk
+                    submitted += 1
+        except RequestError as error:
+            if classify(error) is Decision.STOP:
+                raise
+            refused = error         # no more submitted; what was is still collected
         # --no-wait looks once: what finished meanwhile is collected now, the rest is left.
         await self._wait(open_chunks, once=self.config.no_wait)
+        if refused is not None:
+            self._stop_for(refused)
         if open_chunks and self.stop.code == "interrupted":
             # Said where the user reads it: Ctrl-C stops batchgen, not the batches.
             self.stop.message = (f"interrupted; {self._still_open(open_chunks)} keep running on the server "
@@ -331,7 +339,8 @@ class BatchBackend:
             if "collected" in chunk.get("events", ()):
                 continue
             if not chunk.get("batch_id"):
-                found = await self.client.find_batch(METADATA_CHUNK, key, self._planned_at(key))
+                found = await self._retried("looking for an unrecorded batch", lambda key=key: self.client.find_batch(
+                    METADATA_CHUNK, key, self._planned_at(key)))
                 if found is not None:
                     self.recorder.chunk_event({"chunk": key, "event": "submitted", "batch_id": found.id})
                 else:
