@@ -87,18 +87,13 @@ def _done_in(config, table, job_plan):
         # Its journal names tasks by the previous ids; the first run will carry them over.
         old = dict(zip((t.task_id for t in job_plan.tasks), legacy_ids(table, config, job_plan)))
         return lambda task_id: state.status(task_id) or state.status(old[task_id])
-    held = state.open_batch_keys()
-    if not len(held):
+    held = set(state.open_batch_keys().tolist())
+    if not held:
         return state.status
-    import numpy as np
 
     def status(task_id: str):
         found = state.status(task_id)
-        if found is None:
-            at = int(np.searchsorted(held, np.uint64(task_key(task_id))))
-            if at < len(held) and int(held[at]) == task_key(task_id):
-                return IN_BATCH
-        return found
+        return IN_BATCH if found is None and task_key(task_id) in held else found
     return status
 
 
