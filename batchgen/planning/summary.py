@@ -42,7 +42,6 @@ class PointSummary:
 
     def as_json(self) -> dict:
         return {"tasks": self.tasks, "refused": self.refused, "done": self.done,
-                "in_batches": self.in_batches,
                 "to_send": self.to_send, "images": self.images, "est_cost_usd": _rounded(self.cost_usd),
                 "est_cost_to_send_usd": _rounded(self.cost_to_send_usd)}
 
