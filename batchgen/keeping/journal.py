@@ -269,7 +269,8 @@ class Replay:
                  else np.array([task_key(t) for t in ids if isinstance(t, str)], np.uint64)
                  for chunk in self.batches.values() if "collected" not in chunk.get("events", ())
                  for ids in (chunk.get("task_ids") or (),)]
-        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+        # Sorted, not deduplicated: membership needs no more (np.unique's hashing costs ten times a sort).
+        return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
 
     def begin_origin(self, origin: dict) -> None:
         """Outcomes applied from now on came from `origin`."""
