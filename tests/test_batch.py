@@ -66,7 +66,8 @@ def test_a_rerun_of_a_finished_batch_job_uploads_nothing(tmp_path, csv):
 
 
 def test_no_wait_submits_and_exits_4_then_the_same_command_collects(tmp_path, csv):
-    with SimulatorThread(SimConfig(batch_seconds=0.5)) as sim:
+    # --no-wait looks once at its batches: long enough that none has finished by then.
+    with SimulatorThread(SimConfig(batch_seconds=5)) as sim:
         first = batch_run(sim, csv, tmp_path / "out", no_wait=True)
         assert first.exit_status == 4 and first.stopped == "batch_in_progress"
         assert "run the same command again" in first.stop_message and first.not_done == 7

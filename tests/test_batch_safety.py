@@ -355,3 +355,16 @@ def test_resubmit_lost_is_an_option_of_the_cli_the_job_file_and_python(tmp_path,
     with pytest.raises(UsageError, match="resubmit_lost.* must be true or false, not 'yes'"):
         batchgen.run(str(csv), out=str(tmp_path / "out"), mode="batch", provider="openai", simulate=True,
                      defaults=GPT, resubmit_lost="yes")
+
+
+def test_a_batch_object_is_typed_and_bounded_before_it_is_used():
+    from batchgen.exceptions import BadResponse
+    from batchgen.sending.client import parse_batch
+    info = parse_batch({"id": "batch_1", "status": "paused", "output_file_id": "../../v1/batches/x/cancel",
+                        "error_file_id": "file-2?x=1", "expires_at": "soon", "created_at": 1_700_000_000,
+                        "metadata": {"batchgen_chunk": "k" * 600, "ok": "yes"}})
+    assert info.status == "unknown ('paused')" and info.output_file_id is None and info.error_file_id is None
+    assert info.expires_at is None and info.created_at == 1_700_000_000 and info.metadata == {"ok": "yes"}
+    for bad_id in ("../batches", "batch 1", "", None, 7):
+        with pytest.raises(BadResponse):
+            parse_batch({"id": bad_id, "status": "completed"})

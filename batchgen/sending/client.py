@@ -128,6 +128,17 @@ def server_id(value: object, secret: str = "") -> Optional[str]:
     return server_text(value, secret, MAX_ID_CHARS) or None
 
 
+_REF = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
+
+
+def server_ref(value: object) -> Optional[str]:
+    """An id batchgen puts into a URL path (a batch's, a file's): plain characters only, so a
+    server cannot steer a later request elsewhere ("../", "?", "#"). Anything else: None."""
+    if isinstance(value, str) and _REF.fullmatch(value) and value not in (".", ".."):
+        return value
+    return None
+
+
 def server_int(value: object, low: int, high: int) -> Optional[int]:
     """A whole number in [low, high]: an int, a float with no fraction, or digits as text."""
     if isinstance(value, bool):
@@ -406,6 +417,7 @@ MAX_BATCH_ERRORS = 100
 MAX_METADATA = 16
 UPLOAD_BYTES_PER_S = 512 * 1024     # the slowest upload link a --timeout is stretched for
 LIST_CLOCK_SKEW_S = 3600            # a batch listed this much older than its chunk may still be it
+MAX_LIST_PAGES = 100_000            # 10 million batches: a list longer than any account's is a broken server
 
 
 @dataclass
@@ -427,8 +439,8 @@ class BatchInfo:
 def parse_batch(payload: object, secret: str = "") -> BatchInfo:
     """A batch object, typed and bounded. A status batchgen does not know is kept (as short
     text) for the backend to refuse: it is no reason to wait."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
-        raise BadResponse("the Batch API answered without a batch object")
+    if not isinstance(payload, dict) or server_ref(payload.get("id")) is None:
+        raise BadResponse("the Batch API answered without a batch object (or with an id batchgen will not use)")
     status = payload.get("status")
     if status not in BATCH_STATUSES:
         status = f"unknown ({server_text(status, secret, 40)!r})"
@@ -446,9 +458,9 @@ def parse_batch(payload: object, secret: str = "") -> BatchInfo:
             errors.append((server_text(item.get("code"), secret, 100) or "batch_failed",
                            server_text(item.get("message"), secret, 2000) or "the batch failed validation"))
     return BatchInfo(
-        id=server_id(payload["id"], secret) or "", status=status,
-        output_file_id=server_id(payload.get("output_file_id"), secret),
-        error_file_id=server_id(payload.get("error_file_id"), secret),
+        id=payload["id"], status=status,
+        output_file_id=server_ref(payload.get("output_file_id")),
+        error_file_id=server_ref(payload.get("error_file_id")),
         total=server_int(counts.get("total"), 0, 10 ** 9) or 0,
         completed=server_int(counts.get("completed"), 0, 10 ** 9) or 0,
         failed=server_int(counts.get("failed"), 0, 10 ** 9) or 0,
@@ -492,9 +504,9 @@ class BatchClient(ImagesClient):
         total = (self.timeout.total or 0) + len(data) / UPLOAD_BYTES_PER_S
         payload = await self._json("POST", "/files", data=form,
                                    timeout=aiohttp.ClientTimeout(total=total, sock_connect=self.timeout.sock_connect))
-        file_id = server_id(payload.get("id"), self.endpoint.token)
+        file_id = server_ref(payload.get("id"))
         if not file_id:
-            raise BadResponse("the Files API answered without a file id")
+            raise BadResponse("the Files API answered without a file id (or with one batchgen will not use)")
         return file_id
 
     async def create_batch(self, input_file_id: str, endpoint_path: str, metadata: dict) -> BatchInfo:
@@ -533,8 +545,8 @@ class BatchClient(ImagesClient):
                     older = True
             if older or page.get("has_more") is not True or not items:
                 return None
-            after = server_id(items[-1].get("id") if isinstance(items[-1], dict) else None)
-            if not after or after in seen:     # a server that pages in a circle
+            after = server_ref(items[-1].get("id") if isinstance(items[-1], dict) else None)
+            if not after or after in seen or len(seen) >= MAX_LIST_PAGES:   # in a circle, or without end
                 return None
             seen.add(after)
 
