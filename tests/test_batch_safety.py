@@ -144,7 +144,7 @@ def test_an_image_is_never_named_after_a_text_that_is_not_a_task_id(tmp_path):
 
 # ---- never stuck, always told ------------------------------------------------------------------
 
-def test_a_batch_the_server_does_not_know_ends_the_run_with_the_way_forward(tmp_path, csv, server):
+def test_a_batch_the_server_does_not_know_ends_the_run_with_the_way_forward(tmp_path, csv, server, caplog):
     out = tmp_path / "out"
     server.hold = True
     run(server, csv, out, no_wait=True, batch_size=10)
@@ -155,8 +155,10 @@ def test_a_batch_the_server_does_not_know_ends_the_run_with_the_way_forward(tmp_
     assert stopped.exit_status == 3 and stopped.stopped == "batch_lost"
     assert lost in stopped.stop_message and "--resubmit-lost" in stopped.stop_message
     assert len(server.batches) == 1                     # nothing sent again without asking
+    caplog.set_level(logging.WARNING, logger="batchgen")
     again = run(server, csv, out, batch_size=10, resubmit_lost=True)
     assert again.exit_status == 0 and again.ok == 7 and len(server.batches) == 2
+    assert any(lost in r.getMessage() and "paid twice" in r.getMessage() for r in caplog.records)
 
 
 def test_an_unknown_status_ends_the_run_naming_the_batch(tmp_path, csv, server):
