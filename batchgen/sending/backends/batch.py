@@ -7,7 +7,14 @@ naming the chunk, `submitted` (the batch id) once it exists, `collected` once ev
 gives is in the journal. A rerun adopts what exists: a submitted chunk is polled; a planned
 chunk without a batch id is looked up among the account's batches by its metadata before it is
 submitted again; outcomes already in the journal are skipped when an output file is read again.
-A task is never in two open chunks.
+A task is never in two open chunks, and no run of another mode sends a task of an open chunk
+(the runner leaves them out), so a mode switch never pays twice.
+
+Nothing a server says is trusted: an output line counts only for a custom_id its chunk
+submitted (once, whatever the order of its lines); ids go into URLs only when plain. No wait is
+without end: a batch the server does not know, or in a status batchgen does not know, or whose
+output file is gone, ends the run naming it (--resubmit-lost sends its tasks again), one past
+its expiry is taken as expired, and each chunk's trouble waits until the others are collected.
 """
 from __future__ import annotations
 
@@ -84,7 +91,6 @@ class BatchBackend:
         self._cancelled_by_us = False
         self._tasks = TasksById(())     # task id -> Task, for the records of collected outcomes
         self._resubmitted: set = set()  # task ids sent again once in this run (expired, 5xx)
-        self._collecting_file: Optional[str] = None  # the file being read, when a read fails
         self._ended: list = []          # (stop code, message) of batches that ended with work undone
 
     async def __aenter__(self):
@@ -381,13 +387,11 @@ class BatchBackend:
                     if classify(error) is Decision.STOP:
                         raise
                     if error.http_status == 404:
-                        what = ("its output file is gone (404)" if self._collecting_file
+                        what = ("its output file is gone (404)" if isinstance(error, FileGone)
                                 else "the server does not know it (404: another key or base URL, or a "
                                      "simulator started afresh)")
-                        self._collecting_file = None
                         trouble += await self._lost(key, open_chunks, what)
                         continue
-                    self._collecting_file = None
                     began = failing.setdefault(key, time.monotonic())
                     if time.monotonic() - began > self.config.max_wait:
                         open_chunks.pop(key)
@@ -475,14 +479,17 @@ class BatchBackend:
         try:
             for file_id in (info.output_file_id, info.error_file_id):
                 if file_id:
-                    self._collecting_file = file_id
-                    async for line in self.client.file_lines(file_id):
-                        taken = await self._take_line(line, info.id, members, again)
-                        if taken is None:
-                            log.warning("batch %s: a line of its file could not be used; skipped", info.id)
-                        elif taken is False:
-                            strangers += 1
-                    self._collecting_file = None
+                    try:
+                        async for line in self.client.file_lines(file_id):
+                            taken = await self._take_line(line, info.id, members, again)
+                            if taken is None:
+                                log.warning("batch %s: a line of its file could not be used; skipped", info.id)
+                            elif taken is False:
+                                strangers += 1
+                    except ApiError as error:
+                        if error.http_status != 404:
+                            raise
+                        raise FileGone(error.message, code=error.code, http_status=404) from None
             if strangers:
                 log.warning("batch %s: %d line(s) of its files named requests it was not given; ignored",
                             info.id, strangers)
@@ -611,6 +618,10 @@ class BatchBackend:
         else:
             self.stop("batch_api_error", f"the Batch API failed: {error.code} (HTTP {error.http_status}): "
                                          f"{error.message}; run the same command again (nothing is sent twice)")
+
+
+class FileGone(ApiError):
+    """A finished batch's output or error file answers 404 (where the batch itself was found)."""
 
 
 class TasksById:
