@@ -67,6 +67,7 @@ def test_a_live_run_never_sends_the_tasks_of_open_batches_and_batch_mode_then_co
     planned = batchgen.plan(str(csv), out=str(out), mode="live", provider="openai", defaults=GPT)
     assert (planned.done, planned.in_batches, planned.to_send) == (0, 7, 0)
     assert "7 in batches" in str(planned)
+    assert json.loads(cli("status", out, "--json").output)["in_batches"] == 7
     live = run(server, csv, out, mode="live")
     assert live.exit_status == 3 and live.stopped == "in_batches" and live.requests_sent == 0
     assert "--mode batch" in live.stop_message and sum(server.executions.values()) == 0
@@ -74,6 +75,7 @@ def test_a_live_run_never_sends_the_tasks_of_open_batches_and_batch_mode_then_co
     collected = run(server, csv, out)
     assert collected.exit_status == 0 and collected.ok == 7 and collected.requests_sent == 0
     assert len(server.executions) == 7 and ran_twice(server) == {}
+    assert json.loads(cli("status", out, "--json").output)["in_batches"] == 0
 
 
 def test_a_live_run_sends_what_no_batch_holds_and_a_batch_run_then_sends_only_the_rest(tmp_path, server):
