@@ -36,7 +36,7 @@ class BatchServer:
     `lines` (a function (batch, [(custom_id, prompt)]) -> output lines, for invented ids),
     `fail` (route -> statuses to answer before working: "upload", "create", "create_after"
     makes the batch then fails), `max_upload` (bytes; larger: 413), `expires_in` (seconds),
-    `on_content` (called once, in a thread, before an output file is served)."""
+    `on_content` (called once, in a thread, before an output file is served), `upload_latency`."""
 
     def __init__(self):
         self.files: dict = {}
@@ -52,6 +52,7 @@ class BatchServer:
         self.expires_in = 24 * 3600
         self.cancels: list = []
         self.uploads = 0
+        self.upload_latency = 0.0    # seconds the server takes to answer an upload
         self.on_content = None       # called (in a thread: it may wait) before an output file is served, once
         self._ready = threading.Event()
 
@@ -75,6 +76,7 @@ class BatchServer:
         async for part in reader:
             if part.name == "file":
                 data = await part.read()
+        await asyncio.sleep(self.upload_latency)
         if self.max_upload is not None and len(data) > self.max_upload:
             return error(413, "file_too_large", "The file is too large.")
         failed = self._fails("upload")

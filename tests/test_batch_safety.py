@@ -226,6 +226,14 @@ def test_a_chunk_the_server_refuses_stops_submitting_but_the_batches_submitted_a
     assert summary.ok == 3 and len(server.batches) == 1 and len(server.executions) == 3
 
 
+def test_an_upload_gets_longer_than_timeout_by_its_size(tmp_path, server):
+    # 60 prompts of 20,000 characters: a 1.2 MB file, 2.3 s more at the slowest link allowed.
+    csv = write_csv(tmp_path / "p.csv", [f"{i} " + "a harbour at dawn " * 1100 for i in range(60)])
+    server.upload_latency = 1.0                  # longer than --timeout, shorter than its stretch
+    summary = run(server, csv, tmp_path / "out", batch_size=100, timeout=0.3)
+    assert summary.exit_status == 0 and summary.ok == 60 and server.uploads == 1
+
+
 def test_adoption_finds_an_unrecorded_batch_behind_thousands_of_newer_ones(tmp_path, csv, server):
     out = tmp_path / "out"
     server.hold = True
