@@ -211,6 +211,15 @@ def test_a_chunk_refused_as_too_large_is_split_and_a_single_request_too_large_is
     assert ran_twice(server) == {} and len(server.executions) == 6
 
 
+def test_a_request_larger_than_any_file_is_its_rows_error_without_an_upload(tmp_path, server, monkeypatch):
+    from batchgen.sending.backends import batch
+    monkeypatch.setattr(batch, "MAX_BATCH_INPUT_BYTES", 3000)     # the API's 200 MB, scaled down
+    rows = prompts(3) + ["a harbour " * 400]
+    summary = run(server, write_csv(tmp_path / "p.csv", rows), tmp_path / "out", batch_size=10)
+    assert summary.ok == 3 and summary.by_code == {"request_too_large": 1}
+    assert server.uploads == 1 and b"a harbour a harbour" not in b"".join(server.files.values())
+
+
 def test_a_5xx_on_upload_and_on_create_is_tried_again_and_pays_once(tmp_path, csv, server):
     server.fail = {"upload": [500], "create": [503], "create_after": [502]}
     summary = run(server, csv, tmp_path / "out", batch_size=10)

@@ -232,6 +232,9 @@ class BatchBackend:
         current: dict[Optional[str], tuple[list, list[bytes], int]] = {}    # model -> (tasks, lines, bytes)
         for task in tasks:
             line = self._line(task)
+            if len(line) > MAX_BATCH_INPUT_BYTES:
+                self._too_large(task)       # no file could hold it: not uploaded to be refused
+                continue
             model = task.params.get("model")
             chunk = current.get(model)
             if chunk is not None and (len(chunk[0]) >= self.config.batch_size
@@ -272,10 +275,7 @@ class BatchBackend:
                 # Nothing was created: the chunk is let go, its tasks planned again in halves.
                 self.recorder.chunk_event({"chunk": part_key, "event": "collected", "status": "too_large"})
                 if len(part) == 1:
-                    self._record_error(part[0].task_id, ApiError(
-                        "this one request is larger than the Batch API takes in a file (HTTP 413); make "
-                        "its input images smaller, or send it with --mode live", code="request_too_large",
-                        http_status=413), None)
+                    self._too_large(part[0])
                     continue
                 half = len(part) // 2
                 log.warning("the Batch API refused a file of %d request(s) as too large; sending it in two",
@@ -283,6 +283,11 @@ class BatchBackend:
                 todo.append((part[half:], part_lines[half:] if part_lines else None, None))
                 todo.append((part[:half], part_lines[:half] if part_lines else None, None))
         return done
+
+    def _too_large(self, task) -> None:
+        self._record_error(task.task_id, ApiError(
+            "this one request is larger than the Batch API takes in a file (HTTP 413); make its input "
+            "images smaller, or send it with --mode live", code="request_too_large", http_status=413), None)
 
     def _plan(self, tasks: list) -> str:
         key = uuid.uuid4().hex[:16]
