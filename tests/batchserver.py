@@ -36,7 +36,8 @@ class BatchServer:
     `lines` (a function (batch, [(custom_id, prompt)]) -> output lines, for invented ids),
     `fail` (route -> statuses to answer before working: "upload", "create", "create_after"
     makes the batch then fails), `max_upload` (bytes; larger: 413), `expires_in` (seconds),
-    `on_content` (called once, in a thread, before an output file is served), `upload_latency`."""
+    `on_content` and `on_poll` (called once, in a thread, before an output file is served or a
+    batch is read), `upload_latency`."""
 
     def __init__(self):
         self.files: dict = {}
@@ -53,6 +54,7 @@ class BatchServer:
         self.cancels: list = []
         self.uploads = 0
         self.upload_latency = 0.0    # seconds the server takes to answer an upload
+        self.on_poll = None          # called (in a thread) as a batch is read, once
         self.on_content = None       # called (in a thread: it may wait) before an output file is served, once
         self._ready = threading.Event()
 
@@ -136,6 +138,9 @@ class BatchServer:
         batch = self.batches.get(request.match_info["batch_id"])
         if batch is None or batch["id"] in self.forget:
             return error(404, "not_found", "No batch found.")
+        if self.on_poll is not None:
+            call, self.on_poll = self.on_poll, None
+            await asyncio.get_running_loop().run_in_executor(None, call)
         self._advance(batch)
         return json_answer(self.as_object(batch))
 

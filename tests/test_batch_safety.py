@@ -351,6 +351,15 @@ def test_ctrl_c_during_collection_submits_nothing_new_and_says_the_batches_run_o
     assert "batchgen cancel" in summary.stop_message
 
 
+def test_ctrl_c_while_waiting_says_the_batches_run_on(tmp_path, csv, server):
+    import signal
+    server.hold = True
+    server.on_poll = lambda: os.kill(os.getpid(), signal.SIGINT)
+    summary = run(server, csv, tmp_path / "out")
+    assert summary.stopped == "interrupted" and summary.exit_status == 3 and len(server.batches) == 3
+    assert "3 batch(es) of 7 request(s) keep running on the server (and are billed)" in summary.stop_message
+
+
 def test_the_cli_says_exit_4_for_no_wait(tmp_path, csv, server):
     server.hold = True
     done = subprocess.run([sys.executable, "-m", "batchgen", "run", csv, "--out", tmp_path / "out", "--mode", "batch",

@@ -178,16 +178,19 @@ class BatchBackend:
             if classify(error) is Decision.STOP:
                 raise
             refused = error         # no more submitted; what was is still collected
-        # --no-wait looks once: what finished meanwhile is collected now, the rest is left.
-        await self._wait(open_chunks, once=self.config.no_wait)
+        try:
+            # --no-wait looks once: what finished meanwhile is collected now, the rest is left.
+            await self._wait(open_chunks, once=self.config.no_wait)
+        finally:
+            if open_chunks and self.stop.code == "interrupted":
+                # Said where the user reads it (a Ctrl-C while waiting cancels the wait itself):
+                # Ctrl-C stops batchgen, not the batches.
+                self.stop.message = (f"interrupted; {self._still_open(open_chunks)} keep running on the "
+                                     "server (and are billed): run the same command again to collect them, "
+                                     "or `batchgen cancel OUT` to stop them")
         if refused is not None:
             self._stop_for(refused)
-        if open_chunks and self.stop.code == "interrupted":
-            # Said where the user reads it: Ctrl-C stops batchgen, not the batches.
-            self.stop.message = (f"interrupted; {self._still_open(open_chunks)} keep running on the server "
-                                 "(and are billed): run the same command again to collect them, or "
-                                 "`batchgen cancel OUT` to stop them")
-        elif open_chunks and not self.stop:
+        if open_chunks and not self.stop:
             self.stop("batch_in_progress",
                        f"submitted {submitted} batch(es) this run; {self._still_open(open_chunks)} still "
                        "running on the server: run the same command again to collect them "
