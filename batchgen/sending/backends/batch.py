@@ -143,9 +143,7 @@ class BatchBackend:
                 batch_id = chunk.get("batch_id")
                 try:
                     if not batch_id:
-                        at = chunk.get("at")
-                        found = await client.find_batch(METADATA_CHUNK, key, at if isinstance(at, (int, float))
-                                                         and not isinstance(at, bool) else None)
+                        found = await client.find_batch(METADATA_CHUNK, key, planned_at(chunk))
                         if found is None:
                             continue            # planned, never created: nothing runs
                         batch_id = found.id
@@ -311,7 +309,7 @@ class BatchBackend:
 
         async def created_already() -> Optional[BatchInfo]:
             # A create that got no answer may have made the batch: look before making another.
-            return await self.client.find_batch(METADATA_CHUNK, key, self._planned_at(key))
+            return await self.client.find_batch(METADATA_CHUNK, key, planned_at(self.recorder.chunks().get(key, {})))
         info = await self._retried("creating a batch", create, created_already)
         self.recorder.chunk_event({"chunk": key, "event": "submitted", "batch_id": info.id,
                                    "input_file_id": file_id})
@@ -338,10 +336,6 @@ class BatchBackend:
                         return found
         raise AssertionError("unreachable")
 
-    def _planned_at(self, key: str) -> Optional[float]:
-        at = self.recorder.chunks().get(key, {}).get("at")
-        return at if isinstance(at, (int, float)) and not isinstance(at, bool) else None
-
     def _metadata(self, key: str) -> dict:
         return {METADATA_CHUNK: key, METADATA_JOB: self.config.fingerprint()}
 
@@ -353,8 +347,9 @@ class BatchBackend:
             if "collected" in chunk.get("events", ()):
                 continue
             if not chunk.get("batch_id"):
-                found = await self._retried("looking for an unrecorded batch", lambda key=key: self.client.find_batch(
-                    METADATA_CHUNK, key, self._planned_at(key)))
+                since = planned_at(chunk)
+                found = await self._retried("looking for an unrecorded batch", lambda key=key, since=since:
+                                            self.client.find_batch(METADATA_CHUNK, key, since))
                 if found is not None:
                     self.recorder.chunk_event({"chunk": key, "event": "submitted", "batch_id": found.id})
                 else:
@@ -413,9 +408,7 @@ class BatchBackend:
                 progress.append(info)
                 if info.status in BATCH_TERMINAL:
                     open_chunks.pop(key)
-                    if again and not self._halted():
-                        for chunk_tasks in self.split(again):
-                            open_chunks.update(await self._send_chunk(chunk_tasks))
+                    open_chunks.update(await self._send_again(again))
                     continue
                 if info.status not in BATCH_STATUSES:
                     trouble += await self._lost(key, open_chunks, f"the server says its status is "
@@ -453,8 +446,7 @@ class BatchBackend:
             log.warning("batch %s: %s; sending its %d request(s) again (--resubmit-lost): they are paid "
                         "twice if that batch still runs elsewhere", batch_id, what, len(waiting))
         self.recorder.chunk_event({"chunk": key, "event": "collected", "status": "lost"})
-        for chunk_tasks in self.split(waiting):
-            open_chunks.update(await self._send_chunk(chunk_tasks))
+        open_chunks.update(await self._send_again(waiting))
         return []
 
     async def _expire(self, key: str, chunk: dict, info: BatchInfo) -> list:
@@ -467,12 +459,16 @@ class BatchBackend:
             log.warning("cancelling batch %s failed (%s)", info.id, error.message)
         expired = BatchInfo(info.id, "expired", info.output_file_id, info.error_file_id, info.total,
                             info.completed, info.failed, info.metadata, info.errors)
-        again = await self._collect(key, chunk, expired, expire_left=True)
-        resent = []
-        if again and not self._halted():
-            for chunk_tasks in self.split(again):
-                resent += await self._send_chunk(chunk_tasks)
-        return resent
+        return await self._send_again(await self._collect(key, chunk, expired, expire_left=True))
+
+    async def _send_again(self, tasks: list) -> list:
+        """Tasks a batch did not settle, in new chunks ([(key, chunk)]); none once the run halts."""
+        sent: list = []
+        for chunk_tasks in self.split(tasks):
+            if self._halted():
+                break
+            sent += await self._send_chunk(chunk_tasks)
+        return sent
 
     # ---- collecting ---------------------------------------------------------------------
 
@@ -626,6 +622,12 @@ class BatchBackend:
         else:
             self.stop("batch_api_error", f"the Batch API failed: {error.code} (HTTP {error.http_status}): "
                                          f"{error.message}; run the same command again (nothing is sent twice)")
+
+
+def planned_at(chunk: Mapping) -> Optional[float]:
+    """When the journal says a chunk was planned (its batch cannot be older), if it says."""
+    at = chunk.get("at")
+    return at if isinstance(at, (int, float)) and not isinstance(at, bool) else None
 
 
 class FileGone(ApiError):
