@@ -71,6 +71,7 @@ def run(source: Source, *,
         batch_size: Optional[int] = None,
         no_wait: Optional[bool] = None,
         poll_interval: Optional[float] = None,
+        resubmit_lost: Optional[bool] = None,
         simulate: Optional[bool] = None,
         progress: bool = True,
         environ: Optional[Mapping[str, str]] = None,
@@ -110,6 +111,8 @@ def run(source: Source, *,
     max_cost: stop launching once the estimated spend would pass this many USD.
     max_wait: the longest Retry-After pause to wait for, in seconds (600).
     batch_size, no_wait, poll_interval: batch mode (see `batchgen run --help`).
+    resubmit_lost: batch mode: send again the tasks of a batch the server no longer knows (it
+        may pay twice if that batch still runs elsewhere).
     simulate: run against the built-in simulator (no token needed; placeholder images).
     progress: show a progress bar. environ: where tokens are read (default os.environ).
     verbose: a line per attempt, rate-limit pause and stop on stderr; log_file: the same lines
@@ -235,7 +238,7 @@ _IN_MEMORY = {"DataFrame": "the DataFrame", "Table": "the pyarrow Table", "list"
 # ---- messages ---------------------------------------------------------------------------
 
 _OPTION = re.compile(r"(add |with )?--([a-z][a-z0-9-]*)")
-_FLAGS = ("simulate", "retry_failed", "no_wait")
+_FLAGS = ("simulate", "retry_failed", "no_wait", "resubmit_lost")
 
 
 class _python_wording:

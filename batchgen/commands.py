@@ -72,11 +72,12 @@ def plan(source, options: dict, table=None):
 
 
 def _done_in(config, table, job_plan):
-    """task id -> its status in config.out's journal ("ok", "error", None), or None when the
-    folder holds no run. Read only: no lock, nothing written."""
-    from batchgen.keeping.journal import replay
+    """task id -> its status in config.out's journal ("ok", "error", IN_BATCH, None), or None
+    when the folder holds no run. Read only: no lock, nothing written."""
+    from batchgen.keeping.journal import replay, task_key
     from batchgen.keeping.outdir import OutputFolder
     from batchgen.planning.identity import is_legacy, legacy_ids
+    from batchgen.planning.summary import IN_BATCH
     folder = OutputFolder(config.out)
     existing = folder.existing_job()
     if existing is None:
@@ -87,7 +88,14 @@ def _done_in(config, table, job_plan):
         # Its journal names tasks by the previous ids; the first run will carry them over.
         old = dict(zip((t.task_id for t in job_plan.tasks), legacy_ids(table, config, job_plan)))
         return lambda task_id: state.status(task_id) or state.status(old[task_id])
-    return state.status
+    held = set(state.open_batch_keys().tolist())
+    if not held:
+        return state.status
+
+    def status(task_id: str):
+        found = state.status(task_id)
+        return IN_BATCH if found is None and task_key(task_id) in held else found
+    return status
 
 
 @contextlib.asynccontextmanager
@@ -104,12 +112,13 @@ async def _simulated(provider: str):
 
 
 def cancel(out, environ: Optional[Mapping[str, str]] = None) -> list:
-    """Cancel what OUT's runs left running on the server (the batches it submitted to OpenAI's
-    Batch API and has not collected); returns [(remote id, status)]. The token comes from the
-    environment, the endpoint from job.json. Each mode's backend cancels its own."""
+    """Cancel what OUT's runs left running on the server (the batches it planned or submitted
+    to OpenAI's Batch API and has not collected); returns [(remote id, status)]. The token
+    comes from the environment, the endpoint from job.json. Each mode's backend cancels its
+    own. When something was cancelled, job.json says so (for `status`), unless a run holds OUT."""
     import asyncio
 
-    from batchgen.exceptions import UsageError
+    from batchgen.exceptions import EXIT_STOPPED, FolderBusy, UsageError
     from batchgen.keeping.journal import replay
     from batchgen.keeping.outdir import OutputFolder, provenance_of, read_job
     from batchgen.rules import modes
@@ -118,8 +127,9 @@ def cancel(out, environ: Optional[Mapping[str, str]] = None) -> list:
     provenance = provenance_of(job)
     if provenance is None or not provenance.endpoint:
         raise UsageError(f"{out}'s job.json does not say where its batches were sent; nothing was cancelled")
-    open_chunks = {k: c for k, c in replay(OutputFolder(out).journal_path).batches.items()
-                   if "collected" not in c.get("events", ()) and c.get("batch_id")}
+    folder = OutputFolder(out)
+    open_chunks = {k: c for k, c in replay(folder.journal_path).batches.items()
+                   if "collected" not in c.get("events", ())}
     if not open_chunks:
         return []
     endpoint = resolve_endpoint(provenance.provider, provenance.endpoint, environ)
@@ -129,4 +139,17 @@ def cancel(out, environ: Optional[Mapping[str, str]] = None) -> list:
         for mode in modes.NAMES:
             done += await backend_for(mode).cancel_remote(endpoint, 60.0, open_chunks)
         return done
-    return asyncio.run(cancel_all())
+    done = asyncio.run(cancel_all())
+    cancelled = [batch_id for batch_id, status in done if status in ("cancelling", "cancelled")]
+    if cancelled:
+        try:
+            folder.lock()
+        except FolderBusy:
+            return done         # the run that holds OUT finds them cancelled and says so
+        try:
+            folder.record_end("batch_cancelled", f"batchgen cancel cancelled {len(cancelled)} batch(es) "
+                              f"({', '.join(cancelled)}); run the same command again to collect what they "
+                              "finished and send the rest", EXIT_STOPPED)
+        finally:
+            folder.unlock()
+    return done

@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from batchgen.exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS, UsageError
+from batchgen.exceptions import EXIT_OK, EXIT_STILL_RUNNING, EXIT_STOPPED, EXIT_TASK_ERRORS, UsageError
 from batchgen.keeping.journal import NOT_DONE, VOID, Journal, replay, task_key
 from batchgen.keeping.outdir import OutputFolder, Provenance
 from batchgen.planning.settings import JobConfig
 from batchgen.planning.summary import statuses_to_send
 from batchgen.planning.tasks import Pending, Plan
-from batchgen.rules import pricing
+from batchgen.rules import modes, pricing
 from batchgen.rules.providers import Endpoint
 from batchgen.sending.backends import Budget, SendBackend, StopSwitch, backend_for
 from batchgen.showing.progress import Progress
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 GRACE_S = 30.0
 IMPORT_WRITERS_AFTER_S = 0.2   # by then the first requests are out (and most runs are not over)
+STILL_RUNNING = "batch_in_progress"   # the stop code of work left running on the server (exit 4)
 UNFINISHED_MESSAGE = "not finished; run the same command again to finish it"
 
 
@@ -63,6 +64,8 @@ class Summary:
 
     @property
     def exit_status(self) -> int:
+        if self.stopped == STILL_RUNNING:
+            return EXIT_STILL_RUNNING
         if self.stopped or self.not_done:
             return EXIT_STOPPED
         return EXIT_TASK_ERRORS if self.errors or self.short else EXIT_OK
@@ -132,6 +135,19 @@ class Resume:
     done_err: int
     spent_usd: float
     sendable: int
+    in_batches: int = 0     # tasks of open batches a live run leaves to them
+
+
+def in_open_batches(plan: Plan, state, outcome):
+    """Which of the plan's tasks (a numpy bool array) an open Batch API chunk holds and no
+    final outcome has come for: sent already, so no run of any mode sends them again."""
+    import numpy as np
+    held = state.open_batch_keys()
+    if not len(held):
+        return np.zeros(len(outcome), bool)
+    keys = plan.tasks.keys()
+    at = np.minimum(np.searchsorted(held, keys), len(held) - 1)
+    return (held[at] == keys) & (outcome == 0)
 
 
 def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
@@ -141,11 +157,22 @@ def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
     outcome = _outcomes(plan, state, events)
     waiting = np.isin(outcome, [_OUTCOME_CODES[s] for s in statuses_to_send(retry_failed)])
     spent, _ = _spent(plan, state, events, outcome, plan.config.mode)
+    in_batches = in_open_batches(plan, state, outcome)
+    # Submitted but not collected: billed once they run, so the budget counts them already
+    # (at the Batch API's price), until their outcomes replace the estimate.
+    prices = pricing.load(plan.config.prices)
+    for v, count in _per_variant(plan, in_batches):
+        spent += count * (prices.estimate(plan.tasks.variants[v].params, "batch") or 0.0)
+    left_to_batches = 0
+    if not modes.get(plan.config.mode).collects_batches:
+        # Only batch mode collects a batch; any other leaves its tasks to it, never sends them twice.
+        left_to_batches = int(in_batches.sum())
+        waiting &= ~in_batches
     indices = np.flatnonzero(waiting)
     if len(plan.tasks) < 2 ** 32:       # held the whole send: 4 bytes a pending task, not 8
         indices = indices.astype(np.uint32)
     return Resume(Pending(plan.tasks, indices), int((outcome == 1).sum()),
-                  int((outcome == 2).sum()), spent, len(plan.tasks) - plan.refused)
+                  int((outcome == 2).sum()), spent, len(plan.tasks) - plan.refused, left_to_batches)
 
 
 _OUTCOME_CODES = {None: 0, "ok": 1, "error": 2}     # a journal status as _outcomes codes it
@@ -295,6 +322,10 @@ async def _send_then_build(folder, journal, state, plan, table, todo, stop, back
                 await backend.send(todo.pending)
             finally:
                 early.cancel()
+    if todo.in_batches:
+        stop("in_batches", f"{todo.in_batches} task(s) are in Batch API batches not collected yet and were "
+                           "not sent again; run the same command with --mode batch to collect them "
+                           "(or `batchgen cancel OUT`, then run again, to send them this way)")
     return await _build_while_syncing(folder, journal, state, plan, table, stop, provenance, earlier)
 
 

@@ -65,10 +65,11 @@ def test_a_rerun_of_a_finished_batch_job_uploads_nothing(tmp_path, csv):
         assert sim.stats["files_uploaded"] == 3 and sim.stats["batches_created"] == 3
 
 
-def test_no_wait_submits_and_exits_3_then_the_same_command_collects(tmp_path, csv):
-    with SimulatorThread(SimConfig(batch_seconds=0.5)) as sim:
+def test_no_wait_submits_and_exits_4_then_the_same_command_collects(tmp_path, csv):
+    # --no-wait looks once at its batches: long enough that none has finished by then.
+    with SimulatorThread(SimConfig(batch_seconds=5)) as sim:
         first = batch_run(sim, csv, tmp_path / "out", no_wait=True)
-        assert first.exit_status == 3 and first.stopped == "batch_in_progress"
+        assert first.exit_status == 4 and first.stopped == "batch_in_progress"
         assert "run the same command again" in first.stop_message and first.not_done == 7
         assert (results(tmp_path / "out").error_code == "batch_in_progress").all()
         second = batch_run(sim, csv, tmp_path / "out")
@@ -78,13 +79,19 @@ def test_no_wait_submits_and_exits_3_then_the_same_command_collects(tmp_path, cs
 
 # ---- paid exactly once, through any crash -----------------------------------------------------
 
+def cut_after_planned(out):
+    """The journal as a kill right after the chunk's "planned" line leaves it."""
+    path = out / "journal.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    planned = next(i for i, line in enumerate(lines) if '"event":"planned"' in line)
+    path.write_text("".join(lines[:planned + 1]))
+
+
 def test_a_crash_after_the_batch_was_created_but_not_recorded_adopts_it(tmp_path, csv):
     with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
         batch_run(sim, csv, tmp_path / "out", no_wait=True, batch_size=10)
         # As if killed between the batch's creation and the journal line that records it.
-        path = tmp_path / "out" / "journal.jsonl"
-        path.write_text("".join(line + "\n" for line in path.read_text().splitlines()
-                                if '"event":"submitted"' not in line))
+        cut_after_planned(tmp_path / "out")
         summary = batch_run(sim, csv, tmp_path / "out", batch_size=10)
         assert summary.ok == 7 and sim.stats["batches_created"] == 1      # found by its metadata
         assert set(executions(sim).values()) == {1}
@@ -96,8 +103,7 @@ def test_a_crash_after_planning_before_the_batch_existed_submits_it_once(tmp_pat
         ids = next(e["task_ids"] for e in batch_events(tmp_path / "out") if e["event"] == "planned")
     # A new account (a fresh simulator): no batch carries the chunk's metadata, as after a kill
     # between the journal's "planned" and the upload.
-    path = tmp_path / "out" / "journal.jsonl"
-    path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if '"event":"submitted"' not in line))
+    cut_after_planned(tmp_path / "out")
     with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
         summary = batch_run(sim, csv, tmp_path / "out", batch_size=10)
         assert summary.ok == 7 and sim.stats["batches_created"] == 1

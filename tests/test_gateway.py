@@ -274,13 +274,13 @@ def batch_outcomes(tmp_path, image: dict, resubmitted: bool) -> tuple:
     from batchgen.keeping.store import ImageStore
     from batchgen.rules.providers import Endpoint
     from batchgen.sending.backends import Budget, StopSwitch
-    from batchgen.sending.backends.batch import BatchBackend, TasksById
+    from batchgen.sending.backends.batch import BatchBackend, HeldIds, TasksById
 
     task = SimpleNamespace(task_id="0123456789abcdef", prompt="a kite", params={"model": "gpt-image-2"},
                            images_expected=1, edit=None)
     line = json.dumps({"custom_id": task.task_id, "response": {
         "status_code": 200, "body": generation(image={"b64_json": None, **image})}}).encode()
-    outcomes, again = Outcomes(), []
+    outcomes, again = Outcomes(), {}
 
     async def collect():
         endpoint = Endpoint("http://127.0.0.1:9/v1/images/generations", TOKEN, "openai")
@@ -290,10 +290,10 @@ def batch_outcomes(tmp_path, image: dict, resubmitted: bool) -> tuple:
             backend._tasks = TasksById([task])
             if resubmitted:
                 backend._resubmitted.add(task.task_id)
-            await backend._take_line(line, "batch_1", again)
+            await backend._take_line(line, "batch_1", HeldIds([[task.task_id]]), again)
 
     asyncio.run(collect())
-    return again, outcomes.records
+    return list(again.values()), outcomes.records
 
 
 def test_a_batch_answer_with_a_data_url_is_an_image(tmp_path):

@@ -190,7 +190,11 @@ def entry() -> None:
                    "base64 inside the batch's output file, 1 to 3 MB each: 1,000 keeps a file to a few GB, "
                    "which a laptop downloads and a failed download repeats quickly.")
 @click.option("--no-wait", is_flag=True, default=None,
-              help="Batch mode: submit the batches and exit 3; run the same command again to collect.")
+              help="Batch mode: submit the batches and exit 4 while they run; run the same command again to "
+                   "collect what finished (exit 0 once everything is collected).")
+@click.option("--resubmit-lost", is_flag=True, default=None,
+              help="Batch mode: send again the tasks of a batch the server no longer knows (404, an unknown "
+                   "status, its output file gone). This can pay twice if that batch still runs elsewhere.")
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Batch mode: the longest pause between two looks at the batches (default 60 s; it starts at 1 s).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -304,6 +308,10 @@ def cancel(out):
         click.echo(f"{out} has no unfinished batches")
     for batch_id, status in cancelled:
         click.echo(f"{batch_id}: {status}")
+    if any(status.startswith("not cancelled") for _, status in cancelled):
+        click.echo("some batches were not cancelled (see above): fix what the server said and run "
+                   "`batchgen cancel` again", err=True)
+        sys.exit(EXIT_STOPPED)
 
 
 @main.command()

@@ -265,6 +265,18 @@ class Replay:
         chunk.update({k: ChunkIds.of(v) if k == "task_ids" else v for k, v in event.items() if k != "event"})
         chunk.setdefault("events", []).append(event.get("event"))
 
+    def open_batch_keys(self) -> np.ndarray:
+        """The keys of the tasks held by Batch API chunks not collected yet (planned or
+        submitted: the batch may run, or may exist unrecorded), sorted (numpy uint64). No run
+        sends them again until their chunk is collected, whatever its mode."""
+        import numpy as np
+        parts = [np.frombuffer(ids.keys, np.uint64) if isinstance(ids, ChunkIds)
+                 else np.array([task_key(t) for t in ids if isinstance(t, str)], np.uint64)
+                 for chunk in self.batches.values() if "collected" not in chunk.get("events", ())
+                 for ids in (chunk.get("task_ids") or (),)]
+        # Sorted, not deduplicated: membership needs no more (np.unique's hashing costs ten times a sort).
+        return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+
     def begin_origin(self, origin: dict) -> None:
         """Outcomes applied from now on came from `origin`."""
         self.origins.append(origin)

@@ -68,7 +68,14 @@ class SavedImage:
         return fields
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def relative_image_path(task_id: str, image_index: int, n: int, ext: str) -> str:
+    # The id is the file's name: only batchgen's own (hex digits) may become one, whatever a
+    # server or a hand-edited journal claims, so no name can leave OUT/images.
+    if not (isinstance(task_id, str) and 8 <= len(task_id) <= 64 and _HEX.issuperset(task_id)):
+        raise BadResponse(f"refusing to name an image after {task_id[:80]!r}: not a task id batchgen made")
     name = task_id if n == 1 else f"{task_id}_{image_index}"
     return f"{IMAGES_DIR}/{task_id[:2]}/{name}.{ext}"
 

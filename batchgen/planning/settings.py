@@ -46,6 +46,7 @@ class JobConfig:
     batch_size: int = 1000                # Batch API: requests per batch (see the CLI's help)
     no_wait: bool = False                 # Batch API: submit and leave; a later run collects
     poll_interval: float = 60.0           # Batch API: the longest pause between two looks
+    resubmit_lost: bool = False           # Batch API: send again the tasks of a batch the server lost
     simulate: bool = False
     encoding: Optional[str] = None
     job_file: Optional[str] = None
@@ -176,7 +177,7 @@ def point_label(point: dict) -> str:
 _JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "max_concurrency", "rpm",
              "max_retries", "backoff_base", "timeout", "provider", "mode", "base_url", "limit", "max_cost",
              "max_wait", "encoding", "batch_size", "no_wait", "poll_interval", "params", "image_column",
-             "mask_column", "markup_column", "prices"}
+             "mask_column", "markup_column", "prices", "resubmit_lost"}
 
 
 def load_job_file(path) -> dict:
@@ -223,7 +224,7 @@ def load_job_file(path) -> dict:
     settings["params"] = dict(parse_extra_param((k, v), f"{path} [params]") for k, v in extra.items())
     for key in ("prompt_column", "concurrency", "max_concurrency", "rpm", "max_retries", "backoff_base", "timeout",
                 "provider", "mode", "base_url", "limit", "max_cost", "max_wait", "encoding", "batch_size", "no_wait",
-                "poll_interval", "image_column", "mask_column", "markup_column"):
+                "poll_interval", "image_column", "mask_column", "markup_column", "resubmit_lost"):
         if key in data:
             settings[key] = data[key]
     if "prices" in data:
@@ -328,4 +329,6 @@ def check_mode_settings(config: JobConfig, name=lambda key: "--" + key.replace("
                          f"(the Batch API's limit), not {config.batch_size!r}")
     if not isinstance(config.no_wait, bool):
         raise UsageError(f"{name('no_wait')} must be true or false, not {config.no_wait!r}")
+    if not isinstance(config.resubmit_lost, bool):
+        raise UsageError(f"{name('resubmit_lost')} must be true or false, not {config.resubmit_lost!r}")
     modes.get(config.mode).check_settings(config, name)

@@ -9,6 +9,7 @@ from batchgen.planning.tasks import Plan
 from batchgen.rules import models, modes, pricing
 
 EXAMPLES_PER_REASON = 3
+IN_BATCH = "in_batch"   # a status_of answer: held by a Batch API batch not collected yet
 
 
 def statuses_to_send(retry_failed: bool) -> tuple:
@@ -34,6 +35,7 @@ class PointSummary:
     images: int = 0
     cost_usd: Optional[float] = 0.0   # None: some task's price is unknown
     done: int = 0                     # finished by an earlier run (ok or error; refused not counted)
+    in_batches: int = 0               # submitted in a batch not collected yet: no run sends them
     to_send: int = 0
     images_to_send: int = 0
     cost_to_send_usd: Optional[float] = 0.0
@@ -72,6 +74,10 @@ class PlanSummary:
         return sum(p.done for p in self.points)
 
     @property
+    def in_batches(self) -> int:
+        return sum(p.in_batches for p in self.points)
+
+    @property
     def to_send(self) -> int:
         return sum(p.to_send for p in self.points)
 
@@ -88,6 +94,7 @@ class PlanSummary:
     def as_json(self) -> dict:
         """`batchgen plan --json` (the README lists the keys); `points` by sweep point label."""
         return {"tasks": self.tasks, "refused": self.refused, "done": self.done,
+                "in_batches": self.in_batches,
                 "to_send": self.to_send, "images": sum(p.images for p in self.points),
                 "est_cost_usd": _rounded(self.cost_usd),
                 "est_cost_to_send_usd": _rounded(self.cost_to_send_usd),
@@ -102,8 +109,8 @@ def _rounded(value: Optional[float]) -> Optional[float]:
 
 def summarise_plan(plan: Plan, status_of: Optional[Callable[[str], Optional[str]]] = None) -> PlanSummary:
     """Counts and costs per sweep point. `status_of` (task id -> "ok", "error" or None) is what
-    the output folder's journal says of each task, when it holds a run: without it, every task
-    that is not refused is to send."""
+    the output folder's journal says of each task, when it holds a run (IN_BATCH: held by an
+    open batch): without it, every task that is not refused is to send."""
     points = [PointSummary(point_label(p)) for p in plan.points]
     summary = PlanSummary(points, unknown_models=list(plan.unknown_models), run_found=status_of is not None,
                           edits=plan.edit, rpm=plan.config.rpm, mode=plan.config.mode)
@@ -129,7 +136,10 @@ def summarise_plan(plan: Plan, status_of: Optional[Callable[[str], Optional[str]
         images, cost = costs[key]
         point.images += images
         point.cost_usd = _add(point.cost_usd, cost)
-        if status_of is None or to_send(status_of(task.task_id), retry_failed):
+        status = None if status_of is None else status_of(task.task_id)
+        if status == IN_BATCH:
+            point.in_batches += 1
+        elif to_send(status, retry_failed):
             point.to_send += 1
             point.images_to_send += images
             point.cost_to_send_usd = _add(point.cost_to_send_usd, cost)
@@ -167,7 +177,8 @@ def format_plan(summary: PlanSummary, rpm: Optional[float] = None, mode: str = "
     lines.append(row("total", summary.tasks, summary.refused, images, summary.cost_usd, summary.done,
                      summary.to_send, summary.cost_to_send_usd))
     if ran:
-        lines.append(f"the output folder holds a run of this job: {summary.done:,} task(s) done, "
+        batched = f"{summary.in_batches:,} in batches not collected yet, " if summary.in_batches else ""
+        lines.append(f"the output folder holds a run of this job: {summary.done:,} task(s) done, {batched}"
                      f"{summary.to_send:,} to send, {_money(summary.cost_to_send_usd)} still to spend")
     note = modes.get(mode).plan_note
     if note:

@@ -23,6 +23,7 @@ class Mode:
     name: str = ""
     backend: str = ""                    # "module:Class", imported when chosen
     plan_note: Optional[str] = None      # a line `batchgen plan` adds under its table
+    collects_batches: bool = False       # polls and collects Batch API batches (others leave them be)
 
     def price_factor(self, batch_discount: float) -> float:
         """What this mode's price is of the live one (the price table's Batch discount given)."""
@@ -49,6 +50,7 @@ class BatchMode(Mode):
     name = "batch"
     backend = "batchgen.sending.backends.batch:BatchBackend"
     plan_note = "costs at the Batch API's price: half the live one"
+    collects_batches = True
 
     def price_factor(self, batch_discount: float) -> float:
         return batch_discount

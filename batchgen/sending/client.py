@@ -148,6 +148,17 @@ def server_id(value: object, secret: str = "") -> Optional[str]:
     return server_text(value, secret, MAX_ID_CHARS) or None
 
 
+_REF = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
+
+
+def server_ref(value: object) -> Optional[str]:
+    """An id batchgen puts into a URL path (a batch's, a file's): plain characters only, so a
+    server cannot steer a later request elsewhere ("../", "?", "#"). Anything else: None."""
+    if isinstance(value, str) and _REF.fullmatch(value) and value not in (".", ".."):
+        return value
+    return None
+
+
 def server_int(value: object, low: int, high: int) -> Optional[int]:
     """A whole number in [low, high]: an int, a float with no fraction, or digits as text."""
     if isinstance(value, bool):
@@ -479,6 +490,11 @@ class ImagesClient:
 BATCH_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 BATCH_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"}) | BATCH_TERMINAL
 MAX_BATCH_LINE_BYTES = MAX_RESPONSE_BYTES_PER_IMAGE * 10
+MAX_BATCH_ERRORS = 100
+MAX_METADATA = 16
+UPLOAD_BYTES_PER_S = 512 * 1024     # the slowest upload link a --timeout is stretched for
+LIST_CLOCK_SKEW_S = 3600            # a batch listed this much older than its chunk may still be it
+MAX_LIST_PAGES = 100_000            # 10 million batches: a list longer than any account's is a broken server
 
 
 @dataclass
@@ -493,14 +509,18 @@ class BatchInfo:
     failed: int
     metadata: dict
     errors: list            # [(code, message)] of a batch that failed validation
+    created_at: Optional[int] = None    # unix seconds, as the server says
+    expires_at: Optional[int] = None
 
 
 def parse_batch(payload: object, secret: str = "") -> BatchInfo:
-    if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
-        raise BadResponse("the Batch API answered without a batch object")
+    """A batch object, typed and bounded. A status batchgen does not know is kept (as short
+    text) for the backend to refuse: it is no reason to wait."""
+    if not isinstance(payload, dict) or server_ref(payload.get("id")) is None:
+        raise BadResponse("the Batch API answered without a batch object (or with an id batchgen will not use)")
     status = payload.get("status")
     if status not in BATCH_STATUSES:
-        raise BadResponse(f"the Batch API answered an unknown batch status {server_text(status, secret, 40)!r}")
+        status = f"unknown ({server_text(status, secret, 40)!r})"
     counts = payload.get("request_counts")
     if not isinstance(counts, dict):
         counts = {}
@@ -510,19 +530,22 @@ def parse_batch(payload: object, secret: str = "") -> BatchInfo:
     errors = []
     listed = payload.get("errors")
     listed_data = listed.get("data") if isinstance(listed, dict) else None
-    for item in (listed_data if isinstance(listed_data, list) else []):
+    for item in (listed_data if isinstance(listed_data, list) else [])[:MAX_BATCH_ERRORS]:
         if isinstance(item, dict):
             errors.append((server_text(item.get("code"), secret, 100) or "batch_failed",
                            server_text(item.get("message"), secret, 2000) or "the batch failed validation"))
     return BatchInfo(
-        id=server_id(payload["id"], secret) or "", status=status,
-        output_file_id=server_id(payload.get("output_file_id"), secret),
-        error_file_id=server_id(payload.get("error_file_id"), secret),
+        id=payload["id"], status=status,
+        output_file_id=server_ref(payload.get("output_file_id")),
+        error_file_id=server_ref(payload.get("error_file_id")),
         total=server_int(counts.get("total"), 0, 10 ** 9) or 0,
         completed=server_int(counts.get("completed"), 0, 10 ** 9) or 0,
         failed=server_int(counts.get("failed"), 0, 10 ** 9) or 0,
-        metadata={k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)},
-        errors=errors)
+        metadata={k: v for k, v in list(metadata.items())[:MAX_METADATA]
+                  if isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512},
+        errors=errors,
+        created_at=server_int(payload.get("created_at"), 0, MAX_CREATED),
+        expires_at=server_int(payload.get("expires_at"), 0, MAX_CREATED))
 
 
 class BatchClient(ImagesClient):
@@ -554,10 +577,13 @@ class BatchClient(ImagesClient):
         form = aiohttp.FormData()
         form.add_field("purpose", "batch")
         form.add_field("file", data, filename=name, content_type="application/jsonl")
-        payload = await self._json("POST", "/files", data=form)
-        file_id = server_id(payload.get("id"), self.endpoint.token)
+        # Up to 200 MB: --timeout is for one image, the upload gets as long as a slow link needs.
+        total = (self.timeout.total or 0) + len(data) / UPLOAD_BYTES_PER_S
+        payload = await self._json("POST", "/files", data=form,
+                                   timeout=aiohttp.ClientTimeout(total=total, sock_connect=self.timeout.sock_connect))
+        file_id = server_ref(payload.get("id"))
         if not file_id:
-            raise BadResponse("the Files API answered without a file id")
+            raise BadResponse("the Files API answered without a file id (or with one batchgen will not use)")
         return file_id
 
     async def create_batch(self, input_file_id: str, endpoint_path: str, metadata: dict) -> BatchInfo:
@@ -571,25 +597,35 @@ class BatchClient(ImagesClient):
     async def cancel_batch(self, batch_id: str) -> BatchInfo:
         return parse_batch(await self._json("POST", f"/batches/{batch_id}/cancel"), self.endpoint.token)
 
-    async def find_batch(self, metadata_key: str, value: str, max_pages: int = 20) -> Optional[BatchInfo]:
-        """The newest batch of the account whose metadata[key] is `value`, if any."""
+    async def find_batch(self, metadata_key: str, value: str,
+                         created_after: Optional[float] = None) -> Optional[BatchInfo]:
+        """The newest batch of the account whose metadata[key] is `value`, if any. The list is
+        newest first: it is read page by page until a batch older than `created_after` (less
+        the clock skew) shows one could not be it, or to its end when that time is unknown."""
         after = None
-        for _ in range(max_pages):
+        seen: set = set()
+        while True:
             params = {"limit": "100", **({"after": after} if after else {})}
             page = await self._json("GET", "/batches", params=params)
             items = page.get("data")
             if not isinstance(items, list):
                 items = []
+            older = False
             for item in items:
-                if isinstance(item, dict) and isinstance(item.get("metadata"), dict) \
-                        and item["metadata"].get(metadata_key) == value:
+                if not isinstance(item, dict):
+                    continue
+                if isinstance(item.get("metadata"), dict) and item["metadata"].get(metadata_key) == value:
                     return parse_batch(item, self.endpoint.token)
-            if not page.get("has_more") or not items:
+                created = server_int(item.get("created_at"), 0, MAX_CREATED)
+                if created_after is not None and created is not None \
+                        and created < created_after - LIST_CLOCK_SKEW_S:
+                    older = True
+            if older or page.get("has_more") is not True or not items:
                 return None
-            after = server_id(items[-1].get("id") if isinstance(items[-1], dict) else None)
-            if not after:
+            after = server_ref(items[-1].get("id") if isinstance(items[-1], dict) else None)
+            if not after or after in seen or len(seen) >= MAX_LIST_PAGES:   # in a circle, or without end
                 return None
-        return None
+            seen.add(after)
 
     async def file_lines(self, file_id: str) -> AsyncIterator[bytes]:
         """The lines of a (large) file, as they arrive: never the whole file in memory."""

@@ -42,6 +42,7 @@ class Status:
     rate_per_min: Optional[float] = None    # only while running
     eta_s: Optional[float] = None
     pace: Optional[dict] = None             # while running: the run's pace and what it has in flight
+    in_batches: int = 0                     # tasks in Batch API batches not collected yet
 
     @property
     def done(self) -> int:
@@ -57,7 +58,7 @@ class Status:
                 "errors": self.errors + self.refused, "by_code": self.by_code,
                 "running": self.running, "state": self.state, "stopped": self.stopped,
                 "stop_message": self.stop_message, "rate_per_min": self.rate_per_min,
-                "eta_s": self.eta_s, "pace": self.pace}
+                "eta_s": self.eta_s, "pace": self.pace, "in_batches": self.in_batches}
 
 
 RATE_WINDOW_S = 600
@@ -101,6 +102,9 @@ def read_status(out: StrPath, now: Optional[float] = None) -> Status:
     if refused:
         by_code["invalid_params"] = refused
     status = Status(str(out), total, refused, ok, errors, by_code)
+    held = state.open_batch_keys()
+    if len(held):
+        status.in_batches = int((state.join(held) < 0).sum())
     status.state, status.stopped, status.stop_message = run_state(
         job.get("run"), OutputFolder(out).is_locked(), status.done >= total)
     run = job.get("run")
@@ -137,7 +141,8 @@ def format_status(s: Status) -> str:
     from batchgen.planning.summary import format_duration
     pct = 100.0 * s.done / s.total if s.total else 100.0
     lines = [f"{s.out}: {s.done:,}/{s.total:,} tasks done ({pct:.1f}%): {s.ok:,} ok, "
-             f"{s.errors + s.refused:,} error(s)"]
+             f"{s.errors + s.refused:,} error(s)" + (f"; {s.in_batches:,} in Batch API batches not collected yet"
+                                                     if s.in_batches else "")]
     if s.by_code:
         by_count = sorted(s.by_code.items(), key=lambda kv: -kv[1])
         lines.append("errors by code: " + ", ".join(f"{c} {n:,}" for c, n in by_count))
