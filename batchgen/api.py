@@ -70,6 +70,7 @@ def run(source: Source, *,
         batch_size: Optional[int] = None,
         no_wait: Optional[bool] = None,
         poll_interval: Optional[float] = None,
+        callback_url: Optional[str] = None,
         simulate: Optional[bool] = None,
         progress: bool = True,
         environ: Optional[Mapping[str, str]] = None,
@@ -107,6 +108,8 @@ def run(source: Source, *,
     max_cost: stop launching once the estimated spend would pass this many USD.
     max_wait: the longest Retry-After pause to wait for, in seconds (600).
     batch_size, no_wait, poll_interval: batch mode (see `batchgen run --help`).
+    callback_url: async mode (AceData's callback mode): where AceData POSTs each task's outcome
+        (default: an address that receives nothing; batchgen polls the Tasks API either way).
     simulate: run against the built-in simulator (no token needed; placeholder images).
     progress: show a progress bar. environ: where tokens are read (default os.environ).
     verbose: a line per attempt, rate-limit pause and stop on stderr; log_file: the same lines

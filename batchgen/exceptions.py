@@ -25,6 +25,7 @@ from typing import Optional
 # Exit statuses of `batchgen` (the README's "Exit status"): all ok; some task errors; bad
 # usage or input, nothing sent; stopped early, resumable.
 EXIT_OK, EXIT_TASK_ERRORS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_STILL_RUNNING = 4  # submitted and still running on the server: run again to collect
 
 
 class BatchgenError(Exception):

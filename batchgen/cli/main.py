@@ -189,6 +189,9 @@ def entry() -> None:
               help="Batch mode: submit the batches and exit 3; run the same command again to collect.")
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Batch mode: the longest pause between two looks at the batches (default 60 s; it starts at 1 s).")
+@click.option("--callback-url", default=None,
+              help="Async mode: where AceData POSTs each task's outcome, for your own use (default: an address "
+                   "that receives nothing); batchgen collects the outcomes from the Tasks API either way.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_json_option("the run's summary")
 @click.option("-v", "--verbose", is_flag=True,

@@ -66,7 +66,27 @@ class BatchMode(Mode):
                              "set --model gpt-image-1 (or another GPT image model), or use --mode live")
 
 
-MODES: dict[str, Mode] = {mode.name: mode for mode in (LiveMode(), BatchMode())}
+class AsyncMode(Mode):
+    """AceData's callback mode: a task id at once, the outcome from the Tasks API."""
+    name = "async"
+    backend = "batchgen.sending.backends.tasks:AsyncBackend"
+    plan_note = "AceData callback mode: tasks submitted, outcomes collected from the Tasks API (free)"
+
+    def check_settings(self, config: Any, name: Namer) -> None:
+        if config.provider != "acedata":
+            raise UsageError(f"--mode async is AceData's callback mode and Tasks API: use --provider acedata "
+                             f"(with ACEDATA_API_TOKEN), not {config.provider!r}")
+        if config.no_wait:
+            raise UsageError("--no-wait is not available in async mode yet: Ctrl-C stops submitting, the "
+                             "tasks submitted finish on the server and the next run collects them")
+        url = config.callback_url
+        if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))
+                                    and len(url) > len("https://")):
+            raise UsageError(f"{name('callback_url')} must be an http(s) URL (e.g. "
+                             f"https://example.org/hooks/batchgen), not {url!r}")
+
+
+MODES: dict[str, Mode] = {mode.name: mode for mode in (LiveMode(), BatchMode(), AsyncMode())}
 NAMES = tuple(MODES)
 
 

@@ -25,6 +25,12 @@ def fallback_code(http_status: int) -> str:
     return f"http_{http_status}"
 
 
+# Codes of a task that failed upstream (the Tasks API's answer, with no HTTP status of its own)
+# that mean the server, not the request, failed: sent again.
+SERVER_FAULT_CODES = frozenset({"api_error", "server_error", "timeout", "internal_error", "upstream_error",
+                                "service_unavailable", "bad_gateway", "gateway_timeout"})
+
+
 class Decision(enum.Enum):
     RETRY = "retry"  # may succeed later: back off and send again
     FAIL = "fail"    # a refusal of this task: record the error, go on with the others
@@ -36,6 +42,8 @@ def classify(error: RequestError) -> Decision:
         status = error.http_status or 0
         if status == 401 or error.code in AUTH_CODES or error.code in QUOTA_CODES:
             return Decision.STOP
+        if not status:
+            return Decision.RETRY if error.code in SERVER_FAULT_CODES else Decision.FAIL
         if status in (408, 409, 429) or status >= 500:
             return Decision.RETRY
         return Decision.FAIL

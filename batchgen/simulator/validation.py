@@ -120,6 +120,8 @@ class ImageRequest:
     inputs: tuple = ()    # edits: the input images (edits.InputImage), the first one edited
     mask: Any = None      # edits: the mask (an InputImage) or None
     input_fidelity: Optional[str] = None
+    callback_url: Optional[str] = None   # AceData callback mode (tasks.py)
+    trace_id: Optional[str] = None
 
 
 def auth_error(authorization: str, token: str) -> Optional[ApiError]:

@@ -1,0 +1,346 @@
+"""AceData's callback mode (`--mode async`): each attempt is submitted with a `callback_url` and
+a `trace_id` of ours, the server answers a task id at once, and the outcomes are collected by
+polling the Tasks API (`retrieve_batch` by ids, many a call, free). A generation slower than
+the gateway's time limit is then no longer a 504 paid again on every retry.
+
+Paid once through any crash: an attempt's trace id is written to the journal before it is sent
+(a chunk of one task, keyed by the trace id: `planned`), the server's task id once it answers
+(`submitted`), `collected` once a failed attempt is given up. A rerun adopts what the journal
+holds open: a submitted attempt is polled; an attempt planned without a task id is looked up by
+its trace id, adopted when the server has it, and sent again only when it never arrived.
+
+The rest is the live backend's (subclassed, not copied): the pacing of submissions by the
+RateFinder, retries and their budgets (a retry is a new attempt, with a new trace id), the
+budget, the images kept and the records written. What differs: a worker holds a task from its
+submission to its outcome, so the workers are the tasks under way (`--concurrency N`, or
+`--max-concurrency` with auto), while the submissions on the wire follow the pacer's window.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Iterable, Iterator, Mapping, Optional
+
+from batchgen.exceptions import BadResponse, InvalidInput, RequestError, RequestTimeout
+from batchgen.planning.settings import AUTO
+from batchgen.sending.backends.live import LiveBackend, fit_concurrency
+from batchgen.sending.classify import Decision, classify
+from batchgen.sending.client import ImagesClient, RemoteTask, with_task_fields
+from batchgen.sending.limits import Attempt, RateFinder
+
+log = logging.getLogger(__name__)
+
+# AceData requires a callback URL to answer with a task id; without --callback-url this address
+# is given, which receives nothing (example.com is reserved for documentation, RFC 2606).
+DEFAULT_CALLBACK_URL = "https://example.com/batchgen-callback"
+CONNECTIONS = 32              # submissions and polls on the wire at once, at most
+SUBMITTING_MAX = 64           # the pacer's window for submissions never passes this
+POLL_FIRST_S = 0.25
+POLL_MAX_S = 5.0              # a look at the tasks at least this often (lookups are free)
+MISSING_POLLS = 3             # a submitted task the server does not know this many times is lost
+TASK_MAX_WAIT_S = 3600.0      # a task unfinished this long is a timeout (and is tried again)
+STOP_CHECK_S = 0.05
+
+
+def trace_id_for(task_id: str, run_mark: str, attempt: int) -> str:
+    """The trace id of a task's attempt: the task id, the run (so two folders running the same
+    job never adopt each other's tasks) and the attempt's number in it."""
+    return f"{task_id}-{run_mark}-{attempt}"
+
+
+class AsyncBackend(LiveBackend):
+    def __init__(self, config, endpoint, images, recorder, budget, stop):
+        super().__init__(config, endpoint, images, recorder, budget, stop)
+        self.callback_url = getattr(config, "callback_url", None) or DEFAULT_CALLBACK_URL
+        self.poll_max = min(POLL_MAX_S, float(config.poll_interval))
+        self.room = 1
+        self.submitted = self.finished_remotely = self.collected = self.adopted = 0
+        self._run_mark = secrets.token_hex(4)
+        self._tries: dict = {}        # task id -> attempts sent by this run (numbers its trace ids)
+        self._adopt: dict = {}        # task id -> (trace id, remote task id) to collect, not send
+        self._waiting: dict = {}      # remote task id -> the future of its RemoteTask
+        self._misses: dict = {}       # remote task id -> polls in a row that did not find it
+        self._early: set = set()      # id() of attempts whose pacer place was given back at submission
+        self._on_wire = 0             # submissions (and lookups before a retry) on the wire
+        self._room_freed = asyncio.Event()
+        self._said_stop = False
+
+    async def __aenter__(self):
+        auto = self.config.concurrency == AUTO
+        # A task waiting on the server holds no connection and no file: the open-file limit
+        # bounds only the connections.
+        self.room = self.config.max_concurrency if auto else int(self.config.concurrency)
+        connections = fit_concurrency(min(self.room, CONNECTIONS), True)
+        self.pacer = RateFinder(None, max_concurrency=min(SUBMITTING_MAX, self.room))
+        self._client = await ImagesClient(self.endpoint, connections, self.config.timeout).__aenter__()
+        return self
+
+    def _room(self) -> int:
+        return self.room
+
+    def busy(self) -> bool:
+        """A submission on the wire (a stop waits for it, so its task id reaches the journal)."""
+        return self._on_wire > 0
+
+    def pace(self) -> Optional[dict]:
+        return {**self.pacer.snapshot(), **self._counts()}
+
+    def _counts(self) -> dict:
+        return {"submitted": self.submitted, "finished_remotely": self.finished_remotely,
+                "collected": self.collected, "waiting": len(self._waiting), "adopted": self.adopted}
+
+    @classmethod
+    async def cancel_remote(cls, endpoint, timeout: float, chunks: Mapping[str, dict]) -> list:
+        """AceData's tasks cannot be cancelled: the next run collects them."""
+        return []
+
+    # -- the run --
+
+    async def send(self, tasks: Iterable) -> None:
+        await self._adopt_open_attempts()
+        poller = asyncio.ensure_future(self._poll())
+        try:
+            await super().send(self._with_adopted_apart(iter(tasks)))
+        finally:
+            poller.cancel()
+
+    def cancel_in_flight(self) -> None:
+        if self.stop:
+            self._say_left_running()
+        super().cancel_in_flight()
+
+    async def _tick(self) -> None:
+        """The pacer settles with time, its window may grow: more submissions may go."""
+        while True:
+            await asyncio.sleep(0.25)
+            self.pacer.tick()
+            self._staff()
+            self._room_freed.set()
+
+    def _with_adopted_apart(self, tasks: Iterator) -> Iterator:
+        """The tasks to send; an adopted one is collected beside them (not sent, not paced)."""
+        for task in tasks:
+            adopted = self._adopt.pop(task.task_id, None)
+            if adopted is None:
+                yield task
+            else:
+                self._workers.append(asyncio.ensure_future(self._collect_adopted(task, *adopted)))
+
+    async def _collect_adopted(self, task, trace_id: str, remote_id: str) -> None:
+        """An attempt an earlier run submitted: its outcome, or (when it failed) the task sent anew."""
+        estimate = self.budget.estimate(task.params)
+        self.budget.spent_usd += estimate         # already paid for: never refused by the budget
+        started = time.monotonic()
+        try:
+            remote = await self._wait_for(remote_id)
+            if remote.error is None:
+                record = await self._collected(task, remote, trace_id, remote_id)
+                record["attempts"] = 1
+                record["latency_s"] = round(time.monotonic() - started, 4)
+                return self._finish(task, record)
+            self._give_up(trace_id, remote.error)
+            self.budget.spent_usd -= estimate
+            if classify(remote.error) is not Decision.RETRY:
+                return self._finish(task, self._error_record(task, remote.error, 1, started))
+        except OSError as e:
+            return self._disk_failed(task, 0, e)
+        except asyncio.CancelledError:
+            self._not_done(task, 0)
+            raise
+        except RequestError as error:
+            self.budget.spent_usd -= estimate
+            log.info("adopted task %s: %s; sending it again", remote_id, error.message)
+        if not self.stop and self.budget.take(task.params, self.stop):
+            await self._run_task(task)
+
+    async def _take_slot(self) -> None:
+        """A submission's place: within the pacer's window, then at its pace."""
+        while self._on_wire >= self.pacer.window:
+            self._room_freed.clear()
+            await self._room_freed.wait()
+        self._on_wire += 1
+        try:
+            await self.pacer.acquire()
+        except BaseException:
+            self._submission_over()
+            raise
+
+    def _submission_over(self) -> None:
+        self._on_wire -= 1
+        self._room_freed.set()
+
+    def _release(self, attempt: Optional[Attempt]) -> None:
+        if attempt is not None and id(attempt) in self._early:
+            self._early.discard(id(attempt))
+            return
+        self._submission_over()
+        self.pacer.release(attempt)
+
+    def _release_early(self, attempt: Attempt) -> None:
+        """Submitted: the place among submissions is free; the task waits without one."""
+        self._early.add(id(attempt))
+        self._submission_over()
+        self.pacer.release(attempt)
+
+    async def _request(self, task, body: Optional[bytes], attempt: Attempt) -> dict:
+        if body is None:
+            raise InvalidInput("edits are not sent in async mode; use --mode live for an edits table")
+        tries = self._tries[task.task_id] = self._tries.get(task.task_id, 0) + 1
+        trace_id = trace_id_for(task.task_id, self._run_mark, tries)
+        # Before the request leaves: a crash from here on is resolved by the trace id.
+        self.recorder.chunk_event({"chunk": trace_id, "event": "planned", "task_ids": [task.task_id],
+                                   "trace_id": trace_id})
+        try:
+            submitted = await self.client.submit_task(with_task_fields(body, self.callback_url, trace_id))
+            remote_id, ratelimit = submitted.task_id, submitted.ratelimit
+        except RequestError as error:
+            # An answer lost on the way (a timeout, a dropped connection, a gateway's 5xx) may
+            # still have made the task: ask before sending another, which would be paid again.
+            found = await self._look_up_after(error, trace_id)
+            if found is None:
+                self._give_up(trace_id, error)
+                raise
+            remote_id, ratelimit = found, None
+        self.recorder.chunk_event({"chunk": trace_id, "event": "submitted", "remote_task_id": remote_id})
+        self.submitted += 1
+        self.pacer.on_success(attempt, ratelimit)
+        self._release_early(attempt)
+        remote = await self._wait_for(remote_id)
+        if remote.error is not None:
+            self._give_up(trace_id, remote.error)
+            raise remote.error
+        return await self._collected(task, remote, trace_id, remote_id)
+
+    async def _look_up_after(self, error: RequestError, trace_id: str) -> Optional[str]:
+        """The task id of an attempt whose answer was lost, if the server made the task."""
+        if error.http_status is not None and error.http_status < 500:
+            return None           # refused: nothing was made
+        try:
+            found = await self.client.find_tasks("trace_ids", [trace_id])
+        except RequestError:
+            return None           # as good as unknown: the next run's lookup settles it
+        return next((t.id for t in found if t.trace_id == trace_id), None)
+
+    async def _collected(self, task, remote: RemoteTask, trace_id: str, remote_id: str) -> dict:
+        assert remote.generation is not None
+        record = await self._keep(task, remote.generation)
+        record["trace_id"], record["remote_task_id"] = trace_id, remote_id
+        self.collected += 1
+        return record
+
+    def _give_up(self, trace_id: str, error: RequestError) -> None:
+        """An attempt that gave no images: never adopted by a later run."""
+        self.recorder.chunk_event({"chunk": trace_id, "event": "collected", "status": "error",
+                                   "error_code": error.code})
+
+    def _finish(self, task, record: dict) -> None:
+        self._tries.pop(task.task_id, None)
+        super()._finish(task, record)
+
+    def _not_done(self, task, attempts: int) -> None:
+        self._tries.pop(task.task_id, None)
+        super()._not_done(task, attempts)
+
+    # -- the Tasks API: adoption and polling --
+
+    async def _adopt_open_attempts(self) -> None:
+        """The journal's attempts without an outcome: those submitted are polled, those planned
+        are looked up by trace id (adopted when the server has them, else sent again)."""
+        unknown: dict = {}        # trace id -> task id
+        for trace_id, chunk in list(self.recorder.chunks().items()):
+            if "trace_id" not in chunk or "collected" in chunk.get("events", ()):
+                continue
+            task_id = next(iter(chunk.get("task_ids") or ()), None)
+            if task_id is None or self.recorder.is_final(task_id):
+                continue
+            if chunk.get("remote_task_id"):
+                self._adopt[task_id] = (trace_id, chunk["remote_task_id"])
+                unknown.pop(trace_id, None)
+            else:
+                unknown[trace_id] = task_id
+        if unknown:
+            try:
+                found = await self.client.find_tasks("trace_ids", list(unknown))
+            except RequestError as error:
+                self.stop(error.code, f"the Tasks API could not be asked which tasks an earlier run "
+                                      f"sent ({error.message}); run the same command again")
+                return
+            for remote in found:
+                task_id = unknown.pop(remote.trace_id or "", None)
+                if task_id is not None:
+                    self.recorder.chunk_event({"chunk": remote.trace_id, "event": "submitted",
+                                               "remote_task_id": remote.id})
+                    self._adopt[task_id] = (remote.trace_id, remote.id)
+            for trace_id in unknown:
+                # Never reached the server: sent again (under a new trace id).
+                self.recorder.chunk_event({"chunk": trace_id, "event": "collected", "status": "never_arrived"})
+        self.adopted = len(self._adopt)
+        if self._adopt:
+            log.info("adopting %d task(s) an earlier run submitted: collected, not sent again", self.adopted)
+
+    async def _wait_for(self, remote_id: str) -> RemoteTask:
+        future = self._waiting.get(remote_id)
+        if future is None or future.done():
+            future = self._waiting[remote_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), TASK_MAX_WAIT_S)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"task {remote_id} did not finish within {TASK_MAX_WAIT_S:.0f} s") from None
+        finally:
+            self._waiting.pop(remote_id, None)
+            self._misses.pop(remote_id, None)
+
+    async def _poll(self) -> None:
+        """Look the waiting tasks up, a page of ids a call: sooner while they finish, less
+        often (up to POLL_MAX_S) while none does."""
+        interval = POLL_FIRST_S
+        while True:
+            if self.stop:
+                if not self._on_wire:
+                    self.cancel_in_flight()     # nothing on the wire: the waits are cut short
+                    return
+                await asyncio.sleep(STOP_CHECK_S)   # a submission's task id is still to come
+                continue
+            await self.stop.sleep(interval)
+            if not self._waiting or self.stop:
+                continue
+            finished = await self._poll_once()
+            interval = POLL_FIRST_S if finished else min(interval * 1.5, self.poll_max)
+            self.recorder.pace({**self.pacer.snapshot(), **self._counts()})
+            self.recorder.note(f"{self.submitted} submitted, {len(self._waiting)} on the server, "
+                               f"{self.collected} collected")
+
+    async def _poll_once(self) -> int:
+        asked = list(self._waiting)
+        try:
+            found = await self.client.find_tasks("ids", asked)
+        except RequestError as error:
+            log.warning("looking up %d task(s) failed (%s); trying again", len(asked), error.message)
+            return 0
+        by_id = {t.id: t for t in found}
+        finished = 0
+        for remote_id in asked:
+            future = self._waiting.get(remote_id)
+            if future is None or future.done():
+                continue
+            remote = by_id.get(remote_id)
+            if remote is None:
+                self._misses[remote_id] = self._misses.get(remote_id, 0) + 1
+                if self._misses[remote_id] >= MISSING_POLLS:
+                    future.set_exception(BadResponse(f"the server no longer knows task {remote_id}"))
+                continue
+            self._misses.pop(remote_id, None)
+            if remote.finished:
+                self.finished_remotely += 1
+                finished += 1
+                future.set_result(remote)
+        return finished
+
+    def _say_left_running(self) -> None:
+        if self._said_stop or not self._waiting:
+            return
+        self._said_stop = True
+        log.warning("%d submitted task(s) go on running on the server; the next run collects them "
+                    "without paying again (run the same command again)", len(self._waiting))
