@@ -200,6 +200,8 @@ def test_ctrl_c_stops_submitting_and_the_next_run_collects_what_was_submitted(tm
         assert "Traceback" not in stderr
         assert "go on running on the server; the next run collects them without paying again" in stderr
         assert set(results(out).error_code) == {"interrupted"}
+        status = json.loads(batchgen_process("status", out, "--json").communicate(timeout=60)[0])
+        assert status["remote"] == {"submitted": tasks, "finished": None, "collected": 0, "waiting": tasks}
         proc = batchgen_process(*args)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, stderr
@@ -207,6 +209,8 @@ def test_ctrl_c_stops_submitting_and_the_next_run_collects_what_was_submitted(tm
         df = results(out)
         assert executions_per_task(sim, df.task_id) == dict.fromkeys(df.task_id, 1)
     assert set(df.status) == {"ok"}
+    text = batchgen_process("status", out).communicate(timeout=60)[0]
+    assert f"async tasks: {tasks} submitted, {tasks} collected, 0 waiting on the server" in text
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -42,6 +42,7 @@ POLL_MAX_S = 5.0              # a look at the tasks at least this often (lookups
 MISSING_POLLS = 3             # a submitted task the server does not know this many times is lost
 TASK_MAX_WAIT_S = 3600.0      # a task unfinished this long is a timeout (and is tried again)
 STOP_CHECK_S = 0.05
+REPORT_EVERY_S = 2.0          # job.json's note of the run's progress (for `status`), at most this often
 
 
 def trace_id_for(task_id: str, run_mark: str, attempt: int) -> str:
@@ -66,6 +67,7 @@ class AsyncBackend(LiveBackend):
         self._on_wire = 0             # submissions (and lookups before a retry) on the wire
         self._room_freed = asyncio.Event()
         self._said_stop = False
+        self._next_report = 0.0
 
     async def __aenter__(self):
         auto = self.config.concurrency == AUTO
@@ -308,7 +310,9 @@ class AsyncBackend(LiveBackend):
                 continue
             finished = await self._poll_once()
             interval = POLL_FIRST_S if finished else min(interval * 1.5, self.poll_max)
-            self.recorder.pace({**self.pacer.snapshot(), **self._counts()})
+            if time.monotonic() >= self._next_report:
+                self._next_report = time.monotonic() + REPORT_EVERY_S
+                self.recorder.pace({**self.pacer.snapshot(), **self._counts()})
             self.recorder.note(f"{self.submitted} submitted, {len(self._waiting)} on the server, "
                                f"{self.collected} collected")
 
