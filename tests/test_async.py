@@ -10,6 +10,7 @@ import pytest
 from conftest import TOKEN, batchgen_process, make_prompts, results, wait_until
 
 import batchgen
+from batchgen.keeping.journal import replay
 from batchgen.simulator import SimulatorThread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +93,7 @@ def test_a_failed_task_is_sent_again_under_a_new_trace_id(tmp_path):
     for row in retried.itertuples():
         mine = sorted(t for t in traces if t.startswith(row.task_id + "-"))
         assert len(mine) == row.attempts and row.trace_id == max(mine, key=lambda t: int(t.rsplit("-", 1)[1]))
-    failed = [e for e in attempt_events(tmp_path / "out") if e["event"] == "collected"]
+    failed = [e for e in attempt_events(tmp_path / "out") if e["event"] == "collected" and e["status"] == "error"]
     assert len(failed) == df.attempts.sum() - len(df) and {e["error_code"] for e in failed} == {"api_error"}
 
 
@@ -105,8 +106,11 @@ def test_every_attempt_is_journaled_before_it_is_sent_and_its_task_id_after(tmp_
     assert len(planned) == 3
     for e in planned:
         after = [x for x in events if x["chunk"] == e["chunk"]]
-        assert [x["event"] for x in after] == ["planned", "submitted"]
+        assert [x["event"] for x in after] == ["planned", "submitted", "collected"]
         assert after[1]["remote_task_id"] and e["trace_id"] == e["chunk"]
+    # Replay keeps only the attempts still open, not one entry per attempt ever sent.
+    state = replay(tmp_path / "out" / "journal.jsonl")
+    assert state.batches == {} and state.attempts_settled == {"ok": 3}
 
 
 def _journal_line(out, event: dict) -> None:

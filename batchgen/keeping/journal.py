@@ -232,6 +232,7 @@ class Replay:
         self.origins: list = []    # each run's {"provider", "endpoint", ...}
         self.replaced: dict = {}   # a legacy task id -> the id that replaces it
         self.batches: dict = {}    # Batch API chunk key -> what the journal says of it
+        self.attempts_settled: dict = {}   # async mode: attempts let go with a task id, by how they ended
         self._key = array("Q")
         self._kind = array("B")
         self._origin_starts: list = []    # origin -> its first event (see origin_of)
@@ -255,8 +256,18 @@ class Replay:
 
     def batch_event(self, event: dict) -> None:
         """A Batch API chunk's progress: planned (its task ids), submitted (its batch id),
-        collected (every outcome it will give is in the journal)."""
-        chunk = self.batches.setdefault(event.get("chunk"), {})
+        collected (every outcome it will give is in the journal).
+
+        An async mode attempt is a chunk of one task keyed by its trace id; once collected
+        nothing more is asked of it, so it is let go (counted in `attempts_settled` by how it
+        ended): the state holds only the attempts still open, not one per attempt ever sent."""
+        key = event.get("chunk")
+        if event.get("event") == "collected" and "trace_id" in self.batches.get(key, ()):
+            chunk = self.batches.pop(key)
+            settled = str(event.get("status"))
+            self.attempts_settled[settled] = self.attempts_settled.get(settled, 0) + bool(chunk.get("remote_task_id"))
+            return
+        chunk = self.batches.setdefault(key, {})
         chunk.update({k: ChunkIds.of(v) if k == "task_ids" else v for k, v in event.items() if k != "event"})
         chunk.setdefault("events", []).append(event.get("event"))
 

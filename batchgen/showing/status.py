@@ -118,19 +118,20 @@ def read_status(out: StrPath, now: Optional[float] = None) -> Status:
 
 def remote_tasks(state, pace: object = None) -> Optional[dict]:
     """Async mode's attempts on the server, from the journal: `submitted` (given a task id),
-    `collected` (their task's outcome is kept), `waiting` (neither collected nor given up: the
-    running run, or else the next one, collects them); `finished` (on the server, of those
-    submitted by the running run) only while a run goes. None for a folder without any."""
-    submitted = collected = waiting = 0
+    `collected` (their images are kept), `waiting` (neither collected nor given up: the running
+    run, or else the next one, collects them); `finished` (on the server, of those the running
+    run waits for) only while a run goes. None for a folder without any."""
+    settled = state.attempts_settled
+    collected = settled.get("ok", 0)
+    submitted = sum(settled.values())
+    waiting = 0
     for chunk in state.batches.values():
         if "trace_id" not in chunk or not chunk.get("remote_task_id"):
             continue
         submitted += 1
-        if "collected" in chunk.get("events", ()):
-            continue            # an attempt that failed, given up for another
         task_id = next(iter(chunk.get("task_ids") or ()), None)
-        if task_id is not None and state.status(task_id) is not None:
-            collected += 1
+        if task_id is not None and state.status(task_id) == "ok":
+            collected += 1      # killed between its outcome's line and its own
         else:
             waiting += 1
     if not submitted:

@@ -240,6 +240,9 @@ class AsyncBackend(LiveBackend):
     def _finish(self, task, record: dict) -> None:
         self._tries.pop(task.task_id, None)
         super()._finish(task, record)
+        if record.get("remote_task_id"):
+            # After the outcome's line: a crash between the two leaves an attempt whose task is done.
+            self.recorder.chunk_event({"chunk": record["trace_id"], "event": "collected", "status": "ok"})
 
     def _not_done(self, task, attempts: int) -> None:
         self._tries.pop(task.task_id, None)
