@@ -237,3 +237,74 @@ def test_the_callback_url_is_sent_and_job_json_keeps_it_without_its_query(tmp_pa
         assert sim.stats.params.get("callback_url") == 2 and sim.stats.params.get("trace_id") == 2
     job = (tmp_path / "out" / "job.json").read_text()
     assert "https://hooks.example.org/in" in job and "secret" not in job
+
+
+def test_an_edits_table_is_submitted_as_tasks_and_adopted_like_generations(tmp_path):
+    import io
+
+    from PIL import Image
+    for name, colour in (("red", "red"), ("blue", "blue")):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), colour).save(buffer, "PNG")
+        (tmp_path / f"{name}.png").write_bytes(buffer.getvalue())
+    source = tmp_path / "edits.csv"
+    pd.DataFrame({"prompt": ["make it a watercolour", "add a hat", "a third"],
+                  "image": ["red.png", "blue.png", "red.png|blue.png"]}).to_csv(source, index=False)
+    out = tmp_path / "out"
+    gpt = {"model": "gpt-image-2", "quality": "low", "size": "1024x1024"}
+    with SimulatorThread(latency=0.05) as sim:
+        first = async_run(sim, source, out, defaults=gpt, limit=1)
+        task_id = results(out).task_id[0]
+        # Killed with the second edit's attempt journaled and on its way (it reached the server).
+        second = pd.read_csv(source).prompt[1]
+        summary = async_run(sim, source, tmp_path / "ids", defaults=gpt)
+        second_id = results(tmp_path / "ids").set_index("prompt").task_id[second]
+        sim.reset_stats()
+        trace = f"{second_id}-cafebabe-1"
+        _journal_line(out, {"chunk": trace, "event": "planned", "trace_id": trace, "task_ids": [second_id]})
+        request = urllib_edit(sim, second, tmp_path / "blue.png", trace)
+        done = async_run(sim, source, out, defaults=gpt)
+        stats = sim.stats
+    assert first.ok == 1 and summary.ok == 3 and done.exit_status == 0 and done.pace["adopted"] == 1
+    df = results(out).set_index("prompt")
+    assert df.task_id["make it a watercolour"] == task_id and df.trace_id[second] == trace
+    assert df.remote_task_id[second] == request and df.remote_task_id.notna().all()
+    assert stats.by_path == {"/openai/images/edits": 2, "/openai/tasks": stats.task_lookups}
+    assert stats.trace_executions[trace] == 1 and sum(stats.trace_executions.values()) == 2
+
+
+def urllib_edit(sim, prompt: str, image, trace_id: str) -> str:
+    """An edit in callback mode as multipart, sent by hand: its task id."""
+    import urllib.request
+    import uuid
+    boundary = uuid.uuid4().hex
+    parts = [(name, None, value.encode()) for name, value in (
+        ("prompt", prompt), ("model", "gpt-image-2"), ("quality", "low"), ("size", "1024x1024"),
+        ("callback_url", "https://example.com/cb"), ("trace_id", trace_id))]
+    parts.append(("image", "image.png", Path(image).read_bytes()))
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        kind = "Content-Type: image/png\r\n" if filename else ""
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n{kind}\r\n".encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(sim.base_url + "/openai/images/edits", data=body, headers={
+        "Authorization": f"Bearer {TOKEN}", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())["task_id"]
+
+
+def test_a_submitted_body_is_the_live_body_plus_callback_url_and_trace_id_and_conforms_to_the_schema():
+    import jsonschema
+
+    from batchgen.sending.backends.tasks import DEFAULT_CALLBACK_URL, trace_id_for
+    from batchgen.sending.client import BodyEncoder, with_task_fields
+    schema = json.loads((ROOT / "spec" / "openai-images-generations.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator({"$schema": schema["$schema"], "$defs": schema["$defs"],
+                                                 "$ref": "#/$defs/CreateImageRequest"})
+    params = {"model": "gpt-image-2", "quality": "low", "size": "1024x1024"}
+    live = BodyEncoder()('an otter "quoted" \u00e9', params)
+    trace = trace_id_for("0123456789abcdef", "cafebabe", 2)
+    sent = json.loads(with_task_fields(live, DEFAULT_CALLBACK_URL, trace))
+    assert sent == {**json.loads(live), "callback_url": DEFAULT_CALLBACK_URL, "trace_id": "0123456789abcdef-cafebabe-2"}
+    validator.validate(sent)

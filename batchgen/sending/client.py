@@ -363,6 +363,14 @@ class ImagesClient:
         status, headers, raw = await self._post(self.endpoint.url, body, self._headers, MAX_TASK_ANSWER_BYTES)
         return parse_submitted(status, headers, raw, self.endpoint.token, self.endpoint.provider)
 
+    async def submit_edit_task(self, prompt: str, params: dict, files: list, callback_url: str,
+                               trace_id: str) -> Submitted:
+        """An edit (as `edit` sends it) carrying callback_url and trace_id: its task id at once."""
+        fields = form_fields(prompt, params) + [("callback_url", callback_url), ("trace_id", trace_id)]
+        form, headers = self._edit_form(fields, files)
+        status, answer_headers, raw = await self._post(self.endpoint.url, form, headers, MAX_TASK_ANSWER_BYTES)
+        return parse_submitted(status, answer_headers, raw, self.endpoint.token, self.endpoint.provider)
+
     async def find_tasks(self, by: str, values: list) -> list:
         """The tasks (RemoteTask) whose `by` ("ids" or "trace_ids") is one of `values`, from
         the Tasks API's retrieve_batch, a page at a time (free: not billed)."""
@@ -385,16 +393,19 @@ class ImagesClient:
     async def edit(self, prompt: str, params: dict, files: list, images_expected: int = 1) -> Generation:
         """POST one edit as multipart/form-data, as the official SDK sends it. `files`:
         (field, file name, bytes, content type); several images go as `image[]`."""
+        form, headers = self._edit_form(form_fields(prompt, params), files)
+        return await self.generate(form, images_expected, headers)
+
+    def _edit_form(self, fields: list, files: list) -> tuple:
         form = aiohttp.FormData()
-        for name, value in form_fields(prompt, params):
+        for name, value in fields:
             form.add_field(name, value)
         several = sum(1 for f in files if f[0] == "image") > 1
         for field_name, filename, data, content_type in files:
             name = "image[]" if field_name == "image" and several else field_name
             form.add_field(name, data, filename=filename, content_type=content_type)
         # aiohttp sets the multipart Content-Type (with its boundary) itself.
-        headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
-        return await self.generate(form, images_expected, headers)
+        return form, {k: v for k, v in self._headers.items() if k != "Content-Type"}
 
     async def download(self, url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
         """Fetch an image link at once (they expire): http(s) only, no auth, size-capped."""

@@ -148,7 +148,7 @@ class _SimState:
         return await self._generate(request, OPENAI, self._read_body, self._accept)
 
     async def acedata_edit(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, ACEDATA, self._read_edit, self._accept_edit)
+        return await self._generate(request, ACEDATA, self._read_edit, self._accept_acedata_edit)
 
     async def openai_edit(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, OPENAI, self._read_edit, self._accept_edit)
@@ -335,6 +335,15 @@ class _SimState:
         if isinstance(doc, dict):
             self._count_params(doc, "callback_url" if callback else None, "trace_id" if trace else None)
         return dataclasses.replace(self._admit(parse_request(doc)), callback_url=callback, trace_id=trace)
+
+    def _accept_acedata_edit(self, form: EditForm) -> ImageRequest:
+        """_accept_edit, with AceData's callback_url and trace_id taken out of the fields first."""
+        try:
+            callback, trace = callback_fields(form.fields)
+        except BadTaskQuery as exc:
+            raise bad(str(exc), param="callback_url" if "callback" in str(exc) else "trace_id") from None
+        self._count_params({}, "callback_url" if callback else None, "trace_id" if trace else None)
+        return dataclasses.replace(self._accept_edit(form), callback_url=callback, trace_id=trace)
 
     def _accept_edit(self, form: EditForm) -> ImageRequest:
         """The valid edit in the form, or ApiError; a batch line's too."""

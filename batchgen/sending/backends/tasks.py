@@ -23,7 +23,7 @@ import secrets
 import time
 from typing import Iterable, Iterator, Mapping, Optional
 
-from batchgen.exceptions import BadResponse, InvalidInput, RequestError, RequestTimeout
+from batchgen.exceptions import BadResponse, RequestError, RequestTimeout
 from batchgen.planning.settings import AUTO
 from batchgen.sending.backends.live import LiveBackend, fit_concurrency
 from batchgen.sending.classify import Decision, classify
@@ -187,15 +187,18 @@ class AsyncBackend(LiveBackend):
         self.pacer.release(attempt)
 
     async def _request(self, task, body: Optional[bytes], attempt: Attempt) -> dict:
-        if body is None:
-            raise InvalidInput("edits are not sent in async mode; use --mode live for an edits table")
         tries = self._tries[task.task_id] = self._tries.get(task.task_id, 0) + 1
         trace_id = trace_id_for(task.task_id, self._run_mark, tries)
         # Before the request leaves: a crash from here on is resolved by the trace id.
         self.recorder.chunk_event({"chunk": trace_id, "event": "planned", "task_ids": [task.task_id],
                                    "trace_id": trace_id})
         try:
-            submitted = await self.client.submit_task(with_task_fields(body, self.callback_url, trace_id))
+            if body is None:
+                submitted = await self.client.submit_edit_task(task.prompt, task.params,
+                                                               await self._edit_files(task.edit),
+                                                               self.callback_url, trace_id)
+            else:
+                submitted = await self.client.submit_task(with_task_fields(body, self.callback_url, trace_id))
             remote_id, ratelimit = submitted.task_id, submitted.ratelimit
         except RequestError as error:
             # An answer lost on the way (a timeout, a dropped connection, a gateway's 5xx) may
