@@ -308,3 +308,91 @@ def test_a_submitted_body_is_the_live_body_plus_callback_url_and_trace_id_and_co
     sent = json.loads(with_task_fields(live, DEFAULT_CALLBACK_URL, trace))
     assert sent == {**json.loads(live), "callback_url": DEFAULT_CALLBACK_URL, "trace_id": "0123456789abcdef-cafebabe-2"}
     validator.validate(sent)
+
+
+class Gateway:
+    """A small real server in front of the simulator, as an unreliable gateway: it forwards
+    every request, and loses the answers its rules say (the connection closed instead)."""
+
+    def __init__(self, sim, lose_submission=lambda body: False, fail_lookups: bool = False):
+        import asyncio
+        import threading
+        self.sim, self.lose_submission, self.fail_lookups = sim, lose_submission, fail_lookups
+        self.lost = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+    def _serve(self):
+        import asyncio
+
+        import aiohttp
+        from aiohttp import web
+
+        async def forward(request):
+            body = await request.read()
+            if request.path.endswith("/tasks") and self.fail_lookups:
+                return web.json_response({"success": False, "error": {"code": "api_error", "message": "down"}},
+                                         status=502)
+            async with aiohttp.ClientSession() as session:
+                async with session.post(self.sim.base_url + request.path, data=body, headers={
+                        "Authorization": request.headers.get("Authorization", ""),
+                        "Content-Type": request.headers.get("Content-Type", "")}) as answer:
+                    status, raw = answer.status, await answer.read()
+            if request.path.endswith("/generations") and self.lose_submission(json.loads(body)):
+                self.lost += 1
+                request.transport.close()       # the task was made; its answer never arrives
+                return web.Response(status=500)
+            return web.Response(status=status, body=raw, content_type="application/json")
+
+        async def start():
+            app = web.Application()
+            app.router.add_post("/{path:.*}", forward)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/openai/images/generations"
+            return runner
+
+        asyncio.set_event_loop(self._loop)
+        runner = self._loop.run_until_complete(start())
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+
+
+def test_a_submission_whose_answer_was_lost_is_found_by_its_trace_id_not_sent_again(tmp_path):
+    csv = make_prompts(tmp_path / "p.csv", 4)
+    first_tries = lambda body: body["trace_id"].endswith("-1")     # noqa: E731 - every task's first answer
+    with SimulatorThread(latency=0.05) as sim, Gateway(sim, lose_submission=first_tries) as gateway:
+        summary = async_run(sim, csv, tmp_path / "out", base_url=gateway.url)
+        assert gateway.lost == 4
+        stats = sim.stats
+    df = results(tmp_path / "out")
+    assert summary.exit_status == 0 and set(df.status) == {"ok"} and set(df.attempts) == {1}
+    assert stats.tasks_created == 4 and set(stats.trace_executions.values()) == {1}
+    assert all(trace.endswith("-1") for trace in df.trace_id)
+
+
+def test_a_tasks_api_that_keeps_failing_stops_the_run_and_the_next_run_collects(tmp_path):
+    csv = make_prompts(tmp_path / "p.csv", 3)
+    out = tmp_path / "out"
+    with SimulatorThread(latency=0.05) as sim:
+        with Gateway(sim, fail_lookups=True) as gateway:
+            stopped = async_run(sim, csv, out, base_url=gateway.url)
+        assert stopped.exit_status == 3 and stopped.stopped == "tasks_api_error"
+        assert "run the same command again later to collect them" in stopped.stop_message
+        done = async_run(sim, csv, out)
+        stats = sim.stats
+    assert done.exit_status == 0 and done.pace["adopted"] == 3 and done.pace["submitted"] == 0
+    assert stats.tasks_created == 3 and set(stats.trace_executions.values()) == {1}

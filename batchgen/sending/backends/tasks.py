@@ -26,7 +26,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 from batchgen.exceptions import BadResponse, RequestError, RequestTimeout
 from batchgen.planning.settings import AUTO
 from batchgen.sending.backends.live import LiveBackend, fit_concurrency
-from batchgen.sending.classify import Decision, classify
+from batchgen.sending.classify import Decision, classify, stop_advice
 from batchgen.sending.client import ImagesClient, RemoteTask, with_task_fields
 from batchgen.sending.limits import Attempt, RateFinder
 
@@ -39,6 +39,7 @@ CONNECTIONS = 32              # submissions and polls on the wire at once, at mo
 SUBMITTING_MAX = 64           # the pacer's window for submissions never passes this
 POLL_FIRST_S = 0.25
 POLL_MAX_S = 5.0              # a look at the tasks at least this often (lookups are free)
+POLL_FAILURES_LIMIT = 10      # lookups failing in a row (each later than the last) stop the run
 MISSING_POLLS = 3             # a submitted task the server does not know this many times is lost
 TASK_MAX_WAIT_S = 3600.0      # a task unfinished this long is a timeout (and is tried again)
 STOP_CHECK_S = 0.05
@@ -64,7 +65,9 @@ class AsyncBackend(LiveBackend):
         self._waiting: dict = {}      # remote task id -> the future of its RemoteTask
         self._misses: dict = {}       # remote task id -> polls in a row that did not find it
         self._early: set = set()      # id() of attempts whose pacer place was given back at submission
+        self._submitting = 0          # submissions given a place by the pacer, not yet answered
         self._on_wire = 0             # submissions (and lookups before a retry) on the wire
+        self._poll_failures = 0       # lookups of the waiting tasks that failed in a row
         self._room_freed = asyncio.Event()
         self._said_stop = False
         self._next_report = 0.0
@@ -159,10 +162,10 @@ class AsyncBackend(LiveBackend):
 
     async def _take_slot(self) -> None:
         """A submission's place: within the pacer's window, then at its pace."""
-        while self._on_wire >= self.pacer.window:
+        while self._submitting >= self.pacer.window:
             self._room_freed.clear()
             await self._room_freed.wait()
-        self._on_wire += 1
+        self._submitting += 1
         try:
             await self.pacer.acquire()
         except BaseException:
@@ -170,7 +173,7 @@ class AsyncBackend(LiveBackend):
             raise
 
     def _submission_over(self) -> None:
-        self._on_wire -= 1
+        self._submitting -= 1
         self._room_freed.set()
 
     def _release(self, attempt: Optional[Attempt]) -> None:
@@ -187,18 +190,20 @@ class AsyncBackend(LiveBackend):
         self.pacer.release(attempt)
 
     async def _request(self, task, body: Optional[bytes], attempt: Attempt) -> dict:
+        # The edit's files first: an input that cannot be read fails before anything is journaled.
+        files = await self._edit_files(task.edit) if body is None else None
         tries = self._tries[task.task_id] = self._tries.get(task.task_id, 0) + 1
         trace_id = trace_id_for(task.task_id, self._run_mark, tries)
         # Before the request leaves: a crash from here on is resolved by the trace id.
         self.recorder.chunk_event({"chunk": trace_id, "event": "planned", "task_ids": [task.task_id],
                                    "trace_id": trace_id})
+        self._on_wire += 1
         try:
-            if body is None:
-                submitted = await self.client.submit_edit_task(task.prompt, task.params,
-                                                               await self._edit_files(task.edit),
-                                                               self.callback_url, trace_id)
-            else:
+            if body is not None:
                 submitted = await self.client.submit_task(with_task_fields(body, self.callback_url, trace_id))
+            else:
+                submitted = await self.client.submit_edit_task(task.prompt, task.params, files or [],
+                                                               self.callback_url, trace_id)
             remote_id, ratelimit = submitted.task_id, submitted.ratelimit
         except RequestError as error:
             # An answer lost on the way (a timeout, a dropped connection, a gateway's 5xx) may
@@ -208,15 +213,20 @@ class AsyncBackend(LiveBackend):
                 self._give_up(trace_id, error)
                 raise
             remote_id, ratelimit = found, None
+        finally:
+            self._on_wire -= 1
         self.recorder.chunk_event({"chunk": trace_id, "event": "submitted", "remote_task_id": remote_id})
         self.submitted += 1
         self.pacer.on_success(attempt, ratelimit)
         self._release_early(attempt)
-        remote = await self._wait_for(remote_id)
-        if remote.error is not None:
-            self._give_up(trace_id, remote.error)
-            raise remote.error
-        return await self._collected(task, remote, trace_id, remote_id)
+        try:
+            remote = await self._wait_for(remote_id)
+            if remote.error is not None:
+                raise remote.error
+            return await self._collected(task, remote, trace_id, remote_id)
+        except RequestError as error:
+            self._give_up(trace_id, error)      # the next attempt, if any, is a new one
+            raise
 
     async def _look_up_after(self, error: RequestError, trace_id: str) -> Optional[str]:
         """The task id of an attempt whose answer was lost, if the server made the task."""
@@ -327,8 +337,9 @@ class AsyncBackend(LiveBackend):
         try:
             found = await self.client.find_tasks("ids", asked)
         except RequestError as error:
-            log.warning("looking up %d task(s) failed (%s); trying again", len(asked), error.message)
+            self._poll_failed(error, len(asked))
             return 0
+        self._poll_failures = 0
         by_id = {t.id: t for t in found}
         finished = 0
         for remote_id in asked:
@@ -347,6 +358,20 @@ class AsyncBackend(LiveBackend):
                 finished += 1
                 future.set_result(remote)
         return finished
+
+    def _poll_failed(self, error: RequestError, asked: int) -> None:
+        """A lookup failed: tried again, unless it cannot succeed (the key) or keeps failing."""
+        self._poll_failures += 1
+        if classify(error) is Decision.STOP:
+            self.stop(error.code, f"{error.code} (HTTP {error.http_status}): {error.message} — "
+                                  f"{stop_advice(error, self.endpoint.provider)}")
+        elif self._poll_failures >= POLL_FAILURES_LIMIT:
+            self.stop("tasks_api_error",
+                      f"the Tasks API ({self.endpoint.root}/tasks) failed {self._poll_failures} times in a row "
+                      f"({error.code}: {error.message}); the tasks submitted go on on the server: run the "
+                      f"same command again later to collect them")
+        else:
+            log.warning("looking up %d task(s) failed (%s); trying again", asked, error.message)
 
     def _say_left_running(self) -> None:
         if self._said_stop or not self._waiting:
