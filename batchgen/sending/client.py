@@ -440,7 +440,9 @@ class ImagesClient:
 # ---- AceData's callback mode: a task id at once, the outcome from the Tasks API ----------
 
 TASKS_PATH = "/tasks"           # beside …/images/generations under the API root: …/openai/tasks
-TASKS_PER_CALL = 100
+# Tasks asked for in one call: a finished task's answer holds its images (a 4K PNG is tens of
+# MB as base64), so a page stays small enough to hold in memory; the calls are free.
+TASKS_PER_CALL = 25
 MAX_TASK_PAGES = 20             # pages of one query: a trace id names a task or two, not thousands
 MAX_TASK_ANSWER_BYTES = 1 << 20
 
