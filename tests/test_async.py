@@ -396,3 +396,18 @@ def test_a_tasks_api_that_keeps_failing_stops_the_run_and_the_next_run_collects(
         stats = sim.stats
     assert done.exit_status == 0 and done.pace["adopted"] == 3 and done.pace["submitted"] == 0
     assert stats.tasks_created == 3 and set(stats.trace_executions.values()) == {1}
+
+
+def test_a_job_file_may_choose_async_mode_and_a_callback_url(cli, tmp_path):
+    csv = make_prompts(tmp_path / "p.csv", 2)
+    with SimulatorThread() as sim:
+        job = tmp_path / "job.toml"
+        job.write_text(f'input = "p.csv"\nout = "out"\nmode = "async"\ncallback_url = "https://hooks.example.org/b"\n'
+                       f'base_url = "{sim.acedata_url}"\npoll_interval = 0.1\n[defaults]\nmodel = "dall-e-3"\n')
+        result = cli("run", job, "--no-progress")
+        assert result.exit_code == 0, result.output
+        assert sim.stats.tasks_created == 2 and sim.stats.params["callback_url"] == 2
+    assert set(results(tmp_path / "out")["mode"]) == {"async"} and csv.exists()
+    job.write_text(job.read_text().replace("https://hooks.example.org/b", "hooks.example.org"))
+    refused = cli("run", job, "--no-progress")
+    assert refused.exit_code == 2 and "callback_url must be an http(s) URL" in refused.output

@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 
 from batchgen.exceptions import BadResponse, RequestError, RequestTimeout
 from batchgen.planning.settings import AUTO
-from batchgen.sending.backends.live import LiveBackend, fit_concurrency
+from batchgen.sending.backends.live import TICK_S, LiveBackend, fit_concurrency
 from batchgen.sending.classify import Decision, classify, stop_advice
 from batchgen.sending.client import ImagesClient, RemoteTask, with_task_fields
 from batchgen.sending.limits import Attempt, RateFinder
@@ -119,7 +119,7 @@ class AsyncBackend(LiveBackend):
     async def _tick(self) -> None:
         """The pacer settles with time, its window may grow: more submissions may go."""
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(TICK_S)
             self.pacer.tick()
             self._staff()
             self._room_freed.set()
@@ -154,7 +154,8 @@ class AsyncBackend(LiveBackend):
         except asyncio.CancelledError:
             self._not_done(task, 0)
             raise
-        except RequestError as error:
+        except RequestError as error:       # lost on the server, or its images could not be had
+            self._give_up(trace_id, error)
             self.budget.spent_usd -= estimate
             log.info("adopted task %s: %s; sending it again", remote_id, error.message)
         if not self.stop and self.budget.take(task.params, self.stop):
