@@ -411,3 +411,12 @@ def test_a_job_file_may_choose_async_mode_and_a_callback_url(cli, tmp_path):
     job.write_text(job.read_text().replace("https://hooks.example.org/b", "hooks.example.org"))
     refused = cli("run", job, "--no-progress")
     assert refused.exit_code == 2 and "callback_url must be an http(s) URL" in refused.output
+
+
+def test_the_budget_stops_submitting_and_what_was_submitted_is_still_collected(tmp_path):
+    csv = make_prompts(tmp_path / "p.csv", 10)
+    with SimulatorThread(latency=0.2) as sim:
+        summary = async_run(sim, csv, tmp_path / "out", max_cost=0.2)     # dall-e-3 standard: $0.04 an image
+        created = sim.stats.tasks_created
+    assert summary.stopped == "budget_exceeded" and summary.exit_status == 3
+    assert created == 5 and summary.ok == 5 and summary.est_cost_usd == pytest.approx(0.2)

@@ -166,7 +166,11 @@ class LiveBackend:
         """How many tasks may be under way at once (workers): the pacer's window."""
         return self.pacer.window
 
-    async def _take_slot(self) -> None:
+    def _take_budget(self, task) -> bool:
+        """The task's first answer counted against --max-cost as a worker takes it."""
+        return self.budget.take(task.params, self.stop)
+
+    async def _take_slot(self, task) -> None:
         await self.pacer.acquire()
 
     def _release(self, attempt: Optional[Attempt]) -> None:
@@ -193,7 +197,7 @@ class LiveBackend:
                 if task is None:
                     self._queue = None      # every task is taken: no more workers
                     return
-                if self.stop or not self.budget.take(task.params, self.stop):
+                if self.stop or not self._take_budget(task):
                     return
                 await self._run_task(task)
                 self._staff()
@@ -208,7 +212,7 @@ class LiveBackend:
         charged = 1           # answers the budget has counted for this task (the worker took one)
         try:
             while True:
-                await self._take_slot()         # a place in flight, and a slot at the pace
+                await self._take_slot(task)     # a place in flight, and a slot at the pace
                 attempt: Optional[Attempt] = None
                 pause = own_wait = 0.0
                 try:

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 
 from batchgen.exceptions import BadResponse, RequestError, RequestTimeout
 from batchgen.planning.settings import AUTO
+from batchgen.rules.providers import QUOTA_CODES
 from batchgen.sending.backends.live import TICK_S, LiveBackend, fit_concurrency
 from batchgen.sending.classify import Decision, classify, stop_advice
 from batchgen.sending.client import ImagesClient, RemoteTask, with_task_fields
@@ -43,6 +44,9 @@ POLL_FAILURES_LIMIT = 10      # lookups failing in a row (each later than the la
 MISSING_POLLS = 3             # a submitted task the server does not know this many times is lost
 TASK_MAX_WAIT_S = 3600.0      # a task unfinished this long is a timeout (and is tried again)
 STOP_CHECK_S = 0.05
+# Stops that end the submitting only: what was submitted (and paid) is still collected in this
+# run. Any other stop (Ctrl-C, the disk, the key) leaves it to the next run.
+STOPS_THAT_STILL_COLLECT = frozenset({"budget_exceeded", "server_wait_too_long"}) | QUOTA_CODES
 REPORT_EVERY_S = 2.0          # job.json's note of the run's progress (for `status`), at most this often
 
 
@@ -61,6 +65,7 @@ class AsyncBackend(LiveBackend):
         self.submitted = self.finished_remotely = self.collected = self.adopted = 0
         self._run_mark = secrets.token_hex(4)
         self._tries: dict = {}        # task id -> attempts sent by this run (numbers its trace ids)
+        self._charged: set = set()    # task ids whose first answer the budget has counted
         self._adopt: dict = {}        # task id -> (trace id, remote task id) to collect, not send
         self._waiting: dict = {}      # remote task id -> the future of its RemoteTask
         self._misses: dict = {}       # remote task id -> polls in a row that did not find it
@@ -68,6 +73,7 @@ class AsyncBackend(LiveBackend):
         self._submitting = 0          # submissions given a place by the pacer, not yet answered
         self._on_wire = 0             # submissions (and lookups before a retry) on the wire
         self._poll_failures = 0       # lookups of the waiting tasks that failed in a row
+        self._lookups_dead = False    # they failed for good: nothing more can be collected
         self._room_freed = asyncio.Event()
         self._said_stop = False
         self._next_report = 0.0
@@ -158,11 +164,15 @@ class AsyncBackend(LiveBackend):
             self._give_up(trace_id, error)
             self.budget.spent_usd -= estimate
             log.info("adopted task %s: %s; sending it again", remote_id, error.message)
-        if not self.stop and self.budget.take(task.params, self.stop):
+        if not self.stop:
             await self._run_task(task)
 
-    async def _take_slot(self) -> None:
-        """A submission's place: within the pacer's window, then at its pace."""
+    def _take_budget(self, task) -> bool:
+        return True         # when its submission's turn comes (_take_slot), not while it queues
+
+    async def _take_slot(self, task) -> None:
+        """A submission's place: within the pacer's window, then at its pace; the task's first
+        answer is counted against --max-cost then (a refusal stops the run, and the caller sees it)."""
         while self._submitting >= self.pacer.window:
             self._room_freed.clear()
             await self._room_freed.wait()
@@ -172,6 +182,8 @@ class AsyncBackend(LiveBackend):
         except BaseException:
             self._submission_over()
             raise
+        if task.task_id not in self._charged and not self.stop and self.budget.take(task.params, self.stop):
+            self._charged.add(task.task_id)
 
     def _submission_over(self) -> None:
         self._submitting -= 1
@@ -253,6 +265,7 @@ class AsyncBackend(LiveBackend):
 
     def _finish(self, task, record: dict) -> None:
         self._tries.pop(task.task_id, None)
+        self._charged.discard(task.task_id)
         super()._finish(task, record)
         if record.get("remote_task_id"):
             # After the outcome's line: a crash between the two leaves an attempt whose task is done.
@@ -260,6 +273,7 @@ class AsyncBackend(LiveBackend):
 
     def _not_done(self, task, attempts: int) -> None:
         self._tries.pop(task.task_id, None)
+        self._charged.discard(task.task_id)
         super()._not_done(task, attempts)
 
     # -- the Tasks API: adoption and polling --
@@ -316,14 +330,18 @@ class AsyncBackend(LiveBackend):
         often (up to POLL_MAX_S) while none does."""
         interval = POLL_FIRST_S
         while True:
-            if self.stop:
+            if self.stop and (self._lookups_dead or not self._waiting
+                              or self.stop.code not in STOPS_THAT_STILL_COLLECT):
                 if not self._on_wire:
                     self.cancel_in_flight()     # nothing on the wire: the waits are cut short
                     return
                 await asyncio.sleep(STOP_CHECK_S)   # a submission's task id is still to come
                 continue
-            await self.stop.sleep(interval)
-            if not self._waiting or self.stop:
+            if self.stop:
+                await asyncio.sleep(interval)   # stop.sleep would return at once
+            else:
+                await self.stop.sleep(interval)
+            if not self._waiting:
                 continue
             finished = await self._poll_once()
             interval = POLL_FIRST_S if finished else min(interval * 1.5, self.poll_max)
@@ -364,9 +382,11 @@ class AsyncBackend(LiveBackend):
         """A lookup failed: tried again, unless it cannot succeed (the key) or keeps failing."""
         self._poll_failures += 1
         if classify(error) is Decision.STOP:
+            self._lookups_dead = True
             self.stop(error.code, f"{error.code} (HTTP {error.http_status}): {error.message} — "
                                   f"{stop_advice(error, self.endpoint.provider)}")
         elif self._poll_failures >= POLL_FAILURES_LIMIT:
+            self._lookups_dead = True
             self.stop("tasks_api_error",
                       f"the Tasks API ({self.endpoint.root}/tasks) failed {self._poll_failures} times in a row "
                       f"({error.code}: {error.message}); the tasks submitted go on on the server: run the "
