@@ -371,11 +371,11 @@ class ImagesClient:
         status, answer_headers, raw = await self._post(self.endpoint.url, form, headers, MAX_TASK_ANSWER_BYTES)
         return parse_submitted(status, answer_headers, raw, self.endpoint.token, self.endpoint.provider)
 
-    async def find_tasks(self, by: str, values: list) -> list:
+    async def find_tasks(self, by: str, values: list) -> AsyncIterator[list]:
         """The tasks (RemoteTask) whose `by` ("ids" or "trace_ids") is one of `values`, from
-        the Tasks API's retrieve_batch, a page at a time (free: not billed)."""
+        the Tasks API's retrieve_batch (free: not billed), a page at a time as they come: a
+        finished task holds its images, so the caller keeps a page, not all of them."""
         url = self.endpoint.root + TASKS_PATH
-        found: list = []
         for start in range(0, len(values), TASKS_PER_CALL):
             asked = values[start:start + TASKS_PER_CALL]
             offset = 0
@@ -384,11 +384,11 @@ class ImagesClient:
                 status, headers, raw = await self._post(url, json.dumps(query).encode(), self._headers,
                                                         MAX_RESPONSE_BYTES_PER_IMAGE * TASKS_PER_CALL)
                 items, count = parse_task_page(status, headers, raw, self.endpoint.token, self.endpoint.provider)
-                found.extend(items)
+                if items:
+                    yield items
                 offset += TASKS_PER_CALL
                 if not items or offset >= count:
                     break
-        return found
 
     async def edit(self, prompt: str, params: dict, files: list, images_expected: int = 1) -> Generation:
         """POST one edit as multipart/form-data, as the official SDK sends it. `files`:

@@ -5,9 +5,10 @@ the gateway's time limit is then no longer a 504 paid again on every retry.
 
 Paid once through any crash: an attempt's trace id is written to the journal before it is sent
 (a chunk of one task, keyed by the trace id: `planned`), the server's task id once it answers
-(`submitted`), `collected` once a failed attempt is given up. A rerun adopts what the journal
-holds open: a submitted attempt is polled; an attempt planned without a task id is looked up by
-its trace id, adopted when the server has it, and sent again only when it never arrived.
+(`submitted`), `collected` once it is settled (its outcome kept, or given up for another). A
+rerun adopts what the journal holds open: a submitted attempt is polled; an attempt planned
+without a task id is looked up by its trace id, adopted when the server has it, and sent again
+only when it never arrived.
 
 The rest is the live backend's (subclassed, not copied): the pacing of submissions by the
 RateFinder, retries and their budgets (a retry is a new attempt, with a new trace id), the
@@ -47,6 +48,7 @@ STOP_CHECK_S = 0.05
 # Stops that end the submitting only: what was submitted (and paid) is still collected in this
 # run. Any other stop (Ctrl-C, the disk, the key) leaves it to the next run.
 STOPS_THAT_STILL_COLLECT = frozenset({"budget_exceeded", "server_wait_too_long"}) | QUOTA_CODES
+UNSAVED_MAX = 25              # finished tasks (their images in memory) handed over and not yet saved
 REPORT_EVERY_S = 2.0          # job.json's note of the run's progress (for `status`), at most this often
 
 
@@ -59,7 +61,7 @@ def trace_id_for(task_id: str, run_mark: str, attempt: int) -> str:
 class AsyncBackend(LiveBackend):
     def __init__(self, config, endpoint, images, recorder, budget, stop):
         super().__init__(config, endpoint, images, recorder, budget, stop)
-        self.callback_url = getattr(config, "callback_url", None) or DEFAULT_CALLBACK_URL
+        self.callback_url = config.callback_url or DEFAULT_CALLBACK_URL
         self.poll_max = min(POLL_MAX_S, float(config.poll_interval))
         self.room = 1
         self.submitted = self.finished_remotely = self.collected = self.adopted = 0
@@ -75,6 +77,8 @@ class AsyncBackend(LiveBackend):
         self._poll_failures = 0       # lookups of the waiting tasks that failed in a row
         self._lookups_dead = False    # they failed for good: nothing more can be collected
         self._room_freed = asyncio.Event()
+        self._unsaved = 0             # finished tasks handed over whose images are not saved yet
+        self._saved = asyncio.Event()
         self._said_stop = False
         self._next_report = 0.0
 
@@ -145,24 +149,20 @@ class AsyncBackend(LiveBackend):
         self.budget.spent_usd += estimate         # already paid for: never refused by the budget
         started = time.monotonic()
         try:
-            remote = await self._wait_for(remote_id)
-            if remote.error is None:
-                record = await self._collected(task, remote, trace_id, remote_id)
-                record["attempts"] = 1
-                record["latency_s"] = round(time.monotonic() - started, 4)
-                return self._finish(task, record)
-            self._give_up(trace_id, remote.error)
-            self.budget.spent_usd -= estimate
-            if classify(remote.error) is not Decision.RETRY:
-                return self._finish(task, self._error_record(task, remote.error, 1, started))
+            record = await self._outcome(task, trace_id, remote_id)
+            record["attempts"] = 1
+            record["latency_s"] = round(time.monotonic() - started, 4)
+            return self._finish(task, record)
         except OSError as e:
             return self._disk_failed(task, 0, e)
         except asyncio.CancelledError:
             self._not_done(task, 0)
             raise
-        except RequestError as error:       # lost on the server, or its images could not be had
+        except RequestError as error:       # failed or lost on the server, or its images could not be had
             self._give_up(trace_id, error)
             self.budget.spent_usd -= estimate
+            if classify(error) is Decision.FAIL:
+                return self._finish(task, self._error_record(task, error, 1, started))
             log.info("adopted task %s: %s; sending it again", remote_id, error.message)
         if not self.stop:
             await self._run_task(task)
@@ -233,23 +233,33 @@ class AsyncBackend(LiveBackend):
         self.pacer.on_success(attempt, ratelimit)
         self._release_early(attempt)
         try:
-            remote = await self._wait_for(remote_id)
-            if remote.error is not None:
-                raise remote.error
-            return await self._collected(task, remote, trace_id, remote_id)
+            return await self._outcome(task, trace_id, remote_id)
         except RequestError as error:
             self._give_up(trace_id, error)      # the next attempt, if any, is a new one
             raise
+
+    async def _outcome(self, task, trace_id: str, remote_id: str) -> dict:
+        """The task's ok record once the server has finished it, or the RequestError it failed with."""
+        remote = await self._wait_for(remote_id)
+        try:
+            if remote.error is not None:
+                raise remote.error
+            return await self._collected(task, remote, trace_id, remote_id)
+        finally:
+            self._saved_one()
 
     async def _look_up_after(self, error: RequestError, trace_id: str) -> Optional[str]:
         """The task id of an attempt whose answer was lost, if the server made the task."""
         if error.http_status is not None and error.http_status < 500:
             return None           # refused: nothing was made
         try:
-            found = await self.client.find_tasks("trace_ids", [trace_id])
+            async for page in self.client.find_tasks("trace_ids", [trace_id]):
+                for remote in page:
+                    if remote.trace_id == trace_id:
+                        return remote.id
         except RequestError:
-            return None           # as good as unknown: the next run's lookup settles it
-        return next((t.id for t in found if t.trace_id == trace_id), None)
+            pass                  # as good as unknown: the next run's lookup settles it
+        return None
 
     async def _collected(self, task, remote: RemoteTask, trace_id: str, remote_id: str) -> dict:
         assert remote.generation is not None
@@ -295,17 +305,17 @@ class AsyncBackend(LiveBackend):
                 unknown[trace_id] = task_id
         if unknown:
             try:
-                found = await self.client.find_tasks("trace_ids", list(unknown))
+                async for page in self.client.find_tasks("trace_ids", list(unknown)):
+                    for remote in page:
+                        task_id = unknown.pop(remote.trace_id or "", None)
+                        if task_id is not None:
+                            self.recorder.chunk_event({"chunk": remote.trace_id, "event": "submitted",
+                                                       "remote_task_id": remote.id})
+                            self._adopt[task_id] = (remote.trace_id, remote.id)
             except RequestError as error:
                 self.stop(error.code, f"the Tasks API could not be asked which tasks an earlier run "
                                       f"sent ({error.message}); run the same command again")
                 return
-            for remote in found:
-                task_id = unknown.pop(remote.trace_id or "", None)
-                if task_id is not None:
-                    self.recorder.chunk_event({"chunk": remote.trace_id, "event": "submitted",
-                                               "remote_task_id": remote.id})
-                    self._adopt[task_id] = (remote.trace_id, remote.id)
             for trace_id in unknown:
                 # Never reached the server: sent again (under a new trace id).
                 self.recorder.chunk_event({"chunk": trace_id, "event": "collected", "status": "never_arrived"})
@@ -314,6 +324,7 @@ class AsyncBackend(LiveBackend):
             log.info("adopting %d task(s) an earlier run submitted: collected, not sent again", self.adopted)
 
     async def _wait_for(self, remote_id: str) -> RemoteTask:
+        """The task once finished. The caller then saves its images and calls _saved_one."""
         future = self._waiting.get(remote_id)
         if future is None or future.done():
             future = self._waiting[remote_id] = asyncio.get_running_loop().create_future()
@@ -321,9 +332,17 @@ class AsyncBackend(LiveBackend):
             return await asyncio.wait_for(asyncio.shield(future), TASK_MAX_WAIT_S)
         except asyncio.TimeoutError:
             raise RequestTimeout(f"task {remote_id} did not finish within {TASK_MAX_WAIT_S:.0f} s") from None
+        except BaseException:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._saved_one()       # finished meanwhile, but nobody will save it now
+            raise
         finally:
             self._waiting.pop(remote_id, None)
             self._misses.pop(remote_id, None)
+
+    def _saved_one(self) -> None:
+        self._unsaved -= 1
+        self._saved.set()
 
     async def _poll(self) -> None:
         """Look the waiting tasks up, a page of ids a call: sooner while they finish, less
@@ -353,29 +372,36 @@ class AsyncBackend(LiveBackend):
 
     async def _poll_once(self) -> int:
         asked = list(self._waiting)
+        seen: set = set()
+        finished = 0
         try:
-            found = await self.client.find_tasks("ids", asked)
+            async for page in self.client.find_tasks("ids", asked):
+                for remote in page:
+                    future = self._waiting.get(remote.id)
+                    seen.add(remote.id)
+                    if future is None or future.done() or not remote.finished:
+                        continue
+                    self.finished_remotely += 1
+                    finished += 1
+                    self._unsaved += 1
+                    future.set_result(remote)
+                # A finished task holds its images until they are saved: let those of this
+                # page be saved before the next page adds more.
+                while self._unsaved >= UNSAVED_MAX:
+                    self._saved.clear()
+                    await self._saved.wait()
         except RequestError as error:
             self._poll_failed(error, len(asked))
-            return 0
+            return finished
         self._poll_failures = 0
-        by_id = {t.id: t for t in found}
-        finished = 0
         for remote_id in asked:
             future = self._waiting.get(remote_id)
-            if future is None or future.done():
+            if remote_id in seen or future is None or future.done():
+                self._misses.pop(remote_id, None)
                 continue
-            remote = by_id.get(remote_id)
-            if remote is None:
-                self._misses[remote_id] = self._misses.get(remote_id, 0) + 1
-                if self._misses[remote_id] >= MISSING_POLLS:
-                    future.set_exception(BadResponse(f"the server no longer knows task {remote_id}"))
-                continue
-            self._misses.pop(remote_id, None)
-            if remote.finished:
-                self.finished_remotely += 1
-                finished += 1
-                future.set_result(remote)
+            self._misses[remote_id] = self._misses.get(remote_id, 0) + 1
+            if self._misses[remote_id] >= MISSING_POLLS:
+                future.set_exception(BadResponse(f"the server no longer knows task {remote_id}"))
         return finished
 
     def _poll_failed(self, error: RequestError, asked: int) -> None:
