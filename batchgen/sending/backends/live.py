@@ -162,6 +162,9 @@ class LiveBackend:
     def pace(self) -> Optional[dict]:
         return self.pacer.snapshot()
 
+    # -- what async mode (backends/tasks.py, a subclass) does otherwise: a task there holds its
+    # worker until the server finishes it, long after its submission's place is given back --
+
     def _room(self) -> int:
         """How many tasks may be under way at once (workers): the pacer's window."""
         return self.pacer.window
