@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from batchgen.exceptions import EXIT_OK, EXIT_STOPPED, EXIT_TASK_ERRORS, UsageError
+from batchgen.exceptions import EXIT_OK, EXIT_STILL_RUNNING, EXIT_STOPPED, EXIT_TASK_ERRORS, UsageError
 from batchgen.keeping.journal import NOT_DONE, VOID, Journal, replay, task_key
 from batchgen.keeping.outdir import OutputFolder, Provenance
 from batchgen.planning.settings import JobConfig
@@ -25,7 +25,7 @@ from batchgen.planning.summary import statuses_to_send
 from batchgen.planning.tasks import Pending, Plan
 from batchgen.rules import pricing
 from batchgen.rules.providers import Endpoint
-from batchgen.sending.backends import Budget, SendBackend, StopSwitch, backend_for
+from batchgen.sending.backends import TASKS_IN_PROGRESS, Budget, SendBackend, StopSwitch, backend_for
 from batchgen.showing.progress import Progress
 from batchgen.util import gcpause
 
@@ -63,6 +63,8 @@ class Summary:
 
     @property
     def exit_status(self) -> int:
+        if self.stopped == TASKS_IN_PROGRESS:
+            return EXIT_STILL_RUNNING
         if self.stopped or self.not_done:
             return EXIT_STOPPED
         return EXIT_TASK_ERRORS if self.errors or self.short else EXIT_OK

@@ -219,7 +219,6 @@ def test_ctrl_c_stops_submitting_and_the_next_run_collects_what_was_submitted(tm
 
 @pytest.mark.parametrize("argv, says", [
     (("--provider", "openai"), "--mode async is AceData's callback mode"),
-    (("--no-wait",), "--no-wait is not available in async mode"),
     (("--callback-url", "ftp://example.org/x"), "--callback-url must be an http(s) URL"),
 ])
 def test_async_mode_refuses_what_it_cannot_send_with_exit_2(cli, prompts_csv, tmp_path, argv, says):
@@ -420,3 +419,27 @@ def test_the_budget_stops_submitting_and_what_was_submitted_is_still_collected(t
         created = sim.stats.tasks_created
     assert summary.stopped == "budget_exceeded" and summary.exit_status == 3
     assert created == 5 and summary.ok == 5 and summary.est_cost_usd == pytest.approx(0.2)
+
+
+def test_no_wait_submits_everything_exits_4_and_the_same_command_collects_later(tmp_path):
+    tasks = 6
+    csv = make_prompts(tmp_path / "p.csv", tasks)
+    out = tmp_path / "out"
+    with SimulatorThread(latency=4.0) as sim:
+        args = ("run", csv, "--out", out, "--mode", "async", "--base-url", sim.acedata_url, "--model", "dall-e-3",
+                "--poll-interval", "0.1", "--no-progress", "--no-wait", "--json")
+        first = batchgen_process(*args)
+        stdout, stderr = first.communicate(timeout=60)
+        assert first.returncode == 4, stderr
+        summary = json.loads(stdout)
+        assert summary["stopped"] == "tasks_in_progress" and summary["exit_status"] == 4
+        assert "run the same command again later to collect them" in summary["stop_message"]
+        assert sim.stats.tasks_created == tasks and summary["ok"] < tasks
+        assert set(results(out).error_code.dropna()) == {"tasks_in_progress"}
+        wait_until(lambda: sim.stats.images == tasks, what="the server to finish every task")
+        again = batchgen_process(*args)
+        stdout, stderr = again.communicate(timeout=60)
+        assert again.returncode == 0, stderr
+        assert json.loads(stdout)["pace"]["adopted"] == tasks - summary["ok"]
+        assert sim.stats.tasks_created == tasks
+    assert set(results(out).status) == {"ok"}

@@ -186,7 +186,8 @@ def entry() -> None:
                    "base64 inside the batch's output file, 1 to 3 MB each: 1,000 keeps a file to a few GB, "
                    "which a laptop downloads and a failed download repeats quickly.")
 @click.option("--no-wait", is_flag=True, default=None,
-              help="Batch mode: submit the batches and exit 3; run the same command again to collect.")
+              help="Batch mode: submit the batches and exit 3; run the same command again to collect. Async "
+                   "mode: submit every task, collect what finished, exit 4; run the same command again to collect.")
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Batch mode: the longest pause between two looks at the batches (default 60 s; it starts at 1 s).")
 @click.option("--callback-url", default=None,

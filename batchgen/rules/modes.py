@@ -42,7 +42,8 @@ class LiveMode(Mode):
 
     def check_settings(self, config: Any, name: Namer) -> None:
         if config.no_wait:
-            raise UsageError("--no-wait needs --mode batch (a live run sends and waits for each request)")
+            raise UsageError("--no-wait needs --mode batch or --mode async (a live run sends and waits for each "
+                             "request)")
 
 
 class BatchMode(Mode):
@@ -76,9 +77,6 @@ class AsyncMode(Mode):
         if config.provider != "acedata":
             raise UsageError(f"--mode async is AceData's callback mode and Tasks API: use --provider acedata "
                              f"(with ACEDATA_API_TOKEN), not {config.provider!r}")
-        if config.no_wait:
-            raise UsageError("--no-wait is not available in async mode yet: Ctrl-C stops submitting, the "
-                             "tasks submitted finish on the server and the next run collects them")
         url = config.callback_url
         if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))
                                     and len(url) > len("https://")):

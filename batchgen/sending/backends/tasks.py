@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 from batchgen.exceptions import BadResponse, RequestError, RequestTimeout
 from batchgen.planning.settings import AUTO
 from batchgen.rules.providers import QUOTA_CODES
+from batchgen.sending.backends import TASKS_IN_PROGRESS
 from batchgen.sending.backends.live import TICK_S, LiveBackend, fit_concurrency
 from batchgen.sending.classify import Decision, classify, stop_advice
 from batchgen.sending.client import ImagesClient, RemoteTask, with_task_fields
@@ -68,6 +69,7 @@ class AsyncBackend(LiveBackend):
         self._run_mark = secrets.token_hex(4)
         self._tries: dict = {}        # task id -> attempts sent by this run (numbers its trace ids)
         self._charged: set = set()    # task ids whose first answer the budget has counted
+        self._unsent: set = set()     # task ids taken by a worker, not yet submitted (--no-wait)
         self._adopt: dict = {}        # task id -> (trace id, remote task id) to collect, not send
         self._waiting: dict = {}      # remote task id -> the future of its RemoteTask
         self._misses: dict = {}       # remote task id -> polls in a row that did not find it
@@ -168,6 +170,7 @@ class AsyncBackend(LiveBackend):
             await self._run_task(task)
 
     def _take_budget(self, task) -> bool:
+        self._unsent.add(task.task_id)
         return True         # when its submission's turn comes (_take_slot), not while it queues
 
     async def _take_slot(self, task) -> None:
@@ -229,6 +232,7 @@ class AsyncBackend(LiveBackend):
         finally:
             self._on_wire -= 1
         self.recorder.chunk_event({"chunk": trace_id, "event": "submitted", "remote_task_id": remote_id})
+        self._unsent.discard(task.task_id)
         self.submitted += 1
         self.pacer.on_success(attempt, ratelimit)
         self._release_early(attempt)
@@ -274,6 +278,7 @@ class AsyncBackend(LiveBackend):
                                    "error_code": error.code})
 
     def _finish(self, task, record: dict) -> None:
+        self._unsent.discard(task.task_id)
         self._tries.pop(task.task_id, None)
         self._charged.discard(task.task_id)
         super()._finish(task, record)
@@ -282,6 +287,7 @@ class AsyncBackend(LiveBackend):
             self.recorder.chunk_event({"chunk": record["trace_id"], "event": "collected", "status": "ok"})
 
     def _not_done(self, task, attempts: int) -> None:
+        self._unsent.discard(task.task_id)
         self._tries.pop(task.task_id, None)
         self._charged.discard(task.task_id)
         super()._not_done(task, attempts)
@@ -330,11 +336,11 @@ class AsyncBackend(LiveBackend):
             future = self._waiting[remote_id] = asyncio.get_running_loop().create_future()
         try:
             return await asyncio.wait_for(asyncio.shield(future), TASK_MAX_WAIT_S)
-        except asyncio.TimeoutError:
-            raise RequestTimeout(f"task {remote_id} did not finish within {TASK_MAX_WAIT_S:.0f} s") from None
-        except BaseException:
+        except BaseException as exc:
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._saved_one()       # finished meanwhile, but nobody will save it now
+            if isinstance(exc, asyncio.TimeoutError):
+                raise RequestTimeout(f"task {remote_id} did not finish within {TASK_MAX_WAIT_S:.0f} s") from None
             raise
         finally:
             self._waiting.pop(remote_id, None)
@@ -346,23 +352,33 @@ class AsyncBackend(LiveBackend):
 
     async def _poll(self) -> None:
         """Look the waiting tasks up, a page of ids a call: sooner while they finish, less
-        often (up to POLL_MAX_S) while none does."""
+        often (up to POLL_MAX_S) while none does. With --no-wait, once every task is submitted:
+        one look (what finished is collected), then the run stops, leaving the rest running."""
         interval = POLL_FIRST_S
+        looked_once_all_sent = False
         while True:
+            leaving = self.config.no_wait and self._queue is None and not self._unsent and bool(self._waiting)
+            if leaving and looked_once_all_sent and not self.stop:
+                self.stop(TASKS_IN_PROGRESS,
+                          f"{len(self._waiting)} task(s) submitted and still running on the server (--no-wait); "
+                          "run the same command again later to collect them")
             if self.stop and (self._lookups_dead or not self._waiting
                               or self.stop.code not in STOPS_THAT_STILL_COLLECT):
-                if not self._on_wire:
-                    self.cancel_in_flight()     # nothing on the wire: the waits are cut short
+                if not self._on_wire and not self._unsaved:
+                    self.cancel_in_flight()     # nothing on the wire or being saved: the waits are cut short
                     return
-                await asyncio.sleep(STOP_CHECK_S)   # a submission's task id is still to come
+                await asyncio.sleep(STOP_CHECK_S)   # a submission's task id, or an image, is still to come
                 continue
-            if self.stop:
+            if leaving:
+                pass                            # the one look, at once
+            elif self.stop:
                 await asyncio.sleep(interval)   # stop.sleep would return at once
             else:
                 await self.stop.sleep(interval)
             if not self._waiting:
                 continue
             finished = await self._poll_once()
+            looked_once_all_sent = looked_once_all_sent or leaving
             interval = POLL_FIRST_S if finished else min(interval * 1.5, self.poll_max)
             if time.monotonic() >= self._next_report:
                 self._next_report = time.monotonic() + REPORT_EVERY_S
