@@ -26,11 +26,11 @@ from typing import Iterable, Iterator, Mapping, Optional
 
 from batchgen.exceptions import BadResponse, RequestError, RequestTimeout
 from batchgen.planning.settings import AUTO
-from batchgen.rules.providers import QUOTA_CODES
+from batchgen.rules.providers import QUOTA_CODES, public_url
 from batchgen.sending.backends import TASKS_IN_PROGRESS
 from batchgen.sending.backends.live import TICK_S, LiveBackend, fit_concurrency
 from batchgen.sending.classify import Decision, classify, stop_advice
-from batchgen.sending.client import ImagesClient, RemoteTask, with_task_fields
+from batchgen.sending.client import TASKS_PATH, ImagesClient, RemoteTask, with_task_fields
 from batchgen.sending.limits import Attempt, RateFinder
 
 log = logging.getLogger(__name__)
@@ -429,8 +429,9 @@ class AsyncBackend(LiveBackend):
                                   f"{stop_advice(error, self.endpoint.provider)}")
         elif self._poll_failures >= POLL_FAILURES_LIMIT:
             self._lookups_dead = True
+            where = public_url(self.endpoint.root + TASKS_PATH)
             self.stop("tasks_api_error",
-                      f"the Tasks API ({self.endpoint.root}/tasks) failed {self._poll_failures} times in a row "
+                      f"the Tasks API ({where}) failed {self._poll_failures} times in a row "
                       f"({error.code}: {error.message}); the tasks submitted go on on the server: run the "
                       f"same command again later to collect them")
         else:
