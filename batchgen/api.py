@@ -72,6 +72,7 @@ def run(source: Source, *,
         no_wait: Optional[bool] = None,
         poll_interval: Optional[float] = None,
         resubmit_lost: Optional[bool] = None,
+        callback_url: Optional[str] = None,
         simulate: Optional[bool] = None,
         progress: bool = True,
         environ: Optional[Mapping[str, str]] = None,
@@ -113,6 +114,8 @@ def run(source: Source, *,
     batch_size, no_wait, poll_interval: batch mode (see `batchgen run --help`).
     resubmit_lost: batch mode: send again the tasks of a batch the server no longer knows (it
         may pay twice if that batch still runs elsewhere).
+    callback_url: async mode (AceData's callback mode): where AceData POSTs each task's outcome
+        (default: an address that receives nothing; batchgen polls the Tasks API either way).
     simulate: run against the built-in simulator (no token needed; placeholder images).
     progress: show a progress bar. environ: where tokens are read (default os.environ).
     verbose: a line per attempt, rate-limit pause and stop on stderr; log_file: the same lines

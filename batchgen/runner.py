@@ -25,7 +25,7 @@ from batchgen.planning.summary import statuses_to_send
 from batchgen.planning.tasks import Pending, Plan
 from batchgen.rules import modes, pricing
 from batchgen.rules.providers import Endpoint
-from batchgen.sending.backends import Budget, SendBackend, StopSwitch, backend_for
+from batchgen.sending.backends import TASKS_IN_PROGRESS, Budget, SendBackend, StopSwitch, backend_for
 from batchgen.showing.progress import Progress
 from batchgen.util import gcpause
 
@@ -64,7 +64,7 @@ class Summary:
 
     @property
     def exit_status(self) -> int:
-        if self.stopped == STILL_RUNNING:
+        if self.stopped in (STILL_RUNNING, TASKS_IN_PROGRESS):
             return EXIT_STILL_RUNNING
         if self.stopped or self.not_done:
             return EXIT_STOPPED
@@ -138,11 +138,12 @@ class Resume:
     in_batches: int = 0     # tasks of open batches a live run leaves to them
 
 
-def in_open_batches(plan: Plan, state, outcome):
-    """Which of the plan's tasks (a numpy bool array) an open Batch API chunk holds and no
-    final outcome has come for: sent already, so no run of any mode sends them again."""
+def in_open_batches(plan: Plan, state, outcome, kinds: tuple = ("batch", "async")):
+    """Which of the plan's tasks (a numpy bool array) an open remote chunk of these kinds holds
+    and no final outcome has come for: sent already, so only the mode that collects them may
+    touch them."""
     import numpy as np
-    held = state.open_batch_keys()
+    held = state.open_batch_keys(kinds)
     if not len(held):
         return np.zeros(len(outcome), bool)
     keys = plan.tasks.keys()
@@ -157,17 +158,18 @@ def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
     outcome = _outcomes(plan, state, events)
     waiting = np.isin(outcome, [_OUTCOME_CODES[s] for s in statuses_to_send(retry_failed)])
     spent, _ = _spent(plan, state, events, outcome, plan.config.mode)
-    in_batches = in_open_batches(plan, state, outcome)
+    in_batches = in_open_batches(plan, state, outcome, ("batch",))
     # Submitted but not collected: billed once they run, so the budget counts them already
     # (at the Batch API's price), until their outcomes replace the estimate.
     prices = pricing.load(plan.config.prices)
     for v, count in _per_variant(plan, in_batches):
         spent += count * (prices.estimate(plan.tasks.variants[v].params, "batch") or 0.0)
-    left_to_batches = 0
-    if not modes.get(plan.config.mode).collects_batches:
-        # Only batch mode collects a batch; any other leaves its tasks to it, never sends them twice.
-        left_to_batches = int(in_batches.sum())
-        waiting &= ~in_batches
+    # Only the mode that collects a kind of remote work touches its tasks; any other leaves
+    # them to it, never sends them twice.
+    others = tuple(kind for kind in ("batch", "async") if kind != modes.get(plan.config.mode).collects)
+    left = in_open_batches(plan, state, outcome, others)
+    left_to_batches = int(left.sum())
+    waiting &= ~left
     indices = np.flatnonzero(waiting)
     if len(plan.tasks) < 2 ** 32:       # held the whole send: 4 bytes a pending task, not 8
         indices = indices.astype(np.uint32)
@@ -323,9 +325,10 @@ async def _send_then_build(folder, journal, state, plan, table, todo, stop, back
             finally:
                 early.cancel()
     if todo.in_batches:
-        stop("in_batches", f"{todo.in_batches} task(s) are in Batch API batches not collected yet and were "
-                           "not sent again; run the same command with --mode batch to collect them "
-                           "(or `batchgen cancel OUT`, then run again, to send them this way)")
+        stop("in_batches", f"{todo.in_batches} task(s) were submitted by another mode (Batch API batches, or "
+                           "async mode's AceData tasks) and are not collected yet, so they were not sent again; "
+                           "run the same command with the mode that submitted them (--mode batch or --mode async) "
+                           "to collect them (Batch API: or `batchgen cancel OUT`, then run again, to send them so)")
     return await _build_while_syncing(folder, journal, state, plan, table, stop, provenance, earlier)
 
 

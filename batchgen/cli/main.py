@@ -190,13 +190,16 @@ def entry() -> None:
                    "base64 inside the batch's output file, 1 to 3 MB each: 1,000 keeps a file to a few GB, "
                    "which a laptop downloads and a failed download repeats quickly.")
 @click.option("--no-wait", is_flag=True, default=None,
-              help="Batch mode: submit the batches and exit 4 while they run; run the same command again to "
-                   "collect what finished (exit 0 once everything is collected).")
+              help="Batch or async mode: submit, collect what already finished, and exit 4 while the rest runs on the "
+                   "server; run the same command again to collect (exit 0 once everything is collected).")
 @click.option("--resubmit-lost", is_flag=True, default=None,
               help="Batch mode: send again the tasks of a batch the server no longer knows (404, an unknown "
                    "status, its output file gone). This can pay twice if that batch still runs elsewhere.")
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Batch mode: the longest pause between two looks at the batches (default 60 s; it starts at 1 s).")
+@click.option("--callback-url", default=None,
+              help="Async mode: where AceData POSTs each task's outcome, for your own use (default: an address "
+                   "that receives nothing); batchgen collects the outcomes from the Tasks API either way.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_json_option("the run's summary")
 @click.option("-v", "--verbose", is_flag=True,

@@ -103,6 +103,11 @@ def _prob(flag: str, what: str):
 @_prob("--batch-expire", "a batch expiring with half its lines run")
 @_prob("--batch-fail-validation", "a valid batch failing validation")
 @_prob("--batch-line-errors", "a batch line answering 500 instead of running")
+@_prob("--task-fail", "an AceData callback task failing upstream (drawn once per trace id)")
+@click.option("--sync-time-limit", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="A gateway's limit: a synchronous answer slower than this many seconds is a 504 at "
+                   "the limit, while the generation completes and is billed. Callback mode (AceData's "
+                   "callback_url) is not limited.")
 def simulate(port: int, rpm_schedule: str, **options) -> None:
     """Serve the built-in fake Images API on 127.0.0.1 until Ctrl-C.
 

@@ -222,6 +222,11 @@ class _Resolved:
     events: int           # how many events this covers
 
 
+def chunk_kind(chunk: dict) -> str:
+    """Which mode's remote work a journal chunk is: an async mode attempt carries its trace id."""
+    return "async" if "trace_id" in chunk else "batch"
+
+
 class Replay:
     """The state of every task the journal knows: each task's last final outcome, the origin
     of that outcome, the attempts of not-done lines, the Batch API's chunks.
@@ -237,6 +242,7 @@ class Replay:
         self.origins: list = []    # each run's {"provider", "endpoint", ...}
         self.replaced: dict = {}   # a legacy task id -> the id that replaces it
         self.batches: dict = {}    # Batch API chunk key -> what the journal says of it
+        self.attempts_settled: dict = {}   # async mode: attempts let go with a task id, by how they ended
         self._key = array("Q")
         self._kind = array("B")
         self._origin_starts: list = []    # origin -> its first event (see origin_of)
@@ -260,19 +266,31 @@ class Replay:
 
     def batch_event(self, event: dict) -> None:
         """A Batch API chunk's progress: planned (its task ids), submitted (its batch id),
-        collected (every outcome it will give is in the journal)."""
-        chunk = self.batches.setdefault(event.get("chunk"), {})
+        collected (every outcome it will give is in the journal).
+
+        An async mode attempt is a chunk of one task keyed by its trace id; once collected
+        nothing more is asked of it, so it is let go (counted in `attempts_settled` by how it
+        ended): the state holds only the attempts still open, not one per attempt ever sent."""
+        key = event.get("chunk")
+        if event.get("event") == "collected" and "trace_id" in self.batches.get(key, ()):
+            chunk = self.batches.pop(key)
+            settled = str(event.get("status"))
+            self.attempts_settled[settled] = self.attempts_settled.get(settled, 0) + bool(chunk.get("remote_task_id"))
+            return
+        chunk = self.batches.setdefault(key, {})
         chunk.update({k: ChunkIds.of(v) if k == "task_ids" else v for k, v in event.items() if k != "event"})
         chunk.setdefault("events", []).append(event.get("event"))
 
-    def open_batch_keys(self) -> np.ndarray:
-        """The keys of the tasks held by Batch API chunks not collected yet (planned or
-        submitted: the batch may run, or may exist unrecorded), sorted (numpy uint64). No run
-        sends them again until their chunk is collected, whatever its mode."""
+    def open_batch_keys(self, kinds: tuple = ("batch", "async")) -> np.ndarray:
+        """The keys of the tasks held by remote chunks not collected yet (planned or submitted:
+        the work may run, or may exist unrecorded), sorted (numpy uint64): Batch API chunks
+        ("batch") and async mode attempts ("async", keyed by a trace id). No run sends them again
+        until their chunk is collected, unless its mode is the one that collects that kind."""
         import numpy as np
         parts = [np.frombuffer(ids.keys, np.uint64) if isinstance(ids, ChunkIds)
                  else np.array([task_key(t) for t in ids if isinstance(t, str)], np.uint64)
-                 for chunk in self.batches.values() if "collected" not in chunk.get("events", ())
+                 for chunk in self.batches.values()
+                 if "collected" not in chunk.get("events", ()) and chunk_kind(chunk) in kinds
                  for ids in (chunk.get("task_ids") or (),)]
         # Sorted, not deduplicated: membership needs no more (np.unique's hashing costs ten times a sort).
         return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.uint64)

@@ -73,6 +73,7 @@ SCHEMA = pa.schema([
     ("mode", pa.string()),
     ("simulated", pa.bool_()),
     ("batch_id", pa.string()),          # the Batch API's batch that made the row
+    ("remote_task_id", pa.string()),    # async mode: the server's task that made the row
     ("sweep_point", pa.string()),
     ("est_cost_usd", pa.float64()),     # per image; null: batchgen has no price for it (not 0)
     ("gateway_cost_usd", pa.float64()), # per image, as a gateway reported it (x-litellm-response-cost)
@@ -95,7 +96,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # each row's `origin` index (one int per row, not four repeated texts to parse).
 _ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in _PROVENANCE] + [("origin", pa.int64())])
 _OUTCOME_FIELDS = ("error_code", "error_message", "http_status", "attempts", "latency_s",
-                   "created", "trace_id", "batch_id")
+                   "created", "trace_id", "batch_id", "remote_task_id")
 
 
 @dataclass
@@ -243,6 +244,8 @@ class _Rows:
             shared["gateway_cost_usd"] = gateway / max(1, len(record.get("images") or ()))
         if batch:
             shared["batch_id"] = get("batch_id")
+        if "remote_task_id" in record:
+            shared["remote_task_id"] = get("remote_task_id")
         status = f'"status":"ok","http_status":{_value(get("http_status"))}'
         extra = self.passthrough.fragment(row_index)
         status += f',"origin":{origin}'

@@ -47,6 +47,7 @@ class JobConfig:
     no_wait: bool = False                 # Batch API: submit and leave; a later run collects
     poll_interval: float = 60.0           # Batch API: the longest pause between two looks
     resubmit_lost: bool = False           # Batch API: send again the tasks of a batch the server lost
+    callback_url: Optional[str] = None    # async mode: where AceData POSTs each task's outcome
     simulate: bool = False
     encoding: Optional[str] = None
     job_file: Optional[str] = None
@@ -76,6 +77,8 @@ class JobConfig:
         d["sweep"] = [[axis, values] for axis, values in self.sweep]
         if d["base_url"]:
             d["base_url"] = providers.public_url(d["base_url"])
+        if d["callback_url"]:       # a webhook's secret may sit in its query
+            d["callback_url"] = providers.public_url(d["callback_url"])
         return d
 
 
@@ -177,7 +180,7 @@ def point_label(point: dict) -> str:
 _JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "max_concurrency", "rpm",
              "max_retries", "backoff_base", "timeout", "provider", "mode", "base_url", "limit", "max_cost",
              "max_wait", "encoding", "batch_size", "no_wait", "poll_interval", "params", "image_column",
-             "mask_column", "markup_column", "prices", "resubmit_lost"}
+             "mask_column", "markup_column", "prices", "resubmit_lost", "callback_url"}
 
 
 def load_job_file(path) -> dict:
@@ -224,7 +227,8 @@ def load_job_file(path) -> dict:
     settings["params"] = dict(parse_extra_param((k, v), f"{path} [params]") for k, v in extra.items())
     for key in ("prompt_column", "concurrency", "max_concurrency", "rpm", "max_retries", "backoff_base", "timeout",
                 "provider", "mode", "base_url", "limit", "max_cost", "max_wait", "encoding", "batch_size", "no_wait",
-                "poll_interval", "image_column", "mask_column", "markup_column", "resubmit_lost"):
+                "poll_interval", "image_column", "mask_column", "markup_column", "resubmit_lost",
+                "callback_url"):
         if key in data:
             settings[key] = data[key]
     if "prices" in data:

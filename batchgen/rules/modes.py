@@ -23,7 +23,9 @@ class Mode:
     name: str = ""
     backend: str = ""                    # "module:Class", imported when chosen
     plan_note: Optional[str] = None      # a line `batchgen plan` adds under its table
-    collects_batches: bool = False       # polls and collects Batch API batches (others leave them be)
+    # The kind of remote chunk in the journal this mode collects itself ("batch": Batch API
+    # batches, "async": AceData tasks); another mode leaves such tasks to it, never sends them twice.
+    collects: Optional[str] = None
 
     def price_factor(self, batch_discount: float) -> float:
         """What this mode's price is of the live one (the price table's Batch discount given)."""
@@ -43,14 +45,15 @@ class LiveMode(Mode):
 
     def check_settings(self, config: Any, name: Namer) -> None:
         if config.no_wait:
-            raise UsageError("--no-wait needs --mode batch (a live run sends and waits for each request)")
+            raise UsageError("--no-wait needs --mode batch or --mode async (a live run sends and waits for each "
+                             "request)")
 
 
 class BatchMode(Mode):
     name = "batch"
     backend = "batchgen.sending.backends.batch:BatchBackend"
     plan_note = "costs at the Batch API's price: half the live one"
-    collects_batches = True
+    collects = "batch"
 
     def price_factor(self, batch_discount: float) -> float:
         return batch_discount
@@ -68,7 +71,25 @@ class BatchMode(Mode):
                              "set --model gpt-image-1 (or another GPT image model), or use --mode live")
 
 
-MODES: dict[str, Mode] = {mode.name: mode for mode in (LiveMode(), BatchMode())}
+class AsyncMode(Mode):
+    """AceData's callback mode: a task id at once, the outcome from the Tasks API."""
+    name = "async"
+    backend = "batchgen.sending.backends.tasks:AsyncBackend"
+    plan_note = "AceData callback mode: tasks submitted, outcomes collected from the Tasks API (free)"
+    collects = "async"
+
+    def check_settings(self, config: Any, name: Namer) -> None:
+        if config.provider != "acedata":
+            raise UsageError(f"--mode async is AceData's callback mode and Tasks API: use --provider acedata "
+                             f"(with ACEDATA_API_TOKEN), not {config.provider!r}")
+        url = config.callback_url
+        if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))
+                                    and len(url) > len("https://")):
+            raise UsageError(f"{name('callback_url')} must be an http(s) URL (e.g. "
+                             f"https://example.org/hooks/batchgen), not {url!r}")
+
+
+MODES: dict[str, Mode] = {mode.name: mode for mode in (LiveMode(), BatchMode(), AsyncMode())}
 NAMES = tuple(MODES)
 
 

@@ -73,6 +73,10 @@ def error_code(http_status: int, code: Optional[str], kind: Optional[str], messa
     if kind and not code:
         return kind
     return fallback_code(http_status if http_status != 200 else 500)
+# Codes of a task that failed upstream (the Tasks API's answer, with no HTTP status of its own)
+# that mean the server, not the request, failed: sent again.
+SERVER_FAULT_CODES = frozenset({"api_error", "server_error", "timeout", "internal_error", "upstream_error",
+                                "service_unavailable", "bad_gateway", "gateway_timeout"})
 
 
 class Decision(enum.Enum):
@@ -94,6 +98,8 @@ def classify(error: RequestError) -> Decision:
             return Decision.STOP
         if said == POLICY:
             return Decision.FAIL
+        if not status:
+            return Decision.RETRY if error.code in SERVER_FAULT_CODES else Decision.FAIL
         if status in (408, 409, 429) or status >= 500:
             return Decision.RETRY
         return Decision.FAIL

@@ -422,29 +422,69 @@ class ImagesClient:
         """POST one generation (a body from BodyEncoder; or an edit's form, with its headers);
         returns images or raises a RequestError."""
         limit = MAX_RESPONSE_BYTES_PER_IMAGE * max(1, images_expected)
+        status, answer_headers, raw = await self._post(self.endpoint.url, body, headers or self._headers, limit)
+        return parse_generation(status, answer_headers, raw, self.endpoint.token, self.endpoint.provider)
+
+    async def _post(self, url: str, body: Any, headers: dict, limit: int) -> tuple:
+        """(status, headers, body) of one POST, or the RequestError it amounts to."""
         try:
-            async with self._open_session().post(self.endpoint.url, data=body, headers=headers or self._headers,
-                                          allow_redirects=False, proxy=self._proxy) as resp:
-                raw = await _read_capped(resp, limit)
-                status = resp.status
-                answer_headers = resp.headers
+            async with self._open_session().post(url, data=body, headers=headers,
+                                                 allow_redirects=False, proxy=self._proxy) as resp:
+                return resp.status, resp.headers, await _read_capped(resp, limit)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise translate_exception(exc, self.endpoint.token) from None
-        return parse_generation(status, answer_headers, raw, self.endpoint.token, self.endpoint.provider)
+
+    # -- AceData's callback mode and Tasks API --
+
+    async def submit_task(self, body: bytes) -> Submitted:
+        """POST one generation carrying callback_url and trace_id (see with_task_fields): the
+        server's task id at once, or a RequestError."""
+        status, headers, raw = await self._post(self.endpoint.url, body, self._headers, MAX_TASK_ANSWER_BYTES)
+        return parse_submitted(status, headers, raw, self.endpoint.token, self.endpoint.provider)
+
+    async def submit_edit_task(self, prompt: str, params: dict, files: list, callback_url: str,
+                               trace_id: str) -> Submitted:
+        """An edit (as `edit` sends it) carrying callback_url and trace_id: its task id at once."""
+        fields = form_fields(prompt, params) + [("callback_url", callback_url), ("trace_id", trace_id)]
+        form, headers = self._edit_form(fields, files)
+        status, answer_headers, raw = await self._post(self.endpoint.url, form, headers, MAX_TASK_ANSWER_BYTES)
+        return parse_submitted(status, answer_headers, raw, self.endpoint.token, self.endpoint.provider)
+
+    async def find_tasks(self, by: str, values: list) -> AsyncIterator[list]:
+        """The tasks (RemoteTask) whose `by` ("ids" or "trace_ids") is one of `values`, from
+        the Tasks API's retrieve_batch (free: not billed), a page at a time as they come: a
+        finished task holds its images, so the caller keeps a page, not all of them."""
+        url = self.endpoint.root + TASKS_PATH
+        for start in range(0, len(values), TASKS_PER_CALL):
+            asked = values[start:start + TASKS_PER_CALL]
+            offset = 0
+            for _ in range(MAX_TASK_PAGES):
+                query = {"action": "retrieve_batch", by: asked, "limit": TASKS_PER_CALL, "offset": offset}
+                status, headers, raw = await self._post(url, json.dumps(query).encode(), self._headers,
+                                                        MAX_RESPONSE_BYTES_PER_IMAGE * TASKS_PER_CALL)
+                items, count = parse_task_page(status, headers, raw, self.endpoint.token, self.endpoint.provider)
+                if items:
+                    yield items
+                offset += TASKS_PER_CALL
+                if not items or offset >= count:
+                    break
 
     async def edit(self, prompt: str, params: dict, files: list, images_expected: int = 1) -> Generation:
         """POST one edit as multipart/form-data, as the official SDK sends it. `files`:
         (field, file name, bytes, content type); several images go as `image[]`."""
+        form, headers = self._edit_form(form_fields(prompt, params), files)
+        return await self.generate(form, images_expected, headers)
+
+    def _edit_form(self, fields: list, files: list) -> tuple:
         form = aiohttp.FormData()
-        for name, value in form_fields(prompt, params):
+        for name, value in fields:
             form.add_field(name, value)
         several = sum(1 for f in files if f[0] == "image") > 1
         for field_name, filename, data, content_type in files:
             name = "image[]" if field_name == "image" and several else field_name
             form.add_field(name, data, filename=filename, content_type=content_type)
         # aiohttp sets the multipart Content-Type (with its boundary) itself.
-        headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
-        return await self.generate(form, images_expected, headers)
+        return form, {k: v for k, v in self._headers.items() if k != "Content-Type"}
 
     async def download(self, url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
         """Fetch an image link at once (they expire): http(s) only, no auth, size-capped; a
@@ -483,6 +523,87 @@ class ImagesClient:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             err = translate_exception(exc, self.endpoint.token)
             raise DownloadFailed(f"image download failed: {err.message}") from None
+
+
+# ---- AceData's callback mode: a task id at once, the outcome from the Tasks API ----------
+
+TASKS_PATH = "/tasks"           # beside …/images/generations under the API root: …/openai/tasks
+# Tasks asked for in one call: a finished task's answer holds its images (a 4K PNG is tens of
+# MB as base64), so a page stays small enough to hold in memory; the calls are free.
+TASKS_PER_CALL = 25
+MAX_TASK_PAGES = 20             # pages of one query: a trace id names a task or two, not thousands
+MAX_TASK_ANSWER_BYTES = 1 << 20
+
+
+@dataclass
+class Submitted:
+    task_id: str
+    ratelimit: Optional[RateLimitHeaders]
+
+
+@dataclass
+class RemoteTask:
+    """A task as the Tasks API describes it, typed: unfinished, or its images, or its error."""
+    id: str
+    trace_id: Optional[str]
+    finished: bool
+    generation: Optional[Generation] = None
+    error: Optional[RequestError] = None
+
+
+def with_task_fields(body: bytes, callback_url: str, trace_id: str) -> bytes:
+    """A generation's JSON body (BodyEncoder's) with AceData's callback_url and trace_id."""
+    return (body.rstrip()[:-1] + b', "callback_url": ' + json.dumps(callback_url).encode()
+            + b', "trace_id": ' + json.dumps(trace_id).encode() + b"}")
+
+
+def parse_submitted(status: int, headers: Mapping[str, str], raw: bytes, secret: str = "",
+                    provider: Optional[str] = None) -> Submitted:
+    payload = _json_or_none(raw)
+    header_trace = server_id(headers.get("x-request-id") or headers.get("x-trace-id"), secret)
+    if status != 200 or not isinstance(payload, dict) or payload.get("error") or payload.get("success") is False:
+        if status == 200 and not isinstance(payload, dict):
+            raise NotJson(f"HTTP 200 but the body is not a JSON object ({len(raw)} bytes)", http_status=status,
+                          trace_id=header_trace)
+        raise _api_error(status, headers, payload, raw, header_trace, secret, provider)
+    task_id = server_id(payload.get("task_id"), secret)
+    if not task_id:
+        raise BadResponse("HTTP 200 but the answer to a callback request has no task_id", http_status=status,
+                          trace_id=header_trace)
+    return Submitted(task_id, parse_ratelimit_headers(headers))
+
+
+def parse_task_page(status: int, headers: Mapping[str, str], raw: bytes, secret: str = "",
+                    provider: Optional[str] = None) -> tuple:
+    """([RemoteTask], how many match in all) of a retrieve_batch answer; `{}` is none."""
+    payload = _json_or_none(raw)
+    if status != 200 or not isinstance(payload, dict) or payload.get("error") or payload.get("success") is False:
+        raise _api_error(status if status != 200 else 500, headers, payload, raw, None, secret, provider)
+    items = payload.get("items")
+    if not isinstance(items, list):
+        return [], 0
+    tasks = [t for t in (parse_task(item, secret, provider) for item in items) if t is not None]
+    return tasks, server_int(payload.get("count"), 0, 10 ** 9) or 0
+
+
+def parse_task(item: object, secret: str = "", provider: Optional[str] = None) -> Optional[RemoteTask]:
+    """One task of the Tasks API, or None for an entry that is not one."""
+    if not isinstance(item, dict):
+        return None
+    task_id = server_id(item.get("id"), secret)
+    if not task_id:
+        return None
+    trace_id = server_id(item.get("trace_id"), secret)
+    response = item.get("response")
+    if not isinstance(response, dict) or not response:
+        return RemoteTask(task_id, trace_id, finished=False)
+    try:
+        generation = generation_from(200, {}, response, b"", secret, provider)
+    except RequestError as error:
+        error.http_status = None        # the task failed upstream; no HTTP answer of ours said so
+        return RemoteTask(task_id, trace_id, finished=True, error=error)
+    generation.trace_id = trace_id
+    return RemoteTask(task_id, trace_id, finished=True, generation=generation)
 
 
 # ---- OpenAI's Batch API ---------------------------------------------------------------------

@@ -43,6 +43,7 @@ class Status:
     eta_s: Optional[float] = None
     pace: Optional[dict] = None             # while running: the run's pace and what it has in flight
     in_batches: int = 0                     # tasks in Batch API batches not collected yet
+    remote: Optional[dict] = None           # async mode: the server's tasks (see remote_tasks)
 
     @property
     def done(self) -> int:
@@ -58,7 +59,8 @@ class Status:
                 "errors": self.errors + self.refused, "by_code": self.by_code,
                 "running": self.running, "state": self.state, "stopped": self.stopped,
                 "stop_message": self.stop_message, "rate_per_min": self.rate_per_min,
-                "eta_s": self.eta_s, "pace": self.pace, "in_batches": self.in_batches}
+                "eta_s": self.eta_s, "pace": self.pace, "in_batches": self.in_batches,
+                "remote": self.remote}
 
 
 RATE_WINDOW_S = 600
@@ -110,12 +112,39 @@ def read_status(out: StrPath, now: Optional[float] = None) -> Status:
     run = job.get("run")
     if status.running and isinstance(run, dict) and isinstance(run.get("pace"), dict):
         status.pace = checked_pace(run["pace"])
+    status.remote = remote_tasks(state, run.get("pace") if status.running and isinstance(run, dict) else None)
     if status.running and len(recent) >= 2:
         span = max(now - min(recent), 1.0)
         status.rate_per_min = len(recent) / span * 60
         remaining = max(0, status.total - status.done)
         status.eta_s = remaining / status.rate_per_min * 60 if status.rate_per_min else None
     return status
+
+
+def remote_tasks(state, pace: object = None) -> Optional[dict]:
+    """Async mode's attempts on the server, from the journal: `submitted` (given a task id),
+    `collected` (their images are kept), `waiting` (neither collected nor given up: the running
+    run, or else the next one, collects them); `finished` (on the server, of those the running
+    run waits for) only while a run goes. None for a folder without any."""
+    settled = state.attempts_settled
+    collected = settled.get("ok", 0)
+    submitted = sum(settled.values())
+    waiting = 0
+    for chunk in state.batches.values():
+        if "trace_id" not in chunk or not chunk.get("remote_task_id"):
+            continue
+        submitted += 1
+        task_id = next(iter(chunk.get("task_ids") or ()), None)
+        if task_id is not None and state.status(task_id) == "ok":
+            collected += 1      # killed between its outcome's line and its own
+        else:
+            waiting += 1
+    if not submitted:
+        return None
+    finished = pace.get("finished_remotely") if isinstance(pace, dict) else None
+    if isinstance(finished, bool) or not isinstance(finished, int) or finished < 0:
+        finished = None
+    return {"submitted": submitted, "finished": finished, "collected": collected, "waiting": waiting}
 
 
 def run_state(run: object, locked: bool, all_done: bool) -> tuple[str, Optional[str], Optional[str]]:
@@ -158,6 +187,12 @@ def format_status(s: Status) -> str:
         lines.append(f"stopped: {s.stopped}" + (f" — {s.stop_message}" if s.stop_message else ""))
     else:
         lines.append("finished")
+    if s.remote:
+        r = s.remote
+        lines.append(f"async tasks: {r['submitted']:,} submitted"
+                     + (f", {r['finished']:,} finished on the server" if r.get("finished") is not None else "")
+                     + f", {r['collected']:,} collected, {r['waiting']:,} waiting on the server"
+                     + ("" if s.running or not r["waiting"] else " (the next run collects them)"))
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@ It serves, on a loopback port:
     GET  /files/<id>.<ext>            images handed out as ``url`` (kept in memory, TTL)
     POST /v1/files, GET /v1/files/<id>[/content]             the Files API, for batches
     POST /v1/batches, GET /v1/batches[/<id>], POST .../cancel  OpenAI's Batch API (images)
+    POST /openai/tasks                AceData's Tasks API (retrieve, retrieve_batch); a generation
+                                      or edit with a ``callback_url`` answers a task id at once
     GET  /_sim/stats                  counters as JSON (with, for benchmarks, the peak of
                                       generation requests in flight, the 429s by limit, a
                                       per-second timeline of successes; see SimStats) and the
@@ -43,6 +45,7 @@ so that a misunderstanding in the client cannot hide by being mirrored here.
     answers     the JSON bodies of both dialects
     uploads     the Files API's files (batch inputs, outputs, errors)
     batches     the Batch API: validation, lazy timing, running lines through the live code
+    tasks       AceData's callback mode and Tasks API; the executions per trace id
     server      the routes, make_app, start_simulator, SimulatorThread
 """
 from __future__ import annotations

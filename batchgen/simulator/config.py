@@ -64,6 +64,11 @@ class SimConfig:
     gateway: str = ""
     gateway_cost_per_image: float = 0.04     # the x-litellm-response-cost of each image
     data_urls: bool = False   # answer response_format=url with data:image/...;base64, URLs (some gateways do)
+    # AceData's callback mode and Tasks API (tasks.py): a callback generation fails upstream
+    # (drawn once per trace id); a synchronous answer slower than sync_time_limit seconds is a
+    # 504 at that limit while the generation completes and is billed (None: no limit).
+    task_fail: float = 0.0
+    sync_time_limit: Optional[float] = None
     url_ttl: float = 3600.0
     photo: bool = False
     # The Batch API (/v1/files, /v1/batches; see batches.py): a batch completes batch_seconds
@@ -109,6 +114,10 @@ class SimConfig:
                              f"not {self.rate_limit_retry_after!r}")
         if self.gateway not in GATEWAYS:
             raise ValueError(f"gateway must be one of {', '.join(map(repr, GATEWAYS))}, not {self.gateway!r}")
+        if not 0.0 <= self.task_fail <= 1.0:
+            raise ValueError(f"task_fail must be a probability in [0, 1], not {self.task_fail!r}")
+        if self.sync_time_limit is not None and not self.sync_time_limit > 0:
+            raise ValueError(f"sync_time_limit must be > 0 (or None for no limit), not {self.sync_time_limit!r}")
         if self.quota_images is not None and self.quota_images < 0:
             raise ValueError("quota_images must be >= 0 (or None for no quota)")
 
@@ -143,6 +152,9 @@ class SimStats:
     files_uploaded: int = 0                             # POST /v1/files answered 200
     batches_created: int = 0                            # POST /v1/batches answered 200
     batch_executions: dict = field(default_factory=dict)  # custom_id -> times a batch line ran
+    trace_executions: dict = field(default_factory=dict)  # trace_id -> generations run under it
+    tasks_created: int = 0                              # callback generations accepted
+    task_lookups: int = 0                               # POST /openai/tasks answered
     in_flight: int = 0                                  # generation requests held now
     peak_in_flight: int = 0
     generating: int = 0                                 # of them, admitted and in their latency
@@ -166,6 +178,9 @@ class SimStats:
             "files_uploaded": self.files_uploaded,
             "batches_created": self.batches_created,
             "batch_executions": dict(self.batch_executions),
+            "trace_executions": dict(self.trace_executions),
+            "tasks_created": self.tasks_created,
+            "task_lookups": self.task_lookups,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
             "generating": self.generating,
@@ -187,6 +202,8 @@ class SimStats:
         self.faults.clear()
         self.files_uploaded = self.batches_created = 0
         self.batch_executions.clear()
+        self.trace_executions.clear()
+        self.tasks_created = self.task_lookups = 0
         self.peak_in_flight = self.in_flight          # the gauges go on: requests still held
         self.peak_generating = self.generating
         self.rate_limited.clear()

@@ -32,7 +32,17 @@ from .files import FileStore
 from .gateway import litellm_middleware
 from .images import Encoded, ImageMaker
 from .rate import LIMIT_KEYS, Limiter, rate_error
-from .validation import ApiError, ImageRequest, auth_error, check_policy, check_quota, decode_json, parse_request
+from .tasks import TASKS_PATH, BadTaskQuery, TasksApi, callback_fields, note_execution, task_fails
+from .validation import (
+    ApiError,
+    ImageRequest,
+    auth_error,
+    bad,
+    check_policy,
+    check_quota,
+    decode_json,
+    parse_request,
+)
 
 ACEDATA_PATH = "/openai/images/generations"
 OPENAI_PATH = "/v1/images/generations"
@@ -62,6 +72,7 @@ class _SimState:
         self.closing = asyncio.Event()
         self.port: Optional[int] = None
         self.batch_api = BatchApi(self)  # /v1/files and /v1/batches
+        self.tasks_api = TasksApi(self._authorize)  # /openai/tasks and callback generations
 
     def reset(self, everything: bool = False) -> None:
         self.stats.reset()
@@ -69,6 +80,7 @@ class _SimState:
             self.quota_used = 0
             self.dice.forget()
             self.batch_api.forget()
+            self.tasks_api.store.forget()
             self.limiter = self._limiter()   # the configured limits, full, the schedule anew
 
     def _limiter(self) -> Limiter:
@@ -122,13 +134,23 @@ class _SimState:
         return web.Response(status=503)  # never reaches the client: the connection is closed
 
     async def acedata(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, ACEDATA, self._read_body, self._accept)
+        return await self._generate(request, ACEDATA, self._read_body, self._accept_acedata)
+
+    def _authorize(self, request: web.Request) -> Optional[web.Response]:
+        """The AceData 401 for a request without the key, else None (the Tasks API's check)."""
+        refused = auth_error(request.headers.get("Authorization", ""), self.config.token)
+        return None if refused is None else self._error(ACEDATA, refused, None)
+
+    async def tasks(self, request: web.Request) -> web.Response:
+        self.stats.task_lookups += 1
+        bump(self.stats.by_path, request.path)
+        return await self.tasks_api.post(request)
 
     async def openai(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, OPENAI, self._read_body, self._accept)
 
     async def acedata_edit(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, ACEDATA, self._read_edit, self._accept_edit)
+        return await self._generate(request, ACEDATA, self._read_edit, self._accept_acedata_edit)
 
     async def openai_edit(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, OPENAI, self._read_edit, self._accept_edit)
@@ -147,8 +169,13 @@ class _SimState:
             stats.mark("requests", arrived)
             self.limiter.start(arrived)   # the rpm schedule's clock, and its steps now due
             response, slow = await self._answer(request, dialect, read, accept, arrived)
+            timed_out = False
             if slow or self.config.latency_on_refusals:
-                wait = arrived + self._delay() - time.monotonic()
+                delay = self._delay()
+                limit = self.config.sync_time_limit
+                # A gateway's limit: the answer is a 504, the work upstream goes on (and was billed).
+                timed_out = slow and limit is not None and delay > limit
+                wait = arrived + (limit if timed_out and limit is not None else delay) - time.monotonic()
                 transport = request.transport
                 if wait > 0 and transport is not None and not transport.is_closing():
                     stats.enter(generating=True)
@@ -158,6 +185,9 @@ class _SimState:
                         self.stats.leave(generating=True)
                     if closing:
                         return self._hang_up(request, "closed")
+            if timed_out:
+                bump(self.stats.faults, "sync_time_limit")
+                response = self._error(dialect, timeout_error(), None)
             if response.status == 200:
                 self.stats.mark("ok", time.monotonic())
             return response
@@ -201,7 +231,31 @@ class _SimState:
             # a content-policy refusal comes from the upstream's look at the prompt: it takes
             # the latency; an invalid request or an exhausted quota is refused at the door
             return self._error(dialect, err, headers), err.code == "content_policy_violation"
+        note_execution(self.stats.trace_executions, req.trace_id)
+        if req.callback_url is not None:
+            return self._start_task(request, dialect, req, fault, headers), False
         return self._success(request, dialect, req, fault, headers), True
+
+    def _start_task(self, request: web.Request, dialect: str, req: ImageRequest, fault: Optional[dict],
+                    headers: Optional[dict]) -> web.Response:
+        """Callback mode: the task's id at once; the generation runs (and is billed) after the latency."""
+        async def work() -> bytes:
+            self.stats.enter(generating=True)
+            try:
+                if await self._pause(self._delay()):
+                    return error_answer(dialect, server_error())[1]
+            finally:
+                self.stats.leave(generating=True)
+            if task_fails(self.config.seed, req.trace_id, self.config.task_fail):
+                bump(self.stats.faults, "task_fail")
+                return error_answer(dialect, server_error())[1]
+            self.stats.mark("ok", time.monotonic())
+            return self._success_body(request, dialect, req, fault)
+        shown = {"model": req.model.name, "prompt": req.prompt, "callback_url": req.callback_url}
+        task_id = self.tasks_api.start(req.trace_id, shown, work)
+        self.stats.tasks_created += 1
+        body = json.dumps({"success": True, "task_id": task_id, "trace_id": req.trace_id}).encode()
+        return self._respond(dialect, 200, body, headers=headers)
 
     def _limited(self, dialect: str, outcome: tuple, headers: Optional[dict],
                  arrived: float) -> web.Response:
@@ -272,6 +326,26 @@ class _SimState:
         if isinstance(doc, dict):
             self._count_params(doc)
         return self._admit(parse_request(doc))
+
+    def _accept_acedata(self, body: bytes) -> ImageRequest:
+        """_accept, with AceData's callback_url and trace_id taken out of the body first."""
+        doc = decode_json(body)
+        try:
+            callback, trace = callback_fields(doc)
+        except BadTaskQuery as exc:
+            raise bad(str(exc), param="callback_url" if "callback" in str(exc) else "trace_id") from None
+        if isinstance(doc, dict):
+            self._count_params(doc, "callback_url" if callback else None, "trace_id" if trace else None)
+        return dataclasses.replace(self._admit(parse_request(doc)), callback_url=callback, trace_id=trace)
+
+    def _accept_acedata_edit(self, form: EditForm) -> ImageRequest:
+        """_accept_edit, with AceData's callback_url and trace_id taken out of the fields first."""
+        try:
+            callback, trace = callback_fields(form.fields)
+        except BadTaskQuery as exc:
+            raise bad(str(exc), param="callback_url" if "callback" in str(exc) else "trace_id") from None
+        self._count_params({}, "callback_url" if callback else None, "trace_id" if trace else None)
+        return dataclasses.replace(self._accept_edit(form), callback_url=callback, trace_id=trace)
 
     def _accept_edit(self, form: EditForm) -> ImageRequest:
         """The valid edit in the form, or ApiError; a batch line's too."""
@@ -424,6 +498,7 @@ def make_app(config: SimConfig) -> web.Application:
     app.router.add_post(ACEDATA_PATH, state.acedata)
     app.router.add_post(OPENAI_PATH, state.openai)
     app.router.add_post(ACEDATA_EDITS_PATH, state.acedata_edit)
+    app.router.add_post(TASKS_PATH, state.tasks)
     app.router.add_post(OPENAI_EDITS_PATH, state.openai_edit)
     app.router.add_get(FILES_PATH + "{name}", state.download)
     app.router.add_get(STATS_PATH, state.get_stats)

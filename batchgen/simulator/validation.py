@@ -128,6 +128,8 @@ class ImageRequest:
     mask: Any = None      # edits: the mask (an InputImage) or None
     markup: Any = None    # edits (gpt-image-2.6): the markup image (an InputImage) or None
     input_fidelity: Optional[str] = None
+    callback_url: Optional[str] = None   # AceData callback mode (tasks.py)
+    trace_id: Optional[str] = None
 
 
 def auth_error(authorization: str, token: str) -> Optional[ApiError]:

@@ -59,6 +59,11 @@ class ImageSaver(Protocol):
         """Check, hash and write one image; returns what the record says of it."""
 
 
+# The stop of a run that submitted its tasks and left them running on the server (--no-wait in
+# async mode): exit status 4, run again to collect.
+TASKS_IN_PROGRESS = "tasks_in_progress"
+
+
 class StopSwitch:
     """Why the run stops early (a result error code and what to do), shared by everyone."""
 

@@ -141,7 +141,7 @@ class LiveBackend:
 
     def _staff(self) -> None:
         """Start workers up to the pacer's window, while there are tasks to send."""
-        while self._queue is not None and not self.stop and self._alive < self.pacer.window:
+        while self._queue is not None and not self.stop and self._alive < self._room():
             self._alive += 1
             self._workers.append(asyncio.ensure_future(self._worker(self._queue)))
 
@@ -162,6 +162,24 @@ class LiveBackend:
     def pace(self) -> Optional[dict]:
         return self.pacer.snapshot()
 
+    # -- what async mode (backends/tasks.py, a subclass) does otherwise: a task there holds its
+    # worker until the server finishes it, long after its submission's place is given back --
+
+    def _room(self) -> int:
+        """How many tasks may be under way at once (workers): the pacer's window."""
+        return self.pacer.window
+
+    def _take_budget(self, task) -> bool:
+        """The task's first answer counted against --max-cost as a worker takes it."""
+        return self.budget.take(task.params, self.stop)
+
+    async def _take_slot(self, task) -> None:
+        await self.pacer.acquire()
+
+    def _release(self, attempt: Optional[Attempt]) -> None:
+        """The attempt's place in flight is given back to the pacer."""
+        self.pacer.release(attempt)
+
     @classmethod
     async def cancel_remote(cls, endpoint, timeout: float, chunks: Mapping[str, dict]) -> list:
         """A live request leaves nothing running on the server once its connection is gone."""
@@ -177,12 +195,12 @@ class LiveBackend:
 
     async def _worker(self, queue) -> None:
         try:
-            while self._alive <= self.pacer.window:
+            while self._alive <= self._room():
                 task = next(queue, None)
                 if task is None:
                     self._queue = None      # every task is taken: no more workers
                     return
-                if self.stop or not self.budget.take(task.params, self.stop):
+                if self.stop or not self._take_budget(task):
                     return
                 await self._run_task(task)
                 self._staff()
@@ -197,7 +215,7 @@ class LiveBackend:
         charged = 1           # answers the budget has counted for this task (the worker took one)
         try:
             while True:
-                await self.pacer.acquire()      # a place in flight, and a slot at the pace
+                await self._take_slot(task)     # a place in flight, and a slot at the pace
                 attempt: Optional[Attempt] = None
                 pause = own_wait = 0.0
                 try:
@@ -218,7 +236,7 @@ class LiveBackend:
                     if error is not None and is_rate_limited(error):
                         pause, own_wait = self._rate_limited(error, attempt)
                 finally:
-                    self.pacer.release(attempt)
+                    self._release(attempt)
                 if error is None:
                     record["attempts"] = attempts
                     record["latency_s"] = round(time.monotonic() - sent_at, 4)
@@ -362,8 +380,12 @@ class LiveBackend:
                                                 task.images_expected)
         else:
             generation = await self.client.generate(body, task.images_expected)
-        self._bills.setdefault(task.task_id, []).append(self.budget.answered(task.params, generation.usage))
         self.pacer.on_success(attempt, generation.ratelimit)
+        return await self._keep(task, generation)
+
+    async def _keep(self, task, generation) -> dict:
+        """A billable answer: its cost counted, its images saved; the task's ok record."""
+        self._bills.setdefault(task.task_id, []).append(self.budget.answered(task.params, generation.usage))
         count = max(task.images_expected, len(generation.images))
         images = []
         for index, image in enumerate(generation.images):
