@@ -5,9 +5,13 @@ Which codes stop a run (auth, quota) and what to advise is each provider's word,
 from __future__ import annotations
 
 import enum
+from typing import Optional
 
 from batchgen.exceptions import ApiError, InvalidInput, RequestError
 from batchgen.rules.providers import AUTH_CODES, QUOTA_CODES, get
+
+# The server does not know the model (or no longer serves it): every task of it would fail alike.
+MODEL_CODES = frozenset({"model_not_found", "model_not_available", "invalid_model"})
 
 
 def fallback_code(http_status: int) -> str:
@@ -36,6 +40,8 @@ def classify(error: RequestError) -> Decision:
         status = error.http_status or 0
         if status == 401 or error.code in AUTH_CODES or error.code in QUOTA_CODES:
             return Decision.STOP
+        if error.code in MODEL_CODES and status != 429 and status < 500:
+            return Decision.STOP
         if status in (408, 409, 429) or status >= 500:
             return Decision.RETRY
         return Decision.FAIL
@@ -50,6 +56,15 @@ def is_rate_limited(error: RequestError) -> bool:
             and error.code not in QUOTA_CODES)
 
 
-def stop_advice(error: RequestError, provider: str) -> str:
-    """What the user should fix after a STOP error."""
+def stop_advice(error: RequestError, provider: str, model: Optional[str] = None,
+                catalog_path: Optional[str] = None) -> str:
+    """What the user should fix after a STOP error (`model`: the one the refused task named)."""
+    if error.code in MODEL_CODES:
+        from batchgen.rules import models
+        catalog = models.load(catalog_path)
+        name = model or catalog.default_model(provider) or "the default model"
+        near = [m for m in models.nearest(name, catalog, provider) if m != name]
+        close = f"; the nearest batchgen knows: {', '.join(near)}" if near else ""
+        return (f"{provider} does not serve model {name!r}{close}. Set --model (or the model column) to one it "
+                f"serves (`batchgen models --provider {provider}` lists them), then run the same command again")
     return get(provider).stop_advice(error.code)

@@ -225,7 +225,7 @@ class LiveBackend:
                     if self._log_attempts:
                         self._log_attempt(task, attempts, sent_at, record["http_status"], "ok", "done")
                     return self._finish(task, record)
-                wait = self._ask_policy(error, retries, pause, own_wait)
+                wait = self._ask_policy(error, retries, pause, own_wait, task.params.get("model"))
                 if self._log_attempts:
                     self._log_attempt(task, attempts, sent_at, error.http_status, error.code,
                                       self._next_step(wait, is_rate_limited(error)))
@@ -267,13 +267,13 @@ class LiveBackend:
         return pause, own
 
     def _ask_policy(self, error: RequestError, retries: TaskRetries, pause: float = 0.0,
-                    own_wait: float = 0.0) -> Optional[float]:
+                    own_wait: float = 0.0, model: Optional[str] = None) -> Optional[float]:
         """Seconds to wait before trying again, or None: this error is the task's outcome.
         An error that means nothing can succeed (auth, quota) stops the run."""
         decision = classify(error)
         if decision is Decision.STOP:
             self.stop(error.code, f"{error.code} (HTTP {error.http_status}): {error.message} — "
-                                  f"{stop_advice(error, self.endpoint.provider)}")
+                                  f"{stop_advice(error, self.endpoint.provider, model)}")
             return 0.0      # the caller sees the stop and leaves the task not done
         if self._looks_like_a_wrong_endpoint(error):
             return WRONG_ENDPOINT_RETRY_S
