@@ -155,7 +155,7 @@ def list_models(provider: Optional[str] = None, models_file: Optional[str] = Non
                            "replacement": listing.replacement, "since": listing.since,
                            "rules": listing.rules.name, "source": listing.rules.source,
                            "checked": listing.rules.checked}
-            if status != "shut_down":
+            if status != models.SHUT_DOWN:
                 rules = listing.rules
                 entry["parameters"] = rules.allowed()
                 entry["sizes"] = rules.describe_sizes() or "not checked"
@@ -168,7 +168,7 @@ def list_models(provider: Optional[str] = None, models_file: Optional[str] = Non
                     q: _rounded(prices.per_image({"model": model, "quality": q, "size": "1024x1024"}))
                     for q in (rules.qualities or ("",)) if q != "auto"} if price else None
             entries.append(entry)
-        order = {"live": 0, "deprecated": 1, "shut_down": 2}
+        order = {status: i for i, status in enumerate(models.STATUSES)}
         entries.sort(key=lambda e: order[e["status"]])
         listed[name] = {"default_model": lineup.default_model, "default_source": lineup.default_source,
                         "source": lineup.source, "checked": lineup.checked, "models": entries}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from batchgen.exceptions import UsageError
-from batchgen.planning.settings import JobConfig, point_label, sweep_points
+from batchgen.planning.settings import JobConfig, sweep_points
 from batchgen.rules import models, modes, pricing
 from batchgen.util import arrowbuf, gcpause
 
@@ -422,8 +422,7 @@ def _offered_points(config: JobConfig, points: list, edit: bool, catalog: models
         else:
             kept.append(point)
     if not kept:
-        raise UsageError("no point of the sweep is offered by its model: "
-                         + "; ".join(f"{point_label(p)}: {why}" for p, why in left_out))
+        return points, []       # nothing is offered: check_defaults says why, value by value
     return kept, left_out
 
 

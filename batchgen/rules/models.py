@@ -35,7 +35,8 @@ EXAMPLES = {"model": "gpt-image-2", "quality": "high", "style": "vivid", "size":
 # The file extension each output_format is saved under.
 FORMAT_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
-STATUSES = ("live", "deprecated", "shut_down")
+LIVE, DEPRECATED, SHUT_DOWN = "live", "deprecated", "shut_down"     # a model's status at a provider
+STATUSES = (LIVE, DEPRECATED, SHUT_DOWN)
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -133,8 +134,8 @@ class Listing:
 
     def status_on(self, today: str) -> str:
         """A deprecated model whose shutdown date has come is shut down."""
-        if self.status == "deprecated" and self.shutdown and self.shutdown <= today:
-            return "shut_down"
+        if self.status == DEPRECATED and self.shutdown and self.shutdown <= today:
+            return SHUT_DOWN
         return self.status
 
 
@@ -214,7 +215,7 @@ class Catalog:
     def live(self, provider: Optional[str], today: Optional[str] = None) -> list:
         lineup = self.lineup(provider)
         today = today or _today()
-        return [n for n, m in (lineup.models.items() if lineup else ()) if m.status_on(today) == "live"]
+        return [n for n, m in (lineup.models.items() if lineup else ()) if m.status_on(today) == LIVE]
 
 
 def _today() -> str:
@@ -362,12 +363,12 @@ def check_models(models: set, provider: str, catalog: Catalog, today: Optional[s
                                   f"({lineup.default_source})")
         if listing is not None:
             status = listing.status_on(today)
-            if status == "shut_down":
+            if status == SHUT_DOWN:
                 given = f"model {name!r}" if name else f"no model is given, so {provider} would use {shown!r}, which"
                 instead = f"use {listing.replacement}" if listing.replacement else "use another model"
                 found.errors.append(f"{given} was shut down by {provider} on {listing.shutdown or 'an earlier date'}; "
                                     f"{instead} (set --model or the model column; live on {provider}: {live_text})")
-            elif status == "deprecated":
+            elif status == DEPRECATED:
                 found.warnings.append(f"model {shown!r} is deprecated: {provider} shuts it down on {listing.shutdown}"
                                       + (f"; move to {listing.replacement}" if listing.replacement else ""))
             continue
@@ -462,7 +463,7 @@ def _listing(name: str, provider: str, entry, specs: dict, source: str) -> Listi
     for key in ("shutdown", "since"):
         if entry.get(key) is not None and not (isinstance(entry[key], str) and _DATE_RE.match(entry[key])):
             raise UsageError(f"{where}.{key} must be a date as YYYY-MM-DD, not {entry[key]!r}")
-    if status != "live" and not entry.get("shutdown"):
+    if status != LIVE and not entry.get("shutdown"):
         raise UsageError(f"{where}: a {status} model needs its shutdown date (shutdown = \"YYYY-MM-DD\")")
     spec_name = entry.get("spec", name)
     if spec_name not in specs:
@@ -492,7 +493,10 @@ def parse_catalog(data, source: str, base: Optional[dict] = None) -> tuple[Catal
             raise UsageError(f"{source}: providers.{provider} must be a table with \"models\": {{model: listing}}")
         into = raw["providers"].setdefault(provider, {"models": {}})
         into.update({k: v for k, v in lineup.items() if k != "models"})
-        into.setdefault("models", {}).update(lineup.get("models", {}))
+        listed = into.setdefault("models", {})
+        for name, entry in lineup.get("models", {}).items():
+            # An entry names what it changes: a status and date over the built-in model's spec.
+            listed[name] = {**listed[name], **entry} if isinstance(entry, dict) and name in listed else entry
     specs = {name: _spec(name, _merged_spec(name, raw["specs"], source), source) for name in raw["specs"]}
     prices = {name: _merged_spec(name, raw["specs"], source)["price"] for name in raw["specs"]
               if "price" in _merged_spec(name, raw["specs"], source)}

@@ -120,13 +120,13 @@ class _SimState:
         return web.Response(status=503)  # never reaches the client: the connection is closed
 
     async def acedata(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, ACEDATA, self._read_body, self._accept)
+        return await self._generate(request, ACEDATA, self._read_body, self._accept_acedata)
 
     async def openai(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, OPENAI, self._read_body, self._accept)
 
     async def acedata_edit(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, ACEDATA, self._read_edit, self._accept_edit)
+        return await self._generate(request, ACEDATA, self._read_edit, self._accept_edit_acedata)
 
     async def openai_edit(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, OPENAI, self._read_edit, self._accept_edit)
@@ -264,19 +264,25 @@ class _SimState:
         found = self.files.get(parts.path[len(FILES_PATH):])
         return None if found is None else found[0]
 
-    def _accept(self, body: bytes) -> ImageRequest:
+    def _accept(self, body: bytes, dialect: str = OPENAI) -> ImageRequest:
         """The valid generation in the body, or ApiError (invalid, moderated or over quota)."""
         doc = decode_json(body)
         if isinstance(doc, dict):
             self._count_params(doc)
-        return self._admit(parse_request(doc))
+        return self._admit(parse_request(doc, dialect=dialect))
 
-    def _accept_edit(self, form: EditForm) -> ImageRequest:
+    def _accept_acedata(self, body: bytes) -> ImageRequest:
+        return self._accept(body, ACEDATA)
+
+    def _accept_edit(self, form: EditForm, dialect: str = OPENAI) -> ImageRequest:
         """The valid edit in the form, or ApiError; a batch line's too."""
         self._count_params(form.fields, "images" if form.json else "image",
                            "mask" if form.mask is not None else None)
         self.stats.input_images += len(form.images)
-        return self._admit(parse_edit(form))
+        return self._admit(parse_edit(form, dialect))
+
+    def _accept_edit_acedata(self, form: EditForm) -> ImageRequest:
+        return self._accept_edit(form, ACEDATA)
 
     def _count_params(self, fields: dict, *more: Optional[str]) -> None:
         """Which parameters reached the server (stats.params), valid or not."""
