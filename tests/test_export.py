@@ -157,7 +157,7 @@ def test_each_image_keeps_its_own_file_type(run_cli, sim, tmp_path):
     pd.DataFrame({"prompt": ["a fox", "a lighthouse"]}).to_csv(prompts, index=False)
     out = tmp_path / "formats"
     r = run_cli("run", prompts, "--out", out, "--provider", "openai", "--base-url", sim.openai_base_url,
-                "--model", "gpt-image-1", "--quality", "low", "--sweep", "output_format=png,jpeg,webp",
+                "--model", "gpt-image-2", "--quality", "low", "--sweep", "output_format=png,jpeg,webp",
                 "--no-progress", env={"OPENAI_API_KEY": TOKEN})
     assert r.exit_code == 0, r.output
     dest = tmp_path / "wds"

@@ -15,7 +15,7 @@ import batchgen
 from batchgen.simulator import SimConfig, SimulatorThread
 
 SPEC = Path(__file__).resolve().parents[1] / "spec"
-GPT = {"model": "gpt-image-1", "quality": "low", "size": "1024x1024"}
+GPT = {"model": "gpt-image-2", "quality": "low", "size": "1024x1024"}
 PROMPTS = ["a lighthouse on a cliff", "a red fox in snow", "a teapot, product shot"]
 MAGIC = {"png": b"\x89PNG", "jpeg": b"\xff\xd8\xff", "webp": b"RIFF"}
 EXTENSION = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -58,7 +58,7 @@ def test_a_sweep_over_output_format_saves_each_image_in_its_real_format(fresh_si
     # each image answers its own prompt: the tasks' ids pair them
     assert sorted(df.prompt) == sorted(PROMPTS * 3)
     assert df.groupby("prompt").output_format.nunique().eq(3).all()
-    # the response's usage is recorded, and the cost follows it (gpt-image-1: $40 per 1M output tokens)
+    # the response's usage is recorded, and the cost follows it (gpt-image-2: $40 per 1M output tokens)
     assert df.output_tokens.gt(0).all() and (df.total_tokens >= df.output_tokens).all()
     assert df.est_cost_usd.gt(0).all()
     assert fresh_sim.stats["params"]["output_format"] == 9
@@ -79,7 +79,7 @@ def test_transparent_webp_is_sent_and_comes_back_with_an_alpha_channel(fresh_sim
 
 def test_transparent_jpeg_is_refused_before_anything_is_sent(fresh_sim, prompts, tmp_path, cli):
     r = cli("run", prompts, "--out", tmp_path / "out", "--provider", "openai", "--base-url",
-            fresh_sim.openai_base_url, "--model", "gpt-image-1", "--background", "transparent",
+            fresh_sim.openai_base_url, "--model", "gpt-image-2", "--background", "transparent",
             "--output-format", "jpeg", env={"OPENAI_API_KEY": TOKEN})
     assert r.exit_code == 2
     assert "background 'transparent' needs output_format png or webp, not jpeg" in r.output
@@ -89,7 +89,7 @@ def test_transparent_jpeg_is_refused_before_anything_is_sent(fresh_sim, prompts,
 def test_a_refused_combination_in_a_row_is_that_rows_invalid_params(fresh_sim, tmp_path):
     source = tmp_path / "p.csv"
     pd.DataFrame({"prompt": ["ok", "jpeg with alpha", "dalle webp"],
-                  "model": ["gpt-image-1", "gpt-image-1", "dall-e-3"],
+                  "model": ["gpt-image-2", "gpt-image-2", "dall-e-3"],
                   "output_format": ["webp", "jpeg", "webp"],
                   "background": ["transparent", "transparent", None]}).to_csv(source, index=False)
     summary = openai_run(fresh_sim, source, tmp_path / "out", defaults={"quality": "low"})
@@ -104,7 +104,7 @@ def test_a_refused_combination_in_a_row_is_that_rows_invalid_params(fresh_sim, t
 def test_an_unknown_parameter_given_with_param_reaches_the_server_and_the_results(fresh_sim, prompts, tmp_path, cli):
     out = tmp_path / "out"
     r = cli("run", prompts, "--out", out, "--provider", "openai", "--base-url", fresh_sim.openai_base_url,
-            "--model", "gpt-image-1", "--quality", "low", "--param", "user=dataset-42",
+            "--model", "gpt-image-2", "--quality", "low", "--param", "user=dataset-42",
             env={"OPENAI_API_KEY": TOKEN})
     assert r.exit_code == 0, r.output
     assert "sending parameter(s) batchgen does not know, as given: user=\"dataset-42\"" in r.output
@@ -264,11 +264,11 @@ def test_a_url_input_that_fails_to_download_is_download_failed(fresh_sim, tmp_pa
 
 
 def test_edit_only_and_edit_refusing_settings_are_usage_errors(prompts, edits_table, cli):
-    r = cli("plan", prompts, "--model", "gpt-image-1", "--input-fidelity", "high")
+    r = cli("plan", prompts, "--model", "gpt-image-2", "--input-fidelity", "high")
     assert r.exit_code == 2 and "applies to edits only" in r.output
     r = cli("plan", edits_table, "--model", "dall-e-3")
     assert r.exit_code == 2 and "does not edit images" in r.output
-    r = cli("plan", edits_table, "--model", "gpt-image-1", "--image-column", "picture")
+    r = cli("plan", edits_table, "--model", "gpt-image-2", "--image-column", "picture")
     assert r.exit_code == 2 and "--image-column 'picture'" in r.output
 
 

@@ -301,20 +301,20 @@ def limited_run(tmp_path, sim, limits: dict, *args, stderr=subprocess.PIPE):
 def test_a_disk_too_small_for_the_results_stops_with_the_message_and_loses_nothing(tmp_path, fresh_sim):
     csv, out = prompts(tmp_path, 3), tmp_path / "out"
     proc = limited_run(tmp_path, fresh_sim, {"RLIMIT_FSIZE": (12_000, 12_000)}, csv, "--out", out, "--no-progress",
-                       "--model", "dall-e-2", "--size", "256x256")
+                       "--model", "dall-e-3", "--size", "1024x1024")
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err
     assert "cannot write under" in stdout and "Traceback" not in err
     fresh_sim.reset_stats()
     again = batchgen.run(str(csv), out=str(out), base_url=fresh_sim.acedata_url,
-                         defaults={"model": "dall-e-2", "size": "256x256"}, environ={"ACEDATA_API_TOKEN": TOKEN})
+                         defaults={"model": "dall-e-3", "size": "1024x1024"}, environ={"ACEDATA_API_TOKEN": TOKEN})
     assert again.exit_status == 0 and fresh_sim.stats["requests"] == 0   # paid once
 
 
 def test_too_few_open_files_for_the_concurrency_saves_every_image(tmp_path, fresh_sim):
     csv, out = prompts(tmp_path, 40), tmp_path / "out"
     proc = limited_run(tmp_path, fresh_sim, {"RLIMIT_NOFILE": (128, 128)}, csv, "--out", out, "--no-progress",
-                       "--concurrency", "300", "--model", "dall-e-2", "--size", "256x256")
+                       "--concurrency", "300", "--model", "dall-e-3", "--size", "1024x1024")
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "needs more open files" in err
@@ -323,7 +323,7 @@ def test_too_few_open_files_for_the_concurrency_saves_every_image(tmp_path, fres
 
 def test_a_closed_stderr_does_not_stop_the_run(tmp_path, fresh_sim):
     csv, out = prompts(tmp_path, 12), tmp_path / "out"
-    proc = limited_run(tmp_path, fresh_sim, {}, csv, "--out", out, "--model", "dall-e-2", "--size", "256x256")
+    proc = limited_run(tmp_path, fresh_sim, {}, csv, "--out", out, "--model", "dall-e-3", "--size", "1024x1024")
     proc.stderr.close()                      # as `2>&1 >log | head` does once head has quit
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, stdout
@@ -369,7 +369,7 @@ def test_an_answer_with_fewer_images_than_asked_is_recorded_as_such(tmp_path):
         return json_response({"created": 1, "data": [{"b64_json": generation()["data"][0]["b64_json"]}]})
 
     with Hostile(answer) as server:
-        summary = run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-2", "n": 3})
+        summary = run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-3", "n": 3})
         # ok tasks: their missing images are counted apart
         assert summary.exit_status == 1 and summary.short == 2 and summary.by_code == {}
         df = results(tmp_path / "out")
@@ -378,7 +378,7 @@ def test_an_answer_with_fewer_images_than_asked_is_recorded_as_such(tmp_path):
         assert sorted(missing.image_index) == [1, 1, 2, 2]
         assert (missing.error_message == "asked for 3 images, the answer had 1").all()
         # Paid for: a rerun does not ask again.
-        assert run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-2", "n": 3}).short == 2
+        assert run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-3", "n": 3}).short == 2
         assert server.requests == 2
 
 

@@ -107,7 +107,7 @@ def test_a_sweep_shows_a_difference_style_and_quality_change_the_pixels(fresh):
 
 @pytest.mark.parametrize("dialect", ["openai", "acedata"])
 def test_gpt_image_usage_and_fields(fresh, dialect):
-    ans = gen(fresh, dialect, {"model": "gpt-image-1", "prompt": "a robot", "size": "1536x1024", "quality": "low"})
+    ans = gen(fresh, dialect, {"model": "gpt-image-2", "prompt": "a robot", "size": "1536x1024", "quality": "low"})
     assert ans.status == 200
     doc = ans.json()
     assert "url" not in doc["data"][0] and "revised_prompt" not in doc["data"][0]
@@ -121,7 +121,7 @@ def test_gpt_image_usage_and_fields(fresh, dialect):
 
 @pytest.mark.parametrize("fmt,pil", [("jpeg", "JPEG"), ("webp", "WEBP"), ("png", "PNG")])
 def test_gpt_image_output_formats_and_auto_size(fresh, fmt, pil):
-    doc = gen(fresh, "openai", {"model": "gpt-image-1-mini", "prompt": "a vase", "output_format": fmt}).json()
+    doc = gen(fresh, "openai", {"model": "gpt-image-2.5-flare", "prompt": "a vase", "output_format": fmt}).json()
     im = decode(doc["data"][0]["b64_json"])
     assert im.format == pil and im.size == (1024, 1024) and doc["size"] == "1024x1024"
 
@@ -132,7 +132,7 @@ MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff", "webp": b"RIFF"}
 @pytest.mark.parametrize("fmt,background", [("png", "opaque"), ("png", "transparent"), ("jpeg", "opaque"),
                                             ("webp", "opaque"), ("webp", "transparent")])
 def test_each_format_is_really_that_format_at_the_size_asked(fresh, fmt, background):
-    doc = gen(fresh, "openai", {"model": "gpt-image-1.5", "prompt": "a kite", "size": "1024x1536",
+    doc = gen(fresh, "openai", {"model": "gpt-image-2.5-sunburst", "prompt": "a kite", "size": "1024x1536",
                                 "output_format": fmt, "background": background}).json()
     raw = base64.b64decode(doc["data"][0]["b64_json"])
     assert raw.startswith(MAGIC[fmt]) and (fmt != "webp" or raw[8:12] == b"WEBP")
@@ -144,7 +144,7 @@ def test_each_format_is_really_that_format_at_the_size_asked(fresh, fmt, backgro
 
 def test_output_compression_changes_the_bytes(fresh):
     def size(level):
-        body = {"model": "gpt-image-1", "prompt": "a kite", "output_format": "jpeg", "output_compression": level}
+        body = {"model": "gpt-image-2", "prompt": "a kite", "output_format": "jpeg", "output_compression": level}
         return len(base64.b64decode(gen(fresh, "openai", body).json()["data"][0]["b64_json"]))
     assert size(10) < size(90)
 
@@ -152,13 +152,13 @@ def test_output_compression_changes_the_bytes(fresh):
 @pytest.mark.parametrize("size,expected", [("1024x1024", (272, 1056, 4160)), ("1536x1024", (408, 1584, 6240)),
                                            ("1024x1536", (408, 1584, 6240))])
 def test_usage_output_tokens_are_openais_published_counts(fresh, size, expected):
-    got = tuple(gen(fresh, "openai", {"model": "gpt-image-1", "prompt": "x", "size": size, "quality": q}
+    got = tuple(gen(fresh, "openai", {"model": "gpt-image-2", "prompt": "x", "size": size, "quality": q}
                     ).json()["usage"]["output_tokens"] for q in ("low", "medium", "high"))
     assert got == expected
 
 
 def test_stats_show_which_params_reached_the_server_refused_or_not(fresh):
-    gen(fresh, "openai", {"model": "gpt-image-1", "prompt": "x", "user": "u-1", "moderation": "low"})
+    gen(fresh, "openai", {"model": "gpt-image-2", "prompt": "x", "user": "u-1", "moderation": "low"})
     assert_openai_error(gen(fresh, "openai", {"prompt": "x", "seed": 3}), 400, code="unknown_parameter",
                         param="seed")
     assert fresh.stats.params == {"model": 1, "prompt": 2, "user": 1, "moderation": 1, "seed": 1}
@@ -179,7 +179,7 @@ def test_model_defaults_to_gpt_image_1_when_a_gpt_only_field_is_used(fresh):
 
 def test_photo_mode_is_big_and_varies(fresh):
     with SimulatorThread(photo=True) as sim:
-        docs = [gen(sim, "openai", {"model": "gpt-image-1", "prompt": p}).json() for p in ("a", "b")]
+        docs = [gen(sim, "openai", {"model": "gpt-image-2", "prompt": p}).json() for p in ("a", "b")]
     raw = [base64.b64decode(d["data"][0]["b64_json"]) for d in docs]
     assert all(len(r) > 3_000_000 for r in raw)
     ims = [Image.open(io.BytesIO(r)) for r in raw]
@@ -217,30 +217,30 @@ INVALID = [
     ({"prompt": "x", "style": "vivid"}, "style", "unknown_parameter"),
     ({"prompt": "x", "model": "dall-e-3", "style": "moody"}, "style", "invalid_value"),
     ({"prompt": "x", "response_format": "png"}, "response_format", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "response_format": "b64_json"}, "response_format", "unknown_parameter"),
-    ({"prompt": "x", "model": "gpt-image-1", "quality": "hd"}, "quality", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "gif"}, "output_format", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "size": "1536x864"}, "size", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-2", "response_format": "b64_json"}, "response_format", "unknown_parameter"),
+    ({"prompt": "x", "model": "gpt-image-2", "quality": "hd"}, "quality", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-2", "output_format": "gif"}, "output_format", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-2", "size": "1536x864"}, "size", "invalid_value"),
     ({"prompt": "x", "model": "gpt-image-2", "size": "1000x1000"}, "size", "invalid_value"),
     ({"prompt": "x", "model": "gpt-image-2", "size": "3840x1024"}, "size", "invalid_value"),
     ({"prompt": "x", "model": "gpt-image-2", "size": "3840x2176"}, "size", "invalid_value"),
     ({"prompt": "x", "model": "dall-e-3", "output_format": "png"}, "output_format", "unknown_parameter"),
     ({"prompt": "x", "seed": 3}, "seed", "unknown_parameter"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "jpeg", "background": "transparent"},
+    ({"prompt": "x", "model": "gpt-image-2", "output_format": "jpeg", "background": "transparent"},
      "background", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "png", "output_compression": 50},
+    ({"prompt": "x", "model": "gpt-image-2", "output_format": "png", "output_compression": 50},
      "output_compression", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_compression": 50}, "output_compression", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "webp", "output_compression": 101},
+    ({"prompt": "x", "model": "gpt-image-2", "output_compression": 50}, "output_compression", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-2", "output_format": "webp", "output_compression": 101},
      "output_compression", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "jpeg", "output_compression": "50"},
+    ({"prompt": "x", "model": "gpt-image-2", "output_format": "jpeg", "output_compression": "50"},
      "output_compression", "invalid_type"),
-    ({"prompt": "x", "model": "gpt-image-1", "background": "clear"}, "background", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "moderation": "none"}, "moderation", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-2", "background": "clear"}, "background", "invalid_value"),
+    ({"prompt": "x", "model": "gpt-image-2", "moderation": "none"}, "moderation", "invalid_value"),
     ({"prompt": "x", "model": "dall-e-3", "output_compression": 50}, "output_compression", "unknown_parameter"),
     ({"prompt": "x", "model": "dall-e-3", "background": "opaque"}, "background", "unknown_parameter"),
     ({"prompt": "x", "model": "dall-e-2", "moderation": "low"}, "moderation", "unknown_parameter"),
-    ({"prompt": "x", "model": "gpt-image-1", "input_fidelity": "high"}, "input_fidelity", "unknown_parameter"),
+    ({"prompt": "x", "model": "gpt-image-2", "input_fidelity": "high"}, "input_fidelity", "unknown_parameter"),
     ({"prompt": "x", "model": "dall-e-9"}, "model", "model_not_found"),
 ]
 
@@ -354,7 +354,7 @@ def test_unparseable_200(fault):
 
 def test_bad_b64():
     with SimulatorThread(bad_b64=1.0) as sim:
-        b64 = gen(sim, "openai", {"model": "gpt-image-1", "prompt": "x"}).json()["data"][0]["b64_json"]
+        b64 = gen(sim, "openai", {"model": "gpt-image-2", "prompt": "x"}).json()["data"][0]["b64_json"]
     with pytest.raises(binascii.Error):
         base64.b64decode(b64, validate=True)
     with pytest.raises(binascii.Error):
@@ -567,11 +567,11 @@ def test_openai_sdk(sim):
                                     response_format="b64_json")
     assert decode(result.data[0].b64_json).size == (1024, 1024)
     assert "otter" in result.data[0].revised_prompt
-    gpt = client.images.generate(model="gpt-image-1", prompt="A red bicycle", size="1024x1536", quality="low")
+    gpt = client.images.generate(model="gpt-image-2", prompt="A red bicycle", size="1024x1536", quality="low")
     assert decode(gpt.data[0].b64_json).size == (1024, 1536)
     assert gpt.usage.total_tokens > 0 and gpt.size == "1024x1536"
     with pytest.raises(openai.BadRequestError):
-        client.images.generate(model="gpt-image-1", prompt="x", response_format="url")
+        client.images.generate(model="gpt-image-2", prompt="x", response_format="url")
     bad = openai.OpenAI(base_url=sim.openai_base_url, api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as info:
         bad.images.generate(model="dall-e-3", prompt="x")
