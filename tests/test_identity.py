@@ -114,7 +114,8 @@ def test_a_folder_of_the_previous_ids_resumes_without_sending(run, cli, tmp_path
     assert run(csv_text) == 3
     before = results(run.out)
     old_ids = _make_legacy(run.out, tmp_path / "p.csv",
-                           JobConfig(source=str(tmp_path / "p.csv"), defaults={"model": "dall-e-3", "size": "1024x1024"}))
+                           JobConfig(source=str(tmp_path / "p.csv"),
+                                     defaults={"model": "dall-e-3", "size": "1024x1024"}))
     assert run(csv_text) == 0
     df = results(run.out)
     assert len(df) == 3 and df.in_input.all() and not set(df.task_id) & old_ids
