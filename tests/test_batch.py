@@ -194,8 +194,8 @@ def test_a_server_error_on_a_line_is_sent_again_once_and_a_refusal_is_an_outcome
 
 @pytest.mark.parametrize("args, words", [
     (["--mode", "batch", "--provider", "acedata", "--model", "gpt-image-2"], "--provider openai"),
-    (["--mode", "batch", "--provider", "openai", "--model", "dall-e-3"], "GPT image models only"),
-    (["--mode", "batch", "--provider", "openai"], "no model set"),
+    (["--mode", "batch", "--provider", "openai", "--model", "nano-banana"], "GPT image models only"),
+    (["--mode", "batch", "--provider", "openai"], "would use 'dall-e-2', which was shut down"),
     (["--mode", "batch", "--provider", "openai", "--model", "gpt-image-2", "--batch-size", "50001"], "1 to 50,000"),
     (["--provider", "openai", "--model", "gpt-image-2", "--no-wait"], "--no-wait needs --mode batch"),
 ])

@@ -320,9 +320,15 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     problems = check_defaults(config, points, row_models, edit, catalog)
     if problems:
         raise UsageError("; ".join(problems))
-    named = {p.get("model", config.defaults.get("model")) for p in points}
-    if row_models is not None and any("model" not in p for p in points):
-        named |= {config.defaults.get("model") if m is None else m for m in row_models}
+    # The models the requests name (None: a request that names none).
+    named: set = set()
+    for point in points:
+        if "model" in point:
+            named.add(point["model"])
+        elif row_models is None:
+            named.add(config.defaults.get("model"))
+        else:
+            named |= {config.defaults.get("model") if m is None else m for m in row_models}
     checked = models.check_models(named, config.provider, catalog)
     if checked.errors:
         raise UsageError("; ".join(checked.errors))
@@ -395,8 +401,8 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     _count_repeated_prompts(prompt_column, text_column, hashes, len(points), listed, ids, variant_of,
                             edit_inputs)
     del hashes
-    unknown_models = sorted({v.params["model"] for v in listed
-                             if models.rules_for(v.params.get("model"), config.provider, catalog) is None})
+    unknown_models = sorted({v.params["model"] for v in listed if v.params.get("model")
+                             and models.rules_for(v.params.get("model"), config.provider, catalog) is None})
     modes.get(config.mode).check_models(listed)
     if config.max_cost is not None:
         _check_prices(listed, config)
