@@ -345,3 +345,26 @@ def models_table_markdown() -> str:
             status = m["status"].replace("_", " ") + (f" {m['shutdown']}" if m["shutdown"] else "")
             lines.append(f"| {provider} | `{m['model']}` | {status} | {m['replacement'] or ''} |")
     return "\n".join(lines)
+
+
+def test_the_same_4xx_on_a_models_first_requests_stops_the_run(tmp_path):
+    # A proxy that words "no such model" its own way: every request of the model refused alike.
+    from hostile import Hostile, generation, json_response
+
+    def answer(request, body, count):
+        if json.loads(body).get("model") == "gpt-image-2.5-flare":
+            return json_response(generation())
+        return json_response({"error": {"message": "unsupported model", "code": "invalid_value"}}, status=400)
+
+    many = tmp_path / "many.csv"
+    pd.DataFrame({"prompt": [f"a harbour, study {i}" for i in range(30)]}).to_csv(many, index=False)
+    with Hostile(answer) as server:
+        summary = batchgen.run(str(many), out=str(tmp_path / "out"), provider="openai", base_url=server.base_url,
+                               environ={"OPENAI_API_KEY": TOKEN}, model="gpt-image-2.6-sunburst", concurrency=1)
+        assert summary.exit_status == 3 and summary.stopped == "model_refused"
+        assert "the first requests of model 'gpt-image-2.6-sunburst' were all refused alike" in summary.stop_message
+        assert server.requests == 3 and summary.not_done == 27
+        # a model the server takes is not stopped by a refusal of one task's content
+        ok = batchgen.run(str(many), out=str(tmp_path / "ok"), provider="openai", base_url=server.base_url,
+                          environ={"OPENAI_API_KEY": TOKEN}, model="gpt-image-2.5-flare", concurrency=1)
+        assert ok.exit_status == 0 and ok.ok == 30

@@ -17,7 +17,7 @@ from batchgen.exceptions import ApiError, BadResponse, InvalidInput, NotJson, Re
 from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
 from batchgen.planning.settings import AUTO
 from batchgen.rules.models import FORMAT_EXTENSIONS
-from batchgen.sending.classify import Decision, classify, is_rate_limited, stop_advice
+from batchgen.sending.classify import Decision, ModelRefusals, classify, is_rate_limited, model_advice, stop_advice
 from batchgen.sending.client import ImagesClient, redact
 from batchgen.sending.limits import Attempt, RateFinder, RetryPolicy, Spacer, TaskRetries
 from batchgen.util import gcpause
@@ -89,6 +89,7 @@ class LiveBackend:
         self.in_flight = 0
         self.succeeded = 0
         self.wrong_endpoint = 0
+        self.model_refusals = ModelRefusals()
         self.concurrency = 1
         self._client: Optional[ImagesClient] = None
         self._workers: list = []
@@ -277,6 +278,11 @@ class LiveBackend:
             return 0.0      # the caller sees the stop and leaves the task not done
         if self._looks_like_a_wrong_endpoint(error):
             return WRONG_ENDPOINT_RETRY_S
+        if decision is Decision.FAIL and self.model_refusals.refused(model, error):
+            self.stop("model_refused", f"the first requests of model {model!r} were all refused alike "
+                                       f"({error.code}, HTTP {error.http_status}: {error.message}); the tasks "
+                                       f"not sent are left to send. {model_advice(self.endpoint.provider, model)}")
+            return None     # this task's refusal is recorded, as the ones before it
         if decision is Decision.FAIL:
             return None
         if error.retry_after is not None and error.retry_after > self.max_wait:
@@ -378,6 +384,7 @@ class LiveBackend:
                            "sha256": saved.sha256, "width": saved.width, "height": saved.height,
                            "bytes": saved.bytes, "revised_prompt": image.revised_prompt})
         self.succeeded += 1
+        self.model_refusals.accepted(task.params.get("model"))
         record = {"task_id": task.task_id, "status": "ok", "images": images,
                 "created": generation.created, "trace_id": generation.trace_id,
                 "http_status": generation.http_status, "usage": generation.usage,
