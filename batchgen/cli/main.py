@@ -381,6 +381,8 @@ def format_models(listed: dict) -> str:
     lines = []
     for provider, lineup in listed["providers"].items():
         default = lineup["default_model"] or "chosen by the provider"
+        if any(m["model"] == default and m["status"] == "shut_down" for m in lineup["models"]):
+            default += ", shut down: give a model"
         lines.append(f"{provider} (checked {lineup['checked']}; with no model given: {default})")
         for m in lineup["models"]:
             if m["status"] == "shut_down":
