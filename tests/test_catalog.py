@@ -368,3 +368,18 @@ def test_the_same_4xx_on_a_models_first_requests_stops_the_run(tmp_path):
         ok = batchgen.run(str(many), out=str(tmp_path / "ok"), provider="openai", base_url=server.base_url,
                           environ={"OPENAI_API_KEY": TOKEN}, model="gpt-image-2.5-flare", concurrency=1)
         assert ok.exit_status == 0 and ok.ok == 30
+
+
+def test_a_job_file_lays_its_models_file_over_the_catalog(tmp_path, prompts, cli):
+    (tmp_path / "models.json").write_text(json.dumps({"providers": {"acedata": {"models": {
+        "gpt-image-2.6-flare": {"status": "live", "spec": "gpt-image-2.6"}}}}}))
+    job = tmp_path / "job.toml"
+    job.write_text(f'input = "{prompts.name}"\nmodels = "models.json"\n[defaults]\nmodel = "gpt-image-2.6-flare"\n'
+                   'complexity = "low"\n')
+    result = cli("plan", job, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "not one batchgen knows" not in result.output
+    # without it, AceData does not list gpt-image-2.6: its rules still apply, from OpenAI's listing
+    job.write_text(f'input = "{prompts.name}"\n[defaults]\nmodel = "gpt-image-2.6-flare"\ncomplexity = "extreme"\n')
+    result = cli("plan", job, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "complexity 'extreme' is not allowed for gpt-image-2.6-flare" in result.output
