@@ -174,7 +174,7 @@ def _spent(plan: Plan, state, events, outcome, mode: str) -> tuple:
     the estimate of `mode`'s price. Failed tasks count what they were billed (answers whose
     images could not be used), nothing more."""
     import numpy as np
-    prices = pricing.load(plan.config.prices, plan.config.models)
+    prices = pricing.load(plan.config.prices, plan.config.models, plan.config.provider)
     costs = state.costs(events)
     known = ~np.isnan(costs)
     ok = outcome == 1
@@ -257,7 +257,8 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
     stop = StopSwitch()
     bar = Progress(todo.sendable, todo.sendable - len(todo.pending), todo.done_ok, todo.done_err,
                    show_progress and bool(todo.pending))
-    budget = Budget(config.max_cost, todo.spent_usd, config.mode, pricing.load(config.prices, config.models))
+    budget = Budget(config.max_cost, todo.spent_usd, config.mode,
+                    pricing.load(config.prices, config.models, config.provider))
     backend: Optional[SendBackend] = None
     images = orphans = 0
     try:

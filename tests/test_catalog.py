@@ -383,3 +383,9 @@ def test_a_job_file_lays_its_models_file_over_the_catalog(tmp_path, prompts, cli
     job.write_text(f'input = "{prompts.name}"\n[defaults]\nmodel = "gpt-image-2.6-flare"\ncomplexity = "extreme"\n')
     result = cli("plan", job, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "complexity 'extreme' is not allowed for gpt-image-2.6-flare" in result.output
+
+
+def test_a_request_without_a_model_is_priced_as_the_providers_default(prompts, tmp_path):
+    # AceData's default is dall-e-3: $0.04 a standard 1024x1024 image, not dall-e-2's $0.02
+    summary = batchgen.plan(str(prompts), out=str(tmp_path / "o"))
+    assert summary.cost_usd == pytest.approx(2 * 0.04)

@@ -112,7 +112,7 @@ def summarise_plan(plan: Plan, status_of: Optional[Callable[[str], Optional[str]
                           left_out=[(point_label(p), why) for p, why in plan.left_out])
     retry_failed = plan.config.retry_failed
     costs: dict = {}   # tasks alike share one params dict: price each once
-    prices = pricing.load(plan.config.prices, plan.config.models)
+    prices = pricing.load(plan.config.prices, plan.config.models, plan.config.provider)
     catalog = models.load(plan.config.models)
     default = catalog.default_model(plan.config.provider)
     unpriced = set()

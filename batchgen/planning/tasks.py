@@ -500,7 +500,7 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
 def _check_prices(variants, config: JobConfig) -> None:
     """--max-cost needs a price for every model it would send to: a budget it cannot count is
     no budget."""
-    prices = pricing.load(config.prices, config.models)
+    prices = pricing.load(config.prices, config.models, config.provider)
     default = models.load(config.models).default_model(config.provider)
     unpriced = sorted({str(v.params.get("model") or default) for v in variants
                        if not v.problem and prices.estimate(v.params, config.mode) is None})

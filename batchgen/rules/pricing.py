@@ -9,6 +9,7 @@ response's `usage` prices what was actually billed.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -39,9 +40,10 @@ class PriceTable:
     batch_discount: float
     source: str              # "built-in" or the --prices file
     catalog: Optional[model_rules.Catalog] = None    # how a model name finds its spec's price
+    provider: Optional[str] = None    # whose default model a request without one is priced as
 
     def _rules(self, model: Optional[str]):
-        return (self.catalog or model_rules.load()).rules_for(model)
+        return (self.catalog or model_rules.load()).rules_for(model, self.provider)
 
     def for_model(self, model: Optional[str]) -> Optional[ModelPrice]:
         rules = self._rules(model)
@@ -188,16 +190,19 @@ def parse_table(data, source: str, base: Optional[PriceTable] = None,
         models[name] = _model_price(entry, f"{source}: models.{name}", shared)
     discount = data.get("batch_discount", base.batch_discount if base else 0.5)
     discount = _number(discount, f"{source}: batch_discount")
-    return PriceTable(models, discount, source, catalog or (base.catalog if base else None))
+    return PriceTable(models, discount, source, catalog or (base.catalog if base else None),
+                      base.provider if base else None)
 
 
 @functools.lru_cache(maxsize=8)
-def load(path: Optional[str] = None, models_path: Optional[str] = None) -> PriceTable:
+def load(path: Optional[str] = None, models_path: Optional[str] = None, provider: Optional[str] = None) -> PriceTable:
     """The catalog's prices (the built-in one, or with a --models file over it), with a --prices
-    file's models over them when `path` is given."""
+    file's models over them when `path` is given; a request without a model is priced as
+    `provider`'s default model."""
     catalog = model_rules.load(models_path)
     table = parse_table({"batch_discount": catalog.batch_discount, "image_output_tokens": catalog.image_output_tokens,
                          "models": catalog.prices}, catalog.source + " (prices)", catalog=catalog)
+    table = dataclasses.replace(table, provider=provider)
     if path is None:
         return table
     try:
