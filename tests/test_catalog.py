@@ -161,6 +161,10 @@ def test_a_shut_down_model_in_a_row_or_a_sweep_is_refused_too(prompts, tmp_path)
     with pytest.raises(UsageError, match="'gpt-image-1-mini' was shut down .* use gpt-image-2.5-flare"):
         batchgen.plan(str(prompts), out=str(tmp_path / "o"), provider="openai",
                       sweep={"model": ["gpt-image-2", "gpt-image-1-mini"]})
+    # even when none of its points would be offered anyway
+    with pytest.raises(UsageError, match="'dall-e-2' was shut down by acedata"):
+        batchgen.plan(str(prompts), out=str(tmp_path / "o"), sweep={"model": ["dall-e-3", "dall-e-2"],
+                                                                   "quality": ["hd"]})
 
 
 def test_a_misspelt_model_gets_did_you_mean_and_costs_nothing(fresh_sim, prompts, tmp_path, cli):

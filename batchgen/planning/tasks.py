@@ -301,7 +301,8 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     param_columns = [c for c in PARAMETERS if c in columns]
     _check_column_types(table, config.prompt_column, param_columns)
     catalog = models.load(config.models)
-    points, left_out = _offered_points(config, sweep_points(config.sweep), edit_inputs is not None, catalog)
+    every_point = sweep_points(config.sweep)
+    points, left_out = _offered_points(config, every_point, edit_inputs is not None, catalog)
     passthrough = [c for c in columns if c != config.prompt_column and c not in PARAMETERS]
     if config.limit is not None:
         table = table.slice(0, config.limit)
@@ -320,9 +321,9 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     problems = check_defaults(config, points, row_models, edit, catalog)
     if problems:
         raise UsageError("; ".join(problems))
-    # The models the requests name (None: a request that names none).
+    # The models the requests name (None: a request that names none), left-out points' too.
     named: set = set()
-    for point in points:
+    for point in every_point:
         if "model" in point:
             named.add(point["model"])
         elif row_models is None:
