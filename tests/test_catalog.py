@@ -393,3 +393,12 @@ def test_a_request_without_a_model_is_priced_as_the_providers_default(prompts, t
     # AceData's default is dall-e-3: $0.04 a standard 1024x1024 image, not dall-e-2's $0.02
     summary = batchgen.plan(str(prompts), out=str(tmp_path / "o"))
     assert summary.cost_usd == pytest.approx(2 * 0.04)
+
+
+def test_a_model_another_provider_serves_is_checked_by_its_rules_with_a_warning():
+    checked = models.check_models({"dall-e-3"}, "acedata", models.load())
+    assert checked.errors == [] and checked.warnings == []
+    checked = models.check_models({"nano-banana"}, "openai", models.load())
+    assert checked.errors == []
+    assert checked.warnings == ["openai does not list model 'nano-banana' (batchgen knows it from acedata): it is "
+                                "checked by that model's rules and sent; openai may refuse it"]

@@ -372,7 +372,14 @@ def check_models(models: set, provider: str, catalog: Catalog, today: Optional[s
                 found.warnings.append(f"model {shown!r} is deprecated: {provider} shuts it down on {listing.shutdown}"
                                       + (f"; move to {listing.replacement}" if listing.replacement else ""))
             continue
-        if name is None or catalog.rules_for(name, provider) is not None:
+        if name is None:
+            continue
+        if catalog.rules_for(name, provider) is not None:
+            elsewhere = sorted(p for p, lu in catalog.lineups.items() if p != provider and catalog.listing(name, p))
+            if elsewhere:
+                found.warnings.append(f"{provider} does not list model {name!r} (batchgen knows it from "
+                                      f"{', '.join(elsewhere)}): it is checked by that model's rules and sent; "
+                                      f"{provider} may refuse it")
             continue
         near = [k for k in catalog.names(provider) if one_edit_apart(name.lower(), k.lower())]
         if near:
