@@ -280,8 +280,10 @@ class LiveBackend:
             return WRONG_ENDPOINT_RETRY_S
         if decision is Decision.FAIL and self.model_refusals.refused(model, error):
             self.stop("model_refused", f"the first requests of model {model!r} were all refused alike "
-                                       f"({error.code}, HTTP {error.http_status}: {error.message}); the tasks "
-                                       f"not sent are left to send. {model_advice(self.endpoint.provider, model)}")
+                                       f"({error.code}, HTTP {error.http_status}: {error.message}): the server "
+                                       f"refuses the model, or a setting all its requests share; the tasks not "
+                                       f"sent are left to send. If it is the model: "
+                                       f"{model_advice(self.endpoint.provider, model)}")
             return None     # this task's refusal is recorded, as the ones before it
         if decision is Decision.FAIL:
             return None
