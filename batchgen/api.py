@@ -47,11 +47,13 @@ def run(source: Source, *,
         background: Optional[str] = None,
         moderation: Optional[str] = None,
         input_fidelity: Optional[str] = None,
+        complexity: Optional[str] = None,
         params: Optional[Mapping[str, Any]] = None,
         image_column: Optional[str] = None,
         mask_column: Optional[str] = None,
         markup_column: Optional[str] = None,
         prices: Union[str, "os.PathLike[str]", None] = None,
+        models: Union[str, "os.PathLike[str]", None] = None,
         defaults: Optional[Mapping[str, Any]] = None,
         sweep: Optional[Sweep] = None,
         provider: Optional[str] = None,
@@ -91,13 +93,15 @@ def run(source: Source, *,
         them as one dict instead (a keyword wins over its entry).
     output_format ("png", "jpeg", "webp"), output_compression (0-100, jpeg/webp), background
         ("transparent" needs png or webp, "opaque", "auto"), moderation ("low", "auto"),
-        input_fidelity (edits: "high", "low"): the GPT image models' parameters, defaults likewise.
+        input_fidelity (edits: "high", "low"), complexity (gpt-image-2.6: "low", "medium", "high"):
+        the GPT image models' parameters, defaults likewise.
     params: parameters batchgen does not know, sent as given ({"user": "dataset-42"}).
     image_column, mask_column: an edits table's input images and masks (default: the columns
         "image" and "mask" when present); paths relative to the input file, or URLs.
     markup_column: an edits table's markup images (gpt-image-2.6's markup-guided edits; default:
         the column "markup" when present), one per row, sent beside the images.
     prices: a JSON price file over the built-in prices (for a model batchgen has no price for).
+    models: a JSON model catalog over the built-in one (`batchgen models` shows what it knows).
     sweep: parameters to sweep, every combination: {"quality": ["standard", "hd"]} (also
         [("quality", [...])] or ["quality=standard,hd"], the command line's spelling).
     provider: "acedata" (ACEDATA_API_TOKEN; the default) or "openai" (OPENAI_API_KEY).
@@ -187,7 +191,7 @@ def _settings(options: dict, unknown: dict, function: str) -> dict:
     settings: dict[str, Any] = {"defaults": defaults}
     if "sweep" in options:
         settings["sweep"] = _sweep(options.pop("sweep"))
-    for path in ("out", "prices"):
+    for path in ("out", "prices", "models"):
         if path in options:
             options[path] = os.fspath(options[path])
     if "params" in options:

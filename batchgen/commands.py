@@ -153,3 +153,51 @@ def cancel(out, environ: Optional[Mapping[str, str]] = None) -> list:
         finally:
             folder.unlock()
     return done
+
+
+def list_models(provider: Optional[str] = None, models_file: Optional[str] = None,
+                today: Optional[str] = None) -> dict:
+    """`batchgen models`: what the catalog (with `models_file` over it) knows, per provider:
+    each model's status and dates, and for those not shut down their parameters and prices.
+    Keys: see the README's "Models" section."""
+    import datetime
+
+    from batchgen.rules import models, pricing
+    catalog = models.load(models_file)
+    prices = pricing.load(None, models_file)
+    today = today or datetime.date.today().isoformat()
+    if provider is not None:
+        providers.get(provider)
+    listed: dict = {}
+    for name, lineup in catalog.lineups.items():
+        if provider is not None and name != provider:
+            continue
+        entries = []
+        for model, listing in lineup.models.items():
+            status = listing.status_on(today)
+            entry: dict = {"model": model, "status": status, "shutdown": listing.shutdown,
+                           "replacement": listing.replacement, "since": listing.since,
+                           "rules": listing.rules.name, "source": listing.rules.source,
+                           "checked": listing.rules.checked}
+            if status != models.SHUT_DOWN:
+                rules = listing.rules
+                entry["parameters"] = rules.allowed()
+                entry["sizes"] = rules.describe_sizes() or "not checked"
+                entry["max_prompt_chars"] = rules.max_prompt_chars
+                entry["edits"] = rules.edits
+                entry["markup"] = rules.markup
+                price = prices.for_model(model)
+                entry["tokens_usd_per_million"] = dict(price.tokens) if price else None
+                entry["usd_per_image_1024"] = {
+                    q: _rounded(prices.per_image({"model": model, "quality": q, "size": "1024x1024"}))
+                    for q in (rules.qualities or ("",)) if q != "auto"} if price else None
+            entries.append(entry)
+        order = {status: i for i, status in enumerate(models.STATUSES)}
+        entries.sort(key=lambda e: order[e["status"]])
+        listed[name] = {"default_model": lineup.default_model, "default_source": lineup.default_source,
+                        "source": lineup.source, "checked": lineup.checked, "models": entries}
+    return {"catalog": catalog.source, "today": today, "providers": listed}
+
+
+def _rounded(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 4)

@@ -203,7 +203,7 @@ def _spent(plan: Plan, state, events, outcome, mode: str) -> tuple:
     the estimate of `mode`'s price. Failed tasks count what they were billed (answers whose
     images could not be used), nothing more."""
     import numpy as np
-    prices = pricing.load(plan.config.prices)
+    prices = pricing.load(plan.config.prices, plan.config.models, plan.config.provider)
     costs = state.costs(events)
     known = ~np.isnan(costs)
     ok = outcome == 1
@@ -252,8 +252,7 @@ async def _run_async(config: JobConfig, table, plan: Plan, connect, show_progres
         if config.out is None:
             raise UsageError("the job names no output folder; give one with --out")
         folder = OutputFolder(config.out)
-        earlier = folder.claim(config.fingerprint(), config.public_dict(), provenance,
-                               {"tasks": len(plan.tasks), "refused": plan.refused, "sweep_points": plan.points})
+        earlier = folder.claim(config.fingerprint(), config.public_dict(), provenance, _plan_info(plan))
         try:
             summary = await _send_and_keep(config, table, plan, folder, endpoint, provenance,
                                            earlier, show_progress)
@@ -289,7 +288,8 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
     stop = StopSwitch()
     bar = Progress(todo.sendable, todo.sendable - len(todo.pending), todo.done_ok, todo.done_err,
                    show_progress and bool(todo.pending))
-    budget = Budget(config.max_cost, todo.spent_usd, config.mode, pricing.load(config.prices))
+    budget = Budget(config.max_cost, todo.spent_usd, config.mode,
+                    pricing.load(config.prices, config.models, config.provider))
     backend: Optional[SendBackend] = None
     images = orphans = 0
     try:
@@ -357,6 +357,17 @@ def _finished_among(state):
         keys = np.fromiter((task_key(replaced.get(t, t)) for t in task_ids), np.uint64, len(task_ids))
         return (state.kinds(state.join(keys)) & 7) == _OUTCOME_CODES["ok"]
     return among
+
+
+def _plan_info(plan: Plan) -> dict:
+    """What job.json records of the plan; a sweep across models keeps its left-out points in
+    sweep order, with why, so the report can show them as not offered."""
+    info = {"tasks": len(plan.tasks), "refused": plan.refused, "sweep_points": plan.points}
+    if plan.left_out:
+        from batchgen.planning.settings import point_label, sweep_points
+        info["sweep_points"] = sweep_points(plan.config.sweep)
+        info["not_offered"] = {point_label(point): why for point, why in plan.left_out}
+    return info
 
 
 def _plan_warnings(plan: Plan) -> list:

@@ -1,6 +1,6 @@
 """Batch API mode's memory per pending task: what the backend and the journal's state hold.
 
-A plan of `--rows` prompts (gpt-image-1, one sweep point) is made in this process; then, each
+A plan of `--rows` prompts (gpt-image-2, one sweep point) is made in this process; then, each
 measured with tracemalloc (what stays held, and the peak while it is made):
 - the backend's lookup of pending tasks by id, as it is (`TasksById` over the runner's
   Pending), against the yardstick of holding every pending task as an object (a list and a
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         pq.write_table(pa.table({"prompt": [f"a small watercolour of a harbour, number {i}"
                                             for i in range(args.rows)]}), path)
         _, _, plan = prepare(str(path), {"out": str(Path(tmp) / "out"), "defaults": {
-            "model": "gpt-image-1", "quality": "low", "size": "1024x1024"}})
+            "model": "gpt-image-2", "quality": "low", "size": "1024x1024"}})
     log(f"batch memory: {len(plan.tasks):,} pending tasks, chunks of {CHUNK:,}")
     pending = Pending(plan.tasks, np.arange(len(plan.tasks), dtype=np.uint32))
     measure("pending tasks by id, as objects (yardstick)",

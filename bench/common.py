@@ -308,7 +308,7 @@ def measure(cmd: Sequence[str], *, log_dir: Path, name: str = "cmd",
 
 
 def runner_cmd(data: Path, out: Path, url: str, *, concurrency: Optional[object],
-               model: str = "dall-e-2", size: str = "256x256", extra: Sequence[str] = ()) -> list:
+               model: str = "dall-e-3", size: str = "1024x1024", extra: Sequence[str] = ()) -> list:
     """`python -m batchgen run ...` against the simulator's AceData endpoint; ``concurrency``
     None gives no --concurrency (the client's default), else its value (a number or "auto")."""
     conc = [] if concurrency is None else ["--concurrency", str(concurrency)]
@@ -320,8 +320,8 @@ def runner_cmd(data: Path, out: Path, url: str, *, concurrency: Optional[object]
 RUNNER_ENV = {"ACEDATA_API_TOKEN": TOKEN}
 
 
-def floor_cmd(data: Path, out: Path, url: str, *, concurrency: int, model: str = "dall-e-2",
-              size: str = "256x256") -> list:
+def floor_cmd(data: Path, out: Path, url: str, *, concurrency: int, model: str = "dall-e-3",
+              size: str = "1024x1024") -> list:
     return [PYTHON, str(BENCH / "floor.py"), str(data), "--out", str(out), "--url", url,
             "--concurrency", str(concurrency), "--model", model, "--size", size]
 

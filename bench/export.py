@@ -1,7 +1,7 @@
 """Export: `batchgen export` throughput and peak RSS, both formats, to a local folder.
 
 A run of --tasks tasks is made once (simulator `--photo`: incompressible 1024x1024 PNGs of about
-3 MB, dall-e-2 b64_json), then each round exports it as a whole `batchgen export` process, as
+3 MB, dall-e-3 b64_json), then each round exports it as a whole `batchgen export` process, as
 webdataset and as parquet (shards of --shard-size samples), to a fresh folder beside it. Reported
 per format: images/s, MB/s of images read, checked (sha256) and written, and peak RSS, which
 should stay near one shard's row group or one image, not grow with the job; and how long

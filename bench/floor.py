@@ -30,8 +30,8 @@ def read_prompts(path: str | os.PathLike, column: str = "prompt") -> list:
 
 
 async def generate_all(prompts: list, out: str | os.PathLike, url: str, token: str = "sim-token",
-                       concurrency: int = 32, model: str = "dall-e-2",
-                       size: str = "256x256") -> tuple:
+                       concurrency: int = 32, model: str = "dall-e-3",
+                       size: str = "1024x1024") -> tuple:
     """Send every prompt; returns (ok, failed)."""
     import aiohttp
 
@@ -67,8 +67,8 @@ async def generate_all(prompts: list, out: str | os.PathLike, url: str, token: s
 
 
 def run_floor(csv_path: str | os.PathLike, out: str | os.PathLike, url: str,
-              token: str = "sim-token", concurrency: int = 32, model: str = "dall-e-2",
-              size: str = "256x256") -> tuple:
+              token: str = "sim-token", concurrency: int = 32, model: str = "dall-e-3",
+              size: str = "1024x1024") -> tuple:
     """Synchronous entry point: (ok, failed, wall seconds)."""
     t0 = time.perf_counter()
     prompts = read_prompts(csv_path)
@@ -83,8 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--url", required=True, help="the AceData endpoint …/openai/images/generations")
     p.add_argument("--token", default=os.environ.get("ACEDATA_API_TOKEN", "sim-token"))
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--model", default="dall-e-2")
-    p.add_argument("--size", default="256x256")
+    p.add_argument("--model", default="dall-e-3")
+    p.add_argument("--size", default="1024x1024")
     a = p.parse_args(argv)
     ok, failed, wall = run_floor(a.csv, a.out, a.url, a.token, a.concurrency, a.model, a.size)
     print(f"floor: {ok} ok, {failed} failed in {wall:.2f} s ({ok / wall:.0f} img/s)", flush=True)

@@ -1,6 +1,6 @@
 """Latency hiding: does `batchgen run` keep `--concurrency` requests in flight?
 
-1,000 tasks, simulator `--latency 0.5`, concurrency 50, dall-e-2 256x256 b64.  The ideal wall time
+1,000 tasks, simulator `--latency 0.5`, concurrency 50, dall-e-3 1024x1024 b64.  The ideal wall time
 is tasks x 0.5 s / 50 = 10 s.  Each round runs the runner as a whole process (start to exit,
 results.parquet included) into a fresh output folder; reported: wall time and ideal / wall.
 For reference (not part of the target), each round also runs the floor (bench/floor.py) under the

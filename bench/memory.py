@@ -1,6 +1,6 @@
 """Memory: the runner's peak RSS must not grow with the size of the job.
 
-Simulator `--photo` (incompressible 1024x1024 PNGs of about 3 MB, 4 MB of base64 each), dall-e-2
+Simulator `--photo` (incompressible 1024x1024 PNGs of about 3 MB, 4 MB of base64 each), dall-e-3
 1024x1024 b64_json, concurrency 32; a small job (300 tasks) and a large one (1,200 tasks), each
 run as a whole `batchgen run` process.  Reported: the runner's peak RSS for each (ru_maxrss of
 the runner process alone, read by a fresh helper process whose only child it is) and the ratio
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     with common.workdir(args.keep) as tmp:
         inputs = {n: common.make_csv(tmp / f"prompts-{n}.csv", n) for n in peaks}
         with common.Simulator("--photo", log_dir=tmp) as sim:
-            log(f"memory: {args.small} vs {args.large} tasks, --photo dall-e-2 1024x1024 b64, "
+            log(f"memory: {args.small} vs {args.large} tasks, --photo dall-e-3 1024x1024 b64, "
                 f"concurrency {conc} ({free:.0f} GB free)")
             for r in range(1, args.rounds + 1):
                 for n in peaks:

@@ -1,6 +1,6 @@
 """Overhead: `batchgen run` throughput against the floor.
 
-Zero latency, 20,000 tasks, concurrency 32, dall-e-2 256x256, b64_json.  One simulator process
+Zero latency, 20,000 tasks, concurrency 32, dall-e-3 1024x1024, b64_json.  One simulator process
 serves both clients.  Each round runs the floor (bench/floor.py: a minimal aiohttp client that
 posts, parses, decodes and writes each image under the same semaphore) and the runner
 (`python -m batchgen run ...`) as whole processes into fresh output folders (the order alternates
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     with common.workdir(args.keep) as tmp:
         data = common.make_csv(tmp / "prompts.csv", n)
         with common.Simulator(log_dir=tmp) as sim:
-            log(f"overhead: {n} tasks, concurrency {conc}, dall-e-2 256x256 b64, "
+            log(f"overhead: {n} tasks, concurrency {conc}, dall-e-3 1024x1024 b64, "
                 f"simulator {sim.acedata_url}")
             for r in range(1, args.rounds + 1):
                 results = {}

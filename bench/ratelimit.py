@@ -4,7 +4,7 @@ and however the server states its waits?  (Issue #27.)
 The server is `batchgen simulate` as its own process, made to behave like a real gateway: a
 token bucket of `--limit` requests/s (one second of burst), a success answered `latency` s
 (+-20%) after the request, a 429 answered AT ONCE.  The runner is NOT given `--rpm`.  Each cell
-is one whole `batchgen run` process (dall-e-2 256x256 b64, one image per task) against the
+is one whole `batchgen run` process (dall-e-3 1024x1024 b64, one image per task) against the
 simulator, its counters and bucket reset first.
 
 The matrix (48 cells):

@@ -1,7 +1,7 @@
 """Report pages: `batchgen report` on a run of many prompts, paged and not.
 
-Input: a run made with --simulate of N prompts (default 2,000) x 2 sweep points (dall-e-2,
-size=256x256,512x512: 4,000 images). Each round runs `batchgen report` as a whole process,
+Input: a run made with --simulate of N prompts (default 2,000) x 2 sweep points (dall-e-3,
+size=1024x1024,1792x1024: 4,000 images). Each round runs `batchgen report` as a whole process,
 once with the default --per-page 50 and once with every prompt on one page (--per-page N);
 reported: wall time, peak RSS (ru_maxrss of the report process alone), the pages written and
 their largest file. Paging should keep the peak near that of one page, whatever N is.
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
         data = common.make_csv(tmp / "prompts.csv", args.prompts)
         out = tmp / "out"
         run = [common.PYTHON, "-m", "batchgen", "run", str(data), "--out", str(out), "--simulate",
-               "--model", "dall-e-2", "--response-format", "b64_json", "--sweep", "size=256x256,512x512",
+               "--model", "dall-e-3", "--response-format", "b64_json", "--sweep", "size=1024x1024,1792x1024",
                "--concurrency", "16", "--no-progress"]
         m = common.measure(run, log_dir=tmp, name="run")
         log(f"run: {args.prompts} prompts x 2 sweep points in {m.wall:.1f} s")

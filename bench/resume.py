@@ -1,6 +1,6 @@
 """Resume: rerunning a finished big job must be instant.
 
-100,000 tasks (zero latency, concurrency 32, dall-e-2 256x256 b64) are run to the end once (its
+100,000 tasks (zero latency, concurrency 32, dall-e-3 1024x1024 b64) are run to the end once (its
 wall time is printed too; it takes a few minutes), then the same `batchgen run` command is run
 again on the same output folder, several rounds: each rerun finds every task done and sends
 nothing (checked with the simulator's request counter).  Reported: the rerun's wall time, as a

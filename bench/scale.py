@@ -2,7 +2,7 @@
 
 Three parts, each `batchgen` as a whole process against the built-in simulator (zero latency):
 - run: the peak RSS of a run of S tasks and of L tasks of the same shape (distinct prompts,
-  dall-e-2 256x256 b64, concurrency 64); targets: the large run <= 600 MB and <= 1.15 x the
+  dall-e-3 1024x1024 b64, concurrency 64); targets: the large run <= 600 MB and <= 1.15 x the
   small one's peak.
 - plan: `batchgen plan` of 1,000,000 Parquet rows x 4 sweep points (bench/plan.py's input);
   targets: <= 600 MB peak and <= 30 s.

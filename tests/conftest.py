@@ -34,6 +34,15 @@ def fresh(sim):
 
 
 @pytest.fixture
+def dall_e_2_live(tmp_path):
+    """A --models file under which AceData still serves dall-e-2, as it did before 2026-05-12:
+    for checks of what earlier versions computed with it (the simulator does not serve it)."""
+    path = tmp_path / "dall-e-2-live.json"
+    path.write_text(json.dumps({"providers": {"acedata": {"models": {"dall-e-2": {"status": "live"}}}}}))
+    return str(path)
+
+
+@pytest.fixture
 def prompts_csv(tmp_path):
     path = tmp_path / "prompts.csv"
     pd.DataFrame({"prompt": PROMPTS, "tag": ["otter", "lighthouse", "bicycle"]}).to_csv(path, index=False)

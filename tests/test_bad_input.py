@@ -74,7 +74,7 @@ def test_a_csv_that_is_not_utf8_names_the_encoding_option(run, cli, fresh_sim, t
     (("--model", "dall-e-3", "--size", "512x512"),
      "size '512x512' is not allowed for dall-e-3 (allowed: 1024x1024, 1792x1024, 1024x1792)"),
     (("--model", "dall-e-3", "--quality", "ultra"), "quality 'ultra'"),
-    (("--model", "gpt-image-1", "--style", "vivid"), "style 'vivid' is not allowed for gpt-image-1"),
+    (("--model", "gpt-image-2", "--style", "vivid"), "style 'vivid' is not allowed for gpt-image-2"),
     (("--model", "dall-e-3", "--sweep", "quality=standard,high"), "quality 'high'"),
     (("--sweep", "colour=red"), "not a parameter"),
     (("--provider", "nobody"), "Invalid value for '--provider'"),
@@ -108,7 +108,7 @@ def test_the_command_keeps_its_exit_status_and_messages_through_its_quick_exit(t
     assert bad.returncode == 2 and "no such file" in err and "Traceback" not in err
     csv = make_prompts(tmp_path / "p.csv", 3)
     good = batchgen_process("run", csv, "--out", tmp_path / "out", "--base-url", sim.acedata_url,
-                            "--model", "dall-e-2", "--size", "256x256", "--no-progress")
+                            "--model", "dall-e-3", "--size", "1024x1024", "--no-progress")
     out, err = good.communicate(timeout=120)
     assert good.returncode == 0, err
     assert out.splitlines()[0].startswith("3 ok, 0 error(s)") and "results:" in out
@@ -180,9 +180,9 @@ def test_a_prompt_column_that_is_not_text(run, tmp_path, column, words):
 
 
 def test_a_default_is_checked_against_each_rows_own_model(cli, fresh_sim, tmp_path):
-    # Every row names gpt-image-1: --quality low is theirs to use, whatever the API's default model.
+    # Every row names gpt-image-2: --quality low is theirs to use, whatever the API's default model.
     path = tmp_path / "p.csv"
-    path.write_text("prompt,model\nan otter,gpt-image-1\na fox,gpt-image-1\n")
+    path.write_text("prompt,model\nan otter,gpt-image-2\na fox,gpt-image-2\n")
     r = cli("run", path, "--out", tmp_path / "out", "--base-url", fresh_sim.acedata_url, "--quality", "low",
             "--no-progress")
     assert r.exit_code == 0, r.output
@@ -191,9 +191,9 @@ def test_a_default_is_checked_against_each_rows_own_model(cli, fresh_sim, tmp_pa
 
 def test_a_default_no_row_could_use_is_still_refused(run, tmp_path):
     path = tmp_path / "p.csv"
-    path.write_text("prompt,model\nan otter,gpt-image-1\na fox,dall-e-3\n")
+    path.write_text("prompt,model\nan otter,gpt-image-2\na fox,dall-e-3\n")
     out = run(path, "--quality", "ultra")
-    assert "default quality 'ultra' is not allowed for dall-e-3 (allowed: standard, hd), nor for gpt-image-1" in out
+    assert "default quality 'ultra' is not allowed for dall-e-3 (allowed: standard, hd), nor for gpt-image-2" in out
 
 
 @pytest.mark.parametrize("doc, words", [

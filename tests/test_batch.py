@@ -13,7 +13,7 @@ from conftest import TOKEN, journal, results, wait_until
 import batchgen
 from batchgen.simulator import SimConfig, SimulatorThread
 
-GPT = {"model": "gpt-image-1", "quality": "low", "size": "1024x1024"}
+GPT = {"model": "gpt-image-2", "quality": "low", "size": "1024x1024"}
 PROMPTS = [f"a small watercolour of a harbour, number {i}" for i in range(7)]
 
 
@@ -141,7 +141,7 @@ def test_kill_9_while_waiting_then_the_rerun_collects_without_a_second_batch(tmp
 def _batch_process(sim, csv, out, stderr=subprocess.DEVNULL):
     env = {**os.environ, "OPENAI_API_KEY": TOKEN, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(csv), "--out", str(out), "--mode", "batch",
-                             "--provider", "openai", "--base-url", sim.openai_base_url, "--model", "gpt-image-1",
+                             "--provider", "openai", "--base-url", sim.openai_base_url, "--model", "gpt-image-2",
                              "--quality", "low", "--size", "1024x1024", "--batch-size", "10", "--no-progress"],
                             env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
@@ -199,11 +199,11 @@ def test_a_server_error_on_a_line_is_sent_again_once_and_a_refusal_is_an_outcome
 # ---- bad input: exit 2, nothing uploaded -------------------------------------------------------
 
 @pytest.mark.parametrize("args, words", [
-    (["--mode", "batch", "--provider", "acedata", "--model", "gpt-image-1"], "--provider openai"),
-    (["--mode", "batch", "--provider", "openai", "--model", "dall-e-3"], "GPT image models only"),
-    (["--mode", "batch", "--provider", "openai"], "no model set"),
-    (["--mode", "batch", "--provider", "openai", "--model", "gpt-image-1", "--batch-size", "50001"], "1 to 50,000"),
-    (["--provider", "openai", "--model", "gpt-image-1", "--no-wait"], "--no-wait needs --mode batch"),
+    (["--mode", "batch", "--provider", "acedata", "--model", "gpt-image-2"], "--provider openai"),
+    (["--mode", "batch", "--provider", "openai", "--model", "nano-banana"], "GPT image models only"),
+    (["--mode", "batch", "--provider", "openai"], "would use 'dall-e-2', which was shut down"),
+    (["--mode", "batch", "--provider", "openai", "--model", "gpt-image-2", "--batch-size", "50001"], "1 to 50,000"),
+    (["--provider", "openai", "--model", "gpt-image-2", "--no-wait"], "--no-wait needs --mode batch"),
 ])
 def test_bad_batch_settings_are_refused_before_anything_is_uploaded(cli, csv, tmp_path, args, words):
     r = cli("run", csv, "--out", tmp_path / "out", *args, env={"OPENAI_API_KEY": TOKEN})
@@ -214,7 +214,7 @@ def test_bad_batch_settings_are_refused_before_anything_is_uploaded(cli, csv, tm
 def test_a_sweep_over_models_sends_one_model_per_batch(tmp_path, csv):
     with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
         summary = batch_run(sim, csv, tmp_path / "out", batch_size=100,
-                            sweep=[("model", ["gpt-image-1", "gpt-image-1-mini"])])
+                            sweep=[("model", ["gpt-image-2", "gpt-image-2.5-flare"])])
         assert summary.ok == 14 and sim.stats["batches_created"] == 2
 
 

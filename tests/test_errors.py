@@ -118,22 +118,22 @@ def test_every_aiohttp_exception_is_translated_at_the_client_boundary():
 
 
 def test_only_set_parameters_go_into_the_body():
-    assert build_body("otter", {"model": "gpt-image-1", "size": "1024x1024"}) == {
-        "prompt": "otter", "model": "gpt-image-1", "size": "1024x1024"}
+    assert build_body("otter", {"model": "gpt-image-2", "size": "1024x1024"}) == {
+        "prompt": "otter", "model": "gpt-image-2", "size": "1024x1024"}
 
 
 def test_the_bytes_sent_are_the_body_whatever_the_prompt_and_parameters():
     encode = BodyEncoder()
     shared = {"model": "dall-e-3", "quality": "hd", "style": None, "size": "1024x1024", "n": 1}
     cases = [("otter", shared), ('a "quoted" \\ back\nslash', shared), ("日本の猫 🐈", shared),
-             ("", {}), ("fox", {"model": "dall-e-2", "n": 4, "response_format": "b64_json"})]
+             ("", {}), ("fox", {"model": "dall-e-3", "n": 4, "response_format": "b64_json"})]
     for prompt, params in cases:
         sent = encode(prompt, params)
         assert isinstance(sent, bytes)
         assert json.loads(sent) == build_body(prompt, params)
         assert list(json.loads(sent))[0] == "prompt"
     # The parameters' part is cached per dict: a new dict with other values is not mistaken for it.
-    assert json.loads(encode("x", {"model": "gpt-image-1"})) == {"prompt": "x", "model": "gpt-image-1"}
+    assert json.loads(encode("x", {"model": "gpt-image-2"})) == {"prompt": "x", "model": "gpt-image-2"}
 
 
 def test_endpoints_and_tokens_from_the_environment():

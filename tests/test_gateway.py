@@ -102,13 +102,13 @@ def test_a_spent_account_behind_the_litellm_proxy_stops_the_run_with_exit_3(tmp_
 
 def test_the_litellm_mode_answers_as_the_proxy_does():
     with SimulatorThread(gateway="litellm", quota_images=1, rpm_limit=600) as sim:
-        ok = call(sim.openai_url, {"prompt": "a kite", "model": "dall-e-3", "response_format": "b64_json"})
-        spent = call(sim.openai_url, {"prompt": "a kite", "model": "dall-e-3"})
+        ok = call(sim.openai_url, {"prompt": "a kite", "model": "gpt-image-2"})
+        spent = call(sim.openai_url, {"prompt": "a kite", "model": "gpt-image-2"})
     assert ok.status == 200 and ok.headers["x-litellm-call-id"] and ok.headers["x-litellm-response-cost"] == "0.04"
     assert "x-request-id" not in ok.headers and not any(h.lower().startswith("x-ratelimit") for h in ok.headers)
     item = ok.json()["data"][0]
     assert item["url"] is None and item["b64_json"] and set(item) == {"b64_json", "revised_prompt", "url"}
-    assert ok.json()["usage"]["output_tokens"] == 0 and ok.json()["quality"] is None
+    assert ok.json()["usage"]["output_tokens"] > 0 and ok.json()["safety_identifier"] is None   # null-filled
     assert spent.status == 429 and "Retry-After" not in spent.headers
     assert spent.json()["error"]["code"] == "429" and spent.json()["error"]["type"] == "throttling_error"
     assert spent.json()["error"]["message"].startswith("litellm.RateLimitError: ")

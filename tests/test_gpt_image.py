@@ -15,7 +15,7 @@ import batchgen
 from batchgen.simulator import SimConfig, SimulatorThread
 
 SPEC = Path(__file__).resolve().parents[1] / "spec"
-GPT = {"model": "gpt-image-1", "quality": "low", "size": "1024x1024"}
+GPT = {"model": "gpt-image-2", "quality": "low", "size": "1024x1024"}
 PROMPTS = ["a lighthouse on a cliff", "a red fox in snow", "a teapot, product shot"]
 MAGIC = {"png": b"\x89PNG", "jpeg": b"\xff\xd8\xff", "webp": b"RIFF"}
 EXTENSION = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -58,7 +58,7 @@ def test_a_sweep_over_output_format_saves_each_image_in_its_real_format(fresh_si
     # each image answers its own prompt: the tasks' ids pair them
     assert sorted(df.prompt) == sorted(PROMPTS * 3)
     assert df.groupby("prompt").output_format.nunique().eq(3).all()
-    # the response's usage is recorded, and the cost follows it (gpt-image-1: $40 per 1M output tokens)
+    # the response's usage is recorded, and the cost follows it (gpt-image-2: $40 per 1M output tokens)
     assert df.output_tokens.gt(0).all() and (df.total_tokens >= df.output_tokens).all()
     assert df.est_cost_usd.gt(0).all()
     assert fresh_sim.stats["params"]["output_format"] == 9
@@ -79,7 +79,7 @@ def test_transparent_webp_is_sent_and_comes_back_with_an_alpha_channel(fresh_sim
 
 def test_transparent_jpeg_is_refused_before_anything_is_sent(fresh_sim, prompts, tmp_path, cli):
     r = cli("run", prompts, "--out", tmp_path / "out", "--provider", "openai", "--base-url",
-            fresh_sim.openai_base_url, "--model", "gpt-image-1", "--background", "transparent",
+            fresh_sim.openai_base_url, "--model", "gpt-image-2", "--background", "transparent",
             "--output-format", "jpeg", env={"OPENAI_API_KEY": TOKEN})
     assert r.exit_code == 2
     assert "background 'transparent' needs output_format png or webp, not jpeg" in r.output
@@ -88,9 +88,9 @@ def test_transparent_jpeg_is_refused_before_anything_is_sent(fresh_sim, prompts,
 
 def test_a_refused_combination_in_a_row_is_that_rows_invalid_params(fresh_sim, tmp_path):
     source = tmp_path / "p.csv"
-    pd.DataFrame({"prompt": ["ok", "jpeg with alpha", "dalle webp"],
-                  "model": ["gpt-image-1", "gpt-image-1", "dall-e-3"],
-                  "output_format": ["webp", "jpeg", "webp"],
+    pd.DataFrame({"prompt": ["ok", "jpeg with alpha", "gif on 2"],
+                  "model": ["gpt-image-2", "gpt-image-2", "gpt-image-2"],
+                  "output_format": ["webp", "jpeg", "gif"],
                   "background": ["transparent", "transparent", None]}).to_csv(source, index=False)
     summary = openai_run(fresh_sim, source, tmp_path / "out", defaults={"quality": "low"})
     df = results(tmp_path / "out").set_index("prompt")
@@ -98,13 +98,13 @@ def test_a_refused_combination_in_a_row_is_that_rows_invalid_params(fresh_sim, t
     assert df.status["ok"] == "ok"
     assert df.error_code["jpeg with alpha"] == "invalid_params"
     assert "needs output_format png or webp" in df.error_message["jpeg with alpha"]
-    assert "not allowed for dall-e-3" in df.error_message["dalle webp"]
+    assert "output_format 'gif' is not allowed for gpt-image-2" in df.error_message["gif on 2"]
 
 
 def test_an_unknown_parameter_given_with_param_reaches_the_server_and_the_results(fresh_sim, prompts, tmp_path, cli):
     out = tmp_path / "out"
     r = cli("run", prompts, "--out", out, "--provider", "openai", "--base-url", fresh_sim.openai_base_url,
-            "--model", "gpt-image-1", "--quality", "low", "--param", "user=dataset-42",
+            "--model", "gpt-image-2", "--quality", "low", "--param", "user=dataset-42",
             env={"OPENAI_API_KEY": TOKEN})
     assert r.exit_code == 0, r.output
     assert "sending parameter(s) batchgen does not know, as given: user=\"dataset-42\"" in r.output
@@ -131,15 +131,16 @@ def test_a_column_one_letter_from_a_parameter_gets_a_did_you_mean(tmp_path, cli)
 
 def test_max_cost_with_a_model_without_a_price_is_a_usage_error(fresh_sim, prompts, tmp_path, cli):
     r = cli("run", prompts, "--out", tmp_path / "out", "--provider", "openai", "--base-url",
-            fresh_sim.openai_base_url, "--model", "gpt-image-2", "--max-cost", "0.01",
+            fresh_sim.openai_base_url, "--model", "gpt-image-2.5-flare", "--quality", "xhigh", "--max-cost", "0.01",
             env={"OPENAI_API_KEY": TOKEN})
-    assert r.exit_code == 2 and "no price for gpt-image-2" in r.output and "--prices" in r.output
+    # xhigh has no published token count
+    assert r.exit_code == 2 and "no price for gpt-image-2.5-flare" in r.output and "--prices" in r.output
     assert fresh_sim.stats["requests"] == 0
 
 
 def test_plan_says_no_price_apart_from_unknown_model(prompts, tmp_path, cli):
-    r = cli("plan", prompts, "--model", "gpt-image-2")
-    assert r.exit_code == 0 and "no price" in r.output and "no price for gpt-image-2" in r.output
+    r = cli("plan", prompts, "--model", "gpt-image-2.5-flare", "--quality", "max")
+    assert r.exit_code == 0 and "no price" in r.output and "no price for gpt-image-2.5-flare" in r.output
     assert "unknown model" not in r.output
     r = cli("plan", prompts, "--model", "flux-pro")
     assert "unknown model(s) flux-pro" in r.output
@@ -216,11 +217,15 @@ def check_edit_results(out, source_dir):
 
 def test_an_edits_table_is_sent_to_images_edits_as_multipart(fresh_sim, edits_table, tmp_path):
     out = tmp_path / "out"
-    summary = openai_run(fresh_sim, edits_table, out, defaults={**GPT, "input_fidelity": "high"})
+    # input_fidelity: gpt-image-1, which AceData serves (the 2.x models take none)
+    summary = batchgen.run(str(edits_table), out=str(out), provider="acedata", base_url=fresh_sim.acedata_url,
+                           environ={"ACEDATA_API_TOKEN": TOKEN},
+                           defaults={**GPT, "model": "gpt-image-1", "input_fidelity": "high"})
     assert summary.ok == 3 and summary.errors == 2 and summary.exit_status == 1
     df = check_edit_results(out, tmp_path)
-    assert set(df.endpoint.dropna()) == {fresh_sim.openai_base_url + "/images/edits"}
-    assert fresh_sim.stats["by_path"] == {"/v1/images/edits": 3}
+    edits_url = fresh_sim.acedata_url.replace("/images/generations", "/images/edits")
+    assert set(df.endpoint.dropna()) == {edits_url}
+    assert fresh_sim.stats["by_path"] == {"/openai/images/edits": 3}
     assert fresh_sim.stats["input_images"] == 4 and fresh_sim.stats["params"]["input_fidelity"] == 3
     assert df.input_tokens.gt(0).all() if "input_tokens" in df else True
 
@@ -264,11 +269,11 @@ def test_a_url_input_that_fails_to_download_is_download_failed(fresh_sim, tmp_pa
 
 
 def test_edit_only_and_edit_refusing_settings_are_usage_errors(prompts, edits_table, cli):
-    r = cli("plan", prompts, "--model", "gpt-image-1", "--input-fidelity", "high")
+    r = cli("plan", prompts, "--model", "gpt-image-2", "--input-fidelity", "high")
     assert r.exit_code == 2 and "applies to edits only" in r.output
     r = cli("plan", edits_table, "--model", "dall-e-3")
     assert r.exit_code == 2 and "does not edit images" in r.output
-    r = cli("plan", edits_table, "--model", "gpt-image-1", "--image-column", "picture")
+    r = cli("plan", edits_table, "--model", "gpt-image-2", "--image-column", "picture")
     assert r.exit_code == 2 and "--image-column 'picture'" in r.output
 
 
@@ -281,7 +286,8 @@ def test_edit_bodies_conform_to_the_published_schema(edits_table, tmp_path):
     schema = json.loads((SPEC / "openai-images-edits.schema.json").read_text())
     json_body = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/EditImageBodyJsonParam"})
     multipart = set(schema["$defs"]["CreateImageEditRequest"]["properties"])
-    _, _, plan = prepare(str(edits_table), {"defaults": {**GPT, "input_fidelity": "low", "output_format": "webp"}})
+    _, _, plan = prepare(str(edits_table), {"defaults": {**GPT, "model": "gpt-image-1", "input_fidelity": "low",
+                                                         "output_format": "webp"}})
     sent = [t for t in plan.tasks if t.problem is None]
     assert len(sent) == 3
     for task in sent:

@@ -30,6 +30,9 @@ def prompts(tmp_path, count=3) -> Path:
 
 
 def run(server, csv, out, token=TOKEN, **options):
+    # OpenAI's default model is shut down: a run names one (its answers here are the server's own).
+    if "model" not in options and "model" not in options.get("defaults", {}):
+        options["model"] = "gpt-image-2"
     return batchgen.run(str(csv), out=str(out), provider="openai", base_url=server.base_url,
                         environ={"OPENAI_API_KEY": token}, **{**FAST, **options})
 
@@ -90,8 +93,10 @@ def test_a_token_the_server_echoes_is_written_nowhere(tmp_path):
             {"url": f"http://127.0.0.1:{server.port}/img.png?key={SECRET}", "revised_prompt": f"echo {SECRET}"}]})
 
     with Hostile(answer, files={"/img.png": png()}) as server:
-        summary = run(server, prompts(tmp_path, 2), tmp_path / "out", token=SECRET,
-                      defaults={"response_format": "url"}, max_retries=3)
+        # url answers: dall-e-3, which AceData serves
+        summary = batchgen.run(str(prompts(tmp_path, 2)), out=str(tmp_path / "out"), provider="acedata",
+                               base_url=server.base_url, environ={"ACEDATA_API_TOKEN": SECRET},
+                               defaults={"model": "dall-e-3", "response_format": "url"}, **{**FAST, "max_retries": 3})
     assert summary.ok == 2
     assert SECRET not in every_file_text(tmp_path / "out")
     assert results(tmp_path / "out").image_url.str.contains("[redacted]", regex=False).all()
@@ -171,7 +176,8 @@ def test_nothing_listening_stops_the_run_within_a_few_tries(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]             # closed again: nothing listens there
     summary = batchgen.run(str(prompts(tmp_path, 20)), out=str(tmp_path / "out"), provider="openai",
-                           base_url=f"http://127.0.0.1:{port}/v1", environ={"OPENAI_API_KEY": TOKEN}, **FAST)
+                           base_url=f"http://127.0.0.1:{port}/v1", environ={"OPENAI_API_KEY": TOKEN},
+                           model="gpt-image-2", **FAST)
     assert summary.exit_status == 3 and summary.stopped == "endpoint_error"
     assert "cannot connect" in summary.stop_message and summary.requests_sent <= 6
 
@@ -208,6 +214,7 @@ def test_ctrl_c_with_nothing_in_flight_ends_without_waiting_for_the_grace_period
         env = {**os.environ, "OPENAI_API_KEY": TOKEN, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", prompts(tmp_path, 4),
                                  "--out", tmp_path / "out", "--provider", "openai", "--base-url", server.base_url,
+                                 "--model", "gpt-image-2",
                                  "--no-progress", "--concurrency", "1"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for line in proc.stderr:             # the 429 was taken in: the run now only waits
@@ -300,21 +307,22 @@ def limited_run(tmp_path, sim, limits: dict, *args, stderr=subprocess.PIPE):
 
 def test_a_disk_too_small_for_the_results_stops_with_the_message_and_loses_nothing(tmp_path, fresh_sim):
     csv, out = prompts(tmp_path, 3), tmp_path / "out"
+    # nano-banana makes the small images asked for (256x256): they fit, the results do not
     proc = limited_run(tmp_path, fresh_sim, {"RLIMIT_FSIZE": (12_000, 12_000)}, csv, "--out", out, "--no-progress",
-                       "--model", "dall-e-2", "--size", "256x256")
+                       "--model", "nano-banana", "--size", "256x256")
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err
     assert "cannot write under" in stdout and "Traceback" not in err
     fresh_sim.reset_stats()
     again = batchgen.run(str(csv), out=str(out), base_url=fresh_sim.acedata_url,
-                         defaults={"model": "dall-e-2", "size": "256x256"}, environ={"ACEDATA_API_TOKEN": TOKEN})
+                         defaults={"model": "nano-banana", "size": "256x256"}, environ={"ACEDATA_API_TOKEN": TOKEN})
     assert again.exit_status == 0 and fresh_sim.stats["requests"] == 0   # paid once
 
 
 def test_too_few_open_files_for_the_concurrency_saves_every_image(tmp_path, fresh_sim):
     csv, out = prompts(tmp_path, 40), tmp_path / "out"
     proc = limited_run(tmp_path, fresh_sim, {"RLIMIT_NOFILE": (128, 128)}, csv, "--out", out, "--no-progress",
-                       "--concurrency", "300", "--model", "dall-e-2", "--size", "256x256")
+                       "--concurrency", "300", "--model", "dall-e-3", "--size", "1024x1024")
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "needs more open files" in err
@@ -323,7 +331,7 @@ def test_too_few_open_files_for_the_concurrency_saves_every_image(tmp_path, fres
 
 def test_a_closed_stderr_does_not_stop_the_run(tmp_path, fresh_sim):
     csv, out = prompts(tmp_path, 12), tmp_path / "out"
-    proc = limited_run(tmp_path, fresh_sim, {}, csv, "--out", out, "--model", "dall-e-2", "--size", "256x256")
+    proc = limited_run(tmp_path, fresh_sim, {}, csv, "--out", out, "--model", "dall-e-3", "--size", "1024x1024")
     proc.stderr.close()                      # as `2>&1 >log | head` does once head has quit
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, stdout
@@ -360,7 +368,8 @@ def test_a_run_goes_through_the_proxy_the_environment_names(tmp_path, monkeypatc
     with Hostile(answer) as proxy:
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
         summary = batchgen.run(str(prompts(tmp_path, 2)), out=str(tmp_path / "out"), provider="openai",
-                               base_url="http://images.invalid/v1", environ={"OPENAI_API_KEY": TOKEN}, **FAST)
+                               base_url="http://images.invalid/v1", environ={"OPENAI_API_KEY": TOKEN},
+                               model="gpt-image-2", **FAST)
     assert summary.ok == 2 and len(seen) == 2
 
 
@@ -369,7 +378,7 @@ def test_an_answer_with_fewer_images_than_asked_is_recorded_as_such(tmp_path):
         return json_response({"created": 1, "data": [{"b64_json": generation()["data"][0]["b64_json"]}]})
 
     with Hostile(answer) as server:
-        summary = run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-2", "n": 3})
+        summary = run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "gpt-image-2", "n": 3})
         # ok tasks: their missing images are counted apart
         assert summary.exit_status == 1 and summary.short == 2 and summary.by_code == {}
         df = results(tmp_path / "out")
@@ -378,7 +387,7 @@ def test_an_answer_with_fewer_images_than_asked_is_recorded_as_such(tmp_path):
         assert sorted(missing.image_index) == [1, 1, 2, 2]
         assert (missing.error_message == "asked for 3 images, the answer had 1").all()
         # Paid for: a rerun does not ask again.
-        assert run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "dall-e-2", "n": 3}).short == 2
+        assert run(server, prompts(tmp_path, 2), tmp_path / "out", defaults={"model": "gpt-image-2", "n": 3}).short == 2
         assert server.requests == 2
 
 

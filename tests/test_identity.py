@@ -14,7 +14,7 @@ from batchgen.planning.reader import read_table
 from batchgen.planning.settings import JobConfig
 from batchgen.planning.tasks import make_plan, task_id
 
-MODEL = ("--model", "dall-e-2", "--size", "256x256")
+MODEL = ("--model", "dall-e-3", "--size", "1024x1024")
 
 
 @pytest.fixture
@@ -62,10 +62,10 @@ def test_editing_a_pass_through_cell_sends_nothing_and_the_results_show_the_new_
 def test_changing_a_prompt_or_a_parameter_makes_a_new_task(run):
     assert run("prompt,size\nan otter,\na fox,\n") == 2
     assert run("prompt,size\nan otter,\na red fox,\n") == 1                 # the prompt
-    assert run("prompt,size\nan otter,512x512\na red fox,\n") == 1          # a row's own parameter
+    assert run("prompt,size\nan otter,1792x1024\na red fox,\n") == 1        # a row's own parameter
     df = results(run.out)
     assert df.in_input.sum() == 2 and (~df.in_input).sum() == 2             # earlier tasks stay listed
-    assert run("prompt,size\nan otter,256x256\na red fox,\n") == 0          # = the default: the same request
+    assert run("prompt,size\nan otter,1024x1024\na red fox,\n") == 0        # = the default: the same request
 
 
 def test_identical_rows_stay_two_tasks_and_one_more_is_one_more(run):
@@ -77,8 +77,8 @@ def test_identical_rows_stay_two_tasks_and_one_more_is_one_more(run):
 
 
 def test_reordering_the_input_sends_nothing(run):
-    assert run("prompt,size\nan otter,\na fox,512x512\nan otter,\nan owl,\n") == 4
-    assert run("prompt,size\nan owl,\nan otter,\na fox,512x512\nan otter,\n") == 0
+    assert run("prompt,size\nan otter,\na fox,1792x1024\nan otter,\nan owl,\n") == 4
+    assert run("prompt,size\nan owl,\nan otter,\na fox,1792x1024\nan otter,\n") == 0
     assert results(run.out).in_input.all()
 
 
@@ -114,7 +114,8 @@ def test_a_folder_of_the_previous_ids_resumes_without_sending(run, cli, tmp_path
     assert run(csv_text) == 3
     before = results(run.out)
     old_ids = _make_legacy(run.out, tmp_path / "p.csv",
-                           JobConfig(source=str(tmp_path / "p.csv"), defaults={"model": "dall-e-2", "size": "256x256"}))
+                           JobConfig(source=str(tmp_path / "p.csv"),
+                                     defaults={"model": "dall-e-3", "size": "1024x1024"}))
     assert run(csv_text) == 0
     df = results(run.out)
     assert len(df) == 3 and df.in_input.all() and not set(df.task_id) & old_ids
@@ -129,7 +130,7 @@ def test_a_folder_of_the_previous_ids_resumes_without_sending(run, cli, tmp_path
 # ---- the pieces, without a server -----------------------------------------------------------
 
 def test_the_id_is_the_request():
-    params = {"model": "dall-e-2", "size": "256x256"}
+    params = {"model": "dall-e-3", "size": "1024x1024"}
     table = pa.table({"prompt": ["an otter", "an otter", "a fox"], "tag": [1, 2, 3]})
     plan = make_plan(table, JobConfig(defaults=params))
     assert [t.task_id for t in plan.tasks] == [task_id("an otter", params, 0), task_id("an otter", params, 1),
@@ -137,17 +138,17 @@ def test_the_id_is_the_request():
     assert all(len(t.task_id) == 16 and int(t.task_id, 16) >= 0 for t in plan.tasks)
 
 
-def test_legacy_ids_are_the_previous_scheme():
-    # Ids the previous version gave these rows (computed with its job.py).
+def test_legacy_ids_are_the_previous_scheme(dall_e_2_live):
+    # Ids the previous version gave these rows (computed with its job.py), when dall-e-2 was live.
     table = pa.table({"prompt": ["an otter", "a fox", "an otter"], "tag": ["a", "b", "a"], "n": [None, 2, None]})
-    config = JobConfig(defaults={"model": "dall-e-2"})
+    config = JobConfig(defaults={"model": "dall-e-2"}, models=dall_e_2_live)
     plan = make_plan(table, config)
     assert legacy_ids(table, config, plan) == ["6900cf4d00f63917", "dbad6c46e8f6f2fd", "0ea48f4eba0c46ae"]
 
 
 def test_alias_records_carry_finished_outcomes_to_the_new_ids():
     table = pa.table({"prompt": ["an otter", "a fox", "an owl"]})
-    config = JobConfig(defaults={"model": "dall-e-2"})
+    config = JobConfig(defaults={"model": "dall-e-3"})
     plan = make_plan(table, config)
     old = legacy_ids(table, config, plan)
     replay = Replay()

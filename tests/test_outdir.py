@@ -50,7 +50,7 @@ def test_every_row_and_job_json_say_where_the_results_came_from(cli, fresh_sim, 
 
 def test_a_simulated_run_says_so_on_every_row(cli, prompts_csv, tmp_path):
     out = tmp_path / "out"
-    r = cli("run", prompts_csv, "--out", out, "--simulate", "--provider", "openai", "--model", "gpt-image-1",
+    r = cli("run", prompts_csv, "--out", out, "--simulate", "--provider", "openai", "--model", "gpt-image-2",
             "--no-progress")
     assert r.exit_code == 0, r.output
     df = results(out)
@@ -64,10 +64,12 @@ def test_rows_keep_the_origin_of_the_run_that_made_them(cli, fresh_sim, tmp_path
     csv = tmp_path / "p.csv"
     pd.DataFrame({"prompt": PROMPTS[:2]}).to_csv(csv, index=False)
     out = tmp_path / "out"
+    # gpt-image-2: a model both serve
     assert cli("run", csv, "--out", out, "--base-url", fresh_sim.acedata_url, "--limit", "1",
-               "--no-progress").exit_code == 0
+               "--model", "gpt-image-2", "--quality", "low", "--no-progress").exit_code == 0
     assert cli("run", csv, "--out", out, "--base-url", fresh_sim.openai_base_url, "--provider", "openai",
-               "--no-progress", env={"OPENAI_API_KEY": TOKEN}).exit_code == 0
+               "--model", "gpt-image-2", "--quality", "low", "--no-progress",
+               env={"OPENAI_API_KEY": TOKEN}).exit_code == 0
     df = results(out).set_index("prompt")
     assert df.loc[PROMPTS[0], "provider"] == "acedata" and df.loc[PROMPTS[1], "provider"] == "openai"
     assert df.loc[PROMPTS[1], "endpoint"] == fresh_sim.openai_base_url + "/images/generations"

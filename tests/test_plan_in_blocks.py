@@ -47,9 +47,10 @@ GOLDEN_DIGEST = "a8a523d4acc132d8a64f87ffa8bf6044"
 
 
 @pytest.mark.parametrize("rows", [1, 7, 1000, 65_536])
-def test_the_plan_of_any_block_size_is_the_plan_made_before_blocks(monkeypatch, rows):
+def test_the_plan_of_any_block_size_is_the_plan_made_before_blocks(monkeypatch, rows, dall_e_2_live):
     monkeypatch.setattr(batchgen.planning.tasks, "PLAN_ROWS", rows)
-    plan = make_plan(golden_table(), JobConfig(**GOLDEN_CONFIG))
+    # the golden plan's rows name dall-e-2, live when it was made
+    plan = make_plan(golden_table(), JobConfig(**GOLDEN_CONFIG, models=dall_e_2_live))
     assert (len(plan.tasks), plan.refused) == (6000, 3796)
     assert digest(plan) == GOLDEN_DIGEST
 

@@ -44,7 +44,7 @@ def test_task_ids_do_not_depend_on_column_order():
 
 def test_task_ids_change_with_the_parameters():
     df = pa.table({"prompt": ["otter"]})
-    assert ids(make_plan(df, config())) != ids(make_plan(df, config(defaults={"model": "dall-e-2"})))
+    assert ids(make_plan(df, config())) != ids(make_plan(df, config(defaults={"model": "gpt-image-2"})))
 
 
 def test_row_columns_set_their_parameters_and_empty_cells_fall_back():
@@ -198,8 +198,8 @@ def test_a_number_prompt_column_and_its_text_give_the_same_tasks():
 def test_many_repeated_prompts_keep_their_occurrences_in_input_order():
     from batchgen.planning.tasks import task_id
     df = pa.table({"prompt": ["a", "b", "a", "a", "b"], "n": [None, None, 2, None, None]})
-    plan = make_plan(df, config(defaults={"model": "dall-e-2"}))
-    one, two = {"model": "dall-e-2"}, {"model": "dall-e-2", "n": 2}
+    plan = make_plan(df, config(defaults={"model": "gpt-image-2"}))
+    one, two = {"model": "gpt-image-2"}, {"model": "gpt-image-2", "n": 2}
     assert ids(plan) == [task_id("a", one, 0), task_id("b", one, 0), task_id("a", two, 0),
                          task_id("a", one, 1), task_id("b", one, 1)]
 
@@ -214,7 +214,7 @@ def test_the_pass_through_digest_follows_the_cells():
 
 def test_n_written_as_a_whole_number_in_text_is_that_number():
     df = pa.table({"prompt": ["a", "b"], "n": ["2.0", "two"]})
-    plan = make_plan(df, config(defaults={"model": "dall-e-2"}))
+    plan = make_plan(df, config(defaults={"model": "gpt-image-2"}))
     assert plan.tasks[0].params["n"] == 2 and plan.tasks[0].problem is None
     assert plan.tasks[1].problem == "n 'two' is not a whole number"
 
@@ -222,28 +222,28 @@ def test_n_written_as_a_whole_number_in_text_is_that_number():
 # ---- defaults against the models the rows use ---------------------------------------------
 
 def test_a_default_is_checked_against_the_models_the_rows_name():
-    df = pa.table({"prompt": ["otter", "fox"], "model": ["gpt-image-1", "gpt-image-1"]})
+    df = pa.table({"prompt": ["otter", "fox"], "model": ["gpt-image-2", "gpt-image-2"]})
     plan = make_plan(df, config(defaults={"quality": "low"}))
     assert [t.problem for t in plan.tasks] == [None, None]
-    assert [t.params for t in plan.tasks] == [{"model": "gpt-image-1", "quality": "low"}] * 2
+    assert [t.params for t in plan.tasks] == [{"model": "gpt-image-2", "quality": "low"}] * 2
 
 
 def test_a_row_whose_model_refuses_a_default_others_use_is_refused_alone():
-    df = pa.table({"prompt": ["otter", "fox"], "model": ["gpt-image-1", None]})
+    df = pa.table({"prompt": ["otter", "fox"], "model": ["gpt-image-2", None]})
     plan = make_plan(df, config(defaults={"model": "dall-e-3", "quality": "low"}))
     assert plan.tasks[0].problem is None
     assert plan.tasks[1].problem == "quality 'low' is not allowed for dall-e-3 (allowed: standard, hd)"
 
 
 def test_a_default_no_model_of_the_rows_allows_is_a_usage_error_naming_each():
-    df = pa.table({"prompt": ["otter", "fox"], "model": ["gpt-image-1", "dall-e-3"]})
+    df = pa.table({"prompt": ["otter", "fox"], "model": ["gpt-image-2", "dall-e-3"]})
     with pytest.raises(UsageError, match=r"default quality 'ultra' is not allowed for dall-e-3 "
                                          r"\(allowed: standard, hd\), "
-                                         r"nor for gpt-image-1 \(allowed: low, medium, high, auto\)"):
+                                         r"nor for gpt-image-2 \(allowed: low, medium, high, auto\)"):
         make_plan(df, config(defaults={"quality": "ultra"}))
     # A swept model is the model of every row at its point.
-    with pytest.raises(UsageError, match="sweep quality 'low' is not allowed for dall-e-2"):
-        make_plan(df, config(sweep=parse_sweep(["model=dall-e-2", "quality=low"])))
+    with pytest.raises(UsageError, match="sweep quality 'low' is not allowed for dall-e-3"):
+        make_plan(df, config(sweep=parse_sweep(["model=dall-e-3", "quality=low"])))
 
 
 @pytest.mark.parametrize("where, value, message", [

@@ -36,8 +36,9 @@ def test_the_batch_api_costs_half(prices):
 
 def test_no_price_for_an_unknown_model_or_one_without_a_published_price(prices):
     assert prices.estimate({"model": "flux-pro"}) is None
-    assert prices.estimate({"model": "gpt-image-2", "quality": "low", "size": "1024x1024"}) is None
-    assert not prices.has_price("gpt-image-2")
+    # gpt-image-2.5's xhigh has no published token count; nano-banana no published price
+    assert prices.estimate({"model": "gpt-image-2.5-flare", "quality": "xhigh", "size": "1024x1024"}) is None
+    assert not prices.has_price("nano-banana")
 
 
 def test_cost_from_usage_prices_each_kind_of_token(prices):
@@ -52,11 +53,11 @@ def test_cost_from_usage_prices_each_kind_of_token(prices):
 
 def test_a_price_file_adds_a_token_priced_model(tmp_path):
     path = tmp_path / "prices.json"
-    path.write_text(json.dumps({"models": {"gpt-image-2": {
+    path.write_text(json.dumps({"models": {"nano-banana": {
         "tokens_usd_per_million": {"text_input": 5, "image_input": 8, "image_output": 30}}}}))
     table = pricing.load(str(path))
     # the published output-token counts: 272 for a low 1024x1024 image
-    assert table.estimate({"model": "gpt-image-2", "quality": "low", "size": "1024x1024"}) == \
+    assert table.estimate({"model": "nano-banana", "quality": "low", "size": "1024x1024"}) == \
         pytest.approx(272 * 30 / 1e6)
     # a size of its own: the square's count scaled by the area
     assert table.estimate({"model": "gpt-image-2", "quality": "low", "size": "2048x1024"}) == \

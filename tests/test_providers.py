@@ -16,12 +16,14 @@ def test_a_new_provider_is_one_entry(monkeypatch, fresh_sim, tmp_path):
     csv = tmp_path / "p.csv"
     pd.DataFrame({"prompt": PROMPTS}).to_csv(csv, index=False)
 
-    summary = batchgen.run(csv, out=str(tmp_path / "out"), provider="acme", environ={"ACME_KEY": TOKEN})
+    summary = batchgen.run(csv, out=str(tmp_path / "out"), provider="acme", environ={"ACME_KEY": TOKEN},
+                           model="gpt-image-2", quality="low")
     assert summary.ok == 3 and summary.exit_status == 0
     assert set(results(tmp_path / "out").provider) == {"acme"}
 
     # A rejected token stops the run, and the advice names this provider's variable.
-    stopped = batchgen.run(csv, out=str(tmp_path / "out2"), provider="acme", environ={"ACME_KEY": "wrong"})
+    stopped = batchgen.run(csv, out=str(tmp_path / "out2"), provider="acme", environ={"ACME_KEY": "wrong"},
+                           model="gpt-image-2", quality="low")
     assert stopped.exit_status == 3 and "ACME_KEY" in stopped.stop_message
 
 

@@ -17,8 +17,8 @@ def test_the_default_concurrency_follows_the_latency_to_the_servers_limit(tmp_pa
     csv = make_prompts(tmp_path / "p.csv", 160)
     with SimulatorThread(rpm_limit=1200, latency=1.0, ratelimit_headers=False) as sim:
         summary = batchgen.run(str(csv), out=str(tmp_path / "out"), base_url=sim.acedata_url,
-                               environ={"ACEDATA_API_TOKEN": "sim-token"}, model="dall-e-2",
-                               size="256x256", progress=False)
+                               environ={"ACEDATA_API_TOKEN": "sim-token"}, model="dall-e-3",
+                               size="1024x1024", progress=False)
         stats = sim.stats.copy()
     assert summary.exit_status == 0 and summary.ok == 160
     assert summary.pace is not None and summary.pace["concurrency"] == "auto"
@@ -31,8 +31,8 @@ def test_a_fixed_concurrency_is_the_ceiling(tmp_path):
     csv = make_prompts(tmp_path / "p.csv", 40)
     with SimulatorThread(latency=0.2) as sim:
         summary = batchgen.run(str(csv), out=str(tmp_path / "out"), base_url=sim.acedata_url,
-                               environ={"ACEDATA_API_TOKEN": "sim-token"}, model="dall-e-2",
-                               size="256x256", concurrency=5, progress=False)
+                               environ={"ACEDATA_API_TOKEN": "sim-token"}, model="dall-e-3",
+                               size="1024x1024", concurrency=5, progress=False)
     assert summary.exit_status == 0
     assert summary.pace["concurrency"] == 5 and summary.pace["peak_in_flight"] <= 5
 
@@ -46,8 +46,8 @@ def test_status_shows_the_pace_and_what_is_in_flight_while_a_run_goes(tmp_path):
 
         def run():
             box["summary"] = batchgen.run(str(csv), out=str(out), base_url=sim.acedata_url,
-                                          environ={"ACEDATA_API_TOKEN": "sim-token"}, model="dall-e-2",
-                                          size="256x256", progress=False)
+                                          environ={"ACEDATA_API_TOKEN": "sim-token"}, model="dall-e-3",
+                                          size="1024x1024", progress=False)
         thread = threading.Thread(target=run)
         thread.start()
         try:
@@ -76,8 +76,8 @@ def test_every_way_a_server_states_its_limit_is_held(tmp_path, style, headers):
     with SimulatorThread(rpm_limit=2400, latency=0.3, latency_spread=0.2, ratelimit_headers=headers,
                          rate_limit_retry_after=style) as sim:
         summary = batchgen.run(str(csv), out=str(tmp_path / "out"), base_url=sim.acedata_url,
-                               environ={"ACEDATA_API_TOKEN": "sim-token"}, model="dall-e-2",
-                               size="256x256", progress=False)
+                               environ={"ACEDATA_API_TOKEN": "sim-token"}, model="dall-e-3",
+                               size="1024x1024", progress=False)
         stats = sim.stats.copy()
     assert summary.exit_status == 0 and summary.ok == 120
     assert stats.by_status.get("429", 0) <= 0.25 * stats.requests

@@ -32,8 +32,8 @@ def test_csv_quoted_cells_byte_order_mark_and_tsv(tmp_path):
     path.write_bytes('\ufeffprompt,tag\n"an otter, floating","two\nlines"\n'.encode("utf-8"))
     assert read_table(path).to_pydict() == {"prompt": ["an otter, floating"], "tag": ["two\nlines"]}
     tsv = tmp_path / "p.tsv"
-    tsv.write_text("prompt\tsize\nan otter, floating\t256x256\n")
-    assert read_table(tsv).to_pydict() == {"prompt": ["an otter, floating"], "size": ["256x256"]}
+    tsv.write_text("prompt\tsize\nan otter, floating\t1024x1024\n")
+    assert read_table(tsv).to_pydict() == {"prompt": ["an otter, floating"], "size": ["1024x1024"]}
 
 
 def test_repeated_and_empty_header_names_are_made_unique(tmp_path):
@@ -81,8 +81,8 @@ def test_pass_through_columns_reach_the_results_with_their_types(cli, fresh_sim,
                     f'"{PROMPTS[0]}",1,0.5,first,draft\n'
                     f'"{PROMPTS[1]}",,1.5,,final\n')
     out = tmp_path / "out"
-    r = cli("run", path, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-2",
-            "--size", "256x256", "--no-progress")
+    r = cli("run", path, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3",
+            "--size", "1024x1024", "--no-progress")
     assert r.exit_code == 0, r.output
     df = results(out).sort_values("row_index")
     assert str(df.seed.dtype) == "Int64" and df.seed.tolist()[0] == 1 and df.seed.isna().tolist() == [False, True]
@@ -108,7 +108,7 @@ def test_a_run_does_not_import_pandas_nor_pyarrow_compute_without_passthrough(tm
     path.write_text(csv)
     code = ("import sys, batchgen\n"
             f"s = batchgen.run({str(path)!r}, out={str(tmp_path / 'out')!r}, simulate=True,\n"
-            "                 defaults={'model': 'dall-e-2', 'size': '256x256'})\n"
+            "                 defaults={'model': 'dall-e-3', 'size': '1024x1024'})\n"
             "print(s.ok, 'pandas' in sys.modules, 'pyarrow.compute' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -121,8 +121,8 @@ def test_input_columns_named_like_results_get_unique_names_pandas_and_imagefolde
     pq.write_table(pa.table({"prompt": PROMPTS[:2], "task_id": ["t0", "t1"], "input_task_id": ["i0", "i1"],
                              "file_name": ["f0", "f1"], "status": ["draft", "final"]}), path)
     out = tmp_path / "out"
-    r = cli("run", path, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-2",
-            "--size", "256x256", "--no-progress")
+    r = cli("run", path, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3",
+            "--size", "1024x1024", "--no-progress")
     assert r.exit_code == 0, r.output
     df = results(out)       # pandas refuses a file with two columns of one name
     assert df.columns.is_unique

@@ -382,11 +382,11 @@ def test_without_a_sweep_there_is_nothing_to_place():
 
 def test_points_that_share_no_axes_are_each_a_column():
     df = fabricated_df()
-    df.loc[df["task_id"] == "t2b", "sweep_point"] = "model=dall-e-2"
+    df.loc[df["task_id"] == "t2b", "sweep_point"] = "model=dall-e-3"
     layout = layout_of(df)
-    assert [a.name for a in layout.cols] == [None] and layout.labels == [A, B, "model=dall-e-2"]
+    assert [a.name for a in layout.cols] == [None] and layout.labels == [A, B, "model=dall-e-3"]
     dom = parse(report.build_html(df, layout))
-    assert header_rows(dom) == [[(A, 1), (B, 1), ("model=dall-e-2", 1)]]
+    assert header_rows(dom) == [[(A, 1), (B, 1), ("model=dall-e-3", 1)]]
 
 
 def test_a_row_axis_gives_each_prompt_a_row_per_value():
@@ -875,9 +875,9 @@ def paged_run(tmp_path_factory):
     prompts = [f"prompt {i}: " + (POLICY_WORD if i in (3, 10) else "a harbour at dawn") for i in range(13)]
     pd.DataFrame({"prompt": prompts}).to_csv(csv, index=False)
     out = base / "one" / "out"
-    done = CliRunner().invoke(main, ["run", str(csv), "--out", str(out), "--simulate", "--model", "dall-e-2",
-                                     "--n", "2", "--response-format", "b64_json",
-                                     "--sweep", "size=256x256,512x512", "--no-progress"])
+    done = CliRunner().invoke(main, ["run", str(csv), "--out", str(out), "--simulate", "--model", "gpt-image-2",
+                                     "--n", "2", "--quality", "low",
+                                     "--sweep", "size=1024x1024,1536x1024", "--no-progress"])
     assert done.exit_code == 1, done.output          # the refused prompts' tasks are errors
     return out, pq.read_table(out / "results.parquet")
 
@@ -902,22 +902,24 @@ def test_the_report_is_the_same_whatever_the_row_groups_and_the_order(paged_run,
 
 def test_the_report_of_a_run_says_what_the_run_made(paged_run, tmp_path, monkeypatch):
     """The golden figures of paged_run: 13 prompts x 2 points = 26 tasks; the two refused
-    prompts' 4 tasks are errors; 22 tasks ok of 2 images each; dall-e-2 at $0.016 (256x256)
-    and $0.018 (512x512) an image."""
+    prompts' 4 tasks are errors; 22 tasks ok of 2 images each; gpt-image-2 low, billed by its
+    answers' usage: 272 output tokens an image at 1024x1024 and 408 at 1536x1024 (the simulator's
+    count, by area), $30 per 1M, and the prompt's text tokens at $5 per 1M."""
     out, table = paged_run
     out = _rewritten(out, tmp_path / "out", table, row_group_size=7)
     monkeypatch.setattr(report, "BATCH_ROWS", 6)
     report.write_report(out, per_page=4)
     first = parse((out / "report.html").read_text(encoding="utf-8"))
     meta = [p.text() for p in first.find_all("p", "meta")]
-    assert "13 prompts × 2 sweep points: 26 tasks, 22 ok, 4 with errors, 44 images, estimated cost $0.748" in meta
+    assert "13 prompts × 2 sweep points: 26 tasks, 22 ok, 4 with errors, 44 images, estimated cost $0.45" in meta
     stats = [[" ".join(td.text().split()) for td in tr.find_all("td")]
              for tr in first.find_all("table", "stats")[0].find_all("tbody")[0].find_all("tr")]
     assert [s[:6] for s in stats] == [
-        ["size=256x256", "13", "11", "2", "22", "content_policy_violation × 2"],
-        ["size=512x512", "13", "11", "2", "22", "content_policy_violation × 2"],
+        ["size=1024x1024", "13", "11", "2", "22", "content_policy_violation × 2"],
+        ["size=1536x1024", "13", "11", "2", "22", "content_policy_violation × 2"],
         ["all points", "26", "22", "4", "44", "content_policy_violation × 4"]]
-    assert [s[8] for s in stats] == ["$0.352", "$0.396", "$0.748"]
+    # 11 tasks x (2 x 272 tokens x $30/1M + the prompt's 7 text tokens x $5/1M) = $0.1799; 2 x 408 at 1536x1024
+    assert [s[8] for s in stats] == ["$0.18", "$0.27", "$0.45"]
     # Prompts in row order, 4 a page; the refused ones are an error in both columns.
     pages = {}
     for number, name in enumerate(["report.html", "report-2.html", "report-3.html", "report-4.html"], 1):

@@ -55,7 +55,7 @@ def make_folder(tmp: Path) -> tuple:
     csv.write_text(CSV, encoding="utf-8")
     out = tmp / "out"
     out.mkdir()
-    config = resolve_config(str(csv), {**OPTIONS, "out": str(out)})
+    config = resolve_config(str(csv), {**OPTIONS, "out": str(out), "models": _dall_e_2_live(tmp)})
     plan = make_plan(read_table(csv), config)
     t = {(task.row_index, task.point): task for task in plan.tasks}
 
@@ -116,9 +116,16 @@ def make_folder(tmp: Path) -> tuple:
     return csv, out
 
 
+def _dall_e_2_live(folder: Path) -> str:
+    """The folder's rows name dall-e-2, live on AceData when the folder was made."""
+    models = folder / "dall-e-2-live.json"
+    models.write_text(json.dumps({"providers": {"acedata": {"models": {"dall-e-2": {"status": "live"}}}}}))
+    return str(models)
+
+
 def run_folder(csv: Path, out: Path):
     return batchgen.run(str(csv), out=str(out), base_url=DEAD, concurrency=1, backoff_base=0.01,
-                        environ={"ACEDATA_API_TOKEN": "sim-token"}, **OPTIONS)
+                        environ={"ACEDATA_API_TOKEN": "sim-token"}, models=_dall_e_2_live(csv.parent), **OPTIONS)
 
 
 def rows_of(out: Path) -> list:

@@ -73,7 +73,7 @@ def test_url_mode_downloads_at_once(cli, fresh_sim, prompts_csv, tmp_path):
 
 def test_openai_dialect_with_a_gpt_image_model(cli, fresh_sim, prompts_csv, tmp_path):
     out = tmp_path / "out"
-    r = cli("run", prompts_csv, "--out", out, "--provider", "openai", "--model", "gpt-image-1",
+    r = cli("run", prompts_csv, "--out", out, "--provider", "openai", "--model", "gpt-image-2",
             "--quality", "low", env={"ACEDATA_API_TOKEN": None, "OPENAI_API_KEY": TOKEN,
                                      "OPENAI_BASE_URL": fresh_sim.openai_base_url})
     assert r.exit_code == 0, r.output
@@ -162,10 +162,11 @@ def test_duplicate_rows_are_two_tasks(cli, fresh_sim, tmp_path):
 
 def test_another_job_on_the_same_out_is_refused_and_touches_nothing(cli, fresh_sim, prompts_csv, tmp_path):
     out = tmp_path / "out"
-    cli("run", prompts_csv, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3")
+    cli("run", prompts_csv, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "gpt-image-2",
+        "--quality", "low")
     snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     fresh_sim.reset_stats()
-    r = cli("run", prompts_csv, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-2")
+    r = cli("run", prompts_csv, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3")
     assert r.exit_code == 2
     assert "another job" in r.output and "Traceback" not in r.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
@@ -264,12 +265,12 @@ def test_every_request_body_conforms_to_the_published_schema():
     configs = [
         JobConfig(defaults={"model": "dall-e-3", "response_format": "url"},
                   sweep=parse_sweep(["quality=standard,hd", "style=vivid,natural", "size=1024x1024,1792x1024"])),
-        JobConfig(defaults={"model": "dall-e-2", "n": 4}, sweep=parse_sweep(["size=256x256,512x512"])),
-        JobConfig(defaults={"model": "gpt-image-1"},
+        JobConfig(defaults={"model": "gpt-image-2", "n": 4}, sweep=parse_sweep(["size=1024x1024,1536x1024"])),
+        JobConfig(defaults={"model": "gpt-image-2"},
                   sweep=parse_sweep(["quality=low,high,auto", "size=auto,1536x1024"])),
         JobConfig(defaults={"model": "gpt-image-2", "size": "1536x864"}),
         JobConfig(defaults={}),
-        JobConfig(defaults={"model": "gpt-image-1", "background": "opaque", "output_compression": 60,
+        JobConfig(defaults={"model": "gpt-image-2", "background": "opaque", "output_compression": 60,
                             "moderation": "low"}, params={"user": "dataset-42"},
                   sweep=parse_sweep(["output_format=webp,jpeg"])),
     ]
@@ -279,7 +280,7 @@ def test_every_request_body_conforms_to_the_published_schema():
     assert len(bodies) == 16 + 4 + 12 + 2 + 2 + 4
     for body in bodies:
         validator.validate(body)
-    assert "response_format" not in bodies[20]  # gpt-image: never sent
+    assert "response_format" not in bodies[16]  # gpt-image: never sent
     with pytest.raises(jsonschema.ValidationError):
         validator.validate({"prompt": "x", "n": 11})  # the validator does refuse bad bodies
 
@@ -315,8 +316,8 @@ def test_n_images_per_request_give_one_row_and_one_file_each(cli, fresh_sim, tmp
     pd.DataFrame({"prompt": ["three cats \U0001F408 in a row", "\u4e00\u53ea\u732b"],
                   "n": [3, None]}).to_csv(path, index=False)
     out = tmp_path / "out"
-    r = cli("run", path, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-2",
-            "--size", "256x256", "--n", "2", "--rpm", "6000")
+    r = cli("run", path, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "gpt-image-2",
+            "--quality", "low", "--size", "1024x1024", "--n", "2", "--rpm", "6000")
     assert r.exit_code == 0, r.output
     df = results(out)
     assert df.groupby("row_index").size().to_dict() == {0: 3, 1: 2}
@@ -345,7 +346,9 @@ def test_hugging_face_imagefolder_loads_the_output(cli, fresh_sim, prompts_csv, 
 
 def test_an_unknown_model_is_sent_unchecked_with_one_warning(cli, fresh_sim, prompts_csv, tmp_path):
     r = cli("run", prompts_csv, "--out", tmp_path / "out", "--base-url", fresh_sim.acedata_url,
-            "--model", "flux-pro", "--size", "7x7", "--no-progress")
+            "--model", "flux-pro", "--size", "7x7", "--no-progress", "--concurrency", "1")
     assert r.output.count("model 'flux-pro' is not one batchgen knows") == 1
-    assert fresh_sim.stats.requests == 3  # sent: the server, not batchgen, refuses it
-    assert set(results(tmp_path / "out").http_status) == {400}
+    # sent: the server, not batchgen, refuses it; its model_not_found stops the run, nothing failed
+    assert r.exit_code == 3 and "does not serve model 'flux-pro'" in r.output
+    assert fresh_sim.stats.requests == 1
+    assert set(results(tmp_path / "out").error_code) == {"model_not_found"}

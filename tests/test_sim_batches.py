@@ -30,7 +30,7 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 # --- helpers ---
 
-def request_line(custom_id: str, prompt: str = None, *, model="gpt-image-1", url=GEN, method="POST",
+def request_line(custom_id: str, prompt: str = None, *, model="gpt-image-2", url=GEN, method="POST",
                  **params) -> dict:
     body = {"prompt": prompt or f"a small watercolour of harbour number {custom_id}",
             "quality": "low", "size": "1024x1024", **params}
@@ -115,7 +115,7 @@ def test_openai_sdk_files_batches_list_cancel_and_content():
         assert b.id in [x.id for x in c.batches.list()]
 
         b = finish(c, b.id)
-        assert b.status == "completed" and b.model == "gpt-image-1"
+        assert b.status == "completed" and b.model == "gpt-image-2"
         assert b.request_counts.total == 7 and b.request_counts.completed == 7
         assert b.request_counts.failed == 0 and b.error_file_id is None
         assert b.created_at <= b.in_progress_at <= b.finalizing_at <= b.completed_at
@@ -263,7 +263,7 @@ def _line(**changes):
 @pytest.mark.parametrize("lines,code,line_no,param", [
     ([request_line("a"), request_line("b", model="dall-e-3", quality="hd")],
      "model_not_supported", 2, "body.model"),
-    ([request_line("a", model="dall-e-2", size="256x256", quality=None)], "model_not_supported", 1, "body.model"),
+    ([request_line("a", model="dall-e-3", size="1024x1024", quality=None)], "model_not_supported", 1, "body.model"),
     ([request_line("a", model=None)], "missing_required_parameter", 1, "body.model"),
     ([request_line("a", model="gpt-image-9")], "model_not_found", 1, "body.model"),
     ([request_line("a"), request_line("a")], "duplicate_custom_id", 2, "custom_id"),
@@ -274,7 +274,7 @@ def _line(**changes):
     ([_line(custom_id=5)], "invalid_type", 1, "custom_id"),
     ([request_line("a"), "{not json"], "invalid_json_line", 2, None),
     ([request_line("a"), "[1, 2]"], "invalid_json_line", 2, None),
-    ([request_line("a"), request_line("b", model="gpt-image-1-mini")], "mismatched_model", 2, "body.model"),
+    ([request_line("a"), request_line("b", model="gpt-image-2.5-flare")], "mismatched_model", 2, "body.model"),
     ([], "empty_file", None, None),
 ])
 def test_validation_failures(instant, lines, code, line_no, param):
@@ -290,7 +290,7 @@ def test_validation_failures(instant, lines, code, line_no, param):
 
 def test_every_bad_line_is_listed(instant):
     lines = [request_line("a"), request_line("b", model="dall-e-3", quality="hd"), request_line("c"),
-             request_line("d", model="dall-e-2", quality=None)]
+             request_line("d", model="dall-e-3", quality=None)]
     c, b = submit(instant, lines)
     assert [(e.code, e.line) for e in b.errors.data] == [("model_not_supported", 2),
                                                        ("model_not_supported", 4)]
@@ -553,10 +553,10 @@ def test_reset_all_forgets_files_and_batches(instant):
 def test_a_batch_of_edits_answers_each_line_for_its_own_input(instant):
     inputs = [png(color=(40 * i, 90, 10)) for i in range(3)]
     lines = [{"custom_id": f"e{i}", "method": "POST", "url": EDITS,
-              "body": {"model": "gpt-image-1", "prompt": "add a hat", "quality": "low",
+              "body": {"model": "gpt-image-2", "prompt": "add a hat", "quality": "low",
                        "images": [{"image_url": data_url(data)}]}} for i, data in enumerate(inputs)]
     lines.append({"custom_id": "no-image", "method": "POST", "url": EDITS,
-                  "body": {"model": "gpt-image-1", "prompt": "add a hat"}})
+                  "body": {"model": "gpt-image-2", "prompt": "add a hat"}})
     c, b = submit(instant, lines, endpoint=EDITS)
     assert b.status == "completed" and (b.request_counts.completed, b.request_counts.failed) == (3, 1)
     answers = {e["custom_id"]: e["response"]["body"] for e in read_file(c, b.output_file_id)}
@@ -574,7 +574,7 @@ def test_a_batch_of_edits_answers_each_line_for_its_own_input(instant):
 
 
 def test_an_edits_batch_takes_edits_of_a_gpt_image_model_only(instant):
-    c, b = submit(instant, [request_line("d", url=EDITS, model="dall-e-2", quality=None)], endpoint=EDITS)
+    c, b = submit(instant, [request_line("d", url=EDITS, model="dall-e-3", quality=None)], endpoint=EDITS)
     assert b.status == "failed" and b.errors.data[0].code == "model_not_supported"
     c, b = submit(instant, [request_line("g")], endpoint=EDITS)
     assert b.status == "failed" and b.errors.data[0].code == "invalid_url"

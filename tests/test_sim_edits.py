@@ -54,12 +54,12 @@ def refs(*images: bytes) -> list:
 
 def test_sdk_edit_names_its_input_and_counts_its_tokens(fresh, sdk):
     result = sdk.images.edit(image=("red.png", RED, "image/png"), prompt="add a hat",
-                             model="gpt-image-1", quality="low", size="1536x1024")
+                             model="gpt-image-2", quality="low", size="1536x1024")
     item = result.data[0]
     assert item.revised_prompt == f"edit of {sha16(RED)}: add a hat"
     assert decode(item.b64_json).size == (1536, 1024) and result.size == "1536x1024"
     usage = result.usage
-    assert usage.output_tokens == 408     # gpt-image-1, 1536x1024, low
+    assert usage.output_tokens == 408     # gpt-image-2, 1536x1024, low
     assert usage.input_tokens_details.image_tokens > 0
     assert usage.input_tokens == usage.input_tokens_details.text_tokens + usage.input_tokens_details.image_tokens
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
@@ -70,23 +70,28 @@ def test_sdk_edit_names_its_input_and_counts_its_tokens(fresh, sdk):
 
 def test_sdk_several_images_and_a_mask(fresh, sdk):
     result = sdk.images.edit(image=[("red.png", RED), ("blue.png", BLUE)], mask=("m.png", HOLE),
-                             prompt="merge them", model="gpt-image-1.5", n=2,
-                             input_fidelity="high", output_format="webp", background="transparent")
+                             prompt="merge them", model="gpt-image-2.5-sunburst", n=2,
+                             output_format="webp", background="transparent")
     notes = {d.revised_prompt for d in result.data}
     assert notes == {f"edit of {sha16(RED)} (+1 more image, mask {sha16(HOLE)}): merge them"}
     images = [decode(d.b64_json) for d in result.data]
     assert [im.format for im in images] == ["WEBP", "WEBP"] and images[0].mode == "RGBA"
     assert images[0].tobytes() != images[1].tobytes()
     assert (result.output_format, result.background) == ("webp", "transparent")
-    low = sdk.images.edit(image=[("red.png", RED), ("blue.png", BLUE)], prompt="merge them",
-                          model="gpt-image-1.5", input_fidelity="low")
-    assert result.usage.input_tokens > low.usage.input_tokens   # high fidelity costs input tokens
-    assert fresh.stats.input_images == 4
+    assert fresh.stats.input_images == 2
+
+
+def test_high_input_fidelity_costs_input_tokens_on_the_model_that_takes_it(fresh):
+    # gpt-image-1, which AceData still serves; the 2.x models take no input_fidelity
+    body = {"model": "gpt-image-1", "prompt": "merge them", "quality": "low", "images": refs(RED, BLUE)}
+    high = edit_json(fresh, {**body, "input_fidelity": "high"}, acedata=True).json()
+    low = edit_json(fresh, {**body, "input_fidelity": "low"}, acedata=True).json()
+    assert high["usage"]["input_tokens"] > low["usage"]["input_tokens"]
 
 
 def test_the_pixels_depend_on_the_input(sdk):
     def edited(image):
-        result = sdk.images.edit(image=("in.png", image), prompt="same prompt", model="gpt-image-1-mini")
+        result = sdk.images.edit(image=("in.png", image), prompt="same prompt", model="gpt-image-2.5-flare")
         return decode(result.data[0].b64_json).tobytes()
     assert edited(RED) != edited(BLUE)
     assert edited(RED) == edited(RED)
@@ -94,16 +99,16 @@ def test_the_pixels_depend_on_the_input(sdk):
 
 def test_sdk_refusal_is_a_bad_request_naming_the_param(sdk):
     with pytest.raises(openai.BadRequestError) as info:
-        sdk.images.edit(image=("x.gif", b"GIF89a" + bytes(40)), prompt="p", model="gpt-image-1")
+        sdk.images.edit(image=("x.gif", b"GIF89a" + bytes(40)), prompt="p", model="gpt-image-2")
     assert info.value.code == "invalid_image_format" and info.value.param == "image"
 
 
 # ---- the JSON body, both dialects -------------------------------------------------------------
 
 def test_json_and_multipart_answer_the_same_input_alike(fresh, sdk):
-    body = {"model": "gpt-image-1", "prompt": "add a hat", "quality": "low", "images": refs(RED)}
+    body = {"model": "gpt-image-2", "prompt": "add a hat", "quality": "low", "images": refs(RED)}
     doc = edit_json(fresh, body).json()
-    via_sdk = sdk.images.edit(image=("red.png", RED), prompt="add a hat", model="gpt-image-1", quality="low")
+    via_sdk = sdk.images.edit(image=("red.png", RED), prompt="add a hat", model="gpt-image-2", quality="low")
     assert doc["data"][0]["revised_prompt"] == via_sdk.data[0].revised_prompt == f"edit of {sha16(RED)}: add a hat"
     assert decode(doc["data"][0]["b64_json"]).tobytes() == decode(via_sdk.data[0].b64_json).tobytes()
     assert doc["usage"]["input_tokens"] == via_sdk.usage.input_tokens
@@ -113,20 +118,22 @@ def test_json_and_multipart_answer_the_same_input_alike(fresh, sdk):
     assert fresh.stats.params["images"] == 2 and fresh.stats.params["image"] == 1
 
 
-def test_json_default_model_mask_and_own_file_links(fresh):
-    # A dall-e-2 url answer is a link to the simulator's own files: an edit may take it.
-    url = call(fresh.openai_url, {"prompt": "a square", "size": "256x256"}).json()["data"][0]["url"]
+def test_json_mask_and_own_file_links_and_no_default_model(fresh):
+    # A dall-e-3 url answer (AceData) is a link to the simulator's own files: an edit may take it.
+    url = call(fresh.acedata_url, {"prompt": "a square"}).json()["data"][0]["url"]
     source = call(url, token=None).body
-    doc = edit_json(fresh, {"prompt": "p", "images": [{"image_url": url}],
-                            "mask": {"image_url": data_url(png((256, 256), alpha=0))}}).json()
+    body = {"prompt": "p", "images": [{"image_url": url}], "mask": {"image_url": data_url(png((1024, 1024), alpha=0))}}
+    doc = edit_json(fresh, {**body, "model": "gpt-image-2"}).json()
     assert doc["data"][0]["revised_prompt"].startswith(f"edit of {sha16(source)} (mask ")
-    assert fresh.stats.by_model == {"dall-e-2": 1, "gpt-image-1.5": 1}
+    assert fresh.stats.by_model == {"dall-e-3": 1, "gpt-image-2": 1}
+    # without a model the JSON form means gpt-image-1.5, shut down on 2026-12-01
+    assert_openai_error(edit_json(fresh, body), 404, code="model_not_found", param="model")
 
 
 def test_faults_are_drawn_per_request_whatever_the_multipart_boundary():
     def statuses():
         with SimulatorThread(seed=5, fail_500=0.5) as sim:
-            return [edit_form(sim, {"prompt": f"p{i}", "model": "gpt-image-1"},
+            return [edit_form(sim, {"prompt": f"p{i}", "model": "gpt-image-2"},
                               {"image": ("a.png", RED)}).status for i in range(16)]
     first = statuses()
     assert first == statuses() and set(first) == {200, 500}   # each call picks a new boundary
@@ -135,37 +142,36 @@ def test_faults_are_drawn_per_request_whatever_the_multipart_boundary():
 # ---- refusals ------------------------------------------------------------------------------------
 
 JSON_REFUSALS = [
-    ({"model": "gpt-image-1", "prompt": "p"}, "images", "missing_required_parameter"),
-    ({"model": "gpt-image-1", "images": refs(RED)}, "prompt", "missing_required_parameter"),
-    ({"model": "dall-e-2", "prompt": "p", "images": refs(RED)}, "model", "invalid_value"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": refs(RED), "style": "vivid"}, "style", "unknown_parameter"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": refs(*[RED] * 17)}, "images", "array_above_max_length"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": refs(b"plain text, not an image")}, "images[0]",
+    ({"model": "gpt-image-2", "prompt": "p"}, "images", "missing_required_parameter"),
+    ({"model": "gpt-image-2", "images": refs(RED)}, "prompt", "missing_required_parameter"),
+    ({"model": "gpt-image-2", "prompt": "p", "images": refs(RED), "style": "vivid"}, "style", "unknown_parameter"),
+    ({"model": "gpt-image-2", "prompt": "p", "images": refs(*[RED] * 17)}, "images", "array_above_max_length"),
+    ({"model": "gpt-image-2", "prompt": "p", "images": refs(b"plain text, not an image")}, "images[0]",
      "invalid_image_format"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": refs(RED, b"RIFF\0\0\0\0WEBPVP8 broken")}, "images[1]",
+    ({"model": "gpt-image-2", "prompt": "p", "images": refs(RED, b"RIFF\0\0\0\0WEBPVP8 broken")}, "images[1]",
      "invalid_image_format"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": [{"image_url": "data:image/png;base64,@@"}]},
+    ({"model": "gpt-image-2", "prompt": "p", "images": [{"image_url": "data:image/png;base64,@@"}]},
      "images[0].image_url", "invalid_image_url"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": [{"image_url": "https://example.com/a.png"}]},
+    ({"model": "gpt-image-2", "prompt": "p", "images": [{"image_url": "https://example.com/a.png"}]},
      "images[0].image_url", "invalid_image_url"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": [{"file_id": "file-abc"}]}, "images[0].file_id",
+    ({"model": "gpt-image-2", "prompt": "p", "images": [{"file_id": "file-abc"}]}, "images[0].file_id",
      "unsupported_value"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": [{"file_id": "f", "image_url": data_url(RED)}]},
+    ({"model": "gpt-image-2", "prompt": "p", "images": [{"file_id": "f", "image_url": data_url(RED)}]},
      "images[0]", "invalid_value"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": ["not an object"]}, "images[0]", "invalid_type"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": refs(RED), "mask": {"image_url": data_url(jpeg())}},
+    ({"model": "gpt-image-2", "prompt": "p", "images": ["not an object"]}, "images[0]", "invalid_type"),
+    ({"model": "gpt-image-2", "prompt": "p", "images": refs(RED), "mask": {"image_url": data_url(jpeg())}},
      "mask", "invalid_image_format"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": refs(RED), "mask": {"image_url": data_url(RED)}},
+    ({"model": "gpt-image-2", "prompt": "p", "images": refs(RED), "mask": {"image_url": data_url(RED)}},
      "mask", "invalid_value"),                                  # no alpha channel
-    ({"model": "gpt-image-1", "prompt": "p", "images": refs(RED),
+    ({"model": "gpt-image-2", "prompt": "p", "images": refs(RED),
       "mask": {"image_url": data_url(png((32, 32), alpha=0))}}, "mask", "invalid_value"),   # not its size
     ({"model": "gpt-image-2", "prompt": "p", "images": refs(RED), "input_fidelity": "low"}, "input_fidelity",
      "unsupported_parameter"),
-    ({"model": "gpt-image-1-mini", "prompt": "p", "images": refs(RED), "input_fidelity": "high"},
-     "input_fidelity", "invalid_value"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": refs(RED), "output_format": "jpeg",
+    ({"model": "gpt-image-2.5-flare", "prompt": "p", "images": refs(RED), "input_fidelity": "high"},
+     "input_fidelity", "unsupported_parameter"),
+    ({"model": "gpt-image-2", "prompt": "p", "images": refs(RED), "output_format": "jpeg",
       "background": "transparent"}, "background", "invalid_value"),
-    ({"model": "gpt-image-1", "prompt": "p", "images": refs(RED), "output_compression": 50},
+    ({"model": "gpt-image-2", "prompt": "p", "images": refs(RED), "output_compression": 50},
      "output_compression", "invalid_value"),
 ]
 
@@ -177,22 +183,14 @@ def test_json_refusals(fresh, body, param, code):
 
 
 FORM_REFUSALS = [
-    ({"model": "gpt-image-1"}, [("image", "a.png", RED)], "prompt", "missing_required_parameter"),
-    ({"model": "gpt-image-1", "prompt": "p"}, [], "image", "missing_required_parameter"),
-    ({"model": "dall-e-3", "prompt": "p"}, [("image", "a.png", RED)], "model", "invalid_value"),
-    ({"model": "gpt-image-1", "prompt": "p"}, [("image[]", "a.png", RED), ("image[]", "b.txt", b"text")],
+    ({"model": "gpt-image-2"}, [("image", "a.png", RED)], "prompt", "missing_required_parameter"),
+    ({"model": "gpt-image-2", "prompt": "p"}, [], "image", "missing_required_parameter"),
+    ({"model": "gpt-image-2", "prompt": "p"}, [("image[]", "a.png", RED), ("image[]", "b.txt", b"text")],
      "image[1]", "invalid_image_format"),
-    ({"model": "gpt-image-1", "prompt": "p", "n": "two"}, [("image", "a.png", RED)], "n", "invalid_type"),
-    ({"model": "gpt-image-1", "prompt": "p", "moderation": "none"}, [("image", "a.png", RED)], "moderation",
+    ({"model": "gpt-image-2", "prompt": "p", "n": "two"}, [("image", "a.png", RED)], "n", "invalid_type"),
+    ({"model": "gpt-image-2", "prompt": "p", "moderation": "none"}, [("image", "a.png", RED)], "moderation",
      "invalid_value"),
-    ({"model": "dall-e-2", "prompt": "p"}, [("image", "a.jpg", jpeg())], "image", "invalid_image_format"),
-    ({"model": "dall-e-2", "prompt": "p"}, [("image", "a.png", png((64, 32), alpha=0))], "image",
-     "invalid_value"),                                          # not square
-    ({"model": "dall-e-2", "prompt": "p"}, [("image", "a.png", RED)], "image", "invalid_value"),  # no alpha
-    ({"model": "dall-e-2", "prompt": "p"}, [("image", "a.png", RED), ("image", "b.png", RED)], "image[1]",
-     "invalid_value"),                                          # one image only
-    ({"model": "dall-e-2", "prompt": "p", "input_fidelity": "low"}, [("image", "a.png", png(alpha=0))],
-     "input_fidelity", "unknown_parameter"),
+    ({"model": "gpt-image-2", "prompt": "p"}, [("image", "a.txt", b"text")], "image", "invalid_image_format"),
 ]
 
 
@@ -201,23 +199,20 @@ def test_multipart_refusals(fresh, fields, files, param, code):
     assert_openai_error(edit_form(fresh, fields, files), 400, code=code, param=param)
 
 
-def test_dall_e_2_edits_a_square_transparent_png_and_answers_a_url(fresh):
-    image = png((256, 256), alpha=0)
-    ans = edit_form(fresh, {"model": "dall-e-2", "prompt": "fill it", "size": "256x256"},
-                    {"image": ("a.png", image)})
-    item = ans.json()["data"][0]
-    assert item["revised_prompt"] == f"edit of {sha16(image)}: fill it" and "usage" not in ans.json()
-    assert Image.open(io.BytesIO(call(item["url"], token=None).body)).size == (256, 256)
+def test_dall_e_edits_are_gone_with_the_models(fresh):
+    # dall-e-2, the only DALL-E model that edited, was shut down on 2026-05-12; dall-e-3 never edited
+    ans = edit_form(fresh, {"model": "dall-e-2", "prompt": "fill it"}, {"image": ("a.png", png((256, 256), alpha=0))})
+    assert_openai_error(ans, 404, code="model_not_found", param="model")
 
 
 def test_an_image_over_50_mb_is_refused(fresh):
     huge = b"\x89PNG\r\n\x1a\n" + bytes(50 * 2**20)
-    ans = edit_form(fresh, {"model": "gpt-image-1", "prompt": "p"}, {"image": ("big.png", huge)})
+    ans = edit_form(fresh, {"model": "gpt-image-2", "prompt": "p"}, {"image": ("big.png", huge)})
     assert_openai_error(ans, 400, code="file_too_large", param="image")
 
 
 def test_token_content_type_and_bad_forms(fresh):
-    body = {"model": "gpt-image-1", "prompt": "p", "images": refs(RED)}
+    body = {"model": "gpt-image-2", "prompt": "p", "images": refs(RED)}
     assert_openai_error(edit_json(fresh, body, token="wrong"), 401, code="invalid_api_key")
     assert_openai_error(edit_json(fresh, None, raw=b"prompt=p", content_type="text/plain"), 400,
                         code="unsupported_content_type")

@@ -19,7 +19,8 @@ from simhttp import TOKEN, Answer, call, simulate_process
 from batchgen.simulator import SimConfig, SimulatorThread, start_simulator
 from batchgen.simulator import rate as rate_mod
 
-BODY = {"prompt": "x", "size": "256x256", "response_format": "b64_json"}
+# OpenAI's dialect serves the gpt-image-2.x models (its default model is shut down): the smallest answer.
+BODY = {"prompt": "x", "model": "gpt-image-2", "quality": "low"}
 
 
 def gen(sim, body=None, **kw) -> Answer:
@@ -294,7 +295,7 @@ def test_the_buckets_are_the_keys_a_refused_key_takes_nothing():
     with SimulatorThread(rpm_limit=60) as sim:                     # a burst of one
         assert gen(sim, token="sk-someone-else").status == 401
         assert gen(sim).status == 200                              # the bucket was untouched
-        other_client = call(sim.acedata_url, {"prompt": "x", "size": "256x256"})
+        other_client = call(sim.acedata_url, {"prompt": "x"})
         assert other_client.status == 429                          # same key, same bucket
 
 
@@ -329,8 +330,8 @@ def test_cli_limit_flags():
                           "--no-ratelimit-headers", "--rate-limit-retry-after", "none",
                           "--latency", "0", "--latency-spread", "0.2") as served:
         url = served.acedata_url
-        assert call(url, {"prompt": "x", "size": "256x256"}).status == 200
-        limited = call(url, {"prompt": "x", "size": "256x256"})
+        assert call(url, {"prompt": "x"}).status == 200
+        limited = call(url, {"prompt": "x"})
         assert limited.status == 429 and "Retry-After" not in limited.headers
         root = url.split("/openai/", 1)[0]
         limits = call(root + "/_sim/limit", token=None).json()["limits"]

@@ -27,6 +27,12 @@ def gen(sim, dialect: str, body=None, **kw) -> Answer:
     return call(url, body, **kw)
 
 
+# OpenAI's dialect serves the gpt-image-2.x models only (December 2026); a body without a model
+# means dall-e-2 there, which is shut down: each body names its model.
+G2 = {"prompt": "x", "model": "gpt-image-2"}
+LOW = {**G2, "quality": "low"}      # the smallest answer OpenAI's dialect makes
+
+
 def pixels(im: Image.Image) -> bytes:
     return im.convert("RGB").tobytes()
 
@@ -46,21 +52,19 @@ def test_urls_and_port(sim):
     assert sim.openai_base_url == f"http://127.0.0.1:{sim.port}/v1"
 
 
-def test_openai_b64_dall_e_2_size_and_prompt_dependent_pixels(fresh):
+def test_openai_b64_size_and_prompt_dependent_pixels(fresh):
     images = []
     for prompt in ("a red fox in snow", "a blue whale at dawn"):
-        ans = gen(fresh, "openai", {"model": "dall-e-2", "prompt": prompt, "size": "256x256",
-                                    "response_format": "b64_json"})
+        ans = gen(fresh, "openai", {**LOW, "prompt": prompt, "size": "1024x640"})
         assert ans.status == 200 and ans.headers["x-request-id"]
         doc = ans.json()
         assert isinstance(doc["created"], int) and len(doc["data"]) == 1
-        assert "revised_prompt" not in doc["data"][0] and "usage" not in doc
+        assert "revised_prompt" not in doc["data"][0] and "usage" in doc
         im = decode(doc["data"][0]["b64_json"])
-        assert im.format == "PNG" and im.size == (256, 256)
+        assert im.format == "PNG" and im.size == (1024, 640)
         images.append(pixels(im))
     assert images[0] != images[1]
-    again = gen(fresh, "openai", {"model": "dall-e-2", "prompt": "a red fox in snow", "size": "256x256",
-                                  "response_format": "b64_json"}).json()
+    again = gen(fresh, "openai", {**LOW, "prompt": "a red fox in snow", "size": "1024x640"}).json()
     assert pixels(decode(again["data"][0]["b64_json"])) == images[0]  # deterministic
 
 
@@ -81,16 +85,15 @@ def test_acedata_url_default_and_download(fresh):
 
 
 def test_dall_e_3_revised_prompt_b64(fresh):
-    doc = gen(fresh, "openai", {"model": "dall-e-3", "prompt": "a lighthouse", "quality": "hd",
+    doc = gen(fresh, "acedata", {"model": "dall-e-3", "prompt": "a lighthouse", "quality": "hd",
                                 "style": "natural", "response_format": "b64_json"}).json()
     item = doc["data"][0]
     assert decode(item["b64_json"]).size == (1024, 1024)
     assert "lighthouse" in item["revised_prompt"] and item["revised_prompt"] != "a lighthouse"
 
 
-def test_dall_e_2_n_images_differ(fresh):
-    doc = gen(fresh, "acedata", {"prompt": "three cats", "n": 3, "size": "256x256",
-                                 "response_format": "b64_json"}).json()
+def test_n_images_differ(fresh):
+    doc = gen(fresh, "acedata", {"model": "gpt-image-1", "prompt": "three cats", "n": 3, "quality": "low"}).json()
     images = [pixels(decode(d["b64_json"])) for d in doc["data"]]
     assert len(images) == 3 and len(set(images)) == 3
     assert fresh.stats.images == 3
@@ -107,7 +110,7 @@ def test_a_sweep_shows_a_difference_style_and_quality_change_the_pixels(fresh):
 
 @pytest.mark.parametrize("dialect", ["openai", "acedata"])
 def test_gpt_image_usage_and_fields(fresh, dialect):
-    ans = gen(fresh, dialect, {"model": "gpt-image-1", "prompt": "a robot", "size": "1536x1024", "quality": "low"})
+    ans = gen(fresh, dialect, {"model": "gpt-image-2", "prompt": "a robot", "size": "1536x1024", "quality": "low"})
     assert ans.status == 200
     doc = ans.json()
     assert "url" not in doc["data"][0] and "revised_prompt" not in doc["data"][0]
@@ -121,7 +124,7 @@ def test_gpt_image_usage_and_fields(fresh, dialect):
 
 @pytest.mark.parametrize("fmt,pil", [("jpeg", "JPEG"), ("webp", "WEBP"), ("png", "PNG")])
 def test_gpt_image_output_formats_and_auto_size(fresh, fmt, pil):
-    doc = gen(fresh, "openai", {"model": "gpt-image-1-mini", "prompt": "a vase", "output_format": fmt}).json()
+    doc = gen(fresh, "openai", {"model": "gpt-image-2.5-flare", "prompt": "a vase", "output_format": fmt}).json()
     im = decode(doc["data"][0]["b64_json"])
     assert im.format == pil and im.size == (1024, 1024) and doc["size"] == "1024x1024"
 
@@ -132,7 +135,7 @@ MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff", "webp": b"RIFF"}
 @pytest.mark.parametrize("fmt,background", [("png", "opaque"), ("png", "transparent"), ("jpeg", "opaque"),
                                             ("webp", "opaque"), ("webp", "transparent")])
 def test_each_format_is_really_that_format_at_the_size_asked(fresh, fmt, background):
-    doc = gen(fresh, "openai", {"model": "gpt-image-1.5", "prompt": "a kite", "size": "1024x1536",
+    doc = gen(fresh, "openai", {"model": "gpt-image-2.5-sunburst", "prompt": "a kite", "size": "1024x1536",
                                 "output_format": fmt, "background": background}).json()
     raw = base64.b64decode(doc["data"][0]["b64_json"])
     assert raw.startswith(MAGIC[fmt]) and (fmt != "webp" or raw[8:12] == b"WEBP")
@@ -144,7 +147,7 @@ def test_each_format_is_really_that_format_at_the_size_asked(fresh, fmt, backgro
 
 def test_output_compression_changes_the_bytes(fresh):
     def size(level):
-        body = {"model": "gpt-image-1", "prompt": "a kite", "output_format": "jpeg", "output_compression": level}
+        body = {"model": "gpt-image-2", "prompt": "a kite", "output_format": "jpeg", "output_compression": level}
         return len(base64.b64decode(gen(fresh, "openai", body).json()["data"][0]["b64_json"]))
     assert size(10) < size(90)
 
@@ -152,16 +155,16 @@ def test_output_compression_changes_the_bytes(fresh):
 @pytest.mark.parametrize("size,expected", [("1024x1024", (272, 1056, 4160)), ("1536x1024", (408, 1584, 6240)),
                                            ("1024x1536", (408, 1584, 6240))])
 def test_usage_output_tokens_are_openais_published_counts(fresh, size, expected):
-    got = tuple(gen(fresh, "openai", {"model": "gpt-image-1", "prompt": "x", "size": size, "quality": q}
+    got = tuple(gen(fresh, "openai", {"model": "gpt-image-2", "prompt": "x", "size": size, "quality": q}
                     ).json()["usage"]["output_tokens"] for q in ("low", "medium", "high"))
     assert got == expected
 
 
 def test_stats_show_which_params_reached_the_server_refused_or_not(fresh):
-    gen(fresh, "openai", {"model": "gpt-image-1", "prompt": "x", "user": "u-1", "moderation": "low"})
-    assert_openai_error(gen(fresh, "openai", {"prompt": "x", "seed": 3}), 400, code="unknown_parameter",
+    gen(fresh, "openai", {"model": "gpt-image-2", "prompt": "x", "user": "u-1", "moderation": "low"})
+    assert_openai_error(gen(fresh, "openai", {**G2, "seed": 3}), 400, code="unknown_parameter",
                         param="seed")
-    assert fresh.stats.params == {"model": 1, "prompt": 2, "user": 1, "moderation": 1, "seed": 1}
+    assert fresh.stats.params == {"model": 2, "prompt": 2, "user": 1, "moderation": 1, "seed": 1}
 
 
 def test_gpt_image_2_custom_size_and_transparent(fresh):
@@ -172,14 +175,15 @@ def test_gpt_image_2_custom_size_and_transparent(fresh):
     assert im.convert("RGBA").getextrema()[3][0] == 0  # some pixels are transparent
 
 
-def test_model_defaults_to_gpt_image_1_when_a_gpt_only_field_is_used(fresh):
-    doc = gen(fresh, "openai", {"prompt": "x", "output_format": "webp"}).json()
-    assert doc["output_format"] == "webp" and "usage" in doc
+def test_no_model_means_gpt_image_1_when_a_gpt_only_field_is_used_which_is_shut_down(fresh):
+    ans = gen(fresh, "openai", {"prompt": "x", "output_format": "webp"})
+    assert_openai_error(ans, 404, code="model_not_found", param="model")
+    assert "'gpt-image-1'" in ans.json()["error"]["message"]
 
 
 def test_photo_mode_is_big_and_varies(fresh):
     with SimulatorThread(photo=True) as sim:
-        docs = [gen(sim, "openai", {"model": "gpt-image-1", "prompt": p}).json() for p in ("a", "b")]
+        docs = [gen(sim, "openai", {"model": "gpt-image-2", "prompt": p}).json() for p in ("a", "b")]
     raw = [base64.b64decode(d["data"][0]["b64_json"]) for d in docs]
     assert all(len(r) > 3_000_000 for r in raw)
     ims = [Image.open(io.BytesIO(r)) for r in raw]
@@ -192,56 +196,60 @@ def test_start_simulator_in_the_callers_loop_with_latency():
         try:
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
                 async with session.post(sim.openai_base_url + "/images/generations",
-                                        json={"prompt": "x", "size": "512x512", "response_format": "b64_json"}) as resp:
+                                        json={**LOW, "size": "1024x640"}) as resp:
                     doc = await resp.json()
             return resp.status, decode(doc["data"][0]["b64_json"]).size, sim.stats.requests
         finally:
             await sim.close()
 
-    assert asyncio.run(main()) == (200, (512, 512), 1)
+    assert asyncio.run(main()) == (200, (1024, 640), 1)
 
 
 # ---- validation ----------------------------------------------------------------------------
 
 INVALID = [
-    ({"model": "dall-e-2"}, "prompt", "missing_required_parameter"),
-    ({"prompt": ""}, "prompt", "empty_string"),
-    ({"prompt": 5}, "prompt", "invalid_type"),
-    ({"prompt": "x" * 1001}, "prompt", "string_above_max_length"),
-    ({"prompt": "x", "model": "dall-e-3", "n": 2}, "n", "invalid_value"),
-    ({"prompt": "x", "n": 11}, "n", "integer_above_max_value"),
-    ({"prompt": "x", "n": 0}, "n", "integer_below_min_value"),
-    ({"prompt": "x", "size": "1024x1792"}, "size", "invalid_value"),
-    ({"prompt": "x", "model": "dall-e-3", "size": "512x512"}, "size", "invalid_value"),
-    ({"prompt": "x", "quality": "hd"}, "quality", "invalid_value"),
-    ({"prompt": "x", "style": "vivid"}, "style", "unknown_parameter"),
-    ({"prompt": "x", "model": "dall-e-3", "style": "moody"}, "style", "invalid_value"),
-    ({"prompt": "x", "response_format": "png"}, "response_format", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "response_format": "b64_json"}, "response_format", "unknown_parameter"),
-    ({"prompt": "x", "model": "gpt-image-1", "quality": "hd"}, "quality", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "gif"}, "output_format", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "size": "1536x864"}, "size", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-2", "size": "1000x1000"}, "size", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-2", "size": "3840x1024"}, "size", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-2", "size": "3840x2176"}, "size", "invalid_value"),
-    ({"prompt": "x", "model": "dall-e-3", "output_format": "png"}, "output_format", "unknown_parameter"),
-    ({"prompt": "x", "seed": 3}, "seed", "unknown_parameter"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "jpeg", "background": "transparent"},
-     "background", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "png", "output_compression": 50},
-     "output_compression", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_compression": 50}, "output_compression", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "webp", "output_compression": 101},
-     "output_compression", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "output_format": "jpeg", "output_compression": "50"},
-     "output_compression", "invalid_type"),
-    ({"prompt": "x", "model": "gpt-image-1", "background": "clear"}, "background", "invalid_value"),
-    ({"prompt": "x", "model": "gpt-image-1", "moderation": "none"}, "moderation", "invalid_value"),
-    ({"prompt": "x", "model": "dall-e-3", "output_compression": 50}, "output_compression", "unknown_parameter"),
-    ({"prompt": "x", "model": "dall-e-3", "background": "opaque"}, "background", "unknown_parameter"),
-    ({"prompt": "x", "model": "dall-e-2", "moderation": "low"}, "moderation", "unknown_parameter"),
-    ({"prompt": "x", "model": "gpt-image-1", "input_fidelity": "high"}, "input_fidelity", "unknown_parameter"),
+    ({"model": "gpt-image-2"}, "prompt", "missing_required_parameter"),
+    ({"prompt": "", "model": "gpt-image-2"}, "prompt", "empty_string"),
+    ({"prompt": 5, "model": "gpt-image-2"}, "prompt", "invalid_type"),
+    ({**G2, "prompt": "x" * 32001}, "prompt", "string_above_max_length"),
+    ({**G2, "n": 11}, "n", "integer_above_max_value"),
+    ({**G2, "n": 0}, "n", "integer_below_min_value"),
+    ({**G2, "size": "1792x1000"}, "size", "invalid_value"),
+    ({**G2, "quality": "hd"}, "quality", "invalid_value"),
+    ({**G2, "quality": "xhigh"}, "quality", "invalid_value"),
+    ({**G2, "style": "vivid"}, "style", "unknown_parameter"),
+    ({**G2, "complexity": "high"}, "complexity", "unknown_parameter"),
+    ({**G2, "model": "gpt-image-2.6-flare", "complexity": "extreme"}, "complexity", "invalid_value"),
+    ({**G2, "response_format": "b64_json"}, "response_format", "unknown_parameter"),
+    ({**G2, "output_format": "gif"}, "output_format", "invalid_value"),
+    ({**G2, "size": "1000x1000"}, "size", "invalid_value"),
+    ({**G2, "size": "3840x1024"}, "size", "invalid_value"),
+    ({**G2, "size": "3840x2176"}, "size", "invalid_value"),
+    ({**G2, "seed": 3}, "seed", "unknown_parameter"),
+    ({**G2, "output_format": "jpeg", "background": "transparent"}, "background", "invalid_value"),
+    ({**G2, "output_format": "png", "output_compression": 50}, "output_compression", "invalid_value"),
+    ({**G2, "output_compression": 50}, "output_compression", "invalid_value"),
+    ({**G2, "output_format": "webp", "output_compression": 101}, "output_compression", "invalid_value"),
+    ({**G2, "output_format": "jpeg", "output_compression": "50"}, "output_compression", "invalid_type"),
+    ({**G2, "background": "clear"}, "background", "invalid_value"),
+    ({**G2, "moderation": "none"}, "moderation", "invalid_value"),
+    ({**G2, "input_fidelity": "high"}, "input_fidelity", "unknown_parameter"),
     ({"prompt": "x", "model": "dall-e-9"}, "model", "model_not_found"),
+]
+# AceData still serves DALL-E 3 and gpt-image-1: their own refusals, in its dialect.
+ACEDATA_INVALID = [
+    ({"prompt": "x" * 4001}, "prompt"),                       # no model: AceData's dall-e-3
+    ({"prompt": "x", "model": "dall-e-3", "n": 2}, "n"),
+    ({"prompt": "x", "model": "dall-e-3", "size": "512x512"}, "size"),
+    ({"prompt": "x", "model": "dall-e-3", "quality": "low"}, "quality"),
+    ({"prompt": "x", "model": "dall-e-3", "style": "moody"}, "style"),
+    ({"prompt": "x", "model": "dall-e-3", "response_format": "png"}, "response_format"),
+    ({"prompt": "x", "model": "dall-e-3", "output_format": "png"}, "output_format"),
+    ({"prompt": "x", "model": "dall-e-3", "output_compression": 50}, "output_compression"),
+    ({"prompt": "x", "model": "dall-e-3", "background": "opaque"}, "background"),
+    ({"prompt": "x", "model": "dall-e-3", "moderation": "low"}, "moderation"),
+    ({"prompt": "x", "model": "gpt-image-1", "size": "1536x864"}, "size"),
+    ({"prompt": "x", "model": "nano-banana", "quality": "high"}, "quality"),
 ]
 
 
@@ -250,9 +258,22 @@ def test_validation_openai_shape(fresh, body, param, code):
     assert_openai_error(gen(fresh, "openai", body), 400, code=code, param=param)
 
 
-@pytest.mark.parametrize("body,param,code", INVALID[::4])
-def test_validation_acedata_shape(fresh, body, param, code):
-    assert_acedata_error(gen(fresh, "acedata", body), 400, "bad_request")
+@pytest.mark.parametrize("body,param", ACEDATA_INVALID + [(b, p) for b, p, _ in INVALID[::4]])
+def test_validation_acedata_shape(fresh, body, param):
+    ans = gen(fresh, "acedata", body)
+    assert_acedata_error(ans, 400, "model_not_found" if body.get("model") == "dall-e-9" else "bad_request")
+    assert param in ans.json()["error"]["message"]
+
+
+def test_retired_models_are_refused_as_openai_refuses_them(fresh):
+    for body in ({"prompt": "x"}, {"prompt": "x", "model": "dall-e-3"}, {"prompt": "x", "model": "gpt-image-1.5"}):
+        ans = gen(fresh, "openai", body)
+        assert_openai_error(ans, 404, code="model_not_found", param="model")
+        assert "shut down on 2026-" in ans.json()["error"]["message"]
+    # AceData serves neither dall-e-2 nor gpt-image-2.6
+    for model in ("dall-e-2", "gpt-image-2.6-flare"):
+        assert_acedata_error(gen(fresh, "acedata", {"prompt": "x", "model": model}), 404 if model == "dall-e-2"
+                             else 400, "model_not_found")
 
 
 def test_invalid_json_body(fresh):
@@ -281,7 +302,7 @@ def test_bad_token_both_dialects(fresh, token):
 
 def test_fail_429_retry_after_seconds():
     with SimulatorThread(fail_429=1.0, retry_after=2.5) as sim:
-        ans = gen(sim, "openai", {"prompt": "x"})
+        ans = gen(sim, "openai", LOW)
         assert_openai_error(ans, 429, code="rate_limit_exceeded", type="requests")
         assert ans.headers["Retry-After"] == "2.5" and ans.headers["retry-after-ms"] == "2500"
         ace = gen(sim, "acedata", {"prompt": "x"})
@@ -300,7 +321,7 @@ def test_fail_429_retry_after_date():
 
 def test_fail_500_both_dialects():
     with SimulatorThread(fail_500=1.0) as sim:
-        assert_openai_error(gen(sim, "openai", {"prompt": "x"}), 500, code="api_error", type="server_error")
+        assert_openai_error(gen(sim, "openai", LOW), 500, code="api_error", type="server_error")
         assert_acedata_error(gen(sim, "acedata", {"prompt": "x"}), 500, "api_error")
 
 
@@ -331,7 +352,7 @@ def test_hang_never_answers_and_shutdown_is_prompt():
     sim = SimulatorThread(hang=1.0).start()
     try:
         with pytest.raises(OSError):  # socket timeout (TimeoutError / URLError)
-            gen(sim, "openai", {"prompt": "x"}, timeout=0.2)
+            gen(sim, "openai", LOW, timeout=0.2)
         assert sim.stats.by_status == {"hang": 1}
     finally:
         sim.stop()  # wakes the hanging handler; must not wait out hang_seconds
@@ -346,7 +367,7 @@ def test_hang_then_504_when_hang_seconds_pass():
 def test_unparseable_200(fault):
     with SimulatorThread(**{fault: 1.0}) as sim:
         for dialect in ("openai", "acedata"):
-            ans = gen(sim, dialect, {"prompt": "x", "size": "256x256", "response_format": "b64_json"})
+            ans = gen(sim, dialect, LOW)
             assert ans.status == 200 and ans.headers["Content-Type"].startswith("application/json")
             with pytest.raises(ValueError):
                 ans.json()
@@ -354,7 +375,7 @@ def test_unparseable_200(fault):
 
 def test_bad_b64():
     with SimulatorThread(bad_b64=1.0) as sim:
-        b64 = gen(sim, "openai", {"model": "gpt-image-1", "prompt": "x"}).json()["data"][0]["b64_json"]
+        b64 = gen(sim, "openai", {"model": "gpt-image-2", "prompt": "x"}).json()["data"][0]["b64_json"]
     with pytest.raises(binascii.Error):
         base64.b64decode(b64, validate=True)
     with pytest.raises(binascii.Error):
@@ -375,7 +396,7 @@ def test_not_image_b64_and_url():
 
 def test_expired_link_fault_and_ttl():
     with SimulatorThread(expired_link=1.0) as sim:
-        url = gen(sim, "openai", {"prompt": "x"}).json()["data"][0]["url"]
+        url = gen(sim, "acedata", {"prompt": "x"}).json()["data"][0]["url"]
         assert call(url, token=None).status == 404
         assert sim.stats.download_misses == 1 and sim.stats.faults == {"expired_link": 1}
     with SimulatorThread(url_ttl=0.0) as sim:  # expires at once
@@ -386,7 +407,7 @@ def test_expired_link_fault_and_ttl():
 @pytest.mark.parametrize("dialect,status,code", [("openai", 400, "content_policy_violation"),
                                                  ("acedata", 400, "content_policy_violation")])
 def test_policy_word(fresh, dialect, status, code):
-    ans = gen(fresh, dialect, {"prompt": "a basket of Forbidden-Fruit"})
+    ans = gen(fresh, dialect, {**LOW, "prompt": "a basket of Forbidden-Fruit"})
     if dialect == "openai":
         assert_openai_error(ans, 400, code=code, type="image_generation_user_error")
     else:
@@ -406,7 +427,7 @@ def _statuses(sim, bodies):
 
 
 def test_seed_repeatable_whatever_the_order():
-    bodies = [{"prompt": f"prompt {i}", "size": "256x256", "response_format": "b64_json"} for i in range(40)]
+    bodies = [{**LOW, "prompt": f"prompt {i}"} for i in range(40)]
     with SimulatorThread(seed=7, fail_500=0.5) as sim:
         first = _statuses(sim, bodies)
     with SimulatorThread(seed=7, fail_500=0.5) as sim:
@@ -419,7 +440,7 @@ def test_seed_repeatable_whatever_the_order():
 
 
 def test_retry_of_same_body_draws_again():
-    body = {"prompt": "retry me", "size": "256x256", "response_format": "b64_json"}
+    body = {"prompt": "retry me", "response_format": "b64_json"}
     runs = []
     for _ in range(2):
         with SimulatorThread(seed=1, fail_500=0.5) as sim:
@@ -431,12 +452,12 @@ def test_retry_of_same_body_draws_again():
 
 def test_rpm_limit_headers_and_429():
     with SimulatorThread(rpm_limit=1) as sim:
-        ok = gen(sim, "openai", {"prompt": "x", "size": "256x256"})
+        ok = gen(sim, "openai", LOW)
         assert ok.status == 200
         assert ok.headers["x-ratelimit-limit-requests"] == "1"
         assert ok.headers["x-ratelimit-remaining-requests"] == "0"
         assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
-        limited = gen(sim, "openai", {"prompt": "x", "size": "256x256"})
+        limited = gen(sim, "openai", LOW)
         assert_openai_error(limited, 429, code="rate_limit_exceeded", type="requests")
         wait = float(limited.headers["Retry-After"])
         assert 0 < wait <= 60 and int(limited.headers["retry-after-ms"]) == pytest.approx(wait * 1000, abs=1)
@@ -447,9 +468,9 @@ def test_rpm_limit_headers_and_429():
 
 def test_rpm_limit_without_headers_still_limits():
     with SimulatorThread(rpm_limit=1, ratelimit_headers=False) as sim:
-        ok = gen(sim, "openai", {"prompt": "x", "size": "256x256"})
+        ok = gen(sim, "openai", LOW)
         assert ok.status == 200 and "x-ratelimit-limit-requests" not in ok.headers
-        limited = gen(sim, "openai", {"prompt": "x", "size": "256x256"})
+        limited = gen(sim, "openai", LOW)
         assert limited.status == 429 and "x-ratelimit-remaining-requests" not in limited.headers
         assert float(limited.headers["Retry-After"]) > 0
 
@@ -457,8 +478,8 @@ def test_rpm_limit_without_headers_still_limits():
 def test_rpm_limit_retry_after_exact_is_the_default_and_fractional():
     with SimulatorThread(rpm_limit=60, ratelimit_headers=False) as sim:   # 1/s, a burst of 1
         assert sim.config.rate_limit_retry_after == "exact"
-        assert gen(sim, "openai", {"prompt": "x", "size": "256x256"}).status == 200
-        limited = gen(sim, "openai", {"prompt": "x", "size": "256x256"})
+        assert gen(sim, "openai", LOW).status == 200
+        limited = gen(sim, "openai", LOW)
         assert limited.status == 429
         wait = float(limited.headers["Retry-After"])
         assert 0 < wait <= 1 and int(limited.headers["retry-after-ms"]) == pytest.approx(wait * 1000, abs=1)
@@ -466,9 +487,9 @@ def test_rpm_limit_retry_after_exact_is_the_default_and_fractional():
 
 def test_rpm_limit_retry_after_in_whole_seconds():
     with SimulatorThread(rpm_limit=60, ratelimit_headers=False, rate_limit_retry_after="seconds") as sim:
-        assert gen(sim, "openai", {"prompt": "x", "size": "256x256"}).status == 200
+        assert gen(sim, "openai", LOW).status == 200
         for dialect in ("openai", "acedata"):
-            ans = gen(sim, dialect, {"prompt": "x", "size": "256x256"})
+            ans = gen(sim, dialect, LOW)
             assert ans.status == 429
             assert ans.headers["Retry-After"] == "1" and "retry-after-ms" not in ans.headers
             assert "x-ratelimit-limit-requests" not in ans.headers
@@ -490,8 +511,8 @@ def test_retry_after_styles_round_a_short_wait_up_to_whole_seconds(monkeypatch):
 
 def test_rpm_limit_retry_after_as_an_http_date():
     with SimulatorThread(rpm_limit=60, ratelimit_headers=False, rate_limit_retry_after="date") as sim:
-        assert gen(sim, "acedata", {"prompt": "x", "size": "256x256"}).status == 200
-        limited = gen(sim, "acedata", {"prompt": "x", "size": "256x256"})
+        assert gen(sim, "acedata", {"prompt": "x"}).status == 200
+        limited = gen(sim, "acedata", {"prompt": "x"})
         assert_acedata_error(limited, 429, "too_many_requests")
         assert "retry-after-ms" not in limited.headers
         when = email.utils.parsedate_to_datetime(limited.headers["Retry-After"])
@@ -526,10 +547,10 @@ def test_go_duration_format():
 
 def test_quota_images():
     with SimulatorThread(quota_images=3) as sim:
-        assert gen(sim, "openai", {"prompt": "x", "n": 2, "size": "256x256"}).status == 200
-        assert_openai_error(gen(sim, "openai", {"prompt": "x", "n": 2}), 429,
+        assert gen(sim, "openai", {**LOW, "n": 2}).status == 200
+        assert_openai_error(gen(sim, "openai", {**LOW, "n": 2}), 429,
                             code="insufficient_quota", type="insufficient_quota")
-        assert gen(sim, "acedata", {"prompt": "x", "size": "256x256"}).status == 200
+        assert gen(sim, "acedata", {"prompt": "x"}).status == 200
         assert_acedata_error(gen(sim, "acedata", {"prompt": "x"}), 403, "used_up")
         assert sim.stats.images == 3
 
@@ -537,14 +558,14 @@ def test_quota_images():
 # ---- counters ---------------------------------------------------------------------------------
 
 def test_stats_in_process_and_over_http(fresh):
-    gen(fresh, "openai", {"prompt": "a", "size": "256x256"})
-    gen(fresh, "acedata", {"prompt": "b", "size": "256x256", "n": 2, "response_format": "b64_json"})
+    gen(fresh, "openai", {**LOW, "prompt": "a"})
+    gen(fresh, "acedata", {"prompt": "b", "model": "gpt-image-1", "quality": "low", "n": 2})
     gen(fresh, "acedata", {"prompt": ""})
     stats = fresh.stats
     assert stats.requests == 3 and stats["requests"] == 3
     assert stats.by_path == {"/v1/images/generations": 1, "/openai/images/generations": 2}
     assert stats.by_status == {"200": 2, "400": 1}
-    assert stats.images == 3 and stats.by_model == {"dall-e-2": 2}
+    assert stats.images == 3 and stats.by_model == {"gpt-image-2": 1, "gpt-image-1": 1}
     over_http = call(f"http://127.0.0.1:{fresh.port}/_sim/stats", token=None).json()
     assert over_http["requests"] == 3 and over_http["by_status"] == {"200": 2, "400": 1}
     assert call(f"http://127.0.0.1:{fresh.port}/_sim/reset", raw=b"", token=None).status == 200
@@ -563,18 +584,17 @@ def test_config_checks_probabilities():
 def test_openai_sdk(sim):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=sim.openai_base_url, api_key=TOKEN, max_retries=0)
-    result = client.images.generate(model="dall-e-3", prompt="A cute baby sea otter",
-                                    response_format="b64_json")
-    assert decode(result.data[0].b64_json).size == (1024, 1024)
-    assert "otter" in result.data[0].revised_prompt
-    gpt = client.images.generate(model="gpt-image-1", prompt="A red bicycle", size="1024x1536", quality="low")
+    with pytest.raises(openai.NotFoundError) as retired:     # shut down on OpenAI since 2026-05-12
+        client.images.generate(model="dall-e-3", prompt="A cute baby sea otter", response_format="b64_json")
+    assert retired.value.code == "model_not_found"
+    gpt = client.images.generate(model="gpt-image-2", prompt="A red bicycle", size="1024x1536", quality="low")
     assert decode(gpt.data[0].b64_json).size == (1024, 1536)
     assert gpt.usage.total_tokens > 0 and gpt.size == "1024x1536"
     with pytest.raises(openai.BadRequestError):
-        client.images.generate(model="gpt-image-1", prompt="x", response_format="url")
+        client.images.generate(model="gpt-image-2", prompt="x", response_format="url")
     bad = openai.OpenAI(base_url=sim.openai_base_url, api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as info:
-        bad.images.generate(model="dall-e-3", prompt="x")
+        bad.images.generate(model="gpt-image-2", prompt="x")
     assert info.value.code == "invalid_api_key"
 
 
@@ -584,8 +604,8 @@ def test_openai_sdk(sim):
 def test_cli_rate_limit_retry_after_flag():
     with simulate_process("--rpm-limit", "60", "--no-ratelimit-headers",
                           "--rate-limit-retry-after", "seconds") as served:
-        assert call(served.acedata_url, {"prompt": "x", "size": "256x256"}).status == 200
-        limited = call(served.acedata_url, {"prompt": "x", "size": "256x256"})
+        assert call(served.acedata_url, {"prompt": "x"}).status == 200
+        limited = call(served.acedata_url, {"prompt": "x"})
         assert limited.status == 429 and limited.headers["Retry-After"] == "1"
         assert "retry-after-ms" not in limited.headers
     assert served.returncode == 0

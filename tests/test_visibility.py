@@ -181,7 +181,8 @@ def test_the_log_file_has_a_line_per_attempt_and_per_rate_limit_pause(tmp_path):
     log = tmp_path / "run.log"
     csv = make_prompts(tmp_path / "p.csv", 3)
     with Hostile(answer) as server:
-        summary = batchgen.run(str(csv), out=str(tmp_path / "out"), provider="openai", base_url=server.base_url,
+        summary = batchgen.run(str(csv), out=str(tmp_path / "out"), provider="openai", model="gpt-image-2",
+                               base_url=server.base_url,
                                environ={"OPENAI_API_KEY": SECRET}, concurrency=1, log_file=str(log))
         assert summary.exit_status == 0 and server.requests == 6
     text = log.read_text()
@@ -207,7 +208,8 @@ def test_a_stop_is_logged_and_the_token_never_is(tmp_path):
     log = tmp_path / "run.log"
     with Hostile(answer) as server:
         summary = batchgen.run(str(make_prompts(tmp_path / "p.csv", 3)), out=str(tmp_path / "out"),
-                               provider="openai", base_url=server.base_url, environ={"OPENAI_API_KEY": SECRET},
+                               provider="openai", model="gpt-image-2", base_url=server.base_url,
+                               environ={"OPENAI_API_KEY": SECRET},
                                concurrency=1, log_file=str(log))
     assert summary.stopped == "invalid_api_key"
     text = log.read_text()

@@ -9,7 +9,7 @@ import click
 
 from batchgen.exceptions import EXIT_STOPPED, EXIT_USAGE, UsageError
 from batchgen.rules import modes
-from batchgen.rules.models import BACKGROUNDS, INPUT_FIDELITIES, MODELS, MODERATIONS, OUTPUT_FORMATS, PARAMETERS
+from batchgen.rules.models import PARAMETERS, option_values
 from batchgen.rules.providers import DEFAULT_PROVIDER, PROVIDERS
 from batchgen.rules.providers import NAMES as PROVIDER_NAMES
 from batchgen.showing.exports import DEFAULT_SHARD_SIZE
@@ -33,26 +33,29 @@ def job_options(f):
     options = [
         click.option("--out", help="Output folder (default: the job file's `out`, else runs/<name>)."),
         click.option("--prompt-column", help="Column holding the prompt (default: prompt)."),
-        click.option("--model", help="Model for rows without a model column/cell (e.g. dall-e-3, gpt-image-1)."),
-        click.option("--quality", help="Default quality (dall-e-3: standard|hd; GPT image: low|medium|high|auto)."),
+        click.option("--model", help="Model for rows without a model column/cell (e.g. gpt-image-2, dall-e-3 on "
+                                     "acedata; `batchgen models` lists them)."),
+        click.option("--quality", help="Default quality (dall-e-3: standard|hd; GPT image: low|medium|high|auto; "
+                                       "gpt-image-2.5/2.6 also xhigh|max)."),
         click.option("--style", help="Default style (dall-e-3 only: vivid|natural)."),
         click.option("--size", help="Default size, e.g. 1024x1024."),
         click.option("--response-format", type=click.Choice(["url", "b64_json"]),
                      help="dall-e only; GPT image models always return base64."),
         click.option("--n", "n", type=click.IntRange(1, 10), help="Images per request (dall-e-3: 1)."),
-        click.option("--output-format", type=click.Choice(
-                         tuple(dict.fromkeys(f for m in MODELS.values() for f in OUTPUT_FORMATS + m.output_formats))),
+        click.option("--output-format", type=click.Choice(option_values("output_format")),
                      help="GPT image models: the images' file format (default png; webp and jpeg are far smaller; "
                           "gpt-image-2.6: also svg and animated gif)."),
         click.option("--output-compression", type=click.IntRange(0, 100),
                      help="GPT image models, jpeg/webp: compression level 0-100 (default 100)."),
-        click.option("--background", type=click.Choice(BACKGROUNDS),
+        click.option("--background", type=click.Choice(option_values("background")),
                      help="GPT image models: transparent needs --output-format png or webp."),
-        click.option("--moderation", type=click.Choice(MODERATIONS),
+        click.option("--moderation", type=click.Choice(option_values("moderation")),
                      help="GPT image models: low filters less than the default, auto."),
-        click.option("--input-fidelity", type=click.Choice(INPUT_FIDELITIES),
+        click.option("--input-fidelity", type=click.Choice(option_values("input_fidelity")),
                      help="Edits: how closely to keep the input's features "
-                          "(gpt-image-1-mini: low only; gpt-image-2: not at all)."),
+                          "(gpt-image-1 on acedata; the 2.x models take none)."),
+        click.option("--complexity", type=click.Choice(option_values("complexity")),
+                     help="gpt-image-2.6: how much the model plans before rendering."),
         click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Send a parameter batchgen does not know, as is (repeatable; VALUE as JSON when "
                           "it reads as JSON). Recorded in results' extra_params."),
@@ -63,6 +66,9 @@ def job_options(f):
                                              "what to change (gpt-image-2.6; default: markup, when present)."),
         click.option("--prices", type=click.Path(dir_okay=False),
                      help="A JSON price table over the built-in one (for a model batchgen has no price for)."),
+        click.option("--models", "models", type=click.Path(dir_okay=False),
+                     help="A JSON model catalog over the built-in one (data/models.json's shape): new models, "
+                          "statuses, rules, prices."),
         click.option("--sweep", multiple=True, metavar="AXIS=V1,V2",
                      help="Sweep a parameter (repeatable; the product of all axes). "
                           "E.g. --sweep quality=standard,hd --sweep style=vivid,natural"),
@@ -396,6 +402,57 @@ def export(out, format_, dest, shard_size, include_errors, verify_dest):
     errors = f" and {s.error_rows} error row(s)" if s.error_rows else ""
     click.echo(f"exported {s.images} image(s){errors} in {len(s.shards)} {s.format} shard(s) to {s.dest}"
                + (f"; removed {len(s.removed)} shard(s) of the earlier export" if s.removed else ""))
+
+
+@main.command("models")
+@click.option("--provider", type=click.Choice(PROVIDER_NAMES), help="Only this provider's models.")
+@click.option("--models", "models_file", type=click.Path(dir_okay=False),
+              help="A JSON model catalog over the built-in one.")
+@_json_option("the catalog")
+def models_command(provider, models_file, as_json):
+    """The model catalog: live models with their parameters and prices, deprecated ones with
+    their dates, shut-down ones with their replacements."""
+    from batchgen.commands import list_models
+    try:
+        listed = list_models(provider, models_file)
+    except UsageError as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(listed)
+    else:
+        click.echo(format_models(listed))
+
+
+def format_models(listed: dict) -> str:
+    lines = []
+    for provider, lineup in listed["providers"].items():
+        default = lineup["default_model"] or "chosen by the provider"
+        if any(m["model"] == default and m["status"] == "shut_down" for m in lineup["models"]):
+            default += ", shut down: give a model"
+        lines.append(f"{provider} (checked {lineup['checked']}; with no model given: {default})")
+        for m in lineup["models"]:
+            if m["status"] == "shut_down":
+                to = f"; use {m['replacement']}" if m["replacement"] else ""
+                lines.append(f"  {m['model']:<24} shut down {m['shutdown']}{to}")
+                continue
+            when = f" until {m['shutdown']}" if m["status"] == "deprecated" else ""
+            to = f", move to {m['replacement']}" if m["status"] == "deprecated" and m["replacement"] else ""
+            lines.append(f"  {m['model']:<24} {m['status']}{when}{to}")
+            lines.append(f"      sizes: {m['sizes']}")
+            params = "; ".join(f"{k}: {', '.join(v) if isinstance(v, list) else v}"
+                               for k, v in m["parameters"].items() if k != "size")
+            lines.append(f"      {params}; prompt ≤ {m['max_prompt_chars']:,} chars; "
+                         f"edits: {'yes' if m['edits'] else 'no'}{' (markup too)' if m['markup'] else ''}")
+            tokens = m["tokens_usd_per_million"]
+            each = {q: v for q, v in (m["usd_per_image_1024"] or {}).items() if v is not None}
+            if tokens or each:
+                price = ", ".join(f"{k.replace('_', ' ')} ${v:g}" for k, v in (tokens or {}).items())
+                per = ", ".join(f"{q or 'each'} ${v:.3f}" for q, v in each.items())
+                lines.append("      price: " + "; ".join(
+                    t for t in (price and f"per 1M tokens: {price}", per and f"per 1024x1024 image: {per}") if t))
+            else:
+                lines.append("      price: unknown (give one with --prices FILE)")
+    return "\n".join(lines)
 
 
 def _register_simulate():

@@ -49,6 +49,7 @@ SCHEMA = pa.schema([
     ("background", pa.string()),
     ("moderation", pa.string()),
     ("input_fidelity", pa.string()),    # edits
+    ("complexity", pa.string()),        # gpt-image-2.6: how much the model plans before rendering
     ("extra_params", pa.string()),      # --param's parameters as sent, a JSON object
     ("image_index", pa.int64()),
     ("status", pa.string()),
@@ -382,7 +383,7 @@ def build_results(plan: Plan, replay: Replay, unfinished_code: str = "interrupte
     use_table = table if plan.passthrough else None
     passthrough = _Passthrough(plan, use_table)
     files = _ResultsFiles(out_dir, results_schema(plan, use_table))
-    prices = pricing.load(plan.config.prices)
+    prices = pricing.load(plan.config.prices, plan.config.models, plan.config.provider)
     try:
         rows = _Rows(passthrough, origins, files, use_table, prices.batch_discount)
         tasks = plan.tasks
@@ -441,7 +442,7 @@ def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int) -> int:
     from what their journal lines recorded of the request. Returns how many tasks."""
     import numpy as np
     axes = [axis for axis, _ in plan.config.sweep]
-    prices = pricing.load(plan.config.prices)
+    prices = pricing.load(plan.config.prices, plan.config.models, plan.config.provider)
     count = 0
     for key in replay.finished_elsewhere(np.sort(plan.tasks.keys())):
         event = replay.final_event(key)

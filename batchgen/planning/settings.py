@@ -56,6 +56,7 @@ class JobConfig:
     mask_column: Optional[str] = None     # edits: the masks (None: "mask" when present)
     markup_column: Optional[str] = None   # edits: markup images, gpt-image-2.6 (None: "markup" when present)
     prices: Optional[str] = None          # a price file over the built-in one
+    models: Optional[str] = None          # a model catalog file over the built-in one
 
     def fingerprint(self) -> str:
         """What makes two runs the same job: the parameters that define each task.
@@ -180,7 +181,7 @@ def point_label(point: dict) -> str:
 _JOB_KEYS = {"input", "out", "prompt_column", "defaults", "sweep", "concurrency", "max_concurrency", "rpm",
              "max_retries", "backoff_base", "timeout", "provider", "mode", "base_url", "limit", "max_cost",
              "max_wait", "encoding", "batch_size", "no_wait", "poll_interval", "params", "image_column",
-             "mask_column", "markup_column", "prices", "resubmit_lost", "callback_url"}
+             "mask_column", "markup_column", "prices", "resubmit_lost", "callback_url", "models"}
 
 
 def load_job_file(path) -> dict:
@@ -231,10 +232,11 @@ def load_job_file(path) -> dict:
                 "callback_url"):
         if key in data:
             settings[key] = data[key]
-    if "prices" in data:
-        if not isinstance(data["prices"], str):
-            raise UsageError(f"{path}: prices must be a path in quotes (e.g. prices = \"prices.json\")")
-        settings["prices"] = os.path.normpath(base / data["prices"])
+    for key in ("prices", "models"):
+        if key in data:
+            if not isinstance(data[key], str):
+                raise UsageError(f"{path}: {key} must be a path in quotes (e.g. {key} = \"{key}.json\")")
+            settings[key] = os.path.normpath(base / data[key])
     check_settings(JobConfig(**settings), job_file=str(path))
     return settings
 
@@ -272,7 +274,8 @@ def resolve_config(source: str, overrides: dict) -> JobConfig:
 
 _TEXT_SETTINGS = (("prompt_column", "prompt"), ("provider", providers.DEFAULT_PROVIDER), ("mode", "live"),
                   ("base_url", "https://api.openai.com/v1"), ("encoding", "cp1252"), ("image_column", "image"),
-                  ("mask_column", "mask"), ("markup_column", "markup"), ("prices", "prices.json"))
+                  ("mask_column", "mask"), ("markup_column", "markup"), ("prices", "prices.json"),
+                  ("models", "models.json"))
 
 
 def check_settings(config: JobConfig, job_file: Optional[str] = None) -> None:
@@ -300,8 +303,10 @@ def check_settings(config: JobConfig, job_file: Optional[str] = None) -> None:
         if config.encoding is not None:
             from batchgen.planning.reader import check_encoding
             check_encoding(config.encoding, "encoding" if job_file else "--encoding")
-        if config.prices is not None:
-            pricing.load(config.prices)
+        if config.models is not None:
+            models.load(config.models)
+        if config.prices is not None or config.models is not None:
+            pricing.load(config.prices, config.models)
     except UsageError as e:
         raise UsageError(f"{job_file}: {e}" if job_file else str(e)) from None
     if config.concurrency != AUTO:

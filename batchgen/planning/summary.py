@@ -57,6 +57,7 @@ class PlanSummary:
     run_found: bool = False           # the output folder holds a run of this job
     rpm: Optional[float] = None      # for the time estimate of str()
     mode: str = "live"
+    left_out: list = field(default_factory=list)              # [(point label, why)]: not offered
 
     def __str__(self) -> str:
         return format_plan(self, self.rpm, self.mode)
@@ -99,6 +100,7 @@ class PlanSummary:
                 "est_cost_usd": _rounded(self.cost_usd),
                 "est_cost_to_send_usd": _rounded(self.cost_to_send_usd),
                 "run_found": self.run_found, "unknown_models": self.unknown_models,
+                "left_out": dict(self.left_out),
                 "refused_by_reason": self.refused_by_reason,
                 "points": {p.label: p.as_json() for p in self.points}}
 
@@ -113,10 +115,13 @@ def summarise_plan(plan: Plan, status_of: Optional[Callable[[str], Optional[str]
     open batch): without it, every task that is not refused is to send."""
     points = [PointSummary(point_label(p)) for p in plan.points]
     summary = PlanSummary(points, unknown_models=list(plan.unknown_models), run_found=status_of is not None,
-                          edits=plan.edit, rpm=plan.config.rpm, mode=plan.config.mode)
+                          edits=plan.edit, rpm=plan.config.rpm, mode=plan.config.mode,
+                          left_out=[(point_label(p), why) for p, why in plan.left_out])
     retry_failed = plan.config.retry_failed
     costs: dict = {}   # tasks alike share one params dict: price each once
-    prices = pricing.load(plan.config.prices)
+    prices = pricing.load(plan.config.prices, plan.config.models, plan.config.provider)
+    catalog = models.load(plan.config.models)
+    default = catalog.default_model(plan.config.provider)
     unpriced = set()
     for task in plan.tasks:
         point = points[task.point]
@@ -131,8 +136,8 @@ def summarise_plan(plan: Plan, status_of: Optional[Callable[[str], Optional[str]
         key = id(task.params)
         if key not in costs:
             costs[key] = (task.images_expected, prices.estimate(task.params, plan.config.mode))
-            if costs[key][1] is None and models.rules_for(task.params.get("model")) is not None:
-                unpriced.add(str(task.params.get("model") or models.API_DEFAULT_MODEL))
+            if costs[key][1] is None and catalog.rules_for(task.params.get("model"), plan.config.provider) is not None:
+                unpriced.add(str(task.params.get("model") or default))
         images, cost = costs[key]
         point.images += images
         point.cost_usd = _add(point.cost_usd, cost)
@@ -192,6 +197,10 @@ def format_plan(summary: PlanSummary, rpm: Optional[float] = None, mode: str = "
     if summary.unpriced_models:
         lines.append(f"no price for {', '.join(summary.unpriced_models)} at these settings: give one with "
                      "--prices FILE (see the README's Prices section)")
+    if summary.left_out:
+        lines.append("left out of the sweep, not offered by the model (no tasks):")
+        for label, why in summary.left_out:
+            lines.append(f"  {label}: {why}")
     if summary.refused_by_reason:
         lines.append("refused before sending (invalid_params):")
         for reason, count in sorted(summary.refused_by_reason.items(), key=lambda kv: -kv[1]):

@@ -138,6 +138,8 @@ class Plan:
     passthrough_digest: str = ""
     edit: bool = False             # the tasks are edits (/images/edits)
     warnings: list = field(default_factory=list)
+    # Sweep points across models that a point's model does not offer: (point, why), no tasks.
+    left_out: list = field(default_factory=list)
 
     @property
     def refused(self) -> int:
@@ -175,7 +177,7 @@ def _row_param(param: str, value) -> tuple[Any, Optional[str]]:
 
 
 def check_defaults(config: JobConfig, points: list[dict], row_models: Optional[set] = None,
-                   edit: bool = False) -> list[str]:
+                   edit: bool = False, catalog: Optional[models.Catalog] = None) -> list[str]:
     """Default or sweep values that no row could use: a usage error (nothing is sent).
 
     A value is checked against the models the rows use at each sweep point: `row_models` are
@@ -194,7 +196,8 @@ def check_defaults(config: JobConfig, points: list[dict], row_models: Optional[s
         for model in used:
             asked = ({**params, "model": model} if model is not None
                      else {k: v for k, v in params.items() if k != "model"})
-            found[model] = {p.split(" ", 1)[0]: p for p in models.parameter_problems(asked, edit)}
+            found[model] = {p.split(" ", 1)[0]: p for p in models.parameter_problems(
+                asked, edit, config.provider, catalog)}
         for param in params:
             refusals = [found[m][param] for m in sorted(used, key=str) if param in found[m]]
             if not refusals or len(refusals) < len(used):
@@ -223,13 +226,14 @@ class _Variant:
     head: bytes                  # what a task id hashes before the prompt, for occurrence 0
 
 
-def _variant(params: dict, extras: Optional[dict] = None, edit: bool = False) -> _Variant:
+def _variant(params: dict, extras: Optional[dict] = None, edit: bool = False, provider: Optional[str] = None,
+             catalog: Optional[models.Catalog] = None) -> _Variant:
     """`extras`: --param's parameters, sent as is after the known ones."""
     params = {k: params[k] for k in PARAMETERS if params.get(k) is not None}
-    found = models.parameter_problems(params, edit)
+    found = models.parameter_problems(params, edit, provider, catalog)
     if extras:
         params.update((k, v) for k, v in extras.items() if k not in params)
-    rules = models.rules_for(params.get("model"))
+    rules = models.rules_for(params.get("model"), provider, catalog)
     key = json.dumps(params, sort_keys=True).encode()
     return _Variant(params, key, "; ".join(found) or None, rules.max_prompt_chars if rules else None,
                     _id_head(key, 0))
@@ -296,7 +300,9 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
             f"{', '.join(map(repr, columns))}. Name the prompt column with --prompt-column NAME.")
     param_columns = [c for c in PARAMETERS if c in columns]
     _check_column_types(table, config.prompt_column, param_columns)
-    points = sweep_points(config.sweep)
+    catalog = models.load(config.models)
+    every_point = sweep_points(config.sweep)
+    points, left_out = _offered_points(config, every_point, edit_inputs is not None, catalog)
     passthrough = [c for c in columns if c != config.prompt_column and c not in PARAMETERS]
     if config.limit is not None:
         table = table.slice(0, config.limit)
@@ -312,9 +318,21 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
         for start in range(0, n_rows, PLAN_ROWS):
             row_models.update(None if _cell(m) is None else str(m).strip()
                               for m in set(model_column.slice(start, PLAN_ROWS).to_pylist()))
-    problems = check_defaults(config, points, row_models, edit)
+    problems = check_defaults(config, points, row_models, edit, catalog)
     if problems:
         raise UsageError("; ".join(problems))
+    # The models the requests name (None: a request that names none), left-out points' too.
+    named: set = set()
+    for point in every_point:
+        if "model" in point:
+            named.add(point["model"])
+        elif row_models is None:
+            named.add(config.defaults.get("model"))
+        else:
+            named |= {config.defaults.get("model") if m is None else m for m in row_models}
+    checked = models.check_models(named, config.provider, catalog)
+    if checked.errors:
+        raise UsageError("; ".join(checked.errors))
 
     # Only the prompt and parameter columns become Python values, PLAN_ROWS rows at a time:
     # the whole input as Python objects would take far more memory than its Arrow form.
@@ -356,7 +374,8 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
             for p_index in point_range:
                 index = variants.get((own_key, p_index))
                 if index is None:
-                    variant = _variant({**config.defaults, **own, **points[p_index]}, config.params, edit)
+                    variant = _variant({**config.defaults, **own, **points[p_index]}, config.params, edit,
+                                       config.provider, catalog)
                     index = shared.get(variant.key)
                     if index is None:
                         index = shared[variant.key] = len(listed)
@@ -368,12 +387,14 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
                 variant_of.append(index)
                 problem = row_problem or (inputs.problem if inputs is not None else None)
                 if problem is None and inputs is not None and inputs.markup is not None:
-                    problem = variant.problem or models.markup_problem(variant.params.get("model"))
+                    problem = variant.problem or models.markup_problem(variant.params.get("model"), config.provider,
+                                                                        catalog)
                 if problem is None:
                     if blank:
                         problem = "prompt is missing or blank"
                     elif variant.max_prompt is not None and len(prompt) > variant.max_prompt:
-                        problem = models.prompt_problem(prompt, variant.params.get("model"))
+                        problem = models.prompt_problem(prompt, variant.params.get("model"), config.provider,
+                                                        catalog)
                     else:
                         problem = variant.problem
                 p = problem_index.get(problem)
@@ -384,15 +405,35 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     _count_repeated_prompts(prompt_column, text_column, hashes, len(points), listed, ids, variant_of,
                             edit_inputs)
     del hashes
-    unknown_models = sorted({v.params["model"] for v in listed
-                             if models.rules_for(v.params.get("model")) is None})
+    unknown_models = sorted({v.params["model"] for v in listed if v.params.get("model")
+                             and models.rules_for(v.params.get("model"), config.provider, catalog) is None})
     modes.get(config.mode).check_models(listed)
     if config.max_cost is not None:
         _check_prices(listed, config)
     tasks = TaskList(prompt_column, text_column, len(points), listed, list(problem_index),
                      ids, variant_of, problem_of, edit_inputs)
+    warnings = [*checked.warnings, *([checked.default_note] if checked.default_note else []),
+                *_plan_warnings(config, columns)]
     return Plan(config, points, tasks, passthrough, unknown_models, _content_digest(table, passthrough),
-                edit, _plan_warnings(config, columns))
+                edit, warnings, left_out)
+
+
+def _offered_points(config: JobConfig, points: list, edit: bool, catalog: models.Catalog) -> tuple[list, list]:
+    """A sweep across models: the points whose model refuses the point's other values (or the
+    defaults) are left out, each with why, so each model is compared at its own settings; a
+    sweep without a model axis keeps every point (a refused value is a usage error there)."""
+    if not any("model" in p for p in points):
+        return points, []
+    kept, left_out = [], []
+    for point in points:
+        problems = models.parameter_problems({**config.defaults, **point}, edit, config.provider, catalog)
+        if problems:
+            left_out.append((point, "; ".join(problems)))
+        else:
+            kept.append(point)
+    if not kept:
+        return points, []       # nothing is offered: check_defaults says why, value by value
+    return kept, left_out
 
 
 def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_points: int, listed: list,
@@ -463,8 +504,9 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
 def _check_prices(variants, config: JobConfig) -> None:
     """--max-cost needs a price for every model it would send to: a budget it cannot count is
     no budget."""
-    prices = pricing.load(config.prices)
-    unpriced = sorted({str(v.params.get("model") or models.API_DEFAULT_MODEL) for v in variants
+    prices = pricing.load(config.prices, config.models, config.provider)
+    default = models.load(config.models).default_model(config.provider)
+    unpriced = sorted({str(v.params.get("model") or default) for v in variants
                        if not v.problem and prices.estimate(v.params, config.mode) is None})
     if unpriced:
         raise UsageError(f"--max-cost cannot be kept: batchgen has no price for {', '.join(unpriced)} "
@@ -480,23 +522,11 @@ def _plan_warnings(config: JobConfig, columns: list) -> list:
         warnings.append(f"sending parameter(s) batchgen does not know, as given: {sent}; "
                         "the server decides what they mean")
     for column in columns:
-        near = [p for p in PARAMETERS if len(column) > 2 and _one_edit_apart(column.lower(), p)]
+        near = [p for p in PARAMETERS if len(column) > 2 and models.one_edit_apart(column.lower(), p)]
         if near and column not in PARAMETERS:
             warnings.append(f"the column {column!r} is passed through as data, not sent; "
                             f"did you mean {near[0]!r}?")
     return warnings
-
-
-def _one_edit_apart(a: str, b: str) -> bool:
-    """One letter changed, added, removed, or two neighbours swapped."""
-    if a == b or abs(len(a) - len(b)) > 1:
-        return False
-    if len(a) == len(b):
-        diff = [i for i in range(len(a)) if a[i] != b[i]]
-        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
-                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
-    short, long_ = (a, b) if len(a) < len(b) else (b, a)
-    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
 
 
 def _content_digest(table, names: list) -> str:

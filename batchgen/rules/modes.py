@@ -64,11 +64,12 @@ class BatchMode(Mode):
                              f"not {config.provider!r}")
 
     def check_models(self, variants: list) -> None:
-        refused = sorted({v.params.get("model") or f"{models.API_DEFAULT_MODEL} (no model set)"
+        default = models.load().default_model("openai")
+        refused = sorted({v.params.get("model") or f"{default} (no model set)"
                           for v in variants if not models.batch_allowed(v.params.get("model"))})
         if refused:
             raise UsageError(f"the Batch API makes images with the GPT image models only, not {', '.join(refused)}; "
-                             "set --model gpt-image-1 (or another GPT image model), or use --mode live")
+                             "set --model gpt-image-2 (or another GPT image model), or use --mode live")
 
 
 class AsyncMode(Mode):

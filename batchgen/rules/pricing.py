@@ -1,4 +1,5 @@
-"""What images cost: the price table (data, overridable with --prices FILE) and the sums on it.
+"""What images cost: the price table (each model's `price` in the catalog, data/models.json;
+overridable with --prices FILE or --models FILE) and the sums on it.
 
 Pure apart from reading the table's file. Two kinds of price, as OpenAI bills them:
 per image (by quality and size) where it publishes one, and per token (text input, image
@@ -8,20 +9,20 @@ response's `usage` prices what was actually billed.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 from batchgen.exceptions import UsageError
+from batchgen.rules import models as model_rules
 from batchgen.rules import modes
-from batchgen.rules.models import rules_for
 
-TOKEN_KINDS = ("text_input", "image_input", "image_output")
+TOKEN_KINDS = ("text_input", "cached_text_input", "image_input", "cached_image_input", "image_output")
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 _SQUARE = 1024 * 1024
 
@@ -38,9 +39,14 @@ class PriceTable:
     models: dict             # model name -> ModelPrice
     batch_discount: float
     source: str              # "built-in" or the --prices file
+    catalog: Optional[model_rules.Catalog] = None    # how a model name finds its spec's price
+    provider: Optional[str] = None    # whose default model a request without one is priced as
+
+    def _rules(self, model: Optional[str]):
+        return (self.catalog or model_rules.load()).rules_for(model, self.provider)
 
     def for_model(self, model: Optional[str]) -> Optional[ModelPrice]:
-        rules = rules_for(model)
+        rules = self._rules(model)
         name = rules.name if rules else model
         return self.models.get(model) or self.models.get(name)
 
@@ -55,7 +61,7 @@ class PriceTable:
         price = self.for_model(params.get("model"))
         if price is None:
             return None
-        rules = rules_for(params.get("model"))
+        rules = self._rules(params.get("model"))
         quality = params.get("quality")
         if quality is None and rules is not None and "standard" in rules.qualities:
             quality = "standard"          # DALL·E's default
@@ -175,7 +181,8 @@ def _count(value: object) -> int:
     return value if isinstance(value, int) else 0
 
 
-def parse_table(data, source: str, base: Optional[PriceTable] = None) -> PriceTable:
+def parse_table(data, source: str, base: Optional[PriceTable] = None,
+                catalog: Optional[model_rules.Catalog] = None) -> PriceTable:
     """A price table from parsed JSON; its models replace or add to `base`'s."""
     if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
         raise UsageError(f"{source}: a price file is a JSON object with \"models\": {{model: prices}}")
@@ -187,14 +194,19 @@ def parse_table(data, source: str, base: Optional[PriceTable] = None) -> PriceTa
         models[name] = _model_price(entry, f"{source}: models.{name}", shared)
     discount = data.get("batch_discount", base.batch_discount if base else 0.5)
     discount = _number(discount, f"{source}: batch_discount")
-    return PriceTable(models, discount, source)
+    return PriceTable(models, discount, source, catalog or (base.catalog if base else None),
+                      base.provider if base else None)
 
 
 @functools.lru_cache(maxsize=8)
-def load(path: Optional[str] = None) -> PriceTable:
-    """The built-in table, with a --prices file's models over it when `path` is given."""
-    text = resources.files("batchgen").joinpath("data/prices.json").read_text(encoding="utf-8")
-    table = parse_table(json.loads(text), "built-in prices")
+def load(path: Optional[str] = None, models_path: Optional[str] = None, provider: Optional[str] = None) -> PriceTable:
+    """The catalog's prices (the built-in one, or with a --models file over it), with a --prices
+    file's models over them when `path` is given; a request without a model is priced as
+    `provider`'s default model."""
+    catalog = model_rules.load(models_path)
+    table = parse_table({"batch_discount": catalog.batch_discount, "image_output_tokens": catalog.image_output_tokens,
+                         "models": catalog.prices}, catalog.source + " (prices)", catalog=catalog)
+    table = dataclasses.replace(table, provider=provider)
     if path is None:
         return table
     try:

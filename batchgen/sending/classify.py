@@ -22,6 +22,9 @@ from batchgen.rules.providers import (
     get,
 )
 
+# The server does not know the model (or no longer serves it): every task of it would fail alike.
+MODEL_CODES = frozenset({"model_not_found", "model_not_available", "invalid_model"})
+
 
 def fallback_code(http_status: int) -> str:
     """A result code for an error answer that carries none of its own (an HTML 503, say)."""
@@ -96,6 +99,8 @@ def classify(error: RequestError) -> Decision:
         said = meaning(error.code, error.message)
         if status == 401 or said in (AUTH, QUOTA):
             return Decision.STOP
+        if error.code in MODEL_CODES and status != 429 and status < 500:
+            return Decision.STOP
         if said == POLICY:
             return Decision.FAIL
         if not status:
@@ -109,11 +114,58 @@ def classify(error: RequestError) -> Decision:
     return Decision.RETRY
 
 
+# Refusals of one task's content, which say nothing of its model.
+_TASK_CODES = frozenset({"content_policy_violation", "moderation_blocked", "forbidden", "invalid_params",
+                         "image_generation_user_error"})
+# The same refusal on this many first requests of a model, before any of them succeeds: the
+# model is what the server refuses (a proxy that words model_not_found its own way).
+MODEL_REFUSALS_TO_STOP = 3
+
+
+class ModelRefusals:
+    """Per model: the same 4xx on each of its first requests, none accepted yet."""
+
+    def __init__(self) -> None:
+        self._accepted: set = set()
+        self._refused: dict = {}      # model -> ((status, code), count)
+
+    def accepted(self, model: Optional[str]) -> None:
+        self._accepted.add(model)
+        self._refused.pop(model, None)
+
+    def refused(self, model: Optional[str], error: RequestError) -> bool:
+        """Records a refusal; True when it is the model, not the task, that the server refuses."""
+        if not isinstance(error, ApiError) or model in self._accepted:
+            return False
+        status = error.http_status or 0
+        if status not in (400, 404, 422) or error.code in _TASK_CODES:
+            return False
+        key = (status, error.code)
+        seen, count = self._refused.get(model, (None, 0))
+        count = count + 1 if seen == key else 1
+        self._refused[model] = (key, count)
+        return count >= MODEL_REFUSALS_TO_STOP
+
+
 def is_rate_limited(error: RequestError) -> bool:
     return (isinstance(error, ApiError) and error.http_status == 429
             and meaning(error.code, error.message) != QUOTA)
 
 
-def stop_advice(error: RequestError, provider: str) -> str:
-    """What the user should fix after a STOP error."""
+def stop_advice(error: RequestError, provider: str, model: Optional[str] = None,
+                catalog_path: Optional[str] = None) -> str:
+    """What the user should fix after a STOP error (`model`: the one the refused task named)."""
+    if error.code in MODEL_CODES:
+        return model_advice(provider, model, catalog_path)
     return get(provider).stop_advice(meaning(error.code, error.message) == QUOTA)
+
+
+def model_advice(provider: str, model: Optional[str], catalog_path: Optional[str] = None) -> str:
+    """What to do when the server does not take a model: the nearest ones batchgen knows."""
+    from batchgen.rules import models
+    catalog = models.load(catalog_path)
+    name = model or catalog.default_model(provider) or "the default model"
+    near = [m for m in models.nearest(name, catalog, provider) if m != name]
+    close = f"; the nearest batchgen knows: {', '.join(near)}" if near else ""
+    return (f"{provider} does not serve model {name!r}{close}. Set --model (or the model column) to one it "
+            f"serves (`batchgen models --provider {provider}` lists them), then run the same command again")

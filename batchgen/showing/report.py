@@ -31,7 +31,7 @@ import os
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union, cast
 from urllib.parse import quote
@@ -91,6 +91,12 @@ def sweep_points(job: Optional[dict], df) -> dict:
     return points or {"all": {}}
 
 
+def not_offered(job: Optional[dict]) -> dict:
+    """{label: why} of the sweep points the plan left out: their model does not offer them."""
+    found = (job or {}).get("not_offered")
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 def column_labels(job: Optional[dict], df) -> list[str]:
     """The sweep points' labels in the job's sweep order, then any others the results hold."""
     return list(sweep_points(job, df))
@@ -126,6 +132,7 @@ class Layout:
     col_keys: list           # the grid's columns: a value per column axis
     row_keys: list           # a prompt's sub-rows: a value per row axis ([()] when none)
     label_at: dict           # (col_key, row_key) -> the label of that sweep point
+    not_offered: dict = field(default_factory=dict)   # label -> why its model does not offer it
 
     @property
     def labels(self) -> list[str]:
@@ -812,6 +819,9 @@ def _prompt_rows_html(key: int, prompt: Optional[str], layout: Layout, cells: di
         differ = differing_words([t for rs in recs if rs for r in rs if r.get("status") == "ok"
                                   for t in [_text(r.get("revised_prompt"))] if t])
         tds = ['<td class="cell none"><span class="empty">not a sweep point</span></td>' if rs is None else
+               f'<td class="cell none not-offered" data-point="{e(label)}"><span class="empty" '
+               f'title="{e(layout.not_offered[label])}">not offered by this model</span></td>'
+               if label in layout.not_offered and not rs else
                f'<td class="cell" data-point="{e(label)}">{_cell_html(rs, thumbnails, differ, thumb)}</td>'
                for label, rs in zip(labels, recs)]
         row_id = f"row-{key}" if j == 0 else f"row-{key}-{j}"
@@ -1137,6 +1147,7 @@ def _write_pages(out: Path, results: "ResultsBatches", cols, rows, per_page: int
     except UsageError:
         job = None
     layout = make_layout(sweep_points(job, pd.DataFrame({"sweep_point": list(tally.labels)})), cols, rows)
+    layout.not_offered = not_offered(job)
     overview = tally_overview(tally, results.columns, layout, job, f"batchgen report: {out.resolve().name}")
 
     keys = tally.prompt_keys
@@ -1149,7 +1160,8 @@ def _write_pages(out: Path, results: "ResultsBatches", cols, rows, per_page: int
                           inputs=input_thumbnails(part, max(THUMB_MIN, thumb // 2)))
         write_atomic(out / page_file(number), page.encode("utf-8"))
         if number == 1:
-            sheet = build_contact_sheet(part, layout.labels, {p: (m[1] if m else None) for p, m in made.items()},
+            sheet = build_contact_sheet(part, [lb for lb in layout.labels if lb not in layout.not_offered],
+                                        {p: (m[1] if m else None) for p, m in made.items()},
                                         max_prompts=per_page, total_prompts=len(keys))
             buf = io.BytesIO()
             sheet.save(buf, "PNG")

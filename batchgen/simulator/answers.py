@@ -50,10 +50,14 @@ def edit_note(req: "ImageRequest") -> str:
 def usage(req: "ImageRequest") -> dict:
     """Deterministic token counts: output from OpenAI's published per-image counts for
     gpt-image-1 (1024x1024 low/medium/high = 272/1056/4160, scaled by area: 1536x1024 =
-    408/1584/6240), text input a token per 4 characters, image input per input image (a markup
-    image counts as one)."""
-    per_image = {"low": 272, "medium": 1056, "high": 4160}[req.quality]
-    output = int(per_image * (req.width * req.height) / (1024 * 1024)) * req.n
+    408/1584/6240), text input a token per 4 characters, image input per input image (a markup image counts as
+    one). The 2.5/2.6
+    qualities xhigh and max publish no counts: the simulator's own, twice and four times high's;
+    gpt-image-2.6's complexity plans in text tokens (its own: 0, 512, 2048 an image)."""
+    per_image = {"low": 272, "medium": 1056, "high": 4160, "xhigh": 8320, "max": 16640}[req.quality]
+    images = int(per_image * (req.width * req.height) / (1024 * 1024)) * req.n
+    planned = {None: 0, "low": 0, "medium": 512, "high": 2048}[req.complexity] * req.n
+    output = images + planned
     text = max(1, math.ceil(len(req.prompt) / 4))
     seen = (*req.inputs, req.markup) if req.markup is not None else req.inputs
     image = sum(image_input_tokens(im.width, im.height, req.input_fidelity) for im in seen)
@@ -61,7 +65,7 @@ def usage(req: "ImageRequest") -> dict:
         "input_tokens": text + image,
         "input_tokens_details": {"text_tokens": text, "image_tokens": image},
         "output_tokens": output,
-        "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
+        "output_tokens_details": {"image_tokens": images, "text_tokens": planned},
         "total_tokens": text + image + output,
     }
 

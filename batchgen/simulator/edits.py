@@ -155,7 +155,7 @@ def _check_count(count: int, field: str) -> None:
                   f"images.", param=field, code="array_above_max_length")
 
 
-def parse_edit(form: EditForm) -> ImageRequest:
+def parse_edit(form: EditForm, dialect: str = "openai") -> ImageRequest:
     """Validate an edit as the API does: its parameters, then its images for the model."""
     endpoint = EDITS_JSON if form.json else EDITS_MULTIPART
     check_fields(form.fields, endpoint)
@@ -163,7 +163,7 @@ def parse_edit(form: EditForm) -> ImageRequest:
         name = "images" if form.json else "image"
         raise bad(f"Missing required parameter: '{name}'.", param=name,
                   code="missing_required_parameter")
-    req = parse_request(form.fields, endpoint)
+    req = parse_request(form.fields, endpoint, dialect)
     for image in form.images:
         _check_image(image, req)
     if form.mask is not None:

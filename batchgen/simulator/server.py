@@ -150,7 +150,7 @@ class _SimState:
         return await self._generate(request, OPENAI, self._read_body, self._accept)
 
     async def acedata_edit(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, ACEDATA, self._read_edit, self._accept_acedata_edit)
+        return await self._generate(request, ACEDATA, self._read_edit, self._accept_edit_acedata)
 
     async def openai_edit(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, OPENAI, self._read_edit, self._accept_edit)
@@ -320,12 +320,12 @@ class _SimState:
         found = self.files.get(parts.path[len(FILES_PATH):])
         return None if found is None else found[0]
 
-    def _accept(self, body: bytes) -> ImageRequest:
+    def _accept(self, body: bytes, dialect: str = OPENAI) -> ImageRequest:
         """The valid generation in the body, or ApiError (invalid, moderated or over quota)."""
         doc = decode_json(body)
         if isinstance(doc, dict):
             self._count_params(doc)
-        return self._admit(parse_request(doc))
+        return self._admit(parse_request(doc, dialect=dialect))
 
     def _accept_acedata(self, body: bytes) -> ImageRequest:
         """_accept, with AceData's callback_url and trace_id taken out of the body first."""
@@ -336,23 +336,24 @@ class _SimState:
             raise bad(str(exc), param="callback_url" if "callback" in str(exc) else "trace_id") from None
         if isinstance(doc, dict):
             self._count_params(doc, "callback_url" if callback else None, "trace_id" if trace else None)
-        return dataclasses.replace(self._admit(parse_request(doc)), callback_url=callback, trace_id=trace)
+        return dataclasses.replace(self._admit(parse_request(doc, dialect=ACEDATA)),
+                                   callback_url=callback, trace_id=trace)
 
-    def _accept_acedata_edit(self, form: EditForm) -> ImageRequest:
+    def _accept_edit_acedata(self, form: EditForm) -> ImageRequest:
         """_accept_edit, with AceData's callback_url and trace_id taken out of the fields first."""
         try:
             callback, trace = callback_fields(form.fields)
         except BadTaskQuery as exc:
             raise bad(str(exc), param="callback_url" if "callback" in str(exc) else "trace_id") from None
         self._count_params({}, "callback_url" if callback else None, "trace_id" if trace else None)
-        return dataclasses.replace(self._accept_edit(form), callback_url=callback, trace_id=trace)
+        return dataclasses.replace(self._accept_edit(form, ACEDATA), callback_url=callback, trace_id=trace)
 
-    def _accept_edit(self, form: EditForm) -> ImageRequest:
+    def _accept_edit(self, form: EditForm, dialect: str = OPENAI) -> ImageRequest:
         """The valid edit in the form, or ApiError; a batch line's too."""
         self._count_params(form.fields, "images" if form.json else "image",
                            "mask" if form.mask is not None else None)
         self.stats.input_images += len(form.images)
-        return self._admit(parse_edit(form))
+        return self._admit(parse_edit(form, dialect))
 
     def _count_params(self, fields: dict, *more: Optional[str]) -> None:
         """Which parameters reached the server (stats.params), valid or not."""

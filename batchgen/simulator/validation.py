@@ -1,8 +1,9 @@
 """Request validation as the real API does it, and the error type both dialects render.
 
 The model rules come from the descriptions in OpenAI's request schema
-(spec/openai-images-generations.schema.json), not from the client's own tables, so that a
-misunderstanding in the client shows up as a refusal here.
+(spec/openai-images-generations.schema.json), OpenAI's model and deprecation pages and AceData's
+model list (as of 2026-12), written here on their own, not read from the client's catalog, so
+that a misunderstanding in the client shows up as a refusal here.
 """
 from __future__ import annotations
 
@@ -27,15 +28,22 @@ class Model:
     fidelities: tuple = ()      # input_fidelity values its edits take (none: refused)
     output_formats: tuple = ("png", "jpeg", "webp")
     markup: bool = False        # its edits take a markup image (gpt-image-2.6)
+    complexities: tuple = ()    # gpt-image-2.6: how much it plans before rendering
 
 
 _GPT_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 _GPT_QUALITIES = ("low", "medium", "high", "auto")
 
 
-def _gpt(name: str, custom: bool = False, fidelities: tuple = ("high", "low")) -> Model:
-    return Model(name, "gpt-image", _GPT_SIZES, _GPT_QUALITIES, (), 10, 32000, "auto", custom,
-                 fidelities)
+def _gpt(name: str, custom: bool = False, fidelities: tuple = ("high", "low"), qualities: tuple = _GPT_QUALITIES,
+         complexities: tuple = ()) -> Model:
+    return Model(name, "gpt-image", _GPT_SIZES, qualities, (), 10, 32000, "auto", custom,
+                 fidelities=fidelities, complexities=complexities)
+
+
+# gpt-image-2.5 (2026-09-08) adds two qualities; gpt-image-2.6 (2026-11-04) adds complexity.
+_QUALITIES_25 = ("low", "medium", "high", "xhigh", "max", "auto")
+_COMPLEXITIES = ("low", "medium", "high")
 
 
 MODELS = {
@@ -51,11 +59,40 @@ MODELS = {
     "gpt-image-1.5": _gpt("gpt-image-1.5"),
     "gpt-image-2": _gpt("gpt-image-2", custom=True, fidelities=()),
     "gpt-image-2-2026-04-21": _gpt("gpt-image-2-2026-04-21", custom=True, fidelities=()),
+    "gpt-image-2.5-flare": _gpt("gpt-image-2.5-flare", custom=True, fidelities=(), qualities=_QUALITIES_25),
+    "gpt-image-2.5-sunburst": _gpt("gpt-image-2.5-sunburst", custom=True, fidelities=(), qualities=_QUALITIES_25),
+    "gpt-image-2.6-flare": _gpt("gpt-image-2.6-flare", custom=True, fidelities=(), qualities=_QUALITIES_25,
+                                complexities=_COMPLEXITIES),
+    "gpt-image-2.6-sunburst": _gpt("gpt-image-2.6-sunburst", custom=True, fidelities=(), qualities=_QUALITIES_25,
+                                   complexities=_COMPLEXITIES),
+    # AceData's gpt-image-2 routes and Google's models through AceData: model, prompt, size only.
+    "gpt-image-2:official": _gpt("gpt-image-2:official", custom=True, fidelities=()),
+    "gpt-image-2:reverse": _gpt("gpt-image-2:reverse", custom=True, fidelities=()),
+    "nano-banana": Model("nano-banana", "nano", (), (), (), 1, 32000, "1024x1024"),
+    "nano-banana-2": Model("nano-banana-2", "nano", (), (), (), 1, 32000, "1024x1024"),
+    "nano-banana-pro": Model("nano-banana-pro", "nano", (), (), (), 1, 32000, "1024x1024"),
 }
 # gpt-image-2.6 (2026-11-04): SVG and animated GIF output, markup-guided edits.
 for _name in ("gpt-image-2.6-flare", "gpt-image-2.6-sunburst"):
-    MODELS[_name] = dataclasses.replace(_gpt(_name, custom=True, fidelities=()), markup=True,
+    MODELS[_name] = dataclasses.replace(MODELS[_name], markup=True,
                                         output_formats=("png", "jpeg", "webp", "svg", "gif"))
+
+# Who serves what, December 2026. OpenAI's deprecations page: DALL-E 2 and 3 shut down
+# 2026-05-12, gpt-image-1 2026-10-23, gpt-image-1-mini, gpt-image-1.5 and chatgpt-image-latest
+# 2026-12-01. AceData still serves dall-e-3 and gpt-image-1, not the others OpenAI retired.
+OPENAI_DIALECT, ACEDATA_DIALECT = "openai", "acedata"
+SERVED = {
+    OPENAI_DIALECT: frozenset({"gpt-image-2", "gpt-image-2-2026-04-21", "gpt-image-2.5-flare", "gpt-image-2.5-sunburst",
+                               "gpt-image-2.6-flare", "gpt-image-2.6-sunburst"}),
+    ACEDATA_DIALECT: frozenset({"dall-e-3", "gpt-image-1", "gpt-image-2", "gpt-image-2:official",
+                                "gpt-image-2:reverse", "gpt-image-2.5-flare", "gpt-image-2.5-sunburst",
+                                "nano-banana", "nano-banana-2", "nano-banana-pro"}),
+}
+RETIRED = {"dall-e-2": "2026-05-12", "dall-e-3": "2026-05-12", "gpt-image-1": "2026-10-23",
+           "gpt-image-1-mini": "2026-12-01", "gpt-image-1.5": "2026-12-01", "chatgpt-image-latest": "2026-12-01"}
+# What a body without `model` makes: OpenAI's schema says dall-e-2 (gpt-image-1 with a GPT-only
+# field); AceData's guide is DALL-E 3's.
+_DIALECT_DEFAULT = {ACEDATA_DIALECT: "dall-e-3"}
 
 _GPT_ONLY_FIELDS = ("output_format", "output_compression", "background", "moderation",
                     "stream", "partial_images", "input_fidelity")
@@ -73,7 +110,7 @@ class Endpoint:
 
 _COMMON_FIELDS = frozenset({
     "prompt", "model", "n", "quality", "response_format", "output_format", "output_compression",
-    "stream", "partial_images", "size", "moderation", "background", "user",
+    "stream", "partial_images", "size", "moderation", "background", "user", "complexity",
 })
 GENERATIONS = Endpoint("/v1/images/generations", _COMMON_FIELDS | {"style"}, ("dall-e-2", "dall-e-3"))
 # Edits as the official SDK sends them (multipart/form-data; the files are `image`, `image[]`,
@@ -130,6 +167,7 @@ class ImageRequest:
     input_fidelity: Optional[str] = None
     callback_url: Optional[str] = None   # AceData callback mode (tasks.py)
     trace_id: Optional[str] = None
+    complexity: Optional[str] = None
 
 
 def auth_error(authorization: str, token: str) -> Optional[ApiError]:
@@ -205,14 +243,14 @@ def check_fields(body: Any, endpoint: Endpoint = GENERATIONS) -> None:
         raise bad(f"Unknown parameter: '{unknown[0]}'.", param=unknown[0], code="unknown_parameter")
 
 
-def parse_request(body: Any, endpoint: Endpoint = GENERATIONS) -> ImageRequest:
+def parse_request(body: Any, endpoint: Endpoint = GENERATIONS, dialect: str = OPENAI_DIALECT) -> ImageRequest:
     """Validate one decoded request body as the real API does; raise ApiError if refused.
 
     The checks run in a fixed order, so that a body with several faults always meets the same
     first refusal.  For edits, this checks the parameters; ``edits`` checks the images."""
     check_fields(body, endpoint)
     prompt = _prompt(body)
-    model = _model(body, endpoint)
+    model = _model(body, endpoint, dialect)
     _check_family_fields(body, model)
     _check_prompt_length(prompt, model)
     n = _count(body, model)
@@ -224,7 +262,7 @@ def parse_request(body: Any, endpoint: Endpoint = GENERATIONS) -> ImageRequest:
     _check_rest(body, model)
     return ImageRequest(model, prompt, n, width, height, f"{width}x{height}", quality, style,
                         response_format, output_format, compression, background,
-                        input_fidelity=_fidelity(body, model))
+                        input_fidelity=_fidelity(body, model), complexity=_complexity(body, model))
 
 
 def _prompt(body: dict) -> str:
@@ -238,25 +276,40 @@ def _prompt(body: dict) -> str:
     return prompt
 
 
-def _model(body: dict, endpoint: Endpoint) -> Model:
-    model_name = _typed(body, "model", str, "a string") or endpoint.default_model
+def _model(body: dict, endpoint: Endpoint, dialect: str = OPENAI_DIALECT) -> Model:
+    model_name = _typed(body, "model", str, "a string") or endpoint.default_model or _DIALECT_DEFAULT.get(dialect)
     if model_name is None:
         # The schema: dall-e-2 unless a parameter only the GPT image models take is used.
         uses_gpt = any(body.get(k) is not None for k in _GPT_ONLY_FIELDS)
         model_name = "gpt-image-1" if uses_gpt else "dall-e-2"
-    model = MODELS.get(model_name)
+    served = SERVED.get(dialect, SERVED[OPENAI_DIALECT])
+    if model_name in RETIRED and model_name not in served:
+        # As OpenAI answers a model past its shutdown date.
+        raise ApiError(404, f"The model '{model_name}' has been deprecated and was shut down on "
+                       f"{RETIRED[model_name]}; learn more at https://platform.openai.com/docs/deprecations.",
+                       code="model_not_found", param="model", ace_code="model_not_found")
+    model = MODELS.get(model_name) if model_name in served else None
     if model is None:
         raise ApiError(400, f"The model '{model_name}' does not exist or you do not have access "
-                       f"to it. Supported image models: {_quote_list(MODELS)}.",
-                       code="model_not_found", param="model")
-    if model.family != "gpt-image" and model.name not in endpoint.dall_e:
-        taken = [*endpoint.dall_e, *(m for m in MODELS if MODELS[m].family == "gpt-image")]
+                       f"to it. Supported image models: {_quote_list(sorted(served))}.",
+                       code="model_not_found", param="model", ace_code="model_not_found")
+    if model.family == "dall-e" and model.name not in endpoint.dall_e:
+        taken = [*endpoint.dall_e, *(m for m in sorted(served) if MODELS[m].family != "dall-e")]
         raise bad(f"Invalid value: '{model.name}'. Supported models for {endpoint.name} in this "
                   f"form are: {_quote_list(taken)}.", param="model")
     return model
 
 
 def _check_family_fields(body: dict, model: Model) -> None:
+    if model.family == "nano":
+        for k in sorted(body):
+            if k not in ("model", "prompt", "size") and body[k] is not None:
+                raise bad(f"Unknown parameter: '{k}'. Model '{model.name}' takes model, prompt and size only.",
+                          param=k, code="unknown_parameter")
+        return
+    if body.get("complexity") is not None and not model.complexities:
+        raise bad(f"Unknown parameter: 'complexity'. It is only supported for gpt-image-2.6 models, not "
+                  f"'{model.name}'.", param="complexity", code="unknown_parameter")
     if model.family == "gpt-image":
         if body.get("response_format") is not None:
             raise bad(f"Unknown parameter: 'response_format'. Model '{model.name}' always returns "
@@ -293,6 +346,10 @@ def _count(body: dict, model: Model) -> int:
 def _size(body: dict, model: Model) -> tuple[int, int]:
     """(width, height); "auto" is generated at 1024x1024."""
     size = _typed(body, "size", str, "a string") or model.default_size
+    if model.family == "nano":
+        # Google's models take an aspect ratio or WxH through AceData; the simulator makes WxH.
+        m = _SIZE_RE.match(size)
+        return (int(m[1]), int(m[2])) if m and int(m[1]) <= _MAX_EDGE and int(m[2]) <= _MAX_EDGE else (1024, 1024)
     if size not in model.sizes:
         _check_custom_size(size, model)
     if size == "auto":
@@ -347,6 +404,8 @@ def _style(body: dict, model: Model) -> Optional[str]:
 
 
 def _response_format(body: dict, model: Model) -> str:
+    if model.family == "nano":
+        return "url"        # AceData hands Google's images out as links
     gpt = model.family == "gpt-image"
     response_format = _typed(body, "response_format", str, "a string")
     if not gpt:
@@ -387,6 +446,12 @@ def _check_rest(body: dict, model: Model) -> None:
         raise bad(f"Invalid 'partial_images': expected a value between 0 and 3, but got "
                   f"{partial} instead.", param="partial_images")
     _typed(body, "user", str, "a string")
+
+
+def _complexity(body: dict, model: Model) -> Optional[str]:
+    complexity = _typed(body, "complexity", str, "a string")
+    _choice(complexity, "complexity", model.complexities, model)
+    return complexity
 
 
 def _fidelity(body: dict, model: Model) -> Optional[str]:

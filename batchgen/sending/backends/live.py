@@ -17,7 +17,7 @@ from batchgen.exceptions import ApiError, BadResponse, InvalidInput, NotJson, Re
 from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
 from batchgen.planning.settings import AUTO
 from batchgen.rules.models import FORMAT_EXTENSIONS
-from batchgen.sending.classify import Decision, classify, is_rate_limited, stop_advice
+from batchgen.sending.classify import Decision, ModelRefusals, classify, is_rate_limited, model_advice, stop_advice
 from batchgen.sending.client import ImagesClient, redact
 from batchgen.sending.limits import Attempt, RateFinder, RetryPolicy, Spacer, TaskRetries
 from batchgen.util import gcpause
@@ -89,6 +89,7 @@ class LiveBackend:
         self.in_flight = 0
         self.succeeded = 0
         self.wrong_endpoint = 0
+        self.model_refusals = ModelRefusals()
         self.concurrency = 1
         self._client: Optional[ImagesClient] = None
         self._workers: list = []
@@ -243,7 +244,7 @@ class LiveBackend:
                     if self._log_attempts:
                         self._log_attempt(task, attempts, sent_at, record["http_status"], "ok", "done")
                     return self._finish(task, record)
-                wait = self._ask_policy(error, retries, pause, own_wait)
+                wait = self._ask_policy(error, retries, pause, own_wait, task.params.get("model"))
                 if self._log_attempts:
                     self._log_attempt(task, attempts, sent_at, error.http_status, error.code,
                                       self._next_step(wait, is_rate_limited(error)))
@@ -285,16 +286,23 @@ class LiveBackend:
         return pause, own
 
     def _ask_policy(self, error: RequestError, retries: TaskRetries, pause: float = 0.0,
-                    own_wait: float = 0.0) -> Optional[float]:
+                    own_wait: float = 0.0, model: Optional[str] = None) -> Optional[float]:
         """Seconds to wait before trying again, or None: this error is the task's outcome.
         An error that means nothing can succeed (auth, quota) stops the run."""
         decision = classify(error)
         if decision is Decision.STOP:
             self.stop(error.code, f"{error.code} (HTTP {error.http_status}): {error.message} — "
-                                  f"{stop_advice(error, self.endpoint.provider)}")
+                                  f"{stop_advice(error, self.endpoint.provider, model)}")
             return 0.0      # the caller sees the stop and leaves the task not done
         if self._looks_like_a_wrong_endpoint(error):
             return WRONG_ENDPOINT_RETRY_S
+        if decision is Decision.FAIL and self.model_refusals.refused(model, error):
+            self.stop("model_refused", f"the first requests of model {model!r} were all refused alike "
+                                       f"({error.code}, HTTP {error.http_status}: {error.message}): the server "
+                                       f"refuses the model, or a setting all its requests share; the tasks not "
+                                       f"sent are left to send. If it is the model: "
+                                       f"{model_advice(self.endpoint.provider, model)}")
+            return None     # this task's refusal is recorded, as the ones before it
         if decision is Decision.FAIL:
             return None
         if error.retry_after is not None and error.retry_after > self.max_wait:
@@ -399,6 +407,7 @@ class LiveBackend:
             images.append({"image_index": index, **saved.record(), "image_url": url,
                            "revised_prompt": image.revised_prompt})
         self.succeeded += 1
+        self.model_refusals.accepted(task.params.get("model"))
         record = {"task_id": task.task_id, "status": "ok", "images": images,
                 "created": generation.created, "trace_id": generation.trace_id,
                 "http_status": generation.http_status, "usage": generation.usage,
