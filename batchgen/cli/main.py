@@ -31,7 +31,8 @@ def _fail(message: str) -> None:
 def job_options(f):
     """Options shared by `run` and `plan`."""
     options = [
-        click.option("--out", help="Output folder (default: the job file's `out`, else runs/<name>)."),
+        click.option("--out", help="Output folder (default: the job file's `out`, else runs/<name>; with --simulate, "
+                                         "simulated/<name> beside it)."),
         click.option("--prompt-column", help="Column holding the prompt (default: prompt)."),
         click.option("--model", help="Model for rows without a model column/cell (e.g. dall-e-3, gpt-image-1)."),
         click.option("--quality", help="Default quality (dall-e-3: standard|hd; GPT image: low|medium|high|auto)."),
@@ -232,8 +233,8 @@ def format_summary(s) -> str:
         lines.append(f"{s.short} answer(s) had fewer images than asked (n); the missing ones are rows "
                      f"with error_code missing_image, and are not requested again")
     if s.not_in_input:
-        lines.append(f"{s.not_in_input} task(s) finished earlier are no longer in the input; they stay "
-                     f"listed with in_input = False")
+        lines.append(f"{s.not_in_input} task(s) finished earlier are not in this job (rows, sweep values or "
+                     f"defaults it no longer asks for); they stay listed with in_job = False")
     lines.append(f"results: {s.out}/results.parquet   images: {s.out}/images/")
     if s.stopped:
         lines.append(f"stopped early: {s.stop_message}")
@@ -308,6 +309,9 @@ def cancel(out):
 @click.option("--per-page", type=int, metavar="N",
               help="Prompts per page (default 50): report.html, report-2.html, ...")
 @click.option("--thumb", type=int, metavar="PX", help="Thumbnails' long side in pixels (default 256).")
+@click.option("--current-job", is_flag=True,
+              help="Only the tasks the folder's last job asked for (default: every point the folder holds, "
+                   "earlier jobs' too).")
 def report(out, **options):
     """Write OUT/report.html, the sweep comparison gallery."""
     from batchgen.showing.report import write_report
