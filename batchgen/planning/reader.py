@@ -147,6 +147,10 @@ def table_from(data, what: str):
         table = pa.Table.from_batches([data])
     elif type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns"):
         table = _from_pandas(data)
+    elif type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "to_frame"):
+        name = data.name if isinstance(data.name, str) else "prompt"
+        raise UsageError(f"{what} is one column (a pandas Series); give a DataFrame, e.g. "
+                         f"series.to_frame({name!r}) (its column named as --prompt-column, default 'prompt')")
     elif isinstance(data, (list, tuple)):
         for i, row in enumerate(data):
             if not isinstance(row, dict):
@@ -154,7 +158,11 @@ def table_from(data, what: str):
                                  "per row, e.g. [{\"prompt\": \"an otter\"}, ...]")
         table = _rows_table(data)
     elif hasattr(data, "__arrow_c_stream__"):
-        table = pa.table(data)
+        try:
+            table = pa.table(data)
+        except (pa.ArrowException, TypeError, ValueError) as e:
+            raise UsageError(f"{what} is a {type(data).__name__} that is not a table ({e}); give a path, "
+                             "a pandas DataFrame, a pyarrow Table or a list of dicts") from None
     else:
         raise UsageError(f"{what} is a {type(data).__name__}; give a path (CSV, Parquet, JSONL or a job "
                          "file), a pandas DataFrame, a pyarrow Table or a list of dicts")

@@ -214,6 +214,8 @@ class LiveBackend:
                     attempt = self.pacer.sent()
                     sent_at = attempt.sent_at
                     record, error = await self._try(task, body, attempt)
+                    if isinstance(error, Unreachable):
+                        self.requests_sent -= 1     # no connection: nothing left this machine
                     if error is not None and is_rate_limited(error):
                         pause, own_wait = self._rate_limited(error, attempt)
                 finally:
