@@ -441,10 +441,21 @@ def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int, out_dir: Op
         except UsageError:
             pass
     prices = pricing.load(plan.config.prices)
-    found = [(key, event, record) for key in keys
-             if (record := replay.record(event := replay.final_event(key), key)) is not None]
-    row_of = plan.tasks.rows_of({r.get("prompt") for _, _, r in found if isinstance(r.get("prompt"), str)})
-    for key, event, record in found:
+    # Two passes over their journal lines, so no more than their prompts is held at once:
+    # the prompts first (to find their rows), then the rows.
+    found, prompts = [], set()
+    for key in keys:
+        event = replay.final_event(key)
+        record = replay.record(event, key)
+        if record is None:      # its line was damaged: not done after all
+            continue
+        found.append((key, event))
+        if isinstance(record.get("prompt"), str):
+            prompts.add(record["prompt"])
+    row_of = plan.tasks.rows_of(prompts)
+    del prompts
+    for key, event in found:
+        record = replay.record(event, key) or {}
         params = record.get("params") if isinstance(record.get("params"), dict) else {}
         prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else None
         point = {a: params.get(a) for a in axes}
@@ -457,7 +468,7 @@ def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int, out_dir: Op
             base += "," + _encode_any({k: inputs.get(k) if isinstance(inputs.get(k), str) else None
                                        for k in RECORD_FIELDS})[1:-1]
         origin = replay.origin_of(event)
-        if record["status"] == "ok":
+        if record.get("status") == "ok":
             rows.ok(base, record, price, origin if origin >= 0 else legacy, None)
         else:
             error = {k: record.get(k) for k in _OUTCOME_FIELDS}
