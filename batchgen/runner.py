@@ -223,6 +223,7 @@ def run_plan(config: JobConfig, table, plan: Plan, connect, *, progress: bool = 
     return _run_in_thread(lambda: _run_async(config, table, plan, connect, progress))
 
 
+SIGNAL_CHECK_S = 0.2     # how often the caller's thread looks for a signal while a run goes on
 # Signals the caller's thread receives while a run goes on in a thread of its own. SIGINT is
 # always taken over (Ctrl-C must reach the run); the others only where nobody handles them.
 _FORWARDED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -237,6 +238,10 @@ def _run_in_thread(make_coro) -> Summary:
     box: dict = {}
 
     def in_thread():
+        # The kernel gives a process's signal to any thread that does not block it: blocked
+        # here (and in the threads this one starts), it goes to the caller's thread.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         token = _relay.set(relay)
         try:
             box["result"] = asyncio.run(_attached(relay, make_coro()))
@@ -249,7 +254,10 @@ def _run_in_thread(make_coro) -> Summary:
         thread.start()
         while thread.is_alive():
             try:
-                thread.join()
+                # Python runs a signal's handler in this thread only between bytecodes: a
+                # signal the kernel gave another of the host's threads would wait for the end
+                # of a join without a timeout.
+                thread.join(SIGNAL_CHECK_S)
             except KeyboardInterrupt:   # a handler of the host's raised it: the run is told
                 relay.fire()
     if isinstance(box.get("error"), asyncio.CancelledError):

@@ -59,8 +59,10 @@ def main() -> None:
                 proc = subprocess.Popen([PYTHON, str(script), str(data), str(out), sim.acedata_url,
                                          str(args.concurrency)], stdout=subprocess.PIPE, text=True, cwd=REPO,
                                         env={**os.environ})
+                waited = time.monotonic()
                 while sim.stats().get("requests", 0) < args.concurrency:
                     time.sleep(0.05)
+                log(f"  ({sim.stats().get('requests')} requests seen after {time.monotonic() - waited:.1f} s)")
                 # SIGUSR1 marks the moment in the child's clock, then SIGINT is the Ctrl-C.
                 proc.send_signal(signal.SIGUSR1)
                 proc.send_signal(signal.SIGINT)

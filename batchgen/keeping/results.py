@@ -456,7 +456,8 @@ def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int, out_dir: Op
     del prompts
     for key, event in found:
         record = replay.record(event, key) or {}
-        params = record.get("params") if isinstance(record.get("params"), dict) else {}
+        found_params = record.get("params")
+        params: dict = found_params if isinstance(found_params, dict) else {}
         prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else None
         point = {a: params.get(a) for a in axes}
         point.update({a: params[a] for a in earlier if params.get(a) is not None})
