@@ -370,6 +370,7 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
         warnings.append(f"{state.damaged} damaged journal line(s) skipped; their tasks are sent again")
         log.warning(warnings[-1])
     todo = pending_tasks(plan, state, config.retry_failed)
+    folder.record_not_in_job(_not_in_job(plan, state))
     stop = StopSwitch()
     bar = Progress(todo.sendable, todo.sendable - len(todo.pending), todo.done_ok, todo.done_err,
                    show_progress and bool(todo.pending))
@@ -424,6 +425,26 @@ def _carry_over_legacy_ids(folder, config, table, plan, state, origin: Provenanc
         state = replay(folder.journal_path, out_dir=folder.path)
     folder.mark_current_ids()
     return state
+
+
+def _not_in_job(plan: Plan, state) -> dict:
+    """What the journal holds finished that this job does not ask for (an earlier job's
+    tasks), counted for `status`, which has no plan to tell them apart: ok, errors, error codes."""
+    import numpy as np
+    keys = state.finished_elsewhere(np.sort(plan.tasks.keys()))
+    counts: dict = {"ok": 0, "errors": 0, "by_code": {}}
+    for key in keys:
+        record = state.record(state.final_event(key), key)
+        if not isinstance(record, dict):
+            continue
+        if record.get("status") == "ok":
+            counts["ok"] += 1
+        else:
+            counts["errors"] += 1
+            code = record.get("error_code")
+            code = code if code is None or isinstance(code, str) else str(code)
+            counts["by_code"][code] = counts["by_code"].get(code, 0) + 1
+    return counts
 
 
 def _finished_among(state):

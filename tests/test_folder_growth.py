@@ -76,6 +76,10 @@ def test_a_narrower_job_keeps_the_other_points_listed_beside_their_prompts(cli, 
     # Labelled by the axis the folder was swept over, and placed on their prompt's row.
     assert set(old.sweep_point) == {"size=1024x1024"} and set(old["size"]) == {"1024x1024"}
     assert sorted(old.row_index.tolist()) == [0, 1, 2]
+    # status counts this job's tasks, and the others apart.
+    status = json.loads(cli("status", out, "--json").stdout)
+    assert (status["total"], status["done"], status["ok"], status["not_in_job"]) == (3, 3, 3, 3)
+    assert "and 3 finished task(s) of earlier jobs" in cli("status", out).stdout
 
 
 def test_report_compares_every_point_the_folder_holds_or_the_current_jobs(cli, fresh_sim, prompts_csv, tmp_path):

@@ -346,6 +346,19 @@ class OutputFolder:
             log.warning("could not record the run's end in %s (%s); `batchgen status` will say "
                         "it stopped without saying why", self.job_path, e)
 
+    def record_not_in_job(self, counts: dict) -> None:
+        """Say in job.json what the folder holds finished that this job does not ask for (for
+        `status`, which reads the journal without the plan). Called while the lock is held;
+        none is what write_job's fresh document says already."""
+        if not (counts.get("ok") or counts.get("errors")):
+            return
+        try:
+            doc = read_job(self.path)
+            doc["not_in_job"] = counts
+            self._write_job_doc(doc)
+        except (OSError, UsageError) as e:
+            log.debug("could not record the tasks beside this job in %s (%s)", self.job_path, e)
+
     def record_pace(self, pace: dict) -> None:
         """Say in job.json how fast this run sends and what it has in flight (for `status`).
         Called while the lock is held, every few seconds at most; a disk that refuses it loses
