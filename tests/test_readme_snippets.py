@@ -132,23 +132,29 @@ def _indented(body: list, line: int) -> list:
     return found
 
 
-def commands(shell: str) -> list[list[str]]:
-    """The batchgen command lines of a shell block, as argv without the program name: lines
-    joined at a trailing backslash, comments dropped, each of `a && b ; c | d` looked at, and
-    VAR=value before the program skipped."""
+_EXITS = re.compile(r"#.*\bexits? (\d)\b")
+
+
+def commands(shell: str) -> list[tuple[list[str], set]]:
+    """The batchgen command lines of a shell block, as (argv without the program name, the
+    exit statuses it may end with): lines joined at a trailing backslash, comments dropped, each
+    of `a && b ; c | d` looked at, VAR=value before the program skipped. A command exits 0 or 1,
+    or as its comment says ("# exits 3")."""
     found = []
     for line in re.sub(r"\\\n\s*", " ", shell).splitlines():
         try:
             words = shlex.split(line, comments=True)
         except ValueError:       # not shell (a log line, a listing)
             continue
+        said = _EXITS.search(line)
+        exits = {0, 1} | ({int(said.group(1))} if said else set())
         part: list[str] = []
         for word in words + ["&&"]:
             if word in ("&&", "||", ";", "|"):
                 while part and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", part[0]):
                     part = part[1:]
                 if len(part) > 1 and part[0] in PROGRAMS:
-                    found.append(part[1:])
+                    found.append((part[1:], exits))
                 part = []
             else:
                 part.append(word)
@@ -216,8 +222,8 @@ class Runner:
 
     def block(self, block: Block, source: str) -> None:
         if block.kind in ("shell", "bash", "sh", "console", "text"):
-            for argv in commands(block.text):
-                self.command(block, argv)
+            for argv, exits in commands(block.text):
+                self.command(block, argv, exits)
         elif block.kind in ("python", "py"):
             if block.fenced:
                 self.python(block, source)
@@ -238,7 +244,7 @@ class Runner:
             except ValueError as e:
                 self.fail(block, "json", str(e))
 
-    def command(self, block: Block, argv: list) -> None:
+    def command(self, block: Block, argv: list, exits: frozenset = frozenset({0, 1})) -> None:
         shown = "batchgen " + " ".join(argv)
         if any(_PLACEHOLDER.search(arg) for arg in argv[1:]):
             problem = check_synopsis(argv)
@@ -254,7 +260,7 @@ class Runner:
         proc = subprocess.run([sys.executable, "-m", "batchgen", *argv], cwd=self.where, env=self.env,
                               capture_output=True, text=True, timeout=600)
         self.ran.append(shown)
-        if proc.returncode not in (0, 1) or "Traceback" in proc.stderr:
+        if proc.returncode not in exits or "Traceback" in proc.stderr:
             self.fail(block, shown, f"exit {proc.returncode}: {proc.stderr or proc.stdout}")
 
     def python(self, block: Block, source: str) -> None:
@@ -324,9 +330,11 @@ def test_the_extractor_finds_fenced_and_indented_blocks_commands_and_synopses():
     assert [(b.kind, b.fenced) for b in found] == [("shell", False), ("shell", False), ("python", True),
                                                   ("toml", True), ("python", False), ("shell", False)]
     assert found[4].text.splitlines()[-1].startswith("c = OpenAI(") and found[5].text.startswith("curl ")
-    assert commands(found[1].text) == [["plan", "a.csv", "--rpm", "5"],
-                                       ["run", "a.csv", "--simulate", "--out", "runs/x"]]
-    assert any(_PLACEHOLDER.search(a) for a in commands(found[0].text)[0][1:])
+    assert commands(found[1].text) == [(["plan", "a.csv", "--rpm", "5"], {0, 1}),
+                                       (["run", "a.csv", "--simulate", "--out", "runs/x"], {0, 1})]
+    assert any(_PLACEHOLDER.search(a) for a in commands(found[0].text)[0][0][1:])
+    assert commands("batchgen run a.csv --no-wait    # submits and exits 3") == [
+        (["run", "a.csv", "--no-wait"], {0, 1, 3})]
     assert found[3].text == 'input = "a.csv"'
 
 
