@@ -283,17 +283,21 @@ class _Relay:
         self.task: Optional[asyncio.Task] = None
         self.handler: Optional["_signals"] = None
         self.early = 0          # interrupts before the run's loop started
+X
 
     def attach(self, loop, task) -> None:
-        self.loop, self.task = loop, task
-        if self.early:
+        with self._lock:
+            self.loop, self.task = loop, task
+            early = self.early
+        if early:
             self._deliver()
 
     def fire(self, *_signal_args) -> None:
-        loop = self.loop
-        if loop is None:
-            self.early += 1
-            return
+        with self._lock:
+            loop = self.loop
+            if loop is None:
+                self.early += 1
+                return
         with contextlib.suppress(RuntimeError):     # the loop has closed: the run is over
             loop.call_soon_threadsafe(self._deliver)
 
