@@ -283,7 +283,9 @@ class _Relay:
         self.task: Optional[asyncio.Task] = None
         self.handler: Optional["_signals"] = None
         self.early = 0          # interrupts before the run's loop started
-X
+        # attach (the run's thread) and fire (the caller's); re-entrant, since fire is a signal
+        # handler, which a second signal can interrupt
+        self._lock = threading.RLock()
 
     def attach(self, loop, task) -> None:
         with self._lock:
