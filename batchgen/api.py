@@ -85,8 +85,9 @@ def run(source: Source, *,
 
     source: a job file (.toml), a data file (.csv, .tsv, .parquet, .jsonl), or a table in memory:
         a pandas DataFrame, a pyarrow Table or a list of dicts (then `out` is needed).
-    out: the output folder (default: the job file's `out`, else runs/<name>). Run again with the
-        same `out` to resume: finished tasks are not sent again.
+    out: the output folder (default: the job file's `out`, else runs/<name>; with simulate=True,
+        simulated/<name> beside it). Run again with the same `out` to resume: finished tasks are
+        not sent again, and added rows, sweep values or defaults send only their new tasks.
     prompt_column: the column holding the prompt (default "prompt").
     model, quality, style, size, response_format, n: the default of each image parameter for
         rows without a cell of their own (e.g. model="dall-e-3", quality="hd"). `defaults` gives
@@ -125,7 +126,9 @@ def run(source: Source, *,
     verbose: a line per attempt, rate-limit pause and stop on stderr; log_file: the same lines
         appended to that file.
 
-    Returns the Summary (counts, cost, exit_status; `.results()` is the results DataFrame).
+    Returns the Summary (counts, cost, exit_status; `.results()` is the results DataFrame;
+    print() it for what `batchgen run` prints). Inside a running event loop (Jupyter), Ctrl-C
+    stops the run as on the command line and the Summary says so (stopped == "interrupted").
     Raises UsageError (or JobMismatch, FolderBusy) before anything is sent when the input or an
     argument is wrong, with the message `batchgen run` prints.
     """

@@ -68,14 +68,21 @@ def plan(source, options: dict, table=None):
     config, table, job_plan = prepare(source, options, table)
     for warning in job_plan.warnings:
         log.warning(warning)
-    return config, summarise_plan(job_plan, _done_in(config, table, job_plan))
+    found = _done_in(config, table, job_plan)
+    summary = summarise_plan(job_plan, found[0] if found else None)
+    if found:
+        summary.folder_simulated, summary.not_in_job = found[1], found[2]
+    return config, summary
 
 
 def _done_in(config, table, job_plan):
-    """task id -> its status in config.out's journal ("ok", "error", IN_BATCH, None), or None
-    when the folder holds no run. Read only: no lock, nothing written."""
+    """(task id -> its status in config.out's journal ("ok", "error", IN_BATCH, None), whether
+    the folder's results are simulated, how many finished tasks it holds that this job does
+    not), or None when the folder holds no run. Read only: no lock, nothing written."""
+    import numpy as np
+
     from batchgen.keeping.journal import replay, task_key
-    from batchgen.keeping.outdir import OutputFolder
+    from batchgen.keeping.outdir import OutputFolder, provenance_of
     from batchgen.planning.identity import is_legacy, legacy_ids
     from batchgen.planning.summary import IN_BATCH
     folder = OutputFolder(config.out)
@@ -84,18 +91,21 @@ def _done_in(config, table, job_plan):
         return None
     folder.check_same_job(existing, config.fingerprint(), config.public_dict())
     state = replay(folder.journal_path, out_dir=folder.path)
+    origin = provenance_of(existing)
+    simulated = bool(origin and origin.simulated and folder.holds_outcomes())
     if is_legacy(existing) and folder.holds_outcomes():
         # Its journal names tasks by the previous ids; the first run will carry them over.
         old = dict(zip((t.task_id for t in job_plan.tasks), legacy_ids(table, config, job_plan)))
-        return lambda task_id: state.status(task_id) or state.status(old[task_id])
+        return (lambda task_id: state.status(task_id) or state.status(old[task_id])), simulated, 0
+    others = len(state.finished_elsewhere(np.sort(job_plan.tasks.keys())))
     held = set(state.open_batch_keys().tolist())
     if not held:
-        return state.status
+        return state.status, simulated, others
 
     def status(task_id: str):
         found = state.status(task_id)
         return IN_BATCH if found is None and task_key(task_id) in held else found
-    return status
+    return status, simulated, others
 
 
 @contextlib.asynccontextmanager

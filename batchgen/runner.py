@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import signal
 import threading
@@ -56,6 +57,34 @@ class Summary:
     short: int = 0                      # ok tasks whose answer had fewer images than asked
     simulated: bool = False             # made by the built-in simulator: nothing was charged
     pace: Optional[dict] = None         # the pace and what was in flight as the run ended (live mode)
+
+    def __str__(self) -> str:
+        """What `batchgen run` prints: the counts, the cost, where the results are, why it stopped."""
+        # Each task is counted once: ok, error (by its code) or not done (the stop's code).
+        not_done = f" ({self.stopped or 'interrupted'})" if self.not_done else ""
+        lines = [f"{self.ok} ok, {self.errors} error(s), {self.not_done} not done{not_done}, of {self.total} "
+                 f"task(s) ({self.images} image(s); {self.requests_sent} request(s) sent this run; "
+                 f"{self.elapsed_s:.1f}s)"]
+        if self.by_code:
+            lines.append("errors by code: " + ", ".join(f"{code} {count}" for code, count in
+                                                       sorted(self.by_code.items(), key=lambda kv: -kv[1])))
+        if self.est_cost_usd is not None:
+            lines.append(f"estimated cost of the images: ${self.est_cost_usd:.2f}"
+                         + (" (simulated: nothing was charged)" if self.simulated else ""))
+        elif self.ok or self.errors:
+            # Unknown is not free: a model batchgen has no price for (--prices FILE gives one).
+            lines.append("estimated cost of the images: unknown (no price for a model used; "
+                         "--prices FILE gives one)")
+        if self.short:
+            lines.append(f"{self.short} answer(s) had fewer images than asked (n); the missing ones are rows "
+                         f"with error_code missing_image, and are not requested again")
+        if self.not_in_input:
+            lines.append(f"{self.not_in_input} task(s) finished earlier are not in this job (rows, sweep values "
+                         f"or defaults it no longer asks for); they stay listed with in_job = False")
+        lines.append(f"results: {self.out}/results.parquet   images: {self.out}/images/")
+        if self.stopped:
+            lines.append(f"stopped early: {self.stop_message}")
+        return "\n".join(lines)
 
     def results(self):
         """OUT/results.parquet as a pandas DataFrame (one row per image; a failed task: one row)."""
@@ -222,25 +251,121 @@ def _spent(plan: Plan, state, events, outcome, mode: str) -> tuple:
 
 def run_plan(config: JobConfig, table, plan: Plan, connect, *, progress: bool = False) -> Summary:
     """Run a planned job. `connect` is an Endpoint, or an async context manager yielding one."""
-    coro = _run_async(config, table, plan, connect, progress)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
-    # Called from a running loop (a notebook): run in a thread of its own.
+        return asyncio.run(_run_async(config, table, plan, connect, progress))
+    return _run_in_thread(lambda: _run_async(config, table, plan, connect, progress))
+
+
+SIGNAL_CHECK_S = 0.2     # how often the caller's thread looks for a signal while a run goes on
+# Signals the caller's thread receives while a run goes on in a thread of its own. SIGINT is
+# always taken over (Ctrl-C must reach the run); the others only where nobody handles them.
+_FORWARDED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _run_in_thread(make_coro) -> Summary:
+    """Called where an event loop is already running (a notebook, or inside `asyncio.run`): the
+    run gets a loop in a thread of its own, and Ctrl-C (or SIGTERM, SIGHUP) in this thread
+    reaches it as it reaches a run of the command line: once, the run stops launching and
+    finishes what is in flight; twice, at once. The folder is released before this returns."""
+    relay = _Relay()
     box: dict = {}
 
     def in_thread():
+        # The kernel gives a process's signal to any thread that does not block it: blocked
+        # here (and in the threads this one starts), it goes to the caller's thread.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        token = _relay.set(relay)
         try:
-            box["result"] = asyncio.run(coro)
+            box["result"] = asyncio.run(_attached(relay, make_coro()))
         except BaseException as e:  # handed back to the caller's thread
             box["error"] = e
+        finally:
+            _relay.reset(token)
     thread = threading.Thread(target=in_thread, name="batchgen-run")
-    thread.start()
-    thread.join()
+    with _forwarding(relay):
+        thread.start()
+        while thread.is_alive():
+            try:
+                # Python runs a signal's handler in this thread only between bytecodes: a
+                # signal the kernel gave another of the host's threads would wait for the end
+                # of a join without a timeout.
+                thread.join(SIGNAL_CHECK_S)
+            except KeyboardInterrupt:   # a handler of the host's raised it: the run is told
+                relay.fire()
+    if isinstance(box.get("error"), asyncio.CancelledError):
+        raise KeyboardInterrupt("interrupted before the sending began or after it ended; "
+                                "run the same call again to finish (nothing finished is lost)")
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+async def _attached(relay: "_Relay", coro):
+    relay.attach(asyncio.get_running_loop(), asyncio.current_task())
+    return await coro
+
+
+class _Relay:
+    """Interrupts from the caller's thread to a run's loop in another: to the sending's
+    handler (`_signals`) while it is installed, else they cancel the run (whose cleanup
+    releases the folder)."""
+
+    def __init__(self) -> None:
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.task: Optional[asyncio.Task] = None
+        self.handler: Optional["_signals"] = None
+        self.early = 0          # interrupts before the run's loop started
+        # attach (the run's thread) and fire (the caller's); re-entrant, since fire is a signal
+        # handler, which a second signal can interrupt
+        self._lock = threading.RLock()
+
+    def attach(self, loop, task) -> None:
+        with self._lock:
+            self.loop, self.task = loop, task
+            early = self.early
+        if early:
+            self._deliver()
+
+    def fire(self, *_signal_args) -> None:
+        with self._lock:
+            loop = self.loop
+            if loop is None:
+                self.early += 1
+                return
+        with contextlib.suppress(RuntimeError):     # the loop has closed: the run is over
+            loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        if self.handler is not None:
+            self.handler.on_signal()
+        elif self.task is not None:
+            self.task.cancel()
+
+
+_relay: "contextvars.ContextVar[Optional[_Relay]]" = contextvars.ContextVar("batchgen_relay", default=None)
+
+
+@contextlib.contextmanager
+def _forwarding(relay: _Relay):
+    """This thread's signals go to `relay` for the block (the main thread only: elsewhere a
+    KeyboardInterrupt is caught instead), and the handlers before are put back after."""
+    saved = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in _FORWARDED:
+            before = signal.getsignal(sig)
+            if sig != signal.SIGINT and before not in (signal.SIG_DFL, None):
+                continue
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, relay.fire)
+                saved.append((sig, before))
+    try:
+        yield
+    finally:
+        for sig, before in saved:
+            signal.signal(sig, before)
 
 
 async def _run_async(config: JobConfig, table, plan: Plan, connect, show_progress: bool) -> Summary:
@@ -285,6 +410,7 @@ async def _send_and_keep(config, table, plan, folder, endpoint, provenance, earl
         warnings.append(f"{state.damaged} damaged journal line(s) skipped; their tasks are sent again")
         log.warning(warnings[-1])
     todo = pending_tasks(plan, state, config.retry_failed)
+    folder.record_not_in_job(_not_in_job(plan, state))
     stop = StopSwitch()
     bar = Progress(todo.sendable, todo.sendable - len(todo.pending), todo.done_ok, todo.done_err,
                    show_progress and bool(todo.pending))
@@ -345,6 +471,26 @@ def _carry_over_legacy_ids(folder, config, table, plan, state, origin: Provenanc
         state = replay(folder.journal_path, out_dir=folder.path)
     folder.mark_current_ids()
     return state
+
+
+def _not_in_job(plan: Plan, state) -> dict:
+    """What the journal holds finished that this job does not ask for (an earlier job's
+    tasks), counted for `status`, which has no plan to tell them apart: ok, errors, error codes."""
+    import numpy as np
+    keys = state.finished_elsewhere(np.sort(plan.tasks.keys()))
+    counts: dict = {"ok": 0, "errors": 0, "by_code": {}}
+    for key in keys:
+        record = state.record(state.final_event(key), key)
+        if not isinstance(record, dict):
+            continue
+        if record.get("status") == "ok":
+            counts["ok"] += 1
+        else:
+            counts["errors"] += 1
+            code = record.get("error_code")
+            code = code if code is None or isinstance(code, str) else str(code)
+            counts["by_code"][code] = counts["by_code"].get(code, 0) + 1
+    return counts
 
 
 def _finished_among(state):
@@ -455,27 +601,33 @@ def summarise(config, plan, state, images, stop: StopSwitch, requests_sent: int,
 
 
 class _signals:
-    """Ctrl-C once: stop launching, let requests in flight finish (up to GRACE_S). Twice: stop now."""
+    """Ctrl-C (or SIGTERM, SIGHUP) once: stop launching, let requests in flight finish (up to
+    GRACE_S). Twice: stop now. In the main thread the loop's own handlers; in a run's thread
+    of its own (see _run_in_thread), what the caller's thread relays."""
 
     def __init__(self, stop: StopSwitch, backend):
         self.stop = stop
         self.backend = backend
         self.installed: list[signal.Signals] = []
         self.count = 0
+        self.relay: Optional[_Relay] = None
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
+            self.relay = _relay.get()
+            if self.relay is not None:
+                self.relay.handler = self
             return self
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _FORWARDED:
             try:
-                loop.add_signal_handler(sig, self._on_signal)
+                loop.add_signal_handler(sig, self.on_signal)
                 self.installed.append(sig)
-            except (NotImplementedError, RuntimeError):
+            except (NotImplementedError, RuntimeError, ValueError):
                 pass
         return self
 
-    def _on_signal(self):
+    def on_signal(self):
         loop = asyncio.get_running_loop()
         self.count += 1
         if self.count == 1:
@@ -490,6 +642,8 @@ class _signals:
             self.backend.cancel_in_flight()
 
     def __exit__(self, *exc):
+        if self.relay is not None:
+            self.relay.handler = None
         loop = asyncio.get_running_loop()
         for sig in self.installed:
             loop.remove_signal_handler(sig)

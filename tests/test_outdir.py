@@ -119,7 +119,7 @@ def test_tasks_of_an_earlier_input_stay_listed_after_the_current_inputs(cli, fre
     assert cli("run", first, *args).exit_code == 0
     r = cli("run", second, *args)
     assert r.exit_code == 0, r.output
-    assert "2 task(s) finished earlier are no longer in the input" in r.output
+    assert "2 task(s) finished earlier are not in this job" in r.output
     df = results(out)
     # The current input's rows first, in its order; then the earlier tasks, with what they were.
     assert list(df.in_input) == [True, True, False, False]
@@ -261,7 +261,7 @@ def test_one_lock_per_folder_and_it_names_its_holder(tmp_path):
     second.unlock()
 
 
-def test_the_folder_check_refuses_another_job_and_the_other_kind_of_results(tmp_path):
+def test_the_folder_check_refuses_another_prompt_column_and_the_other_kind_of_results(tmp_path):
     from batchgen.exceptions import JobMismatch
     from batchgen.keeping.outdir import OutputFolder, Provenance
     folder = OutputFolder(tmp_path)
@@ -270,8 +270,10 @@ def test_the_folder_check_refuses_another_job_and_the_other_kind_of_results(tmp_
     real = Provenance("acedata", "https://api.acedata.cloud/openai/images/generations", "live", False)
     assert folder.check("f1", real, job) is None
     folder.write_job("f1", job, simulated, {"tasks": 1})
-    with pytest.raises(JobMismatch, match="another job"):
-        folder.check("f2", simulated, job)
+    # Another sweep or defaults grows the folder; another prompt column makes other tasks.
+    assert folder.check("f2", simulated, {**job, "sweep": [["size", ["1024x1024"]]]}) is not None
+    with pytest.raises(JobMismatch, match="prompt column is 'prompt'; this job's is 'text'"):
+        folder.check("f1", simulated, {**job, "prompt_column": "text"})
     # No outcomes yet: nothing simulated to mix with, so a real run may take the folder.
     assert folder.check("f1", real, job)["provenance"]["simulated"] is True
     (tmp_path / "journal.jsonl").write_text('{"task_id":"0123456789abcdef","status":"ok"}\n')

@@ -160,15 +160,17 @@ def test_duplicate_rows_are_two_tasks(cli, fresh_sim, tmp_path):
     assert results(out).task_id.nunique() == 2 and fresh_sim.stats.requests == 2
 
 
-def test_another_job_on_the_same_out_is_refused_and_touches_nothing(cli, fresh_sim, prompts_csv, tmp_path):
+def test_another_prompt_column_on_the_same_out_is_refused_and_touches_nothing(cli, fresh_sim, prompts_csv, tmp_path):
     out = tmp_path / "out"
     cli("run", prompts_csv, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "gpt-image-2",
         "--quality", "low")
     snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     fresh_sim.reset_stats()
-    r = cli("run", prompts_csv, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3")
+    r = cli("run", prompts_csv, "--out", out, "--base-url", fresh_sim.acedata_url, "--model", "dall-e-3",
+            "--prompt-column", "tag")
     assert r.exit_code == 2
-    assert "another job" in r.output and "Traceback" not in r.output
+    assert "prompt column is 'prompt'; this job's is 'tag'" in r.output and "--prompt-column prompt" in r.output
+    assert "Traceback" not in r.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
     assert fresh_sim.stats.requests == 0
 

@@ -157,15 +157,15 @@ def test_plan_given_a_folder_with_a_run_says_what_is_left_to_send_and_spend(cli,
     assert PLAN_KEYS <= set(fresh) and (fresh["done"], fresh["to_send"]) == (0, 3)
     assert fresh["est_cost_to_send_usd"] == fresh["est_cost_usd"] == pytest.approx(0.12)
     assert cli(*run_args(prompts_csv, out, fresh_sim, "--limit", "2", "--no-progress")).exit_code == 0
-    r = cli("plan", prompts_csv, "--model", "dall-e-3", "--out", out, "--sweep", "quality=standard", "--json")
-    assert r.exit_code == 2 and "another job" in r.stderr        # run would refuse it too
+    r = cli("plan", prompts_csv, "--model", "dall-e-3", "--out", out, "--prompt-column", "tag", "--json")
+    assert r.exit_code == 2 and "prompt column" in r.stderr        # run would refuse it too
     doc = json.loads(cli("plan", prompts_csv, "--model", "dall-e-3", "--out", out, "--json").stdout)
     assert (doc["tasks"], doc["done"], doc["to_send"]) == (3, 2, 1)
     assert doc["est_cost_usd"] == pytest.approx(0.12) and doc["est_cost_to_send_usd"] == pytest.approx(0.04)
     assert doc["points"] == {"all": {"tasks": 3, "refused": 0, "done": 2, "to_send": 1, "images": 3,
                                      "est_cost_usd": 0.12, "est_cost_to_send_usd": 0.04}}
     text = cli("plan", prompts_csv, "--model", "dall-e-3", "--out", out, "--rpm", "1").stdout
-    assert "2 task(s) done, 1 to send, $0.04 still to spend" in text
+    assert "2 task(s) of this job done, 1 to send, $0.04 still to spend" in text
     assert "1 tasks (1 images) at 1/min: 1 min" in text
 
 

@@ -1,6 +1,7 @@
 """The command line: parses, calls the library, prints. Nothing else lives here."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -31,7 +32,8 @@ def _fail(message: str) -> None:
 def job_options(f):
     """Options shared by `run` and `plan`."""
     options = [
-        click.option("--out", help="Output folder (default: the job file's `out`, else runs/<name>)."),
+        click.option("--out", help="Output folder (default: the job file's `out`, else runs/<name>; with --simulate, "
+                                         "simulated/<name> beside it)."),
         click.option("--prompt-column", help="Column holding the prompt (default: prompt)."),
         click.option("--model", help="Model for rows without a model column/cell (e.g. gpt-image-2, dall-e-3 on "
                                      "acedata; `batchgen models` lists them)."),
@@ -130,7 +132,32 @@ def _json_option(what: str):
 
 
 def _print_json(doc: dict) -> None:
-    click.echo(json.dumps(doc, ensure_ascii=False))
+    _say(json.dumps(doc, ensure_ascii=False))
+
+
+# What stopped standard output, once: a reader that left (EPIPE: said nothing, as `head`
+# expects) or a full disk (ENOSPC: said on stderr, and the command does not exit 0).
+_STDOUT_LOST: list = []
+
+
+def _say(text: str) -> None:
+    """Print on standard output; a stdout that cannot take it is no traceback."""
+    try:
+        click.echo(text)
+    except OSError as e:
+        _stdout_failed(e)
+
+
+def _stdout_failed(e: OSError) -> None:
+    if _STDOUT_LOST:
+        return
+    _STDOUT_LOST.append(e)
+    if e.errno != errno.EPIPE:
+        try:
+            click.echo(f"error: cannot write to standard output ({e.strerror or e}); what this command "
+                       "printed there is incomplete", err=True)
+        except (OSError, ValueError):
+            pass
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -161,11 +188,18 @@ def entry() -> None:
         click.echo(str(code), err=True)
         code = 1
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):   # a closed pipe (`batchgen status | head`)
-            pass
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        _stdout_failed(e)
+    except ValueError:   # closed
+        pass
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    if _STDOUT_LOST and _STDOUT_LOST[0].errno != errno.EPIPE and code == 0:
+        code = 1
     os._exit(code)
 
 
@@ -230,35 +264,12 @@ def run(source, no_progress, as_json, verbose, log_file, **kw):
     if as_json:
         _print_json(summary.as_json())
     else:
-        click.echo(format_summary(summary))
+        _say(format_summary(summary))
     sys.exit(summary.exit_status)
 
 
 def format_summary(s) -> str:
-    # Each task is counted once: ok, error (by its code) or not done (the stop's code).
-    not_done = f" ({s.stopped or 'interrupted'})" if s.not_done else ""
-    lines = [f"{s.ok} ok, {s.errors} error(s), {s.not_done} not done{not_done}, of {s.total} task(s) "
-             f"({s.images} image(s); {s.requests_sent} request(s) sent this run; {s.elapsed_s:.1f}s)"]
-    if s.by_code:
-        lines.append("errors by code: " + ", ".join(f"{code} {count}" for code, count in
-                                                   sorted(s.by_code.items(), key=lambda kv: -kv[1])))
-    if s.est_cost_usd is not None:
-        lines.append(f"estimated cost of the images: ${s.est_cost_usd:.2f}"
-                     + (" (simulated: nothing was charged)" if s.simulated else ""))
-    elif s.ok or s.errors:
-        # Unknown is not free: a model batchgen has no price for (--prices FILE gives one).
-        lines.append("estimated cost of the images: unknown (no price for a model used; "
-                     "--prices FILE gives one)")
-    if s.short:
-        lines.append(f"{s.short} answer(s) had fewer images than asked (n); the missing ones are rows "
-                     f"with error_code missing_image, and are not requested again")
-    if s.not_in_input:
-        lines.append(f"{s.not_in_input} task(s) finished earlier are no longer in the input; they stay "
-                     f"listed with in_input = False")
-    lines.append(f"results: {s.out}/results.parquet   images: {s.out}/images/")
-    if s.stopped:
-        lines.append(f"stopped early: {s.stop_message}")
-    return "\n".join(lines)
+    return str(s)
 
 
 @main.command()
@@ -280,7 +291,7 @@ def plan(source, as_json, **kw):
     if as_json:
         _print_json(summary.as_json())
     else:
-        click.echo(format_plan(summary, config.rpm, config.mode))
+        _say(format_plan(summary, config.rpm, config.mode))
 
 
 @main.command()
@@ -300,7 +311,7 @@ def status(out, as_json):
     if as_json:
         _print_json(found.as_json())
     else:
-        click.echo(format_status(found))
+        _say(format_status(found))
 
 
 @main.command()
@@ -333,6 +344,9 @@ def cancel(out):
 @click.option("--per-page", type=int, metavar="N",
               help="Prompts per page (default 50): report.html, report-2.html, ...")
 @click.option("--thumb", type=int, metavar="PX", help="Thumbnails' long side in pixels (default 256).")
+@click.option("--current-job", is_flag=True,
+              help="Only the tasks the folder's last job asked for (default: every point the folder holds, "
+                   "earlier jobs' too).")
 def report(out, **options):
     """Write OUT/report.html, the sweep comparison gallery."""
     from batchgen.showing.report import write_report

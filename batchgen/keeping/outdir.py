@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 
 StrPath = Union[str, "os.PathLike[str]"]     # a path as the functions here take it
 
+# What a task *is*, beside its request: the columns its prompt and input images come from
+# (setting -> what None means). Any other setting of the job may change on a folder.
+IDENTITY_COLUMNS = (("prompt_column", "prompt"), ("image_column", "image"), ("mask_column", "mask"))
+# job.json's "history": what each job asked of the folder, oldest first.
+HISTORY_KEYS = ("source", "defaults", "sweep", "params", "limit")
+
 # store.relative_image_path: the task id, `_k` for the k-th of several images, the format.
 _IMAGE_NAME = re.compile(r"([0-9a-f]{16})(?:_\d+)?\.[a-z]+")
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
@@ -176,6 +182,41 @@ def provenance_of(doc: dict) -> Optional[Provenance]:
     return Provenance(str(job.get("provider") or DEFAULT_PROVIDER), None, "live", bool(job.get("simulate")))
 
 
+def _asked(fingerprint: object, job: dict, counts: dict, at: object) -> dict:
+    return {"fingerprint": fingerprint, **{k: job.get(k) for k in HISTORY_KEYS},
+            "tasks": counts.get("tasks"), "asked_at": at}
+
+
+def job_history(before: Optional[dict], fingerprint: str, job: dict, counts: dict) -> list:
+    """job.json's history with this job last: an entry per job that asked something other than
+    the one before it (another fingerprint, input or task count). A folder written before the
+    history was kept starts it with the job it recorded."""
+    history: list = []
+    if isinstance(before, dict):
+        found = before.get("history")
+        if isinstance(found, list):
+            history = [h for h in found if isinstance(h, dict)]
+        elif isinstance(before.get("job"), dict):
+            history = [_asked(before.get("fingerprint"), before["job"], before, before.get("updated_at"))]
+    entry = _asked(fingerprint, job, counts, round(time.time(), 3))
+    same = ("fingerprint", "source", "tasks")
+    if history and all(history[-1].get(k) == entry[k] for k in same):
+        return history
+    return history + [entry]
+
+
+def history_axes(doc: Optional[dict]) -> list:
+    """The sweep axes of every job the folder's history records, first asked first."""
+    axes: dict = {}
+    found = doc.get("history") if isinstance(doc, dict) else None
+    for entry in found if isinstance(found, list) else ():
+        sweep = entry.get("sweep") if isinstance(entry, dict) else None
+        for pair in sweep if isinstance(sweep, list) else ():
+            if isinstance(pair, (list, tuple)) and pair and isinstance(pair[0], str):
+                axes.setdefault(pair[0], None)
+    return list(axes)
+
+
 class OutputFolder:
     """OUT and everything batchgen keeps in it."""
 
@@ -210,14 +251,19 @@ class OutputFolder:
         return existing
 
     def check_same_job(self, existing: dict, fingerprint: str, describe_job: dict) -> None:
-        """Raises JobMismatch, naming both jobs, when job.json (`existing`) holds another job."""
-        if existing.get("fingerprint") != fingerprint:
-            old = existing.get("job") or {}
-            raise JobMismatch(
-                f"{self.path} holds another job's run (its defaults {old.get('defaults')}, sweep "
-                f"{old.get('sweep')}, prompt column {old.get('prompt_column')!r}; this job: defaults "
-                f"{describe_job['defaults']}, sweep {describe_job['sweep']}, prompt column "
-                f"{describe_job['prompt_column']!r}). Nothing was changed. Use another --out for this job.")
+        """Raises JobMismatch, naming what differs, when job.json (`existing`) reads its tasks
+        from other columns. Defaults, sweep values and axes, --param and the rows may change:
+        a task's id is its request, so the folder grows by the new tasks and keeps the old."""
+        found = existing.get("job")
+        old = found if isinstance(found, dict) else {}
+        for key, default in IDENTITY_COLUMNS:
+            before, now = old.get(key) or default, describe_job.get(key) or default
+            if before != now:
+                option = "--" + key.replace("_", "-")
+                raise JobMismatch(
+                    f"{self.path} holds tasks whose {key.replace('_', ' ')} is {before!r}; this job's is "
+                    f"{now!r}, which makes every task another request. Nothing was changed. Add "
+                    f"{option} {before} to grow this folder, or use another --out for this job.")
 
     def _simulated_mismatch(self, before: Provenance, now: Provenance) -> str:
         if before.simulated:
@@ -231,9 +277,14 @@ class OutputFolder:
     def write_job(self, fingerprint: str, job: dict, provenance: Provenance, counts: dict) -> None:
         # "run" says "running" until the run records its end: a run killed meanwhile leaves it
         # so, and `status` (finding the lock free) knows it stopped without saying why.
+        try:
+            before = self.existing_job()
+        except UsageError:
+            before = None
         doc = {"fingerprint": fingerprint, "batchgen_version": __version__, "job": job,
                "provenance": provenance.as_dict(), **counts, "updated_at": time.time(),
-               "run": {"state": RUNNING, "pid": os.getpid(), "started_at": round(time.time(), 3)}}
+               "run": {"state": RUNNING, "pid": os.getpid(), "started_at": round(time.time(), 3)},
+               "history": job_history(before, fingerprint, job, counts)}
         if not self.legacy_ids:
             doc.update(job_json_fields())
         self._write_job_doc(doc)
@@ -294,6 +345,19 @@ class OutputFolder:
         except (OSError, UsageError) as e:
             log.warning("could not record the run's end in %s (%s); `batchgen status` will say "
                         "it stopped without saying why", self.job_path, e)
+
+    def record_not_in_job(self, counts: dict) -> None:
+        """Say in job.json what the folder holds finished that this job does not ask for (for
+        `status`, which reads the journal without the plan). Called while the lock is held;
+        none is what write_job's fresh document says already."""
+        if not (counts.get("ok") or counts.get("errors")):
+            return
+        try:
+            doc = read_job(self.path)
+            doc["not_in_job"] = counts
+            self._write_job_doc(doc)
+        except (OSError, UsageError) as e:
+            log.debug("could not record the tasks beside this job in %s (%s)", self.job_path, e)
 
     def record_pace(self, pace: dict) -> None:
         """Say in job.json how fast this run sends and what it has in flight (for `status`).

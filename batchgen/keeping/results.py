@@ -87,9 +87,14 @@ SCHEMA = pa.schema([
     ("mask_sha256", pa.string()),
     ("markup_image", pa.string()),      # markup-guided edits (gpt-image-2.6): the markup sent
     ("markup_sha256", pa.string()),
-    # False: a task an earlier input of this folder held, kept so every image stays listed.
+    # False: a task an earlier job of this folder asked for (other rows, sweep values, defaults)
+    # and the current job does not, kept so every image stays listed. `in_input` is its first
+    # name, kept with the same value for code written against it.
     ("in_input", pa.bool_()),
+    ("in_job", pa.bool_()),
 ])
+_IN_JOB = '"in_input":true,"in_job":true'
+_NOT_IN_JOB = '"in_input":false,"in_job":false'
 COLUMNS = SCHEMA.names
 _PROVENANCE = ("provider", "endpoint", "mode", "simulated")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -399,7 +404,7 @@ def build_results(plan: Plan, replay: Replay, unfinished_code: str = "interrupte
                 if cached is None:
                     cached = variants[key] = _variant_fragment(task.params, labels[task.point], prices)
                 variant, price = cached
-                base = (f'"task_id":"{task.task_id}","row_index":{task.row_index},"in_input":true,'
+                base = (f'"task_id":"{task.task_id}","row_index":{task.row_index},{_IN_JOB},'
                         f'"prompt":{_encode_str(task.prompt) if task.prompt is not None else "null"},{variant}')
                 if task.edit is not None:
                     base += "," + _encode(task.edit.as_record())[1:-1]
@@ -419,7 +424,7 @@ def build_results(plan: Plan, replay: Replay, unfinished_code: str = "interrupte
                 origin = current if record is None else replay.origin_of(event)
                 rows.error(base, error, origin if origin >= 0 else legacy, task.row_index, record)
         del keys
-        orphans = _rows_not_in_input(plan, replay, rows, legacy)
+        orphans = _rows_not_in_input(plan, replay, rows, legacy, out_dir)
         return rows.finish(orphans)
     except BaseException:
         files.discard()
@@ -437,36 +442,60 @@ def _variant_fragment(params: dict, label: str, prices) -> tuple:
     return _encode_any(columns)[1:-1], prices.per_image(params)
 
 
-def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int) -> int:
-    """Rows for the journal's finished tasks that this plan does not hold (an earlier input's),
-    from what their journal lines recorded of the request. Returns how many tasks."""
+def _rows_not_in_input(plan: Plan, replay, rows: _Rows, legacy: int, out_dir: Optional[StrPath]) -> int:
+    """Rows for the journal's finished tasks that this plan does not hold (an earlier job's:
+    other rows, sweep values or defaults), from what their journal lines recorded of the
+    request. Each is labelled over the sweep axes of every job the folder recorded, and takes
+    the row of the current input that holds its prompt, if one does (so `report` shows it
+    beside that prompt's other points). Returns how many tasks."""
     import numpy as np
+    keys = replay.finished_elsewhere(np.sort(plan.tasks.keys()))
+    if not keys:
+        return 0
+    from batchgen.keeping.outdir import history_axes, read_job
     axes = [axis for axis, _ in plan.config.sweep]
+    earlier: list = []        # axes only earlier jobs swept: named where a task has a value
+    if out_dir is not None and (Path(out_dir) / "job.json").exists():
+        try:
+            earlier = [a for a in history_axes(read_job(out_dir)) if a not in axes]
+        except UsageError:
+            pass
     prices = pricing.load(plan.config.prices, plan.config.models, plan.config.provider)
-    count = 0
-    for key in replay.finished_elsewhere(np.sort(plan.tasks.keys())):
+    # Two passes over their journal lines, so no more than their prompts is held at once:
+    # the prompts first (to find their rows), then the rows.
+    found, prompts = [], set()
+    for key in keys:
         event = replay.final_event(key)
         record = replay.record(event, key)
         if record is None:      # its line was damaged: not done after all
             continue
-        count += 1
-        params = record.get("params") if isinstance(record.get("params"), dict) else {}
+        found.append((key, event))
+        if isinstance(record.get("prompt"), str):
+            prompts.add(record["prompt"])
+    row_of = plan.tasks.rows_of(prompts)
+    del prompts
+    for key, event in found:
+        record = replay.record(event, key) or {}
+        found_params = record.get("params")
+        params: dict = found_params if isinstance(found_params, dict) else {}
         prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else None
-        variant, price = _variant_fragment(params, point_label({a: params.get(a) for a in axes}), prices)
-        base = (f'"task_id":{_encode_str(replay.task_id_of(key))},"row_index":null,"in_input":false,'
-                f'"prompt":{_value(prompt)},{variant}')
+        point = {a: params.get(a) for a in axes}
+        point.update({a: params[a] for a in earlier if params.get(a) is not None})
+        variant, price = _variant_fragment(params, point_label(point), prices)
+        base = (f'"task_id":{_encode_str(replay.task_id_of(key))},"row_index":{_value(row_of.get(prompt))},'
+                f'{_NOT_IN_JOB},"prompt":{_value(prompt)},{variant}')
         inputs = record.get("inputs")
         if isinstance(inputs, dict):
             base += "," + _encode_any({k: inputs.get(k) if isinstance(inputs.get(k), str) else None
                                        for k in RECORD_FIELDS})[1:-1]
         origin = replay.origin_of(event)
-        if record["status"] == "ok":
+        if record.get("status") == "ok":
             rows.ok(base, record, price, origin if origin >= 0 else legacy, None)
         else:
             error = {k: record.get(k) for k in _OUTCOME_FIELDS}
             error.update(_usage(record))
             rows.error(base, error, origin if origin >= 0 else legacy, None, record)
-    return count
+    return len(found)
 
 
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "total_tokens")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from batchgen.exceptions import UsageError
+from batchgen.planning.reader import not_regular
 
 # The API's limits for the GPT image models' edits: PNG, JPEG or WebP, under 50 MB each, up to 16.
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
@@ -37,6 +38,11 @@ class EditInput:
     problem: Optional[str] = None
     markup: Optional[str] = None
     markup_digest: Optional[str] = None
+    # The references as the cell wrote them (a relative path stays relative): what the journal,
+    # results and messages show, so no machine's absolute paths leave it. Empty: `images`.
+    given: tuple = ()
+    mask_given: Optional[str] = None
+    markup_given: Optional[str] = None
 
     @property
     def key(self) -> bytes:
@@ -48,10 +54,72 @@ class EditInput:
     def as_record(self) -> dict:
         """The inputs as the journal and the results keep them (RECORD_FIELDS; the markup's
         only when there is one)."""
-        values: tuple = ("|".join(self.images), "|".join(self.digests), self.mask, self.mask_digest)
+        values: tuple = ("|".join(self.given or self.images), "|".join(self.digests),
+                         self.mask_given or self.mask, self.mask_digest)
         if self.markup is not None:
-            values += (self.markup, self.markup_digest)
+            values += (self.markup_given or self.markup, self.markup_digest)
         return dict(zip(RECORD_FIELDS, values))
+
+    def named(self) -> list:
+        """(field, as sent, as given, digest) for each image, then the mask, then the markup."""
+        given = self.given or self.images
+        parts = [("image", ref, shown, digest) for ref, shown, digest in zip(self.images, given, self.digests)]
+        if self.mask:
+            parts.append(("mask", self.mask, self.mask_given or self.mask, self.mask_digest))
+        if self.markup:
+            parts.append(("markup", self.markup, self.markup_given or self.markup, self.markup_digest))
+        return parts
+
+
+class InputProblem(ValueError):
+    """A local input that cannot be sent: what is wrong with it, to follow its name."""
+
+
+def read_regular(path: str, limit: int) -> bytes:
+    """A local file's bytes, checked to be a regular file of at most `limit` bytes (by fstat of
+    what was opened) before anything is read: a FIFO or a device never hangs or fills memory.
+    Opened non-blocking, so a FIFO without a writer returns at once. Raises InputProblem."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise InputProblem("no such file") from None
+    except OSError as e:
+        raise InputProblem(f"cannot be read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        kind = not_regular(st.st_mode)
+        if kind:
+            raise InputProblem(f"is {kind}, not an image file" + ("" if kind == "a folder" else
+                               "; save the image to a file and name that"))
+        if st.st_size > limit:
+            raise InputProblem(f"{st.st_size / 2**20:.1f} MB, over the limit of {limit / 2**20:g} MB")
+        # One byte past the size it had: a file still growing is caught, not read without end.
+        chunks, left = [], st.st_size + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > st.st_size:
+            raise InputProblem("changed while it was read; run again once it is written")
+        return data
+    except OSError as e:
+        raise InputProblem(f"cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
+def input_bytes(ref: str, digest: Optional[str]) -> bytes:
+    """A local input's bytes to send, which must be those its task id was made from: a file
+    changed since planning is refused (InputProblem), never sent under the old id."""
+    data = read_regular(ref, MAX_IMAGE_BYTES)
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise InputProblem("changed since the run was planned (its task id is that of the bytes read "
+                           "then); run the same command again to plan it with its new contents")
+    return data
 
 
 _NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WebP"}
@@ -97,9 +165,19 @@ def edit_columns(columns: list, image_column: Optional[str], mask_column: Option
 
 
 def _refs(cell) -> list:
-    """The image references in one cell."""
+    """The image references in one cell. A cell of text that is a JSON list of texts is that
+    list: a JSON Lines column with a name on one line and a list on another is read as text
+    (reader._arrow_array), its lists as their JSON."""
     if cell is None:
         return []
+    if isinstance(cell, str) and cell.lstrip().startswith("["):
+        import json
+        try:
+            parsed = json.loads(cell)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list) and all(isinstance(c, str) for c in parsed):
+            cell = parsed
     if isinstance(cell, (list, tuple)):
         return [str(c).strip() for c in cell if c is not None and str(c).strip()]
     return [part.strip() for part in str(cell).split("|") if part.strip()]
@@ -125,17 +203,9 @@ class _Files:
     @staticmethod
     def _read(path: str, kinds) -> tuple:
         try:
-            size = os.path.getsize(path)
-            if size > MAX_IMAGE_BYTES:
-                return None, f"{size / 2**20:.1f} MB, over the API's limit of {MAX_IMAGE_BYTES // 2**20} MB"
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None, "no such file"
-        except IsADirectoryError:
-            return None, "is a folder, not an image"
-        except OSError as e:
-            return None, f"cannot be read ({e.strerror or e})"
+            data = read_regular(path, MAX_IMAGE_BYTES)
+        except InputProblem as e:
+            return None, str(e).replace("over the limit", "over the API's limit")
         kind = sniff(data)
         if kind not in kinds:
             return None, f"is not a {_names(kinds)} image" + (f" (it is {_NAMES[kind]})" if kind else "")
@@ -159,20 +229,23 @@ def read_edit_inputs(table, source: str, image_column: str, mask_column: Optiona
             problem = f"{len(refs)} input images; the API takes at most {MAX_IMAGES}"
         checked = [files.check(r, "input image") for r in refs[:MAX_IMAGES]]
         problem = problem or next((p for _, _, p in checked if p), None)
-        mask = mask_digest = None
+        mask = mask_digest = mask_given = None
         mask_refs = _refs(mask_cell)
         if len(mask_refs) > 1:
             problem = problem or f"the {mask_column!r} cell names {len(mask_refs)} masks; an edit takes one"
         elif mask_refs:
-            mask, mask_digest, mask_problem = files.check(mask_refs[0], "mask", ("png",))
+            mask_given = mask_refs[0]
+            mask, mask_digest, mask_problem = files.check(mask_given, "mask", ("png",))
             problem = problem or mask_problem
-        markup = markup_digest = None
+        markup = markup_digest = markup_given = None
         markup_refs = _refs(markup_cell)
         if len(markup_refs) > 1:
             problem = problem or f"the {markup_column!r} cell names {len(markup_refs)} markup images; an edit takes one"
         elif markup_refs:
-            markup, markup_digest, markup_problem = files.check(markup_refs[0], "markup image")
+            markup_given = markup_refs[0]
+            markup, markup_digest, markup_problem = files.check(markup_given, "markup image")
             problem = problem or markup_problem
         inputs.append(EditInput(tuple(c[0] for c in checked), tuple(c[1] or "" for c in checked),
-                                mask, mask_digest, problem, markup, markup_digest))
+                                mask, mask_digest, problem, markup, markup_digest,
+                                tuple(refs[:MAX_IMAGES]), mask_given, markup_given))
     return inputs

@@ -13,6 +13,8 @@ it before its first request. What a column holds (the same for every format, so 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Optional
 
@@ -51,11 +53,7 @@ def read_table(path, encoding: Optional[str] = None):
         raise UsageError(
             f"{path}: unknown file type {path.suffix or '(no extension)'!r}; "
             "batchgen reads .csv, .tsv, .parquet and .jsonl (or give a job file, .toml)")
-    if not path.exists():
-        raise UsageError(f"{path}: no such file")
-    if path.is_dir():
-        raise UsageError(f"{path}: is a folder, not a file")
-    if path.stat().st_size == 0:
+    if regular_file(path).st_size == 0:
         raise UsageError(f"{path}: the file is empty; it needs a header and at least one row")
     try:
         if kind in ("csv", "tsv"):
@@ -83,6 +81,36 @@ def read_table(path, encoding: Optional[str] = None):
     # its own later use; given back, the rest of the run (Python and numpy) can have it.
     pa.default_memory_pool().release_unused()
     return table.rename_columns(unique_names(table.column_names))
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def not_regular(mode: int) -> Optional[str]:
+    """What a file of this stat mode is when it is not a regular file ("a FIFO (named pipe)"),
+    else None."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+
+
+def regular_file(path) -> os.stat_result:
+    """`path`'s stat when it is a regular file; otherwise UsageError saying what it is. Checked
+    before anything is read: a FIFO would block the read, a device never end it."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be read ({e.strerror or e})") from None
+    kind = not_regular(found.st_mode)
+    if kind == "a folder":
+        raise UsageError(f"{path}: is a folder, not a file")
+    if kind:
+        raise UsageError(f"{path}: is {kind}, not a regular file; save the table to a file and give its path")
+    return found
 
 
 def unique_names(names) -> list:
@@ -119,6 +147,10 @@ def table_from(data, what: str):
         table = pa.Table.from_batches([data])
     elif type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns"):
         table = _from_pandas(data)
+    elif type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "to_frame"):
+        name = data.name if isinstance(data.name, str) else "prompt"
+        raise UsageError(f"{what} is one column (a pandas Series); give a DataFrame, e.g. "
+                         f"series.to_frame({name!r}) (its column named as --prompt-column, default 'prompt')")
     elif isinstance(data, (list, tuple)):
         for i, row in enumerate(data):
             if not isinstance(row, dict):
@@ -126,7 +158,11 @@ def table_from(data, what: str):
                                  "per row, e.g. [{\"prompt\": \"an otter\"}, ...]")
         table = _rows_table(data)
     elif hasattr(data, "__arrow_c_stream__"):
-        table = pa.table(data)
+        try:
+            table = pa.table(data)
+        except (pa.ArrowException, TypeError, ValueError) as e:
+            raise UsageError(f"{what} is a {type(data).__name__} that is not a table ({e}); give a path, "
+                             "a pandas DataFrame, a pyarrow Table or a list of dicts") from None
     else:
         raise UsageError(f"{what} is a {type(data).__name__}; give a path (CSV, Parquet, JSONL or a job "
                          "file), a pandas DataFrame, a pyarrow Table or a list of dicts")

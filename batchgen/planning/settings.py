@@ -190,9 +190,11 @@ def load_job_file(path) -> dict:
         import tomllib
     else:
         import tomli as tomllib
+    from batchgen.planning.reader import regular_file
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such job file")
+    regular_file(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -249,6 +251,7 @@ def resolve_config(source: str, overrides: dict) -> JobConfig:
     else:
         settings["source"] = str(source)
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    explicit_out = "out" in overrides
     cli_defaults = {k: parse_param_value(k, v, "--" + k.replace("_", "-"))
                     for k, v in (overrides.pop("defaults", {}) or {}).items() if v is not None}
     settings["defaults"] = {**settings.get("defaults", {}), **cli_defaults}
@@ -268,8 +271,23 @@ def resolve_config(source: str, overrides: dict) -> JobConfig:
     config = JobConfig(**settings)
     if config.out is None:
         config.out = str(Path("runs") / Path(config.job_file or config.source or "").stem)
+    if config.simulate and not explicit_out:
+        config.out = simulated_out(config.out)
     check_settings(config)
     return config
+
+
+SIMULATED_DIR = "simulated"
+
+
+def simulated_out(out: str) -> str:
+    """Where a simulated run goes when no --out names it: runs/simulated/NAME beside the real
+    run's runs/NAME (the job file's `out`, or the default), so placeholders never land where
+    the real run of the same job would."""
+    path = Path(out)
+    if path.parent.name == SIMULATED_DIR:
+        return out
+    return str(path.parent / SIMULATED_DIR / path.name)
 
 
 _TEXT_SETTINGS = (("prompt_column", "prompt"), ("provider", providers.DEFAULT_PROVIDER), ("mode", "live"),

@@ -54,7 +54,10 @@ class PlanSummary:
     unknown_models: list = field(default_factory=list)
     unpriced_models: list = field(default_factory=list)      # known models without a price
     edits: bool = False
-    run_found: bool = False           # the output folder holds a run of this job
+    run_found: bool = False           # the output folder holds a run (of this job, or one it grows)
+    folder_simulated: bool = False    # the folder's results were made with --simulate
+    not_in_job: int = 0               # finished tasks the folder holds that this job does not ask for
+    simulate: bool = False            # this job is to run with --simulate
     rpm: Optional[float] = None      # for the time estimate of str()
     mode: str = "live"
     left_out: list = field(default_factory=list)              # [(point label, why)]: not offered
@@ -99,7 +102,8 @@ class PlanSummary:
                 "to_send": self.to_send, "images": sum(p.images for p in self.points),
                 "est_cost_usd": _rounded(self.cost_usd),
                 "est_cost_to_send_usd": _rounded(self.cost_to_send_usd),
-                "run_found": self.run_found, "unknown_models": self.unknown_models,
+                "run_found": self.run_found, "folder_simulated": self.folder_simulated,
+                "not_in_job": self.not_in_job, "unknown_models": self.unknown_models,
                 "left_out": dict(self.left_out),
                 "refused_by_reason": self.refused_by_reason,
                 "points": {p.label: p.as_json() for p in self.points}}
@@ -116,7 +120,8 @@ def summarise_plan(plan: Plan, status_of: Optional[Callable[[str], Optional[str]
     points = [PointSummary(point_label(p)) for p in plan.points]
     summary = PlanSummary(points, unknown_models=list(plan.unknown_models), run_found=status_of is not None,
                           edits=plan.edit, rpm=plan.config.rpm, mode=plan.config.mode,
-                          left_out=[(point_label(p), why) for p, why in plan.left_out])
+                          left_out=[(point_label(p), why) for p, why in plan.left_out],
+                          simulate=plan.config.simulate)
     retry_failed = plan.config.retry_failed
     costs: dict = {}   # tasks alike share one params dict: price each once
     prices = pricing.load(plan.config.prices, plan.config.models, plan.config.provider)
@@ -183,8 +188,15 @@ def format_plan(summary: PlanSummary, rpm: Optional[float] = None, mode: str = "
                      summary.to_send, summary.cost_to_send_usd))
     if ran:
         batched = f"{summary.in_batches:,} in batches not collected yet, " if summary.in_batches else ""
-        lines.append(f"the output folder holds a run of this job: {summary.done:,} task(s) done, {batched}"
+        lines.append(f"the output folder holds a run: {summary.done:,} task(s) of this job done, {batched}"
                      f"{summary.to_send:,} to send, {_money(summary.cost_to_send_usd)} still to spend")
+        if summary.not_in_job:
+            lines.append(f"it also holds {summary.not_in_job:,} finished task(s) this job does not ask for "
+                         "(an earlier job's rows, sweep values or defaults); they stay listed with in_job = False")
+        if summary.folder_simulated:
+            lines.append("its results are simulated (made with --simulate; placeholder images, nothing charged)"
+                         + ("" if summary.simulate else
+                            ": a real run there is refused; give the real run another --out"))
     note = modes.get(mode).plan_note
     if note:
         lines.append(note)

@@ -90,6 +90,20 @@ class TaskList:
             yield Task("%016x" % ids[k], row, prompts[row - block * ROWS_AT_A_TIME],
                        variants[variant[k]].params, point, problems[problem[k]], edits[row] if edits else None)
 
+    def rows_of(self, prompts: set) -> dict:
+        """prompt -> the first input row holding it, for the `prompts` some row holds; read a
+        block of rows at a time, and not at all when `prompts` is empty."""
+        found: dict = {}
+        rows = len(self._prompts) if prompts else 0
+        for start in range(0, rows, ROWS_AT_A_TIME):
+            block = _prompts(self._prompts.slice(start, ROWS_AT_A_TIME).to_pylist(), self._text_column)
+            for offset, prompt in enumerate(block):
+                if prompt in prompts and prompt not in found:
+                    found[prompt] = start + offset
+            if len(found) == len(prompts):
+                break
+        return found
+
     def keys(self):
         """Every task's id as a 64-bit number (numpy uint64, read-only), in plan order.
 

@@ -844,9 +844,10 @@ def _inputs_html(inputs: Optional[list]) -> str:
     return '<div class="inputs"><span class="idx">edit of</span>' + "".join(shown) + "</div>"
 
 
-def input_thumbnails(part, thumb: int) -> dict:
-    """row_index -> [(input image as sent, Thumb or None, "input" or "markup")] for the rows of
-    an edits job (a URL is named, not fetched: the page makes no request)."""
+def input_thumbnails(part, thumb: int, base: Optional[Path] = None) -> dict:
+    """row_index -> [(input image as the table named it, Thumb or None, "input" or "markup")]
+    for the rows of an edits job (a URL is named, not fetched: the page makes no request). A
+    relative path is found from `base`, the input table's folder."""
     if "input_image" not in part.columns:
         return {}
     made: dict = {}
@@ -862,7 +863,8 @@ def input_thumbnails(part, thumb: int) -> dict:
         for ref, what in named:
             if ref not in made:
                 local = not ref.startswith(("http://", "https://"))
-                made[ref] = (make_thumbnails(Path(ref), thumb) or (None,))[0] if local else None
+                path = Path(ref) if base is None else base / ref
+                made[ref] = (make_thumbnails(path, thumb) or (None,))[0] if local else None
             shown.append((ref, made[ref], what))
         out[int(row)] = shown
     return out
@@ -1110,12 +1112,13 @@ def _draw_cell(sheet, draw, font, recs, thumbs, x, y, size, line_h, muted, grey)
 
 def write_report(out: StrPath, *, cols: Union[str, Sequence[str], None] = None,
                  rows: Union[str, Sequence[str], None] = None, per_page: Optional[int] = None,
-                 thumb: Optional[int] = None) -> Path:
+                 thumb: Optional[int] = None, current_job: bool = False) -> Path:
     """Write OUT/report.html (then report-2.html, ... for `per_page` prompts each) and
     OUT/contact_sheet.png from OUT/results.parquet; returns the first page's path.
 
     `cols` / `rows`: the sweep axes side by side and those splitting each prompt's row (see
-    make_layout); `thumb`: the long side of a thumbnail, px.
+    make_layout); `thumb`: the long side of a thumbnail, px. Every point the folder holds is
+    compared, earlier jobs' included; `current_job`: only the tasks the last run's job asked for.
 
     The table is read twice, a batch of rows at a time, and never held whole: once for the
     figures every page shows (a Tally), then for the pages, each written once all its rows
@@ -1129,7 +1132,7 @@ def write_report(out: StrPath, *, cols: Union[str, Sequence[str], None] = None,
         raise UsageError(f"--thumb {thumb}: give the thumbnails' long side in pixels, "
                          f"{THUMB_MIN} to {THUMB_MAX} (default {THUMB_HTML})")
     out = Path(out)
-    with ResultsBatches(out / "results.parquet", out) as results:
+    with ResultsBatches(out / "results.parquet", out, current_job) as results:
         count = _write_pages(out, results, cols, rows, per_page, thumb)
     for stale in out.iterdir():   # pages of an earlier report with more of them
         match = _LATER_PAGE.fullmatch(stale.name)
@@ -1157,7 +1160,7 @@ def _write_pages(out: Path, results: "ResultsBatches", cols, rows, per_page: int
         page = build_html(part, layout, {p: (m[0] if m else None) for p, m in made.items()},
                           overview=overview, page=Page(number, count, (number - 1) * per_page, len(keys)),
                           thumb=thumb, contact_sheet="contact_sheet.png",
-                          inputs=input_thumbnails(part, max(THUMB_MIN, thumb // 2)))
+                          inputs=input_thumbnails(part, max(THUMB_MIN, thumb // 2), _input_folder(job)))
         write_atomic(out / page_file(number), page.encode("utf-8"))
         if number == 1:
             sheet = build_contact_sheet(part, [lb for lb in layout.labels if lb not in layout.not_offered],
@@ -1169,14 +1172,22 @@ def _write_pages(out: Path, results: "ResultsBatches", cols, rows, per_page: int
     return count
 
 
+def _input_folder(job: Optional[dict]) -> Optional[Path]:
+    """The folder of the job's input table, which an edit's relative input paths start from."""
+    settings = (job or {}).get("job")
+    source = settings.get("source") if isinstance(settings, dict) else None
+    return Path(source).parent if isinstance(source, str) and source else None
+
+
 # Rows read at a time: a run writes results.parquet in row groups of 10,000 rows (results._CHUNK).
 BATCH_ROWS = 10_000
 # What each reading takes of the table: the figures, then the pages (the columns a page shows).
 _STATS_COLUMNS = ("task_id", "row_index", "status", "error_code", "latency_s", "est_cost_usd",
-                  "revised_prompt", "sweep_point", "in_input", "provider", "endpoint", "mode", "simulated")
+                  "revised_prompt", "sweep_point", "in_input", "in_job", "provider", "endpoint", "mode",
+                  "simulated")
 _PAGE_COLUMNS = ("task_id", "row_index", "prompt", "status", "revised_prompt", "image_path",
                  "image_index", "error_code", "error_message", "latency_s", "est_cost_usd", "width",
-                 "height", "sweep_point", "in_input", "input_image", "simulated", "provider",
+                 "height", "sweep_point", "in_input", "in_job", "input_image", "simulated", "provider",
                  "endpoint", "mode", "frames", "markup_image")
 
 
@@ -1184,9 +1195,10 @@ class ResultsBatches:
     """OUT/results.parquet read a record batch at a time; UsageError when there is none, or it
     cannot be read."""
 
-    def __init__(self, path: Path, out: Path):
+    def __init__(self, path: Path, out: Path, current_job: bool = False):
         import pyarrow.parquet as pq
         self.path = path
+        self.current_job = current_job
         if not path.is_file():
             raise UsageError(f"{out} has no results.parquet: run `batchgen run ... --out {out}` first, "
                              "then `batchgen report` on that folder")
@@ -1206,9 +1218,9 @@ class ResultsBatches:
         return UsageError(f"{self.path} is not readable ({exc}); run `batchgen run` again to rebuild it")
 
     def batches(self, wanted: Sequence[str]):
-        """(rows, read) per batch, in the table's order: the batch's rows of the current input
-        (_normalised, a DataFrame of the `wanted` columns the table has), and how many rows of
-        the table have been read with it."""
+        """(rows, read) per batch, in the table's order: the batch's rows (_normalised, a
+        DataFrame of the `wanted` columns the table has; with `current_job`, those of the
+        current job only), and how many rows of the table have been read with it."""
         columns = [c for c in wanted if c in self.columns]
         try:
             batches = self.file.iter_batches(batch_size=BATCH_ROWS, columns=columns)
@@ -1224,9 +1236,9 @@ class ResultsBatches:
             except Exception as exc:  # damaged further on
                 raise self._unreadable(exc) from None
             read += batch.num_rows
-            if "in_input" in df.columns:
-                # Tasks of an earlier input stay listed in the results, but the report compares this job's.
-                df = df[df["in_input"].fillna(True).astype(bool)].reset_index(drop=True)
+            flag = next((c for c in ("in_job", "in_input") if c in df.columns), None)
+            if self.current_job and flag is not None:
+                df = df[df[flag].fillna(True).astype(bool)].reset_index(drop=True)
             yield _normalised(df), read
 
 

@@ -44,6 +44,7 @@ class Status:
     pace: Optional[dict] = None             # while running: the run's pace and what it has in flight
     in_batches: int = 0                     # tasks in Batch API batches not collected yet
     remote: Optional[dict] = None           # async mode: the server's tasks (see remote_tasks)
+    not_in_job: int = 0                     # finished tasks of earlier jobs the folder holds (in_job false)
 
     @property
     def done(self) -> int:
@@ -60,7 +61,7 @@ class Status:
                 "running": self.running, "state": self.state, "stopped": self.stopped,
                 "stop_message": self.stop_message, "rate_per_min": self.rate_per_min,
                 "eta_s": self.eta_s, "pace": self.pace, "in_batches": self.in_batches,
-                "remote": self.remote}
+                "remote": self.remote, "not_in_job": self.not_in_job}
 
 
 RATE_WINDOW_S = 600
@@ -101,9 +102,22 @@ def read_status(out: StrPath, now: Optional[float] = None) -> Status:
         if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at) \
                 and at >= now - RATE_WINDOW_S:
             recent.append(at)
+    # The journal also holds an earlier job's tasks, which the last run counted in job.json.
+    found = job.get("not_in_job")
+    elsewhere: dict = found if isinstance(found, dict) else {}
+    other_ok, other_errors = (_small(elsewhere.get(k), limit) for k, limit in (("ok", ok), ("errors", errors)))
+    ok, errors = ok - other_ok, errors - other_errors
+    found = elsewhere.get("by_code")
+    codes: dict = found if isinstance(found, dict) else {}
+    for code, count in codes.items():
+        code = None if code in (None, "null") else code
+        if code in by_code:
+            by_code[code] -= _small(count, by_code[code])
+            if not by_code[code]:
+                del by_code[code]
     if refused:
         by_code["invalid_params"] = refused
-    status = Status(str(out), total, refused, ok, errors, by_code)
+    status = Status(str(out), total, refused, ok, errors, by_code, not_in_job=other_ok + other_errors)
     held = state.open_batch_keys()
     if len(held):
         status.in_batches = int((state.join(held) < 0).sum())
@@ -147,6 +161,13 @@ def remote_tasks(state, pace: object = None) -> Optional[dict]:
     return {"submitted": submitted, "finished": finished, "collected": collected, "waiting": waiting}
 
 
+def _small(value: object, limit: int) -> int:
+    """A count job.json holds, as a whole number from 0 to `limit` (0 when it is none)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return max(0, min(value, limit))
+
+
 def run_state(run: object, locked: bool, all_done: bool) -> tuple[str, Optional[str], Optional[str]]:
     """(state, why it stopped, what to do) from job.json's "run" and whether the lock is held."""
     if locked:
@@ -172,6 +193,9 @@ def format_status(s: Status) -> str:
     lines = [f"{s.out}: {s.done:,}/{s.total:,} tasks done ({pct:.1f}%): {s.ok:,} ok, "
              f"{s.errors + s.refused:,} error(s)" + (f"; {s.in_batches:,} in Batch API batches not collected yet"
                                                      if s.in_batches else "")]
+    if s.not_in_job:
+        lines.append(f"and {s.not_in_job:,} finished task(s) of earlier jobs, which this one does not ask for "
+                     "(in_job false in the results)")
     if s.by_code:
         by_count = sorted(s.by_code.items(), key=lambda kv: -kv[1])
         lines.append("errors by code: " + ", ".join(f"{c} {n:,}" for c, n in by_count))

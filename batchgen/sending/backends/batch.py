@@ -24,11 +24,10 @@ import json
 import logging
 import time
 import uuid
-from pathlib import Path
 from typing import Mapping, Optional
 
 from batchgen.exceptions import ApiError, RequestError
-from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
+from batchgen.planning.edits import IMAGE_KINDS, InputProblem, input_bytes, is_url, sniff
 from batchgen.planning.identity import ChunkIds, hex_key
 from batchgen.planning.tasks import ROWS_AT_A_TIME, Pending
 from batchgen.sending.classify import Decision, classify, stop_advice
@@ -59,20 +58,28 @@ NOT_CANCELLED = "not cancelled"   # how cancel_remote says the server refused
 
 
 def edit_body(prompt: str, params: dict, inputs) -> dict:
-    """An edit as the Batch API's JSON body: images as data URLs (a URL input as itself)."""
+    """An edit as the Batch API's JSON body: images as data URLs (a URL input as itself).
+    Raises InputProblem, naming the input as the table gave it, for a file that cannot be
+    sent as planned (gone, not a regular file, changed since planning)."""
     body = build_body(prompt, params)
-    body["images"] = [{"image_url": _image_url(ref)} for ref in inputs.images]
-    if inputs.mask:
-        body["mask"] = {"image_url": _image_url(inputs.mask)}
-    if inputs.markup:
-        body["markup"] = {"image_url": _image_url(inputs.markup)}
+    urls: dict[str, list] = {}
+    for field, ref, shown, digest in inputs.named():
+        try:
+            urls.setdefault(field, []).append(_image_url(ref, digest))
+        except InputProblem as e:
+            raise InputProblem(f"{field} {shown!r} {e}") from None
+    body["images"] = [{"image_url": url} for url in urls["image"]]
+    if "mask" in urls:
+        body["mask"] = {"image_url": urls["mask"][0]}
+    if "markup" in urls:
+        body["markup"] = {"image_url": urls["markup"][0]}
     return body
 
 
-def _image_url(ref: str) -> str:
+def _image_url(ref: str, digest: Optional[str]) -> str:
     if is_url(ref):
         return ref
-    data = Path(ref).read_bytes()
+    data = input_bytes(ref, digest)
     kind = sniff(data) or "png"
     return f"data:{IMAGE_KINDS[kind]};base64,{base64.b64encode(data).decode()}"
 
@@ -234,7 +241,11 @@ class BatchBackend:
         full, then what is left of each model's."""
         current: dict[Optional[str], tuple[list, list[bytes], int]] = {}    # model -> (tasks, lines, bytes)
         for task in tasks:
-            line = self._line(task)
+            try:
+                line = self._line(task)
+            except InputProblem as e:     # that row's error; the others go on
+                self._input_refused(task, str(e))
+                continue
             if len(line) > MAX_BATCH_INPUT_BYTES:
                 self._too_large(task)       # no file could hold it: not uploaded to be refused
                 continue
@@ -251,6 +262,11 @@ class BatchBackend:
             current[model] = (chunk[0], chunk[1], chunk[2] + len(line))
         for chunk_tasks, lines, _ in current.values():
             yield chunk_tasks, lines
+
+    def _input_refused(self, task, message: str) -> None:
+        self.recorder.finished({"task_id": task.task_id, "status": "error", "error_code": "invalid_params",
+                                "error_message": message, "attempts": 0, "finished_at": round(time.time(), 3),
+                                **self._request_of(task)})
 
     def _line(self, task) -> bytes:
         if task.edit is None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
 from batchgen.exceptions import ApiError, BadResponse, InvalidInput, NotJson, RequestError, Unreachable
-from batchgen.planning.edits import IMAGE_KINDS, is_url, sniff
+from batchgen.planning.edits import IMAGE_KINDS, InputProblem, input_bytes, is_url, sniff
 from batchgen.planning.settings import AUTO
 from batchgen.rules.models import FORMAT_EXTENSIONS
 from batchgen.sending.classify import Decision, ModelRefusals, classify, is_rate_limited, model_advice, stop_advice
@@ -234,6 +233,8 @@ class LiveBackend:
                     attempt = self.pacer.sent()
                     sent_at = attempt.sent_at
                     record, error = await self._try(task, body, attempt)
+                    if isinstance(error, Unreachable):
+                        self.requests_sent -= 1     # no connection: nothing left this machine
                     if error is not None and is_rate_limited(error):
                         pause, own_wait = self._rate_limited(error, attempt)
                 finally:
@@ -444,20 +445,17 @@ class LiveBackend:
         """The edit's images, mask and markup as (field, file name, bytes, content type): files
         read in a thread, URLs downloaded (a failure is download_failed)."""
         parts = []
-        named = [("image", ref) for ref in inputs.images] + ([("mask", inputs.mask)] if inputs.mask else [])
-        if inputs.markup:
-            named.append(("markup", inputs.markup))
-        for index, (field, ref) in enumerate(named):
+        for index, (field, ref, shown, digest) in enumerate(inputs.named()):
             if is_url(ref):
                 data = await self.client.download(ref)
             else:
                 try:
-                    data = await asyncio.to_thread(Path(ref).read_bytes)
-                except OSError as e:   # moved or removed since planning: not the disk we write to
-                    raise InvalidInput(f"{field} {ref!r} cannot be read ({e.strerror or e})") from None
+                    data = await asyncio.to_thread(input_bytes, ref, digest)
+                except InputProblem as e:   # moved, removed or changed since planning
+                    raise InvalidInput(f"{field} {shown!r} {e}") from None
             kind = sniff(data)
             if kind is None:
-                raise InvalidInput(f"{field} {ref!r} is not PNG, JPEG or WebP")
+                raise InvalidInput(f"{field} {shown!r} is not PNG, JPEG or WebP")
             parts.append((field, f"{field}-{index}.{FORMAT_EXTENSIONS[kind]}", data, IMAGE_KINDS[kind]))
         return parts
 
