@@ -277,7 +277,8 @@ def test_a_sweep_across_models_leaves_out_what_a_model_does_not_offer(fresh_sim,
     report = cli("report", tmp_path / "out")
     assert report.exit_code == 0, report.output
     html = (tmp_path / "out" / "report.html").read_text()
-    assert html.count("not offered by this model") == 2 * len(PROMPTS)
+    assert html.count('class="cell none not-offered"') == 2 * len(PROMPTS)     # the grid's cells
+    assert html.count('class="na"') == 2        # and the per-point table's rows, not rows of zeros
     assert "quality &#x27;high&#x27; is not allowed for dall-e-3" in html or \
            "quality &#39;high&#39; is not allowed for dall-e-3" in html
 

@@ -498,6 +498,7 @@ table.grid th.point { font-weight: normal; text-align: left; white-space: nowrap
        color: #47515c; font-size: 12px; }
 td.cell { width: calc(var(--thumb) + 13px); min-width: calc(var(--thumb) + 13px); }
 td.cell.none { background: #f3f4f6; }
+table.stats td.na { color: #6b7280; font-style: italic; }
 .images { display: flex; flex-direction: column; gap: 8px; }
 figure { margin: 0; max-width: var(--thumb); }
 figure img { display: block; max-width: var(--thumb); max-height: var(--thumb); border-radius: 3px;
@@ -667,7 +668,10 @@ def _figure_html(rec: dict, thumbnails, differ: set, thumb: int) -> str:
     return f'<figure><a href="{e(href)}" title="{e(hover)}">{img}</a>{note}{caption}</figure>'
 
 
-def _stats_html(stats: list[dict]) -> str:
+def _stats_html(stats: list[dict], not_offered: Optional[Mapping[str, str]] = None) -> str:
+    """The per-point table; a point the sweep left out (its model does not offer it) says so
+    instead of a row of zeros."""
+    not_offered = not_offered or {}
     head = ("<thead><tr><th>sweep point</th><th>tasks</th><th>ok</th><th>errors</th><th>images</th>"
             "<th>error codes</th><th>p50 latency</th><th>p95 latency</th><th>est. cost</th>"
             "<th>revised prompt, mean length</th></tr></thead>")
@@ -677,6 +681,10 @@ def _stats_html(stats: list[dict]) -> str:
         revised = "—" if s["revised_len"] is None else f"{s['revised_len']:.0f} chars"
         label = "all points" if s["label"] is None else e(s["label"].replace(",", ", "))
         tr = '<tr class="total">' if s["label"] is None else "<tr>"
+        if s["label"] in not_offered and not s["tasks"]:
+            rows.append(f'{tr}<td class="label">{label}</td><td colspan="9" class="na" '
+                        f'title="{e(not_offered[s["label"]])}">not offered by this model</td></tr>')
+            continue
         rows.append(
             f'{tr}<td class="label">{label}</td>'
             f'<td class="num">{s["tasks"]}</td><td class="num">{s["ok"]}</td>'
@@ -750,7 +758,7 @@ def build_html(df, layout: Layout, thumbnails: Optional[Mapping[str, Optional[Th
              f"<h1>{e(overview.title)}</h1>\n",
              "".join(f'<p class="meta">{e(m)}</p>\n' for m in overview.meta), notes, nav]
     if page.number == 1:
-        parts += ["<h2>Per sweep point</h2>\n", _stats_html(overview.stats), "\n"]
+        parts += ["<h2>Per sweep point</h2>\n", _stats_html(overview.stats, layout.not_offered), "\n"]
     else:
         parts.append(f'<p class="meta">The statistics of every sweep point are on the first page, '
                      f'<a href="{e(quote(FIRST_PAGE))}">{e(FIRST_PAGE)}</a>.</p>\n')
