@@ -191,7 +191,7 @@ class LiveBackend:
 
     async def _run_task(self, task) -> None:
         body = self.client.encode_body(task.prompt, task.params) if task.edit is None else None
-        retries = self.policy.for_task()
+        retries: Optional[TaskRetries] = None     # made at the first failure: most tasks have none
         attempts = 0
         started = time.monotonic()
         charged = 1           # answers the budget has counted for this task (the worker took one)
@@ -225,6 +225,8 @@ class LiveBackend:
                     if self._log_attempts:
                         self._log_attempt(task, attempts, sent_at, record["http_status"], "ok", "done")
                     return self._finish(task, record)
+                if retries is None:
+                    retries = self.policy.for_task()
                 wait = self._ask_policy(error, retries, pause, own_wait)
                 if self._log_attempts:
                     self._log_attempt(task, attempts, sent_at, error.http_status, error.code,
@@ -364,7 +366,8 @@ class LiveBackend:
             generation = await self.client.generate(body, task.images_expected)
         self._bills.setdefault(task.task_id, []).append(self.budget.answered(task.params, generation.usage))
         self.pacer.on_success(attempt, generation.ratelimit)
-        count = max(task.images_expected, len(generation.images))
+        expected = task.images_expected
+        count = max(expected, len(generation.images))
         images = []
         for index, image in enumerate(generation.images):
             data = image.data if image.data is not None else await self.client.download(image.url or "")
@@ -385,9 +388,9 @@ class LiveBackend:
                 "cost_usd": self._billed(task)}
         if task.edit is not None:
             record["inputs"] = task.edit.as_record()
-        if len(images) < task.images_expected:
+        if len(images) < expected:
             # Paid for, so not sent again; the results list the images that never came.
-            record["images_expected"] = task.images_expected
+            record["images_expected"] = expected
         return record
 
     def _error_record(self, task, error: RequestError, attempts: int, started: float) -> dict:
