@@ -78,9 +78,10 @@ class ImageStore:
                               f"(starts with {data[:8]!r})")
         width, height = image_size(data)
         rel = relative_image_path(task_id, image_index, n, ext)
+        final = self._prefix + rel
         folder = rel[:rel.rindex("/")]
         if folder not in self._made_dirs:
             os.makedirs(self._prefix + folder, exist_ok=True)
             self._made_dirs.add(folder)
-        write_atomic(self._prefix + rel, data, fsync=False)
+        write_atomic(final, data, fsync=False)
         return SavedImage(rel, hashlib.sha256(data).hexdigest(), width, height, len(data))
