@@ -334,9 +334,7 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     point_range = range(len(points))
     for start in range(0, n_rows, PLAN_ROWS):
         cells = prompt_column.slice(start, PLAN_ROWS).to_pylist()
-        # What identifies a prompt: its text as sent, or the cell's own text when that is blank
-        # (two blank rows are told apart by it, as refused tasks need ids too).
-        texts = cells if text_column else [None if c is None else str(c) for c in cells]
+        texts = _identifying(cells, text_column)
         hashes.extend(map(hash, texts))
         prompts = _prompts(cells, text_column)
         row_params = [c.slice(start, PLAN_ROWS).to_pylist() for c in param_values]
@@ -424,7 +422,8 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
     # row's group, then its parameters. One array sorted once, 32-bit where the numbers fit:
     # sorting the three apart (np.lexsort) held a 64-bit array of every task for each, and for
     # its row and its index, the plan's peak memory when prompts repeat. The group is below the
-    # number of rows and the parameters below the number of tasks: the key fits in 64 bits.
+    # number of rows and the parameters below the number of tasks: for any input that fits in
+    # memory the key fits in 64 bits.
     tasks = len(rows) * n_points
     variants = np.frombuffer(variant_of, np.uint32).reshape(-1, n_points)[rows]
     key = (group.reshape(-1, 1) * len(listed) + variants).reshape(-1)
@@ -465,8 +464,13 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
 
 
 def _texts(prompt_column, rows, text_column: bool) -> list:
-    """What identifies the prompts of these rows (numpy indices): as in _make_plan."""
-    cells = prompt_column.take(arrowbuf.int64_array(rows)).to_pylist()
+    """What identifies the prompts of these rows (numpy indices), as _make_plan reads it."""
+    return _identifying(prompt_column.take(arrowbuf.int64_array(rows)).to_pylist(), text_column)
+
+
+def _identifying(cells: list, text_column: bool) -> list:
+    """What identifies a prompt: its text as sent, or the cell's own text when that is blank
+    (two blank rows are told apart by it, as refused tasks need ids too)."""
     return cells if text_column else [None if c is None else str(c) for c in cells]
 
 
@@ -474,6 +478,7 @@ def _groups(values_from, count: int):
     """A number for each of `count` bytes values (values_from(start): PLAN_ROWS of them from
     `start`), equal for equal values, as a numpy int64 array. The values are held as Arrow only
     while they are numbered, and the memory Arrow took for them is given back before sorting."""
+    # Only now: pyarrow.compute is slow to import, and most inputs repeat no prompt.
     import pyarrow as pa
     import pyarrow.compute as pc
     values = pa.concat_arrays([arrowbuf.binary_array(values_from(start)) for start in range(0, count, PLAN_ROWS)])

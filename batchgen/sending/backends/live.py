@@ -366,8 +366,7 @@ class LiveBackend:
             generation = await self.client.generate(body, task.images_expected)
         self._bills.setdefault(task.task_id, []).append(self.budget.answered(task.params, generation.usage))
         self.pacer.on_success(attempt, generation.ratelimit)
-        expected = task.images_expected
-        count = max(expected, len(generation.images))
+        count = max(task.images_expected, len(generation.images))
         images = []
         for index, image in enumerate(generation.images):
             data = image.data if image.data is not None else await self.client.download(image.url or "")
@@ -388,9 +387,9 @@ class LiveBackend:
                 "cost_usd": self._billed(task)}
         if task.edit is not None:
             record["inputs"] = task.edit.as_record()
-        if len(images) < expected:
+        if len(images) < task.images_expected:
             # Paid for, so not sent again; the results list the images that never came.
-            record["images_expected"] = expected
+            record["images_expected"] = task.images_expected
         return record
 
     def _error_record(self, task, error: RequestError, attempts: int, started: float) -> dict:
