@@ -191,7 +191,7 @@ class LiveBackend:
 
     async def _run_task(self, task) -> None:
         body = self.client.encode_body(task.prompt, task.params) if task.edit is None else None
-        retries: Optional[TaskRetries] = None     # made at the first failure: most tasks have none
+        retries = self.policy.for_task()
         attempts = 0
         started = time.monotonic()
         charged = 1           # answers the budget has counted for this task (the worker took one)
@@ -225,8 +225,6 @@ class LiveBackend:
                     if self._log_attempts:
                         self._log_attempt(task, attempts, sent_at, record["http_status"], "ok", "done")
                     return self._finish(task, record)
-                if retries is None:
-                    retries = self.policy.for_task()
                 wait = self._ask_policy(error, retries, pause, own_wait)
                 if self._log_attempts:
                     self._log_attempt(task, attempts, sent_at, error.http_status, error.code,
