@@ -23,13 +23,17 @@ MAX_RSS_MB = 3000.0
 SWEEP = ["--sweep", "quality=standard,hd", "--sweep", "style=vivid,natural"]
 
 
-def make_parquet(path: Path, rows: int) -> Path:
+def make_parquet(path: Path, rows: int, repeat: int = 1) -> Path:
+    """`repeat` > 1: the prompts repeat, each on about `repeat` rows spread over the input
+    (row i asks for item i mod rows/repeat), as an input joined from several copies would."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     ids = pa.array(range(rows), type=pa.int64())
-    prompts = pc.binary_join_element_wise("a watercolour of item", pc.cast(ids, pa.string()), " ")
+    items = ids if repeat <= 1 else pa.array(np.arange(rows) % max(1, -(-rows // repeat)))
+    prompts = pc.binary_join_element_wise("a watercolour of item", pc.cast(items, pa.string()), " ")
     cats = ["animal", "city", "landscape", "portrait", "still life"]
     category = pa.DictionaryArray.from_arrays(
         pa.array([i % len(cats) for i in range(rows)], type=pa.int32()), pa.array(cats))

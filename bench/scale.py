@@ -5,7 +5,8 @@ Three parts, each `batchgen` as a whole process against the built-in simulator (
   dall-e-3 1024x1024 b64, concurrency 64); targets: the large run <= 600 MB and <= 1.15 x the
   small one's peak.
 - plan: `batchgen plan` of 1,000,000 Parquet rows x 4 sweep points (bench/plan.py's input);
-  targets: <= 600 MB peak and <= 30 s.
+  targets: <= 600 MB peak and <= 30 s. `--repeat N`: the prompts repeat, each on about N rows
+  (the tasks of a repeated prompt are counted apart, see planning/tasks.py); the same targets.
 - rerun: a finished job of R tasks run again (it must send nothing; checked with the
   simulator's request counter); targets: <= 10 s at 300,000 tasks, <= 30 s at 1,000,000.
   The first run is made once per size (its wall time and peak RSS are printed too).
@@ -15,7 +16,7 @@ to $TMPDIR (a 1,000,000-task folder holds about 7 GB of images: `TMPDIR=/dev/shm
 in memory, so it needs that much free); each is removed once measured.
 
     TMPDIR=/dev/shm .venv/bin/python bench/scale.py [--parts run,plan,rerun] [--small 100000]
-        [--large 300000] [--rows 1000000] [--rerun-sizes 300000,1000000] [--rounds 3]
+        [--large 300000] [--rows 1000000] [--repeat 1] [--rerun-sizes 300000,1000000] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def part_run(args, tmp: Path, sim) -> None:
 
 
 def part_plan(args, tmp: Path) -> None:
-    data = make_parquet(tmp / "plan-input.parquet", args.rows)
+    data = make_parquet(tmp / "plan-input.parquet", args.rows, args.repeat)
+    what = f"{args.rows:,} rows x 4" + (f", each prompt on ~{args.repeat} rows" if args.repeat > 1 else "")
     cmd = [common.PYTHON, "-m", "batchgen", "plan", str(data), "--out", str(tmp / "plan-out"),
            "--model", "dall-e-3", *SWEEP]
     walls, peaks = [], []
@@ -74,10 +76,10 @@ def part_plan(args, tmp: Path) -> None:
         m = common.measure(cmd, log_dir=tmp, name=f"plan-{r}", cwd=tmp)
         walls.append(m.wall)
         peaks.append(m.maxrss_mb)
-        log(f"round {r}: plan of {args.rows:,} rows x 4: wall {m.wall:.2f} s, cpu {m.cpu:.1f} s, "
+        log(f"round {r}: plan of {what}: wall {m.wall:.2f} s, cpu {m.cpu:.1f} s, "
             f"peak RSS {m.maxrss_mb:.0f} MB")
     wall, peak = common.median(walls), common.median(peaks)
-    log(f"RESULT scale plan: {args.rows * 4:,} tasks: wall {wall:.2f} s, peak RSS {peak:.0f} MB "
+    log(f"RESULT scale plan: {args.rows * 4:,} tasks ({what}): wall {wall:.2f} s, peak RSS {peak:.0f} MB "
         f"(target <= {PLAN_MAX_S:.0f} s, <= {PLAN_MAX_MB:.0f} MB) "
         f"{verdict(wall <= PLAN_MAX_S and peak <= PLAN_MAX_MB)}")
 
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--small", type=int, default=100_000, help="tasks of the small run (default 100000)")
     p.add_argument("--large", type=int, default=300_000, help="tasks of the large run (default 300000)")
     p.add_argument("--rows", type=int, default=1_000_000, help="plan: input rows, x 4 sweep points")
+    p.add_argument("--repeat", type=int, default=1, help="plan: each prompt on about this many rows (default 1)")
     p.add_argument("--rerun-sizes", default="300000,1000000", help="rerun: job sizes (default 300000,1000000)")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))

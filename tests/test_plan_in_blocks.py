@@ -206,3 +206,35 @@ def test_the_state_still_grows_after_it_is_read_as_arrays(tmp_path):
             events = state.join(np.array([i], np.uint64))
             assert state.costs(events).tolist() == [0.5] and state.kinds(events).tolist() == [1]
             assert state.finished_elsewhere(np.array([i], np.uint64)) == list(range(i))
+
+
+def repeats_table(rows: int = 4000):
+    """Each prompt on four rows spread over the input (as bench/scale.py --repeat 4), some rows
+    with a quality of their own (a request of its own), a few blank, over several Arrow chunks."""
+    distinct = rows // 4
+    prompts = [None if i % 211 == 0 else f"item {i % distinct}" for i in range(rows)]
+    quality = ["hd" if i % 7 == 0 else None for i in range(rows)]
+    table = pa.table({"prompt": prompts, "quality": quality})
+    return pa.concat_tables([table.slice(0, 1500), table.slice(1500)])
+
+
+REPEATS_CONFIG = {"source": "x.csv", "defaults": {"model": "dall-e-3"},
+                  "sweep": [("style", ["vivid", "natural"])]}
+# The ids of repeats_table's plan as the planner made them before the occurrences were counted
+# with one sort key a task (issue 27, the plan's memory with repeated prompts): unchanged.
+REPEATS_DIGEST = "605ee476051882c1cb65e6fd8ea2791b"
+
+
+@pytest.mark.parametrize("rows", [3, 1000, 65_536])
+def test_the_ids_of_a_plan_full_of_repeated_prompts_are_those_made_before(monkeypatch, rows):
+    monkeypatch.setattr(batchgen.planning.tasks, "PLAN_ROWS", rows)
+    table = repeats_table()
+    plan = make_plan(table, JobConfig(**REPEATS_CONFIG))
+    assert hashlib.blake2b(bytes(plan.tasks.ids), digest_size=16).hexdigest() == REPEATS_DIGEST
+    tasks = list(plan.tasks)
+    prompts = table.column("prompt").to_pylist()
+    expected = occurrences_by_hand(prompts, lambda row: [t.params for t in tasks[2 * row:2 * row + 2]])
+    assert max(k for t, k in zip(tasks, expected) if t.prompt is not None) == 3
+    assert max(k for t, k in zip(tasks, expected) if t.prompt is None) > 3
+    assert [t.task_id for t in tasks] == [task_id(prompts[t.row_index], t.params, k)
+                                          for t, k in zip(tasks, expected)]

@@ -84,8 +84,11 @@ class ImageStore:
     def __init__(self, out_dir):
         self.out_dir = Path(out_dir)
         (self.out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-        self._root = os.fspath(self.out_dir)
-        self._made_dirs: set[str] = set()
+        # OUT and a separator, as os.path.join puts them before a relative path: joined by hand,
+        # as is the folder below, since os.path's join and dirname cost a fair share of saving
+        # a small image.
+        self._prefix = os.path.join(os.fspath(self.out_dir), "")
+        self._made_dirs: set[str] = set()      # relative folders made
 
     def save(self, task_id: str, image_index: int, n: int, data: bytes) -> SavedImage:
         """Check, hash and write one image; raises BadResponse if the bytes are not an image.
@@ -107,10 +110,10 @@ class ImageStore:
         else:
             width, height = image_size(data)
         rel = relative_image_path(task_id, image_index, n, ext)
-        final = os.path.join(self._root, rel)
-        folder = os.path.dirname(final)
+        final = self._prefix + rel
+        folder = rel[:rel.rindex("/")]
         if folder not in self._made_dirs:
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(self._prefix + folder, exist_ok=True)
             self._made_dirs.add(folder)
         write_atomic(final, data, fsync=False)
         return SavedImage(rel, hashlib.sha256(data).hexdigest(), width, height, len(data), frames)

@@ -366,9 +366,7 @@ def _make_plan(table, config: JobConfig, edit_inputs: Optional[list]) -> Plan:
     point_range = range(len(points))
     for start in range(0, n_rows, PLAN_ROWS):
         cells = prompt_column.slice(start, PLAN_ROWS).to_pylist()
-        # What identifies a prompt: its text as sent, or the cell's own text when that is blank
-        # (two blank rows are told apart by it, as refused tasks need ids too).
-        texts = cells if text_column else [None if c is None else str(c) for c in cells]
+        texts = _identifying(cells, text_column)
         hashes.extend(map(hash, texts))
         prompts = _prompts(cells, text_column)
         row_params = [c.slice(start, PLAN_ROWS).to_pylist() for c in param_values]
@@ -465,54 +463,86 @@ def _count_repeated_prompts(prompt_column, text_column: bool, hashes: array, n_p
     del ordered
     if not len(again):
         return
+    rows = np.flatnonzero(np.isin(h, again))
+    del h, again
+    # A group for each candidate row: its prompt as the bytes its ids hash (equal bytes, equal
+    # text; equal hashes alone may be a collision), and for an edit its inputs too.
+    group = _groups(lambda start: [_prompt_part(t) for t in _texts(prompt_column, rows[start:start + PLAN_ROWS],
+                                                                   text_column)], len(rows))
+    if edit_inputs is not None:
+        inputs = _groups(lambda start: [edit_inputs[r].key for r in rows[start:start + PLAN_ROWS].tolist()],
+                         len(rows))
+        # Both are below the number of rows: the pair as one number, then numbered densely again.
+        group = np.unique(group * (int(inputs.max()) + 1) + inputs, return_inverse=True)[1].reshape(-1)
+        del inputs
+    # One sort key for each task of these rows (row after row, each row's points in order): its
+    # row's group, then its parameters. One array sorted once, 32-bit where the numbers fit:
+    # sorting the three apart (np.lexsort) held a 64-bit array of every task for each, and for
+    # its row and its index, the plan's peak memory when prompts repeat. The group is below the
+    # number of rows and the parameters below the number of tasks: for any input that fits in
+    # memory the key fits in 64 bits.
+    tasks = len(rows) * n_points
+    variants = np.frombuffer(variant_of, np.uint32).reshape(-1, n_points)[rows]
+    key = (group.reshape(-1, 1) * len(listed) + variants).reshape(-1)
+    del group, variants
+    if len(rows) * len(listed) < 2 ** 31:
+        key = key.astype(np.int32)
+    index = np.int32 if tasks < 2 ** 31 else np.int64
+    order = np.argsort(key, kind="stable").astype(index, copy=False)   # stable: in plan order within a group
+    key = key[order]
+    first = np.empty(tasks, bool)               # the first task of its group, in that order
+    first[0] = True
+    np.not_equal(key[1:], key[:-1], out=first[1:])
+    del key
+    # In that order, a task's occurrence is how far it is from the first task of its group.
+    occurrence = np.arange(tasks, dtype=index)
+    starts = np.where(first, occurrence, 0).astype(index, copy=False)
+    del first
+    np.maximum.accumulate(starts, out=starts)
+    occurrence -= starts
+    del starts
+    counted = np.flatnonzero(occurrence)          # the tasks that get a new id, by their place in that order
+    occurrence = occurrence[counted]
+    order = order[counted]
+    del counted
+    in_plan_order = np.argsort(order)
+    candidates, occurrence = order[in_plan_order], occurrence[in_plan_order]
+    del order, in_plan_order
+    for start in range(0, len(candidates), PLAN_ROWS):
+        block = candidates[start:start + PLAN_ROWS].astype(np.int64)
+        input_rows = rows[block // n_points]
+        texts = _texts(prompt_column, input_rows, text_column)
+        for task, row, k, text in zip((input_rows * n_points + block % n_points).tolist(), input_rows.tolist(),
+                                      occurrence[start:start + PLAN_ROWS].tolist(), texts):
+            key = listed[variant_of[task]].key
+            if edit_inputs is not None:
+                key = _edit_key(key, edit_inputs[row])
+            ids[task] = _id_key(_id_head(key, k), _prompt_part(text))
+
+
+def _texts(prompt_column, rows, text_column: bool) -> list:
+    """What identifies the prompts of these rows (numpy indices), as _make_plan reads it."""
+    return _identifying(prompt_column.take(arrowbuf.int64_array(rows)).to_pylist(), text_column)
+
+
+def _identifying(cells: list, text_column: bool) -> list:
+    """What identifies a prompt: its text as sent, or the cell's own text when that is blank
+    (two blank rows are told apart by it, as refused tasks need ids too)."""
+    return cells if text_column else [None if c is None else str(c) for c in cells]
+
+
+def _groups(values_from, count: int):
+    """A number for each of `count` bytes values (values_from(start): PLAN_ROWS of them from
+    `start`), equal for equal values, as a numpy int64 array. The values are held as Arrow only
+    while they are numbered, and the memory Arrow took for them is given back before sorting."""
     # Only now: pyarrow.compute is slow to import, and most inputs repeat no prompt.
     import pyarrow as pa
     import pyarrow.compute as pc
-    rows = np.flatnonzero(np.isin(h, again))
-    del h, again
-    # Each candidate row's prompt as the bytes its ids hash: equal bytes, equal text (equal
-    # hashes alone may be a collision).
-    parts = []
-    for start in range(0, len(rows), PLAN_ROWS):
-        cells = prompt_column.take(arrowbuf.int64_array(rows[start:start + PLAN_ROWS])).to_pylist()
-        texts = cells if text_column else [None if c is None else str(c) for c in cells]
-        parts.append(arrowbuf.binary_array([_prompt_part(t) for t in texts]))
-    prompt_parts = pa.concat_arrays(parts)
-    del parts
-    text_group = arrowbuf.numpy_ints(pc.dictionary_encode(prompt_parts).indices)
-    if edit_inputs is not None:
-        keys = arrowbuf.binary_array([edit_inputs[r].key for r in rows.tolist()])
-        input_group = arrowbuf.numpy_ints(pc.dictionary_encode(keys).indices)
-        del keys
-    else:
-        input_group = np.zeros(len(rows), np.int64)
-    # Task by task, in plan order (row after row, each row's points in order).
-    task_rows = np.repeat(np.arange(len(rows)), n_points)
-    tasks = rows[task_rows] * n_points + np.tile(np.arange(n_points), len(rows))
-    variant = np.frombuffer(variant_of, np.uint32)[tasks].astype(np.int64)
-    groups = (text_group[task_rows], input_group[task_rows], variant)
-    del text_group, input_group
-    order = np.lexsort(groups[::-1])      # stable: within a group, in plan order
-    first = np.zeros(len(order), bool)    # the first task of its group, in that order
-    first[0] = True
-    for group in groups:
-        ordered = group[order]
-        first[1:] |= ordered[1:] != ordered[:-1]
-    del groups, group, ordered
-    positions = np.arange(len(order))
-    occurrence = np.empty(len(order), np.int64)
-    occurrence[order] = positions - np.maximum.accumulate(np.where(first, positions, 0))
-    del order, first, positions
-    counted = np.flatnonzero(occurrence)
-    for start in range(0, len(counted), PLAN_ROWS):
-        block = counted[start:start + PLAN_ROWS]
-        texts = prompt_parts.take(arrowbuf.int64_array(task_rows[block])).to_pylist()
-        for at, prompt_part in zip(block.tolist(), texts):
-            task = int(tasks[at])
-            key = listed[variant_of[task]].key
-            if edit_inputs is not None:
-                key = _edit_key(key, edit_inputs[int(rows[task_rows[at]])])
-            ids[task] = _id_key(_id_head(key, int(occurrence[at])), prompt_part)
+    values = pa.concat_arrays([arrowbuf.binary_array(values_from(start)) for start in range(0, count, PLAN_ROWS)])
+    numbers = arrowbuf.numpy_ints(pc.dictionary_encode(values).indices).copy()
+    del values
+    pa.default_memory_pool().release_unused()
+    return numbers
 
 
 def _check_prices(variants, config: JobConfig) -> None:

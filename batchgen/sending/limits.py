@@ -305,23 +305,32 @@ class RateFinder:
         """The next slot at the pace. The caller then sends (`sent`) or gives its place back
         (`release(None)`)."""
         self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
+        if self._free_slot():
+            return      # the usual case, without a coroutine more for every request
         try:
             await self._slot()
         except BaseException:       # cancelled while waiting: the place was never used
             self.in_flight -= 1
             raise
 
-    async def _slot(self) -> None:
-        """The next slot at the pace. Waiting workers queue in order and one dispatcher hands
-        the slots out, reading the pace at each: a pace raised or cut applies at once to every
-        worker waiting (none holds a slot booked at an old pace), and a cool-down holds them all."""
+    def _free_slot(self) -> bool:
+        """Take the slot now if it is free: no pace and no cool-down, or nobody waiting and
+        the pace's next slot already due."""
         now = time.monotonic()
         if not self.rate and now >= self._cooldown_until:
-            return
+            return True
         if not self._waiters and now >= max(self._next, self._cooldown_until):
             self._next = now + 1.0 / self.rate if self.rate else now
-            return
+            return True
+        return False
+
+    async def _slot(self) -> None:
+        """The next slot at the pace, once it is not free at once. Waiting workers queue in
+        order and one dispatcher hands the slots out, reading the pace at each: a pace raised
+        or cut applies at once to every worker waiting (none holds a slot booked at an old
+        pace), and a cool-down holds them all."""
         waiter = _new_future()
         self._waiters.append(waiter)
         if not self._dispatching:
