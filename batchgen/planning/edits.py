@@ -212,6 +212,17 @@ class _Files:
         return hashlib.sha256(data).hexdigest(), None
 
 
+def _one(files: _Files, cell, column: Optional[str], what: str, kinds=tuple(IMAGE_KINDS)) -> tuple:
+    """(as given, what is sent, digest, problem) of a cell that may name one image (a mask, a
+    markup image), all None when it names none."""
+    refs = _refs(cell)
+    if len(refs) > 1:
+        return None, None, None, f"the {column!r} cell names {len(refs)} {what}s; an edit takes one"
+    if not refs:
+        return None, None, None, None
+    return (refs[0], *files.check(refs[0], what, kinds))
+
+
 def read_edit_inputs(table, source: str, image_column: str, mask_column: Optional[str],
                      markup_column: Optional[str] = None) -> list:
     """Each row's EditInput (the whole table, in order)."""
@@ -229,22 +240,10 @@ def read_edit_inputs(table, source: str, image_column: str, mask_column: Optiona
             problem = f"{len(refs)} input images; the API takes at most {MAX_IMAGES}"
         checked = [files.check(r, "input image") for r in refs[:MAX_IMAGES]]
         problem = problem or next((p for _, _, p in checked if p), None)
-        mask = mask_digest = mask_given = None
-        mask_refs = _refs(mask_cell)
-        if len(mask_refs) > 1:
-            problem = problem or f"the {mask_column!r} cell names {len(mask_refs)} masks; an edit takes one"
-        elif mask_refs:
-            mask_given = mask_refs[0]
-            mask, mask_digest, mask_problem = files.check(mask_given, "mask", ("png",))
-            problem = problem or mask_problem
-        markup = markup_digest = markup_given = None
-        markup_refs = _refs(markup_cell)
-        if len(markup_refs) > 1:
-            problem = problem or f"the {markup_column!r} cell names {len(markup_refs)} markup images; an edit takes one"
-        elif markup_refs:
-            markup_given = markup_refs[0]
-            markup, markup_digest, markup_problem = files.check(markup_given, "markup image")
-            problem = problem or markup_problem
+        mask_given, mask, mask_digest, mask_problem = _one(files, mask_cell, mask_column, "mask", ("png",))
+        markup_given, markup, markup_digest, markup_problem = _one(files, markup_cell, markup_column,
+                                                                   "markup image")
+        problem = problem or mask_problem or markup_problem
         inputs.append(EditInput(tuple(c[0] for c in checked), tuple(c[1] or "" for c in checked),
                                 mask, mask_digest, problem, markup, markup_digest,
                                 tuple(refs[:MAX_IMAGES]), mask_given, markup_given))

@@ -540,13 +540,18 @@ def load(path: Optional[str] = None) -> Catalog:
     catalog, raw = parse_catalog(_builtin_raw(), "built-in models")
     if path is None:
         return catalog
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"--models {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"--models {path}: not a readable JSON model catalog ({e})") from None
+    data = read_json_option(path, "--models", "JSON model catalog")
     return parse_catalog(data, str(path), raw)[0]
+
+
+def read_json_option(path: str, option: str, what: str):
+    """The JSON a file option (--models, --prices) names; a UsageError saying what is wrong."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{option} {path}: not a readable {what} ({e})") from None
 
 
 def option_values(param: str) -> tuple:

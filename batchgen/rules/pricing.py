@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from batchgen.exceptions import UsageError
@@ -209,10 +207,4 @@ def load(path: Optional[str] = None, models_path: Optional[str] = None, provider
     table = dataclasses.replace(table, provider=provider)
     if path is None:
         return table
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"--prices {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"--prices {path}: not a readable JSON price file ({e})") from None
-    return parse_table(data, str(path), table)
+    return parse_table(model_rules.read_json_option(path, "--prices", "JSON price file"), str(path), table)
