@@ -78,7 +78,7 @@ class BatchServer:
         async for part in reader:
             if part.name == "file":
                 data = await part.read()
-        await asyncio.sleep(self.upload_latency)
+        await asyncio.sleep(self.upload_latency)     # the simulated server taking its time (a latency, not a wait)
         if self.max_upload is not None and len(data) > self.max_upload:
             return error(413, "file_too_large", "The file is too large.")
         failed = self._fails("upload")

@@ -41,7 +41,7 @@ async def until(predicate, what: str, timeout: float = 30.0) -> None:
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)       # a poll of the simulated server's state until the predicate holds
 
 
 async def held_while(config: SimConfig, second: dict, *, token: str = TOKEN):
