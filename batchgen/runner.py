@@ -190,7 +190,7 @@ def pending_tasks(plan: Plan, state, retry_failed: bool) -> Resume:
     in_batches = in_open_batches(plan, state, outcome, ("batch",))
     # Submitted but not collected: billed once they run, so the budget counts them already
     # (at the Batch API's price), until their outcomes replace the estimate.
-    prices = pricing.load(plan.config.prices)
+    prices = pricing.load(plan.config.prices, plan.config.models, plan.config.provider)
     for v, count in _per_variant(plan, in_batches):
         spent += count * (prices.estimate(plan.tasks.variants[v].params, "batch") or 0.0)
     # Only the mode that collects a kind of remote work touches its tasks; any other leaves
