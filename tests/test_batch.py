@@ -218,6 +218,21 @@ def test_a_sweep_over_models_sends_one_model_per_batch(tmp_path, csv):
         assert summary.ok == 14 and sim.stats["batches_created"] == 2
 
 
+def test_a_batch_the_simulator_refuses_for_its_model_leaves_its_tasks_pending(tmp_path, csv):
+    # The simulator fails the whole batch at validation (model_not_found), as OpenAI does for a
+    # model it does not know: the same stop as a line saying so.
+    overlay = tmp_path / "models.json"
+    overlay.write_text(json.dumps({"providers": {"openai": {"models": {
+        "gpt-image-2.7-flare": {"status": "live", "spec": "gpt-image-2.6"}}}}}))
+    with SimulatorThread(SimConfig(batch_seconds=0)) as sim:
+        summary = batch_run(sim, csv, tmp_path / "out", batch_size=100, models=str(overlay),
+                            sweep=[("model", ["gpt-image-2", "gpt-image-2.7-flare"])])
+    assert summary.exit_status == 3 and summary.stopped == "model_not_found"
+    assert "does not serve model 'gpt-image-2.7-flare'" in summary.stop_message
+    assert "gpt-image-2.6-flare" in summary.stop_message
+    assert (summary.ok, summary.errors, summary.not_done) == (7, 0, 7)
+
+
 def test_ctrl_c_while_waiting_leaves_the_batches_running_and_the_next_run_collects(tmp_path, csv):
     out = tmp_path / "out"
     with SimulatorThread(SimConfig(batch_seconds=3)) as sim:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from batchserver import TOKEN, BatchServer, output_line
 from click.testing import CliRunner
-from conftest import results
+from conftest import journal, results
 
 import batchgen
 from batchgen.cli.main import main
@@ -257,6 +257,40 @@ def test_adoption_finds_an_unrecorded_batch_behind_thousands_of_newer_ones(tmp_p
     summary = run(server, csv, out, batch_size=10)
     assert summary.ok == 7 and ran_twice(server) == {}
     assert sum(1 for b in server.batches.values() if b["metadata"].get("batchgen_chunk")) == 1
+
+
+def test_a_model_the_batch_api_does_not_serve_stops_the_run_with_its_tasks_pending(tmp_path, csv, server):
+    # A catalog that lists a model the server has never heard of; its lines say model_not_found
+    # (one says a server error: asked again in a live batch, but not for a model refused).
+    overlay = tmp_path / "models.json"
+    overlay.write_text(json.dumps({"providers": {"openai": {"models": {
+        "gpt-image-2.7-flare": {"status": "live", "spec": "gpt-image-2.6"}}}}}))
+    unserved = {"gpt-image-2.7-flare"}
+    not_found = {"error": {"message": "The model 'gpt-image-2.7-flare' does not exist or you do not have access "
+                                      "to it.", "type": "invalid_request_error", "code": "model_not_found"}}
+    server_error = {"error": {"message": "boom", "type": "server_error", "code": "server_error"}}
+
+    def lines(batch, asked):
+        model = json.loads(server.files[batch["input_file_id"]].splitlines()[0])["body"]["model"]
+        if model not in unserved:
+            return [output_line(cid) for cid, _ in asked]
+        return [output_line(cid, 500, server_error) if i == 0 else output_line(cid, 404, not_found)
+                for i, (cid, _) in enumerate(asked)]
+    server.lines = lines
+    out = tmp_path / "out"
+    sweep = {"model": ["gpt-image-2", "gpt-image-2.7-flare"]}
+    summary = run(server, csv, out, sweep=sweep, models=str(overlay))
+    assert summary.exit_status == 3 and summary.stopped == "model_not_found"
+    assert "does not serve model 'gpt-image-2.7-flare'" in summary.stop_message
+    assert "gpt-image-2.6-flare" in summary.stop_message         # the nearest batchgen knows
+    # the other model's chunks are collected; the refused model's tasks are left to send
+    assert (summary.ok, summary.errors, summary.not_done) == (7, 0, 7)
+    assert len(server.batches) == 6          # 3 of each model; none of the refused one sent again
+    assert [r for r in journal(out) if r.get("status") == "error"] == []     # none recorded as failed
+    # the server serves the model now: a rerun sends just its tasks, and finishes
+    unserved.clear()
+    again = run(server, csv, out, sweep=sweep, models=str(overlay))
+    assert again.exit_status == 0 and again.ok == 14 and len(server.batches) == 9
 
 
 # ---- honest endings ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TOKEN, results
+from conftest import TOKEN, journal, results
 
 import batchgen
 from batchgen.exceptions import UsageError
@@ -352,27 +352,92 @@ def models_table_markdown() -> str:
     return "\n".join(lines)
 
 
-def test_the_same_4xx_on_a_models_first_requests_stops_the_run(tmp_path):
-    # A proxy that words "no such model" its own way: every request of the model refused alike.
+def _many(tmp_path, rows=30):
+    path = tmp_path / f"many-{rows}.csv"
+    pd.DataFrame({"prompt": [f"a harbour, study {i}" for i in range(rows)]}).to_csv(path, index=False)
+    return path
+
+
+def _run_on(server, table, out, model, concurrency):
+    return batchgen.run(str(table), out=str(out), provider="openai", base_url=server.base_url,
+                        environ={"OPENAI_API_KEY": TOKEN}, model=model, concurrency=concurrency)
+
+
+def test_the_same_4xx_on_a_models_first_requests_stops_the_run_and_fails_none(tmp_path):
+    # A proxy that words "no such model" its own way: every request of the model refused alike,
+    # until (the rerun) it serves the model.
     from hostile import Hostile, generation, json_response
+    served = {"gpt-image-2.5-flare"}
 
     def answer(request, body, count):
-        if json.loads(body).get("model") == "gpt-image-2.5-flare":
+        if json.loads(body).get("model") in served:
             return json_response(generation())
         return json_response({"error": {"message": "unsupported model", "code": "invalid_value"}}, status=400)
 
-    many = tmp_path / "many.csv"
-    pd.DataFrame({"prompt": [f"a harbour, study {i}" for i in range(30)]}).to_csv(many, index=False)
+    many = _many(tmp_path)
     with Hostile(answer) as server:
-        summary = batchgen.run(str(many), out=str(tmp_path / "out"), provider="openai", base_url=server.base_url,
-                               environ={"OPENAI_API_KEY": TOKEN}, model="gpt-image-2.6-sunburst", concurrency=1)
+        # eight workers on their first request of the model at once
+        summary = _run_on(server, many, tmp_path / "out", "gpt-image-2.6-sunburst", 8)
         assert summary.exit_status == 3 and summary.stopped == "model_refused"
-        assert "the first requests of model 'gpt-image-2.6-sunburst' were all refused alike" in summary.stop_message
-        assert server.requests == 3 and summary.not_done == 27
+        assert "the first 3 requests of model 'gpt-image-2.6-sunburst' were all refused alike" in summary.stop_message
+        assert "nothing was marked failed" in summary.stop_message
+        assert summary.errors == 0 and summary.not_done == 30
+        assert 3 <= server.requests < 30
+        assert {r["status"] for r in journal(tmp_path / "out")} == {"not_done"}    # none recorded as failed
+        # the server now serves the model: a rerun sends every task, and finishes
+        served.add("gpt-image-2.6-sunburst")
+        before = server.requests
+        again = _run_on(server, many, tmp_path / "out", "gpt-image-2.6-sunburst", 8)
+        assert again.exit_status == 0 and again.ok == 30 and server.requests - before == 30
         # a model the server takes is not stopped by a refusal of one task's content
-        ok = batchgen.run(str(many), out=str(tmp_path / "ok"), provider="openai", base_url=server.base_url,
-                          environ={"OPENAI_API_KEY": TOKEN}, model="gpt-image-2.5-flare", concurrency=1)
+        ok = _run_on(server, many, tmp_path / "ok", "gpt-image-2.5-flare", 1)
         assert ok.exit_status == 0 and ok.ok == 30
+
+
+def test_a_model_accepted_once_has_its_refusals_recorded(tmp_path):
+    from hostile import Hostile, generation, json_response
+
+    def answer(request, body, count):
+        if count == 1:
+            return json_response(generation())
+        return json_response({"error": {"message": "that setting is not offered", "code": "invalid_value"}},
+                             status=400)
+
+    with Hostile(answer) as server:
+        summary = _run_on(server, _many(tmp_path), tmp_path / "out", "gpt-image-2.6-sunburst", 1)
+    assert summary.exit_status == 1 and summary.stopped is None
+    assert (summary.ok, summary.errors, summary.not_done) == (1, 29, 0)
+    assert server.requests == 30
+    assert set(results(tmp_path / "out").error_code.dropna()) == {"invalid_value"}
+
+
+def test_refusals_held_before_the_model_is_accepted_are_then_recorded(tmp_path):
+    # The first two requests (of eight sent at once) refused, the rest served: the two held
+    # refusals become their tasks' errors once the model is seen served, and nothing is sent twice.
+    from hostile import Hostile, generation, json_response
+
+    def answer(request, body, count):
+        if count <= 2:
+            return json_response({"error": {"message": "bad size", "code": "invalid_value"}}, status=400)
+        return json_response(generation())
+
+    with Hostile(answer) as server:
+        summary = _run_on(server, _many(tmp_path), tmp_path / "out", "gpt-image-2.6-sunburst", 8)
+    assert summary.exit_status == 1 and summary.stopped is None
+    assert (summary.ok, summary.errors, summary.not_done) == (28, 2, 0)
+    assert server.requests == 30
+
+
+def test_a_model_with_too_few_tasks_to_tell_has_its_refusals_recorded_at_the_end(tmp_path):
+    from hostile import Hostile, json_response
+
+    def answer(request, body, count):
+        return json_response({"error": {"message": "unsupported model", "code": "invalid_value"}}, status=400)
+
+    with Hostile(answer) as server:
+        summary = _run_on(server, _many(tmp_path, rows=2), tmp_path / "out", "gpt-image-2.6-sunburst", 8)
+    assert summary.exit_status == 1 and summary.stopped is None
+    assert (summary.errors, summary.not_done) == (2, 0) and server.requests == 2
 
 
 def test_a_job_file_lays_its_models_file_over_the_catalog(tmp_path, prompts, cli):

@@ -120,31 +120,63 @@ _TASK_CODES = frozenset({"content_policy_violation", "moderation_blocked", "forb
 # The same refusal on this many first requests of a model, before any of them succeeds: the
 # model is what the server refuses (a proxy that words model_not_found its own way).
 MODEL_REFUSALS_TO_STOP = 3
+# What ModelRefusals.refused says of a refusal.
+OWN = "own"        # the task's own: record it
+HELD = "held"      # it may be the model's: held undecided until the model is
+MODEL = "model"    # the model is refused: the run stops, and its held tasks are left to send
 
 
 class ModelRefusals:
-    """Per model: the same 4xx on each of its first requests, none accepted yet."""
+    """Per model, until the server has accepted one of its requests: the refusals that may be
+    the model's rather than their task's are held, undecided, and counted while alike. Once
+    the model is accepted, those held are ordinary refusals (each its task's outcome); once it
+    is refused alike MODEL_REFUSALS_TO_STOP times, the run stops and none of them was the
+    task's: they are left to send, as a wrong endpoint leaves its first refusals. Held rather
+    than sent again, so that one task refused three times is not taken for its model."""
 
     def __init__(self) -> None:
         self._accepted: set = set()
         self._refused: dict = {}      # model -> ((status, code), count)
+        self._held: dict = {}         # model -> [what the caller holds: one item a refusal]
+        self._stopped: set = set()
 
-    def accepted(self, model: Optional[str]) -> None:
+    def accepted(self, model: Optional[str]) -> list:
+        """The model took a request: its held refusals, now each its task's outcome."""
         self._accepted.add(model)
         self._refused.pop(model, None)
+        return self._held.pop(model, [])
 
-    def refused(self, model: Optional[str], error: RequestError) -> bool:
-        """Records a refusal; True when it is the model, not the task, that the server refuses."""
+    def refused(self, model: Optional[str], error: RequestError, item: object) -> str:
+        """A task's final refusal (its retries, if any, spent): OWN, HELD (`item` is kept), or
+        MODEL (the refusals that stop the run come in at once: this one, and those in flight
+        at the stop)."""
         if not isinstance(error, ApiError) or model in self._accepted:
-            return False
+            return OWN
         status = error.http_status or 0
-        if status not in (400, 404, 422) or error.code in _TASK_CODES:
-            return False
+        if status not in (400, 404, 422) or error.code in _TASK_CODES \
+                or meaning(error.code, error.message) == POLICY:
+            return OWN
+        if model in self._stopped:
+            return MODEL
         key = (status, error.code)
         seen, count = self._refused.get(model, (None, 0))
         count = count + 1 if seen == key else 1
         self._refused[model] = (key, count)
-        return count >= MODEL_REFUSALS_TO_STOP
+        if count >= MODEL_REFUSALS_TO_STOP:
+            self._stopped.add(model)
+            return MODEL
+        self._held.setdefault(model, []).append(item)
+        return HELD
+
+    def released(self, model: Optional[str]) -> list:
+        """The held items of a model the server refuses."""
+        return self._held.pop(model, [])
+
+    def undecided(self) -> list:
+        """What is still held (the run ends): every model's held items."""
+        held = [item for items in self._held.values() for item in items]
+        self._held.clear()
+        return held
 
 
 def is_rate_limited(error: RequestError) -> bool:

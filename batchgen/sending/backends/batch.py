@@ -30,7 +30,7 @@ from batchgen.exceptions import ApiError, RequestError
 from batchgen.planning.edits import IMAGE_KINDS, InputProblem, input_bytes, is_url, sniff
 from batchgen.planning.identity import ChunkIds, hex_key
 from batchgen.planning.tasks import ROWS_AT_A_TIME, Pending
-from batchgen.sending.classify import Decision, classify, stop_advice
+from batchgen.sending.classify import MODEL_CODES, Decision, classify, stop_advice
 from batchgen.sending.client import (
     BATCH_STATUSES,
     BATCH_TERMINAL,
@@ -101,6 +101,8 @@ class BatchBackend:
         self._tasks = TasksById(())     # task id -> Task, for the records of collected outcomes
         self._resubmitted: set = set()  # task ids sent again once in this run (expired, 5xx)
         self._ended: list = []          # (stop code, message) of batches that ended with work undone
+        self._unserved_models: set = set()  # models the server said it does not serve: none sent again
+        self._unserved: set = set()     # task ids whose outcome said so: not theirs, left to send
 
     async def __aenter__(self):
         self._client = await BatchClient(self.endpoint, self.config.timeout).__aenter__()
@@ -480,8 +482,10 @@ class BatchBackend:
         return await self._send_again(await self._collect(key, chunk, expired, expire_left=True))
 
     async def _send_again(self, tasks: list) -> list:
-        """Tasks a batch did not settle, in new chunks ([(key, chunk)]); none once the run halts."""
+        """Tasks a batch did not settle, in new chunks ([(key, chunk)]); none once the run halts,
+        none of a model the server does not serve."""
         sent: list = []
+        tasks = [t for t in tasks if t.params.get("model") not in self._unserved_models]
         for chunk_tasks in self.split(tasks):
             if self._halted():
                 break
@@ -522,7 +526,8 @@ class BatchBackend:
                 fresh += [t for t in self._waiting_in(chunk) if t.task_id not in again
                           and t.task_id not in self._resubmitted]
             fresh_ids = {t.task_id for t in fresh}
-            left = [t for t in chunk.get("task_ids", ()) if not self.recorder.is_final(t) and t not in fresh_ids]
+            left = [t for t in chunk.get("task_ids", ()) if not self.recorder.is_final(t) and t not in fresh_ids
+                    and t not in self._unserved]
             self._settle(info, left)
             self.recorder.chunk_event({"chunk": key, "event": "collected", "status": info.status})
         finally:
@@ -536,6 +541,11 @@ class BatchBackend:
             return
         if info.status == "failed":
             code, message = info.errors[0] if info.errors else ("batch_failed", "the batch failed validation")
+            if code in MODEL_CODES:
+                # Refused at validation for its model: as a line saying so, for all of them.
+                task = self._tasks.get(left[0])
+                return self._unserved_model(task.params.get("model") if task else None,
+                                            ApiError(message, code=code, http_status=400), left)
             for task_id in left:
                 self._record_error(task_id, ApiError(message, code=code, http_status=400), info.id)
         elif info.status == "cancelled":
@@ -591,11 +601,25 @@ class BatchBackend:
     def _retry_or_record(self, task_id: str, task, error: RequestError, batch_id: str, again: dict) -> None:
         """As in live mode: a refusal is the task's outcome; a server error, or an image that
         can never be fetched, is asked again (once, in a new batch), then it is the outcome."""
-        if classify(error) in (Decision.RETRY, Decision.RETRY_ONCE) and task is not None \
+        if error.code in MODEL_CODES and classify(error) is Decision.STOP:
+            again.pop(task_id, None)
+            self._unserved_model(task.params.get("model") if task else None, error, [task_id])
+        elif classify(error) in (Decision.RETRY, Decision.RETRY_ONCE) and task is not None \
                 and task_id not in self._resubmitted:
             again[task_id] = task
         else:
             self._record_error(task_id, error, batch_id)
+
+    def _unserved_model(self, model: Optional[str], error: RequestError, task_ids: list) -> None:
+        """The server does not serve the model (model_not_found): as in live mode, the run stops
+        early, once the other batches are collected, naming the nearest models; the tasks are
+        left to send (not their outcome), and no more of the model is submitted."""
+        self._unserved.update(task_ids)
+        if model in self._unserved_models:
+            return
+        self._unserved_models.add(model)
+        self._ended.append((error.code, f"{error.code} (HTTP {error.http_status}): {error.message} — "
+                                        f"{stop_advice(error, self.endpoint.provider, model, self.config.models)}"))
 
     async def _save(self, task_id: str, task, generation, batch_id: str) -> None:
         """The answer's images kept, and its record; a RequestError when one cannot be had."""

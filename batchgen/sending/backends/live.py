@@ -1,9 +1,10 @@
 """The live backend: one HTTP request per task, `concurrency` at a time, paced and retried.
 
-A task's loop reads: pace, attempt, ask the policy. Two watches sit beside it: an endpoint
+A task's loop reads: pace, attempt, ask the policy. Three watches sit beside it: an endpoint
 that gives the same wrong answer from the start (a wrong URL, nothing listening) stops the run
-within a few requests instead of failing every task, and a server that asks to wait longer
-than --max-wait stops it instead of stalling for hours.
+within a few requests instead of failing every task; so does a model refused alike on its first
+requests (those refusals are held, undecided, until the model is accepted or refused); and a
+server that asks to wait longer than --max-wait stops it instead of stalling for hours.
 """
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ from batchgen.exceptions import ApiError, BadResponse, InvalidInput, NotJson, Re
 from batchgen.planning.edits import IMAGE_KINDS, InputProblem, input_bytes, is_url, sniff
 from batchgen.planning.settings import AUTO
 from batchgen.rules.models import FORMAT_EXTENSIONS
-from batchgen.sending.classify import Decision, ModelRefusals, classify, is_rate_limited, model_advice, stop_advice
+from batchgen.sending.classify import (
+    HELD,
+    MODEL,
+    MODEL_REFUSALS_TO_STOP,
+    Decision,
+    ModelRefusals,
+    classify,
+    is_rate_limited,
+    model_advice,
+    stop_advice,
+)
 from batchgen.sending.client import ImagesClient, redact
 from batchgen.sending.limits import Attempt, RateFinder, RetryPolicy, Spacer, TaskRetries
 from batchgen.util import gcpause
@@ -131,6 +142,7 @@ class LiveBackend:
                 await asyncio.wait(running)
         finally:
             ticker.cancel()
+            self._decide_held()
         for worker in self._workers:
             failure = None if worker.cancelled() else worker.exception()
             if isinstance(failure, Exception):
@@ -246,11 +258,14 @@ class LiveBackend:
                         self._log_attempt(task, attempts, sent_at, record["http_status"], "ok", "done")
                     return self._finish(task, record)
                 wait = self._ask_policy(error, retries, pause, own_wait, task.params.get("model"))
-                if self._log_attempts:
-                    self._log_attempt(task, attempts, sent_at, error.http_status, error.code,
-                                      self._next_step(wait, is_rate_limited(error)))
                 if wait is None:
-                    return self._finish(task, self._error_record(task, error, attempts, started))
+                    then = self._refused(task, error, self._error_record(task, error, attempts, started), attempts)
+                else:
+                    then = self._next_step(wait, is_rate_limited(error))
+                if self._log_attempts:
+                    self._log_attempt(task, attempts, sent_at, error.http_status, error.code, then)
+                if wait is None:
+                    return
                 if self.stop:
                     return self._not_done(task, attempts)
                 if wait:
@@ -293,17 +308,10 @@ class LiveBackend:
         decision = classify(error)
         if decision is Decision.STOP:
             self.stop(error.code, f"{error.code} (HTTP {error.http_status}): {error.message} — "
-                                  f"{stop_advice(error, self.endpoint.provider, model)}")
+                                  f"{stop_advice(error, self.endpoint.provider, model, self.config.models)}")
             return 0.0      # the caller sees the stop and leaves the task not done
         if self._looks_like_a_wrong_endpoint(error):
             return WRONG_ENDPOINT_RETRY_S
-        if decision is Decision.FAIL and self.model_refusals.refused(model, error):
-            self.stop("model_refused", f"the first requests of model {model!r} were all refused alike "
-                                       f"({error.code}, HTTP {error.http_status}: {error.message}): the server "
-                                       f"refuses the model, or a setting all its requests share; the tasks not "
-                                       f"sent are left to send. If it is the model: "
-                                       f"{model_advice(self.endpoint.provider, model)}")
-            return None     # this task's refusal is recorded, as the ones before it
         if decision is Decision.FAIL:
             return None
         if error.retry_after is not None and error.retry_after > self.max_wait:
@@ -320,13 +328,42 @@ class LiveBackend:
             self.recorder.retry(rate_limited, pause)
         return wait
 
+    def _refused(self, task, error: RequestError, record: dict, attempts: int) -> str:
+        """A task's final error: recorded, unless it may be its model that the server refuses
+        (ModelRefusals): then held until the model is decided. Returns the log's next step."""
+        model = task.params.get("model")
+        verdict = self.model_refusals.refused(model, error, (task, record, attempts))
+        if verdict == HELD:
+            return "held"
+        if verdict == MODEL:
+            if not self.stop:
+                self.stop("model_refused", f"the first {MODEL_REFUSALS_TO_STOP} requests of model {model!r} "
+                                           f"were all refused alike ({error.code}, HTTP {error.http_status}: "
+                                           f"{error.message}): the server refuses the model, or a setting all "
+                                           f"its requests share; nothing was marked failed. If it is the model: "
+                                           f"{model_advice(self.endpoint.provider, model, self.config.models)}")
+            for held, _, held_attempts in self.model_refusals.released(model):
+                self._not_done(held, held_attempts)
+            self._not_done(task, attempts)
+            return "stop"
+        self._finish(task, record)
+        return "recorded"
+
+    def _decide_held(self) -> None:
+        """The run ends with refusals still held (a model with too few tasks to tell, or a run
+        stopped for another reason): refusals when the run went to its end, else left to send."""
+        for task, record, attempts in self.model_refusals.undecided():
+            if self.stop:
+                self._not_done(task, attempts)
+            else:
+                self._finish(task, record)
+
     # -- the log's lines (README, "Logs"); called only when they are enabled --
 
-    def _next_step(self, wait: Optional[float], rate_limited: bool = False) -> str:
+    def _next_step(self, wait: float, rate_limited: bool = False) -> str:
+        """After an error that is not the task's outcome (that one's is _refused's)."""
         if self.stop:
             return "stop"
-        if wait is None:
-            return "recorded"       # the task's outcome: a refusal, or its retries are spent
         # A 429's wait is the pacer's (its own line says how long): "retry_after_pause".
         return "retry_after_pause" if rate_limited or not wait else f"retry_in_s={wait:.3f}"
 
@@ -408,7 +445,8 @@ class LiveBackend:
             images.append({"image_index": index, **saved.record(), "image_url": url,
                            "revised_prompt": image.revised_prompt})
         self.succeeded += 1
-        self.model_refusals.accepted(task.params.get("model"))
+        for held, held_record, _ in self.model_refusals.accepted(task.params.get("model")):
+            self._finish(held, held_record)       # the model is served: those were the tasks' own
         record = {"task_id": task.task_id, "status": "ok", "images": images,
                 "created": generation.created, "trace_id": generation.trace_id,
                 "http_status": generation.http_status, "usage": generation.usage,

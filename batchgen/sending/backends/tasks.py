@@ -277,6 +277,11 @@ class AsyncBackend(LiveBackend):
         self.recorder.chunk_event({"chunk": trace_id, "event": "collected", "status": "error",
                                    "error_code": error.code})
 
+    def _refused(self, task, error: RequestError, record: dict, attempts: int) -> str:
+        # Refused, so never to be submitted, even while held undecided: --no-wait need not wait for it.
+        self._unsent.discard(task.task_id)
+        return super()._refused(task, error, record, attempts)
+
     def _finish(self, task, record: dict) -> None:
         self._unsent.discard(task.task_id)
         self._tries.pop(task.task_id, None)
