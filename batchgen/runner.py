@@ -26,7 +26,7 @@ from batchgen.planning.summary import statuses_to_send
 from batchgen.planning.tasks import Pending, Plan
 from batchgen.rules import modes, pricing
 from batchgen.rules.providers import Endpoint
-from batchgen.sending.backends import TASKS_IN_PROGRESS, Budget, SendBackend, StopSwitch, backend_for
+from batchgen.sending.backends import STILL_RUNNING, Budget, SendBackend, StopSwitch, backend_for
 from batchgen.showing.progress import Progress
 from batchgen.util import gcpause
 
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 GRACE_S = 30.0
 IMPORT_WRITERS_AFTER_S = 0.2   # by then the first requests are out (and most runs are not over)
-STILL_RUNNING = "batch_in_progress"   # the stop code of work left running on the server (exit 4)
 UNFINISHED_MESSAGE = "not finished; run the same command again to finish it"
 
 
@@ -93,7 +92,7 @@ class Summary:
 
     @property
     def exit_status(self) -> int:
-        if self.stopped in (STILL_RUNNING, TASKS_IN_PROGRESS):
+        if self.stopped in STILL_RUNNING:
             return EXIT_STILL_RUNNING
         if self.stopped or self.not_done:
             return EXIT_STOPPED

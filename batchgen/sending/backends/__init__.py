@@ -59,9 +59,11 @@ class ImageSaver(Protocol):
         """Check, hash and write one image; returns what the record says of it."""
 
 
-# The stop of a run that submitted its tasks and left them running on the server (--no-wait in
-# async mode): exit status 4, run again to collect.
-TASKS_IN_PROGRESS = "tasks_in_progress"
+# The stops of a run that submitted its tasks and left them running on the server (--no-wait):
+# exit status 4, run again to collect.
+BATCH_IN_PROGRESS = "batch_in_progress"     # Batch API batches still running (--no-wait)
+TASKS_IN_PROGRESS = "tasks_in_progress"     # async mode's tasks still running (--no-wait)
+STILL_RUNNING = frozenset({BATCH_IN_PROGRESS, TASKS_IN_PROGRESS})
 
 
 class StopSwitch:

@@ -30,6 +30,7 @@ from batchgen.exceptions import ApiError, RequestError
 from batchgen.planning.edits import IMAGE_KINDS, InputProblem, input_bytes, is_url, sniff
 from batchgen.planning.identity import ChunkIds, hex_key
 from batchgen.planning.tasks import ROWS_AT_A_TIME, Pending
+from batchgen.sending.backends import BATCH_IN_PROGRESS
 from batchgen.sending.classify import MODEL_CODES, Decision, classify, stop_advice
 from batchgen.sending.client import (
     BATCH_STATUSES,
@@ -200,7 +201,7 @@ class BatchBackend:
         if refused is not None:
             self._stop_for(refused)
         if open_chunks and not self.stop:
-            self.stop("batch_in_progress",
+            self.stop(BATCH_IN_PROGRESS,
                        f"submitted {submitted} batch(es) this run; {self._still_open(open_chunks)} still "
                        "running on the server: run the same command again to collect them "
                        "(batchgen cancel OUT cancels them)")
