@@ -452,6 +452,10 @@ def test_a_live_run_leaves_the_tasks_async_mode_submitted_to_it_and_sends_none_t
     with SimulatorThread(latency=3.0) as sim:
         first = async_run(sim, csv, out, no_wait=True)
         assert first.exit_status == 4 and sim.stats.tasks_created == tasks
+        from batchgen.showing.status import read_status
+        waiting = read_status(out)
+        # Counted as async mode's tasks on the server, not as Batch API batches.
+        assert waiting.remote["waiting"] == tasks - first.ok and waiting.in_batches == 0
         live = async_run(sim, csv, out, mode="live")
         # The tasks under way are async mode's to collect: the live run sends none of them again.
         assert live.exit_status == 3 and live.stopped == "in_batches" and live.requests_sent == 0

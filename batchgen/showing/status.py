@@ -118,7 +118,7 @@ def read_status(out: StrPath, now: Optional[float] = None) -> Status:
     if refused:
         by_code["invalid_params"] = refused
     status = Status(str(out), total, refused, ok, errors, by_code, not_in_job=other_ok + other_errors)
-    held = state.open_batch_keys()
+    held = state.open_batch_keys(("batch",))     # async mode's open tasks: the `remote` line
     if len(held):
         status.in_batches = int((state.join(held) < 0).sum())
     status.state, status.stopped, status.stop_message = run_state(
