@@ -448,6 +448,8 @@ class RateFinder:
             return
         told = stated_rate(headers, images, self.tokens_per_request)
         if told:
+            # A tokens limit over a request's tokens can fall far below a request a minute; a
+            # slot of more than MIN_RATE's 100 s would stall the run on one header's word.
             self.told = max(self.MIN_RATE, told)
             self.rate = min(self.rate, self.told) if self.rate else self.told
         if self.told and nothing_remains(headers, images, self.tokens_per_request):
