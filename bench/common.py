@@ -312,9 +312,10 @@ def runner_cmd(data: Path, out: Path, url: str, *, concurrency: Optional[object]
     """`python -m batchgen run ...` against the simulator's AceData endpoint; ``concurrency``
     None gives no --concurrency (the client's default), else its value (a number or "auto")."""
     conc = [] if concurrency is None else ["--concurrency", str(concurrency)]
+    # GPT image models always answer in base64 and refuse a response_format.
+    fmt = [] if model.startswith("gpt-image") else ["--response-format", "b64_json"]
     return [PYTHON, "-m", "batchgen", "run", str(data), "--out", str(out), "--base-url", url,
-            "--model", model, "--size", size, "--response-format", "b64_json",
-            *conc, "--no-progress", *extra]
+            "--model", model, "--size", size, *fmt, *conc, "--no-progress", *extra]
 
 
 RUNNER_ENV = {"ACEDATA_API_TOKEN": TOKEN}

@@ -26,6 +26,11 @@ Named cells:
     issue27   the issue's case: 10 requests/s, 8 s +-20%, 429 at once with `Retry-After: 1`,
               no x-ratelimit headers, 800 tasks, --concurrency 200
     issue27-date, issue27-none   the same with Retry-After as an HTTP date / with none
+    tokens-on, tokens-off   a server whose binding limit is tokens a minute, as OpenAI limits its
+              image models: gpt-image-2 medium 1024x1024 (the simulator charges 1,056 tokens
+              an image), `--limit` requests/s worth of tokens (`--tpm-limit`) under a requests
+              limit ten times higher, 8 s +-20%, OpenAI's exact Retry-After, the automatic
+              concurrency; with the x-ratelimit-* headers (requests and tokens) / without
 
 Per cell: ideal = tasks / limit + one latency; wall; ideal/wall; tasks done; the accepted rate
 (200s per second after the first latency) as a share of the limit; the 429s' share of
@@ -38,6 +43,7 @@ Targets, per cell (printed, not asserted): ideal/wall >= 0.85, 429s <= 25% of re
                                                         # targets are met; capped cells take longer)
     .venv/bin/python bench/ratelimit.py --quick          # issue27 and four matrix cells
     .venv/bin/python bench/ratelimit.py --cells 'issue27,8s-*-off-fixed'   # names or globs
+    .venv/bin/python bench/ratelimit.py --cells 'tokens-*'                 # the tokens-bound pair
     options: --tasks 200 --limit 20 --concurrency 256 --cap 3 --rounds 1 --keep
 """
 from __future__ import annotations
@@ -58,6 +64,9 @@ SPREAD = 0.2
 LATENCIES = (0.2, 8.0, 30.0)
 STYLES = ("exact", "seconds", "date", "none")
 HEADERS = ("on", "off")
+# What the simulator charges an image under --tpm-limit (its default): a tokens-bound cell's
+# limit in requests/s is its tokens a second over this.
+TOKENS_PER_IMAGE = 1056
 QUICK = ("issue27", "0.2s-exact-on-fixed", "8s-seconds-off-fixed", "8s-none-off-fixed",
          "8s-date-off-fixed")
 
@@ -69,21 +78,34 @@ class Cell:
     style: str
     headers: bool
     concurrency: Optional[object]    # a number, "auto", or None (the client's default)
-    limit: float                     # requests per second
+    limit: float                     # requests per second (of the binding limit)
     tasks: int
+    binding: str = "requests"        # the limit that binds: "requests", or "tokens" (a minute's
+                                     # tokens for `limit` requests/s, requests 10x above it)
 
     @property
     def ideal(self) -> float:
         return self.tasks / self.limit + self.latency
 
     def sim_args(self) -> list:
-        args = ["--rpm-limit", f"{self.limit * 60:g}", "--latency", f"{self.latency:g}",
+        if self.binding == "tokens":
+            limits = ["--tpm-limit", f"{self.limit * 60 * TOKENS_PER_IMAGE:g}",
+                      "--rpm-limit", f"{self.limit * 600:g}"]
+        else:
+            limits = ["--rpm-limit", f"{self.limit * 60:g}"]
+        args = [*limits, "--latency", f"{self.latency:g}",
                 "--latency-spread", f"{SPREAD:g}", "--rate-limit-retry-after", self.style]
         return args if self.headers else [*args, "--no-ratelimit-headers"]
 
     @property
     def server(self) -> tuple:    # cells with the same server share one simulator process
-        return (self.latency, self.style, self.headers, self.limit)
+        return (self.latency, self.style, self.headers, self.limit, self.binding)
+
+    def runner_args(self) -> dict:
+        """A tokens-bound cell asks for a GPT image model, whose answers count their tokens."""
+        if self.binding == "tokens":
+            return {"model": "gpt-image-2", "extra": ["--quality", "medium"]}
+        return {}
 
 
 @dataclass
@@ -135,6 +157,9 @@ def matrix(args, auto_label: str) -> list:
                                       hdr == "on", conc, args.limit, args.tasks))
     for suffix, style in (("", "seconds"), ("-date", "date"), ("-none", "none")):
         cells.append(Cell(f"issue27{suffix}", 8.0, style, False, 200, 10.0, 800))
+    for hdr in HEADERS:
+        cells.append(Cell(f"tokens-{hdr}", 8.0, "exact", hdr == "on", "auto" if auto_label == "auto" else None,
+                          args.limit, args.tasks, binding="tokens"))
     return cells
 
 
@@ -143,7 +168,7 @@ def choose(cells: list, patterns: list) -> list:
     missing = [p for p in patterns if not any(fnmatch.fnmatchcase(c.name, p) for c in cells)]
     if missing:
         raise SystemExit(f"ratelimit: no cell matches {', '.join(missing)}; cells are e.g. "
-                         f"{', '.join(c.name for c in cells[:4])}, ..., issue27")
+                         f"{', '.join(c.name for c in cells[:4])}, ..., issue27, tokens-on")
     return chosen
 
 
@@ -160,7 +185,7 @@ def slices(timeline: dict, wall: float, n: int = 10) -> list:
 def run_cell(cell: Cell, sim, args, data: Path, tmp: Path, rnd: int) -> Outcome:
     out = tmp / f"{cell.name}-{rnd}"
     sim.reset(everything=True)    # counters, the bucket full, the timeline anew
-    cmd = common.runner_cmd(data, out, sim.acedata_url, concurrency=cell.concurrency)
+    cmd = common.runner_cmd(data, out, sim.acedata_url, concurrency=cell.concurrency, **cell.runner_args())
     m = common.measure(cmd, log_dir=tmp, name=f"{cell.name}-{rnd}", env=common.RUNNER_ENV,
                        check=False, timeout=cell.ideal * args.cap)
     st = sim.stats()
@@ -192,7 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     p.add_argument("--cells", default="",
                    help="comma-separated cell names or globs (default: the matrix, without the "
-                        "issue27 cells; 'issue27*' picks those)")
+                        "named cells; 'issue27*' or 'tokens-*' picks those)")
     args = p.parse_args(argv)
     auto_label = "auto" if offers_auto(common.run_help()) else "default"
     if auto_label == "default":
@@ -204,7 +229,7 @@ def main(argv=None) -> int:
     elif args.cells:
         chosen = choose(cells, [c.strip() for c in args.cells.split(",") if c.strip()])
     else:
-        chosen = [c for c in cells if not c.name.startswith("issue27")]
+        chosen = [c for c in cells if not c.name.startswith(("issue27", "tokens-"))]
     help_text = common.simulate_help()
     if "--latency-spread" not in help_text or "none" not in help_text:
         raise SystemExit("ratelimit: this simulator lacks --latency-spread or "

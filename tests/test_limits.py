@@ -121,3 +121,73 @@ def test_the_pacer_survives_whatever_the_server_says():
             assert math.isfinite(held) and math.isfinite(own) and held >= 0 and own >= 0
     assert math.isfinite(pacer.rate) and pacer.rate > 0
     assert math.isfinite(pacer._cooldown_until) and math.isfinite(pacer._next)
+
+
+# ---- the images and tokens headers (issue 27) ----
+
+def test_ratelimit_headers_give_images_and_tokens_too():
+    h = parse_ratelimit_headers({"x-ratelimit-limit-images": "600", "x-ratelimit-remaining-images": "12",
+                                 "x-ratelimit-limit-tokens": "8000000", "x-ratelimit-remaining-tokens": "7990000",
+                                 "x-ratelimit-reset-tokens": "6m0s"})
+    assert (h.limit, h.remaining) == (None, None)          # requests not said: not made up
+    assert (h.images_limit, h.images_remaining) == (600, 12)
+    assert (h.tokens_limit, h.tokens_remaining) == (8_000_000, 7_990_000)
+    # One kind alone is enough to say something; none at all is None.
+    assert parse_ratelimit_headers({"x-ratelimit-remaining-tokens": "5"}).tokens_remaining == 5
+    assert parse_ratelimit_headers({"x-ratelimit-reset-tokens": "1s"}) is None
+
+
+@pytest.mark.parametrize("kind", ["images", "tokens"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "0", "0.5", "-1", "1e999", "1e300", "lots", ""])
+def test_an_images_or_tokens_limit_that_cannot_be_paced_by_is_ignored(kind, value):
+    h = parse_ratelimit_headers({f"x-ratelimit-limit-{kind}": value, f"x-ratelimit-remaining-{kind}": "3",
+                                 "x-ratelimit-limit-requests": "60"})
+    assert getattr(h, f"{kind}_limit") is None and getattr(h, f"{kind}_remaining") == 3
+    assert h.limit == 60        # a bad value of one kind spoils nothing of another
+
+
+@pytest.mark.parametrize("value, expected", [("-3", 0), ("-1e12", 0), ("0", 0), ("7.9", 7), ("nan", None),
+                                             ("x", None), ("1e999", None)])
+def test_images_and_tokens_remaining_are_bounded_counts(value, expected):
+    h = parse_ratelimit_headers({"x-ratelimit-remaining-images": value, "x-ratelimit-remaining-tokens": value})
+    assert h.images_remaining == expected and h.tokens_remaining == expected
+
+
+def test_tokens_run_to_millions_but_are_bounded():
+    from batchgen.sending.limits import MAX_LIMIT_PER_MINUTE, MAX_TOKENS_PER_MINUTE
+    huge = str(MAX_LIMIT_PER_MINUTE * 100)              # beyond the requests' bound, within the tokens'
+    h = parse_ratelimit_headers({"x-ratelimit-limit-tokens": huge, "x-ratelimit-limit-images": huge,
+                                 "x-ratelimit-limit-requests": huge})
+    assert h.tokens_limit == MAX_LIMIT_PER_MINUTE * 100
+    assert h.images_limit is None and h.limit is None
+    beyond = str(MAX_TOKENS_PER_MINUTE * 10)
+    assert parse_ratelimit_headers({"x-ratelimit-limit-tokens": beyond}).tokens_limit is None
+    assert parse_ratelimit_headers({"x-ratelimit-remaining-tokens": beyond}).tokens_remaining is None
+
+
+def test_the_binding_limit_is_the_smallest_in_requests_per_second():
+    from batchgen.sending.limits import RateLimitHeaders, stated_rate
+    h = RateLimitHeaders(limit=6000, remaining=None, images_limit=1200, tokens_limit=60 * 1000 * 30)
+    assert stated_rate(h, images=1) == pytest.approx(20.0)            # images: 1200/min, one a request
+    assert stated_rate(h, images=4) == pytest.approx(5.0)             # n=4: a quarter of the requests
+    assert stated_rate(h, images=1, tokens=1000) == pytest.approx(20.0)
+    assert stated_rate(h, images=1, tokens=3000) == pytest.approx(10.0)   # tokens bind
+    # Until a request's tokens are known, the tokens limit is not used.
+    only_tokens = RateLimitHeaders(limit=None, remaining=None, tokens_limit=60_000)
+    assert stated_rate(only_tokens, tokens=None) is None
+    assert stated_rate(only_tokens, tokens=1000) == pytest.approx(1.0)
+    assert stated_rate(RateLimitHeaders(None, None, images_limit=60), images=0) == pytest.approx(1.0)
+    assert stated_rate(RateLimitHeaders(None, 5)) is None
+
+
+def test_nothing_remains_in_any_kind_is_a_wait():
+    from batchgen.sending.limits import RateLimitHeaders, nothing_remains
+    assert not nothing_remains(RateLimitHeaders(60, 3, 60, 3, 10_000, 9000), images=1, tokens=1000)
+    assert nothing_remains(RateLimitHeaders(60, 0), images=1)
+    assert nothing_remains(RateLimitHeaders(60, 3, 60, 0), images=1)
+    assert nothing_remains(RateLimitHeaders(60, 3, 60, 3), images=4)       # 3 images left, 4 asked
+    assert nothing_remains(RateLimitHeaders(60, 3, tokens_remaining=0))
+    assert nothing_remains(RateLimitHeaders(60, 3, tokens_remaining=500), tokens=1000)
+    # fewer tokens left than a request takes counts only once a request's tokens are known
+    assert not nothing_remains(RateLimitHeaders(60, 3, tokens_remaining=500), tokens=None)
+    assert not nothing_remains(RateLimitHeaders(None, None))

@@ -126,6 +126,55 @@ def test_the_slots_booked_at_the_servers_stated_limit_are_kept(vt):
     assert vt.now < pacer._cooldown_until <= vt.now + 0.05 + 1e-9
 
 
+def test_the_binding_stated_limit_is_the_pace_and_tokens_wait_for_a_known_count(vt):
+    # Requests 6000/min, images 1200/min, tokens 900,000/min: a request for one image that takes
+    # ~1500 tokens may go 10 times a second (tokens bind), but until an answer's usage says what
+    # a request takes, only the requests and images limits are known.
+    stated = RateLimitHeaders(limit=6000, remaining=50, images_limit=1200, images_remaining=50,
+                              tokens_limit=900_000, tokens_remaining=500_000)
+    pacer = RateFinder(8)
+    pacer.on_success(None, stated, images=1, tokens=None)
+    assert pacer.told == pytest.approx(20.0) and pacer.rate == pytest.approx(20.0)     # images bind
+    pacer.on_success(None, stated, images=1, tokens=1500)
+    assert pacer.tokens_per_request == 1500
+    assert pacer.told == pytest.approx(10.0) and pacer.rate == pytest.approx(10.0)     # tokens bind
+    # The tokens a request takes are a running average, so one large answer moves it a little.
+    pacer.on_success(None, stated, images=1, tokens=3000)
+    assert 1500 < pacer.tokens_per_request < 3000
+    assert pacer.rate == pytest.approx(900_000 / 60 / pacer.tokens_per_request)
+    # Values no answer can hold are not learned from.
+    before = pacer.tokens_per_request
+    pacer.on_success(None, stated, images=1, tokens=0)
+    assert pacer.tokens_per_request == before
+    # A measured pace above the stated limit is held to it, as with the requests limit.
+    pacer._take_window(100, 100, 0, 3.0)
+    assert pacer.rate == pytest.approx(pacer.told)
+
+
+def test_a_request_for_several_images_counts_them_against_the_images_limit(vt):
+    pacer = RateFinder(8)
+    pacer.on_success(None, RateLimitHeaders(limit=None, remaining=None, images_limit=1200), images=4)
+    assert pacer.rate == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("stated", [
+    RateLimitHeaders(limit=1200, remaining=0),
+    RateLimitHeaders(limit=1200, remaining=5, images_limit=1200, images_remaining=0),
+    RateLimitHeaders(limit=None, remaining=None, images_limit=1200, tokens_limit=1_200_000, tokens_remaining=400),
+])
+def test_nothing_remaining_of_any_kind_holds_the_next_slot(vt, stated):
+    pacer = RateFinder(8)
+    pacer.on_success(None, stated, images=1, tokens=1000)
+    assert pacer.rate == pytest.approx(20.0)
+    assert vt.now < pacer._cooldown_until <= vt.now + 0.05 + 1e-9
+
+
+def test_only_a_tokens_limit_and_no_known_tokens_sets_no_pace(vt):
+    pacer = RateFinder(8)
+    pacer.on_success(None, RateLimitHeaders(None, None, tokens_limit=60_000, tokens_remaining=0), images=1)
+    assert pacer.rate is None and pacer.told is None and pacer._cooldown_until == 0.0
+
+
 @pytest.mark.parametrize("retry_after", [
     ServerWait(1.0, coarse=True),                                                   # "Retry-After: 1"
     "date",                                                                         # an HTTP date

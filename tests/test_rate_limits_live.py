@@ -81,3 +81,25 @@ def test_every_way_a_server_states_its_limit_is_held(tmp_path, style, headers):
         stats = sim.stats.copy()
     assert summary.exit_status == 0 and summary.ok == 120
     assert stats.by_status.get("429", 0) <= 0.25 * stats.requests
+
+
+def test_a_tokens_limit_stated_in_headers_draws_fewer_429s_than_one_found_alone(tmp_path):
+    # Tokens bind: 10 requests/s of gpt-image-2 medium 1024x1024 (the simulator charges 1,056
+    # tokens an image) under a requests limit far above it. With the headers the pace is the
+    # tokens limit over the tokens an answer's usage counts; without them it is found from the
+    # 429s, which a pace found that way asks for. The same run both ways, the server's counts compared.
+    csv = make_prompts(tmp_path / "p.csv", 100)
+    seen = {}
+    for headers in (True, False):
+        with SimulatorThread(tpm_limit=10 * 60 * 1056, rpm_limit=60_000, latency=0.3, latency_spread=0.2,
+                             ratelimit_headers=headers) as sim:
+            summary = batchgen.run(str(csv), out=str(tmp_path / f"out-{headers}"), base_url=sim.acedata_url,
+                                   environ={"ACEDATA_API_TOKEN": "sim-token"}, model="gpt-image-2",
+                                   size="1024x1024", quality="medium", progress=False)
+            stats = sim.stats.copy()
+        assert summary.exit_status == 0 and summary.ok == 100
+        assert stats.rate_limited.get("rpm", 0) == 0          # the tokens limit is the one that binds
+        seen[headers] = stats.by_status.get("429", 0) / stats.requests
+    assert seen[False] > 0                                    # without headers the limit was reached
+    assert seen[True] < seen[False]
+    assert seen[True] <= 0.25

@@ -20,7 +20,10 @@ from typing import Any, Coroutine, Mapping, Optional, Protocol
 
 # A wait beyond a week is a server's mistake; below it, --max-wait (live backend) decides whether to wait.
 MAX_SERVER_WAIT_S = 7 * 24 * 3600
-MAX_LIMIT_PER_MINUTE = 10**9    # an x-ratelimit-* count beyond this means nothing to pace by
+MAX_LIMIT_PER_MINUTE = 10**9    # an x-ratelimit-* count of requests or images beyond this means nothing to pace by
+# Tokens run to millions a minute (OpenAI's image models: up to 8,000,000 TPM at tier 5), so
+# their bound is wider; beyond it a count means nothing to pace by either.
+MAX_TOKENS_PER_MINUTE = 10**13
 
 
 class ServerWait(float):
@@ -91,28 +94,75 @@ def parse_retry_after(headers: Mapping[str, str], now: Optional[float] = None) -
 
 @dataclass(frozen=True)
 class RateLimitHeaders:
+    """The x-ratelimit-* counts a server sent, per minute: requests, images (OpenAI limits its
+    image models in images a minute; a request for n takes n) and tokens (a request takes what
+    its answer's usage counts). A limit is >= 1, a remaining >= 0; None where not said usably."""
     limit: Optional[int]           # requests per minute the server allows (>= 1), or None
     remaining: Optional[int]       # >= 0, or None
+    images_limit: Optional[int] = None
+    images_remaining: Optional[int] = None
+    tokens_limit: Optional[int] = None
+    tokens_remaining: Optional[int] = None
+
+
+# Each kind the headers name: its suffix and the bound of its counts
+_RATELIMIT_KINDS = (("requests", MAX_LIMIT_PER_MINUTE), ("images", MAX_LIMIT_PER_MINUTE),
+                    ("tokens", MAX_TOKENS_PER_MINUTE))
+
+
+def _as_count(text: Optional[str], least: int, most: int) -> Optional[int]:
+    """A header's whole count within [least, most], or None; a negative "remaining" (least 0)
+    is "none left"."""
+    value = _finite(text)
+    if value is None or value > most:
+        return None
+    count = int(value)
+    if count < least:
+        return None if least > 0 else 0
+    return count
 
 
 def parse_ratelimit_headers(headers: Mapping[str, str]) -> Optional[RateLimitHeaders]:
-    """The x-ratelimit-*-requests counts, each a whole number within [0, MAX_LIMIT_PER_MINUTE]
-    (a limit of at least 1), or None where the server's value cannot be paced by: not a number,
-    infinite, NaN, a limit of 0 or below, a count beyond the bound."""
-    remaining = headers.get("x-ratelimit-remaining-requests")
-    limit = headers.get("x-ratelimit-limit-requests")
-    if remaining is None and limit is None:
-        return None
+    """The x-ratelimit-{limit,remaining}-{requests,images,tokens} counts, each a whole number
+    within [0, its bound] (MAX_LIMIT_PER_MINUTE; MAX_TOKENS_PER_MINUTE for tokens; a limit of at
+    least 1), or None where the server's value cannot be paced by: not a number, infinite, NaN,
+    a limit of 0 or below, a count beyond the bound. None when no such header came at all."""
+    counts: list = []
+    said = False
+    for kind, most in _RATELIMIT_KINDS:
+        limit = headers.get(f"x-ratelimit-limit-{kind}")
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        said = said or limit is not None or remaining is not None
+        counts += [_as_count(limit, 1, most), _as_count(remaining, 0, most)]
+    return RateLimitHeaders(*counts) if said else None
 
-    def as_count(v: Optional[str], least: int) -> Optional[int]:
-        value = _finite(v)
-        if value is None or value > MAX_LIMIT_PER_MINUTE:
-            return None
-        count = int(value)
-        if count < least:
-            return None if least > 0 else 0     # a negative "remaining" is "none left"
-        return count
-    return RateLimitHeaders(as_count(limit, 1), as_count(remaining, 0))
+
+def stated_rate(headers: RateLimitHeaders, images: int = 1,
+                tokens: Optional[float] = None) -> Optional[float]:
+    """Requests per second the headers allow a request for `images` images that takes `tokens`
+    tokens: the smallest of the requests limit, the images limit / images and the tokens limit /
+    tokens (left out while `tokens` is unknown), each a minute's count over 60; None if none."""
+    rates = []
+    if headers.limit:
+        rates.append(headers.limit / 60.0)
+    if headers.images_limit:
+        rates.append(headers.images_limit / 60.0 / max(1, images))
+    if headers.tokens_limit and tokens:
+        rates.append(headers.tokens_limit / 60.0 / tokens)
+    return min(rates) if rates else None
+
+
+def nothing_remains(headers: RateLimitHeaders, images: int = 1, tokens: Optional[float] = None) -> bool:
+    """Does any kind say the next request would be refused: none left (a remaining of 0), or
+    fewer images or tokens left than the request takes (what "0 requests left" means in their
+    units; the tokens only once a request's tokens are known)?"""
+    if headers.remaining is not None and headers.remaining <= 0:
+        return True
+    if headers.images_remaining is not None and headers.images_remaining < max(1, images):
+        return True
+    if headers.tokens_remaining is not None:
+        return headers.tokens_remaining <= 0 or bool(tokens and headers.tokens_remaining < tokens)
+    return False
 
 
 # ---- retry policy -----------------------------------------------------------------------
@@ -237,8 +287,10 @@ class RateFinder:
     LONG_WAIT_S or more, or a whole-second one beyond ROUNDED_MAX_S. The usual token-bucket
     answer (`Retry-After: 1`, an HTTP date a second ahead, retry-after-ms of a few ms, or
     nothing) delays nobody: the refused task is sent again at the pace (before any pace is
-    known, after its own short wait). Where the server states its limit
-    (x-ratelimit-limit-requests, per minute), the pace never exceeds it.
+    known, after its own short wait). Where the server states its limits (x-ratelimit-limit-
+    requests, -images, -tokens, per minute), the pace never exceeds the binding one in requests
+    (`stated_rate`: images over the request's n, tokens over the tokens a request takes, learned
+    from the answers' usage; the tokens limit waits until one is known).
 
     In flight: START_WINDOW at first, fixed concurrency or not, so a run does not open with a
     burst the server refuses; until a pace is known, two more for each request that goes
@@ -278,7 +330,8 @@ class RateFinder:
         self.window = min(self.START_WINDOW, self.max_concurrency)
         self.rate: Optional[float] = None       # the pace, requests per second; None: none known
         self.limit: Optional[float] = None      # the server's limit as last measured
-        self.told: Optional[float] = None       # the limit its headers state
+        self.told: Optional[float] = None       # the limit its headers state (the binding one), requests/s
+        self.tokens_per_request: Optional[float] = None   # from the answers' usage, smoothed
         self.in_flight = 0
         self.peak_in_flight = 0
         self.refusals = 0
@@ -376,19 +429,31 @@ class RateFinder:
         for a slow answer, so the window can grow meanwhile)."""
         self._settle(time.monotonic())
 
-    def on_success(self, attempt: Optional[Attempt], headers: Optional[RateLimitHeaders] = None) -> None:
-        """A generation answered: its latency, and the limit the headers state."""
+    def on_success(self, attempt: Optional[Attempt], headers: Optional[RateLimitHeaders] = None,
+                   images: int = 1, tokens: Optional[int] = None) -> None:
+        """A generation answered: its latency, the tokens it took (its usage's total), and the
+        limit the headers state for a request of `images` images and of the tokens a request
+        takes on average: the binding one of requests, images and tokens a minute."""
         now = time.monotonic()
         if attempt is not None:
             attempt.state = Attempt.ACCEPTED
             took = now - attempt.sent_at
             self.latency = took if self.latency is None else 0.8 * self.latency + 0.2 * took
             self.least_latency = took if self.least_latency is None else min(self.least_latency, took)
-        if headers and headers.limit:
-            self.told = headers.limit / 60.0
+        if tokens is not None and 0 < tokens <= MAX_TOKENS_PER_MINUTE:
+            # Smoothed, as the latency: prompts and qualities vary, a run's mix drifts slowly.
+            self.tokens_per_request = (float(tokens) if self.tokens_per_request is None
+                                       else 0.8 * self.tokens_per_request + 0.2 * tokens)
+        if not headers:
+            return
+        told = stated_rate(headers, images, self.tokens_per_request)
+        if told:
+            # A tokens limit over a request's tokens can fall far below a request a minute; a
+            # slot of more than MIN_RATE's 100 s would stall the run on one header's word.
+            self.told = max(self.MIN_RATE, told)
             self.rate = min(self.rate, self.told) if self.rate else self.told
-            if headers.remaining is not None and headers.remaining <= 0:
-                self._cooldown_until = max(self._cooldown_until, now + 1.0 / self.told)
+        if self.told and nothing_remains(headers, images, self.tokens_per_request):
+            self._cooldown_until = max(self._cooldown_until, now + 1.0 / self.told)
 
     def on_rate_limited(self, attempt: Optional[Attempt], retry_after: Optional[float],
                         rng: Jitter = random) -> tuple[float, float]:

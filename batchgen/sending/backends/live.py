@@ -426,7 +426,8 @@ class LiveBackend:
                                                 task.images_expected)
         else:
             generation = await self.client.generate(body, task.images_expected)
-        self.pacer.on_success(attempt, generation.ratelimit)
+        self.pacer.on_success(attempt, generation.ratelimit, task.images_expected,
+                              (generation.usage or {}).get("total_tokens"))
         return await self._keep(task, generation)
 
     async def _keep(self, task, generation) -> dict:

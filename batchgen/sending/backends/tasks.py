@@ -234,7 +234,8 @@ class AsyncBackend(LiveBackend):
         self.recorder.chunk_event({"chunk": trace_id, "event": "submitted", "remote_task_id": remote_id})
         self._unsent.discard(task.task_id)
         self.submitted += 1
-        self.pacer.on_success(attempt, ratelimit)
+        # A submission answers with no usage: the tokens limit is not paced by here.
+        self.pacer.on_success(attempt, ratelimit, task.images_expected)
         self._release_early(attempt)
         try:
             return await self._outcome(task, trace_id, remote_id)
