@@ -23,6 +23,12 @@ def async_run(sim, csv, out, **options):
     return batchgen.run(str(csv), out=str(out), **settings)
 
 
+def async_argv(sim, csv, out, *more) -> tuple:
+    """`batchgen run` of the test's prompts in async mode against `sim`, as a process takes it."""
+    return ("run", csv, "--out", out, "--mode", "async", "--base-url", sim.acedata_url, "--model", "dall-e-3",
+            "--poll-interval", "0.1", "--no-progress", *more)
+
+
 def executions_per_task(sim, task_ids) -> dict:
     """Generations the server ran for each task, under any of its trace ids."""
     runs = dict.fromkeys(task_ids, 0)
@@ -162,8 +168,7 @@ def test_kill_9_at_any_moment_executes_each_task_once(tmp_path):
     # Submissions paced by the server's limit (20 a second) and a second's generation: the
     # kills land while tasks are being submitted, waited for and collected.
     with SimulatorThread(latency=1.0, rpm_limit=1200) as sim:
-        args = ("run", csv, "--out", out, "--mode", "async", "--base-url", sim.acedata_url, "--model", "dall-e-3",
-                "--poll-interval", "0.1", "--no-progress")
+        args = async_argv(sim, csv, out)
         for created in (3, 12, 22):
             proc = batchgen_process(*args)
             wait_until(lambda created=created: sim.stats.tasks_created >= created, what="tasks submitted")
@@ -194,8 +199,7 @@ def test_ctrl_c_stops_submitting_and_the_next_run_collects_what_was_submitted(tm
     csv = make_prompts(tmp_path / "p.csv", tasks)
     out = tmp_path / "out"
     with SimulatorThread(latency=2.0) as sim:
-        args = ("run", csv, "--out", out, "--mode", "async", "--base-url", sim.acedata_url, "--model", "dall-e-3",
-                "--poll-interval", "0.1", "--no-progress")
+        args = async_argv(sim, csv, out)
         proc = batchgen_process(*args)
         wait_until(lambda: sim.stats.tasks_created == tasks, what="every task submitted")
         proc.send_signal(signal.SIGINT)
@@ -426,8 +430,7 @@ def test_no_wait_submits_everything_exits_4_and_the_same_command_collects_later(
     csv = make_prompts(tmp_path / "p.csv", tasks)
     out = tmp_path / "out"
     with SimulatorThread(latency=4.0) as sim:
-        args = ("run", csv, "--out", out, "--mode", "async", "--base-url", sim.acedata_url, "--model", "dall-e-3",
-                "--poll-interval", "0.1", "--no-progress", "--no-wait", "--json")
+        args = async_argv(sim, csv, out, "--no-wait", "--json")
         first = batchgen_process(*args)
         stdout, stderr = first.communicate(timeout=60)
         assert first.returncode == 4, stderr
