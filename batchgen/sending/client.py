@@ -6,16 +6,15 @@ batchgen RequestError by `translate_exception`, at this one boundary.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import json
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Mapping, Optional, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+import pybase64
 
 from batchgen._version import __version__
 from batchgen.exceptions import (
@@ -246,14 +245,12 @@ def translate_exception(exc: BaseException, secret: str = "") -> RequestError:
     return ours(f"{summary}: {detail}" if detail and detail != summary else summary)
 
 
-if sys.version_info >= (3, 11):
-    def _b64decode(text: str) -> bytes:
-        """Strict base64 (a stray character is an error, not skipped), without the ASCII copy
-        and the checks base64.b64decode adds around the same C function."""
-        return binascii.a2b_base64(text, strict_mode=True)
-else:  # pragma: no cover - Python 3.10
-    def _b64decode(text: str) -> bytes:
-        return base64.b64decode(text, validate=True)
+def _b64decode(text: str) -> bytes:
+    """Strict base64 (a stray character, a missing or excess padding is an error, not skipped).
+    pybase64's SIMD decoder: every image of a b64_json answer passes here, on the event loop,
+    and the standard library's takes 45 times as long (100 µs for a 33 kB PNG, 5 ms for a
+    2 MB one; bench/README.md)."""
+    return pybase64.b64decode(text, validate=True)
 
 
 _DATA_URL = re.compile(r"data:image/[a-z0-9.+-]+(?:;[a-z0-9-]+=[^;,]*)*;base64,", re.IGNORECASE)
