@@ -322,9 +322,9 @@ RUNNER_ENV = {"ACEDATA_API_TOKEN": TOKEN}
 
 
 def floor_cmd(data: Path, out: Path, url: str, *, concurrency: int, model: str = "dall-e-3",
-              size: str = "1024x1024") -> list:
+              size: str = "1024x1024", fast: bool = False) -> list:
     return [PYTHON, str(BENCH / "floor.py"), str(data), "--out", str(out), "--url", url,
-            "--concurrency", str(concurrency), "--model", model, "--size", size]
+            "--concurrency", str(concurrency), "--model", model, "--size", size, *(["--fast"] if fast else [])]
 
 
 def count_files(path: Path) -> int:

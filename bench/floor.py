@@ -5,10 +5,14 @@ for each prompt: POST it, parse the JSON, base64-decode ``data[0].b64_json``, wr
 ``OUT/<i>.png``.  No retries, no journal, no results table.  ``bench/overhead.py`` compares
 ``batchgen run`` with it (target: runner throughput >= 0.8 x floor).
 
+With ``--fast`` it parses and decodes with the libraries batchgen uses (orjson, pybase64)
+instead of the standard library's json and base64: the same work done as fast as batchgen
+does it, so that ``batchgen run`` against it shows batchgen's own overhead alone.
+
 Run it on its own against a running simulator (``python -m batchgen simulate --port 0``):
 
     .venv/bin/python bench/floor.py DATA.csv --out DIR \
-        --url http://127.0.0.1:P/openai/images/generations --concurrency 32
+        --url http://127.0.0.1:P/openai/images/generations --concurrency 32 [--fast]
 
 It prints ``floor: N ok, F failed in S s (R img/s)`` and exits 1 if any request failed.
 """
@@ -31,9 +35,14 @@ def read_prompts(path: str | os.PathLike, column: str = "prompt") -> list:
 
 async def generate_all(prompts: list, out: str | os.PathLike, url: str, token: str = "sim-token",
                        concurrency: int = 32, model: str = "dall-e-3",
-                       size: str = "1024x1024") -> tuple:
+                       size: str = "1024x1024", fast: bool = False) -> tuple:
     """Send every prompt; returns (ok, failed)."""
     import aiohttp
+    loads, b64decode = json.loads, base64.b64decode
+    if fast:
+        import orjson
+        import pybase64
+        loads, b64decode = orjson.loads, pybase64.b64decode
 
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
@@ -52,8 +61,8 @@ async def generate_all(prompts: list, out: str | os.PathLike, url: str, token: s
                     if resp.status != 200:
                         failed += 1
                         return
-                doc = json.loads(raw)
-                data = base64.b64decode(doc["data"][0]["b64_json"])
+                doc = loads(raw)
+                data = b64decode(doc["data"][0]["b64_json"])
                 with open(os.path.join(out, f"{i}.png"), "wb") as f:
                     f.write(data)
                 ok += 1
@@ -68,11 +77,11 @@ async def generate_all(prompts: list, out: str | os.PathLike, url: str, token: s
 
 def run_floor(csv_path: str | os.PathLike, out: str | os.PathLike, url: str,
               token: str = "sim-token", concurrency: int = 32, model: str = "dall-e-3",
-              size: str = "1024x1024") -> tuple:
+              size: str = "1024x1024", fast: bool = False) -> tuple:
     """Synchronous entry point: (ok, failed, wall seconds)."""
     t0 = time.perf_counter()
     prompts = read_prompts(csv_path)
-    ok, failed = asyncio.run(generate_all(prompts, out, url, token, concurrency, model, size))
+    ok, failed = asyncio.run(generate_all(prompts, out, url, token, concurrency, model, size, fast))
     return ok, failed, time.perf_counter() - t0
 
 
@@ -85,8 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--model", default="dall-e-3")
     p.add_argument("--size", default="1024x1024")
+    p.add_argument("--fast", action="store_true", help="parse with orjson and decode with pybase64, as batchgen does")
     a = p.parse_args(argv)
-    ok, failed, wall = run_floor(a.csv, a.out, a.url, a.token, a.concurrency, a.model, a.size)
+    ok, failed, wall = run_floor(a.csv, a.out, a.url, a.token, a.concurrency, a.model, a.size, a.fast)
     print(f"floor: {ok} ok, {failed} failed in {wall:.2f} s ({ok / wall:.0f} img/s)", flush=True)
     return 0 if failed == 0 else 1
 

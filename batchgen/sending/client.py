@@ -185,10 +185,13 @@ def server_cost(value: object) -> Optional[float]:
 
 def header_trace(headers: Mapping[str, str], secret: str = "") -> Optional[str]:
     """The request id an answer's headers carry, the first of TRACE_HEADERS that has one."""
+    get = headers.get
     for name in TRACE_HEADERS:
-        found = server_id(headers.get(name), secret)
-        if found:
-            return found
+        value = get(name)
+        if value is not None:
+            found = server_id(value, secret)
+            if found:
+                return found
     return None
 
 
@@ -285,15 +288,16 @@ def generation_from(status: int, headers: Mapping[str, str], payload: Any, raw: 
                     provider: Optional[str] = None) -> Generation:
     """An answer already parsed as JSON (`payload`; None: it was not JSON) as images, or the
     RequestError it amounts to. `raw` is only read to describe an answer that is not JSON."""
-    in_headers = header_trace(headers, secret)
     if status != 200 or (isinstance(payload, dict) and ("error" in payload and payload.get("error")
                                                           or payload.get("success") is False)):
-        raise _api_error(status, headers, payload, raw, in_headers, secret, provider)
+        raise _api_error(status, headers, payload, raw, header_trace(headers, secret), secret, provider)
     if not isinstance(payload, dict):
         raise NotJson(f"HTTP 200 but the body is not a JSON object ({len(raw)} bytes)",
-                          http_status=status, trace_id=in_headers)
-    # The body's own id last: an OpenAI-compatible server's answer may have one (OpenAI's has none).
-    trace_id = server_id(payload.get("trace_id"), secret) or in_headers or server_id(payload.get("id"), secret)
+                          http_status=status, trace_id=header_trace(headers, secret))
+    # AceData's trace_id first, then the headers' request id; the body's own id last: an
+    # OpenAI-compatible server's answer may have one (OpenAI's has none).
+    trace_id = (server_id(payload.get("trace_id"), secret) or header_trace(headers, secret)
+                or server_id(payload.get("id"), secret))
     data = payload.get("data")
     if not isinstance(data, list) or not data:
         raise BadResponse("HTTP 200 but the response has no images (no 'data' list)",

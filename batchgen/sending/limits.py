@@ -105,9 +105,10 @@ class RateLimitHeaders:
     tokens_remaining: Optional[int] = None
 
 
-# Each kind the headers name: its suffix and the bound of its counts
-_RATELIMIT_KINDS = (("requests", MAX_LIMIT_PER_MINUTE), ("images", MAX_LIMIT_PER_MINUTE),
-                    ("tokens", MAX_TOKENS_PER_MINUTE))
+# Each kind the headers name: its limit's and its remaining's header, and the bound of its counts
+_RATELIMIT_KINDS = tuple((f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", most)
+                         for kind, most in (("requests", MAX_LIMIT_PER_MINUTE), ("images", MAX_LIMIT_PER_MINUTE),
+                                            ("tokens", MAX_TOKENS_PER_MINUTE)))
 
 
 def _as_count(text: Optional[str], least: int, most: int) -> Optional[int]:
@@ -129,11 +130,15 @@ def parse_ratelimit_headers(headers: Mapping[str, str]) -> Optional[RateLimitHea
     a limit of 0 or below, a count beyond the bound. None when no such header came at all."""
     counts: list = []
     said = False
-    for kind, most in _RATELIMIT_KINDS:
-        limit = headers.get(f"x-ratelimit-limit-{kind}")
-        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
-        said = said or limit is not None or remaining is not None
-        counts += [_as_count(limit, 1, most), _as_count(remaining, 0, most)]
+    get = headers.get
+    # On every answer: a kind the server does not send costs two lookups, nothing more.
+    for limit_name, remaining_name, most in _RATELIMIT_KINDS:
+        limit, remaining = get(limit_name), get(remaining_name)
+        if limit is None and remaining is None:
+            counts += (None, None)
+            continue
+        said = True
+        counts += (_as_count(limit, 1, most), _as_count(remaining, 0, most))
     return RateLimitHeaders(*counts) if said else None
 
 
@@ -413,8 +418,8 @@ class RateFinder:
         if self._first_sent is None:
             self._first_sent = attempt.sent_at
         self._sent.append(attempt)
-        if self.rate is None:
-            self._unconfirmed.append(attempt)
+        if self.rate is None and self.window < self.max_concurrency:
+            self._unconfirmed.append(attempt)     # only while the window may still grow
         return attempt
 
     def release(self, attempt: Optional[Attempt]) -> None:
@@ -604,6 +609,9 @@ class RateFinder:
         if rising or now - self._last_refusal < self.WINDOW_S:
             return          # held until then: the requests accepted meanwhile still count
         queue = self._unconfirmed
+        if self.window >= self.max_concurrency:
+            queue.clear()       # no room to grow: what they would confirm changes nothing
+            return
         while len(queue) > self.MAX_UNCONFIRMED:       # held a long while: the oldest no longer matter
             queue.popleft()
         full = self.in_flight >= self.window - 1
