@@ -313,8 +313,9 @@ class Replay:
         return event
 
     def _key_of(self, task_id: str) -> int:
-        key = task_key(task_id)
-        if len(task_id) != 16 or "%016x" % key != task_id:
+        key = hex_key(task_id)
+        if key is None:         # not an id batchgen makes: its hash, and its name kept
+            key = task_key(task_id)
             self._names[key] = task_id
         return key
 

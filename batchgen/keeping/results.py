@@ -232,40 +232,48 @@ class _Rows:
 
     def ok(self, base: str, record: dict, price, origin: int, row_index) -> None:
         """One row per image of an ok record. `base` holds the task's own fields."""
-        self._flush_if_full()
+        if len(self.lines) >= _CHUNK:
+            self.flush()
         get = record.get
+        images = get("images") or ()
         batch = "batch_id" in record
-        paid = pricing.billed(record)
+        paid = pricing.usd(get("cost_usd"))
         if paid is not None:     # what its answers cost, shared by its images
-            price = paid / max(1, len(record.get("images") or ()))
+            price = paid / max(1, len(images))
         elif batch and price is not None:
             price = price * self.batch_discount
         usage = get("usage")
-        if not isinstance(usage, dict):
-            usage = {}
-        shared = {"attempts": get("attempts"), "latency_s": get("latency_s"), "created": get("created"),
-                  "trace_id": get("trace_id"), **{k: usage.get(k) for k in _TOKEN_FIELDS}, "est_cost_usd": price}
-        gateway = pricing.usd(get("gateway_cost_usd"))
+        # Built on every row: the token counts written out, not by a comprehension.
+        shared = ({"attempts": get("attempts"), "latency_s": get("latency_s"), "created": get("created"),
+                   "trace_id": get("trace_id"), "input_tokens": usage.get("input_tokens"),
+                   "output_tokens": usage.get("output_tokens"), "total_tokens": usage.get("total_tokens"),
+                   "est_cost_usd": price} if isinstance(usage, dict) else
+                  {"attempts": get("attempts"), "latency_s": get("latency_s"), "created": get("created"),
+                   "trace_id": get("trace_id"), "input_tokens": None, "output_tokens": None,
+                   "total_tokens": None, "est_cost_usd": price})
+        gateway = get("gateway_cost_usd")
         if gateway is not None:
-            shared["gateway_cost_usd"] = gateway / max(1, len(record.get("images") or ()))
+            gateway = pricing.usd(gateway)
+            if gateway is not None:
+                shared["gateway_cost_usd"] = gateway / max(1, len(images))
         if batch:
             shared["batch_id"] = get("batch_id")
         if "remote_task_id" in record:
             shared["remote_task_id"] = get("remote_task_id")
-        status = f'"status":"ok","http_status":{_value(get("http_status"))}'
+        status = f'"status":"ok","http_status":{_value(get("http_status"))},"origin":{origin}'
         extra = self.passthrough.fragment(row_index)
-        status += f',"origin":{origin}'
         provenance = self.origin_texts[origin]
-        for image in record.get("images") or ():
+        lines, metadata, row_indices = self.lines, self.metadata, self.row_indices
+        for image in images:
             path = _encode_str(image.get("image_path") or "")
             get = image.get
             common = _fields({**shared, "image_url": get("image_url"), "sha256": get("sha256"),
                               "width": get("width"), "height": get("height"), "bytes": get("bytes"),
                               "frames": get("frames"),
                               "revised_prompt": get("revised_prompt"), "image_index": get("image_index", 0)})
-            self.lines.append(f'{{{base},{status},"image_path":{path},{common}}}')
-            self.metadata.append(f'{{"file_name":{path},{base},{common},{provenance}{extra}}}')
-            self.row_indices.append(row_index)
+            lines.append(f'{{{base},{status},"image_path":{path},{common}}}')
+            metadata.append(f'{{"file_name":{path},{base},{common},{provenance}{extra}}}')
+            row_indices.append(row_index)
         expected = record.get("images_expected")
         if isinstance(expected, int):
             got = len(record.get("images") or ())

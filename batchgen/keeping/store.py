@@ -35,11 +35,15 @@ def image_format(data: bytes) -> Optional[str]:
     return "svg" if looks_like_svg(data) else None
 
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+_IHDR_SIZE = struct.Struct(">II")
+
+
 def image_size(data: bytes) -> tuple[int, int]:
     """Width and height from the header; raises BadResponse if it is not a readable image."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+    if data.startswith(_PNG) and data[12:16] == b"IHDR" and len(data) >= 24:
         # The common case, read straight from the IHDR chunk (cheaper than Pillow's open).
-        width, height = struct.unpack(">II", data[16:24])
+        width, height = _IHDR_SIZE.unpack_from(data, 16)
         if width and height:
             return width, height
     from PIL import Image, UnidentifiedImageError
@@ -59,12 +63,15 @@ class SavedImage:
     bytes: int
     frames: Optional[int] = None     # a GIF's frames; None for every other format
 
-    def record(self) -> dict:
-        """What a journal record keeps of the saved file (frames only for a GIF)."""
-        fields = {"image_path": self.image_path, "sha256": self.sha256, "width": self.width,
-                  "height": self.height, "bytes": self.bytes}
+    def image_record(self, index: int, url: Optional[str], revised_prompt: Optional[str]) -> dict:
+        """An answer's image as a journal record lists it: its place, the file (frames only for
+        a GIF), where it came from and the prompt the model used."""
+        fields = {"image_index": index, "image_path": self.image_path, "sha256": self.sha256,
+                  "width": self.width, "height": self.height, "bytes": self.bytes}
         if self.frames is not None:
             fields["frames"] = self.frames
+        fields["image_url"] = url
+        fields["revised_prompt"] = revised_prompt
         return fields
 
 
@@ -95,6 +102,27 @@ class ImageStore:
 
         Blocking; the live backend calls it in a worker thread for big images.
         """
+        if data.startswith(_PNG) and data[12:16] == b"IHDR" and len(data) >= 24:
+            # The usual answer, a PNG, sized from its header (image_size's first case, inline)
+            ext, frames = "png", None
+            width, height = _IHDR_SIZE.unpack_from(data, 16)
+            if not (width and height):
+                width, height = image_size(data)
+        else:
+            ext, width, height, frames = self._kind_and_size(data)
+        rel = relative_image_path(task_id, image_index, n, ext)
+        final = self._prefix + rel
+        folder = rel[:rel.rindex("/")]
+        if folder not in self._made_dirs:
+            os.makedirs(self._prefix + folder, exist_ok=True)
+            self._made_dirs.add(folder)
+        write_atomic(final, data, fsync=False)
+        return SavedImage(rel, hashlib.sha256(data).hexdigest(), width, height, len(data), frames)
+
+    @staticmethod
+    def _kind_and_size(data: bytes) -> tuple:
+        """(extension, width, height, GIF frames) of an image's bytes; raises BadResponse if
+        they are not an image."""
         ext = image_format(data)
         if ext is None:
             raise BadResponse(f"the response's image is not PNG, JPEG, WebP, GIF or SVG "
@@ -109,11 +137,4 @@ class ImageStore:
             width, height = svg_size(data)
         else:
             width, height = image_size(data)
-        rel = relative_image_path(task_id, image_index, n, ext)
-        final = self._prefix + rel
-        folder = rel[:rel.rindex("/")]
-        if folder not in self._made_dirs:
-            os.makedirs(self._prefix + folder, exist_ok=True)
-            self._made_dirs.add(folder)
-        write_atomic(final, data, fsync=False)
-        return SavedImage(rel, hashlib.sha256(data).hexdigest(), width, height, len(data), frames)
+        return ext, width, height, frames

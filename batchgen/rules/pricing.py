@@ -110,6 +110,8 @@ def billed(record: dict) -> Optional[float]:
 
 def usd(cost: object) -> Optional[float]:
     """A kept cost in USD (a finite number ≥ 0), or None."""
+    if type(cost) is float:     # the usual case, read on every outcome (NaN fails both tests)
+        return cost if 0.0 <= cost < math.inf else None
     if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
         return float(cost)
     return None

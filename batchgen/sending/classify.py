@@ -142,6 +142,8 @@ class ModelRefusals:
 
     def accepted(self, model: Optional[str]) -> list:
         """The model took a request: its held refusals, now each its task's outcome."""
+        if model in self._accepted:
+            return []       # nothing is held of an accepted model (refused() holds none)
         self._accepted.add(model)
         self._refused.pop(model, None)
         return self._held.pop(model, [])

@@ -359,6 +359,16 @@ class RateFinder:
 
     # -- the workers' side --
 
+    def try_acquire(self) -> bool:
+        """`acquire` when the slot is free now (then True, and it is taken), without a
+        coroutine; False: nothing is taken, `await acquire()` waits for it."""
+        if not self._free_slot():
+            return False
+        self.in_flight += 1
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
+        return True
+
     async def acquire(self) -> None:
         """The next slot at the pace. The caller then sends (`sent`) or gives its place back
         (`release(None)`)."""

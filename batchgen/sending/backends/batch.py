@@ -636,8 +636,7 @@ class BatchBackend:
             else:
                 saved = await asyncio.to_thread(self.images.save, task_id, index, count, data)
             url = redact(image.public_url, self.endpoint.token) if image.public_url else None
-            images.append({"image_index": index, **saved.record(), "image_url": url,
-                           "revised_prompt": image.revised_prompt})
+            images.append(saved.image_record(index, url, image.revised_prompt))
         record = {"task_id": task_id, "status": "ok", "images": images, "created": generation.created,
                   "trace_id": generation.trace_id, "http_status": generation.http_status,
                   "usage": generation.usage, "finished_at": round(time.time(), 3), "attempts": 1,

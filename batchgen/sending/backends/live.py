@@ -185,6 +185,11 @@ class LiveBackend:
         """The task's first answer counted against --max-cost as a worker takes it."""
         return self.budget.take(task.params, self.stop)
 
+    def _slot_now(self, task) -> bool:
+        """The usual case of _take_slot, without a coroutine: True if the slot was free now
+        (and is taken); False: await _take_slot."""
+        return self.pacer.try_acquire()
+
     async def _take_slot(self, task) -> None:
         await self.pacer.acquire()
 
@@ -221,15 +226,19 @@ class LiveBackend:
 
     async def _run_task(self, task) -> None:
         body = self.client.encode_body(task.prompt, task.params) if task.edit is None else None
-        retries = self.policy.for_task()
+        retries: Optional[TaskRetries] = None     # made at the first error: most tasks have none
         attempts = 0
         started = time.monotonic()
         charged = 1           # answers the budget has counted for this task (the worker took one)
+        pacer = self.pacer
         try:
             while True:
-                await self._take_slot(task)     # a place in flight, and a slot at the pace
+                if not self._slot_now(task):
+                    await self._take_slot(task)     # a place in flight, and a slot at the pace
                 attempt: Optional[Attempt] = None
                 pause = own_wait = 0.0
+                record: Optional[dict] = None
+                error: Optional[RequestError] = None
                 try:
                     if self.spacer:
                         await self.spacer.acquire(task.images_expected)
@@ -242,21 +251,42 @@ class LiveBackend:
                         charged += 1
                     attempts += 1
                     self.requests_sent += 1
-                    attempt = self.pacer.sent()
+                    attempt = pacer.sent()
                     sent_at = attempt.sent_at
-                    record, error = await self._try(task, body, attempt)
-                    if isinstance(error, Unreachable):
-                        self.requests_sent -= 1     # no connection: nothing left this machine
-                    if error is not None and is_rate_limited(error):
-                        pause, own_wait = self._rate_limited(error, attempt)
+                    # One attempt: its record, or the RequestError it amounts to.
+                    self.in_flight += 1
+                    try:
+                        record = await self._request(task, body, attempt)
+                    except RequestError as e:
+                        error = e
+                    except OSError:
+                        raise           # the disk: see _disk_failed
+                    except Exception as e:  # noqa: BLE001 - no server value may crash a worker
+                        log.debug("unexpected answer", exc_info=True)
+                        error = BadResponse(f"the answer could not be used ({type(e).__name__}: "
+                                            f"{redact(str(e), self.endpoint.token)[:200]})")
+                    finally:
+                        self.in_flight -= 1
+                        if not self.in_flight and self.stop:
+                            # Nothing left on the wire: those still waiting (a cool-down, a
+                            # backoff) need not be waited for.
+                            asyncio.get_running_loop().call_soon(self.cancel_in_flight)
+                    if error is not None:
+                        if isinstance(error, Unreachable):
+                            self.requests_sent -= 1     # no connection: nothing left this machine
+                        if is_rate_limited(error):
+                            pause, own_wait = self._rate_limited(error, attempt)
                 finally:
                     self._release(attempt)
                 if error is None:
+                    assert record is not None
                     record["attempts"] = attempts
                     record["latency_s"] = round(time.monotonic() - sent_at, 4)
                     if self._log_attempts:
                         self._log_attempt(task, attempts, sent_at, record["http_status"], "ok", "done")
                     return self._finish(task, record)
+                if retries is None:
+                    retries = self.policy.for_task()
                 wait = self._ask_policy(error, retries, pause, own_wait, task.params.get("model"))
                 if wait is None:
                     then = self._refused(task, error, self._error_record(task, error, attempts, started), attempts)
@@ -275,19 +305,6 @@ class LiveBackend:
         except asyncio.CancelledError:
             self._not_done(task, attempts)
             raise
-
-    async def _try(self, task, body: Optional[bytes], attempt: Attempt) -> tuple:
-        """One attempt: (its record, None), or (None, the RequestError it amounts to)."""
-        try:
-            return await self._attempt(task, body, attempt), None
-        except RequestError as error:
-            return None, error
-        except OSError:
-            raise           # the disk: see _disk_failed
-        except Exception as e:  # noqa: BLE001 - no server value may crash a worker
-            log.debug("unexpected answer", exc_info=True)
-            return None, BadResponse(f"the answer could not be used ({type(e).__name__}: "
-                                     f"{redact(str(e), self.endpoint.token)[:200]})")
 
     def _rate_limited(self, error: RequestError, attempt: Attempt) -> tuple[float, float]:
         """A 429: what it teaches the pacer (before the attempt is released); returns (the pause
@@ -409,57 +426,53 @@ class LiveBackend:
             log.warning("the server asks to wait %.0f s (HTTP %s %s); waiting", wait,
                         error.http_status, error.code)
 
-    async def _attempt(self, task, body: Optional[bytes], attempt: Attempt) -> dict:
-        self.in_flight += 1
-        try:
-            return await self._request(task, body, attempt)
-        finally:
-            self.in_flight -= 1
-            if self.stop and not self.in_flight:
-                # Nothing left on the wire: those still waiting (a cool-down, a backoff) need
-                # not be waited for.
-                asyncio.get_running_loop().call_soon(self.cancel_in_flight)
-
     async def _request(self, task, body: Optional[bytes], attempt: Attempt) -> dict:
+        n = task.images_expected
         if body is None:
-            generation = await self.client.edit(task.prompt, task.params, await self._edit_files(task.edit),
-                                                task.images_expected)
+            generation = await self.client.edit(task.prompt, task.params, await self._edit_files(task.edit), n)
         else:
-            generation = await self.client.generate(body, task.images_expected)
-        self.pacer.on_success(attempt, generation.ratelimit, task.images_expected,
-                              (generation.usage or {}).get("total_tokens"))
+            generation = await self.client.generate(body, n)
+        usage = generation.usage
+        self.pacer.on_success(attempt, generation.ratelimit, n, usage.get("total_tokens") if usage else None)
         return await self._keep(task, generation)
 
     async def _keep(self, task, generation) -> dict:
         """A billable answer: its cost counted, its images saved; the task's ok record."""
-        self._bills.setdefault(task.task_id, []).append(self.budget.answered(task.params, generation.usage))
-        count = max(task.images_expected, len(generation.images))
+        task_id = task.task_id
+        cost = self.budget.answered(task.params, generation.usage)
+        bills = self._bills.get(task_id)
+        if bills is None:
+            bills = self._bills[task_id] = [cost]
+        else:
+            bills.append(cost)
+        expected = task.images_expected
+        count = max(expected, len(generation.images))
         images = []
         for index, image in enumerate(generation.images):
             data = image.data if image.data is not None else await self.client.download(image.url or "")
             if len(data) < INLINE_SAVE_BYTES:
                 # Handing a small image to a thread costs more (GIL hand-offs) than saving it.
-                saved = self.images.save(task.task_id, index, count, data)
+                saved = self.images.save(task_id, index, count, data)
             else:
-                saved = await asyncio.to_thread(self.images.save, task.task_id, index, count, data)
+                saved = await asyncio.to_thread(self.images.save, task_id, index, count, data)
             url = redact(image.public_url, self.endpoint.token) if image.public_url else None
-            images.append({"image_index": index, **saved.record(), "image_url": url,
-                           "revised_prompt": image.revised_prompt})
+            images.append(saved.image_record(index, url, image.revised_prompt))
         self.succeeded += 1
         for held, held_record, _ in self.model_refusals.accepted(task.params.get("model")):
             self._finish(held, held_record)       # the model is served: those were the tasks' own
-        record = {"task_id": task.task_id, "status": "ok", "images": images,
-                "created": generation.created, "trace_id": generation.trace_id,
-                "http_status": generation.http_status, "usage": generation.usage,
-                "finished_at": round(time.time(), 3), "prompt": task.prompt, "params": task.params,
-                "cost_usd": self._billed(task)}
+        record = {"task_id": task_id, "status": "ok", "images": images,
+                  "created": generation.created, "trace_id": generation.trace_id,
+                  "http_status": generation.http_status, "usage": generation.usage,
+                  "finished_at": round(time.time(), 3), "prompt": task.prompt, "params": task.params,
+                  # what its answers cost; None: one had no price
+                  "cost_usd": None if None in bills else sum(bills)}
         if generation.gateway_cost_usd is not None:
             record["gateway_cost_usd"] = generation.gateway_cost_usd
         if task.edit is not None:
             record["inputs"] = task.edit.as_record()
-        if len(images) < task.images_expected:
+        if len(images) < expected:
             # Paid for, so not sent again; the results list the images that never came.
-            record["images_expected"] = task.images_expected
+            record["images_expected"] = expected
         return record
 
     def _error_record(self, task, error: RequestError, attempts: int, started: float) -> dict:

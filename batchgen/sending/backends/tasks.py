@@ -173,6 +173,9 @@ class AsyncBackend(LiveBackend):
         self._unsent.add(task.task_id)
         return True         # when its submission's turn comes (_take_slot), not while it queues
 
+    def _slot_now(self, task) -> bool:
+        return False        # a submission's place is _take_slot's to give: the window, the budget
+
     async def _take_slot(self, task) -> None:
         """A submission's place: within the pacer's window, then at its pace; the task's first
         answer is counted against --max-cost then (a refusal stops the run, and the caller sees it)."""
