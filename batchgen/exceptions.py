@@ -21,7 +21,7 @@ The client turns every aiohttp exception into one of these, so nothing above it 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 # Exit statuses of `batchgen` (the README's "Exit status"): all ok; some task errors; bad
 # usage or input, nothing sent; stopped early, resumable.
@@ -55,7 +55,8 @@ class RequestError(BatchgenError):
     code = "request_error"
 
     def __init__(self, message: str, *, code: Optional[str] = None, http_status: Optional[int] = None,
-                 trace_id: Optional[str] = None, retry_after: Optional[float] = None):
+                 trace_id: Optional[str] = None, retry_after: Optional[float] = None,
+                 ratelimit: Any = None):
         super().__init__(message)
         self.message = message
         if code:
@@ -64,6 +65,8 @@ class RequestError(BatchgenError):
         self.trace_id = trace_id
         # Seconds the server asked us to wait (Retry-After / retry-after-ms), if it said.
         self.retry_after = retry_after
+        # The x-ratelimit-* counts the answer stated (sending.limits.RateLimitHeaders), if any.
+        self.ratelimit = ratelimit
 
 
 class RequestTimeout(RequestError):

@@ -53,6 +53,18 @@ def test_an_html_503_is_a_retryable_api_error():
     assert classify(e.value) is Decision.RETRY
 
 
+def test_a_429_carries_the_limits_its_headers_state():
+    with pytest.raises(ApiError) as e:
+        parse_generation(429, CIMultiDict({"Retry-After": "1", "x-ratelimit-limit-requests": "600",
+                                           "x-ratelimit-remaining-requests": "0"}),
+                         body({"error": {"message": "Rate limit reached", "type": "requests",
+                                         "code": "rate_limit_exceeded"}}))
+    assert (e.value.ratelimit.limit, e.value.ratelimit.remaining) == (600, 0)
+    with pytest.raises(ApiError) as e:
+        parse_generation(429, {}, body({"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}))
+    assert e.value.ratelimit is None
+
+
 @pytest.mark.parametrize("raw, words", [
     (b'{"created": 1, "data": [{"b64_json": "', "not a JSON object"),
     (b"<html>ok</html>", "not a JSON object"),

@@ -457,3 +457,26 @@ def test_automatic_concurrency_covers_the_rate_times_the_latency(vt):
     capped._take_window(100, 30, 70, 3.0)
     capped.tick()
     assert capped.window == 50                      # never past --max-concurrency
+
+
+def test_a_429s_headers_set_the_pace_before_any_success(vt):
+    # A server that refuses the opening burst states its limit on the refusals: the pace is the
+    # stated one at once, and "none remaining" holds the next slot, as a success's headers do.
+    pacer = RateFinder(8)
+    told = RateLimitHeaders(limit=600, remaining=0)          # 10 requests/s, none left now
+    held, own = pacer.on_rate_limited(Attempt(vt.now), ServerWait(1.0, coarse=True), headers=told)
+    assert pacer.rate == pytest.approx(10.0) and pacer.told == pytest.approx(10.0)
+    assert (held, own) == (0.0, 0.0)                         # sent again at the pace
+    sends: list = []
+    for w in range(3):
+        vt.spawn(paced(pacer, vt, sends, w))
+    vt.run()
+    first = sorted(t - 1000.0 for t, _ in sends)
+    assert first[0] >= 0.1 - 1e-9                            # not before the slot "none left" holds
+    assert min(gaps(first)) >= 0.1 - 1e-9
+
+
+def test_a_429_without_headers_leaves_the_pace_unknown(vt):
+    pacer = RateFinder(8)
+    pacer.on_rate_limited(Attempt(vt.now), ServerWait(1.0, coarse=True), headers=None)
+    assert pacer.rate is None and pacer.told is None

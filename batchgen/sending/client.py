@@ -346,7 +346,7 @@ def _api_error(status, headers, payload, raw: bytes, in_headers, secret: str,
     # A 200 that says it failed but gives no code is the server's fault, like a 500.
     return ApiError(redact(str(message), secret), code=error_code(status, code and code[:100], err_type, message),
                     http_status=status, trace_id=trace_id,
-                    retry_after=parse_retry_after(headers))
+                    retry_after=parse_retry_after(headers), ratelimit=parse_ratelimit_headers(headers))
 
 
 def environment_proxies() -> dict:

@@ -459,8 +459,12 @@ class RateFinder:
             # Smoothed, as the latency: prompts and qualities vary, a run's mix drifts slowly.
             self.tokens_per_request = (float(tokens) if self.tokens_per_request is None
                                        else 0.8 * self.tokens_per_request + 0.2 * tokens)
-        if not headers:
-            return
+        if headers:
+            self._take_headers(headers, images, now)
+
+    def _take_headers(self, headers: RateLimitHeaders, images: int, now: float) -> None:
+        """The limits an answer's headers state: the binding one caps the pace; none remaining
+        of a kind holds the next slot."""
         told = stated_rate(headers, images, self.tokens_per_request)
         if told:
             # A tokens limit over a request's tokens can fall far below a request a minute; a
@@ -471,11 +475,16 @@ class RateFinder:
             self._cooldown_until = max(self._cooldown_until, now + 1.0 / self.told)
 
     def on_rate_limited(self, attempt: Optional[Attempt], retry_after: Optional[float],
-                        rng: Jitter = random) -> tuple[float, float]:
-        """Take in a 429. Returns (seconds from now that every worker is held, seconds this
-        request waits before it is sent again); either may be 0."""
+                        rng: Jitter = random, headers: Optional[RateLimitHeaders] = None,
+                        images: int = 1) -> tuple[float, float]:
+        """Take in a 429, and the limits its headers state (as a success's: a server that
+        refuses the first burst says its limit then, before any success). Returns (seconds
+        from now that every worker is held, seconds this request waits before it is sent
+        again); either may be 0."""
         now = time.monotonic()
         self.refusals += 1
+        if headers:
+            self._take_headers(headers, images, now)
         if attempt is not None:
             attempt.state = Attempt.REFUSED
             took = now - attempt.sent_at

@@ -275,7 +275,7 @@ class LiveBackend:
                         if isinstance(error, Unreachable):
                             self.requests_sent -= 1     # no connection: nothing left this machine
                         if is_rate_limited(error):
-                            pause, own_wait = self._rate_limited(error, attempt)
+                            pause, own_wait = self._rate_limited(error, attempt, task.images_expected)
                 finally:
                     self._release(attempt)
                 if error is None:
@@ -306,12 +306,13 @@ class LiveBackend:
             self._not_done(task, attempts)
             raise
 
-    def _rate_limited(self, error: RequestError, attempt: Attempt) -> tuple[float, float]:
-        """A 429: what it teaches the pacer (before the attempt is released); returns (the pause
-        it holds every worker for, the wait of this task alone). A wait past --max-wait holds
-        nobody: the run stops."""
+    def _rate_limited(self, error: RequestError, attempt: Attempt, images: int = 1) -> tuple[float, float]:
+        """A 429: what it teaches the pacer (before the attempt is released), its headers'
+        limits too; returns (the pause it holds every worker for, the wait of this task alone).
+        A wait past --max-wait holds nobody: the run stops."""
         too_long = error.retry_after is not None and error.retry_after > self.max_wait
-        pause, own = self.pacer.on_rate_limited(attempt, None if too_long else error.retry_after)
+        pause, own = self.pacer.on_rate_limited(attempt, None if too_long else error.retry_after,
+                                                headers=error.ratelimit, images=images)
         if not too_long:
             self._say_wait(error)
         if (pause or own) and self._log_attempts:
