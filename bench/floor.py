@@ -42,7 +42,10 @@ async def generate_all(prompts: list, out: str | os.PathLike, url: str, token: s
     if fast:
         import orjson
         import pybase64
-        loads, b64decode = orjson.loads, pybase64.b64decode
+        loads = orjson.loads
+
+        def b64decode(text):
+            return pybase64.b64decode(text, validate=True)    # its fast path, as batchgen calls it
 
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
