@@ -293,7 +293,8 @@ class RateFinder:
     answer (`Retry-After: 1`, an HTTP date a second ahead, retry-after-ms of a few ms, or
     nothing) delays nobody: the refused task is sent again at the pace (before any pace is
     known, after its own short wait). Where the server states its limits (x-ratelimit-limit-
-    requests, -images, -tokens, per minute), the pace never exceeds the binding one in requests
+    requests, -images, -tokens, per minute; a 429's as a success's), the pace never exceeds the
+    binding one in requests
     (`stated_rate`: images over the request's n, tokens over the tokens a request takes, learned
     from the answers' usage; the tokens limit waits until one is known).
 
