@@ -298,14 +298,16 @@ class RateFinder:
     (`stated_rate`: images over the request's n, tokens over the tokens a request takes, learned
     from the answers' usage; the tokens limit waits until one is known).
 
-    In flight: START_WINDOW at first, fixed concurrency or not, so a run does not open with a
-    burst the server refuses; until a pace is known, two more for each request that goes
-    unrefused past the horizon while the window is full, no 429 came lately and the latency is
-    not rising (a slow start at the pace of acceptance rather than of answers: a request
-    accepted is still in flight, so two more doubles the growth each horizon). Once a pace is
-    known it bounds the sending, and the window is what it puts in flight: all of a fixed
-    concurrency; with the automatic one, pace × latency × HEADROOM (Little's law), never more
-    than `max_concurrency`.
+    In flight: START_WINDOW at first (START_FIXED with a fixed concurrency, at most it), so a
+    run does not open with a burst the server refuses; a fixed concurrency is the user's word
+    for what the server takes, so it opens wider (16 is within the second of burst of a bucket
+    of 16 requests/s, and 50 in flight are reached after one round trip, not three); until a
+    pace is known, two more for each request that goes unrefused past the horizon while the
+    window is full, no 429 came lately and the latency is not rising (a slow start at the pace
+    of acceptance rather than of answers: a request accepted is still in flight, so two more
+    doubles the growth each horizon). Once a pace is known it bounds the sending, and the window
+    is what it puts in flight: all of a fixed concurrency; with the automatic one, pace ×
+    latency × HEADROOM (Little's law), never more than `max_concurrency`.
     """
 
     TARGET_REFUSED = 0.05      # at the limit, the share of requests the pace lets be refused
@@ -321,6 +323,7 @@ class RateFinder:
     LONG_WAIT_S = 2.0
     ROUNDED_MAX_S = 1.25
     START_WINDOW = 4
+    START_FIXED = 16
     DEMAND_SHARE = 0.7         # a window whose sends fell below this share of the pace was not paced
     MILD_CUT = 0.9
     HEAVY = 0.3                 # a share of refusals that cuts even a window the workers did not fill
@@ -333,7 +336,7 @@ class RateFinder:
     def __init__(self, concurrency: Optional[int] = None, max_concurrency: int = 1000):
         self.auto = concurrency is None
         self.max_concurrency = max(1, max_concurrency if self.auto else int(concurrency or 1))
-        self.window = min(self.START_WINDOW, self.max_concurrency)
+        self.window = min(self.START_WINDOW if self.auto else self.START_FIXED, self.max_concurrency)
         self.rate: Optional[float] = None       # the pace, requests per second; None: none known
         self.limit: Optional[float] = None      # the server's limit as last measured
         self.told: Optional[float] = None       # the limit its headers state (the binding one), requests/s
@@ -348,6 +351,7 @@ class RateFinder:
         self._first_sent: Optional[float] = None
         self._sent: deque[Attempt] = deque()    # in send order, not yet in a settled window
         self._unconfirmed: deque[Attempt] = deque()   # for the window's growth
+        self._last_full = -math.inf             # when a request last left with the window full
         self._window_start: Optional[float] = None
         self._clean = 0                         # settled windows without refusals, in a row
         self._last_refusal = -math.inf          # when a settled window last held a refusal
@@ -431,6 +435,8 @@ class RateFinder:
         self._sent.append(attempt)
         if self.rate is None and self.window < self.max_concurrency:
             self._unconfirmed.append(attempt)     # only while the window may still grow
+            if self.in_flight >= self.window - 1:
+                self._last_full = attempt.sent_at
         return attempt
 
     def release(self, attempt: Optional[Attempt]) -> None:
@@ -618,8 +624,8 @@ class RateFinder:
 
     def _grow(self, now: float) -> None:
         """Slow start, until a pace is known: two more in flight for each request that went
-        unrefused past the horizon while the window was full; a latency risen past LATENCY_RISE
-        of its least shrinks it."""
+        unrefused past the horizon and was out while the window was full; a latency risen past
+        LATENCY_RISE of its least shrinks it."""
         rising = False
         if self.latency is not None and self.least_latency is not None:
             rising = self.latency > self.LATENCY_RISE * max(self.least_latency, 0.05)
@@ -634,9 +640,12 @@ class RateFinder:
             return
         while len(queue) > self.MAX_UNCONFIRMED:       # held a long while: the oldest no longer matter
             queue.popleft()
-        full = self.in_flight >= self.window - 1
+        # A request counts if the window filled while it was out (it was sent in a full window,
+        # or one filled after it), whenever its answer comes: answers that arrive together
+        # each count, though the window is no longer full as the later of them are released.
         while queue and (queue[0].state != Attempt.PENDING or queue[0].sent_at < now - self._horizon):
-            if queue.popleft().state != Attempt.REFUSED and full:
+            done = queue.popleft()
+            if done.state != Attempt.REFUSED and done.sent_at <= self._last_full:
                 # Two more for each: a request accepted is still in flight (its answer may take a
                 # minute), so one more would only replace nothing; two doubles the window's growth
                 # every horizon, as a slow start doubles every round trip.
