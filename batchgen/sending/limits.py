@@ -294,19 +294,19 @@ class RateFinder:
     nothing) delays nobody: the refused task is sent again at the pace (before any pace is
     known, after its own short wait). Where the server states its limits (x-ratelimit-limit-
     requests, -images, -tokens, per minute; a 429's as a success's), the pace never exceeds the
-    binding one in requests
-    (`stated_rate`: images over the request's n, tokens over the tokens a request takes, learned
-    from the answers' usage; the tokens limit waits until one is known).
+    binding one in requests (`stated_rate`: images over the request's n, tokens over the tokens
+    a request takes, learned from the answers' usage; the tokens limit waits until one is
+    known).
 
     In flight: START_WINDOW at first (START_FIXED with a fixed concurrency, at most it), so a
     run does not open with a burst the server refuses; a fixed concurrency is the user's word
     for what the server takes, so it opens wider (16 is within the second of burst of a bucket
     of 16 requests/s, and 50 in flight are reached after one round trip, not three); until a
-    pace is known, two more for each request that goes unrefused past the horizon while the
-    window is full, no 429 came lately and the latency is not rising (a slow start at the pace
-    of acceptance rather than of answers: a request accepted is still in flight, so two more
-    doubles the growth each horizon). Once a pace is known it bounds the sending, and the window
-    is what it puts in flight: all of a fixed concurrency; with the automatic one, pace ×
+    pace is known, two more for each request that goes unrefused past the horizon and was out
+    while the window was full, no 429 came lately and the latency is not rising (a slow start at
+    the pace of acceptance rather than of answers: a request accepted is still in flight, so two
+    more doubles the growth each horizon). Once a pace is known it bounds the sending, and the
+    window is what it puts in flight: all of a fixed concurrency; with the automatic one, pace ×
     latency × HEADROOM (Little's law), never more than `max_concurrency`.
     """
 
