@@ -31,6 +31,7 @@ from batchgen.planning.edits import IMAGE_KINDS, InputProblem, input_bytes, is_u
 from batchgen.planning.identity import ChunkIds, hex_key
 from batchgen.planning.tasks import ROWS_AT_A_TIME, Pending
 from batchgen.sending.backends import BATCH_IN_PROGRESS
+from batchgen.sending.backends.live import save_images
 from batchgen.sending.classify import MODEL_CODES, Decision, classify, stop_advice
 from batchgen.sending.client import (
     BATCH_STATUSES,
@@ -54,7 +55,6 @@ FIRST_POLL_S = 1.0
 SUBMIT_TRIES = 6               # an upload or a create: tried again after 5xx or no answer ...
 SUBMIT_BACKOFF_S = 1.0         # ... after 1, 2, 4, 8, 16 s
 EXPIRY_GRACE_S = 3600.0        # a batch still open this long past its expires_at is taken as expired
-LINE_SAVE_INLINE_BYTES = 256 * 1024
 NOT_CANCELLED = "not cancelled"   # how cancel_remote says the server refused
 
 
@@ -625,18 +625,9 @@ class BatchBackend:
     async def _save(self, task_id: str, task, generation, batch_id: str) -> None:
         """The answer's images kept, and its record; a RequestError when one cannot be had."""
         expected = task.images_expected if task is not None else 1
-        count = max(expected, len(generation.images))
-        images = []
-        for index, image in enumerate(generation.images):
-            # A link is fetched as in live mode (a data: URL is decoded), so the same answer
-            # means the same in both.
-            data = image.data if image.data is not None else await self.client.download(image.url or "")
-            if len(data) < LINE_SAVE_INLINE_BYTES:
-                saved = self.images.save(task_id, index, count, data)
-            else:
-                saved = await asyncio.to_thread(self.images.save, task_id, index, count, data)
-            url = redact(image.public_url, self.endpoint.token) if image.public_url else None
-            images.append(saved.image_record(index, url, image.revised_prompt))
+        # Saved as in live mode (a link fetched, a data: URL decoded): the same answer means
+        # the same in both.
+        images = await save_images(self.images, self.client, self.endpoint.token, task_id, generation, expected)
         record = {"task_id": task_id, "status": "ok", "images": images, "created": generation.created,
                   "trace_id": generation.trace_id, "http_status": generation.http_status,
                   "usage": generation.usage, "finished_at": round(time.time(), 3), "attempts": 1,

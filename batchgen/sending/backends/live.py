@@ -76,6 +76,24 @@ def fit_concurrency(concurrency: int, auto: bool = False) -> int:
     return concurrency
 
 
+async def save_images(saver, client: ImagesClient, token: str, task_id: str, generation, expected: int) -> list:
+    """An answer's images saved (a link fetched, a data: URL decoded, as in every mode), as its
+    journal record lists them; a RequestError when one cannot be had. Live and Batch API modes
+    keep an answer alike."""
+    count = max(expected, len(generation.images))
+    images = []
+    for index, image in enumerate(generation.images):
+        data = image.data if image.data is not None else await client.download(image.url or "")
+        if len(data) < INLINE_SAVE_BYTES:
+            # Handing a small image to a thread costs more (GIL hand-offs) than saving it.
+            saved = saver.save(task_id, index, count, data)
+        else:
+            saved = await asyncio.to_thread(saver.save, task_id, index, count, data)
+        url = redact(image.public_url, token) if image.public_url else None
+        images.append(saved.image_record(index, url, image.revised_prompt))
+    return images
+
+
 def pace_note(pace: dict) -> str:
     """The progress bar's words for the pace."""
     rate = pace.get("rate_per_s")
@@ -447,17 +465,7 @@ class LiveBackend:
         else:
             bills.append(cost)
         expected = task.images_expected
-        count = max(expected, len(generation.images))
-        images = []
-        for index, image in enumerate(generation.images):
-            data = image.data if image.data is not None else await self.client.download(image.url or "")
-            if len(data) < INLINE_SAVE_BYTES:
-                # Handing a small image to a thread costs more (GIL hand-offs) than saving it.
-                saved = self.images.save(task_id, index, count, data)
-            else:
-                saved = await asyncio.to_thread(self.images.save, task_id, index, count, data)
-            url = redact(image.public_url, self.endpoint.token) if image.public_url else None
-            images.append(saved.image_record(index, url, image.revised_prompt))
+        images = await save_images(self.images, self.client, self.endpoint.token, task_id, generation, expected)
         self.succeeded += 1
         for held, held_record, _ in self.model_refusals.accepted(task.params.get("model")):
             self._finish(held, held_record)       # the model is served: those were the tasks' own
